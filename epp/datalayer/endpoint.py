@@ -1,0 +1,59 @@
+"""An endpoint (one model-server address) and the metrics last scraped from it."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+__all__ = ["Endpoint", "Metrics"]
+
+
+@dataclass(frozen=True, slots=True)
+class Metrics:
+    """One scrape of a model server, replaced whole on every successful scrape.
+
+    ``updated_at`` is a ``time.monotonic()`` reading; 0.0 means never scraped.
+    """
+
+    waiting_requests: int = 0
+    running_requests: int = 0
+    kv_cache_usage: float = 0.0  # fraction of KV-cache blocks in use, 0..1
+    kv_block_size: int | None = None  # tokens per KV block, from cache_config_info
+    kv_num_blocks: int | None = None
+    updated_at: float = 0.0
+
+
+@dataclass(eq=False, slots=True)
+class Endpoint:
+    """A model-server address and its live state.
+
+    Identity-hashed: the same ``Endpoint`` object lives as long as discovery keeps the
+    address, so per-endpoint state (the prefix index, in-flight counts) can key on it.
+
+    ``models`` is the set of model names the endpoint serves; ``None`` means it serves
+    whatever it is asked for (pool mode, where every pod runs the pool's model).
+    """
+
+    address: str  # "ip:port", exactly what goes into x-gateway-destination-endpoint
+    models: frozenset[str] | None = None
+    metrics: Metrics = field(default_factory=Metrics)
+    # Requests epp routed here whose ext_proc stream has not yet ended. Scraped queue
+    # depth lags by a scrape interval; this does not, so a burst cannot pile onto one pod.
+    inflight_requests: int = 0
+    # Consecutive failed scrapes, and the last error text (logged only when it changes).
+    scrape_failures: int = 0
+    last_scrape_error: str | None = None
+
+    def serves(self, model: str) -> bool:
+        return self.models is None or model in self.models
+
+    def is_fresh(self, staleness_s: float, now: float | None = None) -> bool:
+        """True when the last successful scrape is younger than ``staleness_s``."""
+        if self.metrics.updated_at == 0.0:
+            return False
+        if now is None:
+            now = time.monotonic()
+        return now - self.metrics.updated_at <= staleness_s
+
+    def __repr__(self) -> str:
+        return f"Endpoint({self.address!r})"

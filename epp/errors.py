@@ -1,0 +1,78 @@
+"""Errors epp answers a request with, each tied to the HTTP status the client sees.
+
+    EppError                    any failure epp turns into an HTTP answer itself
+    ├── BadRequest        400   the body is not JSON, not an object, or lacks "model"
+    ├── ModelNotFound     404   no endpoint serves the model
+    ├── RequestTooLarge   413   the body is larger than epp will gather
+    ├── TooManyRequests   429   shed or no capacity
+    └── ServiceUnavailable 503  endpoints exist for the model but none is ready
+
+The ext_proc layer maps an ``EppError`` to an Envoy ``ImmediateResponse`` with an
+OpenAI-style JSON body; any other exception is a bug and becomes a gRPC error on that one
+stream only.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BadRequest",
+    "EppError",
+    "ModelNotFound",
+    "RequestTooLarge",
+    "ServiceUnavailable",
+    "TooManyRequests",
+]
+
+
+class EppError(Exception):
+    """A request epp answers itself, with ``status`` and an OpenAI-style error body."""
+
+    status: int = 500
+    error_type: str = "internal_error"  # OpenAI's error.type
+    code: str = "internal_error"  # OpenAI's error.code
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class BadRequest(EppError):
+    """The request body cannot be routed as given."""
+
+    status = 400
+    error_type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class ModelNotFound(EppError):
+    """No endpoint serves the requested model."""
+
+    status = 404
+    error_type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class RequestTooLarge(EppError):
+    """The body is over the configured limit."""
+
+    status = 413
+    error_type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class TooManyRequests(EppError):
+    """The pool has no room for this request now."""
+
+    status = 429
+    error_type = "rate_limit_error"
+    code = "no_capacity"
+
+
+class ServiceUnavailable(EppError):
+    """Endpoints serve the model, but none is ready."""
+
+    status = 503
+    error_type = "service_unavailable"
+    code = "no_ready_endpoint"

@@ -1,0 +1,61 @@
+"""Choosing the endpoint for one request: filters, weighted scorers, one picker.
+
+Nothing here knows gRPC or Envoy. Plugins are small classes registered by type name
+(see :mod:`epp.scheduling.registry`), so a config file can name them.
+"""
+
+from epp.scheduling.config import (
+    PluginSpec,
+    ProfilePluginRef,
+    ProfileSpec,
+    SchedulerConfig,
+    default_scheduler_config,
+)
+from epp.scheduling.errors import NoCandidates, SchedulerConfigError
+from epp.scheduling.prefix_index import PrefixIndex
+from epp.scheduling.profile import PluginTiming, SchedulerProfile, WeightedScorer
+from epp.scheduling.registry import PluginFactory, PluginRegistry, register_builtin_plugins
+from epp.scheduling.scheduler import Scheduler, build_scheduler
+from epp.scheduling.types import (
+    CycleState,
+    EndpointRemovalHook,
+    Filter,
+    LLMRequest,
+    Picker,
+    Plugin,
+    PostPick,
+    SchedulingResult,
+    ScoredEndpoint,
+    Scorer,
+    TypedName,
+)
+
+__all__ = [
+    "CycleState",
+    "EndpointRemovalHook",
+    "Filter",
+    "LLMRequest",
+    "NoCandidates",
+    "Picker",
+    "Plugin",
+    "PluginFactory",
+    "PluginRegistry",
+    "PluginSpec",
+    "PluginTiming",
+    "PostPick",
+    "PrefixIndex",
+    "ProfilePluginRef",
+    "ProfileSpec",
+    "Scheduler",
+    "SchedulerConfig",
+    "SchedulerConfigError",
+    "SchedulerProfile",
+    "SchedulingResult",
+    "ScoredEndpoint",
+    "Scorer",
+    "TypedName",
+    "WeightedScorer",
+    "build_scheduler",
+    "default_scheduler_config",
+    "register_builtin_plugins",
+]

@@ -1,0 +1,118 @@
+"""The contracts between the scheduler and its plugins."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from epp.datalayer.endpoint import Endpoint
+
+__all__ = [
+    "CycleState",
+    "EndpointRemovalHook",
+    "Filter",
+    "LLMRequest",
+    "Picker",
+    "Plugin",
+    "PostPick",
+    "SchedulingResult",
+    "ScoredEndpoint",
+    "Scorer",
+    "TypedName",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class LLMRequest:
+    """What the scheduler knows of a request: no Envoy types, no raw body."""
+
+    request_id: str
+    model: str
+    # The text prefix-cache affinity is computed over: the prompt, or the chat messages
+    # flattened in order. Empty when the body has none (embeddings of token ids, say).
+    prompt: str
+    stream: bool = False
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class CycleState(dict[str, Any]):
+    """Scratch space for one scheduling cycle, shared by its plugins.
+
+    A scorer may leave work here (the prompt's block hashes) for a post-pick hook to use,
+    so nothing is computed twice.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class TypedName:
+    """A plugin's type (what the registry knows it by) and its instance name."""
+
+    type: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.type}/{self.name}"
+
+
+@runtime_checkable
+class Plugin(Protocol):
+    @property
+    def typed_name(self) -> TypedName: ...
+
+
+@runtime_checkable
+class Filter(Plugin, Protocol):
+    def filter(
+        self, cycle: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint]
+    ) -> Sequence[Endpoint]:
+        """Return the endpoints that may serve ``request``; never mutates the input."""
+        ...
+
+
+@runtime_checkable
+class Scorer(Plugin, Protocol):
+    def score(
+        self, cycle: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint]
+    ) -> Sequence[float]:
+        """One score per endpoint, in the order given, each in [0, 1] (higher is better).
+
+        Synchronous and free of I/O: it works on the snapshot in ``endpoints``. The
+        framework clamps scores into [0, 1] and applies the weight.
+        """
+        ...
+
+
+ScoredEndpoint = tuple[Endpoint, float]
+
+
+@runtime_checkable
+class Picker(Plugin, Protocol):
+    def pick(self, cycle: CycleState, scored: Sequence[ScoredEndpoint]) -> list[Endpoint]:
+        """Order the endpoints to try: the first is the primary, the rest fallbacks."""
+        ...
+
+
+@runtime_checkable
+class PostPick(Plugin, Protocol):
+    def on_pick(self, cycle: CycleState, request: LLMRequest, chosen: Endpoint) -> None:
+        """Told which endpoint was chosen (the prefix index records it here)."""
+        ...
+
+
+@runtime_checkable
+class EndpointRemovalHook(Plugin, Protocol):
+    def on_endpoints_removed(self, endpoints: Sequence[Endpoint]) -> None:
+        """Forget per-endpoint state (the prefix index) for endpoints discovery dropped."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulingResult:
+    """The endpoints to try, best first; never empty."""
+
+    endpoints: list[Endpoint]
+
+    @property
+    def primary(self) -> Endpoint:
+        return self.endpoints[0]
