@@ -1,0 +1,99 @@
+"""The scheduler's typed configuration, shaped like the reference EndpointPickerConfig.
+
+The YAML loader (``epp.config``) fills these; :func:`epp.scheduling.scheduler.
+build_scheduler` validates references and weights and builds the plugins::
+
+    plugins:
+      - {type: prefix-cache-scorer, parameters: {blockSize: 64}}
+      - {type: max-score-picker}
+    schedulingProfiles:
+      - name: default
+        plugins:
+          - {pluginRef: prefix-cache-scorer, weight: 3}
+          - {pluginRef: max-score-picker}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from epp.scheduling.filters import prefer_fresh
+from epp.scheduling.pickers import max_score
+from epp.scheduling.scorers import inflight_load, kv_cache_utilization, prefix_cache, queue
+
+__all__ = [
+    "DEFAULT_PROFILE_NAME",
+    "PluginSpec",
+    "ProfilePluginRef",
+    "ProfileSpec",
+    "SchedulerConfig",
+    "default_scheduler_config",
+]
+
+DEFAULT_PROFILE_NAME = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class PluginSpec:
+    """One plugin instance: its registered ``type``, a ``name`` (defaults to the type)
+    that profiles refer to, and its ``parameters``."""
+
+    type: str
+    name: str | None = None
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            object.__setattr__(self, "name", self.type)
+
+    @property
+    def instance_name(self) -> str:
+        """``name``, which ``__post_init__`` has filled in."""
+        return self.name or self.type
+
+
+@dataclass(frozen=True, slots=True)
+class ProfilePluginRef:
+    """A profile's use of a plugin; scorers need a ``weight``, other plugins have none."""
+
+    plugin_ref: str
+    weight: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileSpec:
+    name: str
+    plugins: Sequence[ProfilePluginRef]
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerConfig:
+    """``plugins`` and ``schedulingProfiles``; the profile named ``default`` is used, or
+    the first one when none has that name."""
+
+    plugins: Sequence[PluginSpec]
+    profiles: Sequence[ProfileSpec]
+
+
+def default_scheduler_config() -> SchedulerConfig:
+    """GIE's default weights (queue 2, KV cache 2, prefix 3) plus epp's in-flight load
+    scorer (2), behind the prefer-fresh filter, with the max-score picker."""
+    weights: list[tuple[str, float | None]] = [
+        (prefer_fresh.TYPE, None),
+        (queue.TYPE, 2.0),
+        (kv_cache_utilization.TYPE, 2.0),
+        (prefix_cache.TYPE, 3.0),
+        (inflight_load.TYPE, 2.0),
+        (max_score.TYPE, None),
+    ]
+    return SchedulerConfig(
+        plugins=[PluginSpec(type_name) for type_name, _ in weights],
+        profiles=[
+            ProfileSpec(
+                DEFAULT_PROFILE_NAME,
+                [ProfilePluginRef(type_name, weight) for type_name, weight in weights],
+            )
+        ],
+    )

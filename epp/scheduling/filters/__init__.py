@@ -1,0 +1,1 @@
+"""Filters: each narrows the candidate endpoints, one plugin per module."""

@@ -1,0 +1,1 @@
+"""Pickers: each orders the scored candidates into primary and fallbacks."""

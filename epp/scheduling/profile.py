@@ -1,0 +1,197 @@
+"""A scheduler profile: filters, then weighted scorers, then one picker, then post-pick hooks.
+
+Every plugin call is timed (``time.perf_counter_ns``) into a :class:`PluginTiming`, a
+pair of plain counters that the observability layer can export (for instance as
+``epp_plugin_duration_seconds_total`` and ``epp_plugin_calls_total``, labelled by
+extension point, plugin type and name); nothing here imports a metrics library.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from time import perf_counter_ns
+
+from epp.datalayer.endpoint import Endpoint
+from epp.scheduling.errors import NoCandidates, SchedulerConfigError
+from epp.scheduling.types import (
+    CycleState,
+    EndpointRemovalHook,
+    Filter,
+    LLMRequest,
+    Picker,
+    Plugin,
+    PostPick,
+    SchedulingResult,
+    Scorer,
+    TypedName,
+)
+
+__all__ = ["PluginTiming", "SchedulerProfile", "WeightedScorer"]
+
+
+@dataclass(frozen=True, slots=True)
+class WeightedScorer:
+    """A scorer and its weight in the profile's sum; the weight is finite and >= 0.
+
+    A weight of 0 disables the scorer's scoring (it is not called); if it is also a
+    PostPick it still hears about picks.
+    """
+
+    scorer: Scorer
+    weight: float
+
+    def __post_init__(self) -> None:
+        w = self.weight
+        if isinstance(w, bool) or not isinstance(w, int | float) or not math.isfinite(w) or w < 0:
+            raise SchedulerConfigError(
+                f"scorer {self.scorer.typed_name}: weight must be a finite number >= 0, got {w!r}"
+            )
+
+
+@dataclass(slots=True)
+class PluginTiming:
+    """Cumulative calls and time of one plugin at one extension point."""
+
+    typed_name: TypedName
+    extension_point: str  # "filter", "scorer", "picker" or "post_pick"
+    calls: int = 0
+    total_ns: int = 0
+
+
+class SchedulerProfile:
+    """Runs one scheduling cycle: ``filters`` in order, ``weighted_scorers`` summed, the
+    ``picker``, then ``on_pick(primary)`` on every PostPick plugin.
+
+    ``post_picks`` defaults to those of the filters, scorers and picker that implement
+    :class:`PostPick`. Scores outside [0, 1] (or NaN) are clamped (NaN to 0) before
+    weighting. Raises :class:`NoCandidates` when a filter leaves no endpoint.
+    """
+
+    __slots__ = (
+        "_filters",
+        "_picker",
+        "_picker_timing",
+        "_post_picks",
+        "_removal_hooks",
+        "_scorers",
+        "_timings",
+        "name",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        filters: Sequence[Filter],
+        weighted_scorers: Sequence[WeightedScorer],
+        picker: Picker,
+        post_picks: Sequence[PostPick] | None = None,
+    ) -> None:
+        if not isinstance(picker, Picker):
+            raise SchedulerConfigError(f"profile {name!r}: {picker!r} is not a picker")
+        for f in filters:
+            if not isinstance(f, Filter):
+                raise SchedulerConfigError(f"profile {name!r}: {f!r} is not a filter")
+        for ws in weighted_scorers:
+            if not isinstance(ws, WeightedScorer):
+                raise SchedulerConfigError(
+                    f"profile {name!r}: scorers must come as WeightedScorer, got {ws!r}"
+                )
+        self.name = name
+        timings: list[PluginTiming] = []
+
+        def timing(plugin: Plugin, point: str) -> PluginTiming:
+            t = PluginTiming(plugin.typed_name, point)
+            timings.append(t)
+            return t
+
+        self._filters = tuple((f, timing(f, "filter")) for f in filters)
+        self._scorers = tuple(
+            (ws.scorer, float(ws.weight), timing(ws.scorer, "scorer"))
+            for ws in weighted_scorers
+            if ws.weight > 0
+        )
+        self._picker = picker
+        self._picker_timing = timing(picker, "picker")
+        plugins = self._unique([*filters, *(ws.scorer for ws in weighted_scorers), picker])
+        if post_picks is None:
+            post_picks = [p for p in plugins if isinstance(p, PostPick)]
+        self._post_picks = tuple((p, timing(p, "post_pick")) for p in post_picks)
+        self._removal_hooks = tuple(
+            p for p in self._unique([*plugins, *post_picks]) if isinstance(p, EndpointRemovalHook)
+        )
+        self._timings = tuple(timings)
+
+    @property
+    def timings(self) -> tuple[PluginTiming, ...]:
+        """Live counters, one per (plugin, extension point); read them, do not reset."""
+        return self._timings
+
+    @property
+    def removal_hooks(self) -> tuple[EndpointRemovalHook, ...]:
+        return self._removal_hooks
+
+    def run(self, request: LLMRequest, candidates: Sequence[Endpoint]) -> SchedulingResult:
+        cycle = CycleState()
+        endpoints = candidates
+        clock = perf_counter_ns
+        for flt, t in self._filters:
+            start = clock()
+            endpoints = flt.filter(cycle, request, endpoints)
+            t.total_ns += clock() - start
+            t.calls += 1
+            if not endpoints:
+                raise NoCandidates(
+                    f"no endpoint for model {request.model!r} passed {flt.typed_name}"
+                )
+
+        n = len(endpoints)
+        totals = [0.0] * n
+        for scorer, weight, t in self._scorers:
+            start = clock()
+            scores = scorer.score(cycle, request, endpoints)
+            t.total_ns += clock() - start
+            t.calls += 1
+            if len(scores) != n:
+                raise RuntimeError(
+                    f"scorer {scorer.typed_name} returned {len(scores)} scores for {n} endpoints"
+                )
+            # Clamp into [0, 1]; NaN fails both comparisons and becomes 0.
+            totals = [
+                total + weight * (s if 0.0 <= s <= 1.0 else (1.0 if s > 1.0 else 0.0))
+                for total, s in zip(totals, scores, strict=True)
+            ]
+
+        t = self._picker_timing
+        start = clock()
+        picked = self._picker.pick(cycle, list(zip(endpoints, totals, strict=True)))
+        t.total_ns += clock() - start
+        t.calls += 1
+        if not picked:
+            raise NoCandidates(f"picker {self._picker.typed_name} chose no endpoint")
+
+        primary = picked[0]
+        for post_pick, t in self._post_picks:
+            start = clock()
+            post_pick.on_pick(cycle, request, primary)
+            t.total_ns += clock() - start
+            t.calls += 1
+        return SchedulingResult(picked)
+
+    def on_endpoints_removed(self, endpoints: Sequence[Endpoint]) -> None:
+        for hook in self._removal_hooks:
+            hook.on_endpoints_removed(endpoints)
+
+    @staticmethod
+    def _unique(plugins: Sequence[Plugin]) -> list[Plugin]:
+        seen: set[int] = set()
+        out: list[Plugin] = []
+        for p in plugins:
+            if id(p) not in seen:
+                seen.add(id(p))
+                out.append(p)
+        return out
+
+    def __repr__(self) -> str:
+        return f"SchedulerProfile({self.name!r})"

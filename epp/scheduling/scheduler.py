@@ -1,0 +1,159 @@
+"""The scheduler the request path calls, and how it is built from configuration."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from epp.datalayer.endpoint import Endpoint
+from epp.scheduling.config import (
+    DEFAULT_PROFILE_NAME,
+    PluginSpec,
+    ProfilePluginRef,
+    ProfileSpec,
+    SchedulerConfig,
+    default_scheduler_config,
+)
+from epp.scheduling.errors import NoCandidates, SchedulerConfigError
+from epp.scheduling.profile import PluginTiming, SchedulerProfile, WeightedScorer
+from epp.scheduling.registry import PluginRegistry, register_builtin_plugins
+from epp.scheduling.types import (
+    Filter,
+    LLMRequest,
+    Picker,
+    Plugin,
+    PostPick,
+    SchedulingResult,
+    Scorer,
+)
+
+# The config dataclasses are re-exported: callers build a scheduler from this module alone.
+__all__ = [
+    "PluginSpec",
+    "ProfilePluginRef",
+    "ProfileSpec",
+    "Scheduler",
+    "SchedulerConfig",
+    "build_scheduler",
+    "default_scheduler_config",
+]
+
+
+class Scheduler:
+    """Chooses endpoints for requests with one :class:`SchedulerProfile`.
+
+    Synchronous and I/O-free; call it from the event loop thread only. Wire
+    :meth:`on_endpoints_removed` to discovery so per-endpoint state is dropped.
+    """
+
+    __slots__ = ("_profile",)
+
+    def __init__(self, profile: SchedulerProfile) -> None:
+        self._profile = profile
+
+    @property
+    def profile(self) -> SchedulerProfile:
+        return self._profile
+
+    @property
+    def timings(self) -> tuple[PluginTiming, ...]:
+        return self._profile.timings
+
+    def schedule(self, request: LLMRequest, candidates: Sequence[Endpoint]) -> SchedulingResult:
+        """The endpoints to try for ``request``, best first.
+
+        Raises :class:`NoCandidates` (503) when ``candidates`` is empty or the filters
+        leave none. Records the pick in post-pick plugins (the prefix index).
+        """
+        if not candidates:
+            raise NoCandidates(f"no endpoint is available for model {request.model!r}")
+        return self._profile.run(request, candidates)
+
+    def on_endpoints_removed(self, endpoints: Sequence[Endpoint]) -> None:
+        """Forward to every plugin that keeps per-endpoint state."""
+        if endpoints:
+            self._profile.on_endpoints_removed(endpoints)
+
+
+def build_scheduler(config: SchedulerConfig, registry: PluginRegistry | None = None) -> Scheduler:
+    """Validate ``config`` and build the plugins and the profile.
+
+    Raises :class:`SchedulerConfigError` for a duplicate plugin name, an unknown type or
+    parameter, an unknown ``pluginRef``, a scorer without a weight, a weight on a plugin
+    that is not a scorer, or a profile without exactly one picker. Every profile is
+    validated; the one named ``default`` (else the first) is used.
+    """
+    if registry is None:
+        registry = register_builtin_plugins(PluginRegistry())
+    plugins: dict[str, Plugin] = {}
+    for spec in config.plugins:
+        name = spec.instance_name
+        if name in plugins:
+            raise SchedulerConfigError(f"plugin name {name!r} is defined twice")
+        plugins[name] = registry.create(spec.type, name, spec.parameters)
+    if not config.profiles:
+        raise SchedulerConfigError("no scheduling profile is configured")
+    profiles: dict[str, SchedulerProfile] = {}
+    for profile_spec in config.profiles:
+        if profile_spec.name in profiles:
+            raise SchedulerConfigError(f"profile {profile_spec.name!r} is defined twice")
+        profiles[profile_spec.name] = _build_profile(profile_spec, plugins)
+    chosen = profiles.get(DEFAULT_PROFILE_NAME) or profiles[config.profiles[0].name]
+    return Scheduler(chosen)
+
+
+def _build_profile(spec: ProfileSpec, plugins: dict[str, Plugin]) -> SchedulerProfile:
+    where = f"profile {spec.name!r}"
+    filters: list[Filter] = []
+    scorers: list[WeightedScorer] = []
+    pickers: list[Picker] = []
+    post_picks: list[PostPick] = []
+    seen: set[str] = set()
+    for ref in spec.plugins:
+        plugin = plugins.get(ref.plugin_ref)
+        if plugin is None:
+            known = ", ".join(sorted(plugins)) or "none"
+            raise SchedulerConfigError(
+                f"{where}: pluginRef {ref.plugin_ref!r} names no plugin (defined: {known})"
+            )
+        if ref.plugin_ref in seen:
+            raise SchedulerConfigError(f"{where}: pluginRef {ref.plugin_ref!r} is listed twice")
+        seen.add(ref.plugin_ref)
+        has_role = False
+        if isinstance(plugin, Scorer):
+            has_role = True
+            if ref.weight is None:
+                raise SchedulerConfigError(f"{where}: scorer {ref.plugin_ref!r} needs a weight")
+            weight = ref.weight
+            if (
+                isinstance(weight, bool)
+                or not isinstance(weight, int | float)
+                or not (math.isfinite(weight) and weight >= 0)
+            ):
+                raise SchedulerConfigError(
+                    f"{where}: scorer {ref.plugin_ref!r} weight must be a finite number "
+                    f">= 0, got {weight!r}"
+                )
+            scorers.append(WeightedScorer(plugin, float(weight)))
+        elif ref.weight is not None:
+            raise SchedulerConfigError(
+                f"{where}: {ref.plugin_ref!r} is not a scorer and takes no weight "
+                f"(got {ref.weight!r})"
+            )
+        if isinstance(plugin, Filter):
+            has_role = True
+            filters.append(plugin)
+        if isinstance(plugin, Picker):
+            has_role = True
+            pickers.append(plugin)
+        if isinstance(plugin, PostPick):
+            has_role = True
+            post_picks.append(plugin)
+        if not has_role:
+            raise SchedulerConfigError(
+                f"{where}: plugin {ref.plugin_ref!r} is no filter, scorer, picker or post-pick"
+            )
+    if len(pickers) != 1:
+        names = ", ".join(repr(str(p.typed_name.name)) for p in pickers) or "none"
+        raise SchedulerConfigError(f"{where}: needs exactly one picker, got {names}")
+    return SchedulerProfile(spec.name, filters, scorers, pickers[0], post_picks)

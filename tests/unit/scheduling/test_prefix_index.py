@@ -1,0 +1,121 @@
+"""The prefix index: matching, LRU eviction, reverse-map consistency, endpoint removal."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from epp.datalayer.endpoint import Endpoint
+from epp.scheduling.prefix_index import PrefixIndex
+
+
+def endpoints(count: int) -> list[Endpoint]:
+    return [Endpoint(f"10.0.0.{i + 1}:8000") for i in range(count)]
+
+
+def assert_consistent(index: PrefixIndex) -> None:
+    """Forward LRUs and the reverse map describe the same (endpoint, hash) pairs."""
+    forward = {(ep, h) for ep in index.endpoints() for h in index.hashes_of(ep)}
+    reverse = {(ep, h) for h in {h for _, h in forward} for ep in index.holders(h)}
+    assert forward == reverse
+    assert index.size() == len(forward)
+    assert all(len(index.hashes_of(ep)) <= index.capacity_per_endpoint for ep in index.endpoints())
+    # No reverse entry survives for a hash nobody holds.
+    assert index._reverse.keys() == {h for _, h in forward}
+
+
+@pytest.mark.parametrize(
+    ("recorded", "query", "expected"),
+    [
+        pytest.param({0: [1, 2, 3]}, [1, 2, 3], {0: 3}, id="full-match"),
+        pytest.param({0: [1, 2, 3]}, [1, 2, 9], {0: 2}, id="partial-match"),
+        pytest.param({0: [1, 2, 3]}, [9, 2, 3], {}, id="first-block-differs"),
+        pytest.param({0: [1, 2, 3]}, [1, 2, 3, 4, 5], {0: 3}, id="query-longer"),
+        pytest.param({0: [1, 2, 3, 4]}, [1, 2], {0: 2}, id="query-shorter"),
+        pytest.param(
+            {0: [1, 2, 3], 1: [1, 2], 2: [1]}, [1, 2, 3], {0: 3, 1: 2, 2: 1}, id="nested-prefixes"
+        ),
+        pytest.param({0: [1, 2, 3], 1: [7, 8]}, [7, 8, 9], {1: 2}, id="other-endpoint-only"),
+        pytest.param({0: [1, 3]}, [1, 2, 3], {0: 1}, id="gap-stops-match"),
+        pytest.param({0: [1, 2]}, [], {}, id="empty-query"),
+        pytest.param({}, [1, 2], {}, id="empty-index"),
+    ],
+)
+def test_match(recorded: dict[int, list[int]], query: list[int], expected: dict[int, int]) -> None:
+    eps = endpoints(3)
+    index = PrefixIndex(capacity_per_endpoint=100)
+    for i, hashes in recorded.items():
+        index.add(eps[i], hashes)
+    assert index.match(query) == {eps[i]: n for i, n in expected.items()}
+    assert_consistent(index)
+
+
+def test_eviction_drops_least_recently_used_and_updates_reverse_map() -> None:
+    a, b = endpoints(2)
+    index = PrefixIndex(capacity_per_endpoint=4)
+    index.add(a, [1, 2])
+    index.add(b, [1, 2])
+    index.add(a, [3, 4])
+    index.add(a, [1, 2])  # refresh 1, 2: now 3, 4 are the oldest
+    index.add(a, [5])  # evicts the least recent: 4 (inserted after 3, as the tail)
+    assert set(index.hashes_of(a)) == {1, 2, 3, 5}
+    assert index.holders(4) == set()
+    assert index.holders(1) == {a, b}  # b's entries are untouched
+    assert_consistent(index)
+
+
+def test_long_prompt_over_capacity_keeps_its_leading_blocks() -> None:
+    (a,) = endpoints(1)
+    index = PrefixIndex(capacity_per_endpoint=3)
+    index.add(a, [1, 2, 3, 4, 5])
+    assert index.match([1, 2, 3, 4, 5]) == {a: 3}
+    assert_consistent(index)
+
+
+def test_remove_endpoint_drops_all_its_entries_only() -> None:
+    a, b, c = endpoints(3)
+    index = PrefixIndex(capacity_per_endpoint=10)
+    index.add(a, [1, 2, 3])
+    index.add(b, [1, 2])
+    index.add(c, [7])
+    index.remove_endpoint(b)
+    index.remove_endpoint(b)  # twice is harmless
+    index.remove_endpoint(Endpoint("10.9.9.9:1"))  # never seen
+    assert index.match([1, 2, 3]) == {a: 3}
+    assert index.size() == 4
+    assert b not in index.endpoints()
+    assert_consistent(index)
+
+
+def test_removed_slot_is_reused_without_inheriting_entries() -> None:
+    a, b, c = endpoints(3)
+    index = PrefixIndex(capacity_per_endpoint=10)
+    index.add(a, [1])
+    index.add(b, [2])
+    index.remove_endpoint(a)
+    index.add(c, [3])  # takes a's slot
+    assert index.match([1]) == {}
+    assert index.match([3]) == {c: 1}
+    assert index.match([2]) == {b: 1}
+    assert_consistent(index)
+
+
+def test_random_operations_keep_the_index_consistent() -> None:
+    rng = random.Random(7)
+    eps = endpoints(6)
+    index = PrefixIndex(capacity_per_endpoint=20)
+    for _ in range(2_000):
+        ep = rng.choice(eps)
+        if rng.random() < 0.03:
+            index.remove_endpoint(ep)
+        else:
+            start = rng.randrange(30)
+            index.add(ep, list(range(start, start + rng.randrange(1, 12))))
+    assert_consistent(index)
+    assert index.size() <= 20 * len(eps)
+
+
+def test_capacity_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="capacity_per_endpoint"):
+        PrefixIndex(capacity_per_endpoint=0)

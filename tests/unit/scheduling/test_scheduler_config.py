@@ -1,0 +1,186 @@
+"""build_scheduler: the default configuration and reference validation."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from epp.datalayer.endpoint import Endpoint, Metrics
+from epp.scheduling.errors import SchedulerConfigError
+from epp.scheduling.scheduler import (
+    PluginSpec,
+    ProfilePluginRef,
+    ProfileSpec,
+    SchedulerConfig,
+    build_scheduler,
+    default_scheduler_config,
+)
+from epp.scheduling.scorers.prefix_cache import PrefixCacheScorer
+from epp.scheduling.types import LLMRequest
+
+PLUGINS = [
+    PluginSpec("prefer-fresh-filter"),
+    PluginSpec("queue-scorer"),
+    PluginSpec("max-score-picker"),
+    PluginSpec("random-picker"),
+]
+
+
+def config(*refs: ProfilePluginRef, plugins: list[PluginSpec] = PLUGINS) -> SchedulerConfig:
+    return SchedulerConfig(plugins=plugins, profiles=[ProfileSpec("default", list(refs))])
+
+
+def ref(name: str, weight: float | None = None) -> ProfilePluginRef:
+    return ProfilePluginRef(name, weight)
+
+
+def test_default_config_builds_the_documented_profile() -> None:
+    scheduler = build_scheduler(default_scheduler_config())
+    points = [(t.extension_point, t.typed_name.type) for t in scheduler.timings]
+    assert points == [
+        ("filter", "prefer-fresh-filter"),
+        ("scorer", "queue-scorer"),
+        ("scorer", "kv-cache-utilization-scorer"),
+        ("scorer", "prefix-cache-scorer"),
+        ("scorer", "inflight-load-scorer"),
+        ("picker", "max-score-picker"),
+        ("post_pick", "prefix-cache-scorer"),
+    ]
+    weights = {r.plugin_ref: r.weight for r in default_scheduler_config().profiles[0].plugins}
+    assert weights == {
+        "prefer-fresh-filter": None,
+        "queue-scorer": 2.0,
+        "kv-cache-utilization-scorer": 2.0,
+        "prefix-cache-scorer": 3.0,
+        "inflight-load-scorer": 2.0,
+        "max-score-picker": None,
+    }
+    assert [type(h) for h in scheduler.profile.removal_hooks] == [PrefixCacheScorer]
+
+
+def test_default_scheduler_keeps_prefix_affinity_and_forgets_removed_endpoints() -> None:
+    scheduler = build_scheduler(default_scheduler_config())
+    now = time.monotonic()
+    eps = [Endpoint(f"10.0.0.{i}:8000", metrics=Metrics(updated_at=now)) for i in range(3)]
+    req = LLMRequest("r", "m", "system prompt " * 40)
+    first = scheduler.schedule(req, eps)
+    assert len(first.endpoints) == 3
+    assert all(scheduler.schedule(req, eps).primary is first.primary for _ in range(5))
+    scheduler.on_endpoints_removed([first.primary])
+    (prefix,) = scheduler.profile.removal_hooks
+    assert isinstance(prefix, PrefixCacheScorer)
+    assert prefix.index.size() == 0
+
+
+def test_plugin_name_defaults_to_type() -> None:
+    assert PluginSpec("queue-scorer").name == "queue-scorer"
+    assert PluginSpec("queue-scorer", "").name == "queue-scorer"
+    assert PluginSpec("queue-scorer", "q").name == "q"
+
+
+def test_two_instances_of_one_type() -> None:
+    plugins = [
+        PluginSpec("prefix-cache-scorer", "short", {"blockSize": 16}),
+        PluginSpec("prefix-cache-scorer", "long", {"blockSize": 256}),
+        PluginSpec("max-score-picker"),
+    ]
+    scheduler = build_scheduler(
+        config(ref("short", 1), ref("long", 2), ref("max-score-picker"), plugins=plugins)
+    )
+    names = [str(t.typed_name) for t in scheduler.timings if t.extension_point == "scorer"]
+    assert names == ["prefix-cache-scorer/short", "prefix-cache-scorer/long"]
+
+
+def test_profile_named_default_wins_else_first() -> None:
+    profiles = [
+        ProfileSpec("other", [ref("random-picker")]),
+        ProfileSpec("default", [ref("max-score-picker")]),
+    ]
+    assert build_scheduler(SchedulerConfig(PLUGINS, profiles)).profile.name == "default"
+    assert build_scheduler(SchedulerConfig(PLUGINS, profiles[:1])).profile.name == "other"
+
+
+@pytest.mark.parametrize(
+    ("cfg", "message"),
+    [
+        pytest.param(
+            config(ref("nope"), ref("max-score-picker")),
+            r"profile 'default': pluginRef 'nope' names no plugin \(defined: "
+            r"max-score-picker, prefer-fresh-filter, queue-scorer, random-picker\)",
+            id="unknown-ref",
+        ),
+        pytest.param(
+            config(ref("queue-scorer"), ref("max-score-picker")),
+            r"scorer 'queue-scorer' needs a weight",
+            id="scorer-without-weight",
+        ),
+        pytest.param(
+            config(ref("queue-scorer", -1), ref("max-score-picker")),
+            r"scorer 'queue-scorer' weight must be a finite number >= 0, got -1",
+            id="negative-weight",
+        ),
+        pytest.param(
+            config(ref("prefer-fresh-filter", 1), ref("max-score-picker")),
+            r"'prefer-fresh-filter' is not a scorer and takes no weight",
+            id="weight-on-filter",
+        ),
+        pytest.param(
+            config(ref("max-score-picker", 1)),
+            r"'max-score-picker' is not a scorer and takes no weight",
+            id="weight-on-picker",
+        ),
+        pytest.param(
+            config(ref("queue-scorer", 1)), r"needs exactly one picker, got none", id="no-picker"
+        ),
+        pytest.param(
+            config(ref("max-score-picker"), ref("random-picker")),
+            r"needs exactly one picker, got 'max-score-picker', 'random-picker'",
+            id="two-pickers",
+        ),
+        pytest.param(
+            config(ref("max-score-picker"), ref("max-score-picker")),
+            r"pluginRef 'max-score-picker' is listed twice",
+            id="duplicate-ref",
+        ),
+        pytest.param(
+            config(ref("max-score-picker"), plugins=[*PLUGINS, PluginSpec("random-picker")]),
+            r"plugin name 'random-picker' is defined twice",
+            id="duplicate-name",
+        ),
+        pytest.param(
+            config(ref("max-score-picker"), plugins=[PluginSpec("nope")]),
+            r"plugin 'nope': unknown type 'nope' \(known types: ",
+            id="unknown-type",
+        ),
+        pytest.param(
+            config(
+                ref("max-score-picker"),
+                plugins=[PluginSpec("max-score-picker", parameters={"x": 1})],
+            ),
+            r"plugin 'max-score-picker' \(type 'max-score-picker'\): parameter 'x' is "
+            r"not known",
+            id="bad-parameter",
+        ),
+        pytest.param(SchedulerConfig(PLUGINS, []), r"no scheduling profile", id="no-profiles"),
+        pytest.param(
+            SchedulerConfig(PLUGINS, [ProfileSpec("a", [ref("max-score-picker")])] * 2),
+            r"profile 'a' is defined twice",
+            id="duplicate-profile",
+        ),
+        pytest.param(
+            SchedulerConfig(
+                PLUGINS,
+                [
+                    ProfileSpec("default", [ref("max-score-picker")]),
+                    ProfileSpec("spare", [ref("queue-scorer", 1)]),
+                ],
+            ),
+            r"profile 'spare': needs exactly one picker",
+            id="unused-profile-validated",
+        ),
+    ],
+)
+def test_invalid_config(cfg: SchedulerConfig, message: str) -> None:
+    with pytest.raises(SchedulerConfigError, match=message):
+        build_scheduler(cfg)
