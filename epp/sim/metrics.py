@@ -1,0 +1,174 @@
+"""Prometheus text exposition (format 0.0.4) of a simulated pod, with vLLM's metric names.
+
+Rendered by hand rather than through a prometheus_client registry: a scrape is one pass
+over a few dozen numbers, cheap enough for 50 ms polling of many pods in one process.
+The shape follows what vLLM's prometheus_client output looks like: ``# HELP``/``# TYPE``
+per family, counters named ``*_total``, float values ("3.0"), labels ``model_name`` and
+``engine``, and latency histograms with vLLM's buckets filled from observed wall time.
+
+Only the first served model is labelled, as in vLLM, where LoRA adapters share the base
+model's series; with more than one model, the others are reported as adapters in
+``vllm:lora_requests_info``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from epp.sim.engine import SimEngine
+from epp.sim.histogram import Histogram
+
+__all__ = ["CONTENT_TYPE", "MetricsRenderer"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def _esc(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _num(value: float) -> str:
+    if value == float("inf"):
+        return "+Inf"
+    return repr(float(value))
+
+
+def _family(name: str, kind: str, help_text: str) -> str:
+    return f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n"
+
+
+class MetricsRenderer:
+    """Renders one pod's ``/metrics`` page from its engine's live state."""
+
+    def __init__(self, engine: SimEngine, models: Sequence[str]) -> None:
+        if not models:
+            raise ValueError("a pod serves at least one model")
+        self._engine = engine
+        self._models = tuple(models)
+        self._labels = f'model_name="{_esc(models[0])}",engine="0"'
+        cfg = engine.config
+        self._cache_info = (
+            _family("vllm:cache_config_info", "gauge", "Information of the LLMEngine CacheConfig")
+            + "vllm:cache_config_info{"
+            f'block_size="{cfg.kv_block_size}",cache_dtype="auto",enable_prefix_caching="True",'
+            f'engine="0",gpu_memory_utilization="0.9",num_cpu_blocks="None",'
+            f'num_gpu_blocks="{cfg.kv_num_blocks}"'
+            "} 1.0\n"
+        )
+        self._kv_name = (
+            "vllm:gpu_cache_usage_perc" if cfg.legacy_metric_names else "vllm:kv_cache_usage_perc"
+        )
+        self._itl_name = (
+            "vllm:time_per_output_token_seconds"
+            if cfg.legacy_metric_names
+            else "vllm:inter_token_latency_seconds"
+        )
+
+    def render(self) -> str:
+        """The whole exposition text, ending with a newline."""
+        s = self._engine.stats()
+        h = self._engine.histograms
+        lb = self._labels
+        out: list[str] = [
+            _family(
+                "vllm:num_requests_running",
+                "gauge",
+                "Number of requests in model execution batches.",
+            ),
+            f"vllm:num_requests_running{{{lb}}} {_num(s.running)}\n",
+            _family(
+                "vllm:num_requests_waiting", "gauge", "Number of requests waiting to be processed."
+            ),
+            f"vllm:num_requests_waiting{{{lb}}} {_num(s.waiting)}\n",
+            _family(self._kv_name, "gauge", "KV-cache usage. 1 means 100 percent usage."),
+            f"{self._kv_name}{{{lb}}} {_num(s.kv_cache_usage)}\n",
+            _family(
+                "vllm:prefix_cache_queries_total",
+                "counter",
+                "Prefix cache queries, in terms of number of queried tokens.",
+            ),
+            f"vllm:prefix_cache_queries_total{{{lb}}} {_num(s.prefix_cache_queries)}\n",
+            _family(
+                "vllm:prefix_cache_hits_total",
+                "counter",
+                "Prefix cache hits, in terms of number of cached tokens.",
+            ),
+            f"vllm:prefix_cache_hits_total{{{lb}}} {_num(s.prefix_cache_hits)}\n",
+            _family(
+                "vllm:num_preemptions_total",
+                "counter",
+                "Cumulative number of preemption from the engine.",
+            ),
+            f"vllm:num_preemptions_total{{{lb}}} 0.0\n",
+            _family("vllm:prompt_tokens_total", "counter", "Number of prefill tokens processed."),
+            f"vllm:prompt_tokens_total{{{lb}}} {_num(s.prompt_tokens)}\n",
+            _family(
+                "vllm:generation_tokens_total", "counter", "Number of generation tokens processed."
+            ),
+            f"vllm:generation_tokens_total{{{lb}}} {_num(s.generation_tokens)}\n",
+            _family(
+                "vllm:request_success_total", "counter", "Count of successfully processed requests."
+            ),
+            # Every simulated request stops on its token budget.
+            f'vllm:request_success_total{{{lb},finished_reason="stop"}} 0.0\n',
+            f'vllm:request_success_total{{{lb},finished_reason="length"}} '
+            f"{_num(s.request_success)}\n",
+            self._cache_info,
+        ]
+        if len(self._models) > 1:
+            adapters = self._models[1:]
+            running = ",".join(m for m in adapters if s.running_by_model.get(m))
+            waiting = ",".join(m for m in adapters if s.waiting_by_model.get(m))
+            out.append(
+                _family("vllm:lora_requests_info", "gauge", "Running stats on lora requests.")
+                + f'vllm:lora_requests_info{{max_lora="{len(adapters)}",'
+                f'running_lora_adapters="{_esc(running)}",'
+                f'waiting_lora_adapters="{_esc(waiting)}"}} {_num(time.time())}\n'
+            )
+        self._histogram(
+            out,
+            "vllm:time_to_first_token_seconds",
+            "Histogram of time to first token in seconds.",
+            h.ttft_s,
+        )
+        self._histogram(
+            out,
+            self._itl_name,
+            "Histogram of inter-token latency in seconds.",
+            h.inter_token_latency_s,
+        )
+        self._histogram(
+            out,
+            "vllm:e2e_request_latency_seconds",
+            "Histogram of e2e request latency in seconds.",
+            h.e2e_latency_s,
+        )
+        self._histogram(
+            out,
+            "vllm:request_queue_time_seconds",
+            "Histogram of time spent in WAITING phase for request.",
+            h.queue_time_s,
+        )
+        self._histogram(
+            out,
+            "vllm:request_prompt_tokens",
+            "Number of prefill tokens processed.",
+            h.prompt_tokens,
+        )
+        self._histogram(
+            out,
+            "vllm:request_generation_tokens",
+            "Number of generation tokens processed.",
+            h.generation_tokens,
+        )
+        return "".join(out)
+
+    def _histogram(self, out: list[str], name: str, help_text: str, hist: Histogram) -> None:
+        out.append(_family(name, "histogram", help_text))
+        lb = self._labels
+        bounds = (*hist.bounds, float("inf"))
+        for bound, count in zip(bounds, hist.cumulative(), strict=True):
+            out.append(f'{name}_bucket{{{lb},le="{_num(bound)}"}} {_num(count)}\n')
+        out.append(f"{name}_count{{{lb}}} {_num(hist.count)}\n")
+        out.append(f"{name}_sum{{{lb}}} {_num(hist.sum)}\n")

@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from epp.sim.engine import SimConfig, SimEngine
+from epp.sim.histogram import Histogram
+from epp.sim.metrics import MetricsRenderer
+
+from .helpers import metric_value
+
+NAMES = (
+    "vllm:num_requests_running",
+    "vllm:num_requests_waiting",
+    "vllm:kv_cache_usage_perc",
+    "vllm:prefix_cache_queries_total",
+    "vllm:prefix_cache_hits_total",
+    "vllm:prompt_tokens_total",
+    "vllm:generation_tokens_total",
+)
+SAMPLE = re.compile(r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-z_]+="[^"]*",?)*\})? \S+$')
+
+
+async def served(engine: SimEngine, prompt: str) -> None:
+    async with engine.run(prompt, model="m", max_tokens=3) as gen:
+        async for _ in gen.tokens():
+            pass
+
+
+@pytest.mark.asyncio
+async def test_exposition_has_vllm_names_help_type_and_values() -> None:
+    engine = SimEngine(SimConfig(time_scale=0))
+    await served(engine, "p" * 400)
+    await served(engine, "p" * 400)
+    text = MetricsRenderer(engine, ["m"]).render()
+    for name in NAMES:
+        assert f"# TYPE {name} " in text
+        assert f"# HELP {name} " in text
+    assert text.endswith("\n")
+    assert all(SAMPLE.match(line) for line in text.splitlines() if not line.startswith("#"))
+    assert metric_value(text, "vllm:prefix_cache_queries_total") == 200
+    assert metric_value(text, "vllm:prefix_cache_hits_total") == 96
+    assert metric_value(text, "vllm:prompt_tokens_total") == 200
+    assert metric_value(text, "vllm:generation_tokens_total") == 6
+    assert metric_value(text, "vllm:kv_cache_usage_perc") == 0
+    assert 'vllm:request_success_total{model_name="m",engine="0",finished_reason="length"} 2.0' in (
+        text
+    )
+    assert 'block_size="16"' in text and 'num_gpu_blocks="2048"' in text
+    assert 'vllm:time_to_first_token_seconds_bucket{model_name="m",engine="0",le="+Inf"} 2.0' in (
+        text
+    )
+    assert "vllm:gpu_cache_usage_perc" not in text
+    assert "vllm:lora_requests_info" not in text
+    assert len(text) > 10_000  # realistically large for scrapers
+
+
+def test_legacy_metric_names() -> None:
+    text = MetricsRenderer(SimEngine(SimConfig(legacy_metric_names=True)), ["m"]).render()
+    assert metric_value(text, "vllm:gpu_cache_usage_perc") == 0
+    assert "vllm:kv_cache_usage_perc" not in text
+
+
+def test_extra_models_are_reported_as_lora_adapters() -> None:
+    text = MetricsRenderer(SimEngine(), ["base", "a", "b"]).render()
+    assert 'vllm:lora_requests_info{max_lora="2",running_lora_adapters=""' in text
+    assert 'model_name="base"' in text
+    assert 'model_name="a"' not in text
+
+
+def test_label_values_are_escaped() -> None:
+    text = MetricsRenderer(SimEngine(), ['we"ird\\name']).render()
+    assert 'model_name="we\\"ird\\\\name"' in text
+
+
+def test_histogram_is_cumulative() -> None:
+    hist = Histogram((1.0, 2.0))
+    for value in (0.5, 1.0, 1.5, 9.0):
+        hist.observe(value)
+    assert hist.cumulative() == [2, 3, 4]
+    assert (hist.count, hist.sum) == (4, 12.0)
+    with pytest.raises(ValueError):
+        Histogram((2.0, 1.0))
