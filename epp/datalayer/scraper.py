@@ -1,0 +1,324 @@
+"""Poll every endpoint's Prometheus ``/metrics`` and keep ``Endpoint.metrics`` current.
+
+One asyncio task per endpoint (the collector loop of the reference EPP): it scrapes, then
+sleeps out the rest of ``interval_s``, forever, until the endpoint leaves the store or the
+scraper stops. All tasks share one ``aiohttp.ClientSession`` with a bounded, keep-alive
+connector, so a steady poll reuses one TCP connection per endpoint.
+
+On success the endpoint gets a new ``Metrics`` (replaced whole), ``scrape_failures = 0``
+and ``last_scrape_error = None``. On any failure (connect error, timeout, HTTP status,
+unparsable text, missing metrics) ``scrape_failures`` grows, ``last_scrape_error`` holds
+the reason, and the old ``Metrics`` stay, so ``Endpoint.is_fresh(staleness_s)`` turns
+false once they are ``staleness_s`` old. A failure is logged at WARNING only when its
+text differs from the previous one, and the recovery at INFO, so a dead pod logs twice,
+not twenty times a second.
+
+Example::
+
+    scraper = MetricsScraper(store, interval_s=0.05)
+    await scraper.start()   # scrapes what the store holds now, then follows it
+    ...
+    await scraper.stop()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+
+from epp.datalayer.endpoint import Endpoint
+from epp.datalayer.errors import DataLayerError, MetricsExtractError, ScrapeError
+from epp.datalayer.extract import detect_mapping, extract_metrics
+from epp.datalayer.metric_mappings import AUTO, MetricMapping, mappings_for, wanted_names
+from epp.datalayer.prometheus_text import parse_samples
+from epp.datalayer.store import EndpointStore
+
+__all__ = [
+    "DEFAULT_INTERVAL_S",
+    "DEFAULT_STALENESS_S",
+    "MetricsScraper",
+    "default_timeout_s",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_INTERVAL_S = 0.05  # the reference EPP's refresh interval
+DEFAULT_STALENESS_S = 2.0  # what readers should pass to Endpoint.is_fresh
+DEFAULT_MAX_CONNECTIONS = 256
+DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+DEFAULT_STOP_TIMEOUT_S = 5.0
+# Under uvicorn's 5 s keep-alive (vLLM, SGLang): reusing a connection the server is about
+# to close would fail a scrape for nothing. Polls every 50 ms never get near it.
+_KEEPALIVE_TIMEOUT_S = 4.0
+
+
+def default_timeout_s(interval_s: float) -> float:
+    """The per-poll timeout used when none is given: ``min(1.0, max(0.5, interval_s))``.
+
+    At least 0.5 s, because a busy model server answers ``/metrics`` from the same event
+    loop that streams tokens and can be 100+ ms late without being unhealthy. At most 1 s,
+    so a hung server counts as failing (and is logged) well before its data goes stale at
+    2 s. Between the two it follows the interval.
+    """
+    return min(1.0, max(0.5, interval_s))
+
+
+class MetricsScraper:
+    """Keeps the metrics of every endpoint in ``store`` fresh.
+
+    ``engine`` is ``"auto"`` (recognize vLLM or SGLang per endpoint from what it exposes),
+    an engine name from ``MAPPINGS``, or a custom :class:`MetricMapping`.
+
+    ``sleep`` and ``clock`` are the test seams: ``sleep`` paces the loop (default
+    ``asyncio.sleep``) and ``clock`` stamps ``Metrics.updated_at`` (default
+    ``time.monotonic``, which ``Endpoint.is_fresh`` compares against). Pass ``session`` to
+    share a ``ClientSession``; the scraper then does not close it.
+
+    The store's listeners must be called on the scraper's event loop, or from another
+    thread (changes are then handed to the loop with ``call_soon_threadsafe``).
+    """
+
+    def __init__(
+        self,
+        store: EndpointStore,
+        *,
+        engine: str | MetricMapping = AUTO,
+        path: str = "/metrics",
+        interval_s: float = DEFAULT_INTERVAL_S,
+        timeout_s: float | None = None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        stop_timeout_s: float = DEFAULT_STOP_TIMEOUT_S,
+        session: aiohttp.ClientSession | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if interval_s <= 0:
+            raise ValueError(f"interval_s must be > 0, got {interval_s}")
+        if timeout_s is not None and timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        if not path.startswith("/"):
+            raise ValueError(f"path must start with '/', got {path!r}")
+        self._store = store
+        self._mappings = (engine,) if isinstance(engine, MetricMapping) else mappings_for(engine)
+        self._names = wanted_names(self._mappings)
+        self.path = path
+        self.interval_s = interval_s
+        self.timeout_s = default_timeout_s(interval_s) if timeout_s is None else timeout_s
+        self._max_connections = max_connections
+        self._max_body_bytes = max_body_bytes
+        self._stop_timeout_s = stop_timeout_s
+        self._session = session
+        self._owns_session = session is None
+        self._sleep = sleep
+        self._clock = clock
+        self._tasks: dict[Endpoint, asyncio.Task[None]] = {}  # one per endpoint in the store
+        self._live: set[asyncio.Task[None]] = set()  # also those cancelled but not yet done
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._started = False
+        self._stopped = False
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Scrape every endpoint the store holds once (so first requests have data), then
+        keep one polling task per endpoint as the store changes."""
+        if self._started:
+            raise RuntimeError("MetricsScraper.start() called twice")
+        self._started = True
+        self._loop = asyncio.get_running_loop()
+        # Subscribe first so no change made while the first scrapes run is missed.
+        self._store.subscribe(self._on_store_change)
+        initial = list(self._store.all())
+        await asyncio.gather(*(self.scrape_once(endpoint) for endpoint in initial))
+        for endpoint in initial:
+            current = self._store.get(endpoint.address) is endpoint
+            if current and not self._stopped and endpoint not in self._tasks:
+                self._start_task(endpoint, scrape_first=False)
+        fresh = sum(1 for endpoint in initial if endpoint.scrape_failures == 0)
+        logger.info(
+            "metrics scraper started: %d/%d endpoints scraped, every %.3fs (timeout %.3fs)",
+            fresh,
+            len(initial),
+            self.interval_s,
+            self.timeout_s,
+        )
+
+    async def stop(self) -> None:
+        """Cancel every polling task, wait for them (bounded), close the owned session."""
+        self._stopped = True
+        self._tasks.clear()
+        tasks = list(self._live)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=self._stop_timeout_s)
+            if pending:
+                logger.warning(
+                    "%d scrape tasks did not stop within %.1fs", len(pending), self._stop_timeout_s
+                )
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def scraped_addresses(self) -> frozenset[str]:
+        """Addresses that have a polling task now (for tests and debug endpoints)."""
+        return frozenset(endpoint.address for endpoint in self._tasks)
+
+    # -- one scrape ------------------------------------------------------------------
+
+    async def scrape_once(self, endpoint: Endpoint) -> None:
+        """Poll ``endpoint`` once and record the outcome on it; never raises (but
+        propagates cancellation)."""
+        try:
+            text = await self._fetch(endpoint.address)
+            samples = parse_samples(text, self._names)
+            mapping = detect_mapping(samples, self._mappings)
+            if mapping is None:
+                expected = " or ".join(sorted({m.waiting[0] for m in self._mappings}))
+                raise MetricsExtractError(f"no known engine metrics found (looked for {expected})")
+            metrics = extract_metrics(samples, mapping, updated_at=self._clock())
+        except DataLayerError as exc:
+            self._record_failure(endpoint, str(exc))
+            return
+        except Exception as exc:  # a bug: count it and say so, but keep polling
+            self._record_failure(endpoint, f"internal error: {exc!r}", exc_info=True)
+            return
+        first = endpoint.metrics.updated_at == 0.0
+        endpoint.metrics = metrics
+        if endpoint.last_scrape_error is not None:
+            logger.info(
+                "scrape of %s recovered after %d failures (last error: %s)",
+                endpoint.address,
+                endpoint.scrape_failures,
+                endpoint.last_scrape_error,
+            )
+        elif first:
+            logger.info("first scrape of %s: %s metrics", endpoint.address, mapping.engine)
+        endpoint.scrape_failures = 0
+        endpoint.last_scrape_error = None
+
+    async def _fetch(self, address: str) -> str:
+        """GET the metrics text of ``address``; every failure becomes a ScrapeError."""
+        url = f"http://{address}{self.path}"
+        session = self._get_session()
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                async with session.get(url) as response:
+                    if response.status != 200:
+                        raise ScrapeError(f"GET {url}: HTTP {response.status} {response.reason}")
+                    body = await self._read_body(url, response)
+        except TimeoutError as exc:
+            raise ScrapeError(f"GET {url}: timed out after {self.timeout_s:g}s") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise ScrapeError(f"GET {url}: {type(exc).__name__}: {exc}") from exc
+        return body.decode("utf-8", errors="replace")
+
+    async def _read_body(self, url: str, response: aiohttp.ClientResponse) -> bytes:
+        limit = self._max_body_bytes
+        if response.content_length is not None and response.content_length > limit:
+            raise ScrapeError(f"GET {url}: body of {response.content_length} bytes over {limit}")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.content.iter_any():
+            size += len(chunk)
+            if size > limit:
+                raise ScrapeError(f"GET {url}: body over {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _record_failure(self, endpoint: Endpoint, error: str, *, exc_info: bool = False) -> None:
+        endpoint.scrape_failures += 1
+        if error != endpoint.last_scrape_error:
+            updated_at = endpoint.metrics.updated_at
+            age = (
+                "never scraped"
+                if updated_at == 0.0
+                else (f"metrics {self._clock() - updated_at:.1f}s old")
+            )
+            logger.warning(
+                "scrape of %s failed (%d in a row, %s): %s",
+                endpoint.address,
+                endpoint.scrape_failures,
+                age,
+                error,
+                exc_info=exc_info,
+            )
+        endpoint.last_scrape_error = error
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            if self._stopped:
+                raise ScrapeError("scraper is stopped")
+            connector = aiohttp.TCPConnector(
+                limit=self._max_connections,
+                limit_per_host=2,  # the polling task, plus an occasional scrape_once
+                keepalive_timeout=_KEEPALIVE_TIMEOUT_S,
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                # Timeouts come from asyncio.timeout around the whole poll.
+                timeout=aiohttp.ClientTimeout(total=None),
+                # Uncompressed: the model server would gzip in the loop that streams tokens.
+                headers={"Accept-Encoding": "identity"},
+                # Pod addresses must never go through an HTTP(S)_PROXY from the environment.
+                trust_env=False,
+            )
+        return self._session
+
+    # -- following the store ---------------------------------------------------------
+
+    def _on_store_change(self, added: list[Endpoint], removed: list[Endpoint]) -> None:
+        if self._stopped or not (added or removed):
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is not self._loop and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._apply_change, list(added), list(removed))
+        else:
+            self._apply_change(added, removed)
+
+    def _apply_change(self, added: list[Endpoint], removed: list[Endpoint]) -> None:
+        if self._stopped:
+            return
+        for endpoint in removed:
+            task = self._tasks.pop(endpoint, None)
+            if task is not None:
+                task.cancel()
+                logger.info(
+                    "stopped scraping %s: removed from the endpoint table", endpoint.address
+                )
+        for endpoint in added:
+            if endpoint not in self._tasks:
+                self._start_task(endpoint, scrape_first=True)
+                logger.info("started scraping %s", endpoint.address)
+
+    def _start_task(self, endpoint: Endpoint, *, scrape_first: bool) -> None:
+        task = asyncio.get_running_loop().create_task(
+            self._run(endpoint, scrape_first), name=f"scrape {endpoint.address}"
+        )
+        self._tasks[endpoint] = task
+        self._live.add(task)
+        task.add_done_callback(lambda done: self._forget(endpoint, done))
+
+    def _forget(self, endpoint: Endpoint, task: asyncio.Task[None]) -> None:
+        self._live.discard(task)
+        if self._tasks.get(endpoint) is task:
+            del self._tasks[endpoint]
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("scrape task for %s died", endpoint.address, exc_info=task.exception())
+
+    async def _run(self, endpoint: Endpoint, scrape_first: bool) -> None:
+        if not scrape_first:
+            await self._sleep(self.interval_s)
+        while True:
+            started = self._clock()
+            await self.scrape_once(endpoint)
+            # Sleep out the rest of the interval; a slow poll is followed by the next at once.
+            await self._sleep(max(0.0, self.interval_s - (self._clock() - started)))

@@ -1,0 +1,222 @@
+"""Engine mappings and extraction: samples -> Metrics, with explicit aggregation."""
+
+from __future__ import annotations
+
+import math
+from types import ModuleType
+
+import pytest
+
+from epp.datalayer import (
+    errors,
+    extract,
+    metric_mappings,
+    prometheus_text,
+    scraper,
+    static_discovery,
+)
+from epp.datalayer.endpoint import Metrics
+from epp.datalayer.errors import MetricsExtractError
+from epp.datalayer.extract import Aggregation, aggregate, detect_mapping, extract_metrics
+from epp.datalayer.metric_mappings import (
+    MAPPINGS,
+    SGLANG,
+    VLLM,
+    MetricMapping,
+    mappings_for,
+    wanted_names,
+)
+from epp.datalayer.prometheus_text import Sample, parse_samples
+
+AUTO = mappings_for("auto")
+
+
+def metrics_of(text: str, mappings: tuple[MetricMapping, ...] = AUTO) -> Metrics:
+    samples = parse_samples(text, wanted_names(mappings))
+    mapping = detect_mapping(samples, mappings)
+    if mapping is None:
+        raise MetricsExtractError("no mapping")
+    return extract_metrics(samples, mapping, updated_at=42.0)
+
+
+def test_vllm(payloads: dict[str, str]) -> None:
+    assert metrics_of(payloads["vllm"]) == Metrics(
+        waiting_requests=5,
+        running_requests=3,
+        kv_cache_usage=0.25,
+        kv_block_size=16,
+        kv_num_blocks=27000,
+        updated_at=42.0,
+    )
+
+
+def test_vllm_legacy_kv_name(payloads: dict[str, str]) -> None:
+    metrics = metrics_of(payloads["vllm-legacy"])
+    assert (metrics.running_requests, metrics.waiting_requests) == (1, 0)
+    assert metrics.kv_cache_usage == 0.75
+    assert metrics.kv_block_size is None and metrics.kv_num_blocks is None
+
+
+def test_vllm_new_kv_name_wins_over_legacy() -> None:
+    text = (
+        "vllm:num_requests_running 0\nvllm:num_requests_waiting 0\n"
+        "vllm:gpu_cache_usage_perc 0.9\nvllm:kv_cache_usage_perc 0.1\n"
+    )
+    assert metrics_of(text).kv_cache_usage == 0.1
+
+
+def test_sglang(payloads: dict[str, str]) -> None:
+    assert metrics_of(payloads["sglang"]) == Metrics(
+        waiting_requests=2,
+        running_requests=8,
+        kv_cache_usage=0.5,
+        kv_block_size=1,
+        kv_num_blocks=120000,
+        updated_at=42.0,
+    )
+
+
+def test_auto_detects_each_engine(payloads: dict[str, str]) -> None:
+    def detected(text: str) -> MetricMapping | None:
+        return detect_mapping(parse_samples(text, wanted_names(AUTO)), AUTO)
+
+    assert detected(payloads["vllm"]) is VLLM
+    assert detected(payloads["vllm-legacy"]) is VLLM
+    assert detected(payloads["sglang"]) is SGLANG
+    assert detected("python_gc_objects_collected_total 3\n") is None
+
+
+def test_series_per_model_sum_counts_and_max_kv() -> None:
+    text = (
+        'vllm:num_requests_running{model_name="a"} 2\n'
+        'vllm:num_requests_running{model_name="b"} 3\n'
+        'vllm:num_requests_waiting{model_name="a"} 1\n'
+        'vllm:num_requests_waiting{model_name="b"} 4\n'
+        'vllm:kv_cache_usage_perc{engine="0"} 0.3\n'
+        'vllm:kv_cache_usage_perc{engine="1"} 0.8\n'
+    )
+    metrics = metrics_of(text)
+    assert (metrics.running_requests, metrics.waiting_requests) == (5, 5)
+    assert metrics.kv_cache_usage == 0.8
+
+
+@pytest.mark.parametrize(
+    ("values", "how", "expected"),
+    [
+        ([1.0, 2.0, 3.5], Aggregation.SUM, 6.5),
+        ([0.2, 0.9, 0.4], Aggregation.MAX, 0.9),
+        ([1.0, math.nan, 2.0], Aggregation.SUM, 3.0),
+        ([math.inf, 0.5], Aggregation.MAX, 0.5),
+        ([math.nan], Aggregation.SUM, None),
+        ([], Aggregation.MAX, None),
+    ],
+    ids=["sum", "max", "nan-skipped", "inf-skipped", "only-nan", "empty"],
+)
+def test_aggregate(values: list[float], how: Aggregation, expected: float | None) -> None:
+    assert aggregate([Sample({}, v) for v in values], how) == expected
+
+
+def test_non_finite_only_is_an_error() -> None:
+    text = (
+        "vllm:num_requests_running NaN\nvllm:num_requests_waiting 0\nvllm:kv_cache_usage_perc 0\n"
+    )
+    with pytest.raises(MetricsExtractError, match="vllm:num_requests_running has no finite value"):
+        metrics_of(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "missing"),
+    [
+        (
+            "vllm:num_requests_running 1\nvllm:num_requests_waiting 1\n",
+            "vllm:kv_cache_usage_perc or vllm:gpu_cache_usage_perc",
+        ),
+        (
+            "vllm:num_requests_running 1\nvllm:kv_cache_usage_perc 0.1\n",
+            "vllm:num_requests_waiting",
+        ),
+    ],
+    ids=["kv", "waiting"],
+)
+def test_missing_required_metric(text: str, missing: str) -> None:
+    with pytest.raises(MetricsExtractError, match=f"metric {missing} not found"):
+        metrics_of(text)
+
+
+def test_values_are_rounded_floored_and_clamped() -> None:
+    text = (
+        "vllm:num_requests_running 2.6\nvllm:num_requests_waiting -1\n"
+        "vllm:kv_cache_usage_perc 1.2\n"
+    )
+    metrics = metrics_of(text)
+    assert (metrics.running_requests, metrics.waiting_requests) == (3, 0)
+    assert metrics.kv_cache_usage == 1.0
+
+
+@pytest.mark.parametrize(
+    ("labels", "expected"),
+    [
+        ('block_size="32",num_gpu_blocks="100"', (32, 100)),
+        ('block_size="16",num_gpu_blocks="None"', (16, None)),
+        ('block_size="0"', (None, None)),
+        ('block_size="sixteen",num_gpu_blocks="1e3"', (None, 1000)),
+    ],
+    ids=["both", "blocks-not-profiled", "zero", "junk-and-float"],
+)
+def test_cache_config_labels(labels: str, expected: tuple[int | None, int | None]) -> None:
+    text = (
+        "vllm:num_requests_running 0\nvllm:num_requests_waiting 0\n"
+        f"vllm:kv_cache_usage_perc 0\nvllm:cache_config_info{{{labels}}} 1\n"
+    )
+    metrics = metrics_of(text)
+    assert (metrics.kv_block_size, metrics.kv_num_blocks) == expected
+
+
+def test_explicit_engine_ignores_the_other_engine(payloads: dict[str, str]) -> None:
+    mappings = mappings_for("sglang")
+    samples = parse_samples(payloads["vllm"], wanted_names(mappings))
+    assert detect_mapping(samples, mappings) is None
+
+
+def test_mappings_registry() -> None:
+    assert mappings_for("auto") == (VLLM, SGLANG)
+    assert mappings_for("vllm") == (VLLM,)
+    assert set(MAPPINGS) == {"vllm", "sglang"}
+    assert all(MAPPINGS[name].engine == name for name in MAPPINGS)
+    with pytest.raises(
+        ValueError,
+        match="unknown model-server engine 'trtllm'; expected one of: auto, sglang, vllm",
+    ):
+        mappings_for("trtllm")
+    assert "vllm:cache_config_info" in wanted_names([VLLM])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"waiting": (), "running": ("r",), "kv_usage": ("k",)}, ValueError),
+        ({"waiting": "w", "running": ("r",), "kv_usage": ("k",)}, TypeError),
+        ({"waiting": ("w",), "running": ("r",), "kv_usage": ("",)}, TypeError),
+    ],
+    ids=["empty-waiting", "string-not-tuple", "empty-name"],
+)
+def test_mapping_validation(kwargs: dict[str, object], error: type[Exception]) -> None:
+    with pytest.raises(error):
+        MetricMapping(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "module",
+    [errors, extract, metric_mappings, prometheus_text, scraper, static_discovery],
+    ids=lambda m: m.__name__.rsplit(".", 1)[-1],
+)
+def test_dunder_all_is_complete(module: ModuleType) -> None:
+    exported = module.__all__
+    public = {
+        name
+        for name, value in vars(module).items()
+        if not name.startswith("_")
+        and getattr(value, "__module__", module.__name__) == module.__name__
+        and (callable(value) or isinstance(value, type))
+    }
+    assert public <= set(exported)  # the order is ruff's (RUF022)
