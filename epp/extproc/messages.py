@@ -1,0 +1,188 @@
+"""Building the ``ProcessingResponse`` messages epp sends to Envoy."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import orjson
+from envoy.config.core.v3.base_pb2 import HeaderValueOption
+from envoy.service.ext_proc.v3.external_processor_pb2 import (
+    BodyResponse,
+    HeaderMutation,
+    HeadersResponse,
+    ImmediateResponse,
+    ProcessingResponse,
+    TrailersResponse,
+)
+from envoy.type.v3.http_status_pb2 import HttpStatus
+from google.protobuf.struct_pb2 import Struct
+
+from epp.errors import EppError
+
+__all__ = [
+    "DESTINATION_HEADER",
+    "LB_METADATA_NAMESPACE",
+    "MAX_STREAMED_CHUNK_BYTES",
+    "MODEL_HEADER",
+    "RoutingResponses",
+    "destination_metadata",
+    "empty_response_body_response",
+    "empty_response_headers_response",
+    "error_response",
+    "header_mutation",
+    "headers_response",
+    "routing_response",
+    "streamed_body_responses",
+    "streamed_response_body_echo",
+    "trailers_response",
+]
+
+DESTINATION_HEADER = "x-gateway-destination-endpoint"
+MODEL_HEADER = "x-gateway-model-name"
+LB_METADATA_NAMESPACE = "envoy.lb"
+# Envoy re-chunks what a processor streams back; chunks under 64 KiB keep every gRPC
+# message and Envoy buffer small (the reference EPP uses the same bound).
+MAX_STREAMED_CHUNK_BYTES = 62_000
+
+_OVERWRITE = HeaderValueOption.HeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD
+
+_EMPTY_HEADERS_RESPONSE = ProcessingResponse(request_headers=HeadersResponse())
+_EMPTY_RESPONSE_HEADERS_RESPONSE = ProcessingResponse(response_headers=HeadersResponse())
+_EMPTY_RESPONSE_BODY_RESPONSE = ProcessingResponse(response_body=BodyResponse())
+
+
+def header_mutation(headers: Iterable[tuple[str, str]]) -> HeaderMutation:
+    """Set (overwrite, never append) each header; a client-sent copy does not survive."""
+    mutation = HeaderMutation()
+    _set_headers(mutation, headers)
+    return mutation
+
+
+def _set_headers(mutation: HeaderMutation, headers: Iterable[tuple[str, str]]) -> None:
+    # Filling fields in place is several times faster than nested constructors in upb.
+    for key, value in headers:
+        option = mutation.set_headers.add()
+        option.header.key = key
+        option.header.raw_value = value.encode()
+        option.append_action = _OVERWRITE
+
+
+def destination_metadata(destination: str) -> Struct:
+    """``envoy.lb/x-gateway-destination-endpoint`` dynamic metadata, as the protocol asks."""
+    metadata = Struct()
+    metadata.get_or_create_struct(LB_METADATA_NAMESPACE)[DESTINATION_HEADER] = destination
+    return metadata
+
+
+def routing_response(
+    headers: Iterable[tuple[str, str]], destination: str, *, on_body: bool
+) -> ProcessingResponse:
+    """The answer that routes a request: header mutation, route cache cleared, metadata.
+
+    It rides on the request-headers answer (full duplex, or a request without a body)
+    or, ``on_body``, on the answer to a buffered body.
+    """
+    response = ProcessingResponse()
+    phase = response.request_body if on_body else response.request_headers
+    common = phase.response
+    _set_headers(common.header_mutation, headers)
+    common.clear_route_cache = True
+    response.dynamic_metadata.CopyFrom(destination_metadata(destination))
+    return response
+
+
+class RoutingResponses:
+    """Routing answers, built once per (destination, model, phase) and then reused.
+
+    The answer depends on nothing else, and a fleet has few endpoints and models, so a
+    small cache turns ~7 µs of protobuf building per request into a dict lookup. It is
+    cleared when full, which keeps it bounded whatever the traffic.
+    """
+
+    def __init__(self, max_entries: int = 4096) -> None:
+        self._max_entries = max_entries
+        self._cache: dict[tuple[str, str, bool], ProcessingResponse] = {}
+
+    def get(self, destination: str, model: str, *, on_body: bool) -> ProcessingResponse:
+        key = (destination, model, on_body)
+        response = self._cache.get(key)
+        if response is None:
+            headers = [(DESTINATION_HEADER, destination)]
+            if model:
+                headers.append((MODEL_HEADER, model))
+            response = routing_response(headers, destination, on_body=on_body)
+            if len(self._cache) >= self._max_entries:
+                self._cache.clear()
+            self._cache[key] = response
+        return response
+
+
+def headers_response() -> ProcessingResponse:
+    """Answer to request headers that changes nothing (buffered mode, before the body)."""
+    return _EMPTY_HEADERS_RESPONSE
+
+
+def streamed_body_responses(
+    chunks: Iterable[bytes], *, end_of_stream: bool
+) -> Iterator[ProcessingResponse]:
+    """The request body handed back in full-duplex mode, unchanged, in bounded chunks.
+
+    Envoy's own chunk boundaries are kept where they fit, so nothing is joined or copied
+    twice; an empty body still sends one (empty) message to carry ``end_of_stream``.
+    """
+    pending: list[bytes | memoryview] = []
+    for chunk in chunks:
+        if len(chunk) <= MAX_STREAMED_CHUNK_BYTES:
+            if chunk:
+                pending.append(chunk)
+            continue
+        view = memoryview(chunk)
+        for start in range(0, len(view), MAX_STREAMED_CHUNK_BYTES):
+            pending.append(view[start : start + MAX_STREAMED_CHUNK_BYTES])
+    if not pending:
+        pending.append(b"")
+    last = len(pending) - 1
+    for index, piece in enumerate(pending):
+        response = ProcessingResponse()
+        streamed = response.request_body.response.body_mutation.streamed_response
+        streamed.body = bytes(piece)
+        streamed.end_of_stream = end_of_stream and index == last
+        yield response
+
+
+def trailers_response(*, request: bool) -> ProcessingResponse:
+    if request:
+        return ProcessingResponse(request_trailers=TrailersResponse())
+    return ProcessingResponse(response_trailers=TrailersResponse())
+
+
+def empty_response_headers_response() -> ProcessingResponse:
+    return _EMPTY_RESPONSE_HEADERS_RESPONSE
+
+
+def empty_response_body_response() -> ProcessingResponse:
+    return _EMPTY_RESPONSE_BODY_RESPONSE
+
+
+def streamed_response_body_echo(body: bytes, *, end_of_stream: bool) -> ProcessingResponse:
+    """Pass a response body chunk through unchanged (full-duplex response mode)."""
+    response = ProcessingResponse()
+    streamed = response.response_body.response.body_mutation.streamed_response
+    streamed.body = body
+    streamed.end_of_stream = end_of_stream
+    return response
+
+
+def error_response(error: EppError) -> ProcessingResponse:
+    """An ``ImmediateResponse`` carrying an OpenAI-style JSON error body."""
+    body = orjson.dumps(
+        {"error": {"message": error.message, "type": error.error_type, "code": error.code}}
+    )
+    return ProcessingResponse(
+        immediate_response=ImmediateResponse(
+            status=HttpStatus(code=error.status),
+            headers=header_mutation([("content-type", "application/json")]),
+            body=body,
+            details=f"epp_{error.code}",
+        )
+    )

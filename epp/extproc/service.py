@@ -1,0 +1,99 @@
+"""The ``envoy.service.ext_proc.v3.ExternalProcessor`` gRPC service on grpc.aio."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
+from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingRequest, ProcessingResponse
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from epp.director import Director
+from epp.extproc.messages import RoutingResponses
+from epp.extproc.stream import RequestStream
+from epp.observability import metrics
+
+__all__ = ["ExternalProcessor", "create_grpc_server"]
+
+log = logging.getLogger(__name__)
+
+_EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
+
+
+class ExternalProcessor(external_processor_pb2_grpc.ExternalProcessorServicer):  # type: ignore[misc]
+    """One ``RequestStream`` per gRPC stream; a failure on one stream stays on it."""
+
+    def __init__(self, director: Director, *, max_body_bytes: int) -> None:
+        self._director = director
+        self._max_body_bytes = max_body_bytes
+        self._routing_responses = RoutingResponses()
+
+    async def Process(
+        self,
+        request_iterator: AsyncIterator[ProcessingRequest],
+        context: grpc.aio.ServicerContext[ProcessingRequest, ProcessingResponse],
+    ) -> AsyncIterator[ProcessingResponse]:
+        stream = RequestStream(
+            self._director,
+            max_body_bytes=self._max_body_bytes,
+            routing_responses=self._routing_responses,
+        )
+        try:
+            async for message in request_iterator:
+                for response in stream.handle(message):
+                    yield response
+        except Exception:
+            # A bug, not a client error: fail this stream only, loudly, and keep serving.
+            metrics.STREAM_ERRORS.labels("exception").inc()
+            log.exception(
+                "ext_proc stream for request %s failed", stream.headers.get("x-request-id", "-")
+            )
+            await context.abort(grpc.StatusCode.INTERNAL, "epp failed to process the request")
+        finally:
+            stream.close()
+
+
+def create_grpc_server(
+    director: Director,
+    *,
+    address: str,
+    max_body_bytes: int,
+    health_servicer: health.aio.HealthServicer | None = None,
+) -> tuple[grpc.aio.Server, int]:
+    """A grpc.aio server with ext_proc (and gRPC health) bound to ``address``.
+
+    Returns the server and the port bound (``address`` may end in ``:0``).
+    """
+    # Envoy sends each body chunk (and a buffered body whole) as one gRPC message.
+    max_message = max(4 * 1024 * 1024, max_body_bytes + 1024 * 1024)
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", max_message),
+            ("grpc.max_send_message_length", max_message),
+            ("grpc.so_reuseport", 0),
+            # Envoy keeps one HTTP/2 connection open; answer its keepalive pings.
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+        ]
+    )
+    external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(
+        ExternalProcessor(director, max_body_bytes=max_body_bytes), server
+    )
+    if health_servicer is not None:
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot listen for gRPC on {address}")
+    return server, port
+
+
+async def set_serving(health_servicer: health.aio.HealthServicer, serving: bool) -> None:
+    status = (
+        health_pb2.HealthCheckResponse.SERVING
+        if serving
+        else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
+    for service in ("", _EXT_PROC_SERVICE):
+        await health_servicer.set(service, status)

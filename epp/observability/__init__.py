@@ -1,0 +1,1 @@
+"""epp's own metrics, health and logging."""

@@ -1,0 +1,210 @@
+"""The per-stream state machine, fed Envoy's messages in memory (no gRPC)."""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+import pytest
+from envoy.config.core.v3.base_pb2 import HeaderMap, HeaderValue, Metadata
+from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
+from envoy.service.ext_proc.v3.external_processor_pb2 import (
+    HttpBody,
+    HttpHeaders,
+    HttpTrailers,
+    ProcessingRequest,
+    ProcessingResponse,
+    ProtocolConfiguration,
+)
+from google.protobuf.struct_pb2 import Struct
+
+from epp.datalayer.endpoint import Metrics
+from epp.datalayer.store import EndpointStore
+from epp.director import Director
+from epp.extproc.messages import MAX_STREAMED_CHUNK_BYTES
+from epp.extproc.stream import Phase, RequestStream
+from epp.scheduling.registry import PluginRegistry, register_builtin_plugins
+from epp.scheduling.scheduler import build_scheduler, default_scheduler_config
+
+FULL_DUPLEX = ProcessingMode.FULL_DUPLEX_STREAMED
+BUFFERED = ProcessingMode.BUFFERED
+A, B, C = "10.0.0.1:8000", "10.0.0.2:8000", "10.0.0.3:8000"
+
+
+@pytest.fixture
+def store() -> EndpointStore:
+    store = EndpointStore()
+    store.replace([(A, frozenset({"m"})), (B, frozenset({"m"})), (C, frozenset({"other"}))])
+    for endpoint in store.all():
+        endpoint.metrics = Metrics(updated_at=time.monotonic())
+    return store
+
+
+@pytest.fixture
+def director(store: EndpointStore) -> Director:
+    registry = register_builtin_plugins(PluginRegistry())
+    return Director(store, build_scheduler(default_scheduler_config(), registry))
+
+
+def headers_message(
+    *, method: str = "POST", path: str = "/v1/chat/completions", end_of_stream: bool = False,
+    body_mode: int = FULL_DUPLEX, extra: dict[str, str] | None = None,
+    metadata: Metadata | None = None,
+) -> ProcessingRequest:
+    pairs = {":method": method, ":path": path, "x-request-id": "req-1", **(extra or {})}
+    return ProcessingRequest(
+        request_headers=HttpHeaders(
+            headers=HeaderMap(headers=[HeaderValue(key=k, raw_value=v.encode())
+                                       for k, v in pairs.items()]),
+            end_of_stream=end_of_stream,
+        ),
+        protocol_config=ProtocolConfiguration(request_body_mode=body_mode),
+        metadata_context=metadata,
+    )
+
+
+def body_message(body: bytes, *, end_of_stream: bool) -> ProcessingRequest:
+    return ProcessingRequest(request_body=HttpBody(body=body, end_of_stream=end_of_stream))
+
+
+def set_headers(response: ProcessingResponse, which: str) -> dict[str, str]:
+    common = getattr(response, which).response
+    return {h.header.key: h.header.raw_value.decode() for h in common.header_mutation.set_headers}
+
+
+def lb_destination(response: ProcessingResponse) -> str:
+    return response.dynamic_metadata.fields["envoy.lb"].struct_value.fields[
+        "x-gateway-destination-endpoint"].string_value
+
+
+def test_full_duplex_answers_after_the_whole_body(director: Director,
+                                                  store: EndpointStore) -> None:
+    stream = RequestStream(director, max_body_bytes=1 << 20)
+    body = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "x" * 100}]})
+    assert stream.handle(headers_message()) == ()
+    assert stream.handle(body_message(body[:50], end_of_stream=False)) == ()
+    responses = stream.handle(body_message(body[50:], end_of_stream=True))
+
+    head, *chunks = responses
+    assert head.WhichOneof("response") == "request_headers"
+    assert head.request_headers.response.clear_route_cache
+    mutation = set_headers(head, "request_headers")
+    assert mutation["x-gateway-model-name"] == "m"
+    assert mutation["x-gateway-destination-endpoint"] in (A, B)
+    assert lb_destination(head) == mutation["x-gateway-destination-endpoint"]
+    streamed = [c.request_body.response.body_mutation.streamed_response for c in chunks]
+    assert b"".join(s.body for s in streamed) == body
+    assert [s.end_of_stream for s in streamed] == [False] * (len(streamed) - 1) + [True]
+
+    chosen = store.get(mutation["x-gateway-destination-endpoint"])
+    assert chosen is not None and chosen.inflight_requests == 1
+    stream.close()
+    assert chosen.inflight_requests == 0
+
+
+def test_buffered_mode_puts_the_mutation_on_the_body_response(director: Director) -> None:
+    stream = RequestStream(director, max_body_bytes=1 << 20)
+    (head,) = stream.handle(headers_message(body_mode=BUFFERED))
+    assert head.WhichOneof("response") == "request_headers"
+    assert not head.request_headers.response.HasField("header_mutation")
+    (answer,) = stream.handle(body_message(b'{"model": "m", "prompt": "p"}', end_of_stream=True))
+    assert answer.WhichOneof("response") == "request_body"
+    assert set_headers(answer, "request_body")["x-gateway-destination-endpoint"] in (A, B)
+    assert not answer.request_body.response.HasField("body_mutation")  # body untouched
+
+
+def test_request_without_body_is_routed_on_headers(director: Director) -> None:
+    stream = RequestStream(director, max_body_bytes=1 << 20)
+    (answer,) = stream.handle(headers_message(method="GET", path="/v1/models",
+                                              end_of_stream=True))
+    mutation = set_headers(answer, "request_headers")
+    assert mutation["x-gateway-destination-endpoint"] in (A, B, C)
+    assert "x-gateway-model-name" not in mutation
+    assert stream.phase is Phase.ROUTED
+
+
+def test_body_ending_in_trailers(director: Director) -> None:
+    stream = RequestStream(director, max_body_bytes=1 << 20)
+    stream.handle(headers_message())
+    stream.handle(body_message(b'{"model": "m"}', end_of_stream=False))
+    responses = stream.handle(ProcessingRequest(request_trailers=HttpTrailers()))
+    kinds = [r.WhichOneof("response") for r in responses]
+    assert kinds == ["request_headers", "request_body", "request_trailers"]
+    assert not responses[1].request_body.response.body_mutation.streamed_response.end_of_stream
+
+
+def test_large_body_is_streamed_back_in_bounded_chunks(director: Director) -> None:
+    stream = RequestStream(director, max_body_bytes=1 << 22)
+    body = b'{"model": "m", "prompt": "' + b"y" * 200_000 + b'"}'
+    stream.handle(headers_message())
+    _, *chunks = stream.handle(body_message(body, end_of_stream=True))
+    pieces = [c.request_body.response.body_mutation.streamed_response.body for c in chunks]
+    assert max(len(p) for p in pieces) <= MAX_STREAMED_CHUNK_BYTES
+    assert b"".join(pieces) == body
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        (b"nope", 400, "invalid_json"),
+        (b'{"model": "unknown", "prompt": "p"}', 404, "model_not_found"),
+    ],
+    ids=["bad-json", "unknown-model"],
+)
+def test_errors_become_immediate_responses(director: Director, body: bytes, status: int,
+                                           code: str) -> None:
+    stream = RequestStream(director, max_body_bytes=1 << 20)
+    stream.handle(headers_message())
+    (answer,) = stream.handle(body_message(body, end_of_stream=True))
+    immediate = answer.immediate_response
+    assert immediate.status.code == status
+    assert orjson.loads(immediate.body)["error"]["code"] == code
+    assert stream.phase is Phase.ANSWERED
+    stream.close()  # nothing was routed, nothing to release
+
+
+def test_too_large_body_gets_413_without_waiting_for_the_rest(director: Director) -> None:
+    stream = RequestStream(director, max_body_bytes=10)
+    stream.handle(headers_message())
+    (answer,) = stream.handle(body_message(b"x" * 11, end_of_stream=False))
+    assert answer.immediate_response.status.code == 413
+    assert stream.handle(body_message(b"x", end_of_stream=True)) == ()
+
+
+def test_no_ready_endpoint_is_503(director: Director, store: EndpointStore) -> None:
+    for endpoint in store.serving("m"):
+        endpoint.scrape_failures = 10
+    stream = RequestStream(director, max_body_bytes=1 << 20)
+    stream.handle(headers_message())
+    (answer,) = stream.handle(body_message(b'{"model": "m"}', end_of_stream=True))
+    assert answer.immediate_response.status.code == 503
+
+
+def _subset_metadata(addresses: list[str]) -> Metadata:
+    hint = Struct()
+    hint.get_or_create_list("x-gateway-destination-endpoint-subset").extend(addresses)
+    metadata = Metadata()
+    metadata.filter_metadata["envoy.lb.subset_hint"].CopyFrom(hint)
+    return metadata
+
+
+def test_subset_hint_limits_the_choice(director: Director) -> None:
+    for _ in range(5):
+        stream = RequestStream(director, max_body_bytes=1 << 20)
+        stream.handle(headers_message(metadata=_subset_metadata([B])))
+        head, *_ = stream.handle(body_message(b'{"model": "m"}', end_of_stream=True))
+        assert set_headers(head, "request_headers")["x-gateway-destination-endpoint"] == B
+        stream.close()
+    stream = RequestStream(director, max_body_bytes=1 << 20)
+    stream.handle(headers_message(metadata=_subset_metadata([C])))  # C does not serve m
+    (answer,) = stream.handle(body_message(b'{"model": "m"}', end_of_stream=True))
+    assert answer.immediate_response.status.code == 503
+
+
+def test_response_messages_are_acknowledged(director: Director) -> None:
+    stream = RequestStream(director, max_body_bytes=1 << 20)
+    stream.handle(headers_message(method="GET", end_of_stream=True))
+    (ack,) = stream.handle(ProcessingRequest(response_headers=HttpHeaders()))
+    assert ack.WhichOneof("response") == "response_headers"
+    (ack,) = stream.handle(ProcessingRequest(response_trailers=HttpTrailers()))
+    assert ack.WhichOneof("response") == "response_trailers"
