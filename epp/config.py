@@ -1,0 +1,415 @@
+"""Configuration: one typed ``Config``, filled from defaults, a YAML file, env and flags.
+
+Precedence, lowest first: built-in defaults, the config file (``--config-file``), then
+each option's environment variable (``EPP_`` + the flag in upper snake case, e.g.
+``EPP_GRPC_PORT``), then the flag itself. Every option is declared once, in ``OPTIONS``;
+the argparse flags, the env names and the file keys all come from that table.
+
+The file is shaped like the reference EPP's ``EndpointPickerConfig`` (``plugins`` and
+``schedulingProfiles``), with epp's own sections beside them::
+
+    apiVersion: epp.dev/v1alpha1
+    kind: EndpointPickerConfig
+    server: {grpcPort: 9002, metricsPort: 9090}
+    dataLayer: {refreshMetricsInterval: 50ms, metricsStalenessThreshold: 2s}
+    endpoints:
+      - {address: 127.0.0.1:8001, models: [qwen2-1-5b]}
+    plugins:
+      - {type: queue-scorer}
+      - {type: max-score-picker}
+    schedulingProfiles:
+      - name: default
+        plugins: [{pluginRef: queue-scorer, weight: 2}, {pluginRef: max-score-picker}]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from epp.datalayer.static_discovery import parse_endpoint_flag
+from epp.datalayer.store import EndpointSpec
+from epp.scheduling.scheduler import (
+    PluginSpec,
+    ProfilePluginRef,
+    ProfileSpec,
+    SchedulerConfig,
+    default_scheduler_config,
+)
+
+__all__ = [
+    "OPTIONS",
+    "Config",
+    "ConfigError",
+    "DataLayerConfig",
+    "ServerConfig",
+    "add_serve_arguments",
+    "load_config",
+    "parse_duration_s",
+]
+
+MiB = 1024 * 1024
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the option and the source."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    grpc_host: str = "0.0.0.0"
+    grpc_port: int = 9002
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int = 9090  # Prometheus /metrics; 0 turns it off
+    max_body_bytes: int = 64 * MiB  # larger bodies get 413 from epp
+    graceful_timeout_s: float = 10.0  # in-flight streams get this long on SIGTERM
+    destination_fallbacks: int = 0  # endpoints listed after the primary
+
+
+@dataclass(frozen=True, slots=True)
+class DataLayerConfig:
+    refresh_metrics_interval_s: float = 0.05  # the reference EPP polls every 50 ms
+    scrape_timeout_s: float = 1.0
+    metrics_staleness_s: float = 2.0  # older metrics count as stale
+    metrics_path: str = "/metrics"
+    engine: str = "auto"  # vllm | sglang | auto
+    unready_after_failures: int = 3  # consecutive failed scrapes before an endpoint leaves
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    data_layer: DataLayerConfig = field(default_factory=DataLayerConfig)
+    endpoints: tuple[EndpointSpec, ...] = ()
+    scheduler: SchedulerConfig = field(default_factory=default_scheduler_config)
+    log_level: str = "info"
+    log_format: str = "text"  # text | json
+
+
+# -- value parsers ----------------------------------------------------------------------
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration_s(value: Any) -> float:
+    """Seconds from a number (seconds) or a Go-style duration string: 50ms, 2s, 1m."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a duration: {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if match is None:
+            raise ValueError(f"not a duration: {value!r} (use e.g. 50ms, 2s, 1m)")
+        seconds = float(match.group(1)) * _UNIT_S[match.group(2)]
+    if seconds < 0:
+        raise ValueError(f"duration must not be negative: {value!r}")
+    return seconds
+
+
+def _port(value: Any) -> int:
+    port = _int(value)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port out of range: {value!r}")
+    return port
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"not an integer: {value!r}")
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"not an integer: {value!r}") from None
+
+
+def _choice(*allowed: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        text = str(value).lower()
+        if text not in allowed:
+            raise ValueError(f"{value!r} is not one of {', '.join(allowed)}")
+        return text
+
+    return parse
+
+
+def _positive_duration(value: Any) -> float:
+    seconds = parse_duration_s(value)
+    if seconds == 0:
+        raise ValueError("must be greater than zero")
+    return seconds
+
+
+# -- the option table -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One scalar setting: its flag, its key in the file, where it lands in ``Config``."""
+
+    flag: str  # "--grpc-port"; env is EPP_GRPC_PORT
+    path: tuple[str, ...]  # ("server", "grpc_port")
+    file_key: tuple[str, ...]  # ("server", "grpcPort")
+    parse: Callable[[Any], Any]
+    help: str
+
+    @property
+    def env(self) -> str:
+        return "EPP_" + self.flag.removeprefix("--").replace("-", "_").upper()
+
+    @property
+    def dest(self) -> str:
+        return "_".join(self.path)
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("--grpc-host", ("server", "grpc_host"), ("server", "grpcHost"), str,
+           "address the ext_proc gRPC server listens on"),
+    Option("--grpc-port", ("server", "grpc_port"), ("server", "grpcPort"), _port,
+           "ext_proc gRPC port (Envoy connects here)"),
+    Option("--metrics-host", ("server", "metrics_host"), ("server", "metricsHost"), str,
+           "address of the Prometheus /metrics listener"),
+    Option("--metrics-port", ("server", "metrics_port"), ("server", "metricsPort"), _port,
+           "Prometheus /metrics port; 0 turns it off"),
+    Option("--max-body-bytes", ("server", "max_body_bytes"), ("server", "maxBodyBytes"), _int,
+           "largest request body epp gathers; larger ones get 413"),
+    Option("--graceful-timeout", ("server", "graceful_timeout_s"),
+           ("server", "gracefulTimeout"), parse_duration_s,
+           "how long in-flight requests may finish on SIGTERM (e.g. 10s)"),
+    Option("--destination-fallbacks", ("server", "destination_fallbacks"),
+           ("server", "destinationFallbacks"), _int,
+           "fallback endpoints to list after the primary in the destination"),
+    Option("--refresh-metrics-interval", ("data_layer", "refresh_metrics_interval_s"),
+           ("dataLayer", "refreshMetricsInterval"), _positive_duration,
+           "how often each endpoint's /metrics is scraped (e.g. 50ms)"),
+    Option("--scrape-timeout", ("data_layer", "scrape_timeout_s"),
+           ("dataLayer", "scrapeTimeout"), _positive_duration,
+           "timeout of one metrics scrape"),
+    Option("--metrics-staleness-threshold", ("data_layer", "metrics_staleness_s"),
+           ("dataLayer", "metricsStalenessThreshold"), _positive_duration,
+           "metrics older than this are stale; fresh endpoints are preferred"),
+    Option("--endpoint-metrics-path", ("data_layer", "metrics_path"),
+           ("dataLayer", "metricsPath"), str, "path of the model servers' metrics"),
+    Option("--engine", ("data_layer", "engine"), ("dataLayer", "engine"),
+           _choice("auto", "vllm", "sglang"), "metric names to read: vllm, sglang or auto"),
+    Option("--unready-after-failures", ("data_layer", "unready_after_failures"),
+           ("dataLayer", "unreadyAfterFailures"), _int,
+           "consecutive failed scrapes after which an endpoint gets no traffic"),
+    Option("--log-level", ("log_level",), ("logging", "level"),
+           _choice("debug", "info", "warning", "error"), "log level"),
+    Option("--log-format", ("log_format",), ("logging", "format"), _choice("text", "json"),
+           "log format: text or json (one object per line)"),
+)
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add every option as a flag; each also reads its EPP_* environment variable."""
+    parser.add_argument(
+        "--config-file", metavar="PATH", default=os.environ.get("EPP_CONFIG_FILE"),
+        help="YAML EndpointPickerConfig (env EPP_CONFIG_FILE)",
+    )
+    parser.add_argument(
+        "--endpoint", dest="endpoints", action="append", metavar="ADDR[=MODEL,...]",
+        help="a model server, e.g. 10.0.0.5:8000=llama-3-8b; repeat for more "
+        "(replaces the file's list; env EPP_ENDPOINTS, space-separated)",
+    )
+    parser.add_argument(
+        "--scorer-weight", dest="scorer_weights", action="append", metavar="PLUGIN=WEIGHT",
+        help="override one scorer's weight in the profile, e.g. prefix-cache-scorer=3",
+    )
+    for option in OPTIONS:
+        parser.add_argument(
+            option.flag, dest=option.dest, default=None,
+            help=f"{option.help} (env {option.env})",
+        )
+
+
+def load_config(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Config:
+    """Build the ``Config`` from defaults, the file, the environment and the flags."""
+    env = os.environ if environ is None else environ
+    document: dict[str, Any] = {}
+    config_file = getattr(args, "config_file", None)
+    if config_file:
+        document = _read_file(Path(config_file))
+    values: dict[tuple[str, ...], Any] = {}
+    for option in OPTIONS:
+        raw = _lookup(document, option.file_key)
+        source = f"{config_file}: {'.'.join(option.file_key)}"
+        if option.env in env:
+            raw, source = env[option.env], f"environment {option.env}"
+        if getattr(args, option.dest, None) is not None:
+            raw, source = getattr(args, option.dest), f"flag {option.flag}"
+        if raw is None:
+            continue
+        try:
+            values[option.path] = option.parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: {exc}") from exc
+
+    endpoints = _endpoints(args, document, env, config_file)
+    scheduler = _scheduler(document, config_file)
+    scheduler = _apply_weight_overrides(scheduler, getattr(args, "scorer_weights", None) or [])
+    config = Config(endpoints=endpoints, scheduler=scheduler)
+    for path, value in values.items():
+        config = _replace_path(config, path, value)
+    return config
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        document = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if document is None:
+        return {}
+    if not isinstance(document, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    kind = document.get("kind", "EndpointPickerConfig")
+    if kind != "EndpointPickerConfig":
+        raise ConfigError(f"config file {path}: kind must be EndpointPickerConfig, not {kind!r}")
+    return document
+
+
+def _lookup(document: Mapping[str, Any], keys: Sequence[str]) -> Any:
+    node: Any = document
+    for key in keys:
+        if not isinstance(node, Mapping) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def _replace_path(obj: Any, path: Sequence[str], value: Any) -> Any:
+    if len(path) == 1:
+        return dataclasses.replace(obj, **{path[0]: value})
+    child = getattr(obj, path[0])
+    return dataclasses.replace(obj, **{path[0]: _replace_path(child, path[1:], value)})
+
+
+def _endpoints(
+    args: argparse.Namespace,
+    document: Mapping[str, Any],
+    env: Mapping[str, str],
+    config_file: str | None,
+) -> tuple[EndpointSpec, ...]:
+    flags = getattr(args, "endpoints", None)
+    if flags:
+        return tuple(_parse_endpoint(text, "flag --endpoint") for text in flags)
+    if env.get("EPP_ENDPOINTS"):
+        return tuple(
+            _parse_endpoint(text, "environment EPP_ENDPOINTS")
+            for text in env["EPP_ENDPOINTS"].split()
+        )
+    entries = document.get("endpoints") or []
+    if not isinstance(entries, list):
+        raise ConfigError(f"{config_file}: endpoints must be a list")
+    specs: list[EndpointSpec] = []
+    for index, entry in enumerate(entries):
+        where = f"{config_file}: endpoints[{index}]"
+        if isinstance(entry, str):
+            specs.append(_parse_endpoint(entry, where))
+            continue
+        if not isinstance(entry, Mapping) or "address" not in entry:
+            raise ConfigError(f"{where}: expected {{address: HOST:PORT, models: [...]}}")
+        address, _ = _parse_endpoint(str(entry["address"]), where)
+        models = entry.get("models")
+        if models is not None and (
+            not isinstance(models, list) or not all(isinstance(m, str) for m in models)
+        ):
+            raise ConfigError(f"{where}: models must be a list of model names")
+        specs.append((address, frozenset(models) if models else None))
+    return tuple(specs)
+
+
+def _parse_endpoint(text: str, where: str) -> EndpointSpec:
+    try:
+        return parse_endpoint_flag(text)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+
+
+def _scheduler(document: Mapping[str, Any], config_file: str | None) -> SchedulerConfig:
+    if "plugins" not in document and "schedulingProfiles" not in document:
+        return default_scheduler_config()
+    plugins_doc = document.get("plugins") or []
+    profiles_doc = document.get("schedulingProfiles") or []
+    if not isinstance(plugins_doc, list) or not isinstance(profiles_doc, list):
+        raise ConfigError(f"{config_file}: plugins and schedulingProfiles must be lists")
+    plugins: list[PluginSpec] = []
+    for index, entry in enumerate(plugins_doc):
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("type"), str):
+            raise ConfigError(f"{config_file}: plugins[{index}] needs a 'type'")
+        parameters = entry.get("parameters") or {}
+        if not isinstance(parameters, Mapping):
+            raise ConfigError(f"{config_file}: plugins[{index}].parameters must be a mapping")
+        plugins.append(
+            PluginSpec(
+                type=entry["type"], name=str(entry.get("name") or entry["type"]),
+                parameters=dict(parameters),
+            )
+        )
+    profiles: list[ProfileSpec] = []
+    for index, entry in enumerate(profiles_doc):
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("plugins"), list):
+            raise ConfigError(f"{config_file}: schedulingProfiles[{index}] needs 'plugins'")
+        refs = []
+        for ref_index, ref in enumerate(entry["plugins"]):
+            if not isinstance(ref, Mapping) or not isinstance(ref.get("pluginRef"), str):
+                raise ConfigError(
+                    f"{config_file}: schedulingProfiles[{index}].plugins[{ref_index}]"
+                    " needs a 'pluginRef'"
+                )
+            weight = ref.get("weight")
+            if weight is not None and (isinstance(weight, bool)
+                                       or not isinstance(weight, int | float)):
+                raise ConfigError(
+                    f"{config_file}: schedulingProfiles[{index}].plugins[{ref_index}]"
+                    ".weight must be a number"
+                )
+            refs.append(ProfilePluginRef(plugin_ref=ref["pluginRef"],
+                                         weight=None if weight is None else float(weight)))
+        profiles.append(ProfileSpec(name=str(entry.get("name", "default")), plugins=refs))
+    return SchedulerConfig(plugins=plugins, profiles=profiles)
+
+
+def _apply_weight_overrides(
+    scheduler: SchedulerConfig, overrides: Sequence[str]
+) -> SchedulerConfig:
+    if not overrides:
+        return scheduler
+    weights: dict[str, float] = {}
+    for text in overrides:
+        name, sep, weight = text.partition("=")
+        try:
+            weights[name.strip()] = float(weight)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise ConfigError(f"flag --scorer-weight: expected PLUGIN=WEIGHT, got {text!r}")
+    profiles = []
+    seen: set[str] = set()
+    for profile in scheduler.profiles:
+        refs = []
+        for ref in profile.plugins:
+            if ref.plugin_ref in weights:
+                seen.add(ref.plugin_ref)
+                ref = dataclasses.replace(ref, weight=weights[ref.plugin_ref])
+            refs.append(ref)
+        profiles.append(dataclasses.replace(profile, plugins=refs))
+    unknown = sorted(set(weights) - seen)
+    if unknown:
+        raise ConfigError(
+            f"flag --scorer-weight: no scorer named {', '.join(unknown)} in the profile"
+        )
+    return dataclasses.replace(scheduler, profiles=profiles)

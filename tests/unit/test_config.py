@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from epp.config import ConfigError, add_serve_arguments, load_config, parse_duration_s
+
+
+def parse(argv: list[str], env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    return load_config(parser.parse_args(argv), environ=env or {})
+
+
+def test_defaults_follow_the_reference_epp() -> None:
+    config = parse([])
+    assert config.server.grpc_port == 9002
+    assert config.server.metrics_port == 9090
+    assert config.data_layer.refresh_metrics_interval_s == 0.05
+    assert config.data_layer.metrics_staleness_s == 2.0
+    weights = {ref.plugin_ref: ref.weight for ref in config.scheduler.profiles[0].plugins}
+    assert weights["queue-scorer"] == 2
+    assert weights["kv-cache-utilization-scorer"] == 2
+    assert weights["prefix-cache-scorer"] == 3
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("50ms", 0.05), ("2s", 2.0), ("1m", 60.0), ("1.5", 1.5), (3, 3.0)],
+)
+def test_durations(text: object, seconds: float) -> None:
+    assert parse_duration_s(text) == pytest.approx(seconds)
+
+
+def test_file_then_env_then_flag(tmp_path: Path) -> None:
+    path = tmp_path / "epp.yaml"
+    path.write_text(
+        "kind: EndpointPickerConfig\n"
+        "server: {grpcPort: 7000, metricsPort: 7001}\n"
+        "dataLayer: {refreshMetricsInterval: 100ms}\n"
+        "endpoints:\n"
+        "  - {address: '10.0.0.1:8000', models: [llama]}\n"
+        "  - '10.0.0.2:8000'\n"
+    )
+    config = parse(["--config-file", str(path)])
+    assert (config.server.grpc_port, config.server.metrics_port) == (7000, 7001)
+    assert config.data_layer.refresh_metrics_interval_s == pytest.approx(0.1)
+    assert config.endpoints == (("10.0.0.1:8000", frozenset({"llama"})), ("10.0.0.2:8000", None))
+
+    config = parse(["--config-file", str(path)], env={"EPP_GRPC_PORT": "7100"})
+    assert config.server.grpc_port == 7100
+    config = parse(["--config-file", str(path), "--grpc-port", "7200"],
+                   env={"EPP_GRPC_PORT": "7100"})
+    assert config.server.grpc_port == 7200
+    config = parse(["--config-file", str(path), "--endpoint", "10.0.0.9:9000=x,y"])
+    assert config.endpoints == (("10.0.0.9:9000", frozenset({"x", "y"})),)
+
+
+def test_scheduling_profile_from_file_and_weight_flag(tmp_path: Path) -> None:
+    path = tmp_path / "epp.yaml"
+    path.write_text(
+        "plugins:\n"
+        "  - {type: prefix-cache-scorer, parameters: {blockSize: 32}}\n"
+        "  - {type: max-score-picker}\n"
+        "schedulingProfiles:\n"
+        "  - name: default\n"
+        "    plugins:\n"
+        "      - {pluginRef: prefix-cache-scorer, weight: 1}\n"
+        "      - {pluginRef: max-score-picker}\n"
+    )
+    config = parse(["--config-file", str(path), "--scorer-weight", "prefix-cache-scorer=5"])
+    assert config.scheduler.plugins[0].parameters == {"blockSize": 32}
+    assert config.scheduler.profiles[0].plugins[0].weight == 5.0
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [
+        (["--grpc-port", "70000"], {}, "flag --grpc-port: port out of range"),
+        (["--refresh-metrics-interval", "soon"], {}, "not a duration"),
+        ([], {"EPP_LOG_FORMAT": "xml"}, "environment EPP_LOG_FORMAT"),
+        (["--endpoint", "no-port"], {}, "flag --endpoint"),
+        (["--scorer-weight", "nope"], {}, "PLUGIN=WEIGHT"),
+        (["--scorer-weight", "missing-scorer=1"], {}, "no scorer named missing-scorer"),
+        (["--config-file", "/nonexistent/epp.yaml"], {}, "cannot read config file"),
+    ],
+    ids=["port", "duration", "env-choice", "endpoint", "weight-syntax", "weight-unknown",
+         "missing-file"],
+)
+def test_errors_name_their_source(argv: list[str], env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse(argv, env)
+
+
+def test_file_must_be_an_endpoint_picker_config(tmp_path: Path) -> None:
+    path = tmp_path / "epp.yaml"
+    path.write_text("kind: Deployment\n")
+    with pytest.raises(ConfigError, match="kind must be EndpointPickerConfig"):
+        parse(["--config-file", str(path)])
