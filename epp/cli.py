@@ -1,0 +1,99 @@
+"""The ``epp`` command: ``serve``, ``sim``, ``demo`` and ``envoy-config``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from epp import __version__
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="epp", description="Endpoint Picker for LLM inference (Envoy ext_proc)."
+    )
+    parser.add_argument("--version", action="version", version=f"epp {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the ext_proc endpoint picker")
+    from epp.config import add_serve_arguments
+
+    add_serve_arguments(serve)
+
+    sim = commands.add_parser("sim", help="run simulated vLLM model servers")
+    from epp.sim.cli import configure_parser
+
+    configure_parser(sim)
+
+    demo = commands.add_parser(
+        "demo", help="run a local stack: Envoy, epp and three simulated vLLM pods"
+    )
+    from epp.demo import configure_parser as configure_demo
+
+    configure_demo(demo)
+
+    envoy = commands.add_parser(
+        "envoy-config", help="print the Envoy bootstrap that puts epp in front of model servers"
+    )
+    envoy.add_argument("--listen-port", type=int, default=8080)
+    envoy.add_argument("--admin-port", type=int, default=9901)
+    envoy.add_argument("--epp-host", default="127.0.0.1")
+    envoy.add_argument("--epp-port", type=int, default=9002)
+    envoy.add_argument("--body-mode", choices=("FULL_DUPLEX_STREAMED", "BUFFERED"),
+                       default="FULL_DUPLEX_STREAMED")
+
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "sim":
+        from epp.sim.cli import run
+
+        return run(args)
+    if args.command == "demo":
+        from epp.demo import run as run_demo
+
+        return run_demo(args)
+    if args.command == "envoy-config":
+        from epp.envoy_config import EnvoyPorts, envoy_bootstrap, render_bootstrap
+
+        ports = EnvoyPorts(listen_port=args.listen_port, admin_port=args.admin_port,
+                           epp_host=args.epp_host, epp_port=args.epp_port)
+        sys.stdout.write(render_bootstrap(envoy_bootstrap(ports, body_mode=args.body_mode)))
+        return 0
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import logging
+
+    import uvloop
+
+    from epp.config import ConfigError, load_config
+    from epp.observability.logging import configure_logging
+    from epp.scheduling.errors import SchedulerConfigError
+    from epp.server import build_scheduler_from_config, serve
+
+    try:
+        config = load_config(args)
+        scheduler = build_scheduler_from_config(config)
+    except (ConfigError, SchedulerConfigError) as exc:
+        print(f"epp: configuration error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(config.log_level, config.log_format)
+    if not config.endpoints:
+        logging.getLogger("epp").warning(
+            "no endpoints configured (--endpoint or the config file's endpoints): "
+            "every request will get 404"
+        )
+    try:
+        uvloop.run(serve(config, scheduler=scheduler))
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        logging.getLogger("epp").error("cannot serve: %s", exc)
+        return 1
+    return 0

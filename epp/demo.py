@@ -1,0 +1,125 @@
+"""``epp demo``: Envoy → epp → three simulated vLLM pods on this machine, for curl.
+
+What ``make run`` starts. Every process it starts is stopped on Ctrl-C (or SIGTERM).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import socket
+import tempfile
+import threading
+from pathlib import Path
+
+from epp.envoy_config import EnvoyPorts, envoy_bootstrap
+from epp.stack import ManagedProcess, StackError, start_envoy, start_epp_module
+
+__all__ = ["DEMO_PODS", "configure_parser", "run"]
+
+# (address, model): two pods share a model so routing has a choice to make.
+DEMO_PODS = (
+    ("127.0.0.1:8001", "qwen2-1-5b"),
+    ("127.0.0.1:8002", "qwen2-1-5b"),
+    ("127.0.0.1:8003", "gemma-2-2b"),
+)
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--listen-port", type=int, default=8080, help="Envoy's HTTP port")
+    parser.add_argument("--admin-port", type=int, default=9901, help="Envoy's admin port")
+    parser.add_argument("--grpc-port", type=int, default=9002, help="epp's ext_proc port")
+    parser.add_argument("--metrics-port", type=int, default=9090, help="epp's /metrics port")
+    parser.add_argument("--body-mode", choices=("FULL_DUPLEX_STREAMED", "BUFFERED"),
+                        default="FULL_DUPLEX_STREAMED", help="ext_proc request body mode")
+    parser.add_argument("--log-dir", type=Path, default=None,
+                        help="where each process writes its log (default: a temp dir)")
+
+
+def run(args: argparse.Namespace) -> int:
+    log_dir: Path = args.log_dir or Path(tempfile.mkdtemp(prefix="epp-demo-"))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    ports = [args.listen_port, args.admin_port, args.grpc_port, args.metrics_port]
+    ports += [int(address.rsplit(":", 1)[1]) for address, _ in DEMO_PODS]
+    busy = [port for port in ports if not _port_is_free(port)]
+    if busy:
+        print(f"epp demo: port(s) {', '.join(map(str, busy))} already in use; "
+              "stop what holds them (another `make run`?) or pass other ports")
+        return 1
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+
+    started: list[ManagedProcess] = []
+    try:
+        sim_args = ["sim"] + [arg for address, model in DEMO_PODS
+                              for arg in ("--pod", f"{address}={model}")]
+        sim = start_epp_module("sim", sim_args, log_dir=log_dir)
+        started.append(sim)
+        for address, _ in DEMO_PODS:
+            sim.wait_http(f"http://{address}/health")
+
+        epp_args = ["serve", "--grpc-host", "127.0.0.1", "--grpc-port", str(args.grpc_port),
+                    "--metrics-host", "127.0.0.1", "--metrics-port", str(args.metrics_port)]
+        epp_args += [arg for address, model in DEMO_PODS
+                     for arg in ("--endpoint", f"{address}={model}")]
+        epp = start_epp_module("epp", epp_args, log_dir=log_dir)
+        started.append(epp)
+        epp.wait_http(f"http://127.0.0.1:{args.metrics_port}/readyz")
+
+        envoy_ports = EnvoyPorts(listen_port=args.listen_port, admin_port=args.admin_port,
+                                 epp_port=args.grpc_port)
+        started.append(start_envoy(envoy_bootstrap(envoy_ports, body_mode=args.body_mode),
+                                   admin_port=args.admin_port, log_dir=log_dir))
+    except StackError as exc:
+        print(f"epp demo: {exc}")
+        _stop_all(started)
+        return 1
+
+    print(_banner(args.listen_port, args.metrics_port, log_dir), flush=True)
+    while not stop.wait(0.5):
+        for process in started:
+            if process.process.poll() is not None:
+                print(f"epp demo: {process.name} exited; stopping.\n{process.log_tail()}")
+                stop.set()
+    print("\nepp demo: stopping Envoy, epp and the simulated pods...", flush=True)
+    _stop_all(started)
+    print("epp demo: stopped.")
+    return 0
+
+
+def _stop_all(processes: list[ManagedProcess]) -> None:
+    for process in reversed(processes):
+        process.stop()
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _banner(listen_port: int, metrics_port: int, log_dir: Path) -> str:
+    url = f"http://127.0.0.1:{listen_port}"
+    return f"""
+epp demo is up: Envoy {url} -> epp (ext_proc :9002) -> simulated vLLM pods
+  qwen2-1-5b on 127.0.0.1:8001 and 127.0.0.1:8002, gemma-2-2b on 127.0.0.1:8003
+Logs: {log_dir}
+
+Try:
+  curl -si {url}/v1/chat/completions -H 'content-type: application/json' \\
+    -d '{{"model": "qwen2-1-5b", "messages": [{{"role": "user", "content": "Hello!"}}]}}'
+  curl -sN {url}/v1/completions -H 'content-type: application/json' \\
+    -d '{{"model": "gemma-2-2b", "prompt": "Once upon a time", "max_tokens": 8, "stream": true}}'
+  curl -s {url}/v1/models
+  curl -si {url}/v1/chat/completions -d '{{"model": "no-such-model", "messages": []}}'
+  curl -s http://127.0.0.1:{metrics_port}/metrics | grep ^inference_
+
+The x-sim-pod response header names the pod that served each request.
+Press Ctrl-C to stop everything.
+"""

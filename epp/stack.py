@@ -1,0 +1,127 @@
+"""Starting and stopping the processes of a local stack: simulated pods, epp, Envoy.
+
+Used by ``epp demo`` (what ``make run`` starts), the integration tests and the
+benchmarks, so all three run the same processes the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from epp.envoy_config import envoy_binary, render_bootstrap
+
+__all__ = ["ManagedProcess", "StackError", "free_port", "start_envoy", "start_epp_module"]
+
+
+class StackError(RuntimeError):
+    """A process of the stack did not start, or did not become ready in time."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on now (the kernel picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class ManagedProcess:
+    """A child process with its output in a log file, stopped with SIGTERM then SIGKILL."""
+
+    def __init__(self, name: str, argv: Sequence[str], *, log_dir: Path,
+                 env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.log_path = log_dir / f"{name}.log"
+        self._log: IO[bytes] = open(self.log_path, "wb")
+        self.process = subprocess.Popen(
+            self.argv,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
+        )
+
+    def log_tail(self, lines: int = 30) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+    def check_alive(self) -> None:
+        code = self.process.poll()
+        if code is not None:
+            raise StackError(f"{self.name} exited with status {code}:\n{self.log_tail()}")
+
+    def wait_until(self, ready: Callable[[], bool], *, timeout_s: float, what: str) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.check_alive()
+            if ready():
+                return
+            time.sleep(0.05)
+        raise StackError(
+            f"{self.name}: {what} not ready after {timeout_s:.0f}s:\n{self.log_tail()}"
+        )
+
+    def wait_http(self, url: str, *, timeout_s: float = 30.0, status: int = 200) -> None:
+        self.wait_until(lambda: _http_status(url) == status, timeout_s=timeout_s, what=url)
+
+    def stop(self, timeout_s: float = 10.0) -> int | None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout_s)
+        self._log.close()
+        return self.process.returncode
+
+
+def _http_status(url: str) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=1.0) as response:
+            status: int = response.status
+            return status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except (OSError, ValueError):
+        return None
+
+
+def start_epp_module(name: str, args: Sequence[str], *, log_dir: Path,
+                     env: dict[str, str] | None = None) -> ManagedProcess:
+    """Run ``python -m epp ARGS`` with this interpreter (no reliance on PATH)."""
+    return ManagedProcess(name, [sys.executable, "-m", "epp", *args], log_dir=log_dir, env=env)
+
+
+def start_envoy(bootstrap: dict[str, Any], *, admin_port: int, log_dir: Path,
+                name: str = "envoy", timeout_s: float = 30.0,
+                concurrency: int = 1) -> ManagedProcess:
+    """Start Envoy with ``bootstrap`` and wait until its admin says it is ready.
+
+    Envoy 1.40 dies with the thread that started it, so call this from a thread that
+    lives as long as Envoy should (the main thread, or a session-long test fixture).
+    """
+    config_path = Path(tempfile.mkstemp(prefix="envoy-", suffix=".yaml", dir=log_dir)[1])
+    config_path.write_text(render_bootstrap(bootstrap))
+    process = ManagedProcess(
+        name,
+        [envoy_binary(), "-c", str(config_path), "--log-level", "warn",
+         "--base-id", str(admin_port), "--concurrency", str(concurrency)],
+        log_dir=log_dir,
+    )
+    process.wait_http(f"http://127.0.0.1:{admin_port}/ready", timeout_s=timeout_s)
+    return process
