@@ -65,103 +65,77 @@ class MetricsRenderer:
             else "vllm:inter_token_latency_seconds"
         )
 
-    def render(self) -> str:
-        """The whole exposition text, ending with a newline."""
+    def render(self, names: frozenset[str] | None = None) -> str:
+        """The exposition text, ending with a newline.
+
+        ``names`` works like prometheus_client's ``?name[]=`` query (which vLLM's server
+        honours): only families with a sample of one of those names are rendered, so a
+        scraper that asks for three gauges does not pay for every histogram. ``None``
+        renders everything.
+        """
         s = self._engine.stats()
         h = self._engine.histograms
         lb = self._labels
-        out: list[str] = [
-            _family(
-                "vllm:num_requests_running",
-                "gauge",
-                "Number of requests in model execution batches.",
-            ),
-            f"vllm:num_requests_running{{{lb}}} {_num(s.running)}\n",
-            _family(
-                "vllm:num_requests_waiting", "gauge", "Number of requests waiting to be processed."
-            ),
-            f"vllm:num_requests_waiting{{{lb}}} {_num(s.waiting)}\n",
-            _family(self._kv_name, "gauge", "KV-cache usage. 1 means 100 percent usage."),
-            f"{self._kv_name}{{{lb}}} {_num(s.kv_cache_usage)}\n",
-            _family(
-                "vllm:prefix_cache_queries_total",
-                "counter",
-                "Prefix cache queries, in terms of number of queried tokens.",
-            ),
-            f"vllm:prefix_cache_queries_total{{{lb}}} {_num(s.prefix_cache_queries)}\n",
-            _family(
-                "vllm:prefix_cache_hits_total",
-                "counter",
-                "Prefix cache hits, in terms of number of cached tokens.",
-            ),
-            f"vllm:prefix_cache_hits_total{{{lb}}} {_num(s.prefix_cache_hits)}\n",
-            _family(
-                "vllm:num_preemptions_total",
-                "counter",
-                "Cumulative number of preemption from the engine.",
-            ),
-            f"vllm:num_preemptions_total{{{lb}}} 0.0\n",
-            _family("vllm:prompt_tokens_total", "counter", "Number of prefill tokens processed."),
-            f"vllm:prompt_tokens_total{{{lb}}} {_num(s.prompt_tokens)}\n",
-            _family(
-                "vllm:generation_tokens_total", "counter", "Number of generation tokens processed."
-            ),
-            f"vllm:generation_tokens_total{{{lb}}} {_num(s.generation_tokens)}\n",
-            _family(
-                "vllm:request_success_total", "counter", "Count of successfully processed requests."
-            ),
-            # Every simulated request stops on its token budget.
-            f'vllm:request_success_total{{{lb},finished_reason="stop"}} 0.0\n',
-            f'vllm:request_success_total{{{lb},finished_reason="length"}} '
-            f"{_num(s.request_success)}\n",
-            self._cache_info,
-        ]
+        out: list[str] = []
+
+        def scalar(name: str, kind: str, help_text: str, *samples: str) -> None:
+            if names is None or name in names:
+                out.append(_family(name, kind, help_text))
+                out.extend(samples)
+
+        scalar("vllm:num_requests_running", "gauge",
+               "Number of requests in model execution batches.",
+               f"vllm:num_requests_running{{{lb}}} {_num(s.running)}\n")
+        scalar("vllm:num_requests_waiting", "gauge", "Number of requests waiting to be processed.",
+               f"vllm:num_requests_waiting{{{lb}}} {_num(s.waiting)}\n")
+        scalar(self._kv_name, "gauge", "KV-cache usage. 1 means 100 percent usage.",
+               f"{self._kv_name}{{{lb}}} {_num(s.kv_cache_usage)}\n")
+        scalar("vllm:prefix_cache_queries_total", "counter",
+               "Prefix cache queries, in terms of number of queried tokens.",
+               f"vllm:prefix_cache_queries_total{{{lb}}} {_num(s.prefix_cache_queries)}\n")
+        scalar("vllm:prefix_cache_hits_total", "counter",
+               "Prefix cache hits, in terms of number of cached tokens.",
+               f"vllm:prefix_cache_hits_total{{{lb}}} {_num(s.prefix_cache_hits)}\n")
+        scalar("vllm:num_preemptions_total", "counter",
+               "Cumulative number of preemption from the engine.",
+               f"vllm:num_preemptions_total{{{lb}}} 0.0\n")
+        scalar("vllm:prompt_tokens_total", "counter", "Number of prefill tokens processed.",
+               f"vllm:prompt_tokens_total{{{lb}}} {_num(s.prompt_tokens)}\n")
+        scalar("vllm:generation_tokens_total", "counter",
+               "Number of generation tokens processed.",
+               f"vllm:generation_tokens_total{{{lb}}} {_num(s.generation_tokens)}\n")
+        scalar("vllm:request_success_total", "counter",
+               "Count of successfully processed requests.",
+               # Every simulated request stops on its token budget.
+               f'vllm:request_success_total{{{lb},finished_reason="stop"}} 0.0\n',
+               f'vllm:request_success_total{{{lb},finished_reason="length"}} '
+               f"{_num(s.request_success)}\n")
+        if names is None or "vllm:cache_config_info" in names:
+            out.append(self._cache_info)
         if len(self._models) > 1:
             adapters = self._models[1:]
             running = ",".join(m for m in adapters if s.running_by_model.get(m))
             waiting = ",".join(m for m in adapters if s.waiting_by_model.get(m))
-            out.append(
-                _family("vllm:lora_requests_info", "gauge", "Running stats on lora requests.")
-                + f'vllm:lora_requests_info{{max_lora="{len(adapters)}",'
-                f'running_lora_adapters="{_esc(running)}",'
-                f'waiting_lora_adapters="{_esc(waiting)}"}} {_num(time.time())}\n'
-            )
-        self._histogram(
-            out,
-            "vllm:time_to_first_token_seconds",
-            "Histogram of time to first token in seconds.",
-            h.ttft_s,
-        )
-        self._histogram(
-            out,
-            self._itl_name,
-            "Histogram of inter-token latency in seconds.",
-            h.inter_token_latency_s,
-        )
-        self._histogram(
-            out,
-            "vllm:e2e_request_latency_seconds",
-            "Histogram of e2e request latency in seconds.",
-            h.e2e_latency_s,
-        )
-        self._histogram(
-            out,
-            "vllm:request_queue_time_seconds",
-            "Histogram of time spent in WAITING phase for request.",
-            h.queue_time_s,
-        )
-        self._histogram(
-            out,
-            "vllm:request_prompt_tokens",
-            "Number of prefill tokens processed.",
-            h.prompt_tokens,
-        )
-        self._histogram(
-            out,
-            "vllm:request_generation_tokens",
-            "Number of generation tokens processed.",
-            h.generation_tokens,
-        )
+            scalar("vllm:lora_requests_info", "gauge", "Running stats on lora requests.",
+                   f'vllm:lora_requests_info{{max_lora="{len(adapters)}",'
+                   f'running_lora_adapters="{_esc(running)}",'
+                   f'waiting_lora_adapters="{_esc(waiting)}"}} {_num(time.time())}\n')
+        for name, help_text, hist in (
+            ("vllm:time_to_first_token_seconds",
+             "Histogram of time to first token in seconds.", h.ttft_s),
+            (self._itl_name, "Histogram of inter-token latency in seconds.",
+             h.inter_token_latency_s),
+            ("vllm:e2e_request_latency_seconds",
+             "Histogram of e2e request latency in seconds.", h.e2e_latency_s),
+            ("vllm:request_queue_time_seconds",
+             "Histogram of time spent in WAITING phase for request.", h.queue_time_s),
+            ("vllm:request_prompt_tokens", "Number of prefill tokens processed.",
+             h.prompt_tokens),
+            ("vllm:request_generation_tokens", "Number of generation tokens processed.",
+             h.generation_tokens),
+        ):
+            if names is None or {f"{name}_bucket", f"{name}_count", f"{name}_sum"} & names:
+                self._histogram(out, name, help_text, hist)
         return "".join(out)
 
     def _histogram(self, out: list[str], name: str, help_text: str, hist: Histogram) -> None:

@@ -409,7 +409,9 @@ class _Pod:
         return web.Response(status=200)
 
     async def metrics_page(self, request: web.Request) -> web.StreamResponse:
-        resp = web.Response(body=self.metrics.render().encode())
+        requested = request.query.getall("name[]", [])
+        names = frozenset(requested) if requested else None
+        resp = web.Response(body=self.metrics.render(names).encode())
         resp.headers["content-type"] = CONTENT_TYPE
         return resp
 
