@@ -226,9 +226,14 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--scorer-weight", dest="scorer_weights", action="append", metavar="PLUGIN=WEIGHT",
         help="override one scorer's weight in the profile, e.g. prefix-cache-scorer=3",
     )
+    metavars: dict[Callable[[Any], Any], str] = {
+        _port: "PORT", _int: "N", parse_duration_s: "DURATION",
+        _positive_duration: "DURATION", str: "TEXT",
+    }
     for option in OPTIONS:
         parser.add_argument(
             option.flag, dest=option.dest, default=None,
+            metavar=metavars.get(option.parse, "VALUE"),
             help=f"{option.help} (env {option.env})",
         )
 

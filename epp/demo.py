@@ -15,14 +15,10 @@ from pathlib import Path
 from epp.envoy_config import EnvoyPorts, envoy_bootstrap
 from epp.stack import ManagedProcess, StackError, start_envoy, start_epp_module
 
-__all__ = ["DEMO_PODS", "configure_parser", "run"]
+__all__ = ["DEMO_MODELS", "configure_parser", "run"]
 
-# (address, model): two pods share a model so routing has a choice to make.
-DEMO_PODS = (
-    ("127.0.0.1:8001", "qwen2-1-5b"),
-    ("127.0.0.1:8002", "qwen2-1-5b"),
-    ("127.0.0.1:8003", "gemma-2-2b"),
-)
+# The models of the three pods: two share a model so routing has a choice to make.
+DEMO_MODELS = ("qwen2-1-5b", "qwen2-1-5b", "gemma-2-2b")
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -30,6 +26,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--admin-port", type=int, default=9901, help="Envoy's admin port")
     parser.add_argument("--grpc-port", type=int, default=9002, help="epp's ext_proc port")
     parser.add_argument("--metrics-port", type=int, default=9090, help="epp's /metrics port")
+    parser.add_argument("--first-pod-port", type=int, default=8001,
+                        help="the simulated pods listen here and on the next two ports")
     parser.add_argument("--body-mode", choices=("FULL_DUPLEX_STREAMED", "BUFFERED"),
                         default="FULL_DUPLEX_STREAMED", help="ext_proc request body mode")
     parser.add_argument("--log-dir", type=Path, default=None,
@@ -39,8 +37,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     log_dir: Path = args.log_dir or Path(tempfile.mkdtemp(prefix="epp-demo-"))
     log_dir.mkdir(parents=True, exist_ok=True)
+    pods = [(f"127.0.0.1:{args.first_pod_port + i}", model)
+            for i, model in enumerate(DEMO_MODELS)]
     ports = [args.listen_port, args.admin_port, args.grpc_port, args.metrics_port]
-    ports += [int(address.rsplit(":", 1)[1]) for address, _ in DEMO_PODS]
+    ports += [args.first_pod_port + i for i in range(len(pods))]
     busy = [port for port in ports if not _port_is_free(port)]
     if busy:
         print(f"epp demo: port(s) {', '.join(map(str, busy))} already in use; "
@@ -53,16 +53,16 @@ def run(args: argparse.Namespace) -> int:
 
     started: list[ManagedProcess] = []
     try:
-        sim_args = ["sim"] + [arg for address, model in DEMO_PODS
+        sim_args = ["sim"] + [arg for address, model in pods
                               for arg in ("--pod", f"{address}={model}")]
         sim = start_epp_module("sim", sim_args, log_dir=log_dir)
         started.append(sim)
-        for address, _ in DEMO_PODS:
+        for address, _ in pods:
             sim.wait_http(f"http://{address}/health")
 
         epp_args = ["serve", "--grpc-host", "127.0.0.1", "--grpc-port", str(args.grpc_port),
                     "--metrics-host", "127.0.0.1", "--metrics-port", str(args.metrics_port)]
-        epp_args += [arg for address, model in DEMO_PODS
+        epp_args += [arg for address, model in pods
                      for arg in ("--endpoint", f"{address}={model}")]
         epp = start_epp_module("epp", epp_args, log_dir=log_dir)
         started.append(epp)
@@ -77,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
         _stop_all(started)
         return 1
 
-    print(_banner(args.listen_port, args.metrics_port, log_dir), flush=True)
+    print(_banner(args.listen_port, args.grpc_port, args.metrics_port, pods, log_dir),
+          flush=True)
     while not stop.wait(0.5):
         for process in started:
             if process.process.poll() is not None:
@@ -104,11 +105,13 @@ def _port_is_free(port: int) -> bool:
     return True
 
 
-def _banner(listen_port: int, metrics_port: int, log_dir: Path) -> str:
+def _banner(listen_port: int, grpc_port: int, metrics_port: int,
+            pods: list[tuple[str, str]], log_dir: Path) -> str:
     url = f"http://127.0.0.1:{listen_port}"
+    fleet = ", ".join(f"{model} on {address}" for address, model in pods)
     return f"""
-epp demo is up: Envoy {url} -> epp (ext_proc :9002) -> simulated vLLM pods
-  qwen2-1-5b on 127.0.0.1:8001 and 127.0.0.1:8002, gemma-2-2b on 127.0.0.1:8003
+epp demo is up: Envoy {url} -> epp (ext_proc :{grpc_port}) -> simulated vLLM pods
+  {fleet}
 Logs: {log_dir}
 
 Try:

@@ -63,6 +63,7 @@ class FakeModelServer:
         self.hang = False
         self.requests = 0
         self.request_headers: list[dict[str, str]] = []
+        self.request_queries: list[list[tuple[str, str]]] = []
         self._release = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -91,6 +92,7 @@ class FakeModelServer:
     async def _handle(self, request: web.Request) -> web.Response:
         self.requests += 1
         self.request_headers.append(dict(request.headers))
+        self.request_queries.append(list(request.query.items()))
         if request.path != self.path:
             return web.Response(status=404, text="not found")
         if self.hang:

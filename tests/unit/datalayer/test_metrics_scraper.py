@@ -67,6 +67,24 @@ async def test_scrape_once_lands_metrics(
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("filter_names", [True, False], ids=["filtered", "unfiltered"])
+async def test_asks_only_for_the_series_it_reads(
+    model_server: Any, scrapers: Any, filter_names: bool
+) -> None:
+    endpoint = endpoint_for(model_server.address)
+    await scrapers(filter_names=filter_names).scrape_once(endpoint)
+    assert endpoint.scrape_failures == 0
+    asked = {value for key, value in model_server.request_queries[0] if key == "name[]"}
+    if filter_names:
+        # prometheus_client's name[] filter: the gauges of both engines, no histograms.
+        assert {"vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
+                "vllm:gpu_cache_usage_perc", "sglang:num_queue_reqs"} <= asked
+        assert not any("bucket" in name or "seconds" in name for name in asked)
+    else:
+        assert asked == set()
+
+
+@pytest.mark.asyncio
 async def test_custom_path(make_server: Any, scrapers: Any) -> None:
     server = await make_server("/stats/prometheus")
     endpoint = endpoint_for(server.address)

@@ -1,0 +1,84 @@
+"""Baseline ext_proc processors: the least a processor must do, in the same stack.
+
+Without ``--destination`` it answers what Envoy's processing mode requires and changes
+nothing: in full duplex it hands the body back as it came (the "no-op"). With
+``--destination ADDR`` it also routes every request to ADDR with exactly the answer epp
+sends (destination and model headers, route cache cleared, ``envoy.lb`` metadata), so
+Envoy does the same work as behind epp and the difference is epp's own: parsing,
+scheduling, bookkeeping. Same grpc.aio-on-uvloop server as epp.
+
+    python benchmarks/noop_processor.py PORT [--destination ADDR --model NAME]
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import AsyncIterator
+
+import grpc
+import uvloop
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
+from envoy.service.ext_proc.v3.external_processor_pb2 import (
+    HeadersResponse,
+    ProcessingRequest,
+    ProcessingResponse,
+    TrailersResponse,
+)
+
+from epp.extproc.messages import RoutingResponses
+
+_HEADERS = ProcessingResponse(request_headers=HeadersResponse())
+_RESPONSE_HEADERS = ProcessingResponse(response_headers=HeadersResponse())
+_RESPONSE_TRAILERS = ProcessingResponse(response_trailers=TrailersResponse())
+
+
+class NoopProcessor(external_processor_pb2_grpc.ExternalProcessorServicer):  # type: ignore[misc]
+    def __init__(self, headers_answer: ProcessingResponse = _HEADERS) -> None:
+        self._headers_answer = headers_answer
+
+    async def Process(
+        self, request_iterator: AsyncIterator[ProcessingRequest], context: object
+    ) -> AsyncIterator[ProcessingResponse]:
+        chunks: list[bytes] = []
+        async for message in request_iterator:
+            kind = message.WhichOneof("request")
+            if kind == "request_headers":
+                if message.request_headers.end_of_stream:
+                    yield self._headers_answer
+            elif kind == "request_body":
+                chunks.append(message.request_body.body)
+                if message.request_body.end_of_stream:
+                    yield self._headers_answer
+                    for chunk in chunks:
+                        response = ProcessingResponse()
+                        streamed = response.request_body.response.body_mutation.streamed_response
+                        streamed.body = chunk
+                        streamed.end_of_stream = chunk is chunks[-1]
+                        yield response
+                    chunks = []
+            elif kind == "response_headers":
+                yield _RESPONSE_HEADERS
+            elif kind == "response_trailers":
+                yield _RESPONSE_TRAILERS
+
+
+async def main(port: int, headers_answer: ProcessingResponse) -> None:
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20)])
+    external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(
+        NoopProcessor(headers_answer), server
+    )
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    await server.wait_for_termination()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("port", type=int)
+    parser.add_argument("--destination", help="route every request here (ip:port)")
+    parser.add_argument("--model", default="", help="x-gateway-model-name to set")
+    args = parser.parse_args()
+    answer = _HEADERS
+    if args.destination:
+        answer = RoutingResponses().get(args.destination, args.model, on_body=False)
+    uvloop.run(main(args.port, answer))

@@ -1,0 +1,236 @@
+"""What epp costs on the request path, side by side in one run through one Envoy.
+
+Five ways to reach simulated pods (which answer at once):
+
+  direct        the pod itself
+  envoy         Envoy alone (static cluster)
+  envoy+noop    Envoy + the least ext_proc processor there is: changes nothing, Envoy
+                routes on a static cluster (benchmarks/noop_processor.py)
+  envoy+fixed   Envoy + a processor that answers every request exactly as epp does, but
+                always with the same pod: Envoy does all the routing work it does behind
+                epp (header mutation, route re-match, metadata, ORIGINAL_DST)
+  envoy+epp     Envoy + epp (FULL_DUPLEX_STREAMED body, ORIGINAL_DST routing), choosing
+                among three pods with the default scorers
+
+epp minus fixed is epp's own cost; epp minus noop is the whole cost of picking.
+One Envoy process serves every Envoy path, on one listener each. Latency is measured
+with one connection sending requests back to back (wrk -c1); throughput with 32
+connections. Rounds interleave the targets so drift on a noisy machine hits all alike;
+the table shows medians over rounds. Needs `wrk` (apt-get install wrk).
+
+    python benchmarks/overhead.py [--seconds 5] [--rounds 3] [--prompt-chars 4000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from epp.envoy_config import EnvoyPorts, envoy_bootstrap
+from epp.stack import ManagedProcess, free_port, start_envoy, start_epp_module
+
+RESULTS = Path(__file__).resolve().parent / "results" / "overhead.json"
+MODEL = "bench-model"
+TARGETS = ("direct", "envoy", "envoy+noop", "envoy+fixed", "envoy+epp")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=5.0, help="length of each wrk run")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per target")
+    parser.add_argument("--prompt-chars", type=int, default=4000, help="chat prompt size")
+    parser.add_argument("--connections", type=int, default=32, help="for the throughput runs")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        print("overhead.py needs wrk: apt-get install wrk", file=sys.stderr)
+        return 2
+
+    work = Path(tempfile.mkdtemp(prefix="epp-bench-"))
+    processes: list[ManagedProcess] = []
+    try:
+        urls = start_stack(work, processes)
+        body = json.dumps({
+            "model": MODEL, "max_tokens": 1,
+            "messages": [{"role": "system", "content": "You are a helpful assistant."},
+                         {"role": "user", "content": ("lorem ipsum " * args.prompt_chars)
+                          [: args.prompt_chars]}],
+        })
+        (work / "body.json").write_text(body)
+        script = work / "post.lua"
+        script.write_text(
+            'wrk.method = "POST"\n'
+            f'wrk.body = io.open("{work / "body.json"}"):read("*a")\n'
+            'wrk.headers["Content-Type"] = "application/json"\n'
+        )
+        for url in urls.values():  # warm every path (connections, caches, JIT-less imports)
+            wrk(url, script, connections=4, seconds=1.0)
+        samples: dict[str, dict[str, list[float]]] = {
+            t: {"p50_ms": [], "p99_ms": [], "seq_rps": [], "max_rps": [], "errors": []}
+            for t in TARGETS}
+        for round_index in range(args.rounds):
+            for target in TARGETS:
+                latency = wrk(urls[target], script, connections=1, seconds=args.seconds)
+                load = wrk(urls[target], script, connections=args.connections,
+                           seconds=args.seconds)
+                row = samples[target]
+                row["p50_ms"].append(latency["p50_ms"])
+                row["p99_ms"].append(latency["p99_ms"])
+                row["seq_rps"].append(latency["rps"])
+                row["max_rps"].append(load["rps"])
+                row["errors"].append(latency["errors"] + load["errors"])
+            print(f"round {round_index + 1}/{args.rounds} done", file=sys.stderr)
+    finally:
+        for process in reversed(processes):
+            process.stop()
+
+    summary = {t: {k: statistics.median(v) for k, v in samples[t].items()} for t in TARGETS}
+    print_table(summary, body_bytes=len(body), connections=args.connections)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "body_bytes": len(body), "seconds": args.seconds, "rounds": args.rounds,
+        "connections": args.connections, "median": summary, "samples": samples,
+    }, indent=2))
+    print(f"\nwrote {RESULTS}")
+    return 0
+
+
+def start_stack(work: Path, processes: list[ManagedProcess]) -> dict[str, str]:
+    pods = [f"127.0.0.1:{free_port()}" for _ in range(3)]
+    sim_args = ["sim", "--time-scale", "0", "--max-num-seqs", "256"]
+    for pod in pods:
+        sim_args += ["--pod", f"{pod}={MODEL}"]
+    sim = start_epp_module("sim", sim_args, log_dir=work)
+    processes.append(sim)
+    for pod in pods:
+        sim.wait_http(f"http://{pod}/health")
+
+    epp_port, epp_metrics = free_port(), free_port()
+    epp_args = ["serve", "--grpc-host", "127.0.0.1", "--grpc-port", str(epp_port),
+                "--metrics-host", "127.0.0.1", "--metrics-port", str(epp_metrics),
+                "--log-level", "warning"]
+    for pod in pods:
+        epp_args += ["--endpoint", f"{pod}={MODEL}"]
+    epp = start_epp_module("epp", epp_args, log_dir=work)
+    processes.append(epp)
+    epp.wait_http(f"http://127.0.0.1:{epp_metrics}/readyz")
+
+    script = str(Path(__file__).parent / "noop_processor.py")
+    noop_port, fixed_port = free_port(), free_port()
+    for name, port, extra in (("noop", noop_port, []),
+                              ("fixed", fixed_port, ["--destination", pods[0], "--model", MODEL])):
+        baseline = ManagedProcess(name, [sys.executable, script, str(port), *extra], log_dir=work)
+        processes.append(baseline)
+        baseline.wait_until(lambda port=port: port_open(port), timeout_s=20, what=name)
+
+    admin = free_port()
+    listen = {target: free_port() for target in TARGETS if target != "direct"}
+    bootstrap = merged_bootstrap(admin, listen, pods[0],
+                                 {"noop": noop_port, "fixed": fixed_port, "epp": epp_port})
+    processes.append(start_envoy(bootstrap, admin_port=admin, log_dir=work))
+    urls = {"direct": f"http://{pods[0]}/v1/chat/completions"}
+    for target, port in listen.items():
+        urls[target] = f"http://127.0.0.1:{port}/v1/chat/completions"
+    return urls
+
+
+def merged_bootstrap(admin: int, listen: dict[str, int], pod: str,
+                     processors: dict[str, int]) -> dict[str, Any]:
+    """One Envoy, one listener per path, each with its own processor cluster."""
+    merged = envoy_bootstrap(EnvoyPorts(listen_port=listen["envoy"], admin_port=admin),
+                             ext_proc=False, static_upstream=pod)
+    resources = merged["static_resources"]
+    for name, port in processors.items():
+        other = envoy_bootstrap(
+            EnvoyPorts(listen_port=listen[f"envoy+{name}"], epp_port=port),
+            static_upstream=pod if name == "noop" else None,
+        )
+        rename(other, name)
+        resources["listeners"] += other["static_resources"]["listeners"]
+        known = {c["name"] for c in resources["clusters"]}
+        resources["clusters"] += [c for c in other["static_resources"]["clusters"]
+                                  if c["name"] not in known]
+    return merged
+
+
+def rename(bootstrap: dict[str, Any], suffix: str) -> None:
+    resources = bootstrap["static_resources"]
+    for listener in resources["listeners"]:
+        listener["name"] += f"_{suffix}"
+        manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
+        for http_filter in manager["http_filters"]:
+            service = http_filter["typed_config"].get("grpc_service")
+            if service:
+                service["envoy_grpc"]["cluster_name"] = f"processor_{suffix}"
+    for cluster in resources["clusters"]:
+        if cluster["name"] == "epp":
+            cluster["name"] = f"processor_{suffix}"
+            cluster["load_assignment"]["cluster_name"] = cluster["name"]
+
+
+def port_open(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def wrk(url: str, script: Path, *, connections: int, seconds: float) -> dict[str, float]:
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency",
+         "-s", str(script), url],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    percentiles = dict(re.findall(r"^\s+(50|99)%\s+([\d.]+\w+)", out, re.MULTILINE))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: (.*)", out)
+    if socket_errors:
+        print(f"wrk {url}: socket errors: {socket_errors.group(1)}", file=sys.stderr)
+    return {
+        "p50_ms": to_ms(percentiles["50"]),
+        "p99_ms": to_ms(percentiles["99"]),
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+        "errors": float(errors.group(1)) if errors else 0.0,
+    }
+
+
+def to_ms(text: str) -> float:
+    value, unit = re.match(r"([\d.]+)(\w+)", text).groups()  # type: ignore[union-attr]
+    return float(value) * _UNITS_MS[unit]
+
+
+def print_table(summary: dict[str, dict[str, float]], *, body_bytes: int,
+                connections: int) -> None:
+    print(f"\nPOST /v1/chat/completions, {body_bytes}-byte body; medians over rounds\n")
+    print(f"| path | p50 ms | p99 ms | sequential req/s | max req/s ({connections} conns) "
+          "| non-2xx |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for target in TARGETS:
+        row = summary[target]
+        print(f"| {target} | {row['p50_ms']:.3f} | {row['p99_ms']:.3f} | {row['seq_rps']:.0f} "
+              f"| {row['max_rps']:.0f} | {row['errors']:.0f} |")
+    epp = summary["envoy+epp"]
+    print()
+    for baseline in ("envoy+noop", "envoy+fixed"):
+        base = summary[baseline]
+        print(f"epp over {baseline}: p50 {epp['p50_ms'] - base['p50_ms']:+.3f} ms, "
+              f"p99 {epp['p99_ms'] - base['p99_ms']:+.3f} ms, "
+              f"max req/s {100 * epp['max_rps'] / base['max_rps']:.0f} % of its")
+    print("targets (over envoy+noop): p50 added <= 0.300 ms, max req/s >= 80 %")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,91 @@
+"""`epp demo` (what `make run` starts): up, answering through Envoy, and gone on Ctrl-C."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from epp.stack import free_port
+from tests.integration.helpers import chat
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def readme_try_it_commands(*, listen: int, metrics: int) -> list[str]:
+    """The curl commands of the README's "Try it" block, pointed at this test's ports."""
+    section = README.read_text().split("## Try it", 1)[1]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    commands = block.replace("\\\n", " ").strip().splitlines()
+    assert len(commands) >= 4
+    return [c.replace("127.0.0.1:8080", f"127.0.0.1:{listen}")
+             .replace("127.0.0.1:9090", f"127.0.0.1:{metrics}") for c in commands]
+
+
+def _free_run_of_ports(count: int) -> int:
+    for _ in range(50):
+        first = free_port()
+        if all(_is_free(first + i) for i in range(count)) and first + count < 65536:
+            return first
+    raise RuntimeError("no run of free ports")
+
+
+def _is_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_demo_serves_and_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
+    listen, admin, grpc, metrics = (free_port() for _ in range(4))
+    first_pod = _free_run_of_ports(3)
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "epp", "demo", "--listen-port", str(listen), "--admin-port",
+         str(admin), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
+         "--first-pod-port", str(first_pod), "--log-dir", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        assert demo.stdout is not None
+        banner = []
+        for line in demo.stdout:
+            banner.append(line)
+            if "Press Ctrl-C" in line:
+                break
+        text = "".join(banner)
+        assert "epp demo is up" in text, text
+        assert f"curl -si http://127.0.0.1:{listen}/v1/chat/completions" in text
+
+        response = httpx.post(f"http://127.0.0.1:{listen}/v1/chat/completions",
+                              json=chat("gemma-2-2b", "hello"), timeout=30)
+        assert response.status_code == 200
+        assert response.headers["x-sim-pod"] == f"127.0.0.1:{first_pod + 2}"
+        unknown = httpx.post(f"http://127.0.0.1:{listen}/v1/chat/completions",
+                             json=chat("no-such-model", "hello"), timeout=30)
+        assert unknown.status_code == 404
+
+        for command in readme_try_it_commands(listen=listen, metrics=metrics):
+            result = subprocess.run(["bash", "-c", command], capture_output=True, text=True,
+                                    timeout=30)
+            assert result.returncode == 0, (command, result.stderr)
+            assert result.stdout.strip(), command
+
+        demo.send_signal(signal.SIGINT)
+        assert demo.wait(timeout=30) == 0
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+        assert demo.stdout is not None
+        demo.stdout.close()
+    # Every process the demo started is gone: nothing listens on its ports any more.
+    deadline = time.monotonic() + 5
+    ports = [listen, admin, grpc, metrics, first_pod, first_pod + 1, first_pod + 2]
+    while not all(_is_free(port) for port in ports):
+        assert time.monotonic() < deadline, "a demo process outlived Ctrl-C"
+        time.sleep(0.1)
