@@ -2,46 +2,31 @@
 
 from __future__ import annotations
 
-import random
 from collections.abc import Mapping, Sequence
 from operator import itemgetter
 from typing import Any
 
 from epp.datalayer.endpoint import Endpoint
-from epp.scheduling.plugin import NamedPlugin, Params
-from epp.scheduling.types import CycleState, Picker, ScoredEndpoint, TypedName
+from epp.scheduling.pickers.base import DEFAULT_FALLBACKS, FallbackPicker, build_picker
+from epp.scheduling.types import CycleState, Picker, ScoredEndpoint
 
 __all__ = ["DEFAULT_FALLBACKS", "TYPE", "MaxScorePicker", "factory"]
 
 TYPE = "max-score-picker"
-DEFAULT_FALLBACKS = 2
 
 _score = itemgetter(1)
 
 
-class MaxScorePicker(NamedPlugin):
+class MaxScorePicker(FallbackPicker):
     """Returns up to ``1 + fallbacks`` endpoints, best first.
 
     Endpoints with equal scores come in random order (from ``rng``), so a cold fleet,
     where every score ties, spreads its load instead of always picking the first.
     """
 
-    __slots__ = ("_limit", "_rng")
+    __slots__ = ()
 
     TYPE = TYPE
-
-    def __init__(
-        self,
-        name: str | None = None,
-        *,
-        fallbacks: int = DEFAULT_FALLBACKS,
-        rng: random.Random | None = None,
-    ) -> None:
-        super().__init__(name)
-        if fallbacks < 0:
-            raise ValueError(f"fallbacks must be >= 0, got {fallbacks}")
-        self._limit = 1 + fallbacks
-        self._rng = rng if rng is not None else random.Random()
 
     def pick(self, cycle: CycleState, scored: Sequence[ScoredEndpoint]) -> list[Endpoint]:
         n = len(scored)
@@ -70,13 +55,7 @@ class MaxScorePicker(NamedPlugin):
 
 
 def factory(name: str, parameters: Mapping[str, Any]) -> MaxScorePicker:
-    params = Params(TypedName(TYPE, name), parameters)
-    fallbacks = params.get_int("fallbacks", DEFAULT_FALLBACKS, min_value=0)
-    seed = params.get_optional_int("seed")
-    params.finish()
-    return MaxScorePicker(
-        name, fallbacks=fallbacks, rng=random.Random(seed) if seed is not None else None
-    )
+    return build_picker(MaxScorePicker, TYPE, name, parameters)
 
 
 _: type[Picker] = MaxScorePicker
