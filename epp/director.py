@@ -38,6 +38,7 @@ class RoutingDecision:
     endpoints: list[Endpoint]  # primary first, then fallbacks
     destination: str  # the x-gateway-destination-endpoint value
     scheduled_at: float
+    candidates: int  # how many endpoints were eligible
     finished: bool = False
 
     @property
@@ -135,6 +136,7 @@ class Director:
             endpoints=chosen,
             destination=",".join(ep.address for ep in chosen),
             scheduled_at=started,
+            candidates=len(candidates),
         )
 
     @staticmethod

@@ -175,6 +175,12 @@ class RequestStream:
         decision = self.decision
         assert decision is not None
         metrics.requests_for(decision.model).inc()
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "request %s model=%r -> %s (%d candidates scored)",
+                decision.request.request_id, decision.model or "-", decision.destination,
+                decision.candidates,
+            )
         return self._routing_responses.get(decision.destination, decision.model, on_body=on_body)
 
     # -- response side ------------------------------------------------------------------
