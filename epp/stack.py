@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -115,7 +114,7 @@ def start_envoy(bootstrap: dict[str, Any], *, admin_port: int, log_dir: Path,
     Envoy 1.40 dies with the thread that started it, so call this from a thread that
     lives as long as Envoy should (the main thread, or a session-long test fixture).
     """
-    config_path = Path(tempfile.mkstemp(prefix="envoy-", suffix=".yaml", dir=log_dir)[1])
+    config_path = log_dir / f"{name}-bootstrap.yaml"
     config_path.write_text(render_bootstrap(bootstrap))
     process = ManagedProcess(
         name,
