@@ -1,8 +1,10 @@
 """A vLLM stand-in for demos, integration tests and benchmarks.
 
 Each simulated pod is a real aiohttp server speaking vLLM's OpenAI-compatible API and
-exposing vLLM's Prometheus metrics, backed by a ``SimEngine`` that models admission
-(``max_num_seqs``), a paged KV cache with prefix caching, and per-token latency. With
+exposing vLLM's Prometheus metrics, backed by a ``SimEngine`` modelled on vLLM V1's
+scheduler: continuous batching with chunked prefill, a paged KV cache with automatic
+prefix caching and preemption, and a step time that grows with the batch (defaults from
+Llama-3.1-8B on an H100, see ``epp.sim.config``). ``time_scale`` speeds time up; with
 ``time_scale=0`` nothing sleeps, so tests run at loopback speed.
 
 Example::
@@ -13,12 +15,14 @@ Example::
 
 from __future__ import annotations
 
-from epp.sim.engine import EngineStats, Generation, SimConfig, SimEngine, SleepFn
+from epp.sim.config import SimConfig
+from epp.sim.engine import EngineStats, SimEngine, SleepFn, StepPlan
 from epp.sim.fleet import PodSpec, RunningPod, SimFleet, start_pod
+from epp.sim.generation import Generation, RequestState
 from epp.sim.kvcache import KvCache
 from epp.sim.metrics import MetricsRenderer
 from epp.sim.server import create_app
-from epp.sim.tokens import TokenizedPrompt, count_tokens, tokenize
+from epp.sim.tokens import TokenizedPrompt, count_tokens, token_ids, tokenize
 
 __all__ = [
     "EngineStats",
@@ -26,14 +30,17 @@ __all__ = [
     "KvCache",
     "MetricsRenderer",
     "PodSpec",
+    "RequestState",
     "RunningPod",
     "SimConfig",
     "SimEngine",
     "SimFleet",
     "SleepFn",
+    "StepPlan",
     "TokenizedPrompt",
     "count_tokens",
     "create_app",
     "start_pod",
+    "token_ids",
     "tokenize",
 ]

@@ -3,6 +3,7 @@
 Example::
 
     epp sim --pod 127.0.0.1:8001=qwen2-1-5b --pod 127.0.0.1:8002=qwen2-1-5b,lora-a
+    epp sim --pods 16 --first-port 8100 --model llama-3-1-8b --time-scale 0.1
 """
 
 from __future__ import annotations
@@ -11,17 +12,44 @@ import argparse
 import asyncio
 import logging
 import signal
+from dataclasses import replace
+from typing import Any
 
 import uvloop
 
-from epp.sim.engine import SimConfig
+from epp.sim.config import SimConfig
 from epp.sim.fleet import PodSpec, SimFleet
 
-__all__ = ["config_from_args", "configure_parser", "parse_pod", "run"]
+__all__ = ["config_from_args", "configure_parser", "parse_pod", "run", "specs_from_args"]
 
 log = logging.getLogger("epp.sim")
 
 _DEFAULTS = SimConfig()
+
+# Flag -> (SimConfig field, type, flag units per field unit, help).
+_ENGINE_FLAGS: dict[str, tuple[str, type, float, str]] = {
+    "--max-num-seqs": ("max_num_seqs", int, 1, "requests running at once per pod"),
+    "--max-num-batched-tokens": ("max_num_batched_tokens", int, 1,
+                                 "tokens one engine step may process (chunked-prefill budget)"),
+    "--kv-num-blocks": ("kv_num_blocks", int, 1, "KV-cache blocks per pod"),
+    "--kv-block-size": ("kv_block_size", int, 1, "tokens per KV-cache block"),
+    "--prefill-ms-per-token": ("prefill_s_per_token", float, 1e3,
+                               "compute time per token a step processes (prefill and decode)"),
+    "--decode-ms-per-token": ("decode_s_per_token", float, 1e3,
+                              "time of a decode step at batch 1 (all weights read once)"),
+    "--kv-read-ns-per-token": ("kv_read_s_per_token", float, 1e9,
+                               "step time per context token of each decoding sequence"),
+    "--decode-ms-per-seq": ("decode_s_per_seq", float, 1e3,
+                            "extra step time per decoding sequence"),
+    "--base-latency-ms": ("base_latency_s", float, 1e3,
+                          "front-end delay of every request before it is scheduled"),
+    "--default-max-tokens": ("default_max_tokens", int, 1,
+                             "output tokens when a request sets no max_tokens"),
+    "--max-model-len": ("max_model_len", int, 1,
+                        "context length reported by /tokenize and /v1/models"),
+    "--time-scale": ("time_scale", float, 1,
+                     "multiplies every simulated delay; 0 runs steps back to back"),
+}  # fmt: skip
 
 
 def parse_pod(value: str) -> PodSpec:
@@ -51,55 +79,23 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         metavar="ADDR=MODEL[,MODEL...]",
         help="a pod to run (repeatable); models after the first act as LoRA adapters",
     )
-    parser.add_argument(
-        "--max-num-seqs",
-        type=int,
-        default=_DEFAULTS.max_num_seqs,
-        help="requests running at once per pod (default: %(default)s)",
+    fleet = parser.add_argument_group("a fleet of like pods (with or instead of --pod)")
+    fleet.add_argument("--pods", dest="pod_count", type=int, default=0, metavar="N",
+                       help="run N pods on consecutive ports from --first-port")
+    fleet.add_argument("--first-port", type=int, default=None, metavar="PORT")
+    fleet.add_argument("--model", dest="fleet_model", default=None, metavar="MODEL",
+                       help="the model every --pods pod serves")
+    fleet.add_argument("--host", dest="fleet_host", default="127.0.0.1", metavar="HOST",
+                       help="where the --pods pods listen (default: %(default)s)")
+
+    engine = parser.add_argument_group(
+        "engine (defaults: Llama-3.1-8B bf16 on one H100 80GB under vLLM V1; see README)"
     )
-    parser.add_argument(
-        "--kv-num-blocks",
-        type=int,
-        default=_DEFAULTS.kv_num_blocks,
-        help="KV-cache blocks per pod (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--kv-block-size",
-        type=int,
-        default=_DEFAULTS.kv_block_size,
-        help="tokens per KV-cache block (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--prefill-ms-per-token",
-        type=float,
-        default=_DEFAULTS.prefill_s_per_token * 1000,
-        help="prefill time per uncached prompt token (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--decode-ms-per-token",
-        type=float,
-        default=_DEFAULTS.decode_s_per_token * 1000,
-        help="time per generated token (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--base-latency-ms",
-        type=float,
-        default=_DEFAULTS.base_latency_s * 1000,
-        help="fixed time before the first token (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--default-max-tokens",
-        type=int,
-        default=_DEFAULTS.default_max_tokens,
-        help="output tokens when a request sets no max_tokens (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--time-scale",
-        type=float,
-        default=_DEFAULTS.time_scale,
-        help="multiplies every simulated delay; 0 disables sleeping (default: %(default)s)",
-    )
-    parser.add_argument(
+    for name, (field, kind, unit, text) in _ENGINE_FLAGS.items():
+        default = getattr(_DEFAULTS, field) * unit
+        engine.add_argument(name, type=kind, default=None, metavar="N",
+                            help=f"{text} (default: {default:g})")
+    engine.add_argument(
         "--legacy-metric-names",
         action="store_true",
         help="emit vllm:gpu_cache_usage_perc instead of vllm:kv_cache_usage_perc",
@@ -108,17 +104,25 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> SimConfig:
     """The ``SimConfig`` the parsed flags describe; raises ValueError on a bad value."""
-    return SimConfig(
-        max_num_seqs=args.max_num_seqs,
-        kv_num_blocks=args.kv_num_blocks,
-        kv_block_size=args.kv_block_size,
-        prefill_s_per_token=args.prefill_ms_per_token / 1000,
-        decode_s_per_token=args.decode_ms_per_token / 1000,
-        base_latency_s=args.base_latency_ms / 1000,
-        default_max_tokens=args.default_max_tokens,
-        time_scale=args.time_scale,
-        legacy_metric_names=args.legacy_metric_names,
-    )
+    values: dict[str, Any] = {"legacy_metric_names": args.legacy_metric_names}
+    for name, (field, _, unit, _) in _ENGINE_FLAGS.items():
+        value = getattr(args, name.removeprefix("--").replace("-", "_"))
+        if value is not None:
+            values[field] = value / unit if unit != 1 else value
+    return replace(_DEFAULTS, **values)
+
+
+def specs_from_args(args: argparse.Namespace) -> list[PodSpec]:
+    """Every ``--pod``, then the ``--pods`` fleet; raises ValueError on a bad combination."""
+    specs: list[PodSpec] = list(args.pods)
+    if args.pod_count:
+        if args.pod_count < 0 or args.first_port is None or not args.fleet_model:
+            raise ValueError("--pods N needs N >= 1, --first-port and --model")
+        specs += [
+            PodSpec(host=args.fleet_host, port=args.first_port + i, models=(args.fleet_model,))
+            for i in range(args.pod_count)
+        ]
+    return specs
 
 
 async def _serve(specs: list[PodSpec], config: SimConfig) -> None:
@@ -143,14 +147,15 @@ def run(args: argparse.Namespace) -> int:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if log.getEffectiveLevel() > logging.INFO:
         log.setLevel(logging.INFO)
-    specs: list[PodSpec] = list(args.pods)
-    if not specs:
-        log.error("sim: give at least one --pod ADDR=MODEL, e.g. --pod 127.0.0.1:8001=qwen2-1-5b")
-        return 2
     try:
+        specs = specs_from_args(args)
         config = config_from_args(args)
     except ValueError as exc:
         log.error("sim: %s", exc)
+        return 2
+    if not specs:
+        log.error("sim: give at least one --pod ADDR=MODEL (e.g. --pod 127.0.0.1:8001=qwen2-1-5b)"
+                  " or --pods N --first-port PORT --model MODEL")
         return 2
     try:
         uvloop.run(_serve(specs, config))

@@ -17,7 +17,8 @@ from types import TracebackType
 
 from aiohttp import web
 
-from epp.sim.engine import SimConfig, SimEngine, SleepFn
+from epp.sim.config import SimConfig
+from epp.sim.engine import SimEngine, SleepFn
 from epp.sim.server import create_app
 
 __all__ = ["PodSpec", "RunningPod", "SimFleet", "start_pod"]
@@ -66,8 +67,11 @@ class RunningPod:
         return self.spec.models
 
     async def close(self) -> None:
-        """Stop listening, give in-flight requests a moment, then cancel them."""
-        await self._runner.cleanup()
+        """Stop listening, give in-flight requests a moment, cancel them, stop the engine."""
+        try:
+            await self._runner.cleanup()
+        finally:
+            await self.engine.close()
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -52,6 +52,12 @@ class Histogram:
         self.sum += value
         self.count += 1
 
+    def observe_many(self, value: float, n: int) -> None:
+        """Count ``n`` observations of the same ``value`` at the cost of one."""
+        self._counts[bisect_left(self.bounds, value)] += n
+        self.sum += value * n
+        self.count += n
+
     def cumulative(self) -> list[int]:
         """Cumulative counts per bound, the last entry being +Inf (== ``count``)."""
         out: list[int] = []

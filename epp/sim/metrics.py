@@ -4,7 +4,8 @@ Rendered by hand rather than through a prometheus_client registry: a scrape is o
 over a few dozen numbers, cheap enough for 50 ms polling of many pods in one process.
 The shape follows what vLLM's prometheus_client output looks like: ``# HELP``/``# TYPE``
 per family, counters named ``*_total``, float values ("3.0"), labels ``model_name`` and
-``engine``, and latency histograms with vLLM's buckets filled from observed wall time.
+``engine``, and latency histograms with vLLM's buckets, in simulated seconds (unscaled by
+``time_scale``, so a fast-forwarded benchmark still reports GPU-like latencies).
 
 Only the first served model is labelled, as in vLLM, where LoRA adapters share the base
 model's series; with more than one model, the others are reported as adapters in
@@ -98,7 +99,7 @@ class MetricsRenderer:
                f"vllm:prefix_cache_hits_total{{{lb}}} {_num(s.prefix_cache_hits)}\n")
         scalar("vllm:num_preemptions_total", "counter",
                "Cumulative number of preemption from the engine.",
-               f"vllm:num_preemptions_total{{{lb}}} 0.0\n")
+               f"vllm:num_preemptions_total{{{lb}}} {_num(s.preemptions)}\n")
         scalar("vllm:prompt_tokens_total", "counter", "Number of prefill tokens processed.",
                f"vllm:prompt_tokens_total{{{lb}}} {_num(s.prompt_tokens)}\n")
         scalar("vllm:generation_tokens_total", "counter",

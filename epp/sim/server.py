@@ -2,12 +2,16 @@
 
 Routes: ``POST /v1/chat/completions``, ``POST /v1/completions`` (JSON, or SSE with
 ``"stream": true``), ``POST /v1/embeddings``, ``GET /v1/models``, ``GET /health``,
-``GET /metrics``, and for tests ``GET|DELETE /sim/requests`` (the last 256 requests
-received) and ``GET /sim/state`` (the engine's counters as JSON).
+``GET /metrics``; for routers that ask for tokens ``POST /tokenize`` and
+``POST /v1/chat/completions/render`` / ``POST /v1/completions/render`` (vLLM's shapes); the
+peer-router routes of ``epp.sim.peer_api``; and for tests ``GET|DELETE /sim/requests``
+(the last 256 requests received) and ``GET /sim/state`` (the engine's counters as JSON).
 
 Every response carries ``x-sim-pod`` (the pod's name) and, so tests can check what the
 proxy delivered, ``x-sim-body-sha256`` / ``x-sim-body-bytes`` of the raw request body and
-``x-sim-model-header`` (the received ``x-gateway-model-name``, or "").
+``x-sim-model-header`` (the received ``x-gateway-model-name``, or ""). Non-streamed
+completions also carry ``x-sim-ttft-s`` and ``x-sim-e2e-s``: the request's time to first
+token and end-to-end latency in simulated seconds, as the pod's histograms record them.
 
 Errors use vLLM's shape ``{"error": {"message", "type", "param", "code"}}``: 400 for a
 body that is not a JSON object or misses its prompt, 404 for a model the pod does not
@@ -17,7 +21,6 @@ serve. A request without ``model`` goes to the pod's first model, as in vLLM.
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 import uuid
 from collections import deque
@@ -25,39 +28,35 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import xxhash
 from aiohttp import web
 
+from epp.sim.bodies import (
+    ApiError,
+    chat_prompt,
+    completion_prompt,
+    dumps,
+    embedding,
+    embedding_inputs,
+    error_response,
+    json_object,
+    positive_int,
+    usage,
+)
 from epp.sim.engine import SimEngine
+from epp.sim.generation import piece
 from epp.sim.metrics import CONTENT_TYPE, MetricsRenderer
+from epp.sim.tokens import token_ids, token_strs
 
-__all__ = ["MAX_BODY_BYTES", "REQUEST_LOG_SIZE", "create_app"]
+__all__ = ["ENGINE_KEY", "MAX_BODY_BYTES", "REQUEST_LOG_SIZE", "create_app"]
 
 MAX_BODY_BYTES = 64 * 1024 * 1024
 REQUEST_LOG_SIZE = 256
-EMBEDDING_DIMENSIONS = 8
+# The pod's engine, for routes added outside this module (``request.app[ENGINE_KEY]``).
+ENGINE_KEY = web.AppKey("epp_sim_engine", SimEngine)
 # Scrapes and probes would flush real traffic out of the bounded request log.
 _UNLOGGED_PATHS = ("/metrics", "/health", "/sim/")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class _ApiError(Exception):
-    """An OpenAI-style error response, raised from request validation."""
-
-    def __init__(self, status: int, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.param = param
-
-
-_ERROR_TYPES = {
-    400: "BadRequestError",
-    404: "NotFoundError",
-    405: "MethodNotAllowed",
-    413: "RequestEntityTooLarge",
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,115 +64,6 @@ class _Received:
     body: bytes
     sha256: str
     model_header: str
-
-
-def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode()
-
-
-def _error_response(status: int, message: str, param: str | None = None) -> web.Response:
-    payload = {
-        "error": {
-            "message": message,
-            "type": _ERROR_TYPES.get(status, "Error"),
-            "param": param,
-            "code": status,
-        }
-    }
-    return web.Response(status=status, body=_dumps(payload), content_type="application/json")
-
-
-def _json_object(body: bytes) -> dict[str, Any]:
-    try:
-        obj = json.loads(body)
-    except ValueError as exc:
-        raise _ApiError(400, f"invalid JSON body: {exc}") from exc
-    if not isinstance(obj, dict):
-        raise _ApiError(400, "the request body must be a JSON object")
-    return obj
-
-
-def _chat_prompt(body: dict[str, Any]) -> str:
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise _ApiError(400, "'messages' must be a non-empty list", "messages")
-    parts: list[str] = []
-    for msg in messages:
-        if not isinstance(msg, dict):
-            raise _ApiError(400, "each message must be an object", "messages")
-        content = msg.get("content")
-        if isinstance(content, str):
-            parts.append(content)
-        elif isinstance(content, list):
-            # Non-text parts (images, audio) carry no prompt text for the cache.
-            for part in content:
-                if isinstance(part, dict) and part.get("type") == "text":
-                    text = part.get("text")
-                    if not isinstance(text, str):
-                        raise _ApiError(400, "a text part needs a string 'text'", "messages")
-                    parts.append(text)
-        elif content is not None:
-            raise _ApiError(400, "message content must be a string or a list", "messages")
-    return "".join(parts)
-
-
-def _is_token_ids(value: object) -> bool:
-    return isinstance(value, list) and all(
-        isinstance(i, int) and not isinstance(i, bool) for i in value
-    )
-
-
-def _completion_prompt(body: dict[str, Any]) -> str | list[int]:
-    prompt = body.get("prompt")
-    # A one-element batch is common client behaviour; real batches would need n choices.
-    if isinstance(prompt, list) and len(prompt) == 1 and not _is_token_ids(prompt):
-        prompt = prompt[0]
-    if isinstance(prompt, str):
-        return prompt
-    if _is_token_ids(prompt) and prompt:
-        return list(prompt)
-    if isinstance(prompt, list) and len(prompt) > 1:
-        raise _ApiError(400, "the simulator does not support batched prompts", "prompt")
-    raise _ApiError(400, "'prompt' must be a string or a list of token ids", "prompt")
-
-
-def _embedding_inputs(body: dict[str, Any]) -> list[str | list[int]]:
-    value = body.get("input")
-    if isinstance(value, str):
-        return [value]
-    if _is_token_ids(value) and value:
-        return [list(value)]
-    if isinstance(value, list) and value:
-        if all(isinstance(v, str) for v in value):
-            return list(value)
-        if all(_is_token_ids(v) and v for v in value):
-            return [list(v) for v in value]
-    raise _ApiError(400, "'input' must be a string, a list of strings or token ids", "input")
-
-
-def _embedding(item: str | list[int]) -> list[float]:
-    data = item.encode() if isinstance(item, str) else _dumps(item)
-    raw = [xxhash.xxh64_intdigest(data, seed=d) / 2**63 - 1.0 for d in range(EMBEDDING_DIMENSIONS)]
-    norm = sum(x * x for x in raw) ** 0.5 or 1.0
-    return [x / norm for x in raw]
-
-
-def _positive_int(body: dict[str, Any], key: str) -> int | None:
-    value = body.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise _ApiError(400, f"'{key}' must be a positive integer", key)
-    return value
-
-
-def _usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict[str, Any]:
-    return {
-        "prompt_tokens": prompt_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-        "completion_tokens": completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": cached_tokens},
-    }
 
 
 class _Pod:
@@ -194,7 +84,7 @@ class _Pod:
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            resp: web.StreamResponse = _error_response(413, "request body too large")
+            resp: web.StreamResponse = error_response(413, "request body too large")
             self._stamp_pod(resp)
             return resp
         received = _Received(
@@ -220,10 +110,10 @@ class _Pod:
         try:
             try:
                 resp = await handler(request)
-            except _ApiError as exc:
-                resp = _error_response(exc.status, exc.message, exc.param)
+            except ApiError as exc:
+                resp = error_response(exc.status, exc.message, exc.param)
             except web.HTTPException as exc:
-                resp = _error_response(exc.status, exc.reason)
+                resp = error_response(exc.status, exc.reason)
             if not resp.prepared:
                 self.stamp(request, resp)
             return resp
@@ -242,21 +132,21 @@ class _Pod:
         resp.headers["x-sim-pod"] = self.name
 
     def _body(self, request: web.Request) -> dict[str, Any]:
-        return _json_object(self._received[id(request)].body)
+        return json_object(self._received[id(request)].body)
 
     def _model(self, body: dict[str, Any]) -> str:
         model = body.get("model")
         if model is None:
             return self.models[0]
         if not isinstance(model, str):
-            raise _ApiError(400, "'model' must be a string", "model")
+            raise ApiError(400, "'model' must be a string", "model")
         if model not in self.models:
-            raise _ApiError(404, f"The model `{model}` does not exist.", "model")
+            raise ApiError(404, f"The model `{model}` does not exist.", "model")
         return model
 
     def _max_tokens(self, body: dict[str, Any]) -> int:
         for key in ("max_completion_tokens", "max_tokens"):
-            value = _positive_int(body, key)
+            value = positive_int(body, key)
             if value is not None:
                 return value
         return self.engine.config.default_max_tokens
@@ -265,7 +155,7 @@ class _Pod:
     def _streaming(body: dict[str, Any]) -> tuple[bool, bool]:
         stream = body.get("stream", False)
         if not isinstance(stream, bool):
-            raise _ApiError(400, "'stream' must be a boolean", "stream")
+            raise ApiError(400, "'stream' must be a boolean", "stream")
         options = body.get("stream_options")
         include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
         return stream, include_usage
@@ -279,14 +169,15 @@ class _Pod:
     async def _complete(self, request: web.Request, *, chat: bool) -> web.StreamResponse:
         body = self._body(request)
         model = self._model(body)
-        prompt: str | list[int] = _chat_prompt(body) if chat else _completion_prompt(body)
+        prompt: str | list[int] = chat_prompt(body) if chat else completion_prompt(body)
         max_tokens = self._max_tokens(body)
         stream, include_usage = self._streaming(body)
         rid = f"chatcmpl-{uuid.uuid4().hex}" if chat else f"cmpl-{uuid.uuid4().hex}"
         created = int(time.time())
         if not stream:
             async with self.engine.run(prompt, model=model, max_tokens=max_tokens) as gen:
-                text = "".join([piece async for piece in gen.tokens()])
+                await gen.wait()
+            text = gen.text()
             choice: dict[str, Any] = {"index": 0}
             if chat:
                 choice["message"] = {"role": "assistant", "content": text, "tool_calls": []}
@@ -299,9 +190,14 @@ class _Pod:
                 "created": created,
                 "model": model,
                 "choices": [choice],
-                "usage": _usage(gen.prompt_tokens, gen.completion_tokens, gen.cached_tokens),
+                "usage": usage(gen.prompt_tokens, gen.completion_tokens, gen.cached_tokens),
             }
-            return web.Response(body=_dumps(payload), content_type="application/json")
+            plain = web.Response(body=dumps(payload), content_type="application/json")
+            # Simulated seconds from arrival: a benchmark can read GPU-like latencies per
+            # request without streaming every token.
+            plain.headers["x-sim-ttft-s"] = f"{(gen.first_token_s or 0.0) - gen.arrival_s:.6f}"
+            plain.headers["x-sim-e2e-s"] = f"{gen.last_token_s - gen.arrival_s:.6f}"
+            return plain
 
         resp = web.StreamResponse(
             headers={
@@ -318,6 +214,15 @@ class _Pod:
             "created": created,
             "model": model,
         }
+        # Each token's event is a template around its text: no dict and dumps per token.
+        opening = b"data: " + dumps(head)[:-1] + b',"choices":[{"index":0,'
+        if chat:
+            before, after = opening + b'"delta":{"content":"', b'"},"logprobs":null'
+            closing = b"}]}\n\n"
+        else:
+            before, after = opening + b'"text":"', b'","logprobs":null'
+            closing = b',"stop_reason":null}]}\n\n'
+        last = max_tokens - 1
         async with self.engine.run(prompt, model=model, max_tokens=max_tokens) as gen:
             if chat:
                 delta = {"role": "assistant", "content": ""}
@@ -327,29 +232,23 @@ class _Pod:
                         {"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}
                     ],
                 }
-                await resp.write(b"data: " + _dumps(first) + b"\n\n")
-            async for piece in gen.tokens():
-                finish = "length" if gen.completion_tokens == gen.max_tokens else None
-                if chat:
-                    c: dict[str, Any] = {
-                        "index": 0,
-                        "delta": {"content": piece},
-                        "logprobs": None,
-                        "finish_reason": finish,
-                    }
-                else:
-                    c = {
-                        "index": 0,
-                        "text": piece,
-                        "logprobs": None,
-                        "finish_reason": finish,
-                        "stop_reason": None,
-                    }
-                await resp.write(b"data: " + _dumps({**head, "choices": [c]}) + b"\n\n")
+                await resp.write(b"data: " + dumps(first) + b"\n\n")
+            async for batch in gen.token_batches():
+                # Token pieces are ASCII words ("tok3"): no JSON escaping needed.
+                await resp.write(
+                    b"".join(
+                        before
+                        + piece(i).encode()
+                        + after
+                        + (b',"finish_reason":"length"' if i == last else b',"finish_reason":null')
+                        + closing
+                        for i in batch
+                    )
+                )
         if include_usage:
-            usage = _usage(gen.prompt_tokens, gen.completion_tokens, gen.cached_tokens)
-            final: dict[str, Any] = {**head, "choices": [], "usage": usage}
-            await resp.write(b"data: " + _dumps(final) + b"\n\n")
+            totals = usage(gen.prompt_tokens, gen.completion_tokens, gen.cached_tokens)
+            final: dict[str, Any] = {**head, "choices": [], "usage": totals}
+            await resp.write(b"data: " + dumps(final) + b"\n\n")
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
@@ -357,7 +256,7 @@ class _Pod:
     async def embeddings(self, request: web.Request) -> web.StreamResponse:
         body = self._body(request)
         model = self._model(body)
-        inputs = _embedding_inputs(body)
+        inputs = embedding_inputs(body)
         # One engine pass over all inputs: it occupies the pod like vLLM's pooling runner.
         joined: str | list[int] = (
             "".join(i for i in inputs if isinstance(i, str))
@@ -365,10 +264,9 @@ class _Pod:
             else [t for i in inputs if isinstance(i, list) for t in i]
         )
         async with self.engine.run(joined, model=model, max_tokens=0) as gen:
-            async for _ in gen.tokens():
-                pass
+            await gen.wait()
         data: list[dict[str, Any]] = [
-            {"object": "embedding", "index": n, "embedding": _embedding(item)}
+            {"object": "embedding", "index": n, "embedding": embedding(item)}
             for n, item in enumerate(inputs)
         ]
         payload = {
@@ -384,7 +282,7 @@ class _Pod:
                 "prompt_tokens_details": None,
             },
         }
-        return web.Response(body=_dumps(payload), content_type="application/json")
+        return web.Response(body=dumps(payload), content_type="application/json")
 
     async def list_models(self, request: web.Request) -> web.StreamResponse:
         created = int(time.time())
@@ -397,13 +295,72 @@ class _Pod:
                 "root": m,
                 # Models after the first are served like LoRA adapters of the first.
                 "parent": self.models[0] if n else None,
+                "max_model_len": self.engine.config.max_model_len,
                 "permission": [],
             }
             for n, m in enumerate(self.models)
         ]
         return web.Response(
-            body=_dumps({"object": "list", "data": data}), content_type="application/json"
+            body=dumps({"object": "list", "data": data}), content_type="application/json"
         )
+
+    async def tokenize(self, request: web.Request) -> web.StreamResponse:
+        """vLLM's ``/tokenize``: ``{"model", "prompt"}`` or ``{"model", "messages"}``."""
+        body = self._body(request)
+        self._model(body)
+        prompt: str | list[int]
+        if "messages" in body:
+            prompt = chat_prompt(body)
+        elif isinstance(body.get("prompt"), str):
+            prompt = body["prompt"]
+        else:
+            raise ApiError(400, "'prompt' must be a string, or give 'messages'", "prompt")
+        ids = token_ids(prompt)
+        payload = {
+            "count": len(ids),
+            "max_model_len": self.engine.config.max_model_len,
+            "tokens": ids,
+            "token_strs": token_strs(prompt) if body.get("return_token_strs") else None,
+        }
+        return web.Response(body=dumps(payload), content_type="application/json")
+
+    async def render_chat(self, request: web.Request) -> web.StreamResponse:
+        """vLLM's ``/v1/chat/completions/render``: the request as the engine would run it."""
+        body = self._body(request)
+        self._model(body)
+        return self._render(body, chat_prompt(body), "chatcmpl")
+
+    async def render_completion(self, request: web.Request) -> web.StreamResponse:
+        """vLLM's ``/v1/completions/render``: a list, one entry per prompt."""
+        body = self._body(request)
+        self._model(body)
+        return self._render(body, completion_prompt(body), "cmpl", as_list=True)
+
+    def _render(
+        self, body: dict[str, Any], prompt: str | list[int], prefix: str, *, as_list: bool = False
+    ) -> web.Response:
+        # vLLM answers with a GenerateRequest (vllm/entrypoints/serve/disagg/protocol.py);
+        # "prompt", the rendered text, is the simulator's addition.
+        stream, _ = self._streaming(body)
+        params: dict[str, Any] = {"n": 1, "max_tokens": self._max_tokens(body)}
+        for key in ("temperature", "top_p", "seed"):
+            if body.get(key) is not None:
+                params[key] = body[key]
+        rendered = {
+            "request_id": f"{prefix}-{uuid.uuid4().hex}",
+            "token_ids": token_ids(prompt),
+            "features": None,
+            "sampling_params": params,
+            "model": body.get("model"),
+            "stream": stream,
+            "stream_options": body.get("stream_options") if stream else None,
+            "cache_salt": body.get("cache_salt"),
+            "priority": body.get("priority", 0),
+            "kv_transfer_params": None,
+            "prompt": prompt if isinstance(prompt, str) else None,
+        }
+        payload: Any = [rendered] if as_list else rendered
+        return web.Response(body=dumps(payload), content_type="application/json")
 
     async def health(self, request: web.Request) -> web.StreamResponse:
         return web.Response(status=200)
@@ -418,12 +375,12 @@ class _Pod:
     async def request_log(self, request: web.Request) -> web.StreamResponse:
         if request.method == "DELETE":
             self.log.clear()
-        return web.Response(body=_dumps(list(self.log)), content_type="application/json")
+        return web.Response(body=dumps(list(self.log)), content_type="application/json")
 
     async def state(self, request: web.Request) -> web.StreamResponse:
         stats = asdict(self.engine.stats())
         stats["kv_evicted_blocks"] = self.engine.kv.evicted_blocks
-        return web.Response(body=_dumps(stats), content_type="application/json")
+        return web.Response(body=dumps(stats), content_type="application/json")
 
 
 def create_app(engine: SimEngine, *, models: Sequence[str], name: str) -> web.Application:
@@ -435,6 +392,7 @@ def create_app(engine: SimEngine, *, models: Sequence[str], name: str) -> web.Ap
         raise ValueError("a pod serves at least one model")
     pod = _Pod(engine, models, name)
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[pod.middleware])
+    app[ENGINE_KEY] = engine
     app.router.add_post("/v1/chat/completions", pod.chat)
     app.router.add_post("/v1/completions", pod.completions)
     app.router.add_post("/v1/embeddings", pod.embeddings)
@@ -444,4 +402,11 @@ def create_app(engine: SimEngine, *, models: Sequence[str], name: str) -> web.Ap
     app.router.add_get("/sim/requests", pod.request_log)
     app.router.add_delete("/sim/requests", pod.request_log)
     app.router.add_get("/sim/state", pod.state)
+    app.router.add_post("/tokenize", pod.tokenize)
+    app.router.add_post("/v1/chat/completions/render", pod.render_chat)
+    app.router.add_post("/v1/completions/render", pod.render_completion)
+    # Imported here: peer routes may reach back for ENGINE_KEY.
+    from epp.sim.peer_api import add_peer_routes
+
+    add_peer_routes(app, models=tuple(models), name=name)
     return app

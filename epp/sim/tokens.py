@@ -8,10 +8,16 @@ hashes the body in fixed-size byte blocks sees the same block boundaries as this
 
 Token-id prompts (``/v1/completions`` with ``prompt: [1, 2, 3]``) count one token per id
 and hash each id as 4 little-endian bytes, so a block is still ``4 * block_size`` bytes.
+
+``token_ids`` gives a text's ids for ``/tokenize`` and the render endpoints: each 4-byte
+chunk read as a little-endian uint32 (the last one zero-padded). Sending those ids back as a
+token-id prompt yields the same count and the same full-block hashes as the text.
 """
 
 from __future__ import annotations
 
+import sys
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,6 +29,8 @@ __all__ = [
     "block_hashes",
     "count_tokens",
     "model_seed",
+    "token_ids",
+    "token_strs",
     "tokenize",
 ]
 
@@ -90,3 +98,31 @@ def tokenize(
         num_tokens = len(prompt)
     hashes = block_hashes(data, block_size_tokens, seed=seed, max_blocks=max_blocks)
     return TokenizedPrompt(num_tokens=num_tokens, block_hashes=hashes)
+
+
+def _id_bytes(prompt: str | Sequence[int]) -> bytes:
+    if isinstance(prompt, str):
+        data = prompt.encode()
+        return data + b"\0" * (-len(data) % BYTES_PER_TOKEN)
+    return b"".join((i & 0xFFFFFFFF).to_bytes(4, "little") for i in prompt)
+
+
+def token_ids(prompt: str | Sequence[int]) -> list[int]:
+    """The simulated token ids of a text (see the module docstring), or token ids masked."""
+    if not isinstance(prompt, str):
+        return [i & 0xFFFFFFFF for i in prompt]
+    ids = array("I", _id_bytes(prompt))
+    if ids.itemsize != BYTES_PER_TOKEN:  # pragma: no cover - no such platform in use
+        raise RuntimeError("array('I') is not 4 bytes wide here")
+    if sys.byteorder == "big":  # pragma: no cover
+        ids.byteswap()
+    return ids.tolist()
+
+
+def token_strs(prompt: str | Sequence[int]) -> list[str]:
+    """The text of each simulated token (undecodable bytes replaced, padding dropped)."""
+    data = _id_bytes(prompt)
+    return [
+        data[i : i + BYTES_PER_TOKEN].rstrip(b"\0").decode("utf-8", "replace")
+        for i in range(0, len(data), BYTES_PER_TOKEN)
+    ]

@@ -1,4 +1,4 @@
-"""Shared helpers for the simulator tests: a gated sleep and a pod plus client session."""
+"""Shared helpers for the simulator tests: fake time, a gated sleep, a pod plus a session."""
 
 from __future__ import annotations
 
@@ -13,6 +13,22 @@ import aiohttp
 from epp.sim import PodSpec, RunningPod, SimConfig, start_pod
 
 FAST = SimConfig(time_scale=0)
+
+
+class FakeTime:
+    """A clock and a sleep for the engine: sleeping advances the clock at once."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, delay_s: float) -> None:
+        self.sleeps.append(delay_s)
+        self.now += delay_s
+        await asyncio.sleep(0)
 
 
 class Gate:

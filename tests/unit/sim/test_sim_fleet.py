@@ -1,13 +1,14 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import socket
 
 import aiohttp
 import pytest
 
 from epp.sim import PodSpec, SimConfig, SimFleet, start_pod
-from epp.sim.cli import config_from_args, configure_parser, parse_pod, run
+from epp.sim.cli import config_from_args, configure_parser, parse_pod, run, specs_from_args
 
 from .helpers import FAST, chat_body
 
@@ -89,14 +90,56 @@ def test_cli_flags_map_to_config() -> None:
         ["--pod", "127.0.0.1:8001=m", "--max-num-seqs", "3", "--kv-num-blocks", "64",
          "--kv-block-size", "8", "--prefill-ms-per-token", "2", "--decode-ms-per-token", "30",
          "--base-latency-ms", "7", "--default-max-tokens", "5", "--time-scale", "0",
-         "--legacy-metric-names"]
+         "--legacy-metric-names", "--max-num-batched-tokens", "512",
+         "--kv-read-ns-per-token", "40", "--decode-ms-per-seq", "0.5",
+         "--max-model-len", "4096"]
     )  # fmt: skip
     assert args.pods == [PodSpec(port=8001, models=("m",))]
-    assert config_from_args(args) == SimConfig(
+    config = config_from_args(args)
+    assert config == SimConfig(
         max_num_seqs=3, kv_num_blocks=64, kv_block_size=8, prefill_s_per_token=0.002,
         decode_s_per_token=0.03, base_latency_s=0.007, default_max_tokens=5, time_scale=0,
-        legacy_metric_names=True,
+        legacy_metric_names=True, max_num_batched_tokens=512,
+        kv_read_s_per_token=config.kv_read_s_per_token, decode_s_per_seq=0.0005,
+        max_model_len=4096,
     )  # fmt: skip
+    assert config.kv_read_s_per_token == pytest.approx(40e-9)
+
+
+def test_pods_shorthand_adds_a_fleet_of_like_pods() -> None:
+    parser = argparse.ArgumentParser()
+    configure_parser(parser)
+    args = parser.parse_args(
+        ["--pod", ":7000=a", "--pods", "3", "--first-port", "8100", "--model", "llama"]
+    )
+    assert specs_from_args(args) == [
+        PodSpec(port=7000, models=("a",)),
+        *(PodSpec(port=8100 + i, models=("llama",)) for i in range(3)),
+    ]
+    with pytest.raises(ValueError, match="--first-port"):
+        specs_from_args(parser.parse_args(["--pods", "2", "--model", "m"]))
+
+
+@pytest.mark.asyncio
+async def test_sixteen_pods_share_one_process() -> None:
+    specs = [PodSpec(models=("m",)) for _ in range(16)]
+    async with SimFleet(specs, FAST) as fleet, aiohttp.ClientSession() as session:
+
+        async def ask(url: str) -> str:
+            payload = chat_body("the same system prompt " * 10, max_tokens=3)
+            async with session.post(f"{url}/v1/chat/completions", json=payload) as r:
+                assert r.status == 200
+                return r.headers["x-sim-pod"]
+
+        async def twice(url: str) -> list[str]:
+            return [await ask(url), await ask(url)]
+
+        served = await asyncio.gather(*(twice(pod.url) for pod in fleet.pods))
+        assert [pods[0] for pods in served] == fleet.addresses
+        assert len(set(fleet.addresses)) == 16
+        # Each pod has its own engine and cache; each second request hit its pod's cache.
+        assert all(pod.engine.stats().request_success == 2 for pod in fleet.pods)
+        assert all(pod.engine.stats().prefix_cache_hits > 0 for pod in fleet.pods)
 
 
 def test_cli_run_without_pods_or_with_bad_config_fails() -> None:

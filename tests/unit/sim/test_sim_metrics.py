@@ -18,6 +18,7 @@ NAMES = (
     "vllm:prefix_cache_hits_total",
     "vllm:prompt_tokens_total",
     "vllm:generation_tokens_total",
+    "vllm:num_preemptions_total",
 )
 SAMPLE = re.compile(r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-z_]+="[^"]*",?)*\})? \S+$')
 
@@ -26,6 +27,35 @@ async def served(engine: SimEngine, prompt: str) -> None:
     async with engine.run(prompt, model="m", max_tokens=3) as gen:
         async for _ in gen.tokens():
             pass
+
+
+def test_metrics_match_the_engine_state_step_by_step() -> None:
+    config = SimConfig(
+        time_scale=0, base_latency_s=0.0, max_num_seqs=2, kv_num_blocks=6, kv_block_size=4,
+        decode_s_per_token=0.5, prefill_s_per_token=0.0, kv_read_s_per_token=0.0,
+    )  # fmt: skip
+    engine = SimEngine(config)
+    renderer = MetricsRenderer(engine, ["m"])
+    for i in range(3):
+        engine.submit(chr(ord("a") + i) * 32, model="m", max_tokens=12)  # 8 tokens each
+    preempted = False
+    while engine.step() is not None:
+        text, s = renderer.render(), engine.stats()
+        assert metric_value(text, "vllm:num_requests_running") == s.running
+        assert metric_value(text, "vllm:num_requests_waiting") == s.waiting
+        assert metric_value(text, "vllm:kv_cache_usage_perc") == s.kv_blocks_in_use / 6
+        assert metric_value(text, "vllm:num_preemptions_total") == s.preemptions
+        assert s.running + s.waiting + s.request_success == 3
+        preempted |= s.preemptions > 0
+    assert preempted
+    text = renderer.render()
+    assert metric_value(text, "vllm:generation_tokens_total") == 36
+    # Histograms are in simulated seconds: every step takes 0.5 s here.
+    ttft_sum = engine.histograms.ttft_s.sum
+    assert ttft_sum > 0 and ttft_sum % 0.5 == 0
+    assert f'vllm:time_to_first_token_seconds_sum{{model_name="m",engine="0"}} {ttft_sum!r}' in (
+        text
+    )
 
 
 @pytest.mark.asyncio
@@ -47,7 +77,7 @@ async def test_exposition_has_vllm_names_help_type_and_values() -> None:
     assert 'vllm:request_success_total{model_name="m",engine="0",finished_reason="length"} 2.0' in (
         text
     )
-    assert 'block_size="16"' in text and 'num_gpu_blocks="2048"' in text
+    assert 'block_size="16"' in text and 'num_gpu_blocks="27500"' in text
     assert 'vllm:time_to_first_token_seconds_bucket{model_name="m",engine="0",le="+Inf"} 2.0' in (
         text
     )

@@ -8,9 +8,11 @@ import json
 import pytest
 
 from epp.sim import SimConfig
-from epp.sim.server import REQUEST_LOG_SIZE
+from epp.sim.engine import SimEngine
+from epp.sim.server import ENGINE_KEY, REQUEST_LOG_SIZE, create_app
+from epp.sim.tokens import count_tokens
 
-from .helpers import Gate, chat_body, metric_value, serve, sse_events, until
+from .helpers import FAST, Gate, chat_body, metric_value, serve, sse_events, until
 
 
 @pytest.mark.asyncio
@@ -29,6 +31,18 @@ async def test_chat_completion_plain() -> None:
     assert choice["finish_reason"] == "length"
     usage = body["usage"]
     assert (usage["prompt_tokens"], usage["completion_tokens"], usage["total_tokens"]) == (1, 3, 4)
+
+
+@pytest.mark.asyncio
+async def test_plain_responses_report_simulated_latencies() -> None:
+    config = SimConfig(time_scale=0, base_latency_s=0.002, decode_s_per_token=0.01,
+                       kv_read_s_per_token=0.0)  # fmt: skip
+    async with serve(config) as (pod, session):
+        async with session.post("/v1/chat/completions", json=chat_body("hi", max_tokens=3)) as r:
+            ttft, e2e = float(r.headers["x-sim-ttft-s"]), float(r.headers["x-sim-e2e-s"])
+    assert ttft == pytest.approx(0.012)  # base latency + one step
+    assert e2e == pytest.approx(0.032)
+    assert pod.engine.histograms.ttft_s.sum == pytest.approx(ttft, abs=1e-6)
 
 
 @pytest.mark.asyncio
@@ -245,7 +259,7 @@ async def test_request_log_is_bounded_and_skips_scrapes() -> None:
 @pytest.mark.asyncio
 async def test_metrics_show_waiting_when_over_max_num_seqs() -> None:
     gate = Gate()
-    config = SimConfig(max_num_seqs=2, base_latency_s=1.0)
+    config = SimConfig(max_num_seqs=2, base_latency_s=0.0)
     async with serve(config, gate=gate) as (pod, session):
 
         async def one(i: int) -> int:
@@ -272,7 +286,7 @@ async def test_metrics_show_waiting_when_over_max_num_seqs() -> None:
 @pytest.mark.asyncio
 async def test_client_disconnect_aborts_the_request() -> None:
     gate = Gate()
-    async with serve(SimConfig(base_latency_s=1.0), gate=gate) as (pod, session):
+    async with serve(SimConfig(base_latency_s=0.0), gate=gate) as (pod, session):
         payload = chat_body("x", max_tokens=3, stream=True)
         r = await session.post("/v1/chat/completions", json=payload)
         await until(lambda: pod.engine.running == 1, "request running")
@@ -308,3 +322,70 @@ async def test_small_cache_evicts_least_recently_used_prompt() -> None:
     # c evicts a (least recent); b survives and hits; a must be recomputed.
     assert cached == [0, 0, 0, 12, 0]
     assert pod.engine.kv.evicted_blocks >= 4
+
+
+@pytest.mark.asyncio
+async def test_tokenize_has_vllm_shape_and_the_pods_token_rule() -> None:
+    prompt = "The quick brown fox jumps"  # 25 bytes: 7 tokens
+    async with serve() as (pod, session):
+        async with session.post("/tokenize", json={"model": "m", "prompt": prompt}) as r:
+            assert r.status == 200
+            body = await r.json()
+        chat = {"model": "m", "messages": [{"role": "user", "content": prompt}],
+                "return_token_strs": True}  # fmt: skip
+        async with session.post("/tokenize", json=chat) as r:
+            from_chat = await r.json()
+        async with session.post("/tokenize", json={"model": "nope", "prompt": "x"}) as r:
+            assert r.status == 404
+        async with session.post("/tokenize", json={"model": "m"}) as r:
+            assert r.status == 400
+        # The ids, sent back as a prompt, count and hash like the text.
+        payload = {"model": "m", "prompt": body["tokens"], "max_tokens": 1}
+        async with session.post("/v1/completions", json=payload) as r:
+            assert (await r.json())["usage"]["prompt_tokens"] == 7
+    assert set(body) == {"count", "max_model_len", "tokens", "token_strs"}
+    assert body["count"] == len(body["tokens"]) == count_tokens(prompt) == 7
+    assert body["max_model_len"] == pod.engine.config.max_model_len
+    assert body["token_strs"] is None
+    assert all(isinstance(t, int) for t in body["tokens"])
+    assert from_chat["tokens"] == body["tokens"]
+    assert "".join(from_chat["token_strs"]) == prompt
+
+
+@pytest.mark.asyncio
+async def test_render_endpoints_return_vllm_generate_requests() -> None:
+    messages = [{"role": "system", "content": "Be brief. "},
+                {"role": "user", "content": "What is a KV cache?"}]  # fmt: skip
+    async with serve() as (pod, session):
+        payload = {"model": "m", "messages": messages, "max_tokens": 5, "stream": True}
+        async with session.post("/v1/chat/completions/render", json=payload) as r:
+            assert r.status == 200
+            chat = await r.json()
+        async with session.post("/tokenize", json={"model": "m", "messages": messages}) as r:
+            tokens = (await r.json())["tokens"]
+        completion = {"model": "m", "prompt": "Once upon a time"}
+        async with session.post("/v1/completions/render", json=completion) as r:
+            rendered = await r.json()
+        async with session.post("/v1/chat/completions/render", json={"model": "m"}) as r:
+            assert r.status == 400
+        async with session.get("/v1/models") as r:
+            models = await r.json()
+        assert pod.engine.stats().request_success == 0  # rendering runs no engine step
+    vllm_fields = {"request_id", "token_ids", "features", "sampling_params", "model", "stream",
+                   "stream_options", "cache_salt", "priority", "kv_transfer_params"}  # fmt: skip
+    assert vllm_fields <= set(chat)
+    assert chat["request_id"].startswith("chatcmpl-")
+    assert chat["token_ids"] == tokens
+    assert chat["prompt"] == "Be brief. What is a KV cache?"
+    assert chat["sampling_params"]["max_tokens"] == 5
+    assert chat["stream"] is True and chat["model"] == "m"
+    assert isinstance(rendered, list) and len(rendered) == 1
+    assert rendered[0]["request_id"].startswith("cmpl-")
+    assert len(rendered[0]["token_ids"]) == count_tokens("Once upon a time")
+    assert rendered[0]["sampling_params"]["max_tokens"] == pod.engine.config.default_max_tokens
+    assert models["data"][0]["max_model_len"] == pod.engine.config.max_model_len
+
+
+def test_app_exposes_its_engine_to_added_routes() -> None:
+    engine = SimEngine(FAST)
+    assert create_app(engine, models=("m",), name="p")[ENGINE_KEY] is engine

@@ -3,7 +3,15 @@ from __future__ import annotations
 import pytest
 import xxhash
 
-from epp.sim.tokens import BYTES_PER_TOKEN, block_hashes, count_tokens, model_seed, tokenize
+from epp.sim.tokens import (
+    BYTES_PER_TOKEN,
+    block_hashes,
+    count_tokens,
+    model_seed,
+    token_ids,
+    token_strs,
+    tokenize,
+)
 
 
 @pytest.mark.parametrize(
@@ -49,3 +57,15 @@ def test_tokenize_text_and_token_ids() -> None:
     assert ids.num_tokens == 40
     assert len(ids.block_hashes) == 2
     assert tokenize(list(range(40)), 16) == ids
+
+
+def test_token_ids_are_little_endian_words_that_hash_like_the_text() -> None:
+    text = "abcdefghi" + "x" * 120
+    ids = token_ids(text)
+    assert ids[:3] == [int.from_bytes(b"abcd", "little"), int.from_bytes(b"efgh", "little"),
+                       int.from_bytes(b"ixxx", "little")]  # fmt: skip
+    assert len(ids) == count_tokens(text)
+    assert tokenize(ids, 16) == tokenize(text, 16)
+    assert token_ids("abcde")[-1] == ord("e")  # the last word is zero-padded
+    assert token_strs("abcdé") == ["abcd", "é"]
+    assert token_ids([1, -1]) == [1, 0xFFFFFFFF]
