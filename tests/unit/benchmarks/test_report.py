@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks.routing import report
+
+
+def _result() -> dict[str, Any]:
+    row = {"ttft_p50_s": 0.1, "ttft_p90_s": 0.2, "ttft_p99_s": 0.3, "e2e_p50_s": 1.0,
+           "e2e_p90_s": 1.5, "output_tps": 1234.5, "request_rps": 12.3, "hit_rate": 0.5,
+           "oracle_hit_rate": 0.8, "pod_cv": 0.1, "pod_max": 13.0, "pod_min": 10.0,
+           "errors": {}}
+    runs = [{"workload": "shared-prefix", "contender": c, "offered_rps": r, **row}
+            for r in (10.0, 20.0) for c in ("envoy-rr", "epp")]
+    runs.append({"workload": "shared-prefix", "contender": "peer", "offered_rps": 10.0,
+                 "oracle_hit_rate": 0.8, "error": "StackError: no"})
+    meta = {"mode": "quick", "pods": 8, "sim_args": "defaults", "time_scale": 2.5,
+            "knee_rps": 15.0, "ceiling_rps": 60.0, "duration_s": 6.0, "notes": ["a note."]}
+    return {"meta": meta, "runs": runs}
+
+
+def test_markdown_has_a_row_per_run_and_the_notes() -> None:
+    text = report.markdown(_result())
+    assert "## shared-prefix" in text and "a note." in text
+    assert "divides it by the" in text and "oracle" in text
+    assert text.count("| epp |") == 2
+    assert "failed: StackError: no" in text
+    widths = {line.count("|") for line in text.splitlines() if line.startswith("| ")}
+    assert len(widths) == 1  # every row has the header's columns
+
+
+def test_json_round_trips(tmp_path: Path) -> None:
+    report.write_json(_result(), tmp_path / "r.json")
+    assert json.loads((tmp_path / "r.json").read_text()) == _result()
+
+
+def test_plots_are_written(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    paths = report.plot(_result(), tmp_path)
+    assert [p.name for p in paths] == ["routing_ttft_p90.png", "routing_throughput.png"]
+    assert all(p.stat().st_size > 1000 for p in paths)
