@@ -8,6 +8,7 @@ the given pods and returns its base URL once it answers, ``stop`` tears it down.
 | ``envoy-rr`` | Envoy alone, a static cluster of all pods, ``ROUND_ROBIN`` |
 | ``envoy-lr`` | the same, ``LEAST_REQUEST`` (Envoy's: the less busy of 2 random pods) |
 | ``epp`` | Envoy + epp, its default profile (``epp serve --endpoint`` per pod) |
+| ``epp-reference`` | epp, the reference EPP's weights (``configs/reference.yaml``) |
 | ``epp-load`` | epp, load scorers only: queue, KV, in-flight (``configs/load-only.yaml``) |
 | ``epp-prefix`` | epp, the prefix-cache scorer only (``configs/prefix-only.yaml``) |
 
@@ -149,11 +150,12 @@ def _ready_pods(metrics_port: int) -> int:
 
 
 def builtin_contenders(epp_args: Sequence[str] = ()) -> list[Contender]:
-    """The five built-in contenders, in the order the tables show them."""
+    """The built-in contenders, in the order the tables show them."""
     return [
         EnvoyContender("envoy-rr", "ROUND_ROBIN"),
         EnvoyContender("envoy-lr", "LEAST_REQUEST"),
         EppContender("epp", None, epp_args),
+        EppContender("epp-reference", CONFIGS / "reference.yaml", epp_args),
         EppContender("epp-load", CONFIGS / "load-only.yaml", epp_args),
         EppContender("epp-prefix", CONFIGS / "prefix-only.yaml", epp_args),
     ]

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from epp.datalayer.prometheus_text import parse_samples
-from epp.stack import ManagedProcess, free_port, start_epp_module
+from epp.stack import ManagedProcess, StackError, free_port, start_epp_module
 
 __all__ = ["COUNTERS", "Fleet", "FleetSpec", "PodCounters", "deltas", "sim_flags"]
 
@@ -51,16 +51,28 @@ def sim_flags() -> frozenset[str]:
 class Fleet:
     """One ``epp sim`` process serving ``spec.pods`` pods on free loopback ports."""
 
-    def __init__(self, spec: FleetSpec, workdir: Path) -> None:
+    def __init__(self, spec: FleetSpec, workdir: Path, *, attempts: int = 3) -> None:
         self.spec = spec
         workdir.mkdir(parents=True, exist_ok=True)
-        self.pods = [f"127.0.0.1:{free_port()}" for _ in range(spec.pods)]
-        args = ["sim", "--time-scale", repr(spec.time_scale), *spec.extra_args]
-        for pod in self.pods:
-            args += ["--pod", f"{pod}={spec.model}"]
-        self._process: ManagedProcess | None = start_epp_module("sim", args, log_dir=workdir)
-        for pod in self.pods:
-            self._process.wait_http(f"http://{pod}/health")
+        self._process: ManagedProcess | None = None
+        # A port free when picked can be taken before the sim binds it (the client's own
+        # outgoing connections draw from the same range): pick new ports and try again.
+        for attempt in range(1, attempts + 1):
+            self.pods = [f"127.0.0.1:{free_port()}" for _ in range(spec.pods)]
+            args = ["sim", "--time-scale", repr(spec.time_scale), *spec.extra_args]
+            for pod in self.pods:
+                args += ["--pod", f"{pod}={spec.model}"]
+            process = start_epp_module("sim", args, log_dir=workdir)
+            try:
+                for pod in self.pods:
+                    process.wait_http(f"http://{pod}/health")
+            except StackError:
+                process.stop()
+                if attempt == attempts or "Address already in use" not in process.log_tail():
+                    raise
+                continue
+            self._process = process
+            return
 
     def stop(self) -> None:
         if self._process is not None:

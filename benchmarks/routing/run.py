@@ -28,6 +28,7 @@ from benchmarks.routing.calibrate import Calibration, calibrate
 from benchmarks.routing.client import run_load
 from benchmarks.routing.contenders import (
     Contender,
+    EppContender,
     builtin_contenders,
     load_peers,
     wait_answers,
@@ -207,6 +208,9 @@ def _install_peers(contenders: list[Contender]) -> list[Contender]:
 def _contenders(args: argparse.Namespace) -> list[Contender]:
     epp_args = ["--refresh-metrics-interval", args.epp_refresh] if args.epp_refresh else []
     contenders = builtin_contenders(epp_args)
+    for spec in args.epp_config or []:
+        name, _, path = spec.partition("=")
+        contenders.append(EppContender(name, Path(path), epp_args))
     if not args.no_peers:
         peers, note = load_peers()
         if note:
@@ -269,6 +273,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="extra `epp sim` argument, e.g. --sim-arg=--max-num-seqs=256")
     parser.add_argument("--epp-refresh", metavar="DURATION",
                         help="epp's --refresh-metrics-interval (default: epp's, 50ms wall)")
+    parser.add_argument("--epp-config", action="append", metavar="NAME=PATH",
+                        help="also run epp with this EndpointPickerConfig, as contender NAME")
     parser.add_argument("--max-concurrency", type=int, default=512,
                         help="client cap on requests in flight")
     parser.add_argument("--seed", type=int, default=0)

@@ -14,16 +14,17 @@ def parse(argv: list[str], env: dict[str, str] | None = None):  # type: ignore[n
     return load_config(parser.parse_args(argv), environ=env or {})
 
 
-def test_defaults_follow_the_reference_epp() -> None:
+def test_defaults() -> None:
     config = parse([])
     assert config.server.grpc_port == 9002
     assert config.server.metrics_port == 9090
     assert config.data_layer.refresh_metrics_interval_s == 0.05
     assert config.data_layer.metrics_staleness_s == 2.0
     weights = {ref.plugin_ref: ref.weight for ref in config.scheduler.profiles[0].plugins}
-    assert weights["queue-scorer"] == 2
-    assert weights["kv-cache-utilization-scorer"] == 2
-    assert weights["prefix-cache-scorer"] == 3
+    # Tuned with benchmarks/routing; the reference EPP uses queue 2, KV 2, prefix 3.
+    assert weights == {"prefer-fresh-filter": None, "queue-scorer": 1.0,
+                       "prefix-cache-scorer": 3.0, "inflight-load-scorer": 4.0,
+                       "max-score-picker": None}
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ from typing import Any
 
 from epp.datalayer.endpoint import Endpoint
 from epp.scheduling.plugin import NamedPlugin, Params
-from epp.scheduling.scorers.normalize import inverted_min_max
+from epp.scheduling.scorers.normalize import inverted_gap, inverted_min_max
 from epp.scheduling.types import CycleState, LLMRequest, Scorer, TypedName
 
 __all__ = ["TYPE", "InflightLoadScorer", "factory"]
@@ -15,27 +15,44 @@ __all__ = ["TYPE", "InflightLoadScorer", "factory"]
 TYPE = "inflight-load-scorer"
 
 
+DEFAULT_GAP_SCALE = 0.0
+
+
 class InflightLoadScorer(NamedPlugin):
-    """``(max - n) / (max - min)`` over ``Endpoint.inflight_requests`` ``n``; 1.0 for all
-    when equal.
+    """Prefers endpoints with fewer requests epp has in flight there (``n``).
+
+    With ``gap_scale`` 0 (the reference behaviour): ``(max - n) / (max - min)``, 1.0 for
+    all when equal. With ``gap_scale`` k > 0: ``1 - min(n - min_n, k) / k``, an absolute
+    score that lets a cache hit outweigh a small imbalance (see ``inverted_gap``).
 
     The count is kept by the request-control layer (routed, stream not yet ended), so it
     moves with every pick, where scraped queue depth lags by a scrape interval.
     """
 
-    __slots__ = ()
+    __slots__ = ("_gap_scale",)
 
     TYPE = TYPE
+
+    def __init__(self, name: str | None = None, *, gap_scale: float = DEFAULT_GAP_SCALE) -> None:
+        super().__init__(name)
+        if gap_scale < 0:
+            raise ValueError(f"gap_scale must be >= 0, got {gap_scale}")
+        self._gap_scale = gap_scale
 
     def score(
         self, cycle: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint]
     ) -> list[float]:
-        return inverted_min_max([ep.inflight_requests for ep in endpoints])
+        loads = [ep.inflight_requests for ep in endpoints]
+        if self._gap_scale > 0:
+            return inverted_gap(loads, self._gap_scale)
+        return inverted_min_max(loads)
 
 
 def factory(name: str, parameters: Mapping[str, Any]) -> InflightLoadScorer:
-    Params(TypedName(TYPE, name), parameters).finish()
-    return InflightLoadScorer(name)
+    params = Params(TypedName(TYPE, name), parameters)
+    gap_scale = params.get_float("gapScale", DEFAULT_GAP_SCALE, min_value=0.0)
+    params.finish()
+    return InflightLoadScorer(name, gap_scale=gap_scale)
 
 
 _: type[Scorer] = InflightLoadScorer

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["inverted_min_max"]
+__all__ = ["inverted_gap", "inverted_min_max"]
 
 
 def inverted_min_max(values: Sequence[int | float]) -> list[float]:
@@ -23,3 +23,18 @@ def inverted_min_max(values: Sequence[int | float]) -> list[float]:
         return [1.0] * len(values)
     span = hi - lo
     return [(hi - v) / span for v in values]
+
+
+def inverted_gap(values: Sequence[int | float], scale: float) -> list[float]:
+    """``1 - min(v - min, scale) / scale``: how far each value is above the least, in
+    units of ``scale``, capped at 0.
+
+    Unlike min-max, the score is absolute: one request more than the least loaded costs
+    ``1/scale`` of the score, so a small imbalance cannot outweigh a cache hit, while a
+    gap of ``scale`` or more costs it all.
+
+    >>> inverted_gap([0, 2, 8, 20], 8)
+    [1.0, 0.75, 0.0, 0.0]
+    """
+    lo = min(values)
+    return [1.0 - min(v - lo, scale) / scale for v in values]

@@ -34,6 +34,27 @@ def test_inflight_load_scorer(inflight: list[int], expected: list[float]) -> Non
     assert InflightLoadScorer().score(CycleState(), REQUEST, eps) == pytest.approx(expected)
 
 
+@pytest.mark.parametrize(
+    ("inflight", "gap_scale", "expected"),
+    [
+        pytest.param([0, 2, 8, 20], 8.0, [1.0, 0.75, 0.0, 0.0], id="capped-at-scale"),
+        pytest.param([100, 101], 8.0, [1.0, 0.875], id="absolute-not-scale-free"),
+        pytest.param([5, 5], 4.0, [1.0, 1.0], id="equal"),
+    ],
+)
+def test_inflight_load_scorer_gap_mode(
+    inflight: list[int], gap_scale: float, expected: list[float]
+) -> None:
+    eps = [Endpoint(f"e{i}", inflight_requests=n) for i, n in enumerate(inflight)]
+    scorer = InflightLoadScorer(gap_scale=gap_scale)
+    assert scorer.score(CycleState(), REQUEST, eps) == pytest.approx(expected)
+
+
+def test_inflight_load_scorer_rejects_negative_gap() -> None:
+    with pytest.raises(ValueError, match="gap_scale"):
+        InflightLoadScorer(gap_scale=-1)
+
+
 def test_inflight_scorer_ignores_scraped_queue() -> None:
     eps = [
         Endpoint("a", metrics=Metrics(waiting_requests=50), inflight_requests=0),

@@ -1,6 +1,10 @@
-"""A burst of one prefix against the default weights: prefix affinity versus load.
+"""A burst of one prefix: prefix affinity versus load, under two profiles.
 
-What the weights trade off (default: prefix 3, queue 2, KV cache 2, in-flight 2):
+Most tests here pin the reference-style profile (prefix 3, queue 2, KV cache 2, in-flight
+2, every load score min-max), which is what they explain; the last ones check epp's
+default (prefix 3, in-flight 4 with gap scale 128, queue 1).
+
+What the reference-style weights trade off:
 
 * The prefix scorer pays ``3 x matched fraction`` to the endpoint that was sent the
   prefix; the pick is recorded at routing time, so from the second request of a burst the
@@ -34,6 +38,7 @@ from epp.datalayer.endpoint import Endpoint, Metrics
 from epp.scheduling.scheduler import (
     PluginSpec,
     ProfilePluginRef,
+    ProfileSpec,
     Scheduler,
     SchedulerConfig,
     build_scheduler,
@@ -44,8 +49,20 @@ from epp.scheduling.types import LLMRequest
 SHARED = "You are a helpful assistant. Answer briefly and cite sources. " * 16  # ~1 KB
 
 
-def scheduler_with(weights: dict[str, float], seed: int = 11) -> Scheduler:
-    base = default_scheduler_config()
+def reference_style_config() -> SchedulerConfig:
+    """The reference EPP's weights plus a min-max in-flight scorer (epp's first default)."""
+    weights = [("prefer-fresh-filter", None), ("queue-scorer", 2.0),
+               ("kv-cache-utilization-scorer", 2.0), ("prefix-cache-scorer", 3.0),
+               ("inflight-load-scorer", 2.0), ("max-score-picker", None)]
+    return SchedulerConfig(
+        [PluginSpec(name) for name, _ in weights],
+        [ProfileSpec("default", [ProfilePluginRef(name, w) for name, w in weights])],
+    )
+
+
+def scheduler_with(weights: dict[str, float], seed: int = 11,
+                   base: SchedulerConfig | None = None) -> Scheduler:
+    base = base or reference_style_config()
     (profile,) = base.profiles
     refs = [
         ProfilePluginRef(r.plugin_ref, weights.get(r.plugin_ref, r.weight)) for r in profile.plugins
@@ -112,4 +129,24 @@ def test_cold_start_burst_of_distinct_prompts_spreads(seed: int) -> None:
     """No shared prefix: in-flight load alone round-robins a burst."""
     prompts = [f"{i:04d}" + SHARED for i in range(9)]
     primaries = burst(scheduler_with({}, seed=seed), prompts, scrape_every=None)
+    assert sorted(Counter(primaries).values()) == [3, 3, 3]
+
+
+def test_default_profile_keeps_a_full_match_until_the_holder_is_far_busier() -> None:
+    scheduler = scheduler_with({}, base=default_scheduler_config())
+    # Nothing finishes and no scrape comes: only the in-flight gap grows. A full match is
+    # worth 3 and a request of gap costs 4/128, so the holder keeps the burst until it
+    # has 96 more in flight than the others; then a second pod takes the prefix on (and
+    # keeps it, as it now holds it too) rather than the burst scattering.
+    primaries = burst(scheduler, [SHARED] * 150, scrape_every=None)
+    assert len(set(primaries[:96])) == 1
+    assert primaries[96] != primaries[0]
+    assert len(set(primaries)) == 2
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_default_profile_spreads_distinct_prompts(seed: int) -> None:
+    prompts = [f"{i:04d}" + SHARED for i in range(9)]
+    primaries = burst(scheduler_with({}, seed=seed, base=default_scheduler_config()), prompts,
+                      scrape_every=None)
     assert sorted(Counter(primaries).values()) == [3, 3, 3]

@@ -41,7 +41,6 @@ def test_default_config_builds_the_documented_profile() -> None:
     assert points == [
         ("filter", "prefer-fresh-filter"),
         ("scorer", "queue-scorer"),
-        ("scorer", "kv-cache-utilization-scorer"),
         ("scorer", "prefix-cache-scorer"),
         ("scorer", "inflight-load-scorer"),
         ("picker", "max-score-picker"),
@@ -50,12 +49,13 @@ def test_default_config_builds_the_documented_profile() -> None:
     weights = {r.plugin_ref: r.weight for r in default_scheduler_config().profiles[0].plugins}
     assert weights == {
         "prefer-fresh-filter": None,
-        "queue-scorer": 2.0,
-        "kv-cache-utilization-scorer": 2.0,
+        "queue-scorer": 1.0,
         "prefix-cache-scorer": 3.0,
-        "inflight-load-scorer": 2.0,
+        "inflight-load-scorer": 4.0,
         "max-score-picker": None,
     }
+    parameters = {p.type: dict(p.parameters) for p in default_scheduler_config().plugins}
+    assert parameters["inflight-load-scorer"] == {"gapScale": 128.0}
     assert [type(h) for h in scheduler.profile.removal_hooks] == [PrefixCacheScorer]
 
 
