@@ -4,8 +4,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from benchmarks.routing import report
 
 
@@ -39,7 +37,6 @@ def test_json_round_trips(tmp_path: Path) -> None:
 
 
 def test_plots_are_written(tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib")
     paths = report.plot(_result(), tmp_path)
     assert [p.name for p in paths] == ["routing_ttft_p90.png", "routing_throughput.png"]
     assert all(p.stat().st_size > 1000 for p in paths)
