@@ -37,7 +37,6 @@ class RoutingDecision:
     request: LLMRequest
     endpoints: list[Endpoint]  # primary first, then fallbacks
     destination: str  # the x-gateway-destination-endpoint value
-    scheduled_at: float
     candidates: int  # how many endpoints were eligible
     finished: bool = False
 
@@ -135,7 +134,6 @@ class Director:
             request=request,
             endpoints=chosen,
             destination=",".join(ep.address for ep in chosen),
-            scheduled_at=started,
             candidates=len(candidates),
         )
 

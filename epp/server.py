@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class Running:
-    """What a caller of ``serve`` learns once epp accepts traffic (tests use the ports)."""
+    """What a caller of ``serve`` learns once epp accepts traffic: the ports bound (its
+    config may ask for port 0) and the live endpoint table, for code that embeds epp."""
 
     grpc_port: int
     metrics_port: int | None

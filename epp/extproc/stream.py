@@ -60,7 +60,6 @@ class RequestStream:
         self._body_bytes = 0
         self._subset: list[str] | None = None
         self.decision: RoutingDecision | None = None
-        self.error: EppError | None = None
 
     @property
     def request_id(self) -> str:
@@ -119,7 +118,7 @@ class RequestStream:
                 subset=self._subset,
             )
             self.phase = Phase.ROUTED
-            return (self._routing_headers_response(),)
+            return (self._routing_response(on_body=False),)
         self.phase = Phase.GATHERING_BODY
         if self._body_mode == _FULL_DUPLEX:
             # Full duplex: the header answer must wait for the body, where the model is.
@@ -158,18 +157,12 @@ class RequestStream:
         )
         self.phase = Phase.ROUTED
         if self._body_mode != _FULL_DUPLEX:
-            return (self._routing_body_response(),)
+            return (self._routing_response(on_body=True),)
         # No content-length: Envoy 1.40 drops it in full duplex and sends the body chunked.
-        responses = [self._routing_headers_response()]
+        responses = [self._routing_response(on_body=False)]
         responses.extend(messages.streamed_body_responses(chunks, end_of_stream=ends_request))
         self._chunks = []
         return responses
-
-    def _routing_headers_response(self) -> ProcessingResponse:
-        return self._routing_response(on_body=False)
-
-    def _routing_body_response(self) -> ProcessingResponse:
-        return self._routing_response(on_body=True)
 
     def _routing_response(self, *, on_body: bool) -> ProcessingResponse:
         decision = self.decision
@@ -194,7 +187,6 @@ class RequestStream:
         return (messages.empty_response_body_response(),)
 
     def _answer(self, error: EppError) -> ProcessingResponse:
-        self.error = error
         self.phase = Phase.ANSWERED
         self._chunks = []
         model = self.decision.model if self.decision else ""
