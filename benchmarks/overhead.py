@@ -117,6 +117,7 @@ def start_stack(work: Path, processes: list[ManagedProcess]) -> dict[str, str]:
 
     epp_port, epp_metrics = free_port(), free_port()
     epp_args = ["serve", "--grpc-host", "127.0.0.1", "--grpc-port", str(epp_port),
+                "--grpc-health-port", "0",
                 "--metrics-host", "127.0.0.1", "--metrics-port", str(epp_metrics),
                 "--log-level", "warning"]
     for pod in pods:

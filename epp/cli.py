@@ -72,7 +72,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     import uvloop
 
-    from epp.config import ConfigError, load_config
+    from epp.config import ConfigError, check_endpoint_source, load_config
     from epp.observability.logging import configure_logging
     from epp.scheduling.errors import SchedulerConfigError
     from epp.server import build_scheduler_from_config, serve
@@ -80,15 +80,11 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         config = load_config(args)
         scheduler = build_scheduler_from_config(config)
+        check_endpoint_source(config)
     except (ConfigError, SchedulerConfigError) as exc:
         print(f"epp: configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(config.log_level, config.log_format)
-    if not config.endpoints:
-        logging.getLogger("epp").warning(
-            "no endpoints configured (--endpoint or the config file's endpoints): "
-            "every request will get 404"
-        )
     try:
         uvloop.run(serve(config, scheduler=scheduler))
     except KeyboardInterrupt:

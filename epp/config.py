@@ -50,8 +50,10 @@ __all__ = [
     "Config",
     "ConfigError",
     "DataLayerConfig",
+    "KubernetesConfig",
     "ServerConfig",
     "add_serve_arguments",
+    "check_endpoint_source",
     "load_config",
     "parse_duration_s",
 ]
@@ -72,6 +74,12 @@ class ServerConfig:
     max_body_bytes: int = 64 * MiB  # larger bodies get 413 from epp
     graceful_timeout_s: float = 10.0  # in-flight streams get this long on SIGTERM
     destination_fallbacks: int = 0  # endpoints listed after the primary
+    grpc_health_port: int = 9003  # grpc.health.v1 for probes; 0 turns it off
+    # TLS on the ext_proc port. None: on in the Kubernetes modes (as the reference EPP,
+    # which gateways dial with TLS), off beside a standalone Envoy.
+    secure_serving: bool | None = None
+    cert_path: str | None = None  # directory with tls.crt and tls.key; else self-signed
+    body_based_routing: bool = False  # only set X-Gateway-Model-Name; pick no endpoint
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,13 +93,46 @@ class DataLayerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class KubernetesConfig:
+    """Discovery on Kubernetes: an InferencePool (``pool_name``) or a label selector."""
+
+    pool_name: str | None = None
+    pool_namespace: str | None = None  # None: $POD_NAMESPACE, else "default"
+    pool_group: str = "inference.networking.k8s.io"
+    endpoint_selector: tuple[tuple[str, str], ...] = ()
+    endpoint_target_ports: tuple[int, ...] = ()
+    kubeconfig: str | None = None  # None: in-cluster, else $KUBECONFIG or ~/.kube/config
+    sync_timeout_s: float = 60.0  # how long serving waits for the first complete view
+    leader_election: bool = False
+    lease_name: str | None = None  # None: epp-<pool-name>
+    lease_duration_s: float = 15.0
+    renew_deadline_s: float = 10.0
+    retry_period_s: float = 2.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.pool_name is not None or bool(self.endpoint_selector)
+
+    @property
+    def namespace(self) -> str:
+        return self.pool_namespace or "default"
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     data_layer: DataLayerConfig = field(default_factory=DataLayerConfig)
+    kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
     endpoints: tuple[EndpointSpec, ...] = ()
     scheduler: SchedulerConfig = field(default_factory=default_scheduler_config)
     log_level: str = "info"
     log_format: str = "text"  # text | json
+
+    @property
+    def secure_serving(self) -> bool:
+        if self.server.secure_serving is not None:
+            return self.server.secure_serving
+        return self.kubernetes.enabled
 
 
 # -- value parsers ----------------------------------------------------------------------
@@ -142,6 +183,44 @@ def _choice(*allowed: str) -> Callable[[Any], str]:
     return parse
 
 
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {value!r} (use true or false)")
+
+
+def _label_selector(value: Any) -> tuple[tuple[str, str], ...]:
+    """``app=vllm,env=prod`` (the reference EPP's format: key=value pairs only)."""
+    if isinstance(value, Mapping):
+        return tuple(sorted((str(k), str(v)) for k, v in value.items()))
+    pairs = []
+    for part in str(value).split(","):
+        key, sep, label = part.strip().partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"expected key=value[,key=value...], got {value!r}")
+        pairs.append((key.strip(), label.strip()))
+    return tuple(sorted(pairs))
+
+
+def _ports(value: Any) -> tuple[int, ...]:
+    """``8000,8001`` or a list of numbers."""
+    parts = value if isinstance(value, list | tuple) else str(value).split(",")
+    ports = tuple(_port(part.strip() if isinstance(part, str) else part) for part in parts)
+    if not ports or 0 in ports:
+        raise ValueError(f"expected port numbers 1-65535, got {value!r}")
+    return ports
+
+
+def _optional_str(value: Any) -> str | None:
+    text = str(value).strip()
+    return text or None
+
+
 def _positive_duration(value: Any) -> float:
     seconds = parse_duration_s(value)
     if seconds == 0:
@@ -161,6 +240,7 @@ class Option:
     file_key: tuple[str, ...]  # ("server", "grpcPort")
     parse: Callable[[Any], Any]
     help: str
+    aliases: tuple[str, ...] = ()  # older flag names that still work
 
     @property
     def env(self) -> str:
@@ -197,13 +277,61 @@ OPTIONS: tuple[Option, ...] = (
     Option("--metrics-staleness-threshold", ("data_layer", "metrics_staleness_s"),
            ("dataLayer", "metricsStalenessThreshold"), _positive_duration,
            "metrics older than this are stale; fresh endpoints are preferred"),
-    Option("--endpoint-metrics-path", ("data_layer", "metrics_path"),
-           ("dataLayer", "metricsPath"), str, "path of the model servers' metrics"),
+    Option("--model-server-metrics-path", ("data_layer", "metrics_path"),
+           ("dataLayer", "metricsPath"), str, "path of the model servers' metrics",
+           aliases=("--endpoint-metrics-path",)),
     Option("--engine", ("data_layer", "engine"), ("dataLayer", "engine"),
            _choice("auto", "vllm", "sglang"), "metric names to read: vllm, sglang or auto"),
     Option("--unready-after-failures", ("data_layer", "unready_after_failures"),
            ("dataLayer", "unreadyAfterFailures"), _int,
            "consecutive failed scrapes after which an endpoint gets no traffic"),
+    Option("--grpc-health-port", ("server", "grpc_health_port"),
+           ("server", "grpcHealthPort"), _port,
+           "grpc.health.v1 port for liveness/readiness probes; 0 turns it off"),
+    Option("--secure-serving", ("server", "secure_serving"), ("server", "secureServing"),
+           _bool, "TLS on the ext_proc port (default: on with Kubernetes discovery, "
+           "off with --endpoint)"),
+    Option("--cert-path", ("server", "cert_path"), ("server", "certPath"), _optional_str,
+           "directory holding tls.crt and tls.key; without it a self-signed "
+           "certificate is generated at start"),
+    Option("--body-based-routing", ("server", "body_based_routing"),
+           ("server", "bodyBasedRouting"), _bool,
+           "gateway-level mode: set X-Gateway-Model-Name from the body and pick no endpoint"),
+    Option("--pool-name", ("kubernetes", "pool_name"), ("kubernetes", "poolName"),
+           _optional_str, "the InferencePool whose pods epp routes to"),
+    Option("--pool-namespace", ("kubernetes", "pool_namespace"),
+           ("kubernetes", "poolNamespace"), _optional_str,
+           "namespace of the InferencePool (default: $POD_NAMESPACE, else default)"),
+    Option("--pool-group", ("kubernetes", "pool_group"), ("kubernetes", "poolGroup"),
+           _choice("inference.networking.k8s.io", "inference.networking.x-k8s.io"),
+           "API group of the InferencePool: inference.networking.k8s.io (v1) or "
+           "inference.networking.x-k8s.io (v1alpha2)"),
+    Option("--endpoint-selector", ("kubernetes", "endpoint_selector"),
+           ("kubernetes", "endpointSelector"), _label_selector,
+           "without an InferencePool: route to pods matching key=value[,key=value]"),
+    Option("--endpoint-target-ports", ("kubernetes", "endpoint_target_ports"),
+           ("kubernetes", "endpointTargetPorts"), _ports,
+           "with --endpoint-selector: the pods' serving ports, e.g. 8000,8001"),
+    Option("--kubeconfig", ("kubernetes", "kubeconfig"), ("kubernetes", "kubeconfig"),
+           _optional_str, "kubeconfig file (default: in-cluster, else $KUBECONFIG)"),
+    Option("--pool-sync-timeout", ("kubernetes", "sync_timeout_s"),
+           ("kubernetes", "syncTimeout"), _positive_duration,
+           "how long to wait at start for the pool's first complete view"),
+    Option("--ha-enable-leader-election", ("kubernetes", "leader_election"),
+           ("kubernetes", "leaderElection"), _bool,
+           "leader election on a Lease: only the leader reports ready"),
+    Option("--leader-election-lease-name", ("kubernetes", "lease_name"),
+           ("kubernetes", "leaseName"), _optional_str,
+           "name of the Lease (default: epp-<pool-name>)"),
+    Option("--leader-election-lease-duration", ("kubernetes", "lease_duration_s"),
+           ("kubernetes", "leaseDuration"), _positive_duration,
+           "how long a leader's lease lasts without renewal"),
+    Option("--leader-election-renew-deadline", ("kubernetes", "renew_deadline_s"),
+           ("kubernetes", "renewDeadline"), _positive_duration,
+           "a leader that cannot renew for this long steps down"),
+    Option("--leader-election-retry-period", ("kubernetes", "retry_period_s"),
+           ("kubernetes", "retryPeriod"), _positive_duration,
+           "how often candidates try to acquire, and the leader renews"),
     Option("--log-level", ("log_level",), ("logging", "level"),
            _choice("debug", "info", "warning", "error"), "log level"),
     Option("--log-format", ("log_format",), ("logging", "format"), _choice("text", "json"),
@@ -231,8 +359,14 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         _positive_duration: "DURATION", str: "TEXT",
     }
     for option in OPTIONS:
+        if option.parse is _bool:  # Go-style: --flag, --flag=true, --flag=false
+            parser.add_argument(
+                option.flag, *option.aliases, dest=option.dest, default=None, nargs="?",
+                const="true", metavar="BOOL", help=f"{option.help} (env {option.env})",
+            )
+            continue
         parser.add_argument(
-            option.flag, dest=option.dest, default=None,
+            option.flag, *option.aliases, dest=option.dest, default=None,
             metavar=metavars.get(option.parse, "VALUE"),
             help=f"{option.help} (env {option.env})",
         )
@@ -266,7 +400,42 @@ def load_config(args: argparse.Namespace, environ: Mapping[str, str] | None = No
     config = Config(endpoints=endpoints, scheduler=scheduler)
     for path, value in values.items():
         config = _replace_path(config, path, value)
+    if config.kubernetes.pool_namespace is None:
+        config = _replace_path(config, ("kubernetes", "pool_namespace"),
+                               env.get("POD_NAMESPACE") or "default")
+    _check_modes(config)
     return config
+
+
+def _check_modes(config: Config) -> None:
+    """One source of endpoints, and what each needs, with errors that say how to fix it."""
+    kube = config.kubernetes
+    sources = [name for name, used in (
+        ("--endpoint", bool(config.endpoints)),
+        ("--pool-name", kube.pool_name is not None),
+        ("--endpoint-selector", bool(kube.endpoint_selector)),
+    ) if used]
+    if len(sources) > 1:
+        raise ConfigError(f"choose one source of endpoints, not {' and '.join(sources)}")
+    if kube.endpoint_selector and not kube.endpoint_target_ports:
+        raise ConfigError("--endpoint-selector needs --endpoint-target-ports, e.g. 8000")
+    if kube.endpoint_target_ports and not kube.endpoint_selector:
+        raise ConfigError("--endpoint-target-ports is only used with --endpoint-selector")
+    if kube.leader_election and kube.pool_name is None:
+        raise ConfigError("--ha-enable-leader-election needs --pool-name (the Lease is per pool)")
+    if kube.leader_election and not (
+        kube.retry_period_s < kube.renew_deadline_s < kube.lease_duration_s
+    ):
+        raise ConfigError("leader election needs retry period < renew deadline < lease duration")
+
+
+def check_endpoint_source(config: Config) -> None:
+    """Serving needs somewhere to route (``load_config`` alone allows none, for tools)."""
+    if not (config.endpoints or config.kubernetes.enabled or config.server.body_based_routing):
+        raise ConfigError(
+            "no endpoints: give --pool-name (an InferencePool), --endpoint-selector with "
+            "--endpoint-target-ports, --endpoint ADDR=MODEL (static), or --body-based-routing"
+        )
 
 
 def _read_file(path: Path) -> dict[str, Any]:

@@ -61,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
             sim.wait_http(f"http://{address}/health")
 
         epp_args = ["serve", "--grpc-host", "127.0.0.1", "--grpc-port", str(args.grpc_port),
+                    "--grpc-health-port", "0",
                     "--metrics-host", "127.0.0.1", "--metrics-port", str(args.metrics_port)]
         epp_args += [arg for address, model in pods
                      for arg in ("--endpoint", f"{address}={model}")]

@@ -17,8 +17,11 @@ from typing import Protocol
 from epp.api.openai import parse_request_body
 from epp.datalayer.endpoint import Endpoint
 from epp.datalayer.store import EndpointStore
-from epp.errors import BadRequest, ModelNotFound, ServiceUnavailable
+from epp.errors import BadRequest, ModelNotFound, ServiceUnavailable, TooManyRequests
 from epp.observability import metrics
+from epp.requestcontrol.admission import SaturationDetector
+from epp.requestcontrol.objectives import Objectives
+from epp.requestcontrol.rewrite import ModelRewrites
 from epp.scheduling.types import LLMRequest, SchedulingResult
 
 __all__ = ["Director", "RoutingDecision", "SchedulerLike"]
@@ -29,24 +32,33 @@ log = logging.getLogger(__name__)
 class SchedulerLike(Protocol):
     def schedule(self, request: LLMRequest, candidates: Sequence[Endpoint]) -> SchedulingResult: ...
 
+    def on_endpoints_removed(self, endpoints: Sequence[Endpoint]) -> None: ...
+
 
 @dataclass(slots=True)
 class RoutingDecision:
     """Where one request goes. ``finish()`` must be called exactly once when it ends."""
 
-    request: LLMRequest
-    endpoints: list[Endpoint]  # primary first, then fallbacks
-    destination: str  # the x-gateway-destination-endpoint value
+    request: LLMRequest  # its model is the one sent upstream, after any rewrite
+    endpoints: list[Endpoint]  # primary first, then fallbacks; empty: no endpoint picked
+    destination: str  # the x-gateway-destination-endpoint value; "" when none picked
     candidates: int  # how many endpoints were eligible
+    requested_model: str = ""  # the client's model; differs from request.model if rewritten
+    priority: int = 0
     finished: bool = False
 
     @property
     def model(self) -> str:
+        """The model the client asked for (routes match on it; responses report it)."""
+        return self.requested_model or self.request.model
+
+    @property
+    def target_model(self) -> str:
         return self.request.model
 
     @property
-    def primary(self) -> Endpoint:
-        return self.endpoints[0]
+    def rewritten(self) -> bool:
+        return bool(self.requested_model) and self.requested_model != self.request.model
 
 
 class Director:
@@ -65,11 +77,29 @@ class Director:
         *,
         unready_after_failures: int = 3,
         destination_fallbacks: int = 0,
+        rewrites: ModelRewrites | None = None,
+        objectives: Objectives | None = None,
+        saturation: SaturationDetector | None = None,
+        pick_endpoints: bool = True,
     ) -> None:
         self._store = store
         self._scheduler = scheduler
         self._unready_after_failures = unready_after_failures
         self._destination_fallbacks = destination_fallbacks
+        self.rewrites = rewrites or ModelRewrites()
+        self.objectives = objectives or Objectives()
+        self._saturation = saturation or SaturationDetector()
+        # False in body-based-routing mode: epp names the model for route matching and a
+        # per-pool picker further on chooses the endpoint.
+        self._pick_endpoints = pick_endpoints
+
+    @property
+    def scheduler(self) -> SchedulerLike:
+        return self._scheduler
+
+    def set_scheduler(self, scheduler: SchedulerLike) -> None:
+        """Swap the scheduling profile (a pool's routing-strategy changed)."""
+        self._scheduler = scheduler
 
     def is_ready(self, endpoint: Endpoint) -> bool:
         return (
@@ -87,16 +117,34 @@ class Director:
     ) -> RoutingDecision:
         """Route a request with a JSON body; raises an ``EppError`` the client should see."""
         parsed = parse_request_body(body)
+        target = self.rewrites.target(parsed.model, headers)
         request = LLMRequest(
             request_id=request_id,
-            model=parsed.model,
+            model=target,
             prompt=parsed.prompt,
             stream=parsed.stream,
             headers=headers,
         )
-        if not self._store.knows_model(parsed.model):
-            raise ModelNotFound(f"model '{parsed.model}' is not served here")
-        return self._schedule(request, self._store.serving(parsed.model), subset)
+        priority = self.objectives.priority(headers) if headers else 0
+        if not self._pick_endpoints:
+            return RoutingDecision(request, [], "", 0, requested_model=parsed.model,
+                                   priority=priority)
+        # No endpoints at all is a pool that is empty for now (503), not an unknown model.
+        if self._store.all() and not self._store.knows_model(target):
+            raise ModelNotFound(f"model '{target}' is not served here")
+        serving = self._store.serving(target)
+        if priority < 0 and self._saturation.saturated(
+            [ep for ep in serving if self.is_ready(ep)]
+        ):
+            raise TooManyRequests(
+                f"the pool serving '{target}' is saturated and this request is sheddable "
+                f"(objective priority {priority}); retry later",
+                code="pool_saturated",
+            )
+        decision = self._schedule(request, serving, subset)
+        decision.requested_model = parsed.model
+        decision.priority = priority
+        return decision
 
     def route_without_body(
         self,
@@ -111,6 +159,8 @@ class Director:
             raise BadRequest("request body is empty; expected a JSON object with 'model'",
                              code="missing_body")
         request = LLMRequest(request_id=request_id, model="", prompt="", headers=headers)
+        if not self._pick_endpoints:
+            return RoutingDecision(request, [], "", 0)
         return self._schedule(request, self._store.all(), subset)
 
     def _schedule(
@@ -143,4 +193,5 @@ class Director:
         if decision.finished:
             return
         decision.finished = True
-        decision.primary.inflight_requests -= 1
+        if decision.endpoints:
+            decision.endpoints[0].inflight_requests -= 1

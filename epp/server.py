@@ -11,23 +11,34 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+import grpc
 from aiohttp import web
 from grpc_health.v1 import health
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from epp.config import Config
+from epp.datalayer.kube_discovery import KubernetesDiscovery, PoolSpec
 from epp.datalayer.scraper import MetricsScraper
 from epp.datalayer.static_discovery import StaticDiscovery
 from epp.datalayer.store import EndpointStore
 from epp.director import Director
-from epp.extproc.service import create_grpc_server, set_serving
+from epp.extproc.service import create_grpc_server, create_health_server
+from epp.k8s.client import make_client
+from epp.k8s.leader import LeaderElector
+from epp.k8s.pool_policies import PoolPolicies
 from epp.observability import metrics
+from epp.observability.health import HealthReporter
+from epp.requestcontrol.admission import SaturationDetector
+from epp.scheduling.config import default_scheduler_config, load_only_scheduler_config
 from epp.scheduling.registry import PluginRegistry, register_builtin_plugins
 from epp.scheduling.scheduler import Scheduler, build_scheduler
+from epp.tls import load_certificate, self_signed_certificate
 
 __all__ = ["Running", "serve"]
 
@@ -43,6 +54,7 @@ class Running:
     metrics_port: int | None
     store: EndpointStore
     director: Director
+    health_port: int | None = None
 
 
 def build_scheduler_from_config(config: Config) -> Scheduler:
@@ -65,9 +77,23 @@ async def serve(
     store = EndpointStore()
     if scheduler is None:
         scheduler = build_scheduler_from_config(config)
-    store.subscribe(lambda _added, removed: scheduler.on_endpoints_removed(removed))
-    discovery = StaticDiscovery(store, config.endpoints)
     data = config.data_layer
+    director = Director(
+        store,
+        scheduler,
+        unready_after_failures=data.unready_after_failures,
+        destination_fallbacks=config.server.destination_fallbacks,
+        saturation=SaturationDetector(staleness_s=data.metrics_staleness_s),
+        pick_endpoints=not config.server.body_based_routing,
+    )
+    store.subscribe(lambda _added, removed: director.scheduler.on_endpoints_removed(removed))
+    health_servicer = health.aio.HealthServicer()
+    kube = config.kubernetes
+    reporter = HealthReporter(health_servicer, needs_leadership=kube.leader_election)
+    parts = _KubernetesParts(config, store, director, reporter) if kube.enabled else None
+    discovery: StaticDiscovery | KubernetesDiscovery = (
+        parts.discovery if parts is not None else StaticDiscovery(store, config.endpoints)
+    )
     scraper = MetricsScraper(
         store,
         engine=data.engine,
@@ -75,52 +101,171 @@ async def serve(
         interval_s=data.refresh_metrics_interval_s,
         timeout_s=data.scrape_timeout_s,
     )
-    director = Director(
-        store,
-        scheduler,
-        unready_after_failures=data.unready_after_failures,
-        destination_fallbacks=config.server.destination_fallbacks,
-    )
     pool = metrics.PoolCollector(store.all, director.is_ready, data.metrics_staleness_s)
     metrics.REGISTRY.register(pool)
-    health_servicer = health.aio.HealthServicer()
     server, grpc_port = create_grpc_server(
         director,
         address=f"{config.server.grpc_host}:{config.server.grpc_port}",
         max_body_bytes=config.server.max_body_bytes,
         health_servicer=health_servicer,
+        tls_key_and_cert=_tls_material(config),
     )
+    health_server: grpc.aio.Server | None = None
+    health_port: int | None = None
+    if config.server.grpc_health_port:
+        health_server, health_port = create_health_server(
+            health_servicer, address=f"{config.server.grpc_host}:{config.server.grpc_health_port}"
+        )
     metrics_runner: web.AppRunner | None = None
     try:
         await discovery.start()
+        if parts is not None:
+            await parts.start()
         await scraper.start()
-        metrics_runner, metrics_port = await _start_metrics_listener(config, store, director)
+        metrics_runner, metrics_port = await _start_metrics_listener(
+            config, store, director, reporter
+        )
+        await reporter.publish()  # NOT_SERVING until synced (and leading)
+        await server.start()
+        if health_server is not None:
+            await health_server.start()
+        if parts is not None:
+            await parts.wait_synced()
+        else:
+            reporter.synced = True
+            await reporter.publish()
         # Everything built so far lives as long as the process: keep the collector from
         # re-scanning it on every full collection, which shows up as tail latency.
         gc.collect()
         gc.freeze()
-        await server.start()
-        await set_serving(health_servicer, True)
         ready = sum(1 for ep in store.all() if director.is_ready(ep))
         log.info(
-            "epp serving ext_proc on %s:%d (%d/%d endpoints ready; metrics on %s)",
-            config.server.grpc_host, grpc_port, ready, len(store.all()),
+            "epp serving ext_proc on %s:%d%s (%s; %d/%d endpoints ready; health on %s; "
+            "metrics on %s)",
+            config.server.grpc_host, grpc_port, " with TLS" if config.secure_serving else "",
+            parts.discovery.what if parts is not None else (
+                "body-based routing" if config.server.body_based_routing
+                else "static endpoints"),
+            ready, len(store.all()), health_port or "off",
             f"{config.server.metrics_host}:{metrics_port}" if metrics_port else "off",
         )
         if on_ready is not None:
-            on_ready(Running(grpc_port, metrics_port, store, director))
+            on_ready(Running(grpc_port, metrics_port, store, director, health_port))
         await (shutdown_trigger or _termination_signal)()
         log.info("shutting down: draining in-flight requests for up to %.1fs",
                  config.server.graceful_timeout_s)
-        await set_serving(health_servicer, False)
+        reporter.stopping = True
+        await reporter.publish()
+        if parts is not None:
+            await parts.stop_leading()
     finally:
         await server.stop(config.server.graceful_timeout_s)
+        if health_server is not None:
+            await health_server.stop(0)
         await scraper.stop()
         await discovery.stop()
+        if parts is not None:
+            await parts.stop()
         if metrics_runner is not None:
             await metrics_runner.cleanup()
         metrics.REGISTRY.unregister(pool)
         log.info("epp stopped")
+
+
+class _KubernetesParts:
+    """Discovery, pool policies, routing-strategy switching and leader election."""
+
+    def __init__(
+        self, config: Config, store: EndpointStore, director: Director, reporter: HealthReporter
+    ) -> None:
+        kube = config.kubernetes
+        self._config = config
+        self._director = director
+        self._reporter = reporter
+        self._client = make_client(kube.kubeconfig)
+        self._strategy: str | None = None
+        self.discovery = KubernetesDiscovery(
+            store,
+            self._client,
+            namespace=kube.namespace,
+            pool_name=kube.pool_name,
+            pool_group=kube.pool_group,
+            selector=dict(kube.endpoint_selector) if kube.endpoint_selector else None,
+            target_ports=kube.endpoint_target_ports,
+            on_pool_change=self._on_pool_change,
+        )
+        self.policies: PoolPolicies | None = None
+        self.elector: LeaderElector | None = None
+        if kube.pool_name is not None:
+            self.policies = PoolPolicies(
+                self._client, namespace=kube.namespace, pool_name=kube.pool_name,
+                objectives=director.objectives, rewrites=director.rewrites,
+            )
+            if kube.leader_election:
+                self.elector = LeaderElector(
+                    self._client,
+                    namespace=kube.namespace,
+                    lease_name=kube.lease_name or f"epp-{kube.pool_name}",
+                    identity=os.environ.get("POD_NAME") or socket.gethostname(),
+                    lease_duration_s=kube.lease_duration_s,
+                    renew_deadline_s=kube.renew_deadline_s,
+                    retry_period_s=kube.retry_period_s,
+                    on_change=lambda leader: reporter.update(leader=leader),
+                )
+
+    async def start(self) -> None:
+        if self.policies is not None:
+            await self.policies.start()
+        if self.elector is not None:
+            self.elector.start()
+
+    async def wait_synced(self) -> None:
+        timeout = self._config.kubernetes.sync_timeout_s
+        if not await self.discovery.wait_synced(timeout):
+            log.warning("%s: no complete view after %.0fs (is the API server reachable and "
+                        "does the pool exist?); not ready until it comes",
+                        self.discovery.what, timeout)
+            await self.discovery.wait_synced(float("inf"))
+        self._reporter.update(synced=True)
+
+    async def stop_leading(self) -> None:
+        if self.elector is not None:
+            await self.elector.stop()
+
+    async def stop(self) -> None:
+        await self.stop_leading()
+        if self.policies is not None:
+            await self.policies.stop()
+
+    def _on_pool_change(self, pool: PoolSpec | None) -> None:
+        strategy = pool.routing_strategy if pool is not None else None
+        if pool is None or strategy == self._strategy:
+            return
+        self._strategy = strategy
+        configs = {
+            "DEFAULT": load_only_scheduler_config,
+            "PREFIX_CACHE": default_scheduler_config,
+        }
+        if strategy is None:
+            scheduler_config = self._config.scheduler
+        elif strategy in configs:
+            scheduler_config = configs[strategy]()
+        else:
+            log.error("%s: unknown routing strategy %r (expected DEFAULT or PREFIX_CACHE); "
+                      "keeping the configured profile", self.discovery.what, strategy)
+            scheduler_config = self._config.scheduler
+        registry = PluginRegistry()
+        register_builtin_plugins(registry)
+        self._director.set_scheduler(build_scheduler(scheduler_config, registry))
+        log.info("%s: routing strategy %s", self.discovery.what, strategy or "(configured)")
+
+
+def _tls_material(config: Config) -> tuple[bytes, bytes] | None:
+    if not config.secure_serving:
+        return None
+    if config.server.cert_path:
+        return load_certificate(config.server.cert_path)
+    return self_signed_certificate()
 
 
 async def _termination_signal() -> None:
@@ -136,7 +281,7 @@ async def _termination_signal() -> None:
 
 
 async def _start_metrics_listener(
-    config: Config, store: EndpointStore, director: Director
+    config: Config, store: EndpointStore, director: Director, reporter: HealthReporter
 ) -> tuple[web.AppRunner | None, int | None]:
     if config.server.metrics_port == 0:
         return None, None
@@ -151,9 +296,12 @@ async def _start_metrics_listener(
 
     async def readyz(_request: web.Request) -> web.Response:
         ready = [ep.address for ep in store.all() if director.is_ready(ep)]
-        return web.Response(
-            text=f"{len(ready)}/{len(store.all())} endpoints ready\n", status=200 if ready else 503
-        )
+        text = f"{len(ready)}/{len(store.all())} endpoints ready"
+        if not reporter.ready:
+            text += "; " + ("shutting down" if reporter.stopping else
+                            "not synced" if not reporter.synced else "not the leader")
+        ok = reporter.ready and (bool(ready) or config.server.body_based_routing)
+        return web.Response(text=text + "\n", status=200 if ok else 503)
 
     app = web.Application()
     app.router.add_get("/metrics", prometheus)

@@ -119,6 +119,7 @@ class EppContender(_Processes):
     def start(self, pods: Sequence[str], model: str, workdir: Path) -> str:
         grpc, metrics = free_port(), free_port()
         args = ["serve", "--grpc-host", "127.0.0.1", "--grpc-port", str(grpc),
+                "--grpc-health-port", "0",
                 "--metrics-host", "127.0.0.1", "--metrics-port", str(metrics),
                 "--log-level", "warning", *self.extra_args]
         if self.config_file is not None:

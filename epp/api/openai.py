@@ -1,8 +1,8 @@
 """Parsing OpenAI-style request bodies into what routing needs.
 
 Only three things matter for routing: the ``model``, the text that prefix-cache affinity
-is computed over, and whether the response streams. The body itself is never rewritten
-here, so it reaches the model server byte for byte.
+is computed over, and whether the response streams. The body reaches the model server
+byte for byte unless a model rewrite applies (``rewrite_model``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import orjson
 
 from epp.errors import BadRequest
 
-__all__ = ["ParsedBody", "parse_request_body", "prompt_text"]
+__all__ = ["ParsedBody", "parse_request_body", "prompt_text", "rewrite_model"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +48,13 @@ def parse_request_body(body: bytes | bytearray | memoryview) -> ParsedBody:
         prompt=prompt_text(document),
         stream=document.get("stream") is True,
     )
+
+
+def rewrite_model(body: bytes, model: str) -> bytes:
+    """``body`` with its ``model`` replaced; the rest keeps its keys, order and values."""
+    document = orjson.loads(body)
+    document["model"] = model
+    return orjson.dumps(document)
 
 
 def prompt_text(document: dict[str, Any]) -> str:

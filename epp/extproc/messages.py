@@ -31,10 +31,12 @@ __all__ = [
     "error_response",
     "header_mutation",
     "headers_response",
+    "response_body_replaced",
     "routing_response",
     "streamed_body_responses",
     "streamed_response_body_echo",
     "trailers_response",
+    "with_body",
 ]
 
 DESTINATION_HEADER = "x-gateway-destination-endpoint"
@@ -87,14 +89,16 @@ def routing_response(
     common = phase.response
     _set_headers(common.header_mutation, headers)
     common.clear_route_cache = True
-    response.dynamic_metadata.CopyFrom(destination_metadata(destination))
+    if destination:
+        response.dynamic_metadata.CopyFrom(destination_metadata(destination))
     return response
 
 
 class RoutingResponses:
     """Routing answers, built once per (destination, model, phase) and then reused.
 
-    The answer depends on nothing else, and a fleet has few endpoints and models, so a
+    An empty destination (body-based routing) sets only the model header. The answer
+    depends on nothing else, and a fleet has few endpoints and models, so a
     small cache turns ~7 µs of protobuf building per request into a dict lookup. It is
     cleared when full, which keeps it bounded whatever the traffic.
     """
@@ -107,7 +111,7 @@ class RoutingResponses:
         key = (destination, model, on_body)
         response = self._cache.get(key)
         if response is None:
-            headers = [(DESTINATION_HEADER, destination)]
+            headers = [(DESTINATION_HEADER, destination)] if destination else []
             if model:
                 headers.append((MODEL_HEADER, model))
             response = routing_response(headers, destination, on_body=on_body)
@@ -170,6 +174,21 @@ def streamed_response_body_echo(body: bytes, *, end_of_stream: bool) -> Processi
     streamed = response.response_body.response.body_mutation.streamed_response
     streamed.body = body
     streamed.end_of_stream = end_of_stream
+    return response
+
+
+def with_body(routing: ProcessingResponse, body: bytes) -> ProcessingResponse:
+    """A copy of a buffered-mode routing answer that also replaces the request body."""
+    response = ProcessingResponse()
+    response.CopyFrom(routing)
+    response.request_body.response.body_mutation.body = body
+    return response
+
+
+def response_body_replaced(body: bytes) -> ProcessingResponse:
+    """Replace a buffered response body."""
+    response = ProcessingResponse()
+    response.response_body.response.body_mutation.body = body
     return response
 
 

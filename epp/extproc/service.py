@@ -8,18 +8,16 @@ from collections.abc import AsyncIterator
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
 from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingRequest, ProcessingResponse
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2_grpc
 
 from epp.director import Director
 from epp.extproc.messages import RoutingResponses
 from epp.extproc.stream import RequestStream
 from epp.observability import metrics
 
-__all__ = ["ExternalProcessor", "create_grpc_server"]
+__all__ = ["ExternalProcessor", "create_grpc_server", "create_health_server"]
 
 log = logging.getLogger(__name__)
-
-_EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
 
 
 class ExternalProcessor(external_processor_pb2_grpc.ExternalProcessorServicer):  # type: ignore[misc]
@@ -61,10 +59,12 @@ def create_grpc_server(
     address: str,
     max_body_bytes: int,
     health_servicer: health.aio.HealthServicer | None = None,
+    tls_key_and_cert: tuple[bytes, bytes] | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """A grpc.aio server with ext_proc (and gRPC health) bound to ``address``.
 
-    Returns the server and the port bound (``address`` may end in ``:0``).
+    With ``tls_key_and_cert`` (PEM) it serves TLS. Returns the server and the port bound
+    (``address`` may end in ``:0``).
     """
     # Envoy sends each body chunk (and a buffered body whole) as one gRPC message.
     max_message = max(4 * 1024 * 1024, max_body_bytes + 1024 * 1024)
@@ -83,17 +83,23 @@ def create_grpc_server(
     )
     if health_servicer is not None:
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    port = server.add_insecure_port(address)
+    if tls_key_and_cert is not None:
+        credentials = grpc.ssl_server_credentials([tls_key_and_cert])
+        port = server.add_secure_port(address, credentials)
+    else:
+        port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot listen for gRPC on {address}")
     return server, port
 
 
-async def set_serving(health_servicer: health.aio.HealthServicer, serving: bool) -> None:
-    status = (
-        health_pb2.HealthCheckResponse.SERVING
-        if serving
-        else health_pb2.HealthCheckResponse.NOT_SERVING
-    )
-    for service in ("", _EXT_PROC_SERVICE):
-        await health_servicer.set(service, status)
+def create_health_server(
+    health_servicer: health.aio.HealthServicer, *, address: str
+) -> tuple[grpc.aio.Server, int]:
+    """A plaintext gRPC server with only grpc.health.v1: kubelet's gRPC probes speak no TLS."""
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot listen for gRPC health on {address}")
+    return server, port

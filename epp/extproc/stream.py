@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
 from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingRequest, ProcessingResponse
 
+from epp.api.model_restore import ModelNameRestorer
+from epp.api.openai import rewrite_model
 from epp.director import Director, RoutingDecision
 from epp.errors import EppError, RequestTooLarge
 from epp.extproc import messages
@@ -60,6 +62,7 @@ class RequestStream:
         self._body_bytes = 0
         self._subset: list[str] | None = None
         self.decision: RoutingDecision | None = None
+        self._restorer: ModelNameRestorer | None = None  # set when the model was rewritten
 
     @property
     def request_id(self) -> str:
@@ -152,12 +155,19 @@ class RequestStream:
     def _route_body(self, *, ends_request: bool) -> Sequence[ProcessingResponse]:
         chunks = self._chunks
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        self.decision = self._director.route_body(
+        self.decision = decision = self._director.route_body(
             body, request_id=self.request_id, headers=self.headers, subset=self._subset
         )
         self.phase = Phase.ROUTED
+        if decision.rewritten:
+            body = rewrite_model(body, decision.target_model)
+            chunks = [body]
+            self._restorer = ModelNameRestorer(decision.target_model, decision.model)
         if self._body_mode != _FULL_DUPLEX:
-            return (self._routing_response(on_body=True),)
+            response = self._routing_response(on_body=True)
+            if decision.rewritten:
+                response = messages.with_body(response, body)
+            return (response,)
         # No content-length: Envoy 1.40 drops it in full duplex and sends the body chunked.
         responses = [self._routing_response(on_body=False)]
         responses.extend(messages.streamed_body_responses(chunks, end_of_stream=ends_request))
@@ -167,7 +177,7 @@ class RequestStream:
     def _routing_response(self, *, on_body: bool) -> ProcessingResponse:
         decision = self.decision
         assert decision is not None
-        metrics.requests_for(decision.model).inc()
+        metrics.requests_for(decision.model, decision.target_model).inc()
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "request %s model=%r -> %s (%d candidates scored)",
@@ -180,10 +190,15 @@ class RequestStream:
 
     def _on_response_body(self, message: ProcessingRequest) -> Sequence[ProcessingResponse]:
         body = message.response_body
+        restorer = self._restorer
         if self._response_body_mode == _FULL_DUPLEX:
-            return (
-                messages.streamed_response_body_echo(body.body, end_of_stream=body.end_of_stream),
-            )
+            data = body.body
+            if restorer is not None:
+                data = restorer.feed(data, end_of_stream=body.end_of_stream)
+            return (messages.streamed_response_body_echo(data, end_of_stream=body.end_of_stream),)
+        if restorer is not None and body.end_of_stream:  # buffered: the whole body at once
+            return (messages.response_body_replaced(
+                restorer.feed(body.body, end_of_stream=True)),)
         return (messages.empty_response_body_response(),)
 
     def _answer(self, error: EppError) -> ProcessingResponse:

@@ -40,16 +40,17 @@ SCHEDULER_DURATION = Histogram(
     buckets=(0.00001, 0.00002, 0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01),
     registry=REGISTRY,
 )
-_requests_by_model: dict[str, Counter] = {}
+_requests_by_model: dict[tuple[str, str], Counter] = {}
 
 
-def requests_for(model: str) -> Counter:
-    """The request counter's child for ``model`` (``labels()`` costs a lock and a tuple)."""
-    child = _requests_by_model.get(model)
+def requests_for(model: str, target_model: str) -> Counter:
+    """The request counter's child for a model pair (``labels()`` costs a lock and a tuple)."""
+    key = (model, target_model)
+    child = _requests_by_model.get(key)
     if child is None:
         if len(_requests_by_model) >= 1024:  # bounded, whatever clients put in "model"
             _requests_by_model.clear()
-        child = _requests_by_model[model] = REQUESTS.labels(model, model)
+        child = _requests_by_model[key] = REQUESTS.labels(model, target_model)
     return child
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from epp.scheduling.filters import prefer_fresh
 from epp.scheduling.pickers import max_score
-from epp.scheduling.scorers import inflight_load, prefix_cache, queue
+from epp.scheduling.scorers import inflight_load, kv_cache_utilization, prefix_cache, queue
 
 __all__ = [
     "DEFAULT_PROFILE_NAME",
@@ -30,6 +30,7 @@ __all__ = [
     "ProfileSpec",
     "SchedulerConfig",
     "default_scheduler_config",
+    "load_only_scheduler_config",
 ]
 
 DEFAULT_PROFILE_NAME = "default"
@@ -84,6 +85,39 @@ class SchedulerConfig:
 DEFAULT_INFLIGHT_GAP_SCALE = 128.0
 
 
+def _config_of(
+    weights: list[tuple[str, float | None]], parameters: dict[str, dict[str, Any]]
+) -> SchedulerConfig:
+    return SchedulerConfig(
+        plugins=[
+            PluginSpec(type_name, parameters=parameters.get(type_name, {}))
+            for type_name, _ in weights
+        ],
+        profiles=[
+            ProfileSpec(
+                DEFAULT_PROFILE_NAME,
+                [ProfilePluginRef(type_name, weight) for type_name, weight in weights],
+            )
+        ],
+    )
+
+
+def load_only_scheduler_config() -> SchedulerConfig:
+    """Metrics only, no prefix affinity: queue 2, KV cache 2, in-flight load 2.
+
+    The profile an InferencePool gets with the routing-strategy annotation ``DEFAULT``;
+    suits traffic whose prompts share little.
+    """
+    weights: list[tuple[str, float | None]] = [
+        (prefer_fresh.TYPE, None),
+        (queue.TYPE, 2.0),
+        (kv_cache_utilization.TYPE, 2.0),
+        (inflight_load.TYPE, 2.0),
+        (max_score.TYPE, None),
+    ]
+    return _config_of(weights, {})
+
+
 def default_scheduler_config() -> SchedulerConfig:
     """epp's default profile, tuned with benchmarks/routing (see the README):
 
@@ -104,15 +138,4 @@ def default_scheduler_config() -> SchedulerConfig:
     parameters: dict[str, dict[str, Any]] = {
         inflight_load.TYPE: {"gapScale": DEFAULT_INFLIGHT_GAP_SCALE},
     }
-    return SchedulerConfig(
-        plugins=[
-            PluginSpec(type_name, parameters=parameters.get(type_name, {}))
-            for type_name, _ in weights
-        ],
-        profiles=[
-            ProfileSpec(
-                DEFAULT_PROFILE_NAME,
-                [ProfilePluginRef(type_name, weight) for type_name, weight in weights],
-            )
-        ],
-    )
+    return _config_of(weights, parameters)

@@ -1,0 +1,1 @@
+"""Per-request policy before scheduling: model rewrites, objectives (priority), admission."""

@@ -1,0 +1,50 @@
+"""InferenceObjectives: a request names one in ``x-gateway-inference-objective`` and gets
+its priority. Negative priorities are sheddable: they are the first refused when the pool
+is saturated. A request without the header, or naming an unknown objective, has
+priority 0.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+__all__ = ["OBJECTIVE_HEADER", "Objectives", "priorities_from_objects"]
+
+log = logging.getLogger(__name__)
+
+OBJECTIVE_HEADER = "x-gateway-inference-objective"
+
+
+def priorities_from_objects(
+    objects: Iterable[Mapping[str, Any]], pool_name: str
+) -> dict[str, int]:
+    """Objective name → priority, for the InferenceObjectives that name ``pool_name``."""
+    priorities: dict[str, int] = {}
+    for obj in objects:
+        spec = obj.get("spec") or {}
+        if (spec.get("poolRef") or {}).get("name") != pool_name:
+            continue
+        name = (obj.get("metadata") or {}).get("name")
+        priority = spec.get("priority", 0)
+        if not isinstance(name, str) or not isinstance(priority, int) or isinstance(
+            priority, bool
+        ):
+            log.error("InferenceObjective %s has a non-integer priority %r; ignored", name,
+                      priority)
+            continue
+        priorities[name] = priority
+    return priorities
+
+
+class Objectives:
+    def __init__(self, priorities: Mapping[str, int] | None = None) -> None:
+        self._priorities = dict(priorities or {})
+
+    def replace(self, priorities: Mapping[str, int]) -> None:
+        self._priorities = dict(priorities)
+
+    def priority(self, headers: Mapping[str, str]) -> int:
+        name = headers.get(OBJECTIVE_HEADER)
+        return self._priorities.get(name, 0) if name else 0

@@ -1,0 +1,100 @@
+"""Model rewrite and traffic splitting (InferenceModelRewrite, and a header override).
+
+A rule maps an exact model name (or, with no ``matches``, every model) to weighted target
+models; each request draws one target by weight. Across rewrites for the same pool, an
+exact match beats a catch-all, then the oldest resource wins, then the first rule in it,
+as the Gateway API Inference Extension specifies. The request header
+``x-gateway-model-name-rewrite`` overrides every rule.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from bisect import bisect_right
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from itertools import accumulate
+from typing import Any
+
+__all__ = ["MODEL_REWRITE_HEADER", "ModelRewrites", "RewriteRule", "rules_from_objects"]
+
+log = logging.getLogger(__name__)
+
+MODEL_REWRITE_HEADER = "x-gateway-model-name-rewrite"
+
+
+@dataclass(frozen=True, slots=True)
+class RewriteRule:
+    models: frozenset[str]  # exact matches; empty = every model
+    targets: tuple[str, ...]
+    cumulative_weights: tuple[int, ...]
+
+    def draw(self, rng: random.Random) -> str:
+        if len(self.targets) == 1:
+            return self.targets[0]
+        point = rng.randrange(self.cumulative_weights[-1])
+        return self.targets[bisect_right(self.cumulative_weights, point)]
+
+
+def rules_from_objects(objects: Iterable[Mapping[str, Any]], pool_name: str) -> list[RewriteRule]:
+    """The rules of the InferenceModelRewrites that name ``pool_name``, oldest first.
+
+    A malformed rewrite is skipped with an error in the log; the others still apply.
+    """
+    mine = [obj for obj in objects
+            if ((obj.get("spec") or {}).get("poolRef") or {}).get("name") == pool_name]
+    mine.sort(key=lambda obj: ((obj.get("metadata") or {}).get("creationTimestamp") or "",
+                               (obj.get("metadata") or {}).get("name") or ""))
+    rules: list[RewriteRule] = []
+    for obj in mine:
+        name = (obj.get("metadata") or {}).get("name")
+        try:
+            rules.extend(_parse_rules(obj["spec"].get("rules") or []))
+        except (KeyError, TypeError, ValueError) as exc:
+            log.error("InferenceModelRewrite %s is invalid and ignored: %s", name, exc)
+    return rules
+
+
+def _parse_rules(documents: list[Mapping[str, Any]]) -> list[RewriteRule]:
+    rules = []
+    for document in documents:
+        models = frozenset(str(match["model"]["value"]) for match in document.get("matches") or ())
+        targets = document.get("targets") or []
+        if not targets:
+            raise ValueError("a rule has no targets")
+        names = tuple(str(target["modelRewrite"]) for target in targets)
+        weights = [target.get("weight") for target in targets]
+        if all(weight is None for weight in weights):
+            weights = [1] * len(targets)
+        if any(not isinstance(w, int) or isinstance(w, bool) or w < 1 for w in weights):
+            raise ValueError(f"weights must all be set and at least 1, got {weights}")
+        rules.append(RewriteRule(models, names, tuple(accumulate(weights))))
+    return rules
+
+
+class ModelRewrites:
+    """Which model a request is sent to; replace the rules whenever the rewrites change."""
+
+    def __init__(self, rules: Iterable[RewriteRule] = (), *, seed: int | None = None) -> None:
+        self._rng = random.Random(seed)
+        self.replace(rules)
+
+    def replace(self, rules: Iterable[RewriteRule]) -> None:
+        exact: dict[str, RewriteRule] = {}
+        catch_all: RewriteRule | None = None
+        for rule in rules:  # oldest resource first, rules in order: first one wins
+            if not rule.models:
+                catch_all = catch_all or rule
+            for model in rule.models:
+                exact.setdefault(model, rule)
+        self._exact = exact
+        self._catch_all = catch_all
+
+    def target(self, model: str, headers: Mapping[str, str]) -> str:
+        """The model to send to: the header's, a rule's draw, or ``model`` unchanged."""
+        override = headers.get(MODEL_REWRITE_HEADER)
+        if override:
+            return override
+        rule = self._exact.get(model) or self._catch_all
+        return model if rule is None else rule.draw(self._rng)
