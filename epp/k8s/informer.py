@@ -117,10 +117,10 @@ class Informer:
         objects = {object_key(obj): obj async for obj in listing}
         version: str = listing.resourceVersion
         self.objects = objects
-        self._on_change(self.objects)
         if not self.synced.is_set():
             log.info("%s: synced, %d objects", self.description, len(objects))
-            self.synced.set()
+            self.synced.set()  # before on_change, so the listener sees itself synced
+        self._on_change(self.objects)
         return version
 
     async def _watch_from(self, version: str) -> None:

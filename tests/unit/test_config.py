@@ -100,3 +100,53 @@ def test_file_must_be_an_endpoint_picker_config(tmp_path: Path) -> None:
     path.write_text("kind: Deployment\n")
     with pytest.raises(ConfigError, match="kind must be EndpointPickerConfig"):
         parse(["--config-file", str(path)])
+
+
+def test_pool_mode_flags_match_the_reference_epp() -> None:
+    config = parse(["--pool-name", "llama", "--ha-enable-leader-election", "--cert-path", "/c"],
+                   env={"POD_NAMESPACE": "inference"})
+    kube = config.kubernetes
+    assert (kube.pool_name, kube.namespace, kube.pool_group) == (
+        "llama", "inference", "inference.networking.k8s.io")
+    assert kube.leader_election and config.server.cert_path == "/c"
+    assert config.server.grpc_health_port == 9003
+    assert config.secure_serving  # on by default with Kubernetes discovery, as the reference
+    assert not parse(["--pool-name", "llama", "--secure-serving=false"]).secure_serving
+    assert parse(["--pool-name", "p"]).kubernetes.namespace == "default"
+    assert not parse(["--endpoint", "10.0.0.1:8000"]).secure_serving
+
+
+def test_selector_mode_parses_pairs_and_ports() -> None:
+    config = parse(["--endpoint-selector", "app=vllm,env=prod",
+                    "--endpoint-target-ports", "8000,8001"])
+    assert dict(config.kubernetes.endpoint_selector) == {"app": "vllm", "env": "prod"}
+    assert config.kubernetes.endpoint_target_ports == (8000, 8001)
+
+
+def test_boolean_flags_take_go_style_values() -> None:
+    assert parse(["--body-based-routing=true"]).server.body_based_routing
+    assert not parse(["--body-based-routing", "false"]).server.body_based_routing
+    assert parse([], env={"EPP_BODY_BASED_ROUTING": "1"}).server.body_based_routing
+    with pytest.raises(ConfigError, match="not a boolean"):
+        parse(["--body-based-routing=maybe"])
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--pool-name", "p", "--endpoint", "10.0.0.1:8000"], "choose one source"),
+    (["--endpoint-selector", "app=x"], "needs --endpoint-target-ports"),
+    (["--endpoint-target-ports", "8000"], "only used with --endpoint-selector"),
+    (["--endpoint-selector", "app"], "key=value"),
+    (["--endpoint-selector", "a=b", "--endpoint-target-ports", "0"], "port"),
+    (["--ha-enable-leader-election"], "needs --pool-name"),
+    (["--pool-name", "p", "--ha-enable-leader-election",
+      "--leader-election-renew-deadline", "20s"], "retry period < renew deadline"),
+    (["--pool-name", "p", "--pool-group", "example.com"], "is not one of"),
+])
+def test_inconsistent_modes_are_refused(argv: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse(argv)
+
+
+def test_old_metrics_path_flag_still_works() -> None:
+    assert parse(["--endpoint-metrics-path", "/m"]).data_layer.metrics_path == "/m"
+    assert parse(["--model-server-metrics-path", "/n"]).data_layer.metrics_path == "/n"
