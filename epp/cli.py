@@ -44,6 +44,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     envoy.add_argument("--epp-port", type=int, default=9002)
     envoy.add_argument("--body-mode", choices=("FULL_DUPLEX_STREAMED", "BUFFERED"),
                        default="FULL_DUPLEX_STREAMED")
+    envoy.add_argument("--response-body-mode", choices=("NONE", "FULL_DUPLEX_STREAMED"),
+                       default="NONE",
+                       help="stream responses through epp (restores rewritten model names)")
+    envoy.add_argument("--epp-tls", action="store_true",
+                       help="dial epp with TLS (epp serve --secure-serving)")
 
     args = parser.parse_args(argv)
     if args.command == "serve":
@@ -61,7 +66,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         ports = EnvoyPorts(listen_port=args.listen_port, admin_port=args.admin_port,
                            epp_host=args.epp_host, epp_port=args.epp_port)
-        sys.stdout.write(render_bootstrap(envoy_bootstrap(ports, body_mode=args.body_mode)))
+        bootstrap = envoy_bootstrap(ports, body_mode=args.body_mode,
+                                    response_body_mode=args.response_body_mode,
+                                    epp_tls=args.epp_tls)
+        sys.stdout.write(render_bootstrap(bootstrap))
         return 0
     parser.error(f"unknown command {args.command}")
     return 2

@@ -51,19 +51,27 @@ def envoy_bootstrap(
     ext_proc: bool = True,
     static_upstream: str | None = None,
     max_request_bytes: int = 64 * 1024 * 1024,
+    response_body_mode: str = "NONE",
+    epp_tls: bool = False,
 ) -> dict[str, Any]:
     """An Envoy bootstrap as a dict.
 
     ``ext_proc=False`` leaves the filter out (Envoy alone, for benchmarks); then
     ``static_upstream`` ("host:port") replaces the ORIGINAL_DST cluster. ``body_mode``
     is the ext_proc request body mode: FULL_DUPLEX_STREAMED (what Gateway API
-    implementations configure for an InferencePool) or BUFFERED.
+    implementations configure for an InferencePool) or BUFFERED. ``response_body_mode``
+    FULL_DUPLEX_STREAMED streams responses through epp (needed to restore a rewritten
+    model name); NONE keeps them off the ext_proc stream. ``epp_tls`` dials epp with TLS
+    without verifying its certificate, as gateways do for an InferencePool's picker.
     """
     if body_mode not in BODY_MODES:
         raise ValueError(f"body_mode must be one of {BODY_MODES}, not {body_mode!r}")
+    if response_body_mode not in ("NONE", "FULL_DUPLEX_STREAMED"):
+        raise ValueError(f"response_body_mode must be NONE or FULL_DUPLEX_STREAMED, "
+                         f"not {response_body_mode!r}")
     http_filters: list[dict[str, Any]] = []
     if ext_proc:
-        http_filters.append(_ext_proc_filter(body_mode))
+        http_filters.append(_ext_proc_filter(body_mode, response_body_mode))
     http_filters.append(
         {
             "name": "envoy.filters.http.router",
@@ -75,7 +83,7 @@ def envoy_bootstrap(
     upstream_cluster = "model_servers" if static_upstream else "original_destination"
     clusters = [_upstream_cluster(static_upstream)]
     if ext_proc:
-        clusters.append(_epp_cluster(ports))
+        clusters.append(_epp_cluster(ports, tls=epp_tls))
     return {
         "admin": {
             "address": {"socket_address": {"address": "127.0.0.1", "port_value": ports.admin_port}}
@@ -143,7 +151,7 @@ def _route_config(cluster: str) -> dict[str, Any]:
     }
 
 
-def _ext_proc_filter(body_mode: str) -> dict[str, Any]:
+def _ext_proc_filter(body_mode: str, response_body_mode: str) -> dict[str, Any]:
     return {
         "name": "envoy.filters.http.ext_proc",
         "typed_config": {
@@ -156,7 +164,7 @@ def _ext_proc_filter(body_mode: str) -> dict[str, Any]:
                 # Full duplex needs trailers sent so a body ending in trailers still ends.
                 "request_trailer_mode": "SEND" if body_mode == "FULL_DUPLEX_STREAMED" else "SKIP",
                 "response_header_mode": "SEND",
-                "response_body_mode": "NONE",
+                "response_body_mode": response_body_mode,
                 # Asking for response trailers keeps the ext_proc stream open until the
                 # response ends (verified with Envoy 1.40), at no per-chunk cost: its end is
                 # when epp takes the request off the endpoint's in-flight count.
@@ -207,7 +215,23 @@ def _upstream_cluster(static_upstream: str | None) -> dict[str, Any]:
     }
 
 
-def _epp_cluster(ports: EnvoyPorts) -> dict[str, Any]:
+def _epp_cluster(ports: EnvoyPorts, *, tls: bool) -> dict[str, Any]:
+    cluster = _plain_epp_cluster(ports)
+    if tls:
+        cluster["transport_socket"] = {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3"
+                ".UpstreamTlsContext",
+                # ALPN h2: gRPC over TLS; no validation context, as gateways dial the
+                # picker's self-signed certificate.
+                "common_tls_context": {"alpn_protocols": ["h2"]},
+            },
+        }
+    return cluster
+
+
+def _plain_epp_cluster(ports: EnvoyPorts) -> dict[str, Any]:
     return {
         "name": "epp",
         "type": "STATIC",
