@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import socket
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -206,7 +207,9 @@ class _KubernetesParts:
                     self._client,
                     namespace=kube.namespace,
                     lease_name=kube.lease_name or f"epp-{kube.pool_name}",
-                    identity=os.environ.get("POD_NAME") or socket.gethostname(),
+                    # client-go's form: unique even for two replicas on one host.
+                    identity=f"{os.environ.get('POD_NAME') or socket.gethostname()}_"
+                             f"{uuid.uuid4().hex[:8]}",
                     lease_duration_s=kube.lease_duration_s,
                     renew_deadline_s=kube.renew_deadline_s,
                     retry_period_s=kube.retry_period_s,

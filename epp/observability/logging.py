@@ -44,5 +44,7 @@ def configure_logging(level: str = "info", log_format: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # aiohttp logs every scrape at INFO; keep it to problems.
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # aiohttp logs every scrape, and the Kubernetes client every API call (lease renewals
+    # every 2 s), at INFO; keep them to problems.
+    for noisy in ("aiohttp.access", "httpx2", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -157,7 +157,10 @@ def test_pool_mode_routes_rewrites_and_follows_scaling(cluster: Cluster) -> None
             assert response.status_code == 200, response.text
             assert response.json()["model"] == "llama"
             served = response.headers["x-sim-pod"]
-            assert pod_requests(served)[-1]["model"] == SERVED
+            # The pod serves only the rewritten name: asked directly for "llama" it says no.
+            direct = httpx.post(f"http://{served}/v1/chat/completions",
+                                json=chat("llama", "hi"), timeout=10)
+            assert direct.status_code == 404
             with client.stream("POST", "/v1/chat/completions",
                                json=chat("llama", "stream", stream=True)) as streamed:
                 events = [line for line in streamed.iter_lines() if line.startswith("data: {")]
