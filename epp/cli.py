@@ -93,6 +93,9 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"epp: configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(config.log_level, config.log_format)
+    for flag, value, why in config.ignored_flags:
+        logging.getLogger("epp").warning("ignoring %s=%s (a reference-EPP flag): %s",
+                                         flag, value, why)
     try:
         uvloop.run(serve(config, scheduler=scheduler))
     except KeyboardInterrupt:

@@ -127,6 +127,8 @@ class Config:
     scheduler: SchedulerConfig = field(default_factory=default_scheduler_config)
     log_level: str = "info"
     log_format: str = "text"  # text | json
+    # Reference-EPP flags given that epp accepts but does not act on: (flag, value, why).
+    ignored_flags: tuple[tuple[str, str, str], ...] = ()
 
     @property
     def secure_serving(self) -> bool:
@@ -339,12 +341,49 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 
+# Flags of the reference EPP that epp accepts so its manifests and charts work unchanged,
+# but does not act on; each one given is logged once at start with the reason.
+REFERENCE_ONLY_FLAGS: dict[str, str] = {
+    "--tracing": "epp does not emit traces",
+    "--enable-pprof": "Go profiling; use py-spy on epp",
+    "--metrics-endpoint-auth": "/metrics has no authentication; restrict it with a "
+                               "NetworkPolicy",
+    "--health-checking": "epp always serves grpc.health.v1",
+    "--enable-cert-reload": "certificates are read at start; restart to rotate",
+    "--refresh-prometheus-metrics-interval": "epp computes pool metrics when scraped",
+    "--model-server-metrics-port": "metrics are read from each endpoint's own port",
+    "--model-server-metrics-scheme": "metrics are scraped over http",
+    "--model-server-metrics-https-insecure-skip-verify": "metrics are scraped over http",
+    "--total-queued-requests-metric": "metric names follow --engine (vllm, sglang, auto)",
+    "--total-running-requests-metric": "metric names follow --engine (vllm, sglang, auto)",
+    "--kv-cache-usage-percentage-metric": "metric names follow --engine (vllm, sglang, auto)",
+    "--lora-info-metric": "metric names follow --engine (vllm, sglang, auto)",
+    "--cache-info-metric": "metric names follow --engine (vllm, sglang, auto)",
+    "--zap-encoder": "use --log-format",
+    "--zap-log-level": "use --log-level",
+}
+
+
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     """Add every option as a flag; each also reads its EPP_* environment variable."""
     parser.add_argument(
         "--config-file", metavar="PATH", default=os.environ.get("EPP_CONFIG_FILE"),
         help="YAML EndpointPickerConfig (env EPP_CONFIG_FILE)",
     )
+    parser.add_argument(
+        "--config-text", metavar="YAML", default=os.environ.get("EPP_CONFIG_TEXT"),
+        help="the config file's content, inline, instead of --config-file (env EPP_CONFIG_TEXT)",
+    )
+    parser.add_argument(
+        "--v", dest="verbosity", type=int, metavar="N", default=None,
+        help="the reference EPP's log verbosity: 4 or more is --log-level debug",
+    )
+    reference = parser.add_argument_group(
+        "accepted for compatibility with the reference EPP, not acted on (logged at start)")
+    for flag in REFERENCE_ONLY_FLAGS:
+        reference.add_argument(flag, dest="reference_" + flag[2:].replace("-", "_"),
+                               nargs="?", const="true", default=None, metavar="VALUE",
+                               help=argparse.SUPPRESS)
     parser.add_argument(
         "--endpoint", dest="endpoints", action="append", metavar="ADDR[=MODEL,...]",
         help="a model server, e.g. 10.0.0.5:8000=llama-3-8b; repeat for more "
@@ -377,8 +416,14 @@ def load_config(args: argparse.Namespace, environ: Mapping[str, str] | None = No
     env = os.environ if environ is None else environ
     document: dict[str, Any] = {}
     config_file = getattr(args, "config_file", None)
+    config_text = getattr(args, "config_text", None)
+    if config_file and config_text:
+        raise ConfigError("give --config-file or --config-text, not both")
     if config_file:
         document = _read_file(Path(config_file))
+    elif config_text:
+        config_file = "--config-text"
+        document = _parse_document(config_text, config_file)
     values: dict[tuple[str, ...], Any] = {}
     for option in OPTIONS:
         raw = _lookup(document, option.file_key)
@@ -400,6 +445,15 @@ def load_config(args: argparse.Namespace, environ: Mapping[str, str] | None = No
     config = Config(endpoints=endpoints, scheduler=scheduler)
     for path, value in values.items():
         config = _replace_path(config, path, value)
+    verbosity = getattr(args, "verbosity", None)
+    if verbosity is not None and getattr(args, "log_level", None) is None:
+        config = dataclasses.replace(config, log_level="debug" if verbosity >= 4 else "info")
+    ignored = tuple(
+        (flag, str(value), why) for flag, why in REFERENCE_ONLY_FLAGS.items()
+        if (value := getattr(args, "reference_" + flag[2:].replace("-", "_"), None)) is not None
+    )
+    if ignored:
+        config = dataclasses.replace(config, ignored_flags=ignored)
     if config.kubernetes.pool_namespace is None:
         config = _replace_path(config, ("kubernetes", "pool_namespace"),
                                env.get("POD_NAMESPACE") or "default")
@@ -440,18 +494,24 @@ def check_endpoint_source(config: Config) -> None:
 
 def _read_file(path: Path) -> dict[str, Any]:
     try:
-        document = yaml.safe_load(path.read_text())
+        text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    return _parse_document(text, f"config file {path}")
+
+
+def _parse_document(text: str, where: str) -> dict[str, Any]:
+    try:
+        document = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        raise ConfigError(f"{where} is not valid YAML: {exc}") from exc
     if document is None:
         return {}
     if not isinstance(document, dict):
-        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        raise ConfigError(f"{where} must hold a mapping at the top level")
     kind = document.get("kind", "EndpointPickerConfig")
     if kind != "EndpointPickerConfig":
-        raise ConfigError(f"config file {path}: kind must be EndpointPickerConfig, not {kind!r}")
+        raise ConfigError(f"{where}: kind must be EndpointPickerConfig, not {kind!r}")
     return document
 
 

@@ -150,3 +150,18 @@ def test_inconsistent_modes_are_refused(argv: list[str], message: str) -> None:
 def test_old_metrics_path_flag_still_works() -> None:
     assert parse(["--endpoint-metrics-path", "/m"]).data_layer.metrics_path == "/m"
     assert parse(["--model-server-metrics-path", "/n"]).data_layer.metrics_path == "/n"
+
+
+def test_reference_epp_command_lines_are_accepted() -> None:
+    text = "kind: EndpointPickerConfig\nserver: {grpcPort: 9100}\n"
+    config = parse(["--pool-name", "p", "--v=4", "--tracing=false", "--enable-pprof",
+                    "--total-queued-requests-metric", "vllm:num_requests_waiting",
+                    "--config-text", text])
+    assert config.server.grpc_port == 9100
+    assert config.log_level == "debug"
+    assert [flag for flag, _, _ in config.ignored_flags] == [
+        "--tracing", "--enable-pprof", "--total-queued-requests-metric"]
+    assert parse(["--v", "2"]).log_level == "info"
+    assert parse(["--v", "5", "--log-level", "warning"]).log_level == "warning"
+    with pytest.raises(ConfigError, match="not both"):
+        parse(["--config-text", text, "--config-file", "/x.yaml"])
