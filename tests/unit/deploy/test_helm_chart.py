@@ -1,0 +1,298 @@
+"""deploy/helm/epp rendered by real Helm (the Go library inside helm-sdkpy).
+
+helm-sdkpy has no `helm template`: `Lint` renders the templates with the chart's own
+values.yaml (so each case lints a copy of the chart with its values file in place), and
+`Install` against the fake Kubernetes API server (tests/kube_fake) renders and creates the
+objects, which then get the same checks as deploy/kubernetes/epp.yaml. Helm runs in a
+subprocess (helm_runner.py) with the in-memory release driver.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from epp.config import OPTIONS
+from tests.kube_fake import FakeKubeAPI
+
+from .manifests import (
+    check_epp_deployments,
+    check_pool_references,
+    check_rbac,
+    check_service_selectors,
+    epp_containers,
+    load_documents,
+    schema_problems,
+    serve_config,
+)
+
+Obj = dict[str, Any]
+
+DEPLOY = Path(__file__).resolve().parents[3] / "deploy"
+CHART = DEPLOY / "helm" / "epp"
+RUNNER = Path(__file__).with_name("helm_runner.py")
+# Severity of a Helm lint message: 1 info, 2 warning, 3 error.
+LINT_WARNING = 2
+
+
+def _values(name: str) -> Obj:
+    if name == "defaults":
+        return {}
+    if name == "v1alpha2-pool":  # the defaults, creating an x-k8s.io v1alpha2 pool
+        return {"inferencePool": {"create": True, "group": "inference.networking.x-k8s.io",
+                                  "routingStrategy": "DEFAULT"}}
+    return yaml.safe_load((CHART / "ci" / f"{name}-values.yaml").read_text())
+
+
+CASES = ["defaults", "all-options", "v1alpha2-pool"]
+
+
+def _merge(base: Obj, override: Obj) -> Obj:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _effective_values(name: str) -> Obj:
+    return _merge(yaml.safe_load((CHART / "values.yaml").read_text()), _values(name))
+
+
+def _helm_env(tmp_path: Path) -> dict[str, str]:
+    home = tmp_path / "helm-home"
+    return {**os.environ, "HELM_DRIVER": "memory", "HELM_CACHE_HOME": str(home / "cache"),
+            "HELM_CONFIG_HOME": str(home / "config"), "HELM_DATA_HOME": str(home / "data"),
+            "KUBECONFIG": str(tmp_path / "no-kubeconfig")}
+
+
+def run_helm(tmp_path: Path, *args: str) -> tuple[Any, str]:
+    """(the action's result, Helm's log on stderr); fails the test if the action fails."""
+    # helm-sdkpy says Python >= 3.12 but runs on 3.11; `make install` installs it anyway.
+    assert importlib.util.find_spec("helm_sdkpy") is not None, "run make install (helm-sdkpy)"
+    result = subprocess.run([sys.executable, str(RUNNER), *args], capture_output=True,
+                            text=True, timeout=90, env=_helm_env(tmp_path))
+    assert result.returncode == 0, f"helm {args[0]} failed:\n{result.stderr[-4000:]}"
+    return json.loads(result.stdout), result.stderr
+
+
+def lint(tmp_path: Path, values: Obj) -> tuple[list[str], str]:
+    """Lint a copy of the chart whose values.yaml is ``values`` merged over the chart's:
+    (the warnings and errors, Helm's log)."""
+    chart = tmp_path / "epp"
+    shutil.copytree(CHART, chart)
+    merged = _merge(yaml.safe_load((CHART / "values.yaml").read_text()), values)
+    (chart / "values.yaml").write_text(yaml.safe_dump(merged, sort_keys=False))
+    result, log = run_helm(tmp_path, "lint", str(chart))
+    # Helm's lint errors do not survive helm-sdkpy's JSON (they come out as {}): the
+    # severity and the file are all there is.
+    problems = [f"severity {m['Severity']} in {m['Path']}" for m in result.get("Messages") or []
+                if m["Severity"] >= LINT_WARNING]
+    return problems, log
+
+
+# Lint mode turns these template failures into log lines instead of errors.
+LENIENT_FAILURES = ("funcMap fail", "missing required value")
+
+
+def test_values_files_match_the_values_schema() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    for case in CASES:
+        errors = [f"{case}: {'.'.join(map(str, e.absolute_path))}: {e.message}"
+                  for e in validator.iter_errors(_effective_values(case))]
+        assert errors == []
+    assert not validator.is_valid(_effective_values("defaults") | {"replicas": "two"})
+    assert not validator.is_valid(_effective_values("defaults") | {"replica": 2})
+
+
+def test_all_options_values_set_every_option() -> None:
+    """ci/all-options-values.yaml sets every key of values.yaml (to a value of its own)."""
+    def keys(node: Any, prefix: str = "") -> set[str]:
+        if not isinstance(node, dict) or not node:
+            return {prefix}
+        return {k for key, value in node.items() for k in keys(value, f"{prefix}.{key}")}
+
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    every = _values("all-options")
+    # flags and config are free-form: their keys are epp's, not the chart's.
+    given = keys(every)
+    missing = {k for k in keys(defaults) if not k.startswith((".flags.", ".config."))
+               and not any(e == k or e.startswith(f"{k}.") for e in given)}
+    assert missing == set()
+    changed = [k for k in defaults if k not in ("config", "flags") and defaults[k] == every[k]]
+    assert changed == []
+
+
+def test_chart_metadata() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert (chart["apiVersion"], chart["name"], chart["appVersion"]) == ("v2", "epp", "0.1.0")
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["image"]["repository"] == "ghcr.io/epp-dev/epp"
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_chart_lints_clean(case: str, tmp_path: Path) -> None:
+    problems, log = lint(tmp_path, _values(case))
+    assert problems == []
+    assert [line for line in log.splitlines() if any(f in line for f in LENIENT_FAILURES)] == []
+
+
+def test_lint_catches_broken_values(tmp_path: Path) -> None:
+    """The lint check above can fail: a schema violation is an error, and the chart's own
+    `fail` (a flag the chart sets itself) shows in Helm's log."""
+    problems, _ = lint(tmp_path / "schema", {"replicas": "two"})
+    assert "severity 3 in values.yaml" in problems
+    _, log = lint(tmp_path / "fail", {"flags": {"pool-name": "other"}})
+    assert "flags.pool-name: the chart sets --pool-name" in log
+
+
+# -- installing into the fake API server --------------------------------------------------
+
+
+@pytest.fixture
+def fake_api() -> Iterator[Any]:
+    api = FakeKubeAPI().start_in_thread()
+    try:
+        yield api
+    finally:
+        api.stop()
+
+
+def install(api: Any, tmp_path: Path, values: Obj, *, namespace: str = "default",
+            release: str = "epp") -> tuple[list[Obj], Obj]:
+    """Install the chart into the fake: (every object it created, Helm's release)."""
+    kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig", namespace=namespace)
+    values_file = tmp_path / "values.json"
+    values_file.write_text(json.dumps(values))
+    release_info, _ = run_helm(tmp_path, "install", str(kubeconfig), namespace, release,
+                               str(CHART), str(values_file))
+    objects = []
+    for resource in api.table:
+        for obj in api.list(resource.api_version, resource.kind):
+            objects.append({"apiVersion": resource.api_version, "kind": resource.kind, **obj})
+    return objects, release_info
+
+
+EXPECTED_KINDS = {
+    "defaults": {"ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Deployment", "Service"},
+    "all-options": {"ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Deployment", "Service",
+                    "InferencePool", "ServiceMonitor"},
+    "v1alpha2-pool": {"ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Deployment",
+                      "Service", "InferencePool"},
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_installed_chart_passes_the_manifest_checks(case: str, fake_api: Any,
+                                                    tmp_path: Path) -> None:
+    values = _values(case)
+    namespace = _effective_values(case)["inferencePool"]["namespace"] or "default"
+    objects, release = install(fake_api, tmp_path, values, namespace=namespace)
+    manifest = [doc for doc in yaml.safe_load_all(release["manifest"]) if doc]
+    assert len(objects) == len(manifest), "the fake holds what Helm rendered"
+    assert {obj["kind"] for obj in objects} == EXPECTED_KINDS[case]
+    assert {obj["metadata"]["namespace"] for obj in objects} == {namespace}
+    assert [p for obj in objects for p in schema_problems(obj)] == []
+    assert check_epp_deployments(objects, tmp_path) == []
+    assert check_service_selectors(objects) == []
+    assert check_rbac(objects, tmp_path) == []
+    assert check_pool_references(objects, model_servers=False, tmp=tmp_path) == []
+    monitors = [obj for obj in objects if obj["kind"] == "ServiceMonitor"]
+    for monitor in monitors:
+        (service,) = [obj for obj in objects if obj["kind"] == "Service"]
+        assert monitor["spec"]["selector"]["matchLabels"].items() <= (
+            service["metadata"]["labels"].items())
+        assert {e["port"] for e in monitor["spec"]["endpoints"]} <= {
+            p["name"] for p in service["spec"]["ports"]}
+
+
+def test_flags_become_arguments_epp_accepts(fake_api: Any, tmp_path: Path) -> None:
+    """Every entry of `flags:` in the all-options values reaches epp as --name=value, and
+    epp parses it to the value the entry means (whole numbers without an exponent)."""
+    values = _values("all-options")
+    objects, _ = install(fake_api, tmp_path, values, namespace="inference")
+    (epp,) = list(epp_containers(objects))
+    config = serve_config(epp, objects, tmp_path)
+    options = {option.flag.removeprefix("--"): option for option in OPTIONS}
+    for name, value in values["flags"].items():
+        rendered = epp.flag(name)
+        if value is None:
+            assert rendered is None, f"--{name} should be left out"
+            continue
+        assert name in options, f"flags.{name} is no option of epp serve"
+        option = options[name]
+        node: Any = config
+        for attribute in option.path:
+            node = getattr(node, attribute)
+        assert node == option.parse(value), f"--{name}={rendered}"
+    assert epp.flag("max-body-bytes") == "67108864"
+    assert config.kubernetes.leader_election
+    assert config.server.cert_path == "/etc/epp/tls"
+
+
+@pytest.mark.parametrize(("replicas", "enabled", "leader"),
+                         [(1, None, False), (2, None, True), (2, False, False), (1, True, True)],
+                         ids=["one", "two", "two-off", "one-on"])
+def test_leader_election_follows_the_replicas(replicas: int, enabled: bool | None, leader: bool,
+                                              fake_api: Any, tmp_path: Path) -> None:
+    values = {"replicas": replicas, "leaderElection": {"enabled": enabled}}
+    objects, _ = install(fake_api, tmp_path, values)
+    (epp,) = list(epp_containers(objects))
+    assert epp.flag("ha-enable-leader-election") == str(leader).lower()
+    (role,) = [obj for obj in objects if obj["kind"] == "Role"]
+    leases = [rule for rule in role["rules"] if "leases" in rule["resources"]]
+    assert bool(leases) == leader
+    problems = check_epp_deployments(objects, tmp_path) + check_rbac(objects, tmp_path)
+    if replicas > 1 and not leader:
+        assert problems == [f"Deployment/{epp.deployment['metadata']['name']}: 2 replicas "
+                            f"without leader election"]
+    else:
+        assert problems == []
+
+
+def test_chart_defaults_match_the_plain_manifest(fake_api: Any, tmp_path: Path) -> None:
+    """deploy/kubernetes/epp.yaml is the chart with its defaults (and the pool created)."""
+    plain = load_documents(DEPLOY / "kubernetes" / "epp.yaml")
+    values = {"inferencePool": {"create": True, "routingStrategy": "PREFIX_CACHE"}}
+    rendered, _ = install(fake_api, tmp_path, values, release="vllm-llama3-8b-instruct")
+
+    def one(objects: list[Obj], kind: str) -> Obj:
+        (obj,) = [o for o in objects if o["kind"] == kind]
+        return obj
+
+    plain_pod = one(plain, "Deployment")["spec"]["template"]["spec"]
+    chart_pod = one(rendered, "Deployment")["spec"]["template"]["spec"]
+    for key in ("terminationGracePeriodSeconds", "securityContext"):
+        assert chart_pod[key] == plain_pod[key], key
+    (plain_epp,), (chart_epp,) = plain_pod["containers"], chart_pod["containers"]
+    assert sorted(chart_epp["args"]) == sorted(
+        arg.replace("$(POD_NAMESPACE)", "default") for arg in plain_epp["args"])
+    for key in ("image", "ports", "livenessProbe", "readinessProbe", "resources",
+                "securityContext", "env"):
+        assert chart_epp[key] == plain_epp[key], key
+    assert sorted(m["mountPath"] for m in chart_epp["volumeMounts"]) == sorted(
+        m["mountPath"] for m in plain_epp["volumeMounts"])
+    assert one(rendered, "Service")["spec"]["ports"] == one(plain, "Service")["spec"]["ports"]
+    assert one(rendered, "InferencePool")["spec"] == one(plain, "InferencePool")["spec"]
+    assert (one(rendered, "InferencePool")["metadata"]["annotations"].items()
+            >= one(plain, "InferencePool")["metadata"]["annotations"].items())
+    plain_config = yaml.safe_load(one(plain, "ConfigMap")["data"]["epp.yaml"])
+    chart_config = yaml.safe_load(one(rendered, "ConfigMap")["data"]["epp.yaml"])
+    assert chart_config == plain_config
+    plain_rules = [r for r in one(plain, "Role")["rules"] if "leases" not in r["resources"]]
+    assert one(rendered, "Role")["rules"] == plain_rules
