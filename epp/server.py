@@ -185,6 +185,7 @@ class _KubernetesParts:
         self._reporter = reporter
         self._client = make_client(kube.kubeconfig)
         self._strategy: str | None = None
+        self._late_sync: asyncio.Task[None] | None = None
         self.discovery = KubernetesDiscovery(
             store,
             self._client,
@@ -223,19 +224,29 @@ class _KubernetesParts:
             self.elector.start()
 
     async def wait_synced(self) -> None:
+        """Wait a while for the first complete view; if it is late, report ready when it
+        comes, without holding up the rest of start-up (or a shutdown)."""
         timeout = self._config.kubernetes.sync_timeout_s
-        if not await self.discovery.wait_synced(timeout):
-            log.warning("%s: no complete view after %.0fs (is the API server reachable and "
-                        "does the pool exist?); not ready until it comes",
-                        self.discovery.what, timeout)
-            await self.discovery.wait_synced(float("inf"))
-        self._reporter.update(synced=True)
+        if await self.discovery.wait_synced(timeout):
+            self._reporter.update(synced=True)
+            return
+        log.warning("%s: no complete view after %.0fs (is the API server reachable, and does "
+                    "the pool exist?); not ready until it comes", self.discovery.what, timeout)
+
+        async def report_when_synced() -> None:
+            await self.discovery.wait_synced(None)
+            log.info("%s: synced; ready", self.discovery.what)
+            self._reporter.update(synced=True)
+
+        self._late_sync = asyncio.create_task(report_when_synced())
 
     async def stop_leading(self) -> None:
         if self.elector is not None:
             await self.elector.stop()
 
     async def stop(self) -> None:
+        if self._late_sync is not None:
+            self._late_sync.cancel()
         await self.stop_leading()
         if self.policies is not None:
             await self.policies.stop()

@@ -179,8 +179,9 @@ class KubernetesDiscovery:
             self._pool_informer.start()
         self._pod_informer.start()
 
-    async def wait_synced(self, timeout_s: float) -> bool:
-        """Wait up to ``timeout_s`` for the first complete view; False if it did not come."""
+    async def wait_synced(self, timeout_s: float | None) -> bool:
+        """Wait up to ``timeout_s`` (None: forever) for the first complete view; False if it
+        did not come."""
         try:
             async with asyncio.timeout(timeout_s):
                 await self._synced.wait()

@@ -234,3 +234,16 @@ def test_leader_election_hands_over_between_two_pickers(cluster: Cluster) -> Non
         first.stop()
         if second is not None:
             assert second.stop() == 0
+
+
+def test_not_ready_until_the_pool_exists(cluster: Cluster) -> None:
+    epp, _, health_port = start_picker(cluster, "epp-early", "--pool-sync-timeout", "300ms",
+                                       "--secure-serving=false")
+    try:
+        wait_until(lambda: health(health_port, "liveness") == "SERVING", "epp to start")
+        wait_until(lambda: "not ready until it comes" in epp.log_tail(), "the late-sync warning")
+        assert health(health_port) == "NOT_SERVING"
+        cluster.api.apply(inference_pool_v1(POOL, NS, LABELS, target_ports=[cluster.port]))
+        wait_until(lambda: health(health_port) == "SERVING", "epp to be ready once synced")
+    finally:
+        assert epp.stop() == 0, epp.log_tail()
