@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from epp.api.openai import parse_request_body
@@ -24,7 +24,7 @@ from epp.requestcontrol.objectives import Objectives
 from epp.requestcontrol.rewrite import ModelRewrites
 from epp.scheduling.types import LLMRequest, SchedulingResult
 
-__all__ = ["Director", "RoutingDecision", "SchedulerLike"]
+__all__ = ["Director", "ResponseOutcome", "RoutingDecision", "SchedulerLike"]
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,14 @@ class SchedulerLike(Protocol):
     def schedule(self, request: LLMRequest, candidates: Sequence[Endpoint]) -> SchedulingResult: ...
 
     def on_endpoints_removed(self, endpoints: Sequence[Endpoint]) -> None: ...
+
+
+@dataclass(slots=True)
+class ResponseOutcome:
+    """What the response side of the stream showed; read when the request finishes."""
+
+    status: int | None = None  # the upstream's HTTP status; None if no response headers came
+    completed: bool = False  # the response reached its end (not reset, client still there)
 
 
 @dataclass(slots=True)
@@ -45,6 +53,7 @@ class RoutingDecision:
     candidates: int  # how many endpoints were eligible
     requested_model: str = ""  # the client's model; differs from request.model if rewritten
     priority: int = 0
+    response: ResponseOutcome = field(default_factory=ResponseOutcome)
     finished: bool = False
 
     @property
@@ -187,9 +196,11 @@ class Director:
             candidates=len(candidates),
         )
 
-    @staticmethod
-    def finish(decision: RoutingDecision) -> None:
-        """The request's stream ended (completed, failed or reset): release its load."""
+    def finish(self, decision: RoutingDecision) -> None:
+        """The request's stream ended (completed, failed or reset): release its load.
+
+        ``decision.response`` says how the response went, as far as the stream showed it.
+        """
         if decision.finished:
             return
         decision.finished = True

@@ -83,10 +83,12 @@ class RequestStream:
             if kind == "request_trailers":
                 return self._on_request_trailers()
             if kind == "response_headers":
-                return (messages.empty_response_headers_response(),)
+                return self._on_response_headers(message)
             if kind == "response_body":
                 return self._on_response_body(message)
             if kind == "response_trailers":
+                if self.decision is not None:
+                    self.decision.response.completed = True
                 return (messages.trailers_response(request=False),)
         except EppError as error:
             return (self._answer(error),)
@@ -188,8 +190,22 @@ class RequestStream:
 
     # -- response side ------------------------------------------------------------------
 
+    def _on_response_headers(self, message: ProcessingRequest) -> Sequence[ProcessingResponse]:
+        decision = self.decision
+        if decision is not None:
+            for header in message.response_headers.headers.headers:
+                if header.key == ":status":
+                    status = header.raw_value or header.value.encode()
+                    decision.response.status = int(status) if status.isdigit() else None
+                    break
+            if message.response_headers.end_of_stream:
+                decision.response.completed = True
+        return (messages.empty_response_headers_response(),)
+
     def _on_response_body(self, message: ProcessingRequest) -> Sequence[ProcessingResponse]:
         body = message.response_body
+        if body.end_of_stream and self.decision is not None:
+            self.decision.response.completed = True
         restorer = self._restorer
         if self._response_body_mode == _FULL_DUPLEX:
             data = body.body
