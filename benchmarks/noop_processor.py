@@ -1,11 +1,11 @@
 """Baseline ext_proc processors: the least a processor must do, in the same stack.
 
 Without ``--destination`` it answers what Envoy's processing mode requires and changes
-nothing: in full duplex it hands the body back as it came (the "no-op"). With
-``--destination ADDR`` it also routes every request to ADDR with exactly the answer epp
-sends (destination and model headers, route cache cleared, ``envoy.lb`` metadata), so
-Envoy does the same work as behind epp and the difference is epp's own: parsing,
-scheduling, bookkeeping. Same grpc.aio-on-uvloop server as epp.
+nothing: in full duplex it hands the request body, and each response body chunk, back as
+it came (the "no-op"). With ``--destination ADDR`` it also routes every request to ADDR
+with exactly the answer epp sends (destination and model headers, route cache cleared,
+``envoy.lb`` metadata), so Envoy does the same work as behind epp and the difference is
+epp's own: parsing, scheduling, bookkeeping. Same grpc.aio-on-uvloop server as epp.
 
     python benchmarks/noop_processor.py PORT [--destination ADDR --model NAME]
 """
@@ -58,6 +58,12 @@ class NoopProcessor(external_processor_pb2_grpc.ExternalProcessorServicer):  # t
                     chunks = []
             elif kind == "response_headers":
                 yield _RESPONSE_HEADERS
+            elif kind == "response_body":  # response_body_mode FULL_DUPLEX_STREAMED
+                response = ProcessingResponse()
+                streamed = response.response_body.response.body_mutation.streamed_response
+                streamed.body = message.response_body.body
+                streamed.end_of_stream = message.response_body.end_of_stream
+                yield response
             elif kind == "response_trailers":
                 yield _RESPONSE_TRAILERS
 

@@ -16,7 +16,10 @@ epp minus fixed is epp's own cost; epp minus noop is the whole cost of picking.
 One Envoy process serves every Envoy path, on one listener each. Latency is measured
 with one connection sending requests back to back (wrk -c1); throughput with 32
 connections. Rounds interleave the targets so drift on a noisy machine hits all alike;
-the table shows medians over rounds. Needs `wrk` (apt-get install wrk).
+the table shows medians over rounds. Every processor gets the same ext_proc modes:
+responses stream through it (response_body_mode FULL_DUPLEX_STREAMED, epp's default)
+unless --response-body-mode NONE. epp logs at its default level (info: one line per
+request) unless --epp-log-level says otherwise. Needs `wrk` (apt-get install wrk).
 
     python benchmarks/overhead.py [--seconds 5] [--rounds 3] [--prompt-chars 4000]
 """
@@ -35,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from epp.envoy_config import EnvoyPorts, envoy_bootstrap
+from epp.envoy_config import RESPONSE_BODY_MODES, EnvoyPorts, envoy_bootstrap
 from epp.stack import ManagedProcess, free_port, start_envoy, start_epp_module
 
 RESULTS = Path(__file__).resolve().parent / "results" / "overhead.json"
@@ -50,6 +53,11 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per target")
     parser.add_argument("--prompt-chars", type=int, default=4000, help="chat prompt size")
     parser.add_argument("--connections", type=int, default=32, help="for the throughput runs")
+    parser.add_argument("--response-body-mode", choices=RESPONSE_BODY_MODES,
+                        default="FULL_DUPLEX_STREAMED",
+                        help="ext_proc response_body_mode of every processor path")
+    parser.add_argument("--epp-log-level", default="info",
+                        choices=("debug", "info", "warning", "error"))
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("overhead.py needs wrk: apt-get install wrk", file=sys.stderr)
@@ -58,7 +66,8 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="epp-bench-"))
     processes: list[ManagedProcess] = []
     try:
-        urls = start_stack(work, processes)
+        urls = start_stack(work, processes, response_body_mode=args.response_body_mode,
+                           epp_log_level=args.epp_log_level)
         body = json.dumps({
             "model": MODEL, "max_tokens": 1,
             "messages": [{"role": "system", "content": "You are a helpful assistant."},
@@ -99,13 +108,16 @@ def main() -> int:
     RESULTS.write_text(json.dumps({
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "body_bytes": len(body), "seconds": args.seconds, "rounds": args.rounds,
-        "connections": args.connections, "median": summary, "samples": samples,
+        "connections": args.connections, "response_body_mode": args.response_body_mode,
+        "epp_log_level": args.epp_log_level, "median": summary, "samples": samples,
     }, indent=2))
     print(f"\nwrote {RESULTS}")
     return 0
 
 
-def start_stack(work: Path, processes: list[ManagedProcess]) -> dict[str, str]:
+def start_stack(work: Path, processes: list[ManagedProcess], *,
+                response_body_mode: str = "FULL_DUPLEX_STREAMED",
+                epp_log_level: str = "info") -> dict[str, str]:
     pods = [f"127.0.0.1:{free_port()}" for _ in range(3)]
     sim_args = ["sim", "--time-scale", "0", "--max-num-seqs", "256"]
     for pod in pods:
@@ -119,7 +131,7 @@ def start_stack(work: Path, processes: list[ManagedProcess]) -> dict[str, str]:
     epp_args = ["serve", "--grpc-host", "127.0.0.1", "--grpc-port", str(epp_port),
                 "--grpc-health-port", "0",
                 "--metrics-host", "127.0.0.1", "--metrics-port", str(epp_metrics),
-                "--log-level", "warning"]
+                "--log-level", epp_log_level]
     for pod in pods:
         epp_args += ["--endpoint", f"{pod}={MODEL}"]
     epp = start_epp_module("epp", epp_args, log_dir=work)
@@ -137,7 +149,8 @@ def start_stack(work: Path, processes: list[ManagedProcess]) -> dict[str, str]:
     admin = free_port()
     listen = {target: free_port() for target in TARGETS if target != "direct"}
     bootstrap = merged_bootstrap(admin, listen, pods[0],
-                                 {"noop": noop_port, "fixed": fixed_port, "epp": epp_port})
+                                 {"noop": noop_port, "fixed": fixed_port, "epp": epp_port},
+                                 response_body_mode=response_body_mode)
     processes.append(start_envoy(bootstrap, admin_port=admin, log_dir=work))
     urls = {"direct": f"http://{pods[0]}/v1/chat/completions"}
     for target, port in listen.items():
@@ -146,7 +159,8 @@ def start_stack(work: Path, processes: list[ManagedProcess]) -> dict[str, str]:
 
 
 def merged_bootstrap(admin: int, listen: dict[str, int], pod: str,
-                     processors: dict[str, int]) -> dict[str, Any]:
+                     processors: dict[str, int], *,
+                     response_body_mode: str = "FULL_DUPLEX_STREAMED") -> dict[str, Any]:
     """One Envoy, one listener per path, each with its own processor cluster."""
     merged = envoy_bootstrap(EnvoyPorts(listen_port=listen["envoy"], admin_port=admin),
                              ext_proc=False, static_upstream=pod)
@@ -155,6 +169,7 @@ def merged_bootstrap(admin: int, listen: dict[str, int], pod: str,
         other = envoy_bootstrap(
             EnvoyPorts(listen_port=listen[f"envoy+{name}"], epp_port=port),
             static_upstream=pod if name == "noop" else None,
+            response_body_mode=response_body_mode,
         )
         rename(other, name)
         resources["listeners"] += other["static_resources"]["listeners"]

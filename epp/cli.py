@@ -44,9 +44,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     envoy.add_argument("--epp-port", type=int, default=9002)
     envoy.add_argument("--body-mode", choices=("FULL_DUPLEX_STREAMED", "BUFFERED"),
                        default="FULL_DUPLEX_STREAMED")
-    envoy.add_argument("--response-body-mode", choices=("NONE", "FULL_DUPLEX_STREAMED"),
-                       default="NONE",
-                       help="stream responses through epp (restores rewritten model names)")
+    envoy.add_argument("--response-body-mode", choices=("FULL_DUPLEX_STREAMED", "NONE"),
+                       default="FULL_DUPLEX_STREAMED",
+                       help="stream responses through epp (usage and TTFT metrics, restored "
+                       "model names); NONE keeps response bodies away from epp"),
     envoy.add_argument("--epp-tls", action="store_true",
                        help="dial epp with TLS (epp serve --secure-serving)")
 

@@ -14,6 +14,11 @@ The file is shaped like the reference EPP's ``EndpointPickerConfig`` (``plugins`
     dataLayer: {refreshMetricsInterval: 50ms, metricsStalenessThreshold: 2s}
     endpoints:
       - {address: 127.0.0.1:8001, models: [qwen2-1-5b]}
+    saturationDetector: {queueDepthThreshold: 5, kvCacheUtilThreshold: 0.8}
+    admission: {retryAfter: 1s, endpointMaxInflight: 0}
+    passiveHealth: {backoff: 1s, maxBackoff: 30s}
+    modelFallbacks: {qwen2-7b: [qwen2-1-5b]}
+    objectives: {batch: -1, chat: 10}
     plugins:
       - {type: queue-scorer}
       - {type: max-score-picker}
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -51,6 +57,7 @@ __all__ = [
     "ConfigError",
     "DataLayerConfig",
     "KubernetesConfig",
+    "RequestControlConfig",
     "ServerConfig",
     "add_serve_arguments",
     "check_endpoint_source",
@@ -80,6 +87,9 @@ class ServerConfig:
     secure_serving: bool | None = None
     cert_path: str | None = None  # directory with tls.crt and tls.key; else self-signed
     body_based_routing: bool = False  # only set X-Gateway-Model-Name; pick no endpoint
+    # Add stream_options.include_usage to streamed chat/completions requests without it
+    # (so their usage is measured) and remove the extra usage event from the response.
+    inject_stream_usage: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,14 +129,33 @@ class KubernetesConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RequestControlConfig:
+    """Admission, model fallback and passive health; the saturation thresholds and their
+    file keys (``saturationDetector``) are the reference EPP's."""
+
+    saturation_queue_threshold: float = 5.0  # waiting requests that make an endpoint full
+    saturation_kv_threshold: float = 0.8  # KV-cache use that makes an endpoint full
+    retry_after_s: int = 1  # the retry-after header of 429 answers
+    endpoint_max_inflight: int = 0  # requests epp may have in flight per endpoint; 0: no cap
+    failure_backoff_s: float = 1.0  # first back-off after a failed request; 0: off
+    failure_max_backoff_s: float = 30.0  # the back-off doubles up to this
+    model_fallbacks: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    objectives: Mapping[str, int] = field(default_factory=dict)  # name -> priority
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     data_layer: DataLayerConfig = field(default_factory=DataLayerConfig)
     kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
+    request_control: RequestControlConfig = field(default_factory=RequestControlConfig)
     endpoints: tuple[EndpointSpec, ...] = ()
     scheduler: SchedulerConfig = field(default_factory=default_scheduler_config)
     log_level: str = "info"
     log_format: str = "text"  # text | json
+    # The per-request lines: all | errors | off. Errors only by default: a line costs
+    # ~15 µs (several % of max throughput), and Envoy's access log covers the rest.
+    request_log: str = "errors"
     # Reference-EPP flags given that epp accepts but does not act on: (flag, value, why).
     ignored_flags: tuple[tuple[str, str, str], ...] = ()
 
@@ -230,6 +259,30 @@ def _positive_duration(value: Any) -> float:
     return seconds
 
 
+def _whole_seconds(value: Any) -> int:
+    """A duration rounded up to whole seconds, as HTTP's retry-after takes them."""
+    return math.ceil(parse_duration_s(value))
+
+
+def _positive_float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError(f"not a number: {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"not a number: {value!r}") from None
+    if not number > 0:  # also refuses NaN
+        raise ValueError(f"must be greater than zero, got {value!r}")
+    return number
+
+
+def _non_negative_int(value: Any) -> int:
+    number = _int(value)
+    if number < 0:
+        raise ValueError(f"must not be negative, got {value!r}")
+    return number
+
+
 # -- the option table -------------------------------------------------------------------
 
 
@@ -299,6 +352,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("--body-based-routing", ("server", "body_based_routing"),
            ("server", "bodyBasedRouting"), _bool,
            "gateway-level mode: set X-Gateway-Model-Name from the body and pick no endpoint"),
+    Option("--inject-stream-usage", ("server", "inject_stream_usage"),
+           ("server", "injectStreamUsage"), _bool,
+           "ask streamed chat/completions requests for usage (stream_options.include_usage) "
+           "so token metrics cover them; the extra usage event is kept from the client"),
     Option("--pool-name", ("kubernetes", "pool_name"), ("kubernetes", "poolName"),
            _optional_str, "the InferencePool whose pods epp routes to"),
     Option("--pool-namespace", ("kubernetes", "pool_namespace"),
@@ -334,10 +391,78 @@ OPTIONS: tuple[Option, ...] = (
     Option("--leader-election-retry-period", ("kubernetes", "retry_period_s"),
            ("kubernetes", "retryPeriod"), _positive_duration,
            "how often candidates try to acquire, and the leader renews"),
+    Option("--saturation-queue-threshold", ("request_control", "saturation_queue_threshold"),
+           ("saturationDetector", "queueDepthThreshold"), _positive_float,
+           "waiting requests at which an endpoint counts as full (sheddable requests get "
+           "429 while the pool is saturated)"),
+    Option("--saturation-kv-threshold", ("request_control", "saturation_kv_threshold"),
+           ("saturationDetector", "kvCacheUtilThreshold"), _positive_float,
+           "KV-cache use (0-1) at which an endpoint counts as full"),
+    Option("--retry-after", ("request_control", "retry_after_s"), ("admission", "retryAfter"),
+           _whole_seconds, "retry-after of 429 answers, rounded up to whole seconds"),
+    Option("--endpoint-max-inflight", ("request_control", "endpoint_max_inflight"),
+           ("admission", "endpointMaxInflight"), _non_negative_int,
+           "requests epp may have in flight on one endpoint; 0: no cap"),
+    Option("--failure-backoff", ("request_control", "failure_backoff_s"),
+           ("passiveHealth", "backoff"), parse_duration_s,
+           "how long an endpoint is avoided after a failed request (5xx); doubles on "
+           "repeated failure; 0 turns passive health off"),
+    Option("--failure-max-backoff", ("request_control", "failure_max_backoff_s"),
+           ("passiveHealth", "maxBackoff"), _positive_duration,
+           "the longest an endpoint is avoided after failed requests"),
     Option("--log-level", ("log_level",), ("logging", "level"),
            _choice("debug", "info", "warning", "error"), "log level"),
     Option("--log-format", ("log_format",), ("logging", "format"), _choice("text", "json"),
            "log format: text or json (one object per line)"),
+    Option("--request-log", ("request_log",), ("logging", "requests"),
+           _choice("all", "errors", "off"),
+           "the line logged at info for each finished request: all, errors (only those "
+           "that did not complete below 400) or off"),
+)
+
+
+def _fallback_chain(value: Any) -> tuple[str, ...]:
+    """``small,tiny`` or a list of model names."""
+    parts = value if isinstance(value, list | tuple) else str(value).split(",")
+    chain = tuple(str(part).strip() for part in parts if str(part).strip())
+    if not chain:
+        raise ValueError("expected one or more fallback model names")
+    return chain
+
+
+@dataclass(frozen=True, slots=True)
+class MappingOption:
+    """A setting that maps names to values: a repeatable ``--flag NAME=VALUE``, an env
+    variable of space-separated ``NAME=VALUE`` pairs, and a mapping in the file. They
+    merge by name: the file's entries, then the environment's, then the flags'."""
+
+    flag: str
+    path: tuple[str, ...]
+    file_key: str
+    parse: Callable[[Any], Any]  # one value, as text (flag, env) or YAML (file)
+    metavar: str
+    help: str
+
+    @property
+    def env(self) -> str:
+        return "EPP_" + self.path[-1].upper()
+
+    @property
+    def dest(self) -> str:
+        return "_".join(self.path)
+
+
+_MAPPINGS: tuple[MappingOption, ...] = (
+    MappingOption("--model-fallback", ("request_control", "model_fallbacks"), "modelFallbacks",
+                  _fallback_chain, "MODEL=FALLBACK[,FALLBACK...]",
+                  "models to serve MODEL's requests with, in order, when no ready, healthy "
+                  "endpoint serves it; repeat for more models (env EPP_MODEL_FALLBACKS, "
+                  "space-separated)"),
+    MappingOption("--objective", ("request_control", "objectives"), "objectives", _int,
+                  "NAME=PRIORITY",
+                  "the priority of requests naming objective NAME in "
+                  "x-gateway-inference-objective (negative: sheddable), for deployments "
+                  "without InferenceObjectives; repeatable (env EPP_OBJECTIVES)"),
 )
 
 
@@ -393,9 +518,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--scorer-weight", dest="scorer_weights", action="append", metavar="PLUGIN=WEIGHT",
         help="override one scorer's weight in the profile, e.g. prefix-cache-scorer=3",
     )
+    for mapping in _MAPPINGS:
+        parser.add_argument(mapping.flag, dest=mapping.dest, action="append",
+                            metavar=mapping.metavar, help=mapping.help)
     metavars: dict[Callable[[Any], Any], str] = {
         _port: "PORT", _int: "N", parse_duration_s: "DURATION",
-        _positive_duration: "DURATION", str: "TEXT",
+        _positive_duration: "DURATION", str: "TEXT", _whole_seconds: "DURATION",
+        _positive_float: "NUMBER", _non_negative_int: "N",
     }
     for option in OPTIONS:
         if option.parse is _bool:  # Go-style: --flag, --flag=true, --flag=false
@@ -443,6 +572,9 @@ def load_config(args: argparse.Namespace, environ: Mapping[str, str] | None = No
     scheduler = _scheduler(document, config_file)
     scheduler = _apply_weight_overrides(scheduler, getattr(args, "scorer_weights", None) or [])
     config = Config(endpoints=endpoints, scheduler=scheduler)
+    for mapping in _MAPPINGS:
+        config = _replace_path(config, mapping.path,
+                               _mapping_values(mapping, args, document, env, config_file))
     for path, value in values.items():
         config = _replace_path(config, path, value)
     verbosity = getattr(args, "verbosity", None)
@@ -481,6 +613,12 @@ def _check_modes(config: Config) -> None:
         kube.retry_period_s < kube.renew_deadline_s < kube.lease_duration_s
     ):
         raise ConfigError("leader election needs retry period < renew deadline < lease duration")
+    control = config.request_control
+    if control.failure_max_backoff_s < control.failure_backoff_s:
+        raise ConfigError("--failure-max-backoff must not be shorter than --failure-backoff")
+    for model, chain in control.model_fallbacks.items():
+        if model in chain:
+            raise ConfigError(f"--model-fallback: model {model!r} lists itself as a fallback")
 
 
 def check_endpoint_source(config: Config) -> None:
@@ -564,6 +702,37 @@ def _endpoints(
             raise ConfigError(f"{where}: models must be a list of model names")
         specs.append((address, frozenset(models) if models else None))
     return tuple(specs)
+
+
+def _mapping_values(
+    option: MappingOption,
+    args: argparse.Namespace,
+    document: Mapping[str, Any],
+    env: Mapping[str, str],
+    config_file: str | None,
+) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    entries = document.get(option.file_key) or {}
+    if not isinstance(entries, Mapping):
+        raise ConfigError(f"{config_file}: {option.file_key} must be a mapping of names")
+    pairs: list[tuple[str, Any, str]] = [
+        (str(name), value, f"{config_file}: {option.file_key}.{name}")
+        for name, value in entries.items()
+    ]
+    for text in env.get(option.env, "").split():
+        name, sep, value = text.partition("=")
+        pairs.append((name if sep else "", value, f"environment {option.env}"))
+    for text in getattr(args, option.dest, None) or []:
+        name, sep, value = text.partition("=")
+        pairs.append((name if sep else "", value, f"flag {option.flag}"))
+    for name, value, source in pairs:
+        if not name.strip():
+            raise ConfigError(f"{source}: expected {option.metavar}")
+        try:
+            values[name.strip()] = option.parse(value)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: {exc}") from exc
+    return values
 
 
 def _parse_endpoint(text: str, where: str) -> EndpointSpec:

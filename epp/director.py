@@ -4,6 +4,13 @@ The director sits between the ext_proc layer (which knows Envoy) and the schedul
 (which knows scores). It owns the rules that are neither: which endpoints may serve a
 model at all, which errors a client sees, and the count of requests epp has in flight
 on each endpoint.
+
+Candidates for a model, in order of preference: its ready, healthy endpoints (healthy:
+fresh metrics and no passive-health back-off); else those of its first fallback model
+that has some (the request is rewritten to that model); else its ready endpoints
+regardless of health, since a back-off is a guess and serving beats refusing. Then
+sheddable requests are refused while those candidates are saturated, and endpoints at
+the in-flight cap are left out.
 """
 
 from __future__ import annotations
@@ -11,15 +18,18 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from epp.api.openai import parse_request_body
+from epp.api.usage import Usage
 from epp.datalayer.endpoint import Endpoint
 from epp.datalayer.store import EndpointStore
 from epp.errors import BadRequest, ModelNotFound, ServiceUnavailable, TooManyRequests
 from epp.observability import metrics
 from epp.requestcontrol.admission import SaturationDetector
+from epp.requestcontrol.fallback import ModelFallbacks
+from epp.requestcontrol.health import PassiveHealth
 from epp.requestcontrol.objectives import Objectives
 from epp.requestcontrol.rewrite import ModelRewrites
 from epp.scheduling.types import LLMRequest, SchedulingResult
@@ -41,6 +51,14 @@ class ResponseOutcome:
 
     status: int | None = None  # the upstream's HTTP status; None if no response headers came
     completed: bool = False  # the response reached its end (not reset, client still there)
+    # time.monotonic() readings: the first token (the first response body byte; in a
+    # Responses API stream, the first ".delta" event), and the response's end
+    # (None: not seen; the body is seen only with response_body_mode FULL_DUPLEX_STREAMED).
+    first_token_at: float | None = None
+    ended_at: float | None = None
+    streamed: bool = False  # an SSE response (content-type text/event-stream)
+    body_bytes: int = 0  # response body bytes seen
+    usage: Usage | None = None  # token counts, when the response reported them
 
 
 @dataclass(slots=True)
@@ -55,6 +73,9 @@ class RoutingDecision:
     priority: int = 0
     response: ResponseOutcome = field(default_factory=ResponseOutcome)
     finished: bool = False
+    fallback_from: str = ""  # the model that had no healthy endpoint; "" if none was needed
+    health_generation: int = 0  # the primary endpoint's passive-health ticket at routing
+    health_recorded: bool = False
 
     @property
     def model(self) -> str:
@@ -77,6 +98,9 @@ class Director:
     being a candidate (in static mode the scrape is the only health signal there is).
     ``destination_fallbacks``: how many fallback endpoints to list after the primary in
     the destination value; 0 suits Envoy's ORIGINAL_DST cluster, which reads one address.
+    ``max_inflight``: requests epp may have in flight on one endpoint (0: no cap); when
+    every candidate is at it the request gets 429 ``no_capacity``. ``retry_after_s``:
+    the retry-after of every 429.
     """
 
     def __init__(
@@ -90,6 +114,10 @@ class Director:
         objectives: Objectives | None = None,
         saturation: SaturationDetector | None = None,
         pick_endpoints: bool = True,
+        fallbacks: ModelFallbacks | None = None,
+        health: PassiveHealth | None = None,
+        max_inflight: int = 0,
+        retry_after_s: int = 1,
     ) -> None:
         self._store = store
         self._scheduler = scheduler
@@ -98,6 +126,10 @@ class Director:
         self.rewrites = rewrites or ModelRewrites()
         self.objectives = objectives or Objectives()
         self._saturation = saturation or SaturationDetector()
+        self.fallbacks = fallbacks or ModelFallbacks()
+        self.health = health or PassiveHealth()
+        self._max_inflight = max_inflight
+        self._retry_after_s = retry_after_s
         # False in body-based-routing mode: epp names the model for route matching and a
         # per-pool picker further on chooses the endpoint.
         self._pick_endpoints = pick_endpoints
@@ -114,6 +146,16 @@ class Director:
         return (
             endpoint.metrics.updated_at > 0.0
             and endpoint.scrape_failures < self._unready_after_failures
+        )
+
+    def is_healthy(self, endpoint: Endpoint, now: float | None = None) -> bool:
+        """Ready, with fresh metrics, and not in a passive-health back-off."""
+        if now is None:
+            now = time.monotonic()
+        return (
+            self.is_ready(endpoint)
+            and endpoint.is_fresh(self._saturation.staleness_s, now)
+            and not self.health.in_backoff(endpoint)
         )
 
     def route_body(
@@ -138,22 +180,49 @@ class Director:
         if not self._pick_endpoints:
             return RoutingDecision(request, [], "", 0, requested_model=parsed.model,
                                    priority=priority)
+        model, candidates = self._model_and_candidates(target, parsed.model, subset)
+        if model != target:
+            request = replace(request, model=model)
+            metrics.MODEL_FALLBACKS.labels(target, model).inc()
+        if priority < 0 and self._saturation.saturated(candidates):
+            raise TooManyRequests(
+                f"the pool serving '{model}' is saturated and this request is sheddable "
+                f"(objective priority {priority}); retry later",
+                code="pool_saturated",
+                retry_after_s=self._retry_after_s,
+            )
+        decision = self._schedule(request, candidates)
+        decision.requested_model = parsed.model
+        decision.priority = priority
+        if model != target:
+            decision.fallback_from = target
+        return decision
+
+    def _model_and_candidates(
+        self, target: str, requested: str, subset: Sequence[str] | None
+    ) -> tuple[str, list[Endpoint]]:
+        """The model to send the request to and its candidates (see the module docstring).
+
+        Raises ``ModelNotFound`` for a model no endpoint serves (where models are known)
+        and ``ServiceUnavailable`` when no endpoint of it is ready.
+        """
+        now = time.monotonic()
+        serving = _allowed(self._store.serving(target), subset)
+        healthy = [ep for ep in serving if self.is_healthy(ep, now)]
+        if healthy:
+            return target, healthy
+        for fallback in self.fallbacks.of(target, requested):
+            candidates = [ep for ep in _allowed(self._store.serving(fallback), subset)
+                          if self.is_healthy(ep, now)]
+            if candidates:
+                return fallback, candidates
+        ready = [ep for ep in serving if self.is_ready(ep)]
+        if ready:
+            return target, ready
         # No endpoints at all is a pool that is empty for now (503), not an unknown model.
         if self._store.all() and not self._store.knows_model(target):
             raise ModelNotFound(f"model '{target}' is not served here")
-        serving = self._store.serving(target)
-        if priority < 0 and self._saturation.saturated(
-            [ep for ep in serving if self.is_ready(ep)]
-        ):
-            raise TooManyRequests(
-                f"the pool serving '{target}' is saturated and this request is sheddable "
-                f"(objective priority {priority}); retry later",
-                code="pool_saturated",
-            )
-        decision = self._schedule(request, serving, subset)
-        decision.requested_model = parsed.model
-        decision.priority = priority
-        return decision
+        raise _no_ready_endpoint(f"model '{target}'", subset)
 
     def route_without_body(
         self,
@@ -170,20 +239,23 @@ class Director:
         request = LLMRequest(request_id=request_id, model="", prompt="", headers=headers)
         if not self._pick_endpoints:
             return RoutingDecision(request, [], "", 0)
-        return self._schedule(request, self._store.all(), subset)
-
-    def _schedule(
-        self, request: LLMRequest, serving: Sequence[Endpoint], subset: Sequence[str] | None
-    ) -> RoutingDecision:
-        if subset is not None:
-            allowed = set(subset)
-            serving = [ep for ep in serving if ep.address in allowed]
-        candidates = [ep for ep in serving if self.is_ready(ep)]
+        now = time.monotonic()
+        serving = _allowed(self._store.all(), subset)
+        candidates = ([ep for ep in serving if self.is_healthy(ep, now)]
+                      or [ep for ep in serving if self.is_ready(ep)])
         if not candidates:
-            what = f"model '{request.model}'" if request.model else "this request"
-            if subset is not None:
-                raise ServiceUnavailable(f"no ready endpoint for {what} in the subset hint")
-            raise ServiceUnavailable(f"no ready endpoint for {what}")
+            raise _no_ready_endpoint("this request", subset)
+        return self._schedule(request, candidates)
+
+    def _schedule(self, request: LLMRequest, candidates: Sequence[Endpoint]) -> RoutingDecision:
+        if self._max_inflight:
+            candidates = [ep for ep in candidates if ep.inflight_requests < self._max_inflight]
+            if not candidates:
+                raise TooManyRequests(
+                    f"every endpoint for {request.model or 'this request'} has "
+                    f"{self._max_inflight} requests in flight (the configured cap); retry later",
+                    retry_after_s=self._retry_after_s,
+                )
         started = time.perf_counter()
         result = self._scheduler.schedule(request, candidates)
         metrics.SCHEDULER_DURATION.observe(time.perf_counter() - started)
@@ -194,15 +266,46 @@ class Director:
             endpoints=chosen,
             destination=",".join(ep.address for ep in chosen),
             candidates=len(candidates),
+            health_generation=self.health.generation(chosen[0]),
         )
+
+    def response_started(self, decision: RoutingDecision) -> None:
+        """The response's headers came (``decision.response.status`` is set): count the
+        outcome for the endpoint's passive health.
+
+        Counted here, not at :meth:`finish`, because Envoy waits for epp's answer to the
+        response headers before the client sees them: a client that got a 5xx and sends
+        its next request is sure to find the failure counted.
+        """
+        status = decision.response.status
+        if decision.health_recorded or status is None or not decision.endpoints:
+            return
+        decision.health_recorded = True
+        self.health.record(decision.endpoints[0], decision.health_generation, status)
 
     def finish(self, decision: RoutingDecision) -> None:
         """The request's stream ended (completed, failed or reset): release its load.
 
         ``decision.response`` says how the response went, as far as the stream showed it.
+        A stream that ended with no response headers says nothing of the endpoint's
+        health: the client may have gone away first.
         """
         if decision.finished:
             return
         decision.finished = True
         if decision.endpoints:
             decision.endpoints[0].inflight_requests -= 1
+        self.response_started(decision)  # a no-op unless the stream skipped telling it
+
+
+def _allowed(endpoints: Sequence[Endpoint], subset: Sequence[str] | None) -> Sequence[Endpoint]:
+    """``endpoints`` narrowed to the proxy's subset hint, if it sent one."""
+    if subset is None:
+        return endpoints
+    allowed = set(subset)
+    return [ep for ep in endpoints if ep.address in allowed]
+
+
+def _no_ready_endpoint(what: str, subset: Sequence[str] | None) -> ServiceUnavailable:
+    where = " in the subset hint" if subset is not None else ""
+    return ServiceUnavailable(f"no ready endpoint for {what}{where}")

@@ -17,6 +17,7 @@ import yaml
 __all__ = ["EnvoyPorts", "envoy_binary", "envoy_bootstrap", "render_bootstrap"]
 
 BODY_MODES = ("FULL_DUPLEX_STREAMED", "BUFFERED")
+RESPONSE_BODY_MODES = ("FULL_DUPLEX_STREAMED", "NONE")
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +52,7 @@ def envoy_bootstrap(
     ext_proc: bool = True,
     static_upstream: str | None = None,
     max_request_bytes: int = 64 * 1024 * 1024,
-    response_body_mode: str = "NONE",
+    response_body_mode: str = "FULL_DUPLEX_STREAMED",
     epp_tls: bool = False,
 ) -> dict[str, Any]:
     """An Envoy bootstrap as a dict.
@@ -60,14 +61,16 @@ def envoy_bootstrap(
     ``static_upstream`` ("host:port") replaces the ORIGINAL_DST cluster. ``body_mode``
     is the ext_proc request body mode: FULL_DUPLEX_STREAMED (what Gateway API
     implementations configure for an InferencePool) or BUFFERED. ``response_body_mode``
-    FULL_DUPLEX_STREAMED streams responses through epp (needed to restore a rewritten
-    model name); NONE keeps them off the ext_proc stream. ``epp_tls`` dials epp with TLS
-    without verifying its certificate, as gateways do for an InferencePool's picker.
+    FULL_DUPLEX_STREAMED (the default) streams responses through epp, chunk by chunk: it
+    reads their usage and time to first token, and restores a rewritten model name; NONE
+    keeps response bodies off the ext_proc stream (status and latency are still seen,
+    tokens and TTFT are not). ``epp_tls`` dials epp with TLS without verifying its
+    certificate, as gateways do for an InferencePool's picker.
     """
     if body_mode not in BODY_MODES:
         raise ValueError(f"body_mode must be one of {BODY_MODES}, not {body_mode!r}")
-    if response_body_mode not in ("NONE", "FULL_DUPLEX_STREAMED"):
-        raise ValueError(f"response_body_mode must be NONE or FULL_DUPLEX_STREAMED, "
+    if response_body_mode not in RESPONSE_BODY_MODES:
+        raise ValueError(f"response_body_mode must be one of {RESPONSE_BODY_MODES}, "
                          f"not {response_body_mode!r}")
     http_filters: list[dict[str, Any]] = []
     if ext_proc:

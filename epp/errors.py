@@ -31,11 +31,16 @@ class EppError(Exception):
     error_type: str = "internal_error"  # OpenAI's error.type
     code: str = "internal_error"  # OpenAI's error.code
 
-    def __init__(self, message: str, *, code: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, code: str | None = None, retry_after_s: int | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         if code is not None:
             self.code = code
+        # Sent as the answer's retry-after header (whole seconds) when set: a 429 says when
+        # the pool may have room again.
+        self.retry_after_s = retry_after_s
 
 
 class BadRequest(EppError):

@@ -33,9 +33,13 @@ from epp.extproc.service import create_grpc_server, create_health_server
 from epp.k8s.client import make_client
 from epp.k8s.leader import LeaderElector
 from epp.k8s.pool_policies import PoolPolicies
-from epp.observability import metrics
+from epp.observability import metrics, request_metrics
 from epp.observability.health import HealthReporter
+from epp.observability.state_metrics import StateCollector
 from epp.requestcontrol.admission import SaturationDetector
+from epp.requestcontrol.fallback import ModelFallbacks
+from epp.requestcontrol.health import PassiveHealth
+from epp.requestcontrol.objectives import Objectives
 from epp.scheduling.config import default_scheduler_config, load_only_scheduler_config
 from epp.scheduling.registry import PluginRegistry, register_builtin_plugins
 from epp.scheduling.scheduler import Scheduler, build_scheduler
@@ -79,15 +83,27 @@ async def serve(
     if scheduler is None:
         scheduler = build_scheduler_from_config(config)
     data = config.data_layer
+    control = config.request_control
     director = Director(
         store,
         scheduler,
         unready_after_failures=data.unready_after_failures,
         destination_fallbacks=config.server.destination_fallbacks,
-        saturation=SaturationDetector(staleness_s=data.metrics_staleness_s),
+        saturation=SaturationDetector(
+            queue_threshold=control.saturation_queue_threshold,
+            kv_threshold=control.saturation_kv_threshold,
+            staleness_s=data.metrics_staleness_s,
+        ),
         pick_endpoints=not config.server.body_based_routing,
+        objectives=Objectives(control.objectives),
+        fallbacks=ModelFallbacks(control.model_fallbacks),
+        health=PassiveHealth(initial_backoff_s=control.failure_backoff_s,
+                             max_backoff_s=control.failure_max_backoff_s),
+        max_inflight=control.endpoint_max_inflight,
+        retry_after_s=control.retry_after_s,
     )
     store.subscribe(lambda _added, removed: director.scheduler.on_endpoints_removed(removed))
+    store.subscribe(lambda _added, removed: director.health.forget(removed))
     health_servicer = health.aio.HealthServicer()
     kube = config.kubernetes
     reporter = HealthReporter(health_servicer, needs_leadership=kube.leader_election)
@@ -102,14 +118,19 @@ async def serve(
         interval_s=data.refresh_metrics_interval_s,
         timeout_s=data.scrape_timeout_s,
     )
-    pool = metrics.PoolCollector(store.all, director.is_ready, data.metrics_staleness_s)
+    pool = metrics.PoolCollector(store.all, director.is_ready, data.metrics_staleness_s,
+                                 in_backoff=director.health.in_backoff)
     metrics.REGISTRY.register(pool)
+    state = StateCollector(store.all, lambda: director.scheduler)
+    request_metrics.set_request_log(config.request_log)
+    metrics.REGISTRY.register(state)
     server, grpc_port = create_grpc_server(
         director,
         address=f"{config.server.grpc_host}:{config.server.grpc_port}",
         max_body_bytes=config.server.max_body_bytes,
         health_servicer=health_servicer,
         tls_key_and_cert=_tls_material(config),
+        inject_stream_usage=config.server.inject_stream_usage,
     )
     health_server: grpc.aio.Server | None = None
     health_port: int | None = None
@@ -170,6 +191,7 @@ async def serve(
         if metrics_runner is not None:
             await metrics_runner.cleanup()
         metrics.REGISTRY.unregister(pool)
+        metrics.REGISTRY.unregister(state)
         log.info("epp stopped")
 
 

@@ -43,6 +43,7 @@ class Endpoint:
     # Consecutive failed scrapes, and the last error text (logged only when it changes).
     scrape_failures: int = 0
     last_scrape_error: str | None = None
+    scrape_errors_total: int = 0  # every failed scrape since the endpoint appeared
 
     def serves(self, model: str) -> bool:
         return self.models is None or model in self.models

@@ -244,6 +244,7 @@ class MetricsScraper:
 
     def _record_failure(self, endpoint: Endpoint, error: str, *, exc_info: bool = False) -> None:
         endpoint.scrape_failures += 1
+        endpoint.scrape_errors_total += 1
         if error != endpoint.last_scrape_error:
             updated_at = endpoint.metrics.updated_at
             age = (

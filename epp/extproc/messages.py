@@ -23,6 +23,7 @@ __all__ = [
     "DESTINATION_HEADER",
     "LB_METADATA_NAMESPACE",
     "MAX_STREAMED_CHUNK_BYTES",
+    "MODEL_FALLBACK_HEADER",
     "MODEL_HEADER",
     "RoutingResponses",
     "destination_metadata",
@@ -32,6 +33,7 @@ __all__ = [
     "header_mutation",
     "headers_response",
     "response_body_replaced",
+    "response_headers_response",
     "routing_response",
     "streamed_body_responses",
     "streamed_response_body_echo",
@@ -41,6 +43,8 @@ __all__ = [
 
 DESTINATION_HEADER = "x-gateway-destination-endpoint"
 MODEL_HEADER = "x-gateway-model-name"
+# On the response to a request epp served with a fallback model: "<model> -> <fallback>".
+MODEL_FALLBACK_HEADER = "x-gateway-model-fallback"
 LB_METADATA_NAMESPACE = "envoy.lb"
 # Envoy re-chunks what a processor streams back; chunks under 64 KiB keep every gRPC
 # message and Envoy buffer small (the reference EPP uses the same bound).
@@ -164,6 +168,13 @@ def empty_response_headers_response() -> ProcessingResponse:
     return _EMPTY_RESPONSE_HEADERS_RESPONSE
 
 
+def response_headers_response(headers: Iterable[tuple[str, str]]) -> ProcessingResponse:
+    """Answer to response headers that sets ``headers`` on the response to the client."""
+    response = ProcessingResponse()
+    _set_headers(response.response_headers.response.header_mutation, headers)
+    return response
+
+
 def empty_response_body_response() -> ProcessingResponse:
     return _EMPTY_RESPONSE_BODY_RESPONSE
 
@@ -197,10 +208,13 @@ def error_response(error: EppError) -> ProcessingResponse:
     body = orjson.dumps(
         {"error": {"message": error.message, "type": error.error_type, "code": error.code}}
     )
+    headers = [("content-type", "application/json")]
+    if error.retry_after_s is not None:
+        headers.append(("retry-after", str(error.retry_after_s)))
     return ProcessingResponse(
         immediate_response=ImmediateResponse(
             status=HttpStatus(code=error.status),
-            headers=header_mutation([("content-type", "application/json")]),
+            headers=header_mutation(headers),
             body=body,
             details=f"epp_{error.code}",
         )

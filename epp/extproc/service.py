@@ -23,9 +23,12 @@ log = logging.getLogger(__name__)
 class ExternalProcessor(external_processor_pb2_grpc.ExternalProcessorServicer):  # type: ignore[misc]
     """One ``RequestStream`` per gRPC stream; a failure on one stream stays on it."""
 
-    def __init__(self, director: Director, *, max_body_bytes: int) -> None:
+    def __init__(
+        self, director: Director, *, max_body_bytes: int, inject_stream_usage: bool = False
+    ) -> None:
         self._director = director
         self._max_body_bytes = max_body_bytes
+        self._inject_stream_usage = inject_stream_usage
         self._routing_responses = RoutingResponses()
 
     async def Process(
@@ -37,6 +40,7 @@ class ExternalProcessor(external_processor_pb2_grpc.ExternalProcessorServicer): 
             self._director,
             max_body_bytes=self._max_body_bytes,
             routing_responses=self._routing_responses,
+            inject_stream_usage=self._inject_stream_usage,
         )
         try:
             async for message in request_iterator:
@@ -60,6 +64,7 @@ def create_grpc_server(
     max_body_bytes: int,
     health_servicer: health.aio.HealthServicer | None = None,
     tls_key_and_cert: tuple[bytes, bytes] | None = None,
+    inject_stream_usage: bool = False,
 ) -> tuple[grpc.aio.Server, int]:
     """A grpc.aio server with ext_proc (and gRPC health) bound to ``address``.
 
@@ -79,7 +84,8 @@ def create_grpc_server(
         ]
     )
     external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(
-        ExternalProcessor(director, max_body_bytes=max_body_bytes), server
+        ExternalProcessor(director, max_body_bytes=max_body_bytes,
+                          inject_stream_usage=inject_stream_usage), server
     )
     if health_servicer is not None:
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import time
 import uuid
 from collections.abc import Sequence
 
@@ -17,11 +18,12 @@ from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import Proces
 from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingRequest, ProcessingResponse
 
 from epp.api.model_restore import ModelNameRestorer
-from epp.api.openai import rewrite_model
+from epp.api.usage import UsageReader
+from epp.api.usage_injection import UsageEventStripper, rewrite_request_body, wants_usage_option
 from epp.director import Director, RoutingDecision
 from epp.errors import EppError, RequestTooLarge
 from epp.extproc import messages
-from epp.observability import metrics
+from epp.observability import metrics, request_metrics
 
 __all__ = ["Phase", "RequestStream"]
 
@@ -30,6 +32,9 @@ log = logging.getLogger(__name__)
 _FULL_DUPLEX = ProcessingMode.FULL_DUPLEX_STREAMED
 _SUBSET_NAMESPACE = "envoy.lb.subset_hint"
 _SUBSET_KEY = "x-gateway-destination-endpoint-subset"
+# In a Responses API stream, the "type" of the events that carry generated text
+# (response.output_text.delta, response.reasoning_text.delta, ...).
+_RESPONSES_TOKEN_MARKER = b'.delta"'
 
 
 class Phase(enum.Enum):
@@ -50,8 +55,10 @@ class RequestStream:
         max_body_bytes: int,
         routing_responses: messages.RoutingResponses | None = None,
         default_body_mode: int = _FULL_DUPLEX,
+        inject_stream_usage: bool = False,
     ) -> None:
         self._director = director
+        self._inject_stream_usage = inject_stream_usage
         self._routing_responses = routing_responses or messages.RoutingResponses()
         self._max_body_bytes = max_body_bytes
         self._body_mode = default_body_mode
@@ -63,6 +70,14 @@ class RequestStream:
         self._subset: list[str] | None = None
         self.decision: RoutingDecision | None = None
         self._restorer: ModelNameRestorer | None = None  # set when the model was rewritten
+        self._received_at = 0.0  # time.monotonic() at the request headers
+        self._decision_s: float | None = None  # time spent routing (parse and schedule)
+        self._error: EppError | None = None  # what epp answered the request with
+        self._usage_added = False  # include_usage was injected: strip the usage event
+        self._usage_reader: UsageReader | None = None
+        self._stripper: UsageEventStripper | None = None
+        # What marks the first token in the body (None: its first byte does).
+        self._first_token_marker: bytes | None = None
 
     @property
     def request_id(self) -> str:
@@ -88,7 +103,7 @@ class RequestStream:
                 return self._on_response_body(message)
             if kind == "response_trailers":
                 if self.decision is not None:
-                    self.decision.response.completed = True
+                    self._response_ended(self.decision)
                 return (messages.trailers_response(request=False),)
         except EppError as error:
             return (self._answer(error),)
@@ -97,9 +112,24 @@ class RequestStream:
         return ()
 
     def close(self) -> None:
-        """The stream is over for whatever reason: release the load it held."""
+        """The stream is over for whatever reason: release the load it held, record the
+        request's metrics and log its line."""
         if self.decision is not None:
             self._director.finish(self.decision)
+        if self.phase is Phase.AWAITING_HEADERS:
+            return  # not a request (Envoy opened the stream and gave up at once)
+        headers = self.headers
+        request_metrics.record_finished(request_metrics.FinishedRequest(
+            request_id=self.request_id,
+            received_at=self._received_at,
+            method=headers.get(":method", ""),
+            path=headers.get(":path", ""),
+            decision=self.decision,
+            error=self._error,
+            request_bytes=self._body_bytes,
+            decision_s=self._decision_s,
+            closed_at=time.monotonic(),
+        ))
 
     # -- request side -------------------------------------------------------------------
 
@@ -108,6 +138,7 @@ class RequestStream:
             metrics.STREAM_ERRORS.labels("out_of_order").inc()
             log.warning("request headers arrived twice on one stream; ignoring the second")
             return ()
+        self._received_at = time.monotonic()
         if message.HasField("protocol_config"):
             self._body_mode = message.protocol_config.request_body_mode
             self._response_body_mode = message.protocol_config.response_body_mode
@@ -116,13 +147,15 @@ class RequestStream:
             headers[header.key] = header.raw_value.decode() if header.raw_value else header.value
         self._subset = _subset_hint(message)
         if message.request_headers.end_of_stream:
+            self.phase = Phase.ROUTED
+            started = time.perf_counter()
             self.decision = self._director.route_without_body(
                 method=headers.get(":method", "GET"),
                 request_id=self.request_id,
                 headers=headers,
                 subset=self._subset,
             )
-            self.phase = Phase.ROUTED
+            self._decision_s = time.perf_counter() - started
             return (self._routing_response(on_body=False),)
         self.phase = Phase.GATHERING_BODY
         if self._body_mode == _FULL_DUPLEX:
@@ -157,17 +190,25 @@ class RequestStream:
     def _route_body(self, *, ends_request: bool) -> Sequence[ProcessingResponse]:
         chunks = self._chunks
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        self.phase = Phase.ROUTED
+        started = time.perf_counter()
         self.decision = decision = self._director.route_body(
             body, request_id=self.request_id, headers=self.headers, subset=self._subset
         )
-        self.phase = Phase.ROUTED
-        if decision.rewritten:
-            body = rewrite_model(body, decision.target_model)
+        self._decision_s = time.perf_counter() - started
+        add_usage = (self._inject_stream_usage and decision.request.stream
+                     and wants_usage_option(self.headers.get(":path", "")))
+        changed = decision.rewritten or add_usage
+        if changed:
+            body, self._usage_added = rewrite_request_body(
+                body, model=decision.target_model if decision.rewritten else None,
+                include_usage=add_usage)
             chunks = [body]
+        if decision.rewritten:
             self._restorer = ModelNameRestorer(decision.target_model, decision.model)
         if self._body_mode != _FULL_DUPLEX:
             response = self._routing_response(on_body=True)
-            if decision.rewritten:
+            if changed:
                 response = messages.with_body(response, body)
             return (response,)
         # No content-length: Envoy 1.40 drops it in full duplex and sends the body chunked.
@@ -179,7 +220,8 @@ class RequestStream:
     def _routing_response(self, *, on_body: bool) -> ProcessingResponse:
         decision = self.decision
         assert decision is not None
-        metrics.requests_for(decision.model, decision.target_model).inc()
+        metrics.requests_for(decision.model, decision.target_model, decision.priority).inc()
+        request_metrics.request_started(decision)
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "request %s model=%r -> %s (%d candidates scored)",
@@ -193,22 +235,56 @@ class RequestStream:
     def _on_response_headers(self, message: ProcessingRequest) -> Sequence[ProcessingResponse]:
         decision = self.decision
         if decision is not None:
+            response = decision.response
+            content_type = encoding = b""
             for header in message.response_headers.headers.headers:
-                if header.key == ":status":
+                key = header.key
+                if key == ":status":
                     status = header.raw_value or header.value.encode()
-                    decision.response.status = int(status) if status.isdigit() else None
-                    break
+                    response.status = int(status) if status.isdigit() else None
+                elif key == "content-type":
+                    content_type = header.raw_value or header.value.encode()
+                elif key == "content-encoding":
+                    encoding = header.raw_value or header.value.encode()
+            response.streamed = content_type.lower().startswith(b"text/event-stream")
+            if response.streamed and self.headers.get(":path", "").startswith("/v1/responses"):
+                # response.created and .in_progress come before any token is generated.
+                self._first_token_marker = _RESPONSES_TOKEN_MARKER
             if message.response_headers.end_of_stream:
-                decision.response.completed = True
+                self._response_ended(decision)
+            elif (response.status is not None and 200 <= response.status < 300
+                  and encoding in (b"", b"identity")
+                  and (response.streamed or b"json" in content_type)):
+                self._usage_reader = UsageReader(sse=response.streamed)
+                if self._usage_added and response.streamed:
+                    self._stripper = UsageEventStripper()
+            self._director.response_started(decision)
+            if decision.fallback_from:
+                return (messages.response_headers_response([(
+                    messages.MODEL_FALLBACK_HEADER,
+                    f"{decision.fallback_from} -> {decision.target_model}")]),)
         return (messages.empty_response_headers_response(),)
 
     def _on_response_body(self, message: ProcessingRequest) -> Sequence[ProcessingResponse]:
         body = message.response_body
-        if body.end_of_stream and self.decision is not None:
-            self.decision.response.completed = True
+        data = body.body
+        decision = self.decision
+        if decision is not None:
+            response = decision.response
+            if data:
+                if response.first_token_at is None and (
+                    self._first_token_marker is None or self._first_token_marker in data
+                ):
+                    response.first_token_at = time.monotonic()
+                response.body_bytes += len(data)
+                if self._usage_reader is not None:
+                    self._usage_reader.feed(data)
+            if body.end_of_stream:
+                self._response_ended(decision)
         restorer = self._restorer
         if self._response_body_mode == _FULL_DUPLEX:
-            data = body.body
+            if self._stripper is not None:
+                data = self._stripper.feed(data, end_of_stream=body.end_of_stream)
             if restorer is not None:
                 data = restorer.feed(data, end_of_stream=body.end_of_stream)
             return (messages.streamed_response_body_echo(data, end_of_stream=body.end_of_stream),)
@@ -217,18 +293,23 @@ class RequestStream:
                 restorer.feed(body.body, end_of_stream=True)),)
         return (messages.empty_response_body_response(),)
 
+    def _response_ended(self, decision: RoutingDecision) -> None:
+        response = decision.response
+        if response.completed:
+            return
+        response.completed = True
+        response.ended_at = time.monotonic()
+        if self._usage_reader is not None:
+            response.usage = self._usage_reader.usage()
+            self._usage_reader = None
+
     def _answer(self, error: EppError) -> ProcessingResponse:
         self.phase = Phase.ANSWERED
         self._chunks = []
+        self._error = error
         model = self.decision.model if self.decision else ""
         metrics.REQUEST_ERRORS.labels(model, model, error.code).inc()
-        log.info(
-            "answered request %s with %d %s: %s",
-            self.headers.get("x-request-id", "-"),
-            error.status,
-            error.code,
-            error.message,
-        )
+        log.debug("request %s: %s", self.headers.get("x-request-id", "-"), error.message)
         return messages.error_response(error)
 
 

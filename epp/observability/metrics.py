@@ -1,4 +1,8 @@
-"""epp's own Prometheus metrics, named like the reference EPP's where one exists."""
+"""epp's own Prometheus metrics, named like the reference EPP's where one exists.
+
+Names, labels and buckets of the reference's follow GIE v1.5.0 ``pkg/epp/metrics/
+metrics.go``; the per-request ones are in :mod:`epp.observability.request_metrics`.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,13 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from epp.datalayer.endpoint import Endpoint
+from epp.observability.histograms import FastHistogramVec
 
 __all__ = [
+    "ENDPOINT_EJECTIONS",
+    "MODEL_FALLBACKS",
+    "PREFIX_HIT_BYTES",
+    "PREFIX_HIT_RATIO",
     "REGISTRY",
     "REQUESTS",
     "REQUEST_ERRORS",
@@ -24,35 +33,63 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 
 REQUESTS = Counter(
     "inference_objective_request_total",
-    "Requests routed, by the model asked for.",
-    ["model_name", "target_model_name"],
+    "Requests routed, by the model asked for, the model served and the objective priority.",
+    ["model_name", "target_model_name", "priority"],
     registry=REGISTRY,
 )
 REQUEST_ERRORS = Counter(
     "inference_objective_request_error_total",
-    "Requests epp answered itself with an error, by model and error code.",
+    "Requests that failed, by model and error code: epp's own answers (the code it "
+    "sent) and model-server responses >= 400 (model_server_error).",
     ["model_name", "target_model_name", "error_code"],
     registry=REGISTRY,
 )
 SCHEDULER_DURATION = Histogram(
     "inference_extension_scheduler_e2e_duration_seconds",
     "Time to choose an endpoint for one request.",
-    buckets=(0.00001, 0.00002, 0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01),
+    # The reference's buckets (100 us to 100 ms) and finer ones below: epp's scheduling
+    # takes tens of microseconds.
+    buckets=(0.00001, 0.00002, 0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01,
+             0.02, 0.05, 0.1),
     registry=REGISTRY,
 )
-_requests_by_model: dict[tuple[str, str], Counter] = {}
+# Observed on every pick: the request path's cheaper histogram (one unlabelled child).
+PREFIX_HIT_RATIO = FastHistogramVec(
+    "inference_extension_prefix_indexer_hit_ratio",
+    "Share of the prompt's prefix blocks the chosen endpoint was found to hold.",
+    [], (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0), registry=REGISTRY,
+).labels()
+PREFIX_HIT_BYTES = FastHistogramVec(
+    "inference_extension_prefix_indexer_hit_bytes",
+    "Length in bytes of the prompt prefix the chosen endpoint was found to hold.",
+    [], (0, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536),
+    registry=REGISTRY,
+).labels()
+_requests_by_model: dict[tuple[str, str, int], Counter] = {}
 
 
-def requests_for(model: str, target_model: str) -> Counter:
+def requests_for(model: str, target_model: str, priority: int = 0) -> Counter:
     """The request counter's child for a model pair (``labels()`` costs a lock and a tuple)."""
-    key = (model, target_model)
+    key = (model, target_model, priority)
     child = _requests_by_model.get(key)
     if child is None:
         if len(_requests_by_model) >= 1024:  # bounded, whatever clients put in "model"
             _requests_by_model.clear()
-        child = _requests_by_model[key] = REQUESTS.labels(model, target_model)
+        child = _requests_by_model[key] = REQUESTS.labels(model, target_model, str(priority))
     return child
 
+
+MODEL_FALLBACKS = Counter(
+    "epp_model_fallback_total",
+    "Requests served by a fallback model because their model had no ready, healthy endpoint.",
+    ["model_name", "fallback_model_name"],
+    registry=REGISTRY,
+)
+ENDPOINT_EJECTIONS = Counter(
+    "epp_endpoint_ejections_total",
+    "Times an endpoint was set aside for a back-off after a failed request (passive health).",
+    registry=REGISTRY,
+)
 
 STREAM_ERRORS = Counter(
     "epp_extproc_stream_errors_total",
@@ -71,9 +108,11 @@ class PoolCollector(Collector):
         is_ready: Callable[[Endpoint], bool],
         staleness_s: float,
         pool_name: str = "static",
+        in_backoff: Callable[[Endpoint], bool] | None = None,
     ) -> None:
         self._endpoints = endpoints
         self._is_ready = is_ready
+        self._in_backoff = in_backoff
         self._staleness_s = staleness_s
         self._pool = pool_name
 
@@ -116,8 +155,15 @@ class PoolCollector(Collector):
             "1 when the endpoint's metrics are older than the staleness limit.",
             labels=per_endpoint,
         )
+        unhealthy = GaugeMetricFamily(
+            "epp_endpoint_unhealthy",
+            "1 while the endpoint is avoided after a failed request (passive health back-off).",
+            labels=per_endpoint,
+        )
         for ep in endpoints:
             inflight.add_metric([ep.address], ep.inflight_requests)
             failures.add_metric([ep.address], ep.scrape_failures)
             stale.add_metric([ep.address], 0 if ep.is_fresh(self._staleness_s) else 1)
-        return [ready_pods, kv, queue, inflight, failures, stale]
+            if self._in_backoff is not None:
+                unhealthy.add_metric([ep.address], 1 if self._in_backoff(ep) else 0)
+        return [ready_pods, kv, queue, inflight, failures, stale, unhealthy]

@@ -39,11 +39,16 @@ def priorities_from_objects(
 
 
 class Objectives:
-    def __init__(self, priorities: Mapping[str, int] | None = None) -> None:
-        self._priorities = dict(priorities or {})
+    """Priorities by objective name: ``configured`` ones (the config file's
+    ``objectives``, for deployments without the CRDs), overridden by name by those
+    :meth:`replace` installs from the watched InferenceObjectives."""
+
+    def __init__(self, configured: Mapping[str, int] | None = None) -> None:
+        self._configured = dict(configured or {})
+        self._priorities = dict(self._configured)
 
     def replace(self, priorities: Mapping[str, int]) -> None:
-        self._priorities = dict(priorities)
+        self._priorities = {**self._configured, **priorities}
 
     def priority(self, headers: Mapping[str, str]) -> int:
         name = headers.get(OBJECTIVE_HEADER)

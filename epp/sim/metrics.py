@@ -18,6 +18,7 @@ import time
 from collections.abc import Sequence
 
 from epp.sim.engine import SimEngine
+from epp.sim.faults import Faults
 from epp.sim.histogram import Histogram
 
 __all__ = ["CONTENT_TYPE", "MetricsRenderer"]
@@ -42,10 +43,13 @@ def _family(name: str, kind: str, help_text: str) -> str:
 class MetricsRenderer:
     """Renders one pod's ``/metrics`` page from its engine's live state."""
 
-    def __init__(self, engine: SimEngine, models: Sequence[str]) -> None:
+    def __init__(
+        self, engine: SimEngine, models: Sequence[str], *, faults: Faults | None = None
+    ) -> None:
         if not models:
             raise ValueError("a pod serves at least one model")
         self._engine = engine
+        self._faults = faults or Faults()
         self._models = tuple(models)
         self._labels = f'model_name="{_esc(models[0])}",engine="0"'
         cfg = engine.config
@@ -88,7 +92,8 @@ class MetricsRenderer:
                "Number of requests in model execution batches.",
                f"vllm:num_requests_running{{{lb}}} {_num(s.running)}\n")
         scalar("vllm:num_requests_waiting", "gauge", "Number of requests waiting to be processed.",
-               f"vllm:num_requests_waiting{{{lb}}} {_num(s.waiting)}\n")
+               f"vllm:num_requests_waiting{{{lb}}} "
+               f"{_num(s.waiting + self._faults.extra_waiting)}\n")
         scalar(self._kv_name, "gauge", "KV-cache usage. 1 means 100 percent usage.",
                f"{self._kv_name}{{{lb}}} {_num(s.kv_cache_usage)}\n")
         scalar("vllm:prefix_cache_queries_total", "counter",

@@ -1,11 +1,13 @@
 """The HTTP face of one simulated pod: an aiohttp app speaking vLLM's OpenAI-compatible API.
 
 Routes: ``POST /v1/chat/completions``, ``POST /v1/completions`` (JSON, or SSE with
-``"stream": true``), ``POST /v1/embeddings``, ``GET /v1/models``, ``GET /health``,
+``"stream": true``), ``POST /v1/responses`` (``epp.sim.responses``),
+``POST /v1/embeddings``, ``GET /v1/models``, ``GET /health``,
 ``GET /metrics``; for routers that ask for tokens ``POST /tokenize`` and
 ``POST /v1/chat/completions/render`` / ``POST /v1/completions/render`` (vLLM's shapes); the
 peer-router routes of ``epp.sim.peer_api``; and for tests ``GET|DELETE /sim/requests``
-(the last 256 requests received) and ``GET /sim/state`` (the engine's counters as JSON).
+(the last 256 requests received), ``GET /sim/state`` (the engine's counters as JSON) and
+``/sim/faults`` (injected errors and queue depth: ``epp.sim.faults``).
 
 Every response carries ``x-sim-pod`` (the pod's name) and, so tests can check what the
 proxy delivered, ``x-sim-body-sha256`` / ``x-sim-body-bytes`` of the raw request body and
@@ -43,8 +45,10 @@ from epp.sim.bodies import (
     usage,
 )
 from epp.sim.engine import SimEngine
+from epp.sim.faults import Faults, fault_routes
 from epp.sim.generation import piece
 from epp.sim.metrics import CONTENT_TYPE, MetricsRenderer
+from epp.sim.responses import responses_handler
 from epp.sim.tokens import token_ids, token_strs
 
 __all__ = ["ENGINE_KEY", "MAX_BODY_BYTES", "REQUEST_LOG_SIZE", "create_app"]
@@ -73,7 +77,8 @@ class _Pod:
         self.engine = engine
         self.models = tuple(models)
         self.name = name
-        self.metrics = MetricsRenderer(engine, self.models)
+        self.faults = Faults()
+        self.metrics = MetricsRenderer(engine, self.models, faults=self.faults)
         self.log: deque[dict[str, Any]] = deque(maxlen=REQUEST_LOG_SIZE)
         # Keyed by id(request): aiohttp requests are unhashable, and this lives only
         # while the middleware runs.
@@ -109,6 +114,10 @@ class _Pod:
         self._received[id(request)] = received
         try:
             try:
+                if self.faults.status is not None and request.method == "POST" and (
+                    request.path.startswith("/v1/")
+                ):
+                    raise ApiError(self.faults.status, "injected fault (POST /sim/faults)")
                 resp = await handler(request)
             except ApiError as exc:
                 resp = error_response(exc.status, exc.message, exc.param)
@@ -223,20 +232,20 @@ class _Pod:
             before, after = opening + b'"text":"', b'","logprobs":null'
             closing = b',"stop_reason":null}]}\n\n'
         last = max_tokens - 1
+        role = b""
+        if chat:  # vLLM sends the role event with the first token, not before it
+            delta = {"role": "assistant", "content": ""}
+            first = {
+                **head,
+                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}],
+            }
+            role = b"data: " + dumps(first) + b"\n\n"
         async with self.engine.run(prompt, model=model, max_tokens=max_tokens) as gen:
-            if chat:
-                delta = {"role": "assistant", "content": ""}
-                first = {
-                    **head,
-                    "choices": [
-                        {"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}
-                    ],
-                }
-                await resp.write(b"data: " + dumps(first) + b"\n\n")
             async for batch in gen.token_batches():
                 # Token pieces are ASCII words ("tok3"): no JSON escaping needed.
                 await resp.write(
-                    b"".join(
+                    role
+                    + b"".join(
                         before
                         + piece(i).encode()
                         + after
@@ -245,6 +254,7 @@ class _Pod:
                         for i in batch
                     )
                 )
+                role = b""
         if include_usage:
             totals = usage(gen.prompt_tokens, gen.completion_tokens, gen.cached_tokens)
             final: dict[str, Any] = {**head, "choices": [], "usage": totals}
@@ -396,12 +406,14 @@ def create_app(engine: SimEngine, *, models: Sequence[str], name: str) -> web.Ap
     app.router.add_post("/v1/chat/completions", pod.chat)
     app.router.add_post("/v1/completions", pod.completions)
     app.router.add_post("/v1/embeddings", pod.embeddings)
+    app.router.add_post("/v1/responses", responses_handler(pod))
     app.router.add_get("/v1/models", pod.list_models)
     app.router.add_get("/health", pod.health)
     app.router.add_get("/metrics", pod.metrics_page)
     app.router.add_get("/sim/requests", pod.request_log)
     app.router.add_delete("/sim/requests", pod.request_log)
     app.router.add_get("/sim/state", pod.state)
+    app.router.add_routes(fault_routes(pod.faults))
     app.router.add_post("/tokenize", pod.tokenize)
     app.router.add_post("/v1/chat/completions/render", pod.render_chat)
     app.router.add_post("/v1/completions/render", pod.render_completion)

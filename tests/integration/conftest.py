@@ -61,7 +61,7 @@ def fleet(log_dir: Path) -> Iterator[Fleet]:
 def epp_process(fleet: Fleet, log_dir: Path) -> Iterator[tuple[ManagedProcess, int, int]]:
     grpc_port, metrics_port = free_port(), free_port()
     args = ["serve", "--grpc-host", "127.0.0.1", "--grpc-port", str(grpc_port),
-            "--grpc-health-port", "0",
+            "--grpc-health-port", "0", "--request-log", "all",
             "--metrics-host", "127.0.0.1", "--metrics-port", str(metrics_port),
             "--log-level", "debug"]
     for address in fleet.qwen_pods:

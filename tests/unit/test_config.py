@@ -165,3 +165,19 @@ def test_reference_epp_command_lines_are_accepted() -> None:
     assert parse(["--v", "5", "--log-level", "warning"]).log_level == "warning"
     with pytest.raises(ConfigError, match="not both"):
         parse(["--config-text", text, "--config-file", "/x.yaml"])
+
+
+def test_stream_usage_injection_is_off_unless_asked(tmp_path: Path) -> None:
+    assert not parse([]).server.inject_stream_usage
+    assert parse(["--inject-stream-usage"]).server.inject_stream_usage
+    assert parse([], env={"EPP_INJECT_STREAM_USAGE": "true"}).server.inject_stream_usage
+    path = tmp_path / "epp.yaml"
+    path.write_text("server: {injectStreamUsage: true}\n")
+    assert parse(["--config-file", str(path)]).server.inject_stream_usage
+
+
+def test_request_log_mode() -> None:
+    assert parse([]).request_log == "errors"
+    assert parse(["--request-log", "all"]).request_log == "all"
+    with pytest.raises(ConfigError, match="request-log"):
+        parse(["--request-log", "some"])

@@ -33,3 +33,13 @@ def test_processing_mode(mode: str) -> None:
 def test_rejects_unknown_mode() -> None:
     with pytest.raises(ValueError, match="body_mode"):
         envoy_bootstrap(body_mode="STREAMED")
+
+
+def test_responses_stream_through_epp_by_default() -> None:
+    mode = _ext_proc(envoy_bootstrap())["processing_mode"]
+    assert mode["response_body_mode"] == "FULL_DUPLEX_STREAMED"
+    assert mode["response_trailer_mode"] == "SEND"  # Envoy requires it in full duplex
+    none = _ext_proc(envoy_bootstrap(response_body_mode="NONE"))["processing_mode"]
+    assert none["response_body_mode"] == "NONE"
+    with pytest.raises(ValueError, match="response_body_mode"):
+        envoy_bootstrap(response_body_mode="BUFFERED")

@@ -27,6 +27,7 @@ from typing import Any
 import xxhash
 
 from epp.datalayer.endpoint import Endpoint
+from epp.observability.metrics import PREFIX_HIT_BYTES, PREFIX_HIT_RATIO
 from epp.scheduling.plugin import NamedPlugin, Params
 from epp.scheduling.prefix_index import DEFAULT_CAPACITY_PER_ENDPOINT, PrefixIndex
 from epp.scheduling.types import (
@@ -85,7 +86,7 @@ class PrefixCacheScorer(NamedPlugin):
     ``on_pick``. ``on_endpoints_removed`` drops removed endpoints from the index.
     """
 
-    __slots__ = ("_block_size", "_index", "_max_blocks", "_state_key")
+    __slots__ = ("_block_size", "_index", "_match_key", "_max_blocks", "_state_key")
 
     TYPE = TYPE
 
@@ -105,6 +106,7 @@ class PrefixCacheScorer(NamedPlugin):
         self._max_blocks = max_prefix_blocks
         self._index = index if index is not None else PrefixIndex(lru_capacity_per_server)
         self._state_key = f"{self._typed_name}/block-hashes"
+        self._match_key = f"{self._typed_name}/matched"
 
     @property
     def index(self) -> PrefixIndex:
@@ -125,6 +127,7 @@ class PrefixCacheScorer(NamedPlugin):
     ) -> list[float]:
         hashes = self.block_hashes(cycle, request)
         matched = self._index.match(hashes) if hashes else None
+        cycle[self._match_key] = matched
         if not matched:
             return [0.0] * len(endpoints)
         total = len(hashes)
@@ -132,7 +135,14 @@ class PrefixCacheScorer(NamedPlugin):
         return [get(ep, 0) / total for ep in endpoints]
 
     def on_pick(self, cycle: CycleState, request: LLMRequest, chosen: Endpoint) -> None:
-        self._index.add(chosen, self.block_hashes(cycle, request))
+        hashes = self.block_hashes(cycle, request)
+        if self._match_key in cycle:  # scored in this cycle: record how much was found
+            matched = cycle[self._match_key]
+            blocks = matched.get(chosen, 0) if matched else 0
+            PREFIX_HIT_BYTES.observe(blocks * self._block_size)
+            if hashes:
+                PREFIX_HIT_RATIO.observe(blocks / len(hashes))
+        self._index.add(chosen, hashes)
 
     def on_endpoints_removed(self, endpoints: Sequence[Endpoint]) -> None:
         for endpoint in endpoints:

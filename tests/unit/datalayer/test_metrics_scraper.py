@@ -177,6 +177,7 @@ async def test_staleness_and_recovery(
     clock.now = 1003.0
     await scraper.scrape_once(endpoint)
     assert endpoint.scrape_failures == 0
+    assert endpoint.scrape_errors_total == 5  # the running total survives a recovery
     assert endpoint.last_scrape_error is None
     assert endpoint.metrics.updated_at == 1003.0
     assert endpoint.is_fresh(2.0, now=1003.5)

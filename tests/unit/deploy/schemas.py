@@ -409,6 +409,27 @@ SERVICE_MONITOR = _resource({
     },
 })
 
+POD_MONITOR = _resource({
+    "type": "object",
+    "required": ["selector", "podMetricsEndpoints"],
+    "properties": {
+        "selector": {"type": "object", "properties": {
+            "matchLabels": _LABELS,
+            "matchExpressions": {"type": "array", "items": {
+                "type": "object", "required": ["key", "operator"],
+                "properties": {"key": {"type": "string"},
+                               "operator": {"enum": ["In", "NotIn", "Exists", "DoesNotExist"]},
+                               "values": {"type": "array", "items": _LABEL_VALUE}}}}}},
+        "podMetricsEndpoints": {"type": "array", "minItems": 1, "items": {
+            "type": "object",
+            "properties": {"port": _NAME, "portNumber": _PORT,
+                           "path": {"type": "string", "pattern": "^/"},
+                           "interval": _GATEWAY_DURATION,
+                           "scheme": {"enum": ["http", "https"]}},
+        }},
+    },
+})
+
 # (apiVersion, kind) -> schema
 CRD_SCHEMAS: dict[tuple[str, str], Schema] = {
     ("inference.networking.k8s.io/v1", "InferencePool"): INFERENCE_POOL_V1,
@@ -422,4 +443,5 @@ CRD_SCHEMAS: dict[tuple[str, str], Schema] = {
     ("networking.istio.io/v1", "DestinationRule"): DESTINATION_RULE,
     ("gateway.envoyproxy.io/v1alpha1", "EnvoyExtensionPolicy"): ENVOY_EXTENSION_POLICY,
     ("monitoring.coreos.com/v1", "ServiceMonitor"): SERVICE_MONITOR,
+    ("monitoring.coreos.com/v1", "PodMonitor"): POD_MONITOR,
 }

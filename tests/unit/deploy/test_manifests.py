@@ -30,9 +30,10 @@ Obj = dict[str, Any]
 
 DEPLOY = Path(__file__).resolve().parents[3] / "deploy"
 # Files whose documents are not Kubernetes objects.
-NOT_MANIFESTS = ("envoy/*.yaml", "helm/*/Chart.yaml", "helm/*/values.yaml", "helm/*/ci/*.yaml")
+NOT_MANIFESTS = ("envoy/*.yaml", "helm/*/Chart.yaml", "helm/*/values.yaml", "helm/*/ci/*.yaml",
+                 "prometheus/prometheus.yml", "prometheus/kubernetes-scrape-configs.yaml")
 SETUPS = {
-    "kubernetes": ("kubernetes/*.yaml",),
+    "kubernetes": ("kubernetes/*.yaml", "prometheus/*monitor-*.yaml"),
     "envoy-gateway": ("gateway/*.yaml", "gateway/envoy-gateway/*.yaml"),
     "istio": ("gateway/*.yaml", "gateway/istio/*.yaml"),
 }

@@ -40,3 +40,18 @@ def test_saturation_uses_the_reference_thresholds() -> None:
     assert not detector.saturated([endpoint(4, 0.0), endpoint(0, 0.0)])
     assert detector.saturated([endpoint(0, 0.0, age_s=10), endpoint(5, 0.0)])  # stale = full
     assert detector.saturated([])
+
+
+def test_configured_objectives_stay_under_the_watched_ones() -> None:
+    objectives = Objectives({"batch": -1, "chat": 10})
+    objectives.replace({"chat": 3, "bulk": -2})  # InferenceObjectives win by name
+    assert [objectives.priority({OBJECTIVE_HEADER: name})
+            for name in ("batch", "chat", "bulk")] == [-1, 3, -2]
+    objectives.replace({})
+    assert objectives.priority({OBJECTIVE_HEADER: "chat"}) == 10
+
+
+def test_saturation_thresholds_are_configurable() -> None:
+    detector = SaturationDetector(queue_threshold=20, kv_threshold=0.95)
+    assert not detector.saturated([endpoint(10, 0.9)])
+    assert detector.saturated([endpoint(20, 0.0)])

@@ -99,7 +99,7 @@ def test_hashes_are_computed_once_per_cycle_and_reused_by_on_pick() -> None:
     a, b = endpoints(2)
     cycle = CycleState()
     s.score(cycle, request(BLOCK * 3), [a, b])
-    (stored,) = cycle.values()
+    (stored,) = (value for key, value in cycle.items() if key.endswith("/block-hashes"))
     assert stored == prompt_block_hashes("m", BLOCK * 3, 16, 256)
     # on_pick takes the hashes from the cycle, not from the request it is handed.
     s.on_pick(cycle, request("ignored"), a)
@@ -137,3 +137,28 @@ def test_factory_reads_gie_parameter_names() -> None:
     assert s.index.size() == 2
     assert s.index.capacity_per_endpoint == 3
     assert str(s.typed_name) == "prefix-cache-scorer/prefix"
+
+
+def _hit_samples() -> tuple[float, float, float]:
+    """(ratio sum, ratio count, bytes sum) of the prefix hit histograms."""
+    from epp.observability.metrics import REGISTRY
+
+    get = REGISTRY.get_sample_value
+    return (get("inference_extension_prefix_indexer_hit_ratio_sum") or 0.0,
+            get("inference_extension_prefix_indexer_hit_ratio_count") or 0.0,
+            get("inference_extension_prefix_indexer_hit_bytes_sum") or 0.0)
+
+
+def test_pick_after_scoring_records_the_hit_ratio_and_bytes() -> None:
+    s = scorer()
+    a, b = endpoints(2)
+    record(s, request(BLOCK * 2), a)  # a holds 2 of the 4 blocks asked next
+    before = _hit_samples()
+    cycle = CycleState()
+    s.score(cycle, request(BLOCK * 4), [a, b])
+    s.on_pick(cycle, request(BLOCK * 4), a)
+    ratio_sum, ratio_count, hit_bytes = (x - y for x, y in zip(_hit_samples(), before,
+                                                                strict=True))
+    assert (ratio_sum, ratio_count, hit_bytes) == (0.5, 1.0, 2 * 16)
+    record(s, request(BLOCK * 4), b)  # on_pick with no scoring pass: nothing recorded
+    assert _hit_samples()[1] == before[1] + 1

@@ -1,0 +1,94 @@
+"""Fallback, passive health and 429s through the stream state machine."""
+
+from __future__ import annotations
+
+import time
+
+from envoy.config.core.v3.base_pb2 import HeaderMap, HeaderValue
+from envoy.service.ext_proc.v3.external_processor_pb2 import HttpHeaders, ProcessingRequest
+
+from epp.datalayer.endpoint import Metrics
+from epp.datalayer.store import EndpointStore
+from epp.director import Director
+from epp.extproc.stream import RequestStream
+from epp.requestcontrol.fallback import ModelFallbacks
+from epp.scheduling.registry import PluginRegistry, register_builtin_plugins
+from epp.scheduling.scheduler import build_scheduler, default_scheduler_config
+from tests.unit.extproc.test_stream import body_message, headers_message, set_headers
+
+BIG, SMALL = "10.0.0.1:8000", "10.0.0.2:8000"
+BODY = b'{"model": "big", "prompt": "p"}'
+
+
+def make(**options: object) -> tuple[Director, EndpointStore]:
+    store = EndpointStore()
+    store.replace([(BIG, frozenset({"big"})), (SMALL, frozenset({"small"}))])
+    for endpoint in store.all():
+        endpoint.metrics = Metrics(updated_at=time.monotonic())
+    registry = register_builtin_plugins(PluginRegistry())
+    director = Director(store, build_scheduler(default_scheduler_config(), registry),
+                        fallbacks=ModelFallbacks({"big": ["small"]}),
+                        **options)  # type: ignore[arg-type]
+    return director, store
+
+
+def response_headers(status: int) -> ProcessingRequest:
+    return ProcessingRequest(response_headers=HttpHeaders(headers=HeaderMap(
+        headers=[HeaderValue(key=":status", raw_value=str(status).encode())])))
+
+
+def routed_stream(director: Director) -> RequestStream:
+    stream = RequestStream(director, max_body_bytes=1 << 20)
+    stream.handle(headers_message())
+    stream.handle(body_message(BODY, end_of_stream=True))
+    return stream
+
+
+def test_a_fallback_is_named_on_the_response_headers() -> None:
+    director, store = make()
+    big = store.get(BIG)
+    assert big is not None
+    big.scrape_failures = 99
+    stream = routed_stream(director)
+    assert stream.decision is not None and stream.decision.destination == SMALL
+    (answer,) = stream.handle(response_headers(200))
+    assert set_headers(answer, "response_headers") == {"x-gateway-model-fallback":
+                                                       "big -> small"}
+    stream.close()
+
+
+def test_no_fallback_no_header() -> None:
+    director, _ = make()
+    stream = routed_stream(director)
+    (answer,) = stream.handle(response_headers(200))
+    assert set_headers(answer, "response_headers") == {}
+    stream.close()
+
+
+def test_a_5xx_response_ejects_the_endpoint_before_the_client_sees_it() -> None:
+    director, store = make()
+    stream = routed_stream(director)
+    stream.handle(response_headers(503))
+    big = store.get(BIG)
+    assert big is not None and director.health.in_backoff(big)
+    # The next request, sent once the client has the 503, goes to the fallback model.
+    following = routed_stream(director)
+    assert following.decision is not None and following.decision.target_model == "small"
+    stream.close()
+    following.close()
+
+
+def test_429_answers_carry_retry_after() -> None:
+    director, _ = make(max_inflight=1, retry_after_s=4)
+    holding = routed_stream(director)
+    stream = RequestStream(director, max_body_bytes=1 << 20)
+    stream.handle(headers_message())
+    (answer,) = stream.handle(body_message(BODY, end_of_stream=True))
+    immediate = answer.immediate_response
+    assert immediate.status.code == 429
+    headers = {h.header.key: h.header.raw_value.decode()
+               for h in immediate.headers.set_headers}
+    assert headers["retry-after"] == "4"
+    assert b"no_capacity" in immediate.body
+    stream.close()
+    holding.close()

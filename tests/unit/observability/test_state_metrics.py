@@ -1,0 +1,32 @@
+"""Gauges read at scrape time: prefix index size, metrics age, scrape errors."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry
+
+from epp.datalayer.endpoint import Endpoint, Metrics
+from epp.observability.state_metrics import StateCollector, prefix_index_entries
+from epp.scheduling.registry import PluginRegistry, register_builtin_plugins
+from epp.scheduling.scheduler import build_scheduler, default_scheduler_config
+from epp.scheduling.types import LLMRequest
+
+
+def test_collector_reports_index_entries_age_and_errors() -> None:
+    scheduler = build_scheduler(default_scheduler_config(),
+                                register_builtin_plugins(PluginRegistry()))
+    fresh, failing = Endpoint("10.0.0.1:8000"), Endpoint("10.0.0.2:8000")
+    fresh.metrics = Metrics(updated_at=97.5)
+    fresh.scrape_errors_total = 2
+    scheduler.schedule(LLMRequest("r", "m", "x" * 64 * 3), [fresh])  # 3 blocks of 64 bytes
+    assert prefix_index_entries(scheduler) == 3
+    assert prefix_index_entries(object()) == 0
+
+    registry = CollectorRegistry()
+    registry.register(StateCollector(lambda: [fresh, failing], lambda: scheduler,
+                                     clock=lambda: 100.0))
+    get = registry.get_sample_value
+    assert get("inference_extension_prefix_indexer_size") == 3
+    assert get("epp_endpoint_metrics_age_seconds", {"endpoint": fresh.address}) == 2.5
+    assert get("epp_endpoint_metrics_age_seconds", {"endpoint": failing.address}) is None
+    assert get("epp_endpoint_scrape_errors_total", {"endpoint": fresh.address}) == 2
+    assert get("epp_endpoint_scrape_errors_total", {"endpoint": failing.address}) == 0
