@@ -245,6 +245,22 @@ def test_flags_become_arguments_epp_accepts(fake_api: Any, tmp_path: Path) -> No
     assert config.server.cert_path == "/etc/epp/tls"
 
 
+# Options the chart has no use for: it runs epp for one InferencePool, in its cluster.
+NOT_CHART_FLAGS = {"endpoint-selector", "endpoint-target-ports", "kubeconfig"}
+CHART_MANAGED_FLAGS = {"pool-name", "pool-namespace", "pool-group", "grpc-port",
+                       "grpc-health-port", "metrics-port", "secure-serving", "cert-path",
+                       "ha-enable-leader-election"}
+
+
+def test_every_option_has_a_value_in_the_chart() -> None:
+    """A new `epp serve` option must be set somewhere in the all-options values (so the
+    render test above checks it reaches epp), or be one the chart derives itself."""
+    values = _values("all-options")
+    options = {option.flag.removeprefix("--") for option in OPTIONS}
+    missing = options - set(values["flags"]) - NOT_CHART_FLAGS - CHART_MANAGED_FLAGS
+    assert not missing, f"add to deploy/helm/epp/ci/all-options-values.yaml: {sorted(missing)}"
+
+
 @pytest.mark.parametrize(("replicas", "enabled", "leader"),
                          [(1, None, False), (2, None, True), (2, False, False), (1, True, True)],
                          ids=["one", "two", "two-off", "one-on"])
