@@ -86,6 +86,7 @@ class ServerConfig:
     # which gateways dial with TLS), off beside a standalone Envoy.
     secure_serving: bool | None = None
     cert_path: str | None = None  # directory with tls.crt and tls.key; else self-signed
+    cert_reload: bool = False  # pick up a rotated tls.crt/tls.key on new connections
     body_based_routing: bool = False  # only set X-Gateway-Model-Name; pick no endpoint
     # Add stream_options.include_usage to streamed chat/completions requests without it
     # (so their usage is measured) and remove the extra usage event from the response.
@@ -349,6 +350,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("--cert-path", ("server", "cert_path"), ("server", "certPath"), _optional_str,
            "directory holding tls.crt and tls.key; without it a self-signed "
            "certificate is generated at start"),
+    Option("--enable-cert-reload", ("server", "cert_reload"), ("server", "certReload"), _bool,
+           "with --cert-path: serve a rotated certificate (e.g. from cert-manager) to new "
+           "connections without a restart"),
     Option("--body-based-routing", ("server", "body_based_routing"),
            ("server", "bodyBasedRouting"), _bool,
            "gateway-level mode: set X-Gateway-Model-Name from the body and pick no endpoint"),
@@ -474,7 +478,6 @@ REFERENCE_ONLY_FLAGS: dict[str, str] = {
     "--metrics-endpoint-auth": "/metrics has no authentication; restrict it with a "
                                "NetworkPolicy",
     "--health-checking": "epp always serves grpc.health.v1",
-    "--enable-cert-reload": "certificates are read at start; restart to rotate",
     "--refresh-prometheus-metrics-interval": "epp computes pool metrics when scraped",
     "--model-server-metrics-port": "metrics are read from each endpoint's own port",
     "--model-server-metrics-scheme": "metrics are scraped over http",

@@ -43,7 +43,7 @@ from epp.requestcontrol.objectives import Objectives
 from epp.scheduling.config import default_scheduler_config, load_only_scheduler_config
 from epp.scheduling.registry import PluginRegistry, register_builtin_plugins
 from epp.scheduling.scheduler import Scheduler, build_scheduler
-from epp.tls import load_certificate, self_signed_certificate
+from epp.tls import load_certificate, reloading_credentials, self_signed_certificate
 
 __all__ = ["Running", "serve"]
 
@@ -129,7 +129,7 @@ async def serve(
         address=f"{config.server.grpc_host}:{config.server.grpc_port}",
         max_body_bytes=config.server.max_body_bytes,
         health_servicer=health_servicer,
-        tls_key_and_cert=_tls_material(config),
+        tls=_tls_credentials(config),
         inject_stream_usage=config.server.inject_stream_usage,
     )
     health_server: grpc.aio.Server | None = None
@@ -296,12 +296,17 @@ class _KubernetesParts:
         log.info("%s: routing strategy %s", self.discovery.what, strategy or "(configured)")
 
 
-def _tls_material(config: Config) -> tuple[bytes, bytes] | None:
+def _tls_credentials(config: Config) -> grpc.ServerCredentials | None:
     if not config.secure_serving:
         return None
-    if config.server.cert_path:
-        return load_certificate(config.server.cert_path)
-    return self_signed_certificate()
+    cert_path = config.server.cert_path
+    if cert_path and config.server.cert_reload:
+        return reloading_credentials(cert_path)
+    if config.server.cert_reload:
+        log.warning("--enable-cert-reload needs --cert-path; the self-signed certificate "
+                    "made at start is served")
+    pair = load_certificate(cert_path) if cert_path else self_signed_certificate()
+    return grpc.ssl_server_credentials([pair])
 
 
 async def _termination_signal() -> None:

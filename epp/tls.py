@@ -8,10 +8,15 @@ with ``tls.crt`` and ``tls.key`` (a mounted Kubernetes TLS Secret) for a real on
 from __future__ import annotations
 
 import datetime
+import logging
 import socket
 from pathlib import Path
 
-__all__ = ["load_certificate", "self_signed_certificate"]
+import grpc
+
+__all__ = ["load_certificate", "reloading_credentials", "self_signed_certificate"]
+
+log = logging.getLogger(__name__)
 
 
 def load_certificate(cert_path: str) -> tuple[bytes, bytes]:
@@ -24,6 +29,37 @@ def load_certificate(cert_path: str) -> tuple[bytes, bytes]:
             f"--cert-path {cert_path}: cannot read {exc.filename}: {exc.strerror} "
             "(expected tls.crt and tls.key, as in a kubernetes.io/tls Secret)"
         ) from exc
+
+
+def reloading_credentials(cert_path: str) -> grpc.ServerCredentials:
+    """Server credentials that follow ``cert_path``/tls.{crt,key} as they are rotated.
+
+    gRPC asks the fetcher on each new connection; it re-reads the files only when their
+    modification times changed, and keeps the current pair if the new one cannot be read
+    (a rotation caught half-written is retried on the next connection).
+    """
+    directory = Path(cert_path)
+    seen: list[tuple[int, int]] = [_mtimes(directory)]
+    initial = grpc.ssl_server_certificate_configuration([load_certificate(cert_path)])
+
+    def fetch() -> grpc.ServerCertificateConfiguration | None:
+        try:
+            mtimes = _mtimes(directory)
+            if mtimes == seen[0]:
+                return None
+            pair = load_certificate(cert_path)
+        except OSError as exc:
+            log.warning("--cert-path %s: keeping the current certificate: %s", cert_path, exc)
+            return None
+        seen[0] = mtimes
+        log.info("--cert-path %s: serving the rotated certificate", cert_path)
+        return grpc.ssl_server_certificate_configuration([pair])
+
+    return grpc.dynamic_ssl_server_credentials(initial, fetch)
+
+
+def _mtimes(directory: Path) -> tuple[int, int]:
+    return ((directory / "tls.crt").stat().st_mtime_ns, (directory / "tls.key").stat().st_mtime_ns)
 
 
 def self_signed_certificate(valid_days: int = 365) -> tuple[bytes, bytes]:

@@ -63,12 +63,12 @@ def create_grpc_server(
     address: str,
     max_body_bytes: int,
     health_servicer: health.aio.HealthServicer | None = None,
-    tls_key_and_cert: tuple[bytes, bytes] | None = None,
+    tls: grpc.ServerCredentials | None = None,
     inject_stream_usage: bool = False,
 ) -> tuple[grpc.aio.Server, int]:
     """A grpc.aio server with ext_proc (and gRPC health) bound to ``address``.
 
-    With ``tls_key_and_cert`` (PEM) it serves TLS. Returns the server and the port bound
+    With ``tls`` credentials it serves TLS. Returns the server and the port bound
     (``address`` may end in ``:0``).
     """
     # Envoy sends each body chunk (and a buffered body whole) as one gRPC message.
@@ -89,9 +89,8 @@ def create_grpc_server(
     )
     if health_servicer is not None:
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    if tls_key_and_cert is not None:
-        credentials = grpc.ssl_server_credentials([tls_key_and_cert])
-        port = server.add_secure_port(address, credentials)
+    if tls is not None:
+        port = server.add_secure_port(address, tls)
     else:
         port = server.add_insecure_port(address)
     if port == 0:
