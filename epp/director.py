@@ -183,7 +183,8 @@ class Director:
         model, candidates = self._model_and_candidates(target, parsed.model, subset)
         if model != target:
             request = replace(request, model=model)
-            metrics.MODEL_FALLBACKS.labels(target, model).inc()
+            metrics.MODEL_FALLBACKS.labels(metrics.model_label(target),
+                                           metrics.model_label(model)).inc()
         if priority < 0 and self._saturation.saturated(candidates):
             raise TooManyRequests(
                 f"the pool serving '{model}' is saturated and this request is sheddable "

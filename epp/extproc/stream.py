@@ -308,7 +308,8 @@ class RequestStream:
         self._chunks = []
         self._error = error
         model = self.decision.model if self.decision else ""
-        metrics.REQUEST_ERRORS.labels(model, model, error.code).inc()
+        label = metrics.model_label(model)
+        metrics.REQUEST_ERRORS.labels(label, label, error.code).inc()
         log.debug("request %s: %s", self.headers.get("x-request-id", "-"), error.message)
         return messages.error_response(error)
 

@@ -17,7 +17,9 @@ from epp.observability.histograms import FastHistogramVec
 
 __all__ = [
     "ENDPOINT_EJECTIONS",
+    "MAX_MODEL_LABELS",
     "MODEL_FALLBACKS",
+    "OTHER_MODELS",
     "PREFIX_HIT_BYTES",
     "PREFIX_HIT_RATIO",
     "REGISTRY",
@@ -26,6 +28,7 @@ __all__ = [
     "SCHEDULER_DURATION",
     "STREAM_ERRORS",
     "PoolCollector",
+    "model_label",
     "requests_for",
 ]
 
@@ -65,11 +68,29 @@ PREFIX_HIT_BYTES = FastHistogramVec(
     [], (0, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536),
     registry=REGISTRY,
 ).labels()
+# Model names come from clients: past this many distinct names, new ones are counted
+# under OTHER_MODELS, so inventing names cannot grow epp's metrics (and memory) unbounded.
+MAX_MODEL_LABELS = 256
+OTHER_MODELS = "__other__"
+_model_labels: set[str] = set()
+
+
+def model_label(model: str) -> str:
+    """``model`` as a metric label value: itself, or OTHER_MODELS once the set is full."""
+    if model in _model_labels:
+        return model
+    if len(_model_labels) < MAX_MODEL_LABELS:
+        _model_labels.add(model)
+        return model
+    return OTHER_MODELS
+
+
 _requests_by_model: dict[tuple[str, str, int], Counter] = {}
 
 
 def requests_for(model: str, target_model: str, priority: int = 0) -> Counter:
     """The request counter's child for a model pair (``labels()`` costs a lock and a tuple)."""
+    model, target_model = model_label(model), model_label(target_model)
     key = (model, target_model, priority)
     child = _requests_by_model.get(key)
     if child is None:

@@ -24,7 +24,7 @@ from prometheus_client import Gauge
 from epp.director import RoutingDecision
 from epp.errors import EppError
 from epp.observability.histograms import FastHistogramVec
-from epp.observability.metrics import REGISTRY, REQUEST_ERRORS
+from epp.observability.metrics import REGISTRY, REQUEST_ERRORS, model_label
 
 __all__ = [
     "INPUT_TOKENS",
@@ -152,16 +152,17 @@ _running_by_model: dict[str, Gauge] = {}
 
 
 def _series(model: str, target: str) -> _Series:
-    key = (model, target)
+    key = (model_label(model), model_label(target))
     series = _series_by_model.get(key)
     if series is None:
         if len(_series_by_model) >= _MAX_SERIES:
             _series_by_model.clear()
-        series = _series_by_model[key] = _Series(model, target)
+        series = _series_by_model[key] = _Series(*key)
     return series
 
 
 def _running(model: str) -> Gauge:
+    model = model_label(model)
     gauge = _running_by_model.get(model)
     if gauge is None:
         if len(_running_by_model) >= _MAX_SERIES:

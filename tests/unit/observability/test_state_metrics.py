@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from epp.datalayer.endpoint import Endpoint, Metrics
@@ -30,3 +31,15 @@ def test_collector_reports_index_entries_age_and_errors() -> None:
     assert get("epp_endpoint_metrics_age_seconds", {"endpoint": failing.address}) is None
     assert get("epp_endpoint_scrape_errors_total", {"endpoint": fresh.address}) == 2
     assert get("epp_endpoint_scrape_errors_total", {"endpoint": failing.address}) == 0
+
+
+def test_model_labels_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from epp.observability import metrics
+
+    monkeypatch.setattr(metrics, "_model_labels", set())  # leave other tests' labels alone
+    monkeypatch.setattr(metrics, "MAX_MODEL_LABELS", 8)
+    names = [f"invented-{n}" for n in range(20)]
+    labels = [metrics.model_label(name) for name in names]
+    assert labels[:8] == names[:8]
+    assert set(labels[8:]) == {metrics.OTHER_MODELS}
+    assert metrics.model_label(names[0]) == names[0]  # a known name stays itself
