@@ -1,0 +1,40 @@
+"""The configuration examples in README.md load, and mean what the text around them says."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+import pytest
+
+from epp.config import Config, add_serve_arguments, load_config
+from epp.server import build_scheduler_from_config
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+YAML_BLOCKS = re.findall(r"```yaml\n(.*?)```", README.read_text(), flags=re.DOTALL)
+
+
+def load(text: str) -> Config:
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    return load_config(parser.parse_args(["--config-text", text]), environ={})
+
+
+def test_the_readme_has_config_examples() -> None:
+    assert len(YAML_BLOCKS) >= 2
+
+
+@pytest.mark.parametrize("block", YAML_BLOCKS, ids=lambda b: b.split("\n", 1)[0][:40])
+def test_every_yaml_example_is_a_valid_config(block: str) -> None:
+    config = load(block)
+    build_scheduler_from_config(config)
+
+
+def test_the_main_example_is_the_default_profile() -> None:
+    (main,) = [b for b in YAML_BLOCKS if "schedulingProfiles" in b]
+    config = load(main)
+    default = load("kind: EndpointPickerConfig\n").scheduler
+    assert config.scheduler.profiles == default.profiles  # same plugins, same weights
+    assert [p.type for p in config.scheduler.plugins] == [p.type for p in default.plugins]
+    assert [address for address, _ in config.endpoints] == ["10.0.0.5:8000", "10.0.0.6:8000"]
