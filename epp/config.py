@@ -529,18 +529,30 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         _positive_duration: "DURATION", str: "TEXT", _whole_seconds: "DURATION",
         _positive_float: "NUMBER", _non_negative_int: "N",
     }
+    groups: dict[str, argparse._ArgumentGroup] = {}
     for option in OPTIONS:
+        title = _HELP_SECTIONS.get(option.path[0], "logging")
+        group = groups.get(title) or groups.setdefault(title, parser.add_argument_group(title))
         if option.parse is _bool:  # Go-style: --flag, --flag=true, --flag=false
-            parser.add_argument(
+            group.add_argument(
                 option.flag, *option.aliases, dest=option.dest, default=None, nargs="?",
                 const="true", metavar="BOOL", help=f"{option.help} (env {option.env})",
             )
             continue
-        parser.add_argument(
+        group.add_argument(
             option.flag, *option.aliases, dest=option.dest, default=None,
             metavar=metavars.get(option.parse, "VALUE"),
             help=f"{option.help} (env {option.env})",
         )
+
+
+# `epp serve --help` groups the options by the part of Config they set.
+_HELP_SECTIONS = {
+    "server": "serving (ext_proc, health, metrics, TLS)",
+    "data_layer": "model-server metrics",
+    "kubernetes": "Kubernetes: InferencePool or selector discovery, leader election",
+    "request_control": "admission, passive health",
+}
 
 
 def load_config(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Config:
