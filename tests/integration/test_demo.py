@@ -35,10 +35,16 @@ def _free_run_of_ports(count: int) -> int:
 
 
 def _is_free(port: int) -> bool:
+    # Bind, not connect: a port can be unlistened yet taken as the local end of one of the
+    # suite's many client connections, and then the demo's pod could not bind it.
     import socket
 
     with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) != 0
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def test_demo_serves_and_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
