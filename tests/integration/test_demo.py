@@ -29,12 +29,12 @@ def readme_try_it_commands(*, listen: int, metrics: int) -> list[str]:
 def _free_run_of_ports(count: int) -> int:
     for _ in range(50):
         first = free_port()
-        if all(_is_free(first + i) for i in range(count)) and first + count < 65536:
+        if all(_bindable(first + i) for i in range(count)) and first + count < 65536:
             return first
     raise RuntimeError("no run of free ports")
 
 
-def _is_free(port: int) -> bool:
+def _bindable(port: int) -> bool:
     # Bind, not connect: a port can be unlistened yet taken as the local end of one of the
     # suite's many client connections, and then the demo's pod could not bind it.
     import socket
@@ -45,6 +45,13 @@ def _is_free(port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def test_demo_serves_and_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
@@ -92,6 +99,6 @@ def test_demo_serves_and_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
     # Every process the demo started is gone: nothing listens on its ports any more.
     deadline = time.monotonic() + 5
     ports = [listen, admin, grpc, metrics, first_pod, first_pod + 1, first_pod + 2]
-    while not all(_is_free(port) for port in ports):
+    while any(_listening(port) for port in ports):
         assert time.monotonic() < deadline, "a demo process outlived Ctrl-C"
         time.sleep(0.1)
