@@ -4,10 +4,9 @@ pool mode over TLS, and a real Envoy. Pods are scaled up and down while requests
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from epp.envoy_config import EnvoyPorts, envoy_bootstrap
 from epp.stack import ManagedProcess, free_port, start_envoy, start_epp_module
 from tests.integration.helpers import chat, pod_requests
+from tests.integration.resilience import Traffic, wait_until
 from tests.kube_fake import FakeKubeAPI, inference_model_rewrite, inference_pool_v1, pod
 
 NS = "inference"
@@ -49,14 +49,6 @@ class Cluster:
 
     def stop_pod(self, ip: str) -> None:
         self.pods.pop(ip).stop()
-
-
-def wait_until(check: Callable[[], object], what: str, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def health(port: int, service: str = "inference-extension") -> str:
@@ -94,44 +86,6 @@ def start_picker(cluster: Cluster, name: str, *extra: str) -> tuple[ManagedProce
     return process, grpc_port, health_port
 
 
-class Traffic:
-    """Clients sending requests back to back until stopped; every outcome is kept."""
-
-    def __init__(self, url: str, clients: int = 4) -> None:
-        self.outcomes: list[tuple[int, str]] = []  # (status, pod that served it)
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(url, n), daemon=True)
-                         for n in range(clients)]
-
-    def __enter__(self) -> Traffic:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=30)
-
-    def _run(self, url: str, n: int) -> None:
-        with httpx.Client(base_url=url, timeout=30) as client:
-            sent = 0
-            while not self._stop.is_set():
-                sent += 1
-                body = chat("llama", f"client {n} request {sent}", max_tokens=8)
-                try:
-                    response = client.post("/v1/chat/completions", json=body)
-                    served = response.headers.get("x-sim-pod", "?")
-                    if response.status_code == 200:
-                        assert response.json()["model"] == "llama"
-                    self.outcomes.append((response.status_code, served))
-                except httpx.HTTPError as exc:
-                    self.outcomes.append((0, type(exc).__name__))
-
-    def count(self) -> int:
-        return len(self.outcomes)
-
-
 def test_pool_mode_routes_rewrites_and_follows_scaling(cluster: Cluster) -> None:
     api = cluster.api
     api.apply(inference_pool_v1(POOL, NS, LABELS, target_ports=[cluster.port]))
@@ -166,8 +120,8 @@ def test_pool_mode_routes_rewrites_and_follows_scaling(cluster: Cluster) -> None
                 events = [line for line in streamed.iter_lines() if line.startswith("data: {")]
             assert events and all(orjson.loads(e[6:])["model"] == "llama" for e in events)
 
-        with Traffic(url) as traffic:
-            wait_until(lambda: traffic.count() >= 20, "traffic to flow")
+        with Traffic(url, "llama") as traffic:
+            wait_until(lambda: len(traffic.outcomes) >= 20, "traffic to flow")
             # Scale up: a new pod gets traffic once it is Ready.
             new_ip = "127.0.0.4"
             new_pod = cluster.start_pod(new_ip)
@@ -186,12 +140,13 @@ def test_pool_mode_routes_rewrites_and_follows_scaling(cluster: Cluster) -> None
             wait_until(lambda: _quiet(leaving), "the terminating pod to drain")
             cluster.stop_pod(leaving_ip)
             api.delete("v1", "Pod", NS, leaving_ip.replace(".", "-"))
-            after_removal = traffic.count()
-            wait_until(lambda: traffic.count() >= after_removal + 20, "traffic to go on")
+            after_removal = len(traffic.outcomes)
+            wait_until(lambda: len(traffic.outcomes) >= after_removal + 20, "traffic to go on")
 
-        statuses = Counter(status for status, _ in traffic.outcomes)
+        statuses = Counter(outcome.status for outcome in traffic.outcomes)
         assert statuses == {200: len(traffic.outcomes)}, statuses
-        served_by = Counter(pod_name for _, pod_name in traffic.outcomes)
+        assert {outcome.model for outcome in traffic.outcomes} == {"llama"}  # restored
+        served_by = Counter(outcome.pod for outcome in traffic.outcomes)
         assert {new_pod, f"{first[1]}:{cluster.port}"} <= set(served_by)
     finally:
         envoy.stop()
