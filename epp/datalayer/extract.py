@@ -1,36 +1,60 @@
 """Turn parsed samples into a :class:`Metrics`: pure functions, no I/O, no clock.
 
 Several series may share a name (one per ``model_name``, one per data-parallel
-``engine``); how they combine is explicit, per signal:
+``engine``); how they combine is explicit, per signal, and every series is checked
+before it is combined, so a bad one cannot hide inside a sum:
 
-=============  ===========  ==================================================
-signal         aggregation  why
-=============  ===========  ==================================================
-waiting        SUM          requests queue per series; the pod holds them all
-running        SUM          likewise
-KV-cache use   MAX          the fullest cache decides when the pod preempts
-cache config   first        an info metric; its labels, not its value, matter
-=============  ===========  ==================================================
+=============  ===========  ================  ======================================
+signal         aggregation  each series must  why
+=============  ===========  ================  ======================================
+waiting        SUM          be >= 0           requests queue per series; the pod
+                                              holds them all
+running        SUM          be >= 0           likewise
+KV-cache use   MAX          lie in 0..1       the fullest cache decides when the pod
+                                              preempts
+cache config   first        (labels only)     an info metric; its labels, not its
+                                              value, matter
+=============  ===========  ================  ======================================
 
-Non-finite samples (``NaN``, ``±Inf``) carry no usable reading and are skipped. A required
-signal (waiting, running, KV use) with no finite sample raises
-:class:`MetricsExtractError`; the cache config is optional.
+A series out of range makes the whole scrape fail with :class:`MetricsExtractError`
+naming the series and its value: a negative queue, or a KV-cache use of 85 (a
+percentage where a fraction is expected), means the server or its exporter is broken,
+and flooring or clamping it would route on a number nobody reported. Only float noise
+is forgiven: a KV-cache use up to ``1 + KV_USAGE_TOLERANCE`` counts as 1. (A percentage
+under 1 cannot be told from a fraction; it is caught once the load takes it over 1.)
+Counts are rounded to the nearest integer.
+
+Non-finite samples (``NaN``, ``±Inf``) carry no usable reading and are skipped, before
+the range check. A required signal (waiting, running, KV use) with no finite sample
+raises :class:`MetricsExtractError`; the cache config is optional.
 """
 
 from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from epp.datalayer.endpoint import Metrics
 from epp.datalayer.errors import MetricsExtractError
 from epp.datalayer.metric_mappings import MetricMapping
 from epp.datalayer.prometheus_text import Sample
 
-__all__ = ["Aggregation", "aggregate", "detect_mapping", "extract_metrics"]
+__all__ = [
+    "KV_USAGE_TOLERANCE",
+    "Aggregation",
+    "aggregate",
+    "detect_mapping",
+    "extract_metrics",
+]
 
 Samples = Mapping[str, Sequence[Sample]]
+
+# How far over 1 a KV-cache use may be and still count as "full": room for the float
+# noise of a used/total division, nothing more.
+KV_USAGE_TOLERANCE = 1e-6
+# Error texts quote a series' labels up to this length (a hostile pod may send long ones).
+_MAX_LABELS_CHARS = 120
 
 
 class Aggregation(enum.Enum):
@@ -61,17 +85,17 @@ def detect_mapping(samples: Samples, mappings: Sequence[MetricMapping]) -> Metri
 def extract_metrics(samples: Samples, mapping: MetricMapping, *, updated_at: float) -> Metrics:
     """Build a ``Metrics`` from ``samples`` (as returned by ``parse_samples``) under ``mapping``.
 
-    Counts are rounded to int and floored at 0; KV-cache use is clamped to [0, 1].
-    Raises :class:`MetricsExtractError` when waiting, running or KV use is missing.
+    Raises :class:`MetricsExtractError` when waiting, running or KV use is missing, or a
+    series of one of them is out of range (see the module docstring).
     """
-    waiting = _required(samples, mapping.waiting, Aggregation.SUM)
-    running = _required(samples, mapping.running, Aggregation.SUM)
-    kv_usage = _required(samples, mapping.kv_usage, Aggregation.MAX)
+    waiting = _required(samples, mapping.waiting, Aggregation.SUM, _check_count)
+    running = _required(samples, mapping.running, Aggregation.SUM, _check_count)
+    kv_usage = _required(samples, mapping.kv_usage, Aggregation.MAX, _check_fraction)
     block_size, num_blocks = _cache_config(samples, mapping)
     return Metrics(
-        waiting_requests=max(0, round(waiting)),
-        running_requests=max(0, round(running)),
-        kv_cache_usage=min(1.0, max(0.0, kv_usage)),
+        waiting_requests=round(waiting),
+        running_requests=round(running),
+        kv_cache_usage=min(1.0, kv_usage),  # only float noise can be over 1 here
         kv_block_size=block_size,
         kv_num_blocks=num_blocks,
         updated_at=updated_at,
@@ -86,15 +110,54 @@ def _first_present(samples: Samples, names: Sequence[str]) -> tuple[str, Sequenc
     return None
 
 
-def _required(samples: Samples, names: Sequence[str], how: Aggregation) -> float:
+def _required(
+    samples: Samples,
+    names: Sequence[str],
+    how: Aggregation,
+    check: Callable[[float], str | None],
+) -> float:
     present = _first_present(samples, names)
     if present is None:
         raise MetricsExtractError(f"metric {' or '.join(names)} not found")
     name, series = present
+    for sample in series:
+        # Non-finite values are skipped by aggregate(), not range-checked.
+        if math.isfinite(sample.value):
+            problem = check(sample.value)
+            if problem is not None:
+                reading = f"{_series(name, sample)} is {sample.value!r}"
+                raise MetricsExtractError(f"{reading}: {problem}")
     value = aggregate(series, how)
     if value is None:
         raise MetricsExtractError(f"metric {name} has no finite value")
     return value
+
+
+def _check_count(value: float) -> str | None:
+    return "a request count cannot be negative" if value < 0 else None
+
+
+def _check_fraction(value: float) -> str | None:
+    if value < 0:
+        return "KV-cache use cannot be negative"
+    if value > 1.0 + KV_USAGE_TOLERANCE:
+        return "expected the fraction of the KV cache in use, 0-1 (is it a percentage?)"
+    return None
+
+
+def _series(name: str, sample: Sample) -> str:
+    """``name{label="value",...}``, the labels cut short: how errors name one series."""
+    if not sample.labels:
+        return name
+    labels = ",".join(f'{key}="{_escape(value)}"' for key, value in sample.labels.items())
+    if len(labels) > _MAX_LABELS_CHARS:
+        labels = labels[:_MAX_LABELS_CHARS] + "..."
+    return f"{name}{{{labels}}}"
+
+
+def _escape(label_value: str) -> str:
+    # As the exposition format writes it, so the text can be searched for in the page.
+    return label_value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def _cache_config(samples: Samples, mapping: MetricMapping) -> tuple[int | None, int | None]:

@@ -1,17 +1,41 @@
 """Poll every endpoint's Prometheus ``/metrics`` and keep ``Endpoint.metrics`` current.
 
 One asyncio task per endpoint (the collector loop of the reference EPP): it scrapes, then
-sleeps out the rest of ``interval_s``, forever, until the endpoint leaves the store or the
-scraper stops. All tasks share one ``aiohttp.ClientSession`` with a bounded, keep-alive
-connector, so a steady poll reuses one TCP connection per endpoint.
+sleeps out the rest of ``interval_s`` (longer while its scrapes fail), forever, until the
+endpoint leaves the store or the scraper stops. All tasks share one
+``aiohttp.ClientSession`` with a bounded, keep-alive connector, so a steady poll reuses
+one TCP connection per endpoint.
 
 On success the endpoint gets a new ``Metrics`` (replaced whole), ``scrape_failures = 0``
 and ``last_scrape_error = None``. On any failure (connect error, timeout, HTTP status,
-unparsable text, missing metrics) ``scrape_failures`` grows, ``last_scrape_error`` holds
-the reason, and the old ``Metrics`` stay, so ``Endpoint.is_fresh(staleness_s)`` turns
-false once they are ``staleness_s`` old. A failure is logged at WARNING only when its
-text differs from the previous one, and the recovery at INFO, so a dead pod logs twice,
-not twenty times a second.
+unparsable text, missing or out-of-range metrics, a page over the limits below)
+``scrape_failures`` grows, ``last_scrape_error`` holds the reason, and the old ``Metrics``
+stay, so ``Endpoint.is_fresh(staleness_s)`` turns false once they are ``staleness_s``
+old. A failure is logged at WARNING only when its text differs from the previous one, and
+the recovery at INFO, so a dead pod logs twice, not twenty times a second.
+
+The scrapes run on the event loop that routes requests, so what one pod can make epp
+spend is bounded, per scrape and over time:
+
+- **Body size** (``max_body_bytes``, default 4 MiB). A vLLM page is 60-100 KB unfiltered
+  and a few KB with the ``name[]`` filter epp sends; 64 data-parallel engines behind one
+  server make about 1.4 MB unfiltered. 4 MiB leaves room for that and refuses what took
+  epp to 87 % of a core (a 14.8 MB page every 50 ms). A declared ``Content-Length`` over
+  the limit fails before the body is read; a chunked body is read up to the limit.
+- **Wanted samples** (``max_samples``, default 1,000, and 64 characters per sample on
+  average). Unwanted lines cost under 1 ns a byte to skip; each wanted line is parsed
+  in Python for a few µs. A real page has 3-4 wanted series per engine (about 260 for 64
+  engines) plus one info line; more is refused before any line is parsed.
+- **Back-off.** After the n-th failure in a row the next poll starts
+  ``interval_s * 2**(n-1)`` after the last one began, capped at ``max_backoff_s``: after
+  1, 2, 3, 4, 5 failures 50, 100, 200, 400, 800 ms, then 1 s. So a pod whose every
+  scrape fails costs one scrape a second, not twenty. The first retry keeps the normal
+  pace: one lost poll is usually a blip, and readiness (``unready_after_failures``)
+  counts on prompt retries; three failures take 150 ms instead of 100. The cap is how
+  late a recovered pod can be noticed, since its first successful scrape makes it ready
+  again: by default the smaller of 1 s and half the staleness threshold
+  (:func:`default_max_backoff_s`), so a recovered pod is back within a second and every
+  staleness window holds at least two polls. A success resets the pace at once.
 
 Example::
 
@@ -40,8 +64,11 @@ from epp.datalayer.store import EndpointStore
 
 __all__ = [
     "DEFAULT_INTERVAL_S",
+    "DEFAULT_MAX_BODY_BYTES",
+    "DEFAULT_MAX_SAMPLES",
     "DEFAULT_STALENESS_S",
     "MetricsScraper",
+    "default_max_backoff_s",
     "default_timeout_s",
 ]
 
@@ -50,8 +77,16 @@ logger = logging.getLogger(__name__)
 DEFAULT_INTERVAL_S = 0.05  # the reference EPP's refresh interval
 DEFAULT_STALENESS_S = 2.0  # what readers should pass to Endpoint.is_fresh
 DEFAULT_MAX_CONNECTIONS = 256
-DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024  # see the module docstring for the sizes
+DEFAULT_MAX_SAMPLES = 1000
 DEFAULT_STOP_TIMEOUT_S = 5.0
+# The wanted lines of a page may hold this many characters per allowed sample: a vLLM
+# gauge line holds about 60 after its name, the cache_config_info line about 700. Bounds
+# one huge line (thousands of labels) the way max_samples bounds many lines.
+_CHARS_PER_SAMPLE = 64
+# Failure texts come partly from the pod (a malformed line, a label); they are stored
+# and logged cut to this length.
+_MAX_ERROR_CHARS = 400
 # Under uvicorn's 5 s keep-alive (vLLM, SGLang): reusing a connection the server is about
 # to close would fail a scrape for nothing. Polls every 50 ms never get near it.
 _KEEPALIVE_TIMEOUT_S = 4.0
@@ -68,11 +103,26 @@ def default_timeout_s(interval_s: float) -> float:
     return min(1.0, max(0.5, interval_s))
 
 
+def default_max_backoff_s(staleness_s: float = DEFAULT_STALENESS_S) -> float:
+    """The longest pause between polls of a failing endpoint: ``min(1.0, staleness_s / 2)``.
+
+    It is also the longest a pod that recovers waits to be noticed. One second is well
+    under what a client would notice; half the staleness threshold keeps at least two
+    polls in every window after which metrics count as stale.
+    """
+    return min(1.0, staleness_s / 2)
+
+
 class MetricsScraper:
     """Keeps the metrics of every endpoint in ``store`` fresh.
 
     ``engine`` is ``"auto"`` (recognize vLLM or SGLang per endpoint from what it exposes),
     an engine name from ``MAPPINGS``, or a custom :class:`MetricMapping`.
+
+    ``max_body_bytes`` and ``max_samples`` bound the work of one scrape (0: no limit);
+    ``max_backoff_s`` caps the back-off of a failing endpoint (default
+    :func:`default_max_backoff_s`; a value at or below ``interval_s`` turns it off).
+    See the module docstring for why each default is what it is.
 
     ``sleep`` and ``clock`` are the test seams: ``sleep`` paces the loop (default
     ``asyncio.sleep``) and ``clock`` stamps ``Metrics.updated_at`` (default
@@ -93,6 +143,8 @@ class MetricsScraper:
         timeout_s: float | None = None,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        max_samples: int = DEFAULT_MAX_SAMPLES,
+        max_backoff_s: float | None = None,
         stop_timeout_s: float = DEFAULT_STOP_TIMEOUT_S,
         session: aiohttp.ClientSession | None = None,
         filter_names: bool = True,
@@ -105,6 +157,12 @@ class MetricsScraper:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
         if not path.startswith("/"):
             raise ValueError(f"path must start with '/', got {path!r}")
+        if max_body_bytes < 0:
+            raise ValueError(f"max_body_bytes must be >= 0 (0: no limit), got {max_body_bytes}")
+        if max_samples < 0:
+            raise ValueError(f"max_samples must be >= 0 (0: no limit), got {max_samples}")
+        if max_backoff_s is not None and max_backoff_s < 0:
+            raise ValueError(f"max_backoff_s must be >= 0, got {max_backoff_s}")
         self._store = store
         self._mappings = (engine,) if isinstance(engine, MetricMapping) else mappings_for(engine)
         self._names = wanted_names(self._mappings)
@@ -120,7 +178,10 @@ class MetricsScraper:
         self.interval_s = interval_s
         self.timeout_s = default_timeout_s(interval_s) if timeout_s is None else timeout_s
         self._max_connections = max_connections
-        self._max_body_bytes = max_body_bytes
+        self._max_body_bytes = max_body_bytes or None
+        self._max_samples = max_samples or None
+        self._max_sample_chars = max_samples * _CHARS_PER_SAMPLE or None
+        self.max_backoff_s = default_max_backoff_s() if max_backoff_s is None else max_backoff_s
         self._stop_timeout_s = stop_timeout_s
         self._session = session
         self._owns_session = session is None
@@ -186,7 +247,9 @@ class MetricsScraper:
         propagates cancellation)."""
         try:
             text = await self._fetch(endpoint.address)
-            samples = parse_samples(text, self._names)
+            samples = parse_samples(
+                text, self._names, max_samples=self._max_samples, max_chars=self._max_sample_chars
+            )
             mapping = detect_mapping(samples, self._mappings)
             if mapping is None:
                 expected = " or ".join(sorted({m.waiting[0] for m in self._mappings}))
@@ -231,18 +294,24 @@ class MetricsScraper:
 
     async def _read_body(self, url: str, response: aiohttp.ClientResponse) -> bytes:
         limit = self._max_body_bytes
-        if response.content_length is not None and response.content_length > limit:
-            raise ScrapeError(f"GET {url}: body of {response.content_length} bytes over {limit}")
+        if limit is None:
+            return await response.read()
+        # Checked before reading: an oversized page declared as such costs nothing more.
+        length = response.content_length
+        if length is not None and length > limit:
+            raise ScrapeError(f"GET {url}: body of {length} bytes is over the limit of {limit}")
         chunks: list[bytes] = []
         size = 0
         async for chunk in response.content.iter_any():
             size += len(chunk)
             if size > limit:
-                raise ScrapeError(f"GET {url}: body over {limit} bytes")
+                raise ScrapeError(f"GET {url}: body is over the limit of {limit} bytes")
             chunks.append(chunk)
         return b"".join(chunks)
 
     def _record_failure(self, endpoint: Endpoint, error: str, *, exc_info: bool = False) -> None:
+        if len(error) > _MAX_ERROR_CHARS:
+            error = error[:_MAX_ERROR_CHARS] + "..."
         endpoint.scrape_failures += 1
         endpoint.scrape_errors_total += 1
         if error != endpoint.last_scrape_error:
@@ -326,11 +395,20 @@ class MetricsScraper:
         if not task.cancelled() and task.exception() is not None:
             logger.error("scrape task for %s died", endpoint.address, exc_info=task.exception())
 
+    def poll_delay_s(self, failures: int) -> float:
+        """Seconds from the start of one poll to the start of the next, after ``failures``
+        failed scrapes in a row (see "Back-off" in the module docstring)."""
+        if failures <= 1:
+            return self.interval_s
+        backoff = self.interval_s * 2.0 ** min(failures - 1, 32)
+        return max(self.interval_s, min(self.max_backoff_s, backoff))
+
     async def _run(self, endpoint: Endpoint, scrape_first: bool) -> None:
         if not scrape_first:
-            await self._sleep(self.interval_s)
+            await self._sleep(self.poll_delay_s(endpoint.scrape_failures))
         while True:
             started = self._clock()
             await self.scrape_once(endpoint)
-            # Sleep out the rest of the interval; a slow poll is followed by the next at once.
-            await self._sleep(max(0.0, self.interval_s - (self._clock() - started)))
+            # Sleep out the rest of the delay; a slow poll is followed by the next at once.
+            delay = self.poll_delay_s(endpoint.scrape_failures)
+            await self._sleep(max(0.0, delay - (self._clock() - started)))

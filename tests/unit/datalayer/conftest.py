@@ -6,10 +6,14 @@ import asyncio
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 import pytest_asyncio
 from aiohttp import web
+
+from epp.datalayer.scraper import MetricsScraper
+from epp.datalayer.store import EndpointStore
 
 VLLM_TEXT = """\
 # HELP vllm:num_requests_running Number of requests in model execution batches.
@@ -53,7 +57,9 @@ class FakeModelServer:
     """An aiohttp server on 127.0.0.1 whose /metrics answer the test sets.
 
     ``status`` and ``body`` shape the answer; ``hang`` holds every answer until the test
-    ends (or ``release()``), to drive the scraper's timeout.
+    ends (or ``release()``), to drive the scraper's timeout; ``chunked`` sends the body
+    in 64 KiB chunks without a Content-Length; ``on_request`` is called as each request
+    arrives (to move a fake clock as if the poll took time).
     """
 
     def __init__(self, path: str = "/metrics") -> None:
@@ -61,6 +67,8 @@ class FakeModelServer:
         self.body = VLLM_TEXT
         self.status = 200
         self.hang = False
+        self.chunked = False
+        self.on_request: Callable[[], None] | None = None
         self.requests = 0
         self.request_headers: list[dict[str, str]] = []
         self.request_queries: list[list[tuple[str, str]]] = []
@@ -89,15 +97,33 @@ class FakeModelServer:
         if self._runner is not None:
             await self._runner.cleanup()
 
-    async def _handle(self, request: web.Request) -> web.Response:
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.requests += 1
+        if self.on_request is not None:
+            self.on_request()
         self.request_headers.append(dict(request.headers))
         self.request_queries.append(list(request.query.items()))
         if request.path != self.path:
             return web.Response(status=404, text="not found")
         if self.hang:
             await self._release.wait()
+        if self.chunked:
+            return await self._send_chunked(request)
         return web.Response(status=self.status, text=self.body, content_type="text/plain")
+
+    async def _send_chunked(self, request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(status=self.status)
+        response.content_type = "text/plain"
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        body = self.body.encode()
+        try:
+            for start in range(0, len(body), 65536):
+                await response.write(body[start : start + 65536])
+            await response.write_eof()
+        except ConnectionError:
+            pass  # the scraper stopped reading: what a body limit does
+        return response
 
 
 @pytest_asyncio.fixture
@@ -120,6 +146,21 @@ async def model_server(
     make_server: Callable[..., Awaitable[FakeModelServer]],
 ) -> FakeModelServer:
     return await make_server()
+
+
+@pytest_asyncio.fixture
+async def scrapers() -> AsyncIterator[Callable[..., MetricsScraper]]:
+    """Build scrapers that are always stopped (and their sessions closed) at the end."""
+    made: list[MetricsScraper] = []
+
+    def make(store: EndpointStore | None = None, **kwargs: Any) -> MetricsScraper:
+        scraper = MetricsScraper(store if store is not None else EndpointStore(), **kwargs)
+        made.append(scraper)
+        return scraper
+
+    yield make
+    for scraper in made:
+        await scraper.stop()
 
 
 class ManualTicker:

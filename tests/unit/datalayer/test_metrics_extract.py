@@ -17,7 +17,13 @@ from epp.datalayer import (
 )
 from epp.datalayer.endpoint import Metrics
 from epp.datalayer.errors import MetricsExtractError
-from epp.datalayer.extract import Aggregation, aggregate, detect_mapping, extract_metrics
+from epp.datalayer.extract import (
+    KV_USAGE_TOLERANCE,
+    Aggregation,
+    aggregate,
+    detect_mapping,
+    extract_metrics,
+)
 from epp.datalayer.metric_mappings import (
     MAPPINGS,
     SGLANG,
@@ -143,14 +149,137 @@ def test_missing_required_metric(text: str, missing: str) -> None:
         metrics_of(text)
 
 
-def test_values_are_rounded_floored_and_clamped() -> None:
+def test_counts_are_rounded() -> None:
     text = (
-        "vllm:num_requests_running 2.6\nvllm:num_requests_waiting -1\n"
-        "vllm:kv_cache_usage_perc 1.2\n"
+        "vllm:num_requests_running 2.6\nvllm:num_requests_waiting 0.4\n"
+        "vllm:kv_cache_usage_perc 1\n"
     )
     metrics = metrics_of(text)
     assert (metrics.running_requests, metrics.waiting_requests) == (3, 0)
     assert metrics.kv_cache_usage == 1.0
+
+
+GOOD = {
+    "running": "vllm:num_requests_running 1\n",
+    "waiting": "vllm:num_requests_waiting 1\n",
+    "kv": "vllm:kv_cache_usage_perc 0.5\n",
+}
+
+
+@pytest.mark.parametrize(
+    ("signal", "lines", "message"),
+    [
+        (
+            "waiting",
+            "vllm:num_requests_waiting -1\n",
+            "vllm:num_requests_waiting is -1.0: a request count cannot be negative",
+        ),
+        (
+            "running",
+            'vllm:num_requests_running{engine="0"} -0.5\n',
+            'vllm:num_requests_running{engine="0"} is -0.5: a request count cannot be negative',
+        ),
+        (
+            # The two sum to 2: only a check of each series sees the broken one.
+            "waiting",
+            'vllm:num_requests_waiting{engine="0"} 3\n'
+            'vllm:num_requests_waiting{engine="1"} -1\n',
+            'vllm:num_requests_waiting{engine="1"} is -1.0: a request count cannot be negative',
+        ),
+        (
+            "kv",
+            "vllm:kv_cache_usage_perc -0.1\n",
+            "vllm:kv_cache_usage_perc is -0.1: KV-cache use cannot be negative",
+        ),
+        (
+            # The max of the two is 0.3: only a check of each series sees the broken one.
+            "kv",
+            'vllm:kv_cache_usage_perc{engine="0"} 0.3\n'
+            'vllm:kv_cache_usage_perc{engine="1"} -0.2\n',
+            'vllm:kv_cache_usage_perc{engine="1"} is -0.2: KV-cache use cannot be negative',
+        ),
+        (
+            "kv",
+            'vllm:kv_cache_usage_perc{model_name="m"} 85\n',
+            'vllm:kv_cache_usage_perc{model_name="m"} is 85.0: expected the fraction of the '
+            "KV cache in use, 0-1 (is it a percentage?)",
+        ),
+        (
+            "kv",
+            "vllm:kv_cache_usage_perc 1.001\n",
+            "vllm:kv_cache_usage_perc is 1.001: expected the fraction",
+        ),
+    ],
+    ids=[
+        "negative-waiting",
+        "negative-running",
+        "negative-inside-a-sum",
+        "negative-kv",
+        "negative-kv-under-the-max",
+        "kv-percentage",
+        "kv-just-over-one",
+    ],
+)
+def test_out_of_range_series_fail_the_scrape(signal: str, lines: str, message: str) -> None:
+    text = "".join(lines if name == signal else good for name, good in GOOD.items())
+    with pytest.raises(MetricsExtractError) as caught:
+        metrics_of(text)
+    assert str(caught.value).startswith(message)
+
+
+def test_sglang_series_are_checked_too() -> None:
+    text = "sglang:num_running_reqs 1\nsglang:num_queue_reqs -2\nsglang:token_usage 0.1\n"
+    with pytest.raises(MetricsExtractError, match=r"^sglang:num_queue_reqs is -2\.0: "):
+        metrics_of(text)
+
+
+@pytest.mark.parametrize(
+    "value", ["1", "1.0000001", "1.000001"], ids=["one", "float-noise", "at-tolerance"]
+)
+def test_kv_float_noise_over_one_counts_as_full(value: str) -> None:
+    assert float(value) <= 1.0 + KV_USAGE_TOLERANCE
+    text = (
+        "vllm:num_requests_running 0\nvllm:num_requests_waiting 0\n"
+        f"vllm:kv_cache_usage_perc {value}\n"
+    )
+    assert metrics_of(text).kv_cache_usage == 1.0
+
+
+def test_non_finite_series_are_skipped_not_range_checked() -> None:
+    text = (
+        'vllm:num_requests_running{engine="0"} -Inf\n'
+        'vllm:num_requests_running{engine="1"} 2\n'
+        "vllm:num_requests_waiting NaN\nvllm:num_requests_waiting 0\n"
+        'vllm:kv_cache_usage_perc{engine="0"} +Inf\n'
+        'vllm:kv_cache_usage_perc{engine="1"} 0.4\n'
+    )
+    metrics = metrics_of(text)
+    assert (metrics.running_requests, metrics.waiting_requests) == (2, 0)
+    assert metrics.kv_cache_usage == 0.4
+
+
+def test_only_the_series_read_are_checked() -> None:
+    # The legacy KV name is not read when the new one is present, so its percentage is
+    # no reason to fail the scrape.
+    text = (
+        "vllm:num_requests_running 0\nvllm:num_requests_waiting 0\n"
+        "vllm:kv_cache_usage_perc 0.2\nvllm:gpu_cache_usage_perc 20\n"
+    )
+    assert metrics_of(text).kv_cache_usage == 0.2
+
+
+def test_error_quotes_labels_escaped_and_cut_short() -> None:
+    long = "x" * 1000
+    text = (
+        f'vllm:num_requests_running{{a="say \\"hi\\"",b="{long}"}} -1\n'
+        "vllm:num_requests_waiting 0\nvllm:kv_cache_usage_perc 0\n"
+    )
+    with pytest.raises(MetricsExtractError) as caught:
+        metrics_of(text)
+    message = str(caught.value)
+    assert message.startswith('vllm:num_requests_running{a="say \\"hi\\"",b="xxx')
+    assert "...} is -1.0: a request count cannot be negative" in message
+    assert len(message) < 250
 
 
 @pytest.mark.parametrize(

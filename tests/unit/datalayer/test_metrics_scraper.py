@@ -5,32 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-import pytest_asyncio
 
 from epp.datalayer.endpoint import Endpoint, Metrics
 from epp.datalayer.scraper import MetricsScraper, default_timeout_s
 from epp.datalayer.store import EndpointStore
 
 LOGGER = "epp.datalayer.scraper"
-
-
-@pytest_asyncio.fixture
-async def scrapers() -> AsyncIterator[Callable[..., MetricsScraper]]:
-    """Build scrapers that are always stopped (and their sessions closed) at the end."""
-    made: list[MetricsScraper] = []
-
-    def make(store: EndpointStore | None = None, **kwargs: Any) -> MetricsScraper:
-        scraper = MetricsScraper(store if store is not None else EndpointStore(), **kwargs)
-        made.append(scraper)
-        return scraper
-
-    yield make
-    for scraper in made:
-        await scraper.stop()
 
 
 def endpoint_for(address: str) -> Endpoint:

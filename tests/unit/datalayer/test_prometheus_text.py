@@ -220,3 +220,58 @@ def test_agrees_with_prometheus_client() -> None:
 def test_compiled_patterns_are_cached() -> None:
     names = frozenset({"a", "b"})
     assert prometheus_text._patterns(names) is prometheus_text._patterns(frozenset({"b", "a"}))
+
+
+# -- limits ------------------------------------------------------------------------------
+
+
+def test_sample_limit_counts_only_wanted_lines() -> None:
+    text = "m 1\n" + "other 2\n" * 10 + 'm{a="b"} 3\n# m 4\nm_total 5\n'
+    assert len(parse_samples(text, {"m"}, max_samples=2)["m"]) == 2
+    with pytest.raises(MetricsParseError, match=r"^line 12: m: more samples of the wanted "
+                       r"metrics than the limit of 1$") as caught:
+        parse_samples(text, {"m"}, max_samples=1)
+    assert caught.value.line_number == 12
+
+
+def test_sample_limit_of_zero_allows_none() -> None:
+    assert parse_samples("other 1\n", {"m"}, max_samples=0) == {}
+    with pytest.raises(MetricsParseError, match=r"^line 1: m: more samples"):
+        parse_samples("m 1\n", {"m"}, max_samples=0)
+
+
+def test_char_limit_counts_the_wanted_lines_after_their_names() -> None:
+    text = 'm{a="b"} 1\n' + "other " + "x" * 1000 + "\n" + "m 2\n"
+    # '{a="b"} 1' is 9 characters and ' 2' is 2: 11 in all; unwanted lines are free.
+    assert len(parse_samples(text, {"m"}, max_chars=11)["m"]) == 2
+    with pytest.raises(MetricsParseError, match=r"^line 3: m: the wanted metrics' samples "
+                       r"hold more than 10 characters$"):
+        parse_samples(text, {"m"}, max_chars=10)
+
+
+def test_limits_are_checked_before_any_line_is_parsed() -> None:
+    # The first line is malformed, but what is reported is the limit: the text was refused
+    # before the (costly) parsing began.
+    text = "m{oops 1\n" + "m 1\n" * 5
+    with pytest.raises(MetricsParseError, match="more samples of the wanted metrics"):
+        parse_samples(text, {"m"}, max_samples=3)
+    with pytest.raises(MetricsParseError, match="more than 12 characters"):
+        parse_samples(text, {"m"}, max_chars=12)
+    with pytest.raises(MetricsParseError, match="label without '='"):
+        parse_samples(text, {"m"}, max_samples=6)
+
+
+@pytest.mark.parametrize(
+    "value",
+    ['\\"' * 5000, "x" * 100_000 + '\\\\', "\\\\" * 5000 + '\\"'],
+    ids=["many-escaped-quotes", "long-value", "many-escaped-backslashes"],
+)
+def test_long_label_values_with_escapes(value: str) -> None:
+    sample = one(f'm{{a="{value}",b="c"}} 1\n')
+    assert sample.labels["a"] == value.replace('\\"', '"').replace("\\\\", "\\")
+    assert sample.labels["b"] == "c"
+
+
+def test_unterminated_label_value_full_of_escapes() -> None:
+    with pytest.raises(MetricsParseError, match="unterminated label value"):
+        parse_samples('m{a="' + '\\"' * 10_000 + "} 1\n", {"m"})
