@@ -3,10 +3,15 @@
 Only three things matter for routing: the ``model``, the text that prefix-cache affinity
 is computed over, and whether the response streams. The body reaches the model server
 byte for byte unless a model rewrite applies (``rewrite_model``).
+
+A model name becomes a request header (``x-gateway-model-name``), a metric label and a
+log field, so :func:`model_name_problem` bounds what a client may put there: Envoy
+refuses a header value with CR, LF or NUL, and a name of kilobytes serves no one.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +19,21 @@ import orjson
 
 from epp.errors import BadRequest
 
-__all__ = ["ParsedBody", "parse_request_body", "prompt_text", "rewrite_model"]
+__all__ = [
+    "MAX_MODEL_NAME_BYTES",
+    "ParsedBody",
+    "model_name_problem",
+    "parse_request_body",
+    "prompt_text",
+    "rewrite_model",
+]
+
+# Far above real names (Hugging Face ids are at most 96 + 1 + 96 characters; vLLM's
+# default served name is the model's path), far below Envoy's 60 KiB header budget.
+MAX_MODEL_NAME_BYTES = 1024
+# C0 controls and DEL: CR, LF and NUL would break the header; the rest have no business
+# in a name and would garble logs.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,11 +43,20 @@ class ParsedBody:
     stream: bool
 
 
-def parse_request_body(body: bytes | bytearray | memoryview) -> ParsedBody:
+def parse_request_body(
+    body: bytes | bytearray | memoryview, *, max_prompt_chars: int | None = None
+) -> ParsedBody:
     """Read ``model``, the prompt text and ``stream`` from an OpenAI-style JSON body.
 
-    Raises :class:`BadRequest` when the body is not a JSON object or lacks a string model.
+    ``max_prompt_chars``: how much of the prompt's start routing can use; the text is cut
+    there (at a part's end, so possibly a little later) rather than built whole.
+
+    Raises :class:`BadRequest` when the body is empty, not a JSON object, or lacks a
+    string model that :func:`model_name_problem` accepts.
     """
+    if _is_blank(body):
+        raise BadRequest("request body is empty; expected a JSON object with 'model'",
+                         code="missing_body")
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -43,11 +71,36 @@ def parse_request_body(body: bytes | bytearray | memoryview) -> ParsedBody:
         raise BadRequest("request body has no 'model'", code="missing_model")
     if not isinstance(model, str):
         raise BadRequest(f"'model' must be a string, not {_json_type(model)}", code="invalid_model")
+    problem = model_name_problem(model)
+    if problem is not None:
+        raise BadRequest(f"'model' {problem}", code="invalid_model")
     return ParsedBody(
         model=model,
-        prompt=prompt_text(document),
+        prompt=prompt_text(document, max_prompt_chars),
         stream=document.get("stream") is True,
     )
+
+
+def _is_blank(body: bytes | bytearray | memoryview) -> bool:
+    # Looks past the first byte only when it is JSON whitespace: bodies are rarely blank.
+    return not body or (bytes(body[:1]) in _JSON_BLANKS and not bytes(body).strip())
+
+
+_JSON_BLANKS = (b" ", b"\t", b"\r", b"\n")
+
+
+def model_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be routed as a model name (phrased to follow "'model' "), or
+    None when it can."""
+    try:
+        size = len(name.encode())
+    except UnicodeEncodeError:  # a lone surrogate cannot become a header
+        return "is not valid Unicode"
+    if size > MAX_MODEL_NAME_BYTES:
+        return f"is longer than {MAX_MODEL_NAME_BYTES} bytes"
+    if _CONTROL.search(name):
+        return "contains a control character (CR, LF, NUL, tab, ...)"
+    return None
 
 
 def rewrite_model(body: bytes, model: str) -> bytes:
@@ -57,55 +110,88 @@ def rewrite_model(body: bytes, model: str) -> bytes:
     return orjson.dumps(document)
 
 
-def prompt_text(document: dict[str, Any]) -> str:
-    """The text a model server would prefill, in order, as far as JSON shows it.
+def prompt_text(document: dict[str, Any], max_chars: int | None = None) -> str:
+    """The text a model server would prefill, in order, as far as JSON shows it, cut at
+    ``max_chars`` (None: whole).
 
     Covers chat (``messages``), completions (``prompt``), embeddings and the Responses API
     (``input``, ``instructions``). Roles are kept so two conversations that differ only in
     who said what do not share a prefix. Token-id prompts have no text and give "".
     """
+    text = _PromptText(max_chars)
     messages = document.get("messages")
     if isinstance(messages, list):
-        return _messages_text(messages)
-    parts: list[str] = []
+        text.add_messages(messages)
+        return text.joined()
     instructions = document.get("instructions")
     if isinstance(instructions, str):
-        parts.append(instructions)
+        text.add(instructions)
     for key in ("prompt", "input"):
         value = document.get(key)
         if isinstance(value, str):
-            parts.append(value)
+            text.add(value)
         elif isinstance(value, list):
             if value and isinstance(value[0], dict):
-                parts.append(_messages_text(value))
+                text.add_messages(value)
             else:
-                parts.extend(item for item in value if isinstance(item, str))
-    return "".join(parts)
+                for item in value:
+                    if isinstance(item, str) and text.add(item):
+                        break
+    return text.joined()
 
 
-def _messages_text(messages: list[Any]) -> str:
-    parts: list[str] = []
-    for message in messages:
-        if not isinstance(message, dict):
-            continue
-        role = message.get("role")
-        if isinstance(role, str):
-            parts.append(f"<|{role}|>")
-        _append_content(parts, message.get("content"))
-    return "".join(parts)
+class _PromptText:
+    """The prompt's parts in order, up to a length: a long prompt is never copied whole
+    when routing reads only its start."""
 
+    __slots__ = ("_parts", "_room")
 
-def _append_content(parts: list[str], content: Any) -> None:
-    if isinstance(content, str):
-        parts.append(content)
-    elif isinstance(content, list):
+    def __init__(self, max_chars: int | None) -> None:
+        self._parts: list[str] = []
+        self._room = max_chars if max_chars is not None else -1  # -1: no limit
+
+    def add(self, part: str) -> bool:
+        """Append ``part``; True once the text is long enough."""
+        room = self._room
+        if room < 0:
+            self._parts.append(part)
+            return False
+        if len(part) >= room:
+            if room:
+                self._parts.append(part[:room])
+            self._room = 0
+            return True
+        self._parts.append(part)
+        self._room = room - len(part)
+        return False
+
+    def add_messages(self, messages: list[Any]) -> None:
+        for message in messages:
+            if not isinstance(message, dict):
+                continue
+            role = message.get("role")
+            if isinstance(role, str) and self.add(f"<|{role}|>"):
+                return
+            content = message.get("content")
+            if isinstance(content, str):
+                if self.add(content):
+                    return
+            elif isinstance(content, list) and self._add_content_parts(content):
+                return
+
+    def _add_content_parts(self, content: list[Any]) -> bool:
         for part in content:
             if isinstance(part, str):
-                parts.append(part)
+                if self.add(part):
+                    return True
             elif isinstance(part, dict):
                 text = part.get("text")
-                if isinstance(text, str):
-                    parts.append(text)
+                if isinstance(text, str) and self.add(text):
+                    return True
+        return False
+
+    def joined(self) -> str:
+        return "".join(self._parts)
 
 
 def _json_type(value: Any) -> str:

@@ -23,6 +23,7 @@ from epp.scheduling.types import (
     Picker,
     Plugin,
     PostPick,
+    PromptReader,
     SchedulingResult,
     Scorer,
     TypedName,
@@ -74,6 +75,7 @@ class SchedulerProfile:
         "_picker",
         "_picker_timing",
         "_post_picks",
+        "_prompt_chars",
         "_removal_hooks",
         "_scorers",
         "_timings",
@@ -122,6 +124,14 @@ class SchedulerProfile:
             p for p in self._unique([*plugins, *post_picks]) if isinstance(p, EndpointRemovalHook)
         )
         self._timings = tuple(timings)
+        self._prompt_chars = max(
+            (p.prompt_chars for p in self._unique([*plugins, *post_picks])
+             if isinstance(p, PromptReader)), default=0)
+
+    @property
+    def prompt_chars(self) -> int:
+        """How much of a prompt this profile's plugins read (0: none of it)."""
+        return self._prompt_chars
 
     @property
     def timings(self) -> tuple[PluginTiming, ...]:

@@ -59,6 +59,12 @@ class Scheduler:
     def timings(self) -> tuple[PluginTiming, ...]:
         return self._profile.timings
 
+    @property
+    def prompt_chars(self) -> int:
+        """How many leading characters of a prompt scheduling reads: the caller may cut
+        ``LLMRequest.prompt`` there."""
+        return self._profile.prompt_chars
+
     def schedule(self, request: LLMRequest, candidates: Sequence[Endpoint]) -> SchedulingResult:
         """The endpoints to try for ``request``, best first.
 

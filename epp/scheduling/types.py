@@ -16,6 +16,7 @@ __all__ = [
     "Picker",
     "Plugin",
     "PostPick",
+    "PromptReader",
     "SchedulingResult",
     "ScoredEndpoint",
     "Scorer",
@@ -31,6 +32,8 @@ class LLMRequest:
     model: str
     # The text prefix-cache affinity is computed over: the prompt, or the chat messages
     # flattened in order. Empty when the body has none (embeddings of token ids, say).
+    # Only its start, as long as the profile's PromptReaders read (a 60 MB prompt is
+    # not copied to hash its first 16 KB).
     prompt: str
     stream: bool = False
     headers: dict[str, str] = field(default_factory=dict)
@@ -97,6 +100,17 @@ class Picker(Plugin, Protocol):
 class PostPick(Plugin, Protocol):
     def on_pick(self, cycle: CycleState, request: LLMRequest, chosen: Endpoint) -> None:
         """Told which endpoint was chosen (the prefix index records it here)."""
+        ...
+
+
+@runtime_checkable
+class PromptReader(Plugin, Protocol):
+    """A plugin that reads ``LLMRequest.prompt``; plugins that do not read it need not
+    implement this, and a profile without one gets an empty prompt."""
+
+    @property
+    def prompt_chars(self) -> int:
+        """How many leading characters of the prompt this plugin reads at most."""
         ...
 
 

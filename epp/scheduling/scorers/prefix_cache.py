@@ -112,6 +112,11 @@ class PrefixCacheScorer(NamedPlugin):
     def index(self) -> PrefixIndex:
         return self._index
 
+    @property
+    def prompt_chars(self) -> int:
+        # Every hashed byte lies in this many characters (see prompt_block_hashes).
+        return self._block_size * self._max_blocks
+
     def block_hashes(self, cycle: CycleState, request: LLMRequest) -> list[int]:
         """The request's block hashes, computed on first use in this cycle."""
         hashes: list[int] | None = cycle.get(self._state_key)
