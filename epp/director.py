@@ -42,6 +42,11 @@ log = logging.getLogger(__name__)
 class SchedulerLike(Protocol):
     def schedule(self, request: LLMRequest, candidates: Sequence[Endpoint]) -> SchedulingResult: ...
 
+    @property
+    def prompt_chars(self) -> int:
+        """How many leading characters of a prompt scheduling reads."""
+        ...
+
     def on_endpoints_removed(self, endpoints: Sequence[Endpoint]) -> None: ...
 
 
@@ -160,14 +165,14 @@ class Director:
 
     def route_body(
         self,
-        body: bytes,
+        body: bytes | bytearray,
         *,
         request_id: str,
         headers: dict[str, str],
         subset: Sequence[str] | None = None,
     ) -> RoutingDecision:
         """Route a request with a JSON body; raises an ``EppError`` the client should see."""
-        parsed = parse_request_body(body)
+        parsed = parse_request_body(body, max_prompt_chars=self._scheduler.prompt_chars)
         target = self.rewrites.target(parsed.model, headers)
         request = LLMRequest(
             request_id=request_id,
@@ -183,8 +188,7 @@ class Director:
         model, candidates = self._model_and_candidates(target, parsed.model, subset)
         if model != target:
             request = replace(request, model=model)
-            metrics.MODEL_FALLBACKS.labels(metrics.model_label(target),
-                                           metrics.model_label(model)).inc()
+            metrics.MODEL_FALLBACKS.labels(*metrics.model_labels(target, model)).inc()
         if priority < 0 and self._saturation.saturated(candidates):
             raise TooManyRequests(
                 f"the pool serving '{model}' is saturated and this request is sheddable "

@@ -5,7 +5,8 @@
     ├── ModelNotFound     404   no endpoint serves the model
     ├── RequestTooLarge   413   the body is larger than epp will gather
     ├── TooManyRequests   429   shed or no capacity
-    └── ServiceUnavailable 503  endpoints exist for the model but none is ready
+    ├── ServiceUnavailable 503  endpoints exist for the model but none is ready
+    └── Overloaded        503   epp holds as many request bytes as its budget allows
 
 The ext_proc layer maps an ``EppError`` to an Envoy ``ImmediateResponse`` with an
 OpenAI-style JSON body; any other exception is a bug and becomes a gRPC error on that one
@@ -18,6 +19,7 @@ __all__ = [
     "BadRequest",
     "EppError",
     "ModelNotFound",
+    "Overloaded",
     "RequestTooLarge",
     "ServiceUnavailable",
     "TooManyRequests",
@@ -81,3 +83,11 @@ class ServiceUnavailable(EppError):
     status = 503
     error_type = "service_unavailable"
     code = "no_ready_endpoint"
+
+
+class Overloaded(EppError):
+    """epp itself has no room for this request now (its body memory budget is spent)."""
+
+    status = 503
+    error_type = "service_unavailable"
+    code = "overloaded"

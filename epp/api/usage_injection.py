@@ -34,8 +34,8 @@ def wants_usage_option(path: str) -> bool:
 
 
 def rewrite_request_body(
-    body: bytes, *, model: str | None = None, include_usage: bool = False
-) -> tuple[bytes, bool]:
+    body: bytes | bytearray, *, model: str | None = None, include_usage: bool = False
+) -> tuple[bytes | bytearray, bool]:
     """``body`` with ``model`` replaced and, if asked, ``stream_options.include_usage`` on.
 
     Returns the body and whether include_usage was added (the response then carries a

@@ -81,17 +81,19 @@ def destination_metadata(destination: str) -> Struct:
 
 
 def routing_response(
-    headers: Iterable[tuple[str, str]], destination: str, *, on_body: bool
+    headers: Iterable[tuple[str, str]], destination: str, *, on_body: bool,
+    remove: Iterable[str] = (),
 ) -> ProcessingResponse:
     """The answer that routes a request: header mutation, route cache cleared, metadata.
 
     It rides on the request-headers answer (full duplex, or a request without a body)
-    or, ``on_body``, on the answer to a buffered body.
+    or, ``on_body``, on the answer to a buffered body. ``remove``: headers to take off.
     """
     response = ProcessingResponse()
     phase = response.request_body if on_body else response.request_headers
     common = phase.response
     _set_headers(common.header_mutation, headers)
+    common.header_mutation.remove_headers.extend(remove)
     common.clear_route_cache = True
     if destination:
         response.dynamic_metadata.CopyFrom(destination_metadata(destination))
@@ -101,7 +103,10 @@ def routing_response(
 class RoutingResponses:
     """Routing answers, built once per (destination, model, phase) and then reused.
 
-    An empty destination (body-based routing) sets only the model header. The answer
+    An empty destination (body-based routing) sets only the model header. A routing
+    header epp does not set is removed, so a client's copy never reaches a route or a
+    model server: the model header on a request without a body, the destination in
+    body-based routing. The answer
     depends on nothing else, and a fleet has few endpoints and models, so a
     small cache turns ~7 µs of protobuf building per request into a dict lookup. It is
     cleared when full, which keeps it bounded whatever the traffic.
@@ -118,7 +123,9 @@ class RoutingResponses:
             headers = [(DESTINATION_HEADER, destination)] if destination else []
             if model:
                 headers.append((MODEL_HEADER, model))
-            response = routing_response(headers, destination, on_body=on_body)
+            remove = [name for name, value in ((DESTINATION_HEADER, destination),
+                                               (MODEL_HEADER, model)) if not value]
+            response = routing_response(headers, destination, on_body=on_body, remove=remove)
             if len(self._cache) >= self._max_entries:
                 self._cache.clear()
             self._cache[key] = response
@@ -131,14 +138,14 @@ def headers_response() -> ProcessingResponse:
 
 
 def streamed_body_responses(
-    chunks: Iterable[bytes], *, end_of_stream: bool
+    chunks: Iterable[bytes | bytearray], *, end_of_stream: bool
 ) -> Iterator[ProcessingResponse]:
     """The request body handed back in full-duplex mode, unchanged, in bounded chunks.
 
     Envoy's own chunk boundaries are kept where they fit, so nothing is joined or copied
     twice; an empty body still sends one (empty) message to carry ``end_of_stream``.
     """
-    pending: list[bytes | memoryview] = []
+    pending: list[bytes | bytearray | memoryview] = []
     for chunk in chunks:
         if len(chunk) <= MAX_STREAMED_CHUNK_BYTES:
             if chunk:

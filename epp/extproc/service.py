@@ -1,35 +1,52 @@
-"""The ``envoy.service.ext_proc.v3.ExternalProcessor`` gRPC service on grpc.aio."""
+"""The ``envoy.service.ext_proc.v3.ExternalProcessor`` gRPC service on grpc.aio.
+
+A stream that breaks the protocol (a message out of order, bytes that are no
+ProcessingRequest) is the peer's fault, not epp's: it ends with INVALID_ARGUMENT, is
+counted as ``stream_errors{reason="protocol"}`` and logged as a warning without a
+traceback, at most once per ``_PROTOCOL_LOG_INTERVAL_S`` so a flood cannot fill the log.
+Any other exception is an epp bug: INTERNAL, ``reason="exception"``, and a traceback.
+"""
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
 from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingRequest, ProcessingResponse
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2_grpc
 
 from epp.director import Director
+from epp.extproc.body_budget import BodyBudget
 from epp.extproc.messages import RoutingResponses
-from epp.extproc.stream import RequestStream
+from epp.extproc.stream import ProtocolViolation, RequestStream
 from epp.observability import metrics
+from epp.observability.logging import clip
 
 __all__ = ["ExternalProcessor", "create_grpc_server", "create_health_server"]
 
 log = logging.getLogger(__name__)
+
+_PROTOCOL_LOG_INTERVAL_S = 10.0
 
 
 class ExternalProcessor(external_processor_pb2_grpc.ExternalProcessorServicer):  # type: ignore[misc]
     """One ``RequestStream`` per gRPC stream; a failure on one stream stays on it."""
 
     def __init__(
-        self, director: Director, *, max_body_bytes: int, inject_stream_usage: bool = False
+        self, director: Director, *, max_body_bytes: int, inject_stream_usage: bool = False,
+        body_budget: BodyBudget | None = None,
     ) -> None:
         self._director = director
         self._max_body_bytes = max_body_bytes
         self._inject_stream_usage = inject_stream_usage
         self._routing_responses = RoutingResponses()
+        self.body_budget = body_budget or BodyBudget(0)
+        self._protocol_logged_at = float("-inf")
+        self._protocol_unlogged = 0  # violations since the last one logged
 
     async def Process(
         self,
@@ -41,11 +58,17 @@ class ExternalProcessor(external_processor_pb2_grpc.ExternalProcessorServicer): 
             max_body_bytes=self._max_body_bytes,
             routing_responses=self._routing_responses,
             inject_stream_usage=self._inject_stream_usage,
+            body_budget=self.body_budget,
         )
         try:
             async for message in request_iterator:
                 for response in stream.handle(message):
                     yield response
+        except (ProtocolViolation, DecodeError) as exc:
+            metrics.STREAM_ERRORS.labels("protocol").inc()
+            self._log_protocol_violation(stream, exc)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"not an ext_proc stream epp can follow: {exc}")
         except Exception:
             # A bug, not a client error: fail this stream only, loudly, and keep serving.
             metrics.STREAM_ERRORS.labels("exception").inc()
@@ -56,6 +79,17 @@ class ExternalProcessor(external_processor_pb2_grpc.ExternalProcessorServicer): 
         finally:
             stream.close()
 
+    def _log_protocol_violation(self, stream: RequestStream, exc: Exception) -> None:
+        now = time.monotonic()
+        if now - self._protocol_logged_at < _PROTOCOL_LOG_INTERVAL_S:
+            self._protocol_unlogged += 1
+            return
+        since = (f" ({self._protocol_unlogged} more since the last one logged)"
+                 if self._protocol_unlogged else "")
+        self._protocol_logged_at, self._protocol_unlogged = now, 0
+        log.warning("ext_proc stream for request %s broke the protocol and was failed: %s%s",
+                    clip(stream.headers.get("x-request-id", "-")), clip(str(exc)), since)
+
 
 def create_grpc_server(
     director: Director,
@@ -65,6 +99,7 @@ def create_grpc_server(
     health_servicer: health.aio.HealthServicer | None = None,
     tls: grpc.ServerCredentials | None = None,
     inject_stream_usage: bool = False,
+    body_budget: BodyBudget | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """A grpc.aio server with ext_proc (and gRPC health) bound to ``address``.
 
@@ -85,7 +120,8 @@ def create_grpc_server(
     )
     external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(
         ExternalProcessor(director, max_body_bytes=max_body_bytes,
-                          inject_stream_usage=inject_stream_usage), server
+                          inject_stream_usage=inject_stream_usage,
+                          body_budget=body_budget), server
     )
     if health_servicer is not None:
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -4,6 +4,15 @@ Envoy sends, in order: request headers, request body chunks (unless the request 
 body), maybe request trailers, then response headers/body/trailers as the filter's
 processing mode asks. ``RequestStream.handle`` takes one message and returns the
 messages to send back; it never does I/O, so it is tested without gRPC.
+
+A message Envoy would never send in the stream's phase (a second set of request headers,
+a request body before the headers or after the request was routed, a message of no known
+kind) raises :class:`ProtocolViolation`: the peer is not a working Envoy, and the stream
+is failed rather than guessed at. Request body chunks that cross an answer epp already
+sent (413, 503) are the one race Envoy can cause, and are dropped quietly. Response
+messages may come at any point: before routing they carry Envoy's own answer to the
+client (408 for a request too slow to arrive, 400 or 431 for bad headers), which passes
+through unchanged.
 """
 
 from __future__ import annotations
@@ -12,7 +21,7 @@ import enum
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
 from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingRequest, ProcessingResponse
@@ -21,11 +30,15 @@ from epp.api.model_restore import ModelNameRestorer
 from epp.api.usage import UsageReader
 from epp.api.usage_injection import UsageEventStripper, rewrite_request_body, wants_usage_option
 from epp.director import Director, RoutingDecision
-from epp.errors import EppError, RequestTooLarge
+from epp.errors import BadRequest, EppError, Overloaded, RequestTooLarge
 from epp.extproc import messages
+from epp.extproc.body_budget import BodyBudget
 from epp.observability import metrics, request_metrics
+from epp.observability.logging import clip
+from epp.requestcontrol.objectives import OBJECTIVE_HEADER
+from epp.requestcontrol.rewrite import MODEL_REWRITE_HEADER
 
-__all__ = ["Phase", "RequestStream"]
+__all__ = ["Phase", "ProtocolViolation", "RequestStream"]
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +48,20 @@ _SUBSET_KEY = "x-gateway-destination-endpoint-subset"
 # In a Responses API stream, the "type" of the events that carry generated text
 # (response.output_text.delta, response.reasoning_text.delta, ...).
 _RESPONSES_TOKEN_MARKER = b'.delta"'
+# Request headers whose value steers routing: one that is not UTF-8 is refused rather
+# than read as something the client did not send. Other headers are opaque to epp (RFC
+# 9110 lets obs-text through) and reach the model server untouched.
+_STEERING_HEADERS = frozenset({MODEL_REWRITE_HEADER, OBJECTIVE_HEADER})
+_UNLIMITED = BodyBudget(0)
+
+
+class ProtocolViolation(Exception):
+    """A message Envoy would not send at this point of the stream; fails the stream."""
 
 
 class Phase(enum.Enum):
     AWAITING_HEADERS = enum.auto()  # nothing seen yet
     GATHERING_BODY = enum.auto()  # headers seen; body chunks arrive until end_of_stream
-    AWAITING_TRAILERS = enum.auto()  # routed on a body that ended without end_of_stream
     ROUTED = enum.auto()  # decision sent; only response-side messages remain
     ANSWERED = enum.auto()  # epp answered with an ImmediateResponse; Envoy ends the stream
 
@@ -56,8 +77,10 @@ class RequestStream:
         routing_responses: messages.RoutingResponses | None = None,
         default_body_mode: int = _FULL_DUPLEX,
         inject_stream_usage: bool = False,
+        body_budget: BodyBudget = _UNLIMITED,
     ) -> None:
         self._director = director
+        self._budget = body_budget
         self._inject_stream_usage = inject_stream_usage
         self._routing_responses = routing_responses or messages.RoutingResponses()
         self._max_body_bytes = max_body_bytes
@@ -65,7 +88,10 @@ class RequestStream:
         self._response_body_mode = ProcessingMode.NONE
         self.phase = Phase.AWAITING_HEADERS
         self.headers: dict[str, str] = {}
-        self._chunks: list[bytes] = []
+        # The body gathered so far: Envoy's first chunk as it came (most bodies are one
+        # chunk), then one growing bytearray, so a large body is never held twice.
+        self._body: bytes | bytearray = b""
+        self._reserved = 0  # bytes of the body budget this stream holds
         self._body_bytes = 0
         self._subset: list[str] | None = None
         self.decision: RoutingDecision | None = None
@@ -86,9 +112,15 @@ class RequestStream:
             request_id = self.headers["x-request-id"] = uuid.uuid4().hex
         return request_id
 
-    def handle(self, message: ProcessingRequest) -> Sequence[ProcessingResponse]:
-        """The responses owed to Envoy for ``message`` (often none, in full duplex)."""
+    def handle(self, message: ProcessingRequest) -> Iterable[ProcessingResponse]:
+        """The responses owed to Envoy for ``message`` (often none, in full duplex).
+
+        Raises :class:`ProtocolViolation` for a message out of place.
+        """
         kind = message.WhichOneof("request")
+        if message.HasField("protocol_config"):  # on the stream's first message, whichever
+            self._body_mode = message.protocol_config.request_body_mode
+            self._response_body_mode = message.protocol_config.response_body_mode
         try:
             if kind == "request_headers":
                 return self._on_request_headers(message)
@@ -107,13 +139,12 @@ class RequestStream:
                 return (messages.trailers_response(request=False),)
         except EppError as error:
             return (self._answer(error),)
-        metrics.STREAM_ERRORS.labels("unknown_message").inc()
-        log.warning("ignoring ext_proc message of unknown kind %r", kind)
-        return ()
+        raise ProtocolViolation("a message of no known kind")
 
     def close(self) -> None:
         """The stream is over for whatever reason: release the load it held, record the
         request's metrics and log its line."""
+        self._drop_body()
         if self.decision is not None:
             self._director.finish(self.decision)
         if self.phase is Phase.AWAITING_HEADERS:
@@ -135,17 +166,24 @@ class RequestStream:
 
     def _on_request_headers(self, message: ProcessingRequest) -> Sequence[ProcessingResponse]:
         if self.phase is not Phase.AWAITING_HEADERS:
-            metrics.STREAM_ERRORS.labels("out_of_order").inc()
-            log.warning("request headers arrived twice on one stream; ignoring the second")
-            return ()
+            raise ProtocolViolation(f"request headers arrived again, in phase {self.phase.name}")
         self._received_at = time.monotonic()
-        if message.HasField("protocol_config"):
-            self._body_mode = message.protocol_config.request_body_mode
-            self._response_body_mode = message.protocol_config.response_body_mode
         headers = self.headers
+        undecodable = None
         for header in message.request_headers.headers.headers:
-            headers[header.key] = header.raw_value.decode() if header.raw_value else header.value
+            raw = header.raw_value
+            if not raw:
+                headers[header.key] = header.value
+                continue
+            try:
+                headers[header.key] = raw.decode()
+            except UnicodeDecodeError:
+                headers[header.key] = raw.decode(errors="replace")
+                if header.key in _STEERING_HEADERS:
+                    undecodable = header.key
         self._subset = _subset_hint(message)
+        if undecodable is not None:
+            raise BadRequest(f"header {undecodable} is not valid UTF-8", code="invalid_header")
         if message.request_headers.end_of_stream:
             self.phase = Phase.ROUTED
             started = time.perf_counter()
@@ -163,18 +201,30 @@ class RequestStream:
             return ()
         return (messages.headers_response(),)
 
-    def _on_request_body(self, chunk: bytes, end_of_stream: bool) -> Sequence[ProcessingResponse]:
+    def _on_request_body(self, chunk: bytes, end_of_stream: bool) -> Iterable[ProcessingResponse]:
         if self.phase is not Phase.GATHERING_BODY:
-            metrics.STREAM_ERRORS.labels("out_of_order").inc()
-            log.warning("request body in phase %s; ignoring it", self.phase.name)
-            return ()
+            if self.phase is Phase.ANSWERED:
+                return ()  # sent before Envoy saw epp's answer
+            raise ProtocolViolation(f"request body in phase {self.phase.name}")
         self._body_bytes += len(chunk)
         if self._body_bytes > self._max_body_bytes:
             raise RequestTooLarge(
                 f"request body is over {self._max_body_bytes} bytes",
             )
         if chunk:
-            self._chunks.append(chunk)
+            if not self._budget.reserve(len(chunk)):
+                raise Overloaded("epp is receiving too many request bytes at once; "
+                                 "retry shortly", retry_after_s=1)
+            self._reserved += len(chunk)
+            body = self._body
+            if not body:
+                self._body = chunk
+            elif type(body) is bytearray:
+                body += chunk
+            else:
+                gathered = bytearray(body)
+                gathered += chunk
+                self._body = gathered
         if not end_of_stream:
             return ()
         return self._route_body(ends_request=True)
@@ -185,11 +235,14 @@ class RequestStream:
             responses = list(self._route_body(ends_request=False))
             responses.append(messages.trailers_response(request=True))
             return responses
+        if self.phase is Phase.AWAITING_HEADERS:
+            raise ProtocolViolation("request trailers arrived before request headers")
+        if self.phase is Phase.ANSWERED:
+            return ()
         return (messages.trailers_response(request=True),)
 
-    def _route_body(self, *, ends_request: bool) -> Sequence[ProcessingResponse]:
-        chunks = self._chunks
-        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    def _route_body(self, *, ends_request: bool) -> Iterable[ProcessingResponse]:
+        body = self._body
         self.phase = Phase.ROUTED
         started = time.perf_counter()
         self.decision = decision = self._director.route_body(
@@ -203,19 +256,33 @@ class RequestStream:
             body, self._usage_added = rewrite_request_body(
                 body, model=decision.target_model if decision.rewritten else None,
                 include_usage=add_usage)
-            chunks = [body]
         if decision.rewritten:
             self._restorer = ModelNameRestorer(decision.target_model, decision.model)
         if self._body_mode != _FULL_DUPLEX:
             response = self._routing_response(on_body=True)
             if changed:
-                response = messages.with_body(response, body)
+                response = messages.with_body(response, bytes(body))
+            self._drop_body()
             return (response,)
         # No content-length: Envoy 1.40 drops it in full duplex and sends the body chunked.
-        responses = [self._routing_response(on_body=False)]
-        responses.extend(messages.streamed_body_responses(chunks, end_of_stream=ends_request))
-        self._chunks = []
-        return responses
+        return self._hand_body_back(self._routing_response(on_body=False), body, ends_request)
+
+    def _hand_body_back(
+        self, head: ProcessingResponse, body: bytes | bytearray, ends_request: bool
+    ) -> Iterator[ProcessingResponse]:
+        """The routing answer, then the body in bounded chunks, built one at a time as
+        gRPC sends them; the body's budget is given back once the last one is out."""
+        try:
+            yield head
+            yield from messages.streamed_body_responses((body,), end_of_stream=ends_request)
+        finally:
+            self._drop_body()
+
+    def _drop_body(self) -> None:
+        self._body = b""
+        if self._reserved:
+            self._budget.release(self._reserved)
+            self._reserved = 0
 
     def _routing_response(self, *, on_body: bool) -> ProcessingResponse:
         decision = self.decision
@@ -225,8 +292,8 @@ class RequestStream:
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "request %s model=%r -> %s (%d candidates scored)",
-                decision.request.request_id, decision.model or "-", decision.destination,
-                decision.candidates,
+                clip(decision.request.request_id), clip(decision.model) or "-",
+                decision.destination, decision.candidates,
             )
         return self._routing_responses.get(decision.destination, decision.model, on_body=on_body)
 
@@ -305,12 +372,12 @@ class RequestStream:
 
     def _answer(self, error: EppError) -> ProcessingResponse:
         self.phase = Phase.ANSWERED
-        self._chunks = []
+        self._drop_body()
         self._error = error
         model = self.decision.model if self.decision else ""
-        label = metrics.model_label(model)
-        metrics.REQUEST_ERRORS.labels(label, label, error.code).inc()
-        log.debug("request %s: %s", self.headers.get("x-request-id", "-"), error.message)
+        metrics.REQUEST_ERRORS.labels(*metrics.model_labels(model, model), error.code).inc()
+        log.debug("request %s: %s", clip(self.headers.get("x-request-id", "-")),
+                  clip(error.message))
         return messages.error_response(error)
 
 

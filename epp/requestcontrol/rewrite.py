@@ -4,7 +4,9 @@ A rule maps an exact model name (or, with no ``matches``, every model) to weight
 models; each request draws one target by weight. Across rewrites for the same pool, an
 exact match beats a catch-all, then the oldest resource wins, then the first rule in it,
 as the Gateway API Inference Extension specifies. The request header
-``x-gateway-model-name-rewrite`` overrides every rule.
+``x-gateway-model-name-rewrite`` overrides every rule, but only where the operator says
+the gateway sets it (``honour_header``): a header a client can send must not choose the
+model its request is served by, past the operator's rules.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from itertools import accumulate
 from typing import Any
+
+from epp.api.openai import model_name_problem
+from epp.errors import BadRequest
 
 __all__ = ["MODEL_REWRITE_HEADER", "ModelRewrites", "RewriteRule", "rules_from_objects"]
 
@@ -64,6 +69,10 @@ def _parse_rules(documents: list[Mapping[str, Any]]) -> list[RewriteRule]:
         if not targets:
             raise ValueError("a rule has no targets")
         names = tuple(str(target["modelRewrite"]) for target in targets)
+        for name in names:
+            problem = model_name_problem(name)
+            if problem is not None:
+                raise ValueError(f"target model {name[:64]!r} {problem}")
         weights = [target.get("weight") for target in targets]
         if all(weight is None for weight in weights):
             weights = [1] * len(targets)
@@ -76,8 +85,12 @@ def _parse_rules(documents: list[Mapping[str, Any]]) -> list[RewriteRule]:
 class ModelRewrites:
     """Which model a request is sent to; replace the rules whenever the rewrites change."""
 
-    def __init__(self, rules: Iterable[RewriteRule] = (), *, seed: int | None = None) -> None:
+    def __init__(
+        self, rules: Iterable[RewriteRule] = (), *, seed: int | None = None,
+        honour_header: bool = False,
+    ) -> None:
         self._rng = random.Random(seed)
+        self.honour_header = honour_header
         self.replace(rules)
 
     def replace(self, rules: Iterable[RewriteRule]) -> None:
@@ -92,9 +105,15 @@ class ModelRewrites:
         self._catch_all = catch_all
 
     def target(self, model: str, headers: Mapping[str, str]) -> str:
-        """The model to send to: the header's, a rule's draw, or ``model`` unchanged."""
-        override = headers.get(MODEL_REWRITE_HEADER)
-        if override:
-            return override
+        """The model to send to: the header's (when honoured), a rule's draw, or ``model``
+        unchanged. Raises ``BadRequest`` for a header that is no model name."""
+        if self.honour_header:
+            override = headers.get(MODEL_REWRITE_HEADER)
+            if override:
+                problem = model_name_problem(override)
+                if problem is not None:
+                    raise BadRequest(f"the model in {MODEL_REWRITE_HEADER} {problem}",
+                                     code="invalid_model")
+                return override
         rule = self._exact.get(model) or self._catch_all
         return model if rule is None else rule.draw(self._rng)

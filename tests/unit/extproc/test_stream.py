@@ -6,15 +6,11 @@ import time
 
 import orjson
 import pytest
-from envoy.config.core.v3.base_pb2 import HeaderMap, HeaderValue, Metadata
-from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
+from envoy.config.core.v3.base_pb2 import Metadata
 from envoy.service.ext_proc.v3.external_processor_pb2 import (
-    HttpBody,
     HttpHeaders,
     HttpTrailers,
     ProcessingRequest,
-    ProcessingResponse,
-    ProtocolConfiguration,
 )
 from google.protobuf.struct_pb2 import Struct
 
@@ -25,9 +21,14 @@ from epp.extproc.messages import MAX_STREAMED_CHUNK_BYTES
 from epp.extproc.stream import Phase, RequestStream
 from epp.scheduling.registry import PluginRegistry, register_builtin_plugins
 from epp.scheduling.scheduler import build_scheduler, default_scheduler_config
+from tests.unit.extproc.envoy_messages import (
+    BUFFERED,
+    body_message,
+    headers_message,
+    lb_destination,
+    set_headers,
+)
 
-FULL_DUPLEX = ProcessingMode.FULL_DUPLEX_STREAMED
-BUFFERED = ProcessingMode.BUFFERED
 A, B, C = "10.0.0.1:8000", "10.0.0.2:8000", "10.0.0.3:8000"
 
 
@@ -44,37 +45,6 @@ def store() -> EndpointStore:
 def director(store: EndpointStore) -> Director:
     registry = register_builtin_plugins(PluginRegistry())
     return Director(store, build_scheduler(default_scheduler_config(), registry))
-
-
-def headers_message(
-    *, method: str = "POST", path: str = "/v1/chat/completions", end_of_stream: bool = False,
-    body_mode: int = FULL_DUPLEX, extra: dict[str, str] | None = None,
-    metadata: Metadata | None = None,
-) -> ProcessingRequest:
-    pairs = {":method": method, ":path": path, "x-request-id": "req-1", **(extra or {})}
-    return ProcessingRequest(
-        request_headers=HttpHeaders(
-            headers=HeaderMap(headers=[HeaderValue(key=k, raw_value=v.encode())
-                                       for k, v in pairs.items()]),
-            end_of_stream=end_of_stream,
-        ),
-        protocol_config=ProtocolConfiguration(request_body_mode=body_mode),
-        metadata_context=metadata,
-    )
-
-
-def body_message(body: bytes, *, end_of_stream: bool) -> ProcessingRequest:
-    return ProcessingRequest(request_body=HttpBody(body=body, end_of_stream=end_of_stream))
-
-
-def set_headers(response: ProcessingResponse, which: str) -> dict[str, str]:
-    common = getattr(response, which).response
-    return {h.header.key: h.header.raw_value.decode() for h in common.header_mutation.set_headers}
-
-
-def lb_destination(response: ProcessingResponse) -> str:
-    return response.dynamic_metadata.fields["envoy.lb"].struct_value.fields[
-        "x-gateway-destination-endpoint"].string_value
 
 
 def test_full_duplex_answers_after_the_whole_body(director: Director,

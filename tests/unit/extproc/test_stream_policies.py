@@ -19,7 +19,7 @@ from epp.requestcontrol.objectives import OBJECTIVE_HEADER, Objectives
 from epp.requestcontrol.rewrite import MODEL_REWRITE_HEADER, ModelRewrites, RewriteRule
 from epp.scheduling.registry import PluginRegistry, register_builtin_plugins
 from epp.scheduling.scheduler import build_scheduler, default_scheduler_config
-from tests.unit.extproc.test_stream import (
+from tests.unit.extproc.envoy_messages import (
     BUFFERED,
     FULL_DUPLEX,
     body_message,
@@ -71,6 +71,7 @@ def test_rewrite_changes_the_upstream_body_and_restores_the_response() -> None:
 
 def test_rewrite_in_buffered_mode_mutates_the_body() -> None:
     director, _ = make_director()
+    director.rewrites.honour_header = True
     stream = RequestStream(director, max_body_bytes=1 << 20)
     stream.handle(headers_message(body_mode=BUFFERED, extra={MODEL_REWRITE_HEADER: "m-v2"}))
     (answer,) = stream.handle(body_message(b'{"model":"m","prompt":"p"}', end_of_stream=True))

@@ -14,7 +14,7 @@ from epp.extproc.stream import RequestStream
 from epp.requestcontrol.fallback import ModelFallbacks
 from epp.scheduling.registry import PluginRegistry, register_builtin_plugins
 from epp.scheduling.scheduler import build_scheduler, default_scheduler_config
-from tests.unit.extproc.test_stream import body_message, headers_message, set_headers
+from tests.unit.extproc.envoy_messages import body_message, headers_message, set_headers
 
 BIG, SMALL = "10.0.0.1:8000", "10.0.0.2:8000"
 BODY = b'{"model": "big", "prompt": "p"}'

@@ -28,7 +28,7 @@ from epp.observability.metrics import REGISTRY
 from epp.requestcontrol.rewrite import MODEL_REWRITE_HEADER
 from epp.scheduling.registry import PluginRegistry, register_builtin_plugins
 from epp.scheduling.scheduler import build_scheduler, default_scheduler_config
-from tests.unit.extproc.test_stream import BUFFERED, FULL_DUPLEX, body_message
+from tests.unit.extproc.envoy_messages import BUFFERED, FULL_DUPLEX, body_message
 
 A, B = "10.0.0.1:8000", "10.0.0.2:8000"
 MODELS = frozenset({"m", "m-v2", "metrics-model", "m-log"})
@@ -197,6 +197,7 @@ def test_usage_option_touches_only_streams_that_lack_it(
 
 
 def test_usage_option_composes_with_a_model_rewrite(director: Director) -> None:
+    director.rewrites.honour_header = True
     stream, sent = routed(director, {"model": "m", "messages": [], "stream": True},
                           inject=True, extra={MODEL_REWRITE_HEADER: "m-v2"})
     assert orjson.loads(sent) == {"model": "m-v2", "messages": [], "stream": True,

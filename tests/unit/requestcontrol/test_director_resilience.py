@@ -114,6 +114,7 @@ def test_a_model_nobody_serves_falls_back_when_it_has_fallbacks() -> None:
 
 def test_a_rewritten_model_uses_its_own_fallbacks_else_the_requested_ones() -> None:
     director, store = make_director(fallbacks=ModelFallbacks({"alias": ["tiny"]}))
+    director.rewrites.honour_header = True
     unready(store, BIG)
     decision = route(director, "alias", {MODEL_REWRITE_HEADER: "big"})
     assert (decision.model, decision.fallback_from, decision.target_model) == (

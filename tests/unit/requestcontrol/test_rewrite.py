@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from epp.errors import BadRequest
 from epp.requestcontrol.rewrite import MODEL_REWRITE_HEADER, ModelRewrites, rules_from_objects
 
 
@@ -53,10 +54,27 @@ def test_exact_match_beats_catch_all_and_oldest_resource_wins() -> None:
     assert rewrites.target("anything", {}) == "generic"
 
 
-def test_header_overrides_every_rule() -> None:
-    rewrites = ModelRewrites(rules_from_objects(
-        [rewrite("r", "2026-01-01T00:00:00Z", [rule([("v2", None)], "m")])], "pool"))
-    assert rewrites.target("m", {MODEL_REWRITE_HEADER: "pinned"}) == "pinned"
+def test_header_overrides_every_rule_only_when_trusted() -> None:
+    rules = rules_from_objects(
+        [rewrite("r", "2026-01-01T00:00:00Z", [rule([("v2", None)], "m")])], "pool")
+    # By default the header is a client's wish, and the operator's rule wins.
+    assert ModelRewrites(rules).target("m", {MODEL_REWRITE_HEADER: "pinned"}) == "v2"
+    trusted = ModelRewrites(rules, honour_header=True)
+    assert trusted.target("m", {MODEL_REWRITE_HEADER: "pinned"}) == "pinned"
+
+
+@pytest.mark.parametrize("value", ["a\r\nb", "nul\x00", "x" * 1025])
+def test_a_trusted_header_must_still_be_a_model_name(value: str) -> None:
+    rewrites = ModelRewrites(honour_header=True)
+    with pytest.raises(BadRequest) as caught:
+        rewrites.target("m", {MODEL_REWRITE_HEADER: value})
+    assert caught.value.code == "invalid_model"
+
+
+def test_a_rule_whose_target_is_no_model_name_is_skipped() -> None:
+    objects = [rewrite("bad", "2026-01-01T00:00:00Z", [rule([("a\nb", None)], "m")]),
+               rewrite("good", "2026-01-02T00:00:00Z", [rule([("ok", None)], "m")])]
+    assert ModelRewrites(rules_from_objects(objects, "pool")).target("m", {}) == "ok"
 
 
 @pytest.mark.parametrize("bad_rule", [

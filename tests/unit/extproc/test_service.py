@@ -1,0 +1,106 @@
+"""The gRPC service itself, over a real socket: a peer that breaks the ext_proc protocol
+gets INVALID_ARGUMENT and a warning, not an INTERNAL error and a traceback."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+
+import grpc
+import pytest
+import pytest_asyncio
+from envoy.service.ext_proc.v3.external_processor_pb2 import (
+    ProcessingRequest,
+    ProcessingResponse,
+)
+
+from epp.datalayer.endpoint import Metrics
+from epp.datalayer.store import EndpointStore
+from epp.director import Director
+from epp.extproc.service import create_grpc_server
+from epp.observability import metrics
+from epp.scheduling.registry import PluginRegistry, register_builtin_plugins
+from epp.scheduling.scheduler import build_scheduler, default_scheduler_config
+from tests.unit.extproc.envoy_messages import body_message, headers_message
+
+METHOD = "/envoy.service.ext_proc.v3.ExternalProcessor/Process"
+A = "10.0.0.1:8000"
+
+
+@pytest_asyncio.fixture
+async def channel() -> AsyncIterator[grpc.aio.Channel]:
+    store = EndpointStore()
+    store.replace([(A, frozenset({"m"}))])
+    store.all()[0].metrics = Metrics(updated_at=time.monotonic())
+    registry = register_builtin_plugins(PluginRegistry())
+    director = Director(store, build_scheduler(default_scheduler_config(), registry))
+    server, port = create_grpc_server(director, address="127.0.0.1:0", max_body_bytes=1 << 20)
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            yield channel
+    finally:
+        await server.stop(None)
+
+
+async def exchange(channel: grpc.aio.Channel, messages: Sequence[bytes]) -> list[bytes]:
+    """Send serialized messages, half-close, and collect the serialized answers."""
+    call = channel.stream_stream(METHOD, request_serializer=None, response_deserializer=None)
+
+    async def requests() -> AsyncIterator[bytes]:
+        for message in messages:
+            yield message
+
+    return [answer async for answer in call(requests(), timeout=30)]
+
+
+def stream_errors(reason: str) -> float:
+    value = metrics.REGISTRY.get_sample_value("epp_extproc_stream_errors_total",
+                                              {"reason": reason})
+    return value or 0.0
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    "messages",
+    [
+        [b"\xff\xff\xff\xff not a protobuf"],
+        [headers_message().SerializeToString(), headers_message().SerializeToString()],
+        [body_message(b"{}", end_of_stream=True).SerializeToString()],
+        [ProcessingRequest().SerializeToString()],
+    ],
+    ids=["garbage", "headers-twice", "body-first", "no-kind"],
+)
+async def test_a_broken_stream_is_invalid_argument_not_an_epp_error(
+    channel: grpc.aio.Channel, messages: list[bytes], caplog: pytest.LogCaptureFixture,
+) -> None:
+    protocol, exception = stream_errors("protocol"), stream_errors("exception")
+    with caplog.at_level(logging.WARNING, logger="epp"):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await exchange(channel, messages)
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert stream_errors("protocol") == protocol + 1
+    assert stream_errors("exception") == exception
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+    # The next stream, well formed, is routed.
+    answers = await exchange(channel, [
+        headers_message().SerializeToString(),
+        body_message(b'{"model": "m", "prompt": "p"}', end_of_stream=True).SerializeToString()])
+    head = ProcessingResponse.FromString(answers[0])
+    mutation = head.request_headers.response.header_mutation.set_headers
+    assert {h.header.key: h.header.raw_value for h in mutation}[
+        "x-gateway-destination-endpoint"] == A.encode()
+
+
+@pytest.mark.asyncio
+async def test_a_flood_of_broken_streams_is_logged_once_with_a_count(
+    channel: grpc.aio.Channel, caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="epp"):
+        for _ in range(5):
+            with pytest.raises(grpc.aio.AioRpcError):
+                await exchange(channel, [b"\x00garbage"])
+    warnings = [r for r in caplog.records if "broke the protocol" in r.getMessage()]
+    assert len(warnings) == 1  # the first; the rest wait for the interval to pass

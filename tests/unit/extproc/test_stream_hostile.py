@@ -1,0 +1,306 @@
+"""What a client (or a peer that is not Envoy) can send that epp must answer cleanly:
+undecodable headers, routing headers it must not control, messages out of order, and
+more body bytes than epp will hold."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+import orjson
+import pytest
+from envoy.config.core.v3.base_pb2 import HeaderMap, HeaderValue
+from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
+from envoy.service.ext_proc.v3.external_processor_pb2 import (
+    HttpBody,
+    HttpHeaders,
+    HttpTrailers,
+    ProcessingRequest,
+    ProcessingResponse,
+    ProtocolConfiguration,
+)
+
+from epp.datalayer.endpoint import Metrics
+from epp.datalayer.store import EndpointStore
+from epp.director import Director
+from epp.extproc.body_budget import BodyBudget
+from epp.extproc.messages import DESTINATION_HEADER, MODEL_HEADER
+from epp.extproc.stream import Phase, ProtocolViolation, RequestStream
+from epp.requestcontrol.objectives import OBJECTIVE_HEADER
+from epp.requestcontrol.rewrite import MODEL_REWRITE_HEADER
+from epp.scheduling.registry import PluginRegistry, register_builtin_plugins
+from epp.scheduling.scheduler import build_scheduler, default_scheduler_config
+from tests.unit.extproc.envoy_messages import (
+    BUFFERED,
+    FULL_DUPLEX,
+    body_message,
+    headers_message,
+    set_headers,
+)
+
+A, B, C = "10.0.0.1:8000", "10.0.0.2:8000", "10.0.0.3:8000"
+BODY = b'{"model": "m", "prompt": "hello"}'
+
+
+def make_director(*, pick_endpoints: bool = True) -> Director:
+    store = EndpointStore()
+    store.replace([(A, frozenset({"m"})), (B, frozenset({"m"})), (C, frozenset({"other"}))])
+    for endpoint in store.all():
+        endpoint.metrics = Metrics(updated_at=time.monotonic())
+    registry = register_builtin_plugins(PluginRegistry())
+    return Director(store, build_scheduler(default_scheduler_config(), registry),
+                    pick_endpoints=pick_endpoints)
+
+
+@pytest.fixture
+def director() -> Director:
+    return make_director()
+
+
+def error_code(responses: Iterable[ProcessingResponse]) -> tuple[int, str]:
+    (answer,) = responses
+    immediate = answer.immediate_response
+    return immediate.status.code, orjson.loads(immediate.body)["error"]["code"]
+
+
+def removed_headers(response: ProcessingResponse, which: str) -> list[str]:
+    return list(getattr(response, which).response.header_mutation.remove_headers)
+
+
+# -- headers -----------------------------------------------------------------------------
+
+
+def test_a_header_that_is_not_utf8_does_not_stop_the_request(director: Director) -> None:
+    stream = RequestStream(director, max_body_bytes=1 << 20)
+    assert stream.handle(headers_message(extra={"x-a": b"\xff\xfe caf\xe9"})) == ()
+    head, *_ = stream.handle(body_message(BODY, end_of_stream=True))
+    assert set_headers(head, "request_headers")[DESTINATION_HEADER] in (A, B)
+    assert stream.headers["x-a"] == "\ufffd\ufffd caf\ufffd"  # read for logs only
+    stream.close()
+
+
+@pytest.mark.parametrize("header", [MODEL_REWRITE_HEADER, OBJECTIVE_HEADER])
+def test_a_routing_header_that_is_not_utf8_is_refused(director: Director, header: str) -> None:
+    stream = RequestStream(director, max_body_bytes=1 << 20)
+    assert error_code(stream.handle(headers_message(extra={header: b"m\xff"}))) == (
+        400, "invalid_header")
+    assert stream.phase is Phase.ANSWERED
+    assert stream.handle(body_message(BODY, end_of_stream=True)) == ()  # crossed the answer
+    stream.close()
+
+
+def test_a_client_model_header_is_removed_from_a_request_without_body(
+    director: Director
+) -> None:
+    stream = RequestStream(director, max_body_bytes=1 << 20)
+    (answer,) = stream.handle(headers_message(method="GET", path="/v1/models",
+                                              end_of_stream=True,
+                                              extra={MODEL_HEADER: "evil"}))
+    assert MODEL_HEADER not in set_headers(answer, "request_headers")
+    assert removed_headers(answer, "request_headers") == [MODEL_HEADER]
+    stream.close()
+
+
+def test_body_based_routing_removes_a_client_destination() -> None:
+    stream = RequestStream(make_director(pick_endpoints=False), max_body_bytes=1 << 20)
+    stream.handle(headers_message(extra={DESTINATION_HEADER: "6.6.6.6:80"}))
+    head, *_ = stream.handle(body_message(BODY, end_of_stream=True))
+    assert set_headers(head, "request_headers") == {MODEL_HEADER: "m"}
+    assert removed_headers(head, "request_headers") == [DESTINATION_HEADER]
+
+
+def test_a_routed_request_keeps_nothing_to_remove(director: Director) -> None:
+    stream = RequestStream(director, max_body_bytes=1 << 20)
+    stream.handle(headers_message())
+    head, *_ = stream.handle(body_message(BODY, end_of_stream=True))
+    assert removed_headers(head, "request_headers") == []  # both set, overwriting copies
+    stream.close()
+
+
+def test_the_rewrite_header_is_ignored_unless_trusted(director: Director) -> None:
+    def routed_model(trusted: bool) -> bytes:
+        director.rewrites.honour_header = trusted
+        stream = RequestStream(director, max_body_bytes=1 << 20)
+        stream.handle(headers_message(extra={MODEL_REWRITE_HEADER: "other"}))
+        _, *chunks = stream.handle(body_message(BODY, end_of_stream=True))
+        stream.close()
+        return b"".join(c.request_body.response.body_mutation.streamed_response.body
+                        for c in chunks)
+
+    assert orjson.loads(routed_model(trusted=False))["model"] == "m"
+    assert orjson.loads(routed_model(trusted=True))["model"] == "other"
+
+
+# -- bodies ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("chunks", [[b""], [b"", b""], [b"  \r\n"]], ids=["empty", "two-empty",
+                                                                          "blank"])
+def test_an_empty_body_is_a_missing_body(director: Director, chunks: list[bytes]) -> None:
+    stream = RequestStream(director, max_body_bytes=1 << 20)
+    stream.handle(headers_message())
+    for chunk in chunks[:-1]:
+        assert stream.handle(body_message(chunk, end_of_stream=False)) == ()
+    assert error_code(stream.handle(body_message(chunks[-1], end_of_stream=True))) == (
+        400, "missing_body")
+
+
+def test_a_model_name_envoy_would_refuse_is_a_bad_request(director: Director) -> None:
+    for model in ("m\r\nx-injected: 1", "m\x00", "m" * 70_000):
+        stream = RequestStream(director, max_body_bytes=1 << 20)
+        stream.handle(headers_message())
+        body = orjson.dumps({"model": model, "prompt": "p"})
+        assert error_code(stream.handle(body_message(body, end_of_stream=True))) == (
+            400, "invalid_model")
+
+
+def test_the_prompt_kept_for_routing_is_cut_where_scheduling_stops_reading(
+    director: Director,
+) -> None:
+    stream = RequestStream(director, max_body_bytes=1 << 22)
+    stream.handle(headers_message())
+    body = orjson.dumps({"model": "m", "prompt": "x" * 1_000_000})
+    list(stream.handle(body_message(body, end_of_stream=True)))
+    assert stream.decision is not None
+    assert len(stream.decision.request.prompt) == director.scheduler.prompt_chars < 100_000
+    stream.close()
+
+
+# -- the body budget ---------------------------------------------------------------------
+
+
+def test_a_body_that_does_not_fit_the_budget_gets_503_and_others_go_on(
+    director: Director,
+) -> None:
+    budget = BodyBudget(1000)
+    first = RequestStream(director, max_body_bytes=1 << 20, body_budget=budget)
+    second = RequestStream(director, max_body_bytes=1 << 20, body_budget=budget)
+    first.handle(headers_message())
+    second.handle(headers_message())
+    assert first.handle(body_message(b'{"model": "m", "prompt": "' + b"a" * 700,
+                                     end_of_stream=False)) == ()
+    status, code = error_code(second.handle(body_message(b"b" * 400, end_of_stream=False)))
+    assert (status, code) == (503, "overloaded")
+    assert budget.held_bytes == 726 and budget.refused == 1
+    responses = first.handle(body_message(b'"}', end_of_stream=True))
+    assert budget.held_bytes == 728  # held until the body has gone back to Envoy
+    head, *chunks = responses
+    assert set_headers(head, "request_headers")[DESTINATION_HEADER] in (A, B)
+    assert len(b"".join(c.request_body.response.body_mutation.streamed_response.body
+                        for c in chunks)) == 728
+    assert budget.held_bytes == 0
+    first.close()
+    second.close()
+    assert budget.held_bytes == 0
+
+
+def test_a_stream_that_ends_while_gathering_gives_its_bytes_back(director: Director) -> None:
+    budget = BodyBudget(1 << 20)
+    stream = RequestStream(director, max_body_bytes=1 << 20, body_budget=budget)
+    stream.handle(headers_message())
+    stream.handle(body_message(b"x" * 5000, end_of_stream=False))
+    assert budget.held_bytes == 5000
+    stream.close()  # the client went away
+    assert budget.held_bytes == 0
+
+
+def test_a_routed_body_never_sent_back_is_released_at_close(director: Director) -> None:
+    budget = BodyBudget(1 << 20)
+    stream = RequestStream(director, max_body_bytes=1 << 20, body_budget=budget)
+    stream.handle(headers_message())
+    responses = iter(stream.handle(body_message(BODY, end_of_stream=True)))
+    next(responses)  # the stream was cut after the routing answer
+    assert budget.held_bytes == len(BODY)
+    stream.close()
+    assert budget.held_bytes == 0
+
+
+def test_buffered_mode_releases_the_body_once_answered(director: Director) -> None:
+    budget = BodyBudget(1 << 20)
+    stream = RequestStream(director, max_body_bytes=1 << 20, body_budget=budget)
+    stream.handle(headers_message(body_mode=BUFFERED))
+    (answer,) = stream.handle(body_message(BODY, end_of_stream=True))
+    assert set_headers(answer, "request_body")[DESTINATION_HEADER] in (A, B)
+    assert budget.held_bytes == 0
+    stream.close()
+
+
+def test_a_body_in_many_chunks_reaches_envoy_whole(director: Director) -> None:
+    stream = RequestStream(director, max_body_bytes=1 << 22)
+    stream.handle(headers_message())
+    body = orjson.dumps({"model": "m", "prompt": "z" * 300_000})
+    pieces = [body[i:i + 7_000] for i in range(0, len(body), 7_000)]
+    for piece in pieces[:-1]:
+        assert stream.handle(body_message(piece, end_of_stream=False)) == ()
+    _, *chunks = stream.handle(body_message(pieces[-1], end_of_stream=True))
+    assert b"".join(c.request_body.response.body_mutation.streamed_response.body
+                    for c in chunks) == body
+    stream.close()
+
+
+# -- the protocol ------------------------------------------------------------------------
+
+
+def routed(director: Director) -> RequestStream:
+    stream = RequestStream(director, max_body_bytes=1 << 20)
+    stream.handle(headers_message())
+    list(stream.handle(body_message(BODY, end_of_stream=True)))
+    return stream
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        ("fresh", body_message(BODY, end_of_stream=True)),
+        ("fresh", ProcessingRequest(request_trailers=HttpTrailers())),
+        ("fresh", ProcessingRequest()),
+        ("gathering", headers_message()),
+        ("routed", headers_message()),
+        ("routed", body_message(b"more", end_of_stream=True)),
+        ("routed", ProcessingRequest()),
+    ],
+    ids=["body-first", "trailers-first", "no-kind-first", "headers-twice",
+         "headers-after-routing", "body-after-routing", "no-kind-after-routing"],
+)
+def test_messages_out_of_place_fail_the_stream(
+    director: Director, setup: str, message: ProcessingRequest
+) -> None:
+    stream = RequestStream(director, max_body_bytes=1 << 20)
+    if setup == "gathering":
+        stream.handle(headers_message())
+        stream.handle(body_message(b'{"model"', end_of_stream=False))
+    elif setup == "routed":
+        stream = routed(director)
+    with pytest.raises(ProtocolViolation):
+        list(stream.handle(message))
+    stream.close()  # and the stream still closes cleanly, releasing what it held
+    assert all(ep.inflight_requests == 0 for ep in director._store.all())
+
+
+@pytest.mark.parametrize("setup", ["fresh", "gathering"])
+@pytest.mark.parametrize("response_mode", [FULL_DUPLEX, ProcessingMode.NONE])
+def test_envoys_own_answer_before_routing_passes_through(
+    director: Director, setup: str, response_mode: int
+) -> None:
+    """A 408 for a request too slow to arrive (or a 400/431 for bad headers) is a local
+    reply of Envoy's, sent through ext_proc before epp has routed anything."""
+    config = ProtocolConfiguration(request_body_mode=FULL_DUPLEX,
+                                   response_body_mode=response_mode)
+    stream = RequestStream(director, max_body_bytes=1 << 20)
+    first = ProcessingRequest(response_headers=HttpHeaders(headers=HeaderMap(headers=[
+        HeaderValue(key=":status", raw_value=b"408")])), protocol_config=config)
+    if setup == "gathering":  # the modes came on the request headers
+        stream.handle(headers_message(response_body_mode=response_mode))
+        stream.handle(body_message(b'{"model"', end_of_stream=False))
+        first.ClearField("protocol_config")
+    (ack,) = stream.handle(first)
+    assert ack.WhichOneof("response") == "response_headers"
+    assert not ack.response_headers.response.HasField("header_mutation")
+    (body,) = stream.handle(ProcessingRequest(
+        response_body=HttpBody(body=b"request timeout", end_of_stream=True)))
+    streamed = body.response_body.response.body_mutation.streamed_response
+    if response_mode == FULL_DUPLEX:  # the body must be handed back, unchanged
+        assert (streamed.body, streamed.end_of_stream) == (b"request timeout", True)
+    else:
+        assert not body.response_body.response.HasField("body_mutation")
+    stream.close()
