@@ -12,7 +12,18 @@ from typing import Any
 
 import orjson
 
-__all__ = ["JsonFormatter", "TextFormatter", "configure_logging"]
+__all__ = ["MAX_LOGGED_CHARS", "JsonFormatter", "TextFormatter", "clip", "configure_logging"]
+
+# Client-chosen text (paths, request ids, model names) is cut to this in log lines: a
+# line stays a line, whatever a client sends.
+MAX_LOGGED_CHARS = 256
+
+
+def clip(text: str, limit: int = MAX_LOGGED_CHARS) -> str:
+    """``text``, or its first ``limit`` characters and how much was left out."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}...(+{len(text) - limit} chars)"
 
 _RESERVED = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 

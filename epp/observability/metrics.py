@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from epp.datalayer.endpoint import Endpoint
@@ -17,8 +17,8 @@ from epp.observability.histograms import FastHistogramVec
 
 __all__ = [
     "ENDPOINT_EJECTIONS",
-    "MAX_MODEL_LABELS",
     "MODEL_FALLBACKS",
+    "MODEL_LABELS",
     "OTHER_MODELS",
     "PREFIX_HIT_BYTES",
     "PREFIX_HIT_RATIO",
@@ -27,8 +27,11 @@ __all__ = [
     "REQUEST_ERRORS",
     "SCHEDULER_DURATION",
     "STREAM_ERRORS",
+    "BodyMemoryCollector",
+    "ModelLabels",
     "PoolCollector",
     "model_label",
+    "model_labels",
     "requests_for",
 ]
 
@@ -68,21 +71,59 @@ PREFIX_HIT_BYTES = FastHistogramVec(
     [], (0, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536),
     registry=REGISTRY,
 ).labels()
-# Model names come from clients: past this many distinct names, new ones are counted
-# under OTHER_MODELS, so inventing names cannot grow epp's metrics (and memory) unbounded.
-MAX_MODEL_LABELS = 256
+class ModelLabels:
+    """Which model names get metric series of their own.
+
+    Model names come from clients, and each (model, target model) pair costs about 240
+    lines of ``/metrics`` (the per-request histograms). So a name longer than
+    ``max_chars`` never becomes a label, and past ``max_series`` distinct names (and
+    pairs), new ones are counted under ``OTHER_MODELS``: whatever clients send, the page
+    stays bounded (about ``max_series`` x 240 lines), and so does epp's memory.
+    """
+
+    __slots__ = ("_names", "_pairs", "max_chars", "max_series")
+
+    def __init__(self, max_series: int = 64, max_chars: int = 128) -> None:
+        self.max_series = max_series
+        self.max_chars = max_chars
+        self._names: set[str] = set()
+        self._pairs: set[tuple[str, str]] = set()
+
+    def name(self, model: str) -> str:
+        """``model`` as a label value: itself, or OTHER_MODELS."""
+        names = self._names
+        if model in names:
+            return model
+        if len(names) < self.max_series and len(model) <= self.max_chars:
+            names.add(model)
+            return model
+        return OTHER_MODELS
+
+    def pair(self, model: str, target: str) -> tuple[str, str]:
+        """The (model, target model) label values: themselves, or both OTHER_MODELS."""
+        key = (model, target)
+        pairs = self._pairs
+        if key in pairs:
+            return key
+        if (len(pairs) < self.max_series and len(model) <= self.max_chars
+                and len(target) <= self.max_chars):
+            pairs.add(key)
+            return key
+        return OTHER_MODELS, OTHER_MODELS
+
+
 OTHER_MODELS = "__other__"
-_model_labels: set[str] = set()
+MODEL_LABELS = ModelLabels()
 
 
 def model_label(model: str) -> str:
-    """``model`` as a metric label value: itself, or OTHER_MODELS once the set is full."""
-    if model in _model_labels:
-        return model
-    if len(_model_labels) < MAX_MODEL_LABELS:
-        _model_labels.add(model)
-        return model
-    return OTHER_MODELS
+    """``model`` as a metric label value (see :class:`ModelLabels`)."""
+    return MODEL_LABELS.name(model)
+
+
+def model_labels(model: str, target: str) -> tuple[str, str]:
+    """The (model, target model) label values (see :class:`ModelLabels`)."""
+    return MODEL_LABELS.pair(model, target)
 
 
 _requests_by_model: dict[tuple[str, str, int], Counter] = {}
@@ -90,11 +131,11 @@ _requests_by_model: dict[tuple[str, str, int], Counter] = {}
 
 def requests_for(model: str, target_model: str, priority: int = 0) -> Counter:
     """The request counter's child for a model pair (``labels()`` costs a lock and a tuple)."""
-    model, target_model = model_label(model), model_label(target_model)
+    model, target_model = model_labels(model, target_model)
     key = (model, target_model, priority)
     child = _requests_by_model.get(key)
     if child is None:
-        if len(_requests_by_model) >= 1024:  # bounded, whatever clients put in "model"
+        if len(_requests_by_model) >= 1024:  # priorities come from the operator, but bound it
             _requests_by_model.clear()
         child = _requests_by_model[key] = REQUESTS.labels(model, target_model, str(priority))
     return child
@@ -114,7 +155,8 @@ ENDPOINT_EJECTIONS = Counter(
 
 STREAM_ERRORS = Counter(
     "epp_extproc_stream_errors_total",
-    "ext_proc streams that ended in an unexpected error (a bug or a protocol violation).",
+    "ext_proc streams epp failed: reason protocol (the peer broke the ext_proc protocol: "
+    "messages out of order, bytes that are no ProcessingRequest), exception (an epp bug).",
     ["reason"],
     registry=REGISTRY,
 )
@@ -188,3 +230,28 @@ class PoolCollector(Collector):
             if self._in_backoff is not None:
                 unhealthy.add_metric([ep.address], 1 if self._in_backoff(ep) else 0)
         return [ready_pods, kv, queue, inflight, failures, stale, unhealthy]
+
+
+class BodyMemoryCollector(Collector):
+    """The request-body memory budget: bytes held now, the limit, and refusals."""
+
+    def __init__(self, held: Callable[[], int], refused: Callable[[], int], limit: int) -> None:
+        self._held = held
+        self._refused = refused
+        self._limit = limit
+
+    def collect(self) -> Iterable[Metric]:
+        held = GaugeMetricFamily(
+            "epp_request_body_bytes_held",
+            "Request body bytes epp holds now, gathered before routing or being handed back.")
+        held.add_metric([], self._held())
+        limit = GaugeMetricFamily(
+            "epp_request_body_bytes_limit",
+            "The budget for request body bytes held at once (--max-buffered-body-bytes; "
+            "0: none).")
+        limit.add_metric([], self._limit)
+        refused = CounterMetricFamily(
+            "epp_request_body_budget_refusals",
+            "Requests answered 503 overloaded because their body did not fit the budget.")
+        refused.add_metric([], self._refused())
+        return [held, limit, refused]

@@ -24,7 +24,8 @@ from prometheus_client import Gauge
 from epp.director import RoutingDecision
 from epp.errors import EppError
 from epp.observability.histograms import FastHistogramVec
-from epp.observability.metrics import REGISTRY, REQUEST_ERRORS, model_label
+from epp.observability.logging import clip
+from epp.observability.metrics import REGISTRY, REQUEST_ERRORS, model_label, model_labels
 
 __all__ = [
     "INPUT_TOKENS",
@@ -152,7 +153,7 @@ _running_by_model: dict[str, Gauge] = {}
 
 
 def _series(model: str, target: str) -> _Series:
-    key = (model_label(model), model_label(target))
+    key = model_labels(model, target)
     series = _series_by_model.get(key)
     if series is None:
         if len(_series_by_model) >= _MAX_SERIES:
@@ -282,13 +283,14 @@ def _observe(finished: FinishedRequest, decision: RoutingDecision) -> None:
 
 
 def _log_fields(finished: FinishedRequest, outcome: str) -> dict[str, object]:
-    fields: dict[str, object] = {"request_id": finished.request_id,
-                                 "method": finished.method, "path": finished.path}
+    # Everything a client chose is clipped: a log line stays a line.
+    fields: dict[str, object] = {"request_id": clip(finished.request_id),
+                                 "method": clip(finished.method), "path": clip(finished.path)}
     decision = finished.decision
     if decision is not None:
-        fields["model"] = decision.model
+        fields["model"] = clip(decision.model)
         if decision.rewritten:
-            fields["target_model"] = decision.target_model
+            fields["target_model"] = clip(decision.target_model)
         fields["endpoint"] = decision.destination
     if finished.decision_s is not None:
         fields["decision_ms"] = round(finished.decision_s * 1000, 3)
@@ -296,7 +298,7 @@ def _log_fields(finished: FinishedRequest, outcome: str) -> dict[str, object]:
     if finished.error is not None:
         fields["status"] = finished.error.status
         fields["error_code"] = finished.error.code
-        fields["error_message"] = finished.error.message
+        fields["error_message"] = clip(finished.error.message)
         return fields
     if decision is None:
         return fields

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 from prometheus_client import CollectorRegistry
 
 from epp.datalayer.endpoint import Endpoint, Metrics
@@ -33,13 +32,28 @@ def test_collector_reports_index_entries_age_and_errors() -> None:
     assert get("epp_endpoint_scrape_errors_total", {"endpoint": failing.address}) == 0
 
 
-def test_model_labels_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    from epp.observability import metrics
+def test_model_labels_are_bounded_in_count() -> None:
+    from epp.observability.metrics import OTHER_MODELS, ModelLabels
 
-    monkeypatch.setattr(metrics, "_model_labels", set())  # leave other tests' labels alone
-    monkeypatch.setattr(metrics, "MAX_MODEL_LABELS", 8)
+    labels = ModelLabels(max_series=8)
     names = [f"invented-{n}" for n in range(20)]
-    labels = [metrics.model_label(name) for name in names]
-    assert labels[:8] == names[:8]
-    assert set(labels[8:]) == {metrics.OTHER_MODELS}
-    assert metrics.model_label(names[0]) == names[0]  # a known name stays itself
+    assigned = [labels.name(name) for name in names]
+    assert assigned[:8] == names[:8]
+    assert set(assigned[8:]) == {OTHER_MODELS}
+    assert labels.name(names[0]) == names[0]  # a known name stays itself
+    pairs = [labels.pair(name, "target") for name in names]
+    assert pairs[:8] == [(name, "target") for name in names[:8]]
+    assert set(pairs[8:]) == {(OTHER_MODELS, OTHER_MODELS)}
+    assert labels.pair(names[3], "target") == (names[3], "target")
+
+
+def test_model_labels_are_bounded_in_length() -> None:
+    from epp.observability.metrics import OTHER_MODELS, ModelLabels
+
+    labels = ModelLabels(max_series=8, max_chars=16)
+    assert labels.name("x" * 16) == "x" * 16
+    assert labels.name("y" * 17) == OTHER_MODELS
+    assert labels.pair("short", "z" * 17) == (OTHER_MODELS, OTHER_MODELS)
+    assert labels.pair("z" * 17, "short") == (OTHER_MODELS, OTHER_MODELS)
+    # Names refused for their length took no room from the names that fit.
+    assert [labels.name(f"n{i}") for i in range(7)] == [f"n{i}" for i in range(7)]
