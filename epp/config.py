@@ -74,11 +74,18 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
-    grpc_host: str = "0.0.0.0"
+    # None: all interfaces in the Kubernetes modes or with TLS (gateways dial the pod),
+    # loopback otherwise: plaintext ext_proc lets whoever reaches it steer routing.
+    grpc_host: str | None = None
     grpc_port: int = 9002
     metrics_host: str = "0.0.0.0"
     metrics_port: int = 9090  # Prometheus /metrics; 0 turns it off
     max_body_bytes: int = 64 * MiB  # larger bodies get 413 from epp
+    # Request bytes all streams together may hold (0: no budget); past it, 503 overloaded.
+    # 240 bodies of 400 KB (100k-token prompts) at once, or one of the largest size. Peak
+    # memory is about: epp's own ~80 MB + this + twice the body being parsed (JSON
+    # parsers hold a long string twice while building it): ~300 MB with the defaults.
+    max_buffered_body_bytes: int = 96 * MiB
     graceful_timeout_s: float = 10.0  # in-flight streams get this long on SIGTERM
     destination_fallbacks: int = 0  # endpoints listed after the primary
     grpc_health_port: int = 9003  # grpc.health.v1 for probes; 0 turns it off
@@ -101,6 +108,10 @@ class DataLayerConfig:
     metrics_path: str = "/metrics"
     engine: str = "auto"  # vllm | sglang | auto
     unready_after_failures: int = 3  # consecutive failed scrapes before an endpoint leaves
+    # Bounds on one scrape's work (0: no limit); the same defaults as the scraper's own
+    # (epp/datalayer/scraper.py says why).
+    scrape_max_bytes: int = 4 * MiB
+    scrape_max_samples: int = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +153,9 @@ class RequestControlConfig:
     failure_max_backoff_s: float = 30.0  # the back-off doubles up to this
     model_fallbacks: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     objectives: Mapping[str, int] = field(default_factory=dict)  # name -> priority
+    # Honour x-gateway-model-name-rewrite from the request: only where the gateway sets
+    # it and strips clients' copies, or any client picks the model it is served by.
+    trust_model_rewrite_header: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +171,9 @@ class Config:
     # The per-request lines: all | errors | off. Errors only by default: a line costs
     # ~15 µs (several % of max throughput), and Envoy's access log covers the rest.
     request_log: str = "errors"
+    # Distinct model names (and model/target pairs) with metric series of their own;
+    # the rest are counted as __other__. Each pair is ~240 lines of /metrics.
+    max_model_series: int = 64
     # Reference-EPP flags given that epp accepts but does not act on: (flag, value, why).
     ignored_flags: tuple[tuple[str, str, str], ...] = ()
 
@@ -165,6 +182,13 @@ class Config:
         if self.server.secure_serving is not None:
             return self.server.secure_serving
         return self.kubernetes.enabled
+
+    @property
+    def grpc_host(self) -> str:
+        """Where ext_proc (and gRPC health) listen: see ``ServerConfig.grpc_host``."""
+        if self.server.grpc_host is not None:
+            return self.server.grpc_host
+        return "0.0.0.0" if self.kubernetes.enabled or self.secure_serving else "127.0.0.1"
 
 
 # -- value parsers ----------------------------------------------------------------------
@@ -277,6 +301,13 @@ def _positive_float(value: Any) -> float:
     return number
 
 
+def _positive_int(value: Any) -> int:
+    number = _int(value)
+    if number < 1:
+        raise ValueError(f"must be at least 1, got {value!r}")
+    return number
+
+
 def _non_negative_int(value: Any) -> int:
     number = _int(value)
     if number < 0:
@@ -308,8 +339,9 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("--grpc-host", ("server", "grpc_host"), ("server", "grpcHost"), str,
-           "address the ext_proc gRPC server listens on"),
+    Option("--grpc-host", ("server", "grpc_host"), ("server", "grpcHost"), _optional_str,
+           "address the ext_proc and gRPC health servers listen on (default: 0.0.0.0 with "
+           "Kubernetes discovery or TLS, else 127.0.0.1)"),
     Option("--grpc-port", ("server", "grpc_port"), ("server", "grpcPort"), _port,
            "ext_proc gRPC port (Envoy connects here)"),
     Option("--metrics-host", ("server", "metrics_host"), ("server", "metricsHost"), str,
@@ -318,6 +350,10 @@ OPTIONS: tuple[Option, ...] = (
            "Prometheus /metrics port; 0 turns it off"),
     Option("--max-body-bytes", ("server", "max_body_bytes"), ("server", "maxBodyBytes"), _int,
            "largest request body epp gathers; larger ones get 413"),
+    Option("--max-buffered-body-bytes", ("server", "max_buffered_body_bytes"),
+           ("server", "maxBufferedBodyBytes"), _non_negative_int,
+           "request body bytes all requests together may hold in epp; a request whose "
+           "body does not fit gets 503 overloaded; 0: no limit"),
     Option("--graceful-timeout", ("server", "graceful_timeout_s"),
            ("server", "gracefulTimeout"), parse_duration_s,
            "how long in-flight requests may finish on SIGTERM (e.g. 10s)"),
@@ -341,6 +377,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("--unready-after-failures", ("data_layer", "unready_after_failures"),
            ("dataLayer", "unreadyAfterFailures"), _int,
            "consecutive failed scrapes after which an endpoint gets no traffic"),
+    Option("--scrape-max-bytes", ("data_layer", "scrape_max_bytes"),
+           ("dataLayer", "scrapeMaxBytes"), _non_negative_int,
+           "largest /metrics body epp reads from a model server; a larger one fails the "
+           "scrape; 0: no limit"),
+    Option("--scrape-max-samples", ("data_layer", "scrape_max_samples"),
+           ("dataLayer", "scrapeMaxSamples"), _non_negative_int,
+           "most series of the metrics epp reads (queue, KV cache) one /metrics page may "
+           "hold; more fails the scrape; 0: no limit"),
     Option("--grpc-health-port", ("server", "grpc_health_port"),
            ("server", "grpcHealthPort"), _port,
            "grpc.health.v1 port for liveness/readiness probes; 0 turns it off"),
@@ -407,6 +451,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("--endpoint-max-inflight", ("request_control", "endpoint_max_inflight"),
            ("admission", "endpointMaxInflight"), _non_negative_int,
            "requests epp may have in flight on one endpoint; 0: no cap"),
+    Option("--trust-model-rewrite-header", ("request_control", "trust_model_rewrite_header"),
+           ("modelRewrite", "trustHeader"), _bool,
+           "honour x-gateway-model-name-rewrite on requests (it overrides every rewrite "
+           "rule); only if your gateway sets it and removes clients' copies"),
     Option("--failure-backoff", ("request_control", "failure_backoff_s"),
            ("passiveHealth", "backoff"), parse_duration_s,
            "how long an endpoint is avoided after a failed request (5xx); doubles on "
@@ -422,6 +470,9 @@ OPTIONS: tuple[Option, ...] = (
            _choice("all", "errors", "off"),
            "the line logged at info for each finished request: all, errors (only those "
            "that did not complete below 400) or off"),
+    Option("--max-model-series", ("max_model_series",), ("metrics", "maxModelSeries"),
+           _positive_int, "distinct model names with metric series of their own; the rest "
+           "count as __other__ (each costs ~240 lines of /metrics)"),
 )
 
 
@@ -527,7 +578,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     metavars: dict[Callable[[Any], Any], str] = {
         _port: "PORT", _int: "N", parse_duration_s: "DURATION",
         _positive_duration: "DURATION", str: "TEXT", _whole_seconds: "DURATION",
-        _positive_float: "NUMBER", _non_negative_int: "N",
+        _positive_float: "NUMBER", _non_negative_int: "N", _positive_int: "N",
     }
     groups: dict[str, argparse._ArgumentGroup] = {}
     for option in OPTIONS:
@@ -628,6 +679,10 @@ def _check_modes(config: Config) -> None:
         kube.retry_period_s < kube.renew_deadline_s < kube.lease_duration_s
     ):
         raise ConfigError("leader election needs retry period < renew deadline < lease duration")
+    server = config.server
+    if 0 < server.max_buffered_body_bytes < server.max_body_bytes:
+        raise ConfigError("--max-buffered-body-bytes must be 0 or at least --max-body-bytes "
+                          "(else the largest bodies allowed could never be gathered)")
     control = config.request_control
     if control.failure_max_backoff_s < control.failure_backoff_s:
         raise ConfigError("--failure-max-backoff must not be shorter than --failure-backoff")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import ipaddress
 import logging
 import os
 import signal
@@ -21,25 +22,28 @@ from dataclasses import dataclass
 import grpc
 from aiohttp import web
 from grpc_health.v1 import health
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from epp.config import Config
 from epp.datalayer.kube_discovery import KubernetesDiscovery, PoolSpec
-from epp.datalayer.scraper import MetricsScraper
+from epp.datalayer.scraper import MetricsScraper, default_max_backoff_s
 from epp.datalayer.static_discovery import StaticDiscovery
 from epp.datalayer.store import EndpointStore
 from epp.director import Director
+from epp.extproc.body_budget import BodyBudget
 from epp.extproc.service import create_grpc_server, create_health_server
 from epp.k8s.client import make_client
 from epp.k8s.leader import LeaderElector
 from epp.k8s.pool_policies import PoolPolicies
 from epp.observability import metrics, request_metrics
+from epp.observability.exposition import MetricsPage
 from epp.observability.health import HealthReporter
 from epp.observability.state_metrics import StateCollector
 from epp.requestcontrol.admission import SaturationDetector
 from epp.requestcontrol.fallback import ModelFallbacks
 from epp.requestcontrol.health import PassiveHealth
 from epp.requestcontrol.objectives import Objectives
+from epp.requestcontrol.rewrite import ModelRewrites
 from epp.scheduling.config import default_scheduler_config, load_only_scheduler_config
 from epp.scheduling.registry import PluginRegistry, register_builtin_plugins
 from epp.scheduling.scheduler import Scheduler, build_scheduler
@@ -96,6 +100,7 @@ async def serve(
         ),
         pick_endpoints=not config.server.body_based_routing,
         objectives=Objectives(control.objectives),
+        rewrites=ModelRewrites(honour_header=control.trust_model_rewrite_header),
         fallbacks=ModelFallbacks(control.model_fallbacks),
         health=PassiveHealth(initial_backoff_s=control.failure_backoff_s,
                              max_backoff_s=control.failure_max_backoff_s),
@@ -117,6 +122,9 @@ async def serve(
         path=data.metrics_path,
         interval_s=data.refresh_metrics_interval_s,
         timeout_s=data.scrape_timeout_s,
+        max_body_bytes=data.scrape_max_bytes,
+        max_samples=data.scrape_max_samples,
+        max_backoff_s=default_max_backoff_s(data.metrics_staleness_s),
     )
     pool = metrics.PoolCollector(store.all, director.is_ready, data.metrics_staleness_s,
                                  in_backoff=director.health.in_backoff)
@@ -124,19 +132,31 @@ async def serve(
     state = StateCollector(store.all, lambda: director.scheduler)
     request_metrics.set_request_log(config.request_log)
     metrics.REGISTRY.register(state)
+    metrics.MODEL_LABELS.max_series = config.max_model_series
+    budget = BodyBudget(config.server.max_buffered_body_bytes)
+    body_memory = metrics.BodyMemoryCollector(lambda: budget.held_bytes,
+                                              lambda: budget.refused, budget.limit_bytes)
+    metrics.REGISTRY.register(body_memory)
+    grpc_host = config.grpc_host
     server, grpc_port = create_grpc_server(
         director,
-        address=f"{config.server.grpc_host}:{config.server.grpc_port}",
+        address=f"{grpc_host}:{config.server.grpc_port}",
         max_body_bytes=config.server.max_body_bytes,
         health_servicer=health_servicer,
         tls=_tls_credentials(config),
         inject_stream_usage=config.server.inject_stream_usage,
+        body_budget=budget,
     )
+    if not config.secure_serving and not _is_loopback(grpc_host):
+        log.warning("ext_proc is served without TLS on %s:%d: whoever can reach it can read "
+                    "requests and choose where they go; use --secure-serving, or keep the "
+                    "port reachable only by the gateway (a NetworkPolicy)",
+                    grpc_host, grpc_port)
     health_server: grpc.aio.Server | None = None
     health_port: int | None = None
     if config.server.grpc_health_port:
         health_server, health_port = create_health_server(
-            health_servicer, address=f"{config.server.grpc_host}:{config.server.grpc_health_port}"
+            health_servicer, address=f"{grpc_host}:{config.server.grpc_health_port}"
         )
     metrics_runner: web.AppRunner | None = None
     try:
@@ -164,7 +184,7 @@ async def serve(
         log.info(
             "epp serving ext_proc on %s:%d%s (%s; %d/%d endpoints ready; health on %s; "
             "metrics on %s)",
-            config.server.grpc_host, grpc_port, " with TLS" if config.secure_serving else "",
+            grpc_host, grpc_port, " with TLS" if config.secure_serving else "",
             parts.discovery.what if parts is not None else (
                 "body-based routing" if config.server.body_based_routing
                 else "static endpoints"),
@@ -192,6 +212,7 @@ async def serve(
             await metrics_runner.cleanup()
         metrics.REGISTRY.unregister(pool)
         metrics.REGISTRY.unregister(state)
+        metrics.REGISTRY.unregister(body_memory)
         log.info("epp stopped")
 
 
@@ -309,6 +330,13 @@ def _tls_credentials(config: Config) -> grpc.ServerCredentials | None:
     return grpc.ssl_server_credentials([pair])
 
 
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 async def _termination_signal() -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -326,10 +354,11 @@ async def _start_metrics_listener(
 ) -> tuple[web.AppRunner | None, int | None]:
     if config.server.metrics_port == 0:
         return None, None
+    page = MetricsPage(metrics.REGISTRY)
 
     async def prometheus(_request: web.Request) -> web.Response:
         return web.Response(
-            body=generate_latest(metrics.REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST}
+            body=await page.render(), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )
 
     async def healthz(_request: web.Request) -> web.Response:
