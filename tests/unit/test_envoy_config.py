@@ -5,7 +5,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from epp.envoy_config import EnvoyPorts, envoy_bootstrap, render_bootstrap
+from epp.cli import main
+from epp.envoy_config import (
+    EPP_TIMEOUT_ERROR,
+    EPP_UNAVAILABLE_ERROR,
+    EnvoyPorts,
+    EnvoyTimeouts,
+    envoy_bootstrap,
+    render_bootstrap,
+)
 
 DEPLOYED = Path(__file__).resolve().parents[2] / "deploy" / "envoy" / "envoy.yaml"
 
@@ -43,3 +51,103 @@ def test_responses_stream_through_epp_by_default() -> None:
     assert none["response_body_mode"] == "NONE"
     with pytest.raises(ValueError, match="response_body_mode"):
         envoy_bootstrap(response_body_mode="BUFFERED")
+
+
+def _manager(bootstrap: dict) -> dict:  # type: ignore[type-arg]
+    listener = bootstrap["static_resources"]["listeners"][0]
+    return listener["filter_chains"][0]["filters"][0]["typed_config"]  # type: ignore[no-any-return]
+
+
+def _epp_tls(bootstrap: dict) -> dict | None:  # type: ignore[type-arg]
+    epp = next(c for c in bootstrap["static_resources"]["clusters"] if c["name"] == "epp")
+    socket = epp.get("transport_socket")
+    return None if socket is None else socket["typed_config"]  # type: ignore[no-any-return]
+
+
+def _cli(capsys: pytest.CaptureFixture[str], *flags: str) -> dict:  # type: ignore[type-arg]
+    assert main(["envoy-config", *flags]) == 0
+    return yaml.safe_load(capsys.readouterr().out)  # type: ignore[no-any-return]
+
+
+def test_the_cli_prints_the_deploy_file(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["envoy-config"]) == 0
+    assert capsys.readouterr().out == DEPLOYED.read_text()
+
+
+def test_epp_failures_fail_closed_with_503() -> None:
+    ext_proc = _ext_proc(envoy_bootstrap())
+    assert ext_proc["failure_mode_allow"] is False
+    assert ext_proc["status_on_error"] == {"code": 503}
+    mappers = _manager(envoy_bootstrap())["local_reply_config"]["mappers"]
+    # First match wins: the timeouts before the catch-all for ext_proc failures.
+    assert [(m["status_code"], m["body_format_override"]["json_format"]) for m in mappers] == [
+        (504, {"error": EPP_TIMEOUT_ERROR}), (503, {"error": EPP_UNAVAILABLE_ERROR})]
+
+
+def test_timeouts_and_http_10() -> None:
+    manager = _manager(envoy_bootstrap())
+    assert (manager["request_headers_timeout"], manager["request_timeout"],
+            manager["stream_idle_timeout"]) == ("10s", "60s", "300s")
+    assert manager["common_http_protocol_options"] == {"idle_timeout": "300s"}
+    assert manager["http_protocol_options"]["accept_http_10"] is True
+    short = envoy_bootstrap(timeouts=EnvoyTimeouts(request_headers_s=0.5, epp_message_s=2))
+    assert _manager(short)["request_headers_timeout"] == "0.5s"
+    assert _ext_proc(short)["message_timeout"] == "2s"
+
+
+def test_epp_tls_alone_stays_unverified_in_the_python_api() -> None:
+    # What gateways do with the picker's self-signed certificate (and test_pool_mode uses).
+    tls = _epp_tls(envoy_bootstrap(epp_tls=True))
+    assert tls is not None
+    assert tls["common_tls_context"] == {"alpn_protocols": ["h2"]}
+    assert _epp_tls(envoy_bootstrap()) is None
+
+
+def test_a_ca_file_verifies_epp_and_a_server_name_is_sent_and_matched(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    tls = _epp_tls(_cli(capsys, "--epp-ca-file", "/etc/epp/ca.crt"))
+    assert tls is not None
+    assert tls["common_tls_context"]["validation_context"] == {
+        "trusted_ca": {"filename": "/etc/epp/ca.crt"}}
+    assert "sni" not in tls
+
+    tls = _epp_tls(_cli(capsys, "--epp-tls", "--epp-ca-file", "/etc/epp/ca.crt",
+                        "--epp-server-name", "epp.inference.svc"))
+    assert tls is not None
+    assert tls["sni"] == "epp.inference.svc"
+    assert tls["common_tls_context"]["validation_context"]["match_typed_subject_alt_names"] == [
+        {"san_type": "DNS", "matcher": {"exact": "epp.inference.svc"}}]
+
+    # An address is matched as one, and never sent as SNI (which carries host names).
+    tls = _epp_tls(_cli(capsys, "--epp-ca-file", "ca.crt", "--epp-server-name", "10.0.0.7"))
+    assert tls is not None
+    assert "sni" not in tls
+    assert tls["common_tls_context"]["validation_context"]["match_typed_subject_alt_names"] == [
+        {"san_type": "IP_ADDRESS", "matcher": {"exact": "10.0.0.7"}}]
+
+
+def test_skipping_verification_is_explicit(capsys: pytest.CaptureFixture[str]) -> None:
+    tls = _epp_tls(_cli(capsys, "--epp-tls-insecure-skip-verify"))
+    assert tls is not None
+    assert "validation_context" not in tls["common_tls_context"]
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--epp-tls"], "add --epp-ca-file PATH"),
+    (["--epp-tls"], "--epp-tls-insecure-skip-verify"),
+    (["--epp-server-name", "epp"], "add --epp-ca-file PATH"),
+    (["--epp-server-name", "epp", "--epp-tls-insecure-skip-verify"], "add --epp-ca-file"),
+    (["--epp-ca-file", "ca.crt", "--epp-tls-insecure-skip-verify"], "contradict"),
+], ids=["tls-alone-names-ca", "tls-alone-names-skip", "name-without-ca",
+        "name-while-skipping", "ca-and-skip"])
+def test_tls_flags_that_do_not_say_how_to_trust_epp_are_refused(
+        capsys: pytest.CaptureFixture[str], flags: list[str], message: str) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["envoy-config", *flags])
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_server_name_needs_a_ca_in_the_python_api_too() -> None:
+    with pytest.raises(ValueError, match="epp_ca_file"):
+        envoy_bootstrap(epp_tls=True, epp_server_name="epp")
