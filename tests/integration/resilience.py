@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,15 +49,16 @@ class Rig:
             process.wait_http(f"http://{address}/health")
         return addresses
 
-    def start_epp(self, endpoints: dict[str, str], *extra: str) -> int:
-        """epp over ``endpoints`` (address -> model); returns its ext_proc port."""
+    def start_epp(self, endpoints: Mapping[str, str | None], *extra: str) -> int:
+        """epp over ``endpoints`` (address -> model; None: serves any model); returns its
+        ext_proc port."""
         grpc_port, metrics_port = free_port(), free_port()
         args = ["serve", "--grpc-host", "127.0.0.1", "--grpc-port", str(grpc_port),
                 "--grpc-health-port", "0", "--metrics-host", "127.0.0.1",
                 "--metrics-port", str(metrics_port), "--refresh-metrics-interval", "50ms",
                 "--log-level", "debug", *extra]
         for address, model in endpoints.items():
-            args += ["--endpoint", f"{address}={model}"]
+            args += ["--endpoint", address if model is None else f"{address}={model}"]
         self.epp = self._start("epp", args)
         self.epp.wait_http(f"http://127.0.0.1:{metrics_port}/readyz")
         self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
