@@ -13,6 +13,7 @@ import pytest
 from epp.envoy_config import EnvoyPorts, envoy_bootstrap
 from epp.stack import ManagedProcess, free_port, start_envoy, start_epp_module
 from tests.integration.helpers import GEMMA, GHOST, QWEN
+from tests.integration.resilience import Rig
 
 
 @dataclass(frozen=True)
@@ -103,3 +104,13 @@ def stack(
 def client(stack: Stack) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=stack.url, timeout=30.0) as http:
         yield http
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[Rig]:
+    """A stack of the test's own (pods, epp with its flags, Envoy), stopped at its end."""
+    rig = Rig(tmp_path)
+    try:
+        yield rig
+    finally:
+        rig.stop()

@@ -13,7 +13,6 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -35,15 +34,6 @@ from tests.integration.resilience import Rig, wait_until
 MODES = ["FULL_DUPLEX_STREAMED", "BUFFERED"]
 # Pods slow enough that a 300-token answer outlasts the short timeouts used below.
 SLOW_DECODE = ["--decode-ms-per-token", "10"]
-
-
-@pytest.fixture
-def rig(tmp_path: Path) -> Iterator[Rig]:
-    rig = Rig(tmp_path)
-    try:
-        yield rig
-    finally:
-        rig.stop()
 
 
 def start_gateway(rig: Rig, epp_port: int, **bootstrap: Any) -> str:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -101,15 +100,6 @@ def test_a_client_model_header_does_not_reach_a_request_without_body(
 
 
 # -- per-test stacks ---------------------------------------------------------------------
-
-
-@pytest.fixture
-def rig(tmp_path: Path) -> Iterator[Rig]:
-    rig = Rig(tmp_path)
-    try:
-        yield rig
-    finally:
-        rig.stop()
 
 
 def test_invented_model_names_cannot_grow_the_metrics_page(rig: Rig) -> None:

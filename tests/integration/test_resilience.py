@@ -4,7 +4,6 @@ simulated pods. Every test starts its own stack (pods, epp with its flags, Envoy
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -13,15 +12,6 @@ import pytest
 
 from tests.integration.helpers import chat
 from tests.integration.resilience import Rig, Traffic, set_faults, wait_until
-
-
-@pytest.fixture
-def rig(tmp_path: Path) -> Iterator[Rig]:
-    rig = Rig(tmp_path)
-    try:
-        yield rig
-    finally:
-        rig.stop()
 
 
 def test_a_dead_endpoint_is_seen_through_envoys_local_503(rig: Rig) -> None:
