@@ -8,6 +8,8 @@ router that asks for tokens sees exactly the tokens the pod computes.
 from __future__ import annotations
 
 import json
+import math
+import re
 from typing import Any
 
 import xxhash
@@ -24,7 +26,11 @@ __all__ = [
     "error_response",
     "is_token_ids",
     "json_object",
+    "optional_int",
+    "optional_number",
+    "optional_str",
     "positive_int",
+    "stream_options",
     "usage",
 ]
 
@@ -68,14 +74,52 @@ def error_response(status: int, message: str, param: str | None = None) -> web.R
 
 
 def json_object(body: bytes) -> dict[str, Any]:
-    """The body as a JSON object, or a 400."""
+    """The body as a JSON object, or a 400; never another exception.
+
+    The text is UTF-8 (or the UTF-16/32 that ``json`` detects), decoded strictly. Beyond
+    what ``json.loads`` rejects, a 400 also answers nesting deeper than its C decoder's
+    recursion allows (Python raises RecursionError there) and a ``\\uD800``-style escape
+    that is not half of a surrogate pair: such a string cannot be encoded as UTF-8, so it
+    would fail later, when the prompt is tokenized.
+    """
     try:
-        obj = json.loads(body)
+        text = body.decode(json.detect_encoding(body))
+    except UnicodeDecodeError as exc:
+        raise ApiError(400, f"invalid JSON body: {exc}") from exc
+    try:
+        obj = json.loads(text)
     except ValueError as exc:
         raise ApiError(400, f"invalid JSON body: {exc}") from exc
+    except RecursionError as exc:
+        raise ApiError(400, "invalid JSON body: nested too deeply") from exc
     if not isinstance(obj, dict):
         raise ApiError(400, "the request body must be a JSON object")
+    # The walk is needed only when the text holds a surrogate escape (emoji are sent as
+    # pairs of them by ``ensure_ascii`` encoders); other bodies skip it.
+    if "\\u" in text and _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(obj):
+        raise ApiError(400, "invalid JSON body: a string holds an unpaired UTF-16 surrogate")
     return obj
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _has_lone_surrogate(obj: object) -> bool:
+    # Iterative: the object may be nested as deeply as json.loads allowed.
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode()
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def chat_prompt(body: dict[str, Any]) -> str:
@@ -148,14 +192,69 @@ def embedding(item: str | list[int]) -> list[float]:
     return [x / norm for x in raw]
 
 
-def positive_int(body: dict[str, Any], key: str) -> int | None:
-    """``body[key]`` if it is a positive int, None if absent, else a 400."""
+def positive_int(body: dict[str, Any], key: str, *, maximum: int | None = None) -> int | None:
+    """``body[key]`` if it is a positive int (at most ``maximum``), None if absent, else a 400.
+
+    The simulator's token budgets are bounded by the context length (vLLM bounds prompt
+    plus output): a budget of 10**12 tokens would otherwise keep a pod busy forever.
+    """
     value = body.get(key)
     if value is None:
         return None
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ApiError(400, f"'{key}' must be a positive integer", key)
+    if maximum is not None and value > maximum:
+        raise ApiError(
+            400, f"'{key}' is {value}, more than the model's context length ({maximum})", key
+        )
     return value
+
+
+def optional_int(body: dict[str, Any], key: str) -> int | None:
+    """``body[key]`` if it is an int (not a bool), None if absent or null, else a 400."""
+    value = body.get(key)
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    raise ApiError(400, f"'{key}' must be an integer", key)
+
+
+def optional_number(body: dict[str, Any], key: str) -> float | int | None:
+    """``body[key]`` if it is a finite number, None if absent or null, else a 400."""
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return value
+    raise ApiError(400, f"'{key}' must be a finite number", key)
+
+
+def optional_str(body: dict[str, Any], key: str) -> str | None:
+    """``body[key]`` if it is a string, None if absent or null, else a 400."""
+    value = body.get(key)
+    if value is None or isinstance(value, str):
+        return value
+    raise ApiError(400, f"'{key}' must be a string", key)
+
+
+_STREAM_OPTIONS = ("include_usage", "continuous_usage_stats")
+
+
+def stream_options(body: dict[str, Any]) -> dict[str, bool] | None:
+    """``stream_options`` as vLLM's ``StreamOptions`` (known boolean flags only), or a 400."""
+    value = body.get("stream_options")
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ApiError(400, "'stream_options' must be an object", "stream_options")
+    options: dict[str, bool] = {}
+    for key in _STREAM_OPTIONS:
+        flag = value.get(key)
+        if flag is None:
+            continue
+        if not isinstance(flag, bool):
+            raise ApiError(400, f"'stream_options.{key}' must be a boolean", "stream_options")
+        options[key] = flag
+    return options
 
 
 def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict[str, Any]:

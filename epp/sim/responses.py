@@ -31,8 +31,9 @@ def responses_handler(pod: _Pod) -> Callable[[web.Request], Awaitable[web.Stream
         body = pod._body(request)
         model = pod._model(body)
         prompt = _prompt(body)
-        max_tokens = positive_int(body, "max_output_tokens") or (
-            pod.engine.config.default_max_tokens)
+        max_tokens = positive_int(
+            body, "max_output_tokens", maximum=pod.engine.config.max_model_len
+        ) or pod.engine.config.default_max_tokens
         stream = body.get("stream", False)
         if not isinstance(stream, bool):
             raise ApiError(400, "'stream' must be a boolean", "stream")

@@ -16,8 +16,10 @@ completions also carry ``x-sim-ttft-s`` and ``x-sim-e2e-s``: the request's time 
 token and end-to-end latency in simulated seconds, as the pod's histograms record them.
 
 Errors use vLLM's shape ``{"error": {"message", "type", "param", "code"}}``: 400 for a
-body that is not a JSON object or misses its prompt, 404 for a model the pod does not
-serve. A request without ``model`` goes to the pod's first model, as in vLLM.
+body that is not a JSON object (one nested too deeply, or holding an unpaired surrogate,
+included), misses its prompt, has a field of the wrong type or a token budget beyond the
+context length; 404 for a model the pod does not serve. No request body makes a pod
+answer 500. A request without ``model`` goes to the pod's first model, as in vLLM.
 """
 
 from __future__ import annotations
@@ -41,7 +43,11 @@ from epp.sim.bodies import (
     embedding_inputs,
     error_response,
     json_object,
+    optional_int,
+    optional_number,
+    optional_str,
     positive_int,
+    stream_options,
     usage,
 )
 from epp.sim.engine import SimEngine
@@ -155,7 +161,7 @@ class _Pod:
 
     def _max_tokens(self, body: dict[str, Any]) -> int:
         for key in ("max_completion_tokens", "max_tokens"):
-            value = positive_int(body, key)
+            value = positive_int(body, key, maximum=self.engine.config.max_model_len)
             if value is not None:
                 return value
         return self.engine.config.default_max_tokens
@@ -165,9 +171,8 @@ class _Pod:
         stream = body.get("stream", False)
         if not isinstance(stream, bool):
             raise ApiError(400, "'stream' must be a boolean", "stream")
-        options = body.get("stream_options")
-        include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
-        return stream, include_usage
+        options = stream_options(body)
+        return stream, bool(options and options.get("include_usage"))
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         return await self._complete(request, chat=True)
@@ -353,9 +358,13 @@ class _Pod:
         # "prompt", the rendered text, is the simulator's addition.
         stream, _ = self._streaming(body)
         params: dict[str, Any] = {"n": 1, "max_tokens": self._max_tokens(body)}
-        for key in ("temperature", "top_p", "seed"):
-            if body.get(key) is not None:
-                params[key] = body[key]
+        # Only well-typed values are echoed, as vLLM's request model would accept them.
+        for key, value in (("temperature", optional_number(body, "temperature")),
+                           ("top_p", optional_number(body, "top_p")),
+                           ("seed", optional_int(body, "seed"))):
+            if value is not None:
+                params[key] = value
+        priority = optional_int(body, "priority")
         rendered = {
             "request_id": f"{prefix}-{uuid.uuid4().hex}",
             "token_ids": token_ids(prompt),
@@ -363,9 +372,9 @@ class _Pod:
             "sampling_params": params,
             "model": body.get("model"),
             "stream": stream,
-            "stream_options": body.get("stream_options") if stream else None,
-            "cache_salt": body.get("cache_salt"),
-            "priority": body.get("priority", 0),
+            "stream_options": stream_options(body) if stream else None,
+            "cache_salt": optional_str(body, "cache_salt"),
+            "priority": 0 if priority is None else priority,
             "kv_transfer_params": None,
             "prompt": prompt if isinstance(prompt, str) else None,
         }
