@@ -5,14 +5,16 @@ body), maybe request trailers, then response headers/body/trailers as the filter
 processing mode asks. ``RequestStream.handle`` takes one message and returns the
 messages to send back; it never does I/O, so it is tested without gRPC.
 
-A message Envoy would never send in the stream's phase (a second set of request headers,
-a request body before the headers or after the request was routed, a message of no known
-kind) raises :class:`ProtocolViolation`: the peer is not a working Envoy, and the stream
-is failed rather than guessed at. Request body chunks that cross an answer epp already
-sent (413, 503) are the one race Envoy can cause, and are dropped quietly. Response
-messages may come at any point: before routing they carry Envoy's own answer to the
-client (408 for a request too slow to arrive, 400 or 431 for bad headers), which passes
-through unchanged.
+A message Envoy would never send at that point raises :class:`ProtocolViolation`: the
+peer is not a working Envoy, and the stream is failed rather than guessed at. Out of
+place are: request headers twice or after a response began; a request body before the
+headers or after the request was routed; request trailers after the response began;
+response headers twice; anything on the response side after it ended; a message of no
+known kind. Response headers may come before the request was routed: they carry Envoy's
+own answer to the client (408 for a request too slow to arrive, 400 for a request it
+refused), which passes through unchanged, and request chunks still in flight after it are
+dropped. So are messages that cross an answer epp already sent (413, 503): epp sends
+nothing after its ImmediateResponse.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from epp.observability.logging import clip
 from epp.requestcontrol.objectives import OBJECTIVE_HEADER
 from epp.requestcontrol.rewrite import MODEL_REWRITE_HEADER
 
-__all__ = ["Phase", "ProtocolViolation", "RequestStream"]
+__all__ = ["Phase", "ProtocolViolation", "RequestStream", "ResponsePhase"]
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +68,12 @@ class Phase(enum.Enum):
     ANSWERED = enum.auto()  # epp answered with an ImmediateResponse; Envoy ends the stream
 
 
+class ResponsePhase(enum.Enum):
+    NOT_STARTED = enum.auto()  # no response message yet
+    STARTED = enum.auto()  # response headers seen; body or trailers may follow
+    ENDED = enum.auto()  # end_of_stream or trailers seen: nothing more may come
+
+
 class RequestStream:
     """State for one request; create one per gRPC stream and call ``close()`` at its end."""
 
@@ -87,6 +95,7 @@ class RequestStream:
         self._body_mode = default_body_mode
         self._response_body_mode = ProcessingMode.NONE
         self.phase = Phase.AWAITING_HEADERS
+        self.response_phase = ResponsePhase.NOT_STARTED
         self.headers: dict[str, str] = {}
         # The body gathered so far: Envoy's first chunk as it came (most bodies are one
         # chunk), then one growing bytearray, so a large body is never held twice.
@@ -129,11 +138,20 @@ class RequestStream:
                                              message.request_body.end_of_stream)
             if kind == "request_trailers":
                 return self._on_request_trailers()
+            if self.phase is Phase.ANSWERED:
+                return ()  # crossed epp's answer: Envoy ends the stream
             if kind == "response_headers":
+                if self.response_phase is not ResponsePhase.NOT_STARTED:
+                    raise ProtocolViolation("response headers arrived again")
                 return self._on_response_headers(message)
+            if kind is None:
+                raise ProtocolViolation("a message of no known kind")
+            if self.response_phase is ResponsePhase.ENDED:
+                raise ProtocolViolation(f"{kind} after the response ended")
             if kind == "response_body":
                 return self._on_response_body(message)
             if kind == "response_trailers":
+                self.response_phase = ResponsePhase.ENDED
                 if self.decision is not None:
                     self._response_ended(self.decision)
                 return (messages.trailers_response(request=False),)
@@ -165,8 +183,10 @@ class RequestStream:
     # -- request side -------------------------------------------------------------------
 
     def _on_request_headers(self, message: ProcessingRequest) -> Sequence[ProcessingResponse]:
-        if self.phase is not Phase.AWAITING_HEADERS:
-            raise ProtocolViolation(f"request headers arrived again, in phase {self.phase.name}")
+        if (self.phase is not Phase.AWAITING_HEADERS
+                or self.response_phase is not ResponsePhase.NOT_STARTED):
+            raise ProtocolViolation(f"request headers arrived in phase {self.phase.name}, "
+                                    f"response {self.response_phase.name}")
         self._received_at = time.monotonic()
         headers = self.headers
         undecodable = None
@@ -202,9 +222,9 @@ class RequestStream:
         return (messages.headers_response(),)
 
     def _on_request_body(self, chunk: bytes, end_of_stream: bool) -> Iterable[ProcessingResponse]:
+        if self.phase is Phase.ANSWERED or self._answered_by_envoy():
+            return ()  # sent before Envoy saw the answer (epp's, or its own)
         if self.phase is not Phase.GATHERING_BODY:
-            if self.phase is Phase.ANSWERED:
-                return ()  # sent before Envoy saw epp's answer
             raise ProtocolViolation(f"request body in phase {self.phase.name}")
         self._body_bytes += len(chunk)
         if self._body_bytes > self._max_body_bytes:
@@ -229,7 +249,16 @@ class RequestStream:
             return ()
         return self._route_body(ends_request=True)
 
+    def _answered_by_envoy(self) -> bool:
+        """Envoy answered the client itself (response headers came while gathering)."""
+        return (self.phase is Phase.GATHERING_BODY
+                and self.response_phase is not ResponsePhase.NOT_STARTED)
+
     def _on_request_trailers(self) -> Sequence[ProcessingResponse]:
+        if self.phase is Phase.ANSWERED or self._answered_by_envoy():
+            return ()
+        if self.response_phase is not ResponsePhase.NOT_STARTED:
+            raise ProtocolViolation("request trailers after the response began")
         # A body that ended with trailers has not seen end_of_stream on its last chunk.
         if self.phase is Phase.GATHERING_BODY:
             responses = list(self._route_body(ends_request=False))
@@ -237,8 +266,6 @@ class RequestStream:
             return responses
         if self.phase is Phase.AWAITING_HEADERS:
             raise ProtocolViolation("request trailers arrived before request headers")
-        if self.phase is Phase.ANSWERED:
-            return ()
         return (messages.trailers_response(request=True),)
 
     def _route_body(self, *, ends_request: bool) -> Iterable[ProcessingResponse]:
@@ -300,6 +327,8 @@ class RequestStream:
     # -- response side ------------------------------------------------------------------
 
     def _on_response_headers(self, message: ProcessingRequest) -> Sequence[ProcessingResponse]:
+        self.response_phase = (ResponsePhase.ENDED if message.response_headers.end_of_stream
+                               else ResponsePhase.STARTED)
         decision = self.decision
         if decision is not None:
             response = decision.response
@@ -308,7 +337,9 @@ class RequestStream:
                 key = header.key
                 if key == ":status":
                     status = header.raw_value or header.value.encode()
-                    response.status = int(status) if status.isdigit() else None
+                    # Three digits, as HTTP has them: int() of thousands would raise.
+                    response.status = (int(status) if len(status) == 3 and status.isdigit()
+                                       else None)
                 elif key == "content-type":
                     content_type = header.raw_value or header.value.encode()
                 elif key == "content-encoding":
@@ -348,6 +379,8 @@ class RequestStream:
                     self._usage_reader.feed(data)
             if body.end_of_stream:
                 self._response_ended(decision)
+        if body.end_of_stream:
+            self.response_phase = ResponsePhase.ENDED
         restorer = self._restorer
         if self._response_body_mode == _FULL_DUPLEX:
             if self._stripper is not None:

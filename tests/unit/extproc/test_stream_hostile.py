@@ -304,3 +304,69 @@ def test_envoys_own_answer_before_routing_passes_through(
     else:
         assert not body.response_body.response.HasField("body_mutation")
     stream.close()
+
+
+def response_headers(status: bytes = b"200", *, end: bool = False) -> ProcessingRequest:
+    return ProcessingRequest(response_headers=HttpHeaders(
+        headers=HeaderMap(headers=[HeaderValue(key=":status", raw_value=status)]),
+        end_of_stream=end))
+
+
+def response_body(data: bytes, *, end: bool) -> ProcessingRequest:
+    return ProcessingRequest(response_body=HttpBody(body=data, end_of_stream=end))
+
+
+@pytest.mark.parametrize(
+    "after",
+    [
+        [response_headers(), response_headers()],
+        [response_headers(end=True), response_body(b"x", end=False)],
+        [response_headers(), response_body(b"x", end=True), response_body(b"y", end=False)],
+        [response_headers(), ProcessingRequest(response_trailers=HttpTrailers()),
+         ProcessingRequest(response_trailers=HttpTrailers())],
+        [response_headers(), ProcessingRequest(request_trailers=HttpTrailers())],
+        [response_headers(), headers_message()],
+    ],
+    ids=["headers-twice", "body-after-headers-ended", "body-after-body-ended",
+         "trailers-twice", "request-trailers-after-response", "request-after-response"],
+)
+def test_response_messages_out_of_place_fail_the_stream(
+    director: Director, after: list[ProcessingRequest]
+) -> None:
+    stream = routed(director)
+    *fine, bad = after
+    for message in fine:
+        assert len(list(stream.handle(message))) == 1
+    with pytest.raises(ProtocolViolation):
+        list(stream.handle(bad))
+    stream.close()
+
+
+def test_nothing_is_answered_after_epps_own_answer(director: Director) -> None:
+    stream = RequestStream(director, max_body_bytes=1 << 20)
+    stream.handle(headers_message())
+    assert error_code(stream.handle(body_message(b"{", end_of_stream=True)))[0] == 400
+    for message in (response_headers(), response_body(b"x", end=True),
+                    ProcessingRequest(response_trailers=HttpTrailers()),
+                    ProcessingRequest(request_trailers=HttpTrailers()), ProcessingRequest()):
+        assert list(stream.handle(message)) == []
+    stream.close()
+
+
+def test_a_local_reply_ends_what_the_request_may_still_send(director: Director) -> None:
+    stream = RequestStream(director, max_body_bytes=1 << 20)
+    stream.handle(headers_message())
+    stream.handle(body_message(b'{"model": "m"', end_of_stream=False))
+    assert len(list(stream.handle(response_headers(b"408")))) == 1
+    # Chunks already on their way when Envoy answered are dropped, not routed.
+    assert list(stream.handle(body_message(b"}", end_of_stream=True))) == []
+    assert stream.decision is None
+    stream.close()
+
+
+@pytest.mark.parametrize("status", [b"9" * 5000, b"20", b"2000", b"abc", "٢٠٠".encode()])
+def test_a_status_that_is_not_three_digits_is_unknown(director: Director, status: bytes) -> None:
+    stream = routed(director)
+    assert len(list(stream.handle(response_headers(status)))) == 1
+    assert stream.decision is not None and stream.decision.response.status is None
+    stream.close()
