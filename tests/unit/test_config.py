@@ -181,3 +181,37 @@ def test_request_log_mode() -> None:
     assert parse(["--request-log", "all"]).request_log == "all"
     with pytest.raises(ConfigError, match="request-log"):
         parse(["--request-log", "some"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "host"),
+    [
+        (["--endpoint", "10.0.0.5:8000"], "127.0.0.1"),  # plaintext beside Envoy
+        (["--endpoint", "10.0.0.5:8000", "--secure-serving"], "0.0.0.0"),
+        (["--pool-name", "p"], "0.0.0.0"),  # Kubernetes: gateways dial the pod
+        (["--pool-name", "p", "--secure-serving=false"], "0.0.0.0"),
+        (["--endpoint", "10.0.0.5:8000", "--grpc-host", "0.0.0.0"], "0.0.0.0"),
+        (["--pool-name", "p", "--grpc-host", "10.1.2.3"], "10.1.2.3"),
+    ],
+    ids=["static", "static-tls", "pool", "pool-plaintext", "explicit", "explicit-pool"],
+)
+def test_ext_proc_listens_on_loopback_unless_reachable_on_purpose(
+    argv: list[str], host: str
+) -> None:
+    assert parse(argv).grpc_host == host
+
+
+def test_hostile_client_limits_and_their_checks() -> None:
+    config = parse([])
+    assert config.server.max_buffered_body_bytes == 96 * 1024 * 1024
+    assert config.request_control.trust_model_rewrite_header is False
+    assert config.max_model_series == 64
+    config = parse(["--max-buffered-body-bytes", "0", "--trust-model-rewrite-header",
+                    "--max-model-series", "8"])
+    assert config.server.max_buffered_body_bytes == 0  # no budget
+    assert config.request_control.trust_model_rewrite_header is True
+    assert config.max_model_series == 8
+    with pytest.raises(ConfigError, match="at least --max-body-bytes"):
+        parse(["--max-buffered-body-bytes", "1000", "--max-body-bytes", "2000"])
+    with pytest.raises(ConfigError, match="at least 1"):
+        parse(["--max-model-series", "0"])
