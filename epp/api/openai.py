@@ -83,15 +83,17 @@ def parse_request_body(
 
 def _is_blank(body: bytes | bytearray | memoryview) -> bool:
     # Looks past the first byte only when it is JSON whitespace: bodies are rarely blank.
-    return not body or (bytes(body[:1]) in _JSON_BLANKS and not bytes(body).strip())
+    return not body or (body[0] in _JSON_BLANKS and not bytes(body).strip())
 
 
-_JSON_BLANKS = (b" ", b"\t", b"\r", b"\n")
+_JSON_BLANKS = frozenset(b" \t\r\n")
 
 
 def model_name_problem(name: str) -> str | None:
     """Why ``name`` cannot be routed as a model name (phrased to follow "'model' "), or
     None when it can."""
+    if name.isascii() and name.isprintable() and len(name) <= MAX_MODEL_NAME_BYTES:
+        return None  # the usual name, told in two C calls: printable ASCII has no controls
     try:
         size = len(name.encode())
     except UnicodeEncodeError:  # a lone surrogate cannot become a header
@@ -117,81 +119,74 @@ def prompt_text(document: dict[str, Any], max_chars: int | None = None) -> str:
     Covers chat (``messages``), completions (``prompt``), embeddings and the Responses API
     (``input``, ``instructions``). Roles are kept so two conversations that differ only in
     who said what do not share a prefix. Token-id prompts have no text and give "".
+    Parts are gathered only until there are ``max_chars``: a long prompt is not copied
+    whole when routing reads only its start.
     """
-    text = _PromptText(max_chars)
+    room = _UNLIMITED if max_chars is None else max_chars
+    parts: list[str] = []
     messages = document.get("messages")
     if isinstance(messages, list):
-        text.add_messages(messages)
-        return text.joined()
-    instructions = document.get("instructions")
-    if isinstance(instructions, str):
-        text.add(instructions)
-    for key in ("prompt", "input"):
-        value = document.get(key)
-        if isinstance(value, str):
-            text.add(value)
-        elif isinstance(value, list):
-            if value and isinstance(value[0], dict):
-                text.add_messages(value)
-            else:
-                for item in value:
-                    if isinstance(item, str) and text.add(item):
-                        break
-    return text.joined()
+        _messages_text(messages, parts, room)
+    else:
+        instructions = document.get("instructions")
+        if isinstance(instructions, str):
+            parts.append(instructions if len(instructions) <= room else instructions[:max(room, 0)])
+            room -= len(instructions)
+        for key in ("prompt", "input"):
+            value = document.get(key)
+            if room <= 0:
+                break
+            if isinstance(value, str):
+                parts.append(value if len(value) <= room else value[:max(room, 0)])
+                room -= len(value)
+            elif isinstance(value, list):
+                if value and isinstance(value[0], dict):
+                    room = _messages_text(value, parts, room)
+                else:
+                    for item in value:
+                        if isinstance(item, str):
+                            parts.append(item if len(item) <= room else item[:max(room, 0)])
+                            room -= len(item)
+                            if room <= 0:
+                                break
+    text = "".join(parts)
+    return text if max_chars is None or len(text) <= max_chars else text[:max_chars]
 
 
-class _PromptText:
-    """The prompt's parts in order, up to a length: a long prompt is never copied whole
-    when routing reads only its start."""
+_UNLIMITED = 1 << 62
 
-    __slots__ = ("_parts", "_room")
 
-    def __init__(self, max_chars: int | None) -> None:
-        self._parts: list[str] = []
-        self._room = max_chars if max_chars is not None else -1  # -1: no limit
-
-    def add(self, part: str) -> bool:
-        """Append ``part``; True once the text is long enough."""
-        room = self._room
-        if room < 0:
-            self._parts.append(part)
-            return False
-        if len(part) >= room:
-            if room:
-                self._parts.append(part[:room])
-            self._room = 0
-            return True
-        self._parts.append(part)
-        self._room = room - len(part)
-        return False
-
-    def add_messages(self, messages: list[Any]) -> None:
-        for message in messages:
-            if not isinstance(message, dict):
-                continue
-            role = message.get("role")
-            if isinstance(role, str) and self.add(f"<|{role}|>"):
-                return
-            content = message.get("content")
-            if isinstance(content, str):
-                if self.add(content):
-                    return
-            elif isinstance(content, list) and self._add_content_parts(content):
-                return
-
-    def _add_content_parts(self, content: list[Any]) -> bool:
-        for part in content:
-            if isinstance(part, str):
-                if self.add(part):
-                    return True
-            elif isinstance(part, dict):
-                text = part.get("text")
-                if isinstance(text, str) and self.add(text):
-                    return True
-        return False
-
-    def joined(self) -> str:
-        return "".join(self._parts)
+def _messages_text(messages: list[Any], parts: list[str], room: int) -> int:
+    """Append the messages' roles and text to ``parts`` until ``room`` characters are
+    used up; return the room left."""
+    for message in messages:
+        if room <= 0:
+            break
+        if not isinstance(message, dict):
+            continue
+        role = message.get("role")
+        if isinstance(role, str):
+            marker = f"<|{role}|>"
+            parts.append(marker)
+            room -= len(marker)
+        content = message.get("content")
+        if isinstance(content, str):
+            # A long part is cut here, so the join below never copies it whole.
+            parts.append(content if len(content) <= room else content[:max(room, 0)])
+            room -= len(content)
+        elif isinstance(content, list):
+            for part in content:
+                if isinstance(part, str):
+                    parts.append(part if len(part) <= room else part[:max(room, 0)])
+                    room -= len(part)
+                elif isinstance(part, dict):
+                    text = part.get("text")
+                    if isinstance(text, str):
+                        parts.append(text if len(text) <= room else text[:max(room, 0)])
+                        room -= len(text)
+                if room <= 0:
+                    break
+    return room
 
 
 def _json_type(value: Any) -> str:

@@ -12,9 +12,9 @@ Per stream, the properties are:
    accepts (no CR, LF or NUL, under 60 KiB); a destination (header or ``envoy.lb``
    metadata) names only live pods of the pool.
 4. Order: a message Envoy would never send at that point (a second request_headers, a
-   body before headers or after the request ended, response body or trailers before any
-   headers, anything after the response ended, a message with no oneof, bytes that are
-   no ProcessingRequest) fails the stream with a client-error status. After an
+   body before headers or after the request ended, response headers twice, a response
+   body after the response ended, a message with no oneof, bytes that are no
+   ProcessingRequest) fails the stream with a client-error status. After an
    ``immediate_response`` epp sends nothing more. Response headers with no request
    before them are in order: Envoy sends its own local replies (a request it refused
    itself) through the filter that way.
@@ -27,7 +27,9 @@ Per stream, the properties are:
    the right 4xx/503.
 
 Response-side messages while the request body is still arriving are left undecided
-(either way is clean), as are request trailers after the request ended.
+(either way is clean), as are request trailers after the request ended, a response body
+or trailers with no response headers before them (a filter with response_header_mode
+SKIP), and response trailers after the response ended.
 """
 
 from __future__ import annotations
@@ -421,6 +423,11 @@ def _walk_stream(messages: list[ProcessingRequest | None], facts: _RequestFacts 
             order.undecided = f"{where}: {kind} with no response_headers before it"
             return order
         elif state != "response":
+            if kind == "response_trailers":
+                # Trailers after a body that ended: a proxy may add empty ones to end the
+                # exchange; answering them and failing the stream are both clean.
+                order.undecided = f"{where}: response_trailers after the response ended"
+                return order
             order.violation = f"{where}: {kind} after the response ended"
             order.violation_at = index
             return order

@@ -172,26 +172,39 @@ def test_the_prompt_kept_for_routing_is_cut_where_scheduling_stops_reading(
 def test_a_body_that_does_not_fit_the_budget_gets_503_and_others_go_on(
     director: Director,
 ) -> None:
-    budget = BodyBudget(1000)
+    budget = BodyBudget(200_000)
     first = RequestStream(director, max_body_bytes=1 << 20, body_budget=budget)
     second = RequestStream(director, max_body_bytes=1 << 20, body_budget=budget)
     first.handle(headers_message())
     second.handle(headers_message())
-    assert first.handle(body_message(b'{"model": "m", "prompt": "' + b"a" * 700,
-                                     end_of_stream=False)) == ()
-    status, code = error_code(second.handle(body_message(b"b" * 400, end_of_stream=False)))
+    opening = b'{"model": "m", "prompt": "' + b"a" * 150_000
+    assert first.handle(body_message(opening, end_of_stream=False)) == ()
+    status, code = error_code(second.handle(body_message(b"b" * 60_000, end_of_stream=False)))
     assert (status, code) == (503, "overloaded")
-    assert budget.held_bytes == 726 and budget.refused == 1
-    responses = first.handle(body_message(b'"}', end_of_stream=True))
-    assert budget.held_bytes == 728  # held until the body has gone back to Envoy
-    head, *chunks = responses
+    assert budget.held_bytes == len(opening) and budget.refused == 1
+    responses = iter(first.handle(body_message(b'"}', end_of_stream=True)))
+    head = next(responses)
+    # A body too large for one message is held until its last chunk has gone to Envoy.
+    assert budget.held_bytes == len(opening) + 2
     assert set_headers(head, "request_headers")[DESTINATION_HEADER] in (A, B)
     assert len(b"".join(c.request_body.response.body_mutation.streamed_response.body
-                        for c in chunks)) == 728
+                        for c in responses)) == len(opening) + 2
     assert budget.held_bytes == 0
     first.close()
     second.close()
     assert budget.held_bytes == 0
+
+
+def test_a_small_body_gives_its_bytes_back_once_routed(director: Director) -> None:
+    budget = BodyBudget(1 << 20)
+    stream = RequestStream(director, max_body_bytes=1 << 20, body_budget=budget)
+    stream.handle(headers_message())
+    stream.handle(body_message(BODY[:10], end_of_stream=False))
+    assert budget.held_bytes == 10
+    _, chunk = stream.handle(body_message(BODY[10:], end_of_stream=True))
+    assert budget.held_bytes == 0  # its one chunk is already in the answer
+    assert chunk.request_body.response.body_mutation.streamed_response.body == BODY
+    stream.close()
 
 
 def test_a_stream_that_ends_while_gathering_gives_its_bytes_back(director: Director) -> None:
@@ -208,9 +221,10 @@ def test_a_routed_body_never_sent_back_is_released_at_close(director: Director) 
     budget = BodyBudget(1 << 20)
     stream = RequestStream(director, max_body_bytes=1 << 20, body_budget=budget)
     stream.handle(headers_message())
-    responses = iter(stream.handle(body_message(BODY, end_of_stream=True)))
+    body = b'{"model": "m", "prompt": "' + b"x" * 100_000 + b'"}'
+    responses = iter(stream.handle(body_message(body, end_of_stream=True)))
     next(responses)  # the stream was cut after the routing answer
-    assert budget.held_bytes == len(BODY)
+    assert budget.held_bytes == len(body)
     stream.close()
     assert budget.held_bytes == 0
 
@@ -323,12 +337,12 @@ def response_body(data: bytes, *, end: bool) -> ProcessingRequest:
         [response_headers(end=True), response_body(b"x", end=False)],
         [response_headers(), response_body(b"x", end=True), response_body(b"y", end=False)],
         [response_headers(), ProcessingRequest(response_trailers=HttpTrailers()),
-         ProcessingRequest(response_trailers=HttpTrailers())],
+         response_body(b"late", end=False)],
         [response_headers(), ProcessingRequest(request_trailers=HttpTrailers())],
         [response_headers(), headers_message()],
     ],
     ids=["headers-twice", "body-after-headers-ended", "body-after-body-ended",
-         "trailers-twice", "request-trailers-after-response", "request-after-response"],
+         "body-after-trailers", "request-trailers-after-response", "request-after-response"],
 )
 def test_response_messages_out_of_place_fail_the_stream(
     director: Director, after: list[ProcessingRequest]
@@ -369,4 +383,15 @@ def test_a_status_that_is_not_three_digits_is_unknown(director: Director, status
     stream = routed(director)
     assert len(list(stream.handle(response_headers(status)))) == 1
     assert stream.decision is not None and stream.decision.response.status is None
+    stream.close()
+
+
+def test_trailers_after_the_body_ended_are_answered(director: Director) -> None:
+    """Answering them costs nothing; failing the stream there would cut a response the
+    client has already received whole."""
+    stream = routed(director)
+    stream.handle(response_headers())
+    list(stream.handle(response_body(b"data: [DONE]\n\n", end=True)))
+    (answer,) = stream.handle(ProcessingRequest(response_trailers=HttpTrailers()))
+    assert answer.WhichOneof("response") == "response_trailers"
     stream.close()
