@@ -48,8 +48,8 @@ def parse_request_body(
 ) -> ParsedBody:
     """Read ``model``, the prompt text and ``stream`` from an OpenAI-style JSON body.
 
-    ``max_prompt_chars``: how much of the prompt's start routing can use; the text is cut
-    there (at a part's end, so possibly a little later) rather than built whole.
+    ``max_prompt_chars``: how much of the prompt's start routing can use; the text is
+    built only that far (see :func:`prompt_text`).
 
     Raises :class:`BadRequest` when the body is empty, not a JSON object, or lacks a
     string model that :func:`model_name_problem` accepts.

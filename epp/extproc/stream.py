@@ -232,9 +232,9 @@ class RequestStream:
         return (messages.headers_response(),)
 
     def _on_request_body(self, chunk: bytes, end_of_stream: bool) -> Iterable[ProcessingResponse]:
-        if self.phase is _ANSWERED or self._answered_by_envoy():
-            return ()  # sent before Envoy saw the answer (epp's, or its own)
-        if self.phase is not _GATHERING_BODY:
+        if self.phase is not _GATHERING_BODY or self.response_phase is not _NOT_STARTED:
+            if self.phase is _ANSWERED or self.phase is _GATHERING_BODY:
+                return ()  # sent before Envoy saw the answer (epp's, or its own)
             raise ProtocolViolation(f"request body in phase {self.phase.name}")
         self._body_bytes += len(chunk)
         if self._body_bytes > self._max_body_bytes:
