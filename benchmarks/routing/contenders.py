@@ -38,6 +38,7 @@ __all__ = [
     "EnvoyContender",
     "EppContender",
     "builtin_contenders",
+    "descendants",
     "load_peers",
     "static_cluster_bootstrap",
     "wait_answers",
@@ -60,6 +61,11 @@ class Contender(Protocol):
         """Stop every process ``start`` started; safe to call twice or after a failed start."""
         ...
 
+    def processes(self) -> dict[str, list[int]]:
+        """The running router's processes by role ("epp", "envoy", ...): their CPU is
+        the router's cost per request."""
+        ...
+
 
 def static_cluster_bootstrap(pods: Sequence[str], *, lb_policy: str, listen_port: int,
                              admin_port: int) -> dict[str, Any]:
@@ -79,11 +85,19 @@ def static_cluster_bootstrap(pods: Sequence[str], *, lb_policy: str, listen_port
 
 class _Processes:
     def __init__(self) -> None:
-        self.processes: list[ManagedProcess] = []
+        self.started: list[ManagedProcess] = []
 
     def stop(self) -> None:
-        while self.processes:
-            self.processes.pop().stop()
+        while self.started:
+            self.started.pop().stop()
+
+    def processes(self) -> dict[str, list[int]]:
+        roles: dict[str, list[int]] = {}
+        for process in self.started:
+            pid = process.process.pid
+            # Worker processes (epp serve --workers) are children of the one started.
+            roles.setdefault(process.name, []).extend([pid, *descendants(pid)])
+        return roles
 
 
 class EnvoyContender(_Processes):
@@ -98,7 +112,7 @@ class EnvoyContender(_Processes):
         listen, admin = free_port(), free_port()
         bootstrap = static_cluster_bootstrap(pods, lb_policy=self.lb_policy,
                                              listen_port=listen, admin_port=admin)
-        self.processes.append(start_envoy(bootstrap, admin_port=admin, log_dir=workdir))
+        self.started.append(start_envoy(bootstrap, admin_port=admin, log_dir=workdir))
         return f"http://127.0.0.1:{listen}"
 
 
@@ -127,14 +141,33 @@ class EppContender(_Processes):
         for pod in pods:
             args += ["--endpoint", f"{pod}={model}"]
         epp = start_epp_module("epp", args, log_dir=workdir)
-        self.processes.append(epp)
+        self.started.append(epp)
         epp.wait_until(lambda: _ready_pods(metrics) >= len(pods), timeout_s=30,
                        what=f"all {len(pods)} pods ready in epp")
         listen, admin = free_port(), free_port()
         bootstrap = envoy_bootstrap(EnvoyPorts(listen_port=listen, admin_port=admin,
                                                epp_port=grpc))
-        self.processes.append(start_envoy(bootstrap, admin_port=admin, log_dir=workdir))
+        self.started.append(start_envoy(bootstrap, admin_port=admin, log_dir=workdir))
         return f"http://127.0.0.1:{listen}"
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Linux /proc; empty elsewhere)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # The command name, in parentheses, may hold spaces: split after it.
+            fields = entry.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry.parent.name))
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
 
 
 def _ready_pods(metrics_port: int) -> int:

@@ -81,6 +81,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from benchmarks.routing.contenders import descendants
 from epp.stack import ManagedProcess, StackError, free_port
 
 __all__ = [
@@ -192,25 +193,6 @@ def _healthy_workers(base_url: str) -> int:
     return -1
 
 
-def _descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (Linux /proc; empty elsewhere)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            # The command name, in parentheses, may hold spaces: split after it.
-            fields = entry.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        children.setdefault(int(fields[1]), []).append(int(entry.parent.name))
-    found: list[int] = []
-    todo = [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
 def _terminate(pids: Sequence[int], timeout_s: float = 10.0) -> None:
     """SIGTERM ``pids``, then SIGKILL those still alive after ``timeout_s``."""
     alive = list(pids)
@@ -320,6 +302,12 @@ class PeerRouter:
         self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         return url
 
+    def processes(self) -> dict[str, list[int]]:
+        if self.process is None:
+            return {}
+        pid = self.process.process.pid
+        return {self.package.dist: [pid, *descendants(pid)]}
+
     def stop(self) -> None:
         process, self.process = self.process, None
         self.url = self.metrics_url = None
@@ -327,7 +315,7 @@ class PeerRouter:
             return
         # With a command_prefix (strace, time) the router is a grandchild, which a
         # SIGTERM to the wrapper can leave running: stop what is left of the tree too.
-        leftovers = _descendants(process.process.pid)
+        leftovers = descendants(process.process.pid)
         process.stop()
         _terminate(leftovers)
 

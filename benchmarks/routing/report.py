@@ -18,6 +18,9 @@ prefix-cache hit rate the pods report (hit tokens / queried tokens, summed over 
 "oracle" is its upper bound for the workload: one infinite cache shared by every request,
 in arrival order (a request's leading 16-token blocks seen in any earlier request).
 "CV" (standard deviation / mean) and "max/min" are over the pods' finished requests.
+"router CPU" is the user + system CPU of the router's own processes (epp and its Envoy,
+Envoy alone, or a peer's whole proxy) during the run, in CPU seconds per 1,000 requests
+sent (= ms per request; wall, not simulated).
 Throughput divides by the time from the first arrival to the last completion (or the
 time limit, after which unfinished requests count as errors: "timeout").
 The machine has 2 cores for the simulator, the router and the client together: compare
@@ -58,13 +61,14 @@ def markdown(result: Mapping[str, Any]) -> str:
     for workload, runs in _by_workload(result["runs"]).items():
         lines += ["", f"## {workload}", ""]
         lines.append("| rate/s | contender | TTFT p50 | p90 | p99 | e2e p50 | p90 | out tok/s "
-                     "| req/s | hit % | oracle % | pod CV | max/min | errors |")
+                     "| req/s | hit % | oracle % | pod CV | max/min | router CPU s/1k req "
+                     "| errors |")
         lines.append("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
-                     "| ---: | ---: | ---: | --- |")
+                     "| ---: | ---: | ---: | ---: | --- |")
         for run in runs:
             if "error" in run:
                 lines.append(f"| {_fmt(run['offered_rps'])} | {run['contender']} | "
-                             f"failed: {run['error']} |" + " |" * 11)
+                             f"failed: {run['error']} |" + " |" * 12)
                 continue
             errors = ", ".join(f"{k} {v}" for k, v in sorted(run["errors"].items())) or "0"
             lines.append(
@@ -74,9 +78,21 @@ def markdown(result: Mapping[str, Any]) -> str:
                 f"| {_fmt(run['e2e_p90_s'])} | {_fmt(run['output_tps'], 4)} "
                 f"| {_fmt(run['request_rps'])} | {_pct(run['hit_rate'])} "
                 f"| {_pct(run['oracle_hit_rate'])} | {_fmt(run['pod_cv'], 2)} "
-                f"| {_fmt(run['pod_max'])}/{_fmt(run['pod_min'])} | {errors} |"
+                f"| {_fmt(run['pod_max'])}/{_fmt(run['pod_min'])} "
+                f"| {_cpu(run)} | {errors} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def _cpu(run: Mapping[str, Any]) -> str:
+    """Router CPU per request, with the share of each process when there are several."""
+    total = run.get("router_cpu_ms_per_req")
+    if total is None:
+        return "-"
+    parts = run.get("router_cpu_ms_per_req_by_process") or {}
+    if len(parts) < 2:
+        return _fmt(total)
+    return f"{_fmt(total)} ({' + '.join(f'{k} {_fmt(v)}' for k, v in parts.items())})"
 
 
 def _by_workload(runs: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:

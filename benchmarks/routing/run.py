@@ -35,7 +35,7 @@ from benchmarks.routing.contenders import (
 )
 from benchmarks.routing.fleet import Fleet, FleetSpec, deltas, sim_flags
 from benchmarks.routing.oracle import oracle_hit_rate
-from benchmarks.routing.stats import cpu_busy, cpu_times, summarize
+from benchmarks.routing.stats import cpu_busy, cpu_times, process_cpu_s, summarize
 from benchmarks.workloads import WORKLOADS, WorkloadFn, rate_sweep, shared_prefix
 from benchmarks.workloads.request import Request
 
@@ -158,14 +158,18 @@ def _one_run(contender: Contender, spec: FleetSpec, requests: Sequence[Request],
         fleet = Fleet(spec, workdir)
         url = contender.start(fleet.pods, spec.model, workdir)
         wait_answers(url, spec.model)
+        roles = contender.processes()
         before, cpu_before = fleet.counters(), cpu_times()
+        router_before = {role: process_cpu_s(pids) for role, pids in roles.items()}
         load = run_load(url, schedule, max_concurrency=args.max_concurrency,
                         time_limit_s=time_limit)
+        router_after = {role: process_cpu_s(pids) for role, pids in roles.items()}
         busy = cpu_busy(cpu_before, cpu_times())
         fleet.check_alive()
         row = summarize(load, deltas(before, fleet.counters()), time_scale=spec.time_scale,
                         offered_per_s=rate)
         row["machine_cpu_busy"] = None if busy is None else round(busy, 3)
+        row.update(_router_cpu(router_before, router_after, len(load.results)))
     except Exception as exc:  # one contender failing must not end the benchmark
         row = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
     finally:
@@ -174,6 +178,22 @@ def _one_run(contender: Contender, spec: FleetSpec, requests: Sequence[Request],
             fleet.stop()
     row.pop("offered_rps", None)
     return row
+
+
+def _router_cpu(before: dict[str, float | None], after: dict[str, float | None],
+                requests: int) -> dict[str, Any]:
+    """CPU per request of the router's processes, in ms (= CPU seconds per 1,000 requests),
+    by role and in all; empty off Linux."""
+    spent: dict[str, float] = {}
+    for role, start in before.items():
+        end = after.get(role)
+        if start is not None and end is not None:
+            spent[role] = end - start
+    if not spent or not requests:
+        return {}
+    return {"router_cpu_ms_per_req": round(1000 * sum(spent.values()) / requests, 3),
+            "router_cpu_ms_per_req_by_process": {
+                role: round(1000 * s / requests, 3) for role, s in spent.items()}}
 
 
 def _relative_cost(reference: WorkloadFn, workload: WorkloadFn) -> float:
@@ -240,6 +260,7 @@ def _progress(row: dict[str, Any]) -> str:
             f"hit {hit if hit is None else round(100 * hit, 1)} %, cv {row['pod_cv']}, "
             f"errors {row['error_count']}, wall {row['wall_s']} s, "
             f"client {row['client_cpu_ms_per_req']} ms CPU/req, "
+            f"router {row.get('router_cpu_ms_per_req_by_process')} ms CPU/req, "
             f"machine CPU {row['machine_cpu_busy']}")
 
 

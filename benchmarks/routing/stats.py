@@ -9,15 +9,18 @@ a millisecond of proxy time at time scale 0.1 reads as 10 simulated milliseconds
 from __future__ import annotations
 
 import math
+import os
 import statistics
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from benchmarks.routing.client import LoadResult
 from benchmarks.routing.fleet import PodCounters
 
-__all__ = ["CpuTimes", "cpu_busy", "cpu_times", "percentile", "summarize"]
+__all__ = ["CpuTimes", "cpu_busy", "cpu_times", "percentile", "process_cpu_s", "summarize"]
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 CpuTimes = tuple[int, int]  # (busy, total) clock ticks of all CPUs since boot
 
@@ -49,6 +52,25 @@ def cpu_busy(before: CpuTimes | None, after: CpuTimes | None) -> float | None:
     if before is None or after is None or after[1] == before[1]:
         return None
     return (after[0] - before[0]) / (after[1] - before[1])
+
+
+def process_cpu_s(pids: Iterable[int]) -> float | None:
+    """User + system CPU seconds the processes ``pids`` have used so far (Linux /proc).
+
+    None off Linux; a process that has exited counts as 0, so read before it stops.
+    """
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                # The command name, in parentheses, may hold spaces: split after it.
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return None
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15 of stat)
+    return total / _CLOCK_TICKS
 
 
 def summarize(load: LoadResult, pod_deltas: Mapping[str, PodCounters], *, time_scale: float,

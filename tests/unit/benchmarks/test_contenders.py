@@ -66,6 +66,9 @@ class _Peer:
     def stop(self) -> None:
         pass
 
+    def processes(self) -> dict[str, list[int]]:
+        return {}
+
 
 def test_load_peers_accepts_instances_classes_and_factories() -> None:
     module = ModuleType("peers")

@@ -11,7 +11,8 @@ def _result() -> dict[str, Any]:
     row = {"ttft_p50_s": 0.1, "ttft_p90_s": 0.2, "ttft_p99_s": 0.3, "e2e_p50_s": 1.0,
            "e2e_p90_s": 1.5, "output_tps": 1234.5, "request_rps": 12.3, "hit_rate": 0.5,
            "oracle_hit_rate": 0.8, "pod_cv": 0.1, "pod_max": 13.0, "pod_min": 10.0,
-           "errors": {}}
+           "errors": {}, "router_cpu_ms_per_req": 1.5,
+           "router_cpu_ms_per_req_by_process": {"epp": 1.0, "envoy": 0.5}}
     runs = [{"workload": "shared-prefix", "contender": c, "offered_rps": r, **row}
             for r in (10.0, 20.0) for c in ("envoy-rr", "epp")]
     runs.append({"workload": "shared-prefix", "contender": "peer", "offered_rps": 10.0,
@@ -26,6 +27,7 @@ def test_markdown_has_a_row_per_run_and_the_notes() -> None:
     assert "## shared-prefix" in text and "a note." in text
     assert "divides it by the" in text and "oracle" in text
     assert text.count("| epp |") == 2
+    assert "| 1.5 (epp 1 + envoy 0.5) |" in text
     assert "failed: StackError: no" in text
     widths = {line.count("|") for line in text.splitlines() if line.startswith("| ")}
     assert len(widths) == 1  # every row has the header's columns

@@ -1,5 +1,10 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+
 import pytest
 
 from benchmarks.routing.client import LoadResult, RequestResult
@@ -43,3 +48,33 @@ def test_cpu_busy_is_a_share_of_the_machine() -> None:
     after = None if before is None else (before[0] + 30, before[1] + 120)
     assert cpu_busy(before, after) == (None if before is None else 0.25)
     assert cpu_busy(None, after) is None
+
+
+def test_process_cpu_counts_a_child_and_its_descendants() -> None:
+    from benchmarks.routing.contenders import descendants
+    from benchmarks.routing.stats import process_cpu_s
+
+    # A parent that starts a child which burns a fixed number of instructions.
+    burn = "sum(i * i for i in range(3_000_000)); import time; time.sleep(30)"
+    parent = subprocess.Popen([sys.executable, "-c",
+                               f"import subprocess, sys; subprocess.run([sys.executable, '-c', "
+                               f"{burn!r}])"])
+    try:
+        deadline = 200
+        while not (kids := descendants(parent.pid)) and deadline:
+            deadline -= 1
+            time.sleep(0.05)
+        assert kids, "the child never appeared"
+        spent = 0.0
+        while spent < 0.05 and deadline:
+            deadline -= 1
+            time.sleep(0.05)
+            spent = process_cpu_s(kids) or 0.0
+        assert spent >= 0.05  # ticks of the burn loop, read from /proc
+        assert (process_cpu_s([parent.pid, *kids]) or 0.0) >= spent
+        assert process_cpu_s([2**22 + 1]) == 0.0  # no such process: counts nothing
+    finally:
+        parent.kill()
+        for pid in descendants(parent.pid):
+            os.kill(pid, 9)
+        parent.wait()
