@@ -35,6 +35,7 @@ from benchmarks.routing.contenders import (
 )
 from benchmarks.routing.fleet import Fleet, FleetSpec, deltas, sim_flags
 from benchmarks.routing.oracle import oracle_hit_rate
+from benchmarks.routing.profile import Sampler
 from benchmarks.routing.stats import cpu_busy, cpu_times, process_cpu_s, summarize
 from benchmarks.workloads import WORKLOADS, WorkloadFn, rate_sweep, shared_prefix
 from benchmarks.workloads.request import Request
@@ -160,16 +161,25 @@ def _one_run(contender: Contender, spec: FleetSpec, requests: Sequence[Request],
         wait_answers(url, spec.model)
         roles = contender.processes()
         before, cpu_before = fleet.counters(), cpu_times()
+        samplers = ([Sampler(pid, workdir / f"epp-{pid}.pyspy.txt")
+                     for pid in roles.get("epp", [])] if args.profile else [])
+        for sampler in samplers:
+            sampler.start()
         router_before = {role: process_cpu_s(pids) for role, pids in roles.items()}
         load = run_load(url, schedule, max_concurrency=args.max_concurrency,
                         time_limit_s=time_limit)
         router_after = {role: process_cpu_s(pids) for role, pids in roles.items()}
+        profiles = [p for p in (s.stop() for s in samplers) if p is not None]
         busy = cpu_busy(cpu_before, cpu_times())
         fleet.check_alive()
         row = summarize(load, deltas(before, fleet.counters()), time_scale=spec.time_scale,
                         offered_per_s=rate)
         row["machine_cpu_busy"] = None if busy is None else round(busy, 3)
         row.update(_router_cpu(router_before, router_after, len(load.results)))
+        if profiles:
+            row["epp_profile"] = [p.as_json() for p in profiles]
+            for profile in profiles:
+                _log(f"{contender.name}, py-spy profile of epp:\n{profile.text()}")
     except Exception as exc:  # one contender failing must not end the benchmark
         row = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
     finally:
@@ -298,6 +308,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="also run epp with this EndpointPickerConfig, as contender NAME")
     parser.add_argument("--max-concurrency", type=int, default=512,
                         help="client cap on requests in flight")
+    parser.add_argument("--profile", action="store_true",
+                        help="sample every epp process with py-spy during each run and "
+                             "report where its CPU went (benchmarks/routing/profile.py)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-peers", action="store_true", help="skip peers.py's routers")
     parser.add_argument("--out", default=str(RESULTS), help="results folder")
