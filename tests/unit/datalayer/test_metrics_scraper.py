@@ -1,4 +1,4 @@
-"""MetricsScraper against real HTTP servers on 127.0.0.1 (aiohttp), with a manual ticker
+"""MetricsScraper against real HTTP servers on 127.0.0.1 (aiohttp servers), with a manual ticker
 and a fake clock: no wall-time assertions."""
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ async def test_connection_refused(scrapers: Any, closed_port_address: str) -> No
     assert endpoint.metrics.updated_at == 0.0
     assert not endpoint.is_fresh(2.0)
     error = endpoint.last_scrape_error or ""
-    assert f"GET http://{closed_port_address}/metrics: ClientConnectorError" in error
+    assert f"GET http://{closed_port_address}/metrics: connect: ConnectionRefusedError" in error
 
 
 @pytest.mark.asyncio
@@ -290,18 +290,18 @@ async def test_a_bug_is_counted_not_fatal(
 
 
 @pytest.mark.asyncio
-async def test_stop_closes_its_session_and_is_idempotent(model_server: Any) -> None:
+async def test_stop_closes_its_client_and_is_idempotent(model_server: Any) -> None:
     scraper = MetricsScraper(EndpointStore())
     endpoint = endpoint_for(model_server.address)
     await scraper.scrape_once(endpoint)
-    session = scraper._session
-    assert session is not None and not session.closed
+    client = scraper._client
+    assert client is not None and not client.closed
     await scraper.stop()
-    assert session.closed
+    assert client.closed
     await scraper.stop()
-    await scraper.scrape_once(endpoint)  # after stop: a recorded failure, no new session
+    await scraper.scrape_once(endpoint)  # after stop: a recorded failure, no new client
     assert endpoint.last_scrape_error == "scraper is stopped"
-    assert scraper._session is None
+    assert scraper._client is None
 
 
 @pytest.mark.parametrize(
@@ -326,3 +326,35 @@ def test_default_timeout(interval_s: float, timeout_s: float) -> None:
 def test_bad_arguments(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         MetricsScraper(EndpointStore(), **kwargs)
+
+
+@pytest.mark.asyncio
+async def test_an_unchanged_page_gives_the_same_metrics_at_the_new_time(
+    model_server: Any, scrapers: Any, clock: Any
+) -> None:
+    scraper = scrapers(clock=clock)
+    endpoint = endpoint_for(model_server.address)
+    await scraper.scrape_once(endpoint)
+    first = endpoint.metrics
+    clock.now = 1001.0
+    await scraper.scrape_once(endpoint)  # the same bytes: not parsed again
+    assert endpoint.metrics == Metrics(5, 3, 0.25, 16, 27000, updated_at=1001.0)
+    model_server.body = model_server.body.replace("} 5.0", "} 7.0")
+    clock.now = 1002.0
+    await scraper.scrape_once(endpoint)
+    assert endpoint.metrics.waiting_requests == 7 and endpoint.metrics.updated_at == 1002.0
+    assert first.updated_at == 1000.0
+
+
+@pytest.mark.asyncio
+async def test_polls_of_endpoints_known_together_are_spread_over_the_interval(
+    make_server: Any, scrapers: Any, ticker: Any, wait_until: Any
+) -> None:
+    servers = [await make_server() for _ in range(4)]
+    store = EndpointStore()
+    store.replace([(server.address, None) for server in servers])
+    scraper = scrapers(store, sleep=ticker.sleep, interval_s=0.05)
+    await scraper.start()
+    await wait_until(lambda: ticker.sleeping == 4, "every task to sleep")
+    # Not four polls at once every 50 ms: one every 12.5 ms.
+    assert sorted(ticker.delays) == pytest.approx([0.0125, 0.025, 0.0375, 0.05])

@@ -275,3 +275,39 @@ def test_long_label_values_with_escapes(value: str) -> None:
 def test_unterminated_label_value_full_of_escapes() -> None:
     with pytest.raises(MetricsParseError, match="unterminated label value"):
         parse_samples('m{a="' + '\\"' * 10_000 + "} 1\n", {"m"})
+
+
+@pytest.mark.parametrize(
+    ("line", "labels", "value"),
+    [
+        ('m{a="1",b="x y"} 2', {"a": "1", "b": "x y"}, 2.0),
+        ('m{a="1",} 2 17', {"a": "1"}, 2.0),
+        ("m{} 3", {}, 3.0),
+        ('m{a="q\\"uote",b="}"} 4', {"a": 'q"uote', "b": "}"}, 4.0),
+        ('m{ a = "1" } 5', {"a": "1"}, 5.0),
+        ('m{a="1",a="2"} 6', {"a": "2"}, 6.0),
+        ('m{a="1"}\t7\r', {"a": "1"}, 7.0),
+        ('m{a="1"} 8\x0c', {"a": "1"}, 8.0),
+    ],
+    ids=["plain", "trailing-comma-timestamp", "empty", "escapes-and-brace", "blanks",
+         "repeated-label", "tab-crlf", "form-feed"],
+)
+def test_a_label_set_seen_before_parses_the_same(
+    line: str, labels: dict[str, str], value: float
+) -> None:
+    # The second parse of each line takes the remembered label set; it must agree with
+    # the first, which took the regex or the general parser.
+    for _ in range(2):
+        (sample,) = parse_samples(line + "\n", {"m"})["m"]
+        assert (sample.labels, sample.value) == (labels, value)
+
+
+@pytest.mark.parametrize(
+    "line",
+    ['m{a="1"}2', 'm{a="1"} 2 3 4', 'm{a="1"} x', 'm{a="1"} 1_0', 'm{a="1"b="2"} 1'],
+    ids=["no-blank", "three-fields", "bad-value", "underscore", "missing-comma"],
+)
+def test_a_label_set_seen_before_does_not_hide_a_bad_line(line: str) -> None:
+    parse_samples('m{a="1"} 1\n', {"m"})  # remember {a="1"}
+    with pytest.raises(MetricsParseError, match="line 1: m: "):
+        parse_samples(line + "\n", {"m"})

@@ -1,0 +1,570 @@
+"""What scraping a fleet of pods costs epp, and what it does to the request path.
+
+Two parts, each side by side in one run:
+
+1. **Scrape CPU.** A child process serves N simulated pods (8, 64, 256) on consecutive
+   ports; another child runs epp's ``MetricsScraper`` over them at the default 50 ms
+   interval and measures its own CPU (``time.process_time``) over a window, after a
+   warm-up. Contenders, in interleaved rounds (the table shows medians):
+
+     aiohttp   the scraper with the aiohttp client it had before (``aiohttp_fetch``
+               below: the same session settings), i.e. the cost of the old client round
+     http1     the scraper as it is (``epp/datalayer/http1_client.py``)
+     HEAD      with ``--before-tree DIR``: the whole scraper of another checkout, e.g.
+               ``git worktree add /tmp/epp-before HEAD`` before the change
+
+   Columns: polls/s reached (N x 20 when the pods keep up), CPU per poll (µs), and the
+   share of one core at the *nominal* rate (CPU per poll x N x 20/s), which is what the
+   issue's bound is about even when the pod server falls behind.
+
+2. **Request latency.** ``epp serve`` (a child, from this tree or ``--before-tree``)
+   scrapes 8 or 256 pods while this process drives ext_proc streams at a steady rate
+   (``--rps``, default 50/s), each the way Envoy sends a buffered-body chat request:
+   request headers, body, response headers. Latency is from the first message sent to
+   the routing decision received; epp's CPU is read from ``/proc/PID/stat``.
+
+The pod servers (``--pod-server``):
+
+  fast   (default) a small asyncio server in one child process that answers every GET
+         with the page ``epp sim`` sends for epp's ``name[]`` filter (802 bytes), its
+         numbers changing on every answer (a busy pod: no page is ever the same as the
+         last, so the scraper's unchanged-page shortcut never applies). One process
+         serves 256 pods x 20 polls/s on these machines; ``epp sim`` cannot.
+  idle   the same, with the numbers fixed (an idle pod; the shortcut applies)
+  sim    ``epp sim --pods N --first-port P --model m`` (aiohttp, idle pods): the real
+         simulator, which falls behind well before 256 pods x 20/s on 2 shared cores.
+
+Run::
+
+    python benchmarks/bench_scrape_fleet.py                       # both parts
+    python benchmarks/bench_scrape_fleet.py --pods 8,64 --pod-server sim --skip-requests
+    git worktree add /tmp/epp-before HEAD~3 &&
+        python benchmarks/bench_scrape_fleet.py --before-tree /tmp/epp-before
+
+Profile a scraping epp while part 2 runs (or any ``epp serve``)::
+
+    py-spy record -p PID -d 15 -f speedscope -o /tmp/scrape.json   # add --native for C
+
+Prints tables and writes benchmarks/results/scrape_fleet.json. Timings on shared 2-core
+machines are noisy; read the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results" / "scrape_fleet.json"
+INTERVAL_S = 0.05
+MODEL = "m"
+
+# The page `epp sim` sends for the scraper's name[] filter; {w} {r} {kv} vary when busy.
+PAGE = (
+    "# HELP vllm:num_requests_running Number of requests in model execution batches.\n"
+    "# TYPE vllm:num_requests_running gauge\n"
+    'vllm:num_requests_running{{model_name="m",engine="0"}} {r}\n'
+    "# HELP vllm:num_requests_waiting Number of requests waiting to be processed.\n"
+    "# TYPE vllm:num_requests_waiting gauge\n"
+    'vllm:num_requests_waiting{{model_name="m",engine="0"}} {w}\n'
+    "# HELP vllm:kv_cache_usage_perc KV-cache usage. 1 means 100 percent usage.\n"
+    "# TYPE vllm:kv_cache_usage_perc gauge\n"
+    'vllm:kv_cache_usage_perc{{model_name="m",engine="0"}} {kv}\n'
+    "# HELP vllm:cache_config_info Information of the LLMEngine CacheConfig\n"
+    "# TYPE vllm:cache_config_info gauge\n"
+    'vllm:cache_config_info{{block_size="16",cache_dtype="auto",enable_prefix_caching="True",'
+    'engine="0",gpu_memory_utilization="0.9",num_cpu_blocks="None",num_gpu_blocks="27500"}}'
+    " 1.0\n"
+)
+
+
+# -- the pod servers -------------------------------------------------------------------
+
+
+def serve_fast_pods(first_port: int, count: int, busy: bool) -> None:
+    """Child process: ``count`` pods on consecutive ports, until stdin closes."""
+    import uvloop
+
+    counter = 0
+
+    def answer() -> bytes:
+        nonlocal counter
+        counter += 1
+        i = counter if busy else 0
+        body = PAGE.format(r=f"{i % 8}.0", w=f"{i % 5}.0", kv=f"{(i % 97) / 100}").encode()
+        head = (
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\nServer: Python/3.11 aiohttp/3.14.5\r\n\r\n"
+        )
+        return head.encode() + body
+
+    class Pod(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport: Any = transport
+            self.buffer = b""
+
+        def data_received(self, data: bytes) -> None:
+            self.buffer += data
+            while (end := self.buffer.find(b"\r\n\r\n")) >= 0:
+                self.buffer = self.buffer[end + 4 :]
+                self.transport.write(answer())
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        servers = [
+            await loop.create_server(Pod, "127.0.0.1", first_port + i, backlog=64)
+            for i in range(count)
+        ]
+        print("ready", flush=True)
+        await loop.run_in_executor(None, sys.stdin.read)  # until the parent goes
+        for server in servers:
+            server.close()
+
+    uvloop.run(main())
+
+
+class PodFleet:
+    """The pod server child process of ``kind`` (fast, idle, sim) for ``count`` pods."""
+
+    def __init__(self, kind: str, count: int, first_port: int) -> None:
+        self.kind, self.count, self.first_port = kind, count, first_port
+        if kind == "sim":
+            argv = [sys.executable, "-m", "epp", "sim", "--pods", str(count),
+                    "--first-port", str(first_port), "--model", MODEL]
+        else:
+            argv = [sys.executable, __file__, "_pods", str(first_port), str(count),
+                    "busy" if kind == "fast" else "idle"]
+        self.process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=subprocess.DEVNULL, cwd=ROOT)
+        if kind != "sim":
+            assert self.process.stdout is not None
+            if self.process.stdout.readline().strip() != b"ready":
+                raise RuntimeError("the pod server did not start")
+        else:
+            _wait_http(f"http://127.0.0.1:{first_port + count - 1}/metrics", 30.0)
+
+    @property
+    def addresses(self) -> list[str]:
+        return [f"127.0.0.1:{self.first_port + i}" for i in range(self.count)]
+
+    def close(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        if self.kind == "sim":
+            self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def _wait_http(url: str, timeout_s: float) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def _free_port_run(count: int) -> int:
+    """The first of ``count`` consecutive ports that are free now."""
+    import socket
+
+    for first in range(20_000, 60_000, count + 7):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", first))
+            except OSError:
+                continue
+        ok = True
+        for port in range(first + 1, first + count):
+            with socket.socket() as probe:
+                try:
+                    probe.bind(("127.0.0.1", port))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return first
+    raise RuntimeError("no free run of ports")
+
+
+# -- part 1: the scraper in a child process -----------------------------------------------
+
+
+def aiohttp_fetch(max_body_bytes: int) -> tuple[Callable[[str, str], Awaitable[bytes]], Any]:
+    """The GET of the scraper before http1_client: one aiohttp session, as configured then."""
+    import aiohttp
+
+    from epp.datalayer.errors import ScrapeError
+
+    connector = aiohttp.TCPConnector(limit=256, limit_per_host=2, keepalive_timeout=4.0)
+    session = aiohttp.ClientSession(
+        connector=connector, timeout=aiohttp.ClientTimeout(total=None),
+        headers={"Accept-Encoding": "identity"}, trust_env=False,
+    )
+
+    async def fetch(address: str, target: str) -> bytes:
+        url = f"http://{address}{target}"
+        try:
+            async with asyncio.timeout(1.0), session.get(url) as response:
+                if response.status != 200:
+                    raise ScrapeError(f"GET {url}: HTTP {response.status}")
+                length = response.content_length
+                if length is not None and length > max_body_bytes:
+                    raise ScrapeError(f"GET {url}: body over the limit")
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in response.content.iter_any():
+                    size += len(chunk)
+                    if size > max_body_bytes:
+                        raise ScrapeError(f"GET {url}: body over the limit")
+                    chunks.append(chunk)
+                return b"".join(chunks)
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise ScrapeError(f"GET {url}: {exc!r}") from exc
+
+    return fetch, session
+
+
+def scrape_child(client: str, addresses: list[str], warmup_s: float, window_s: float) -> None:
+    """Child process: scrape ``addresses`` every 50 ms; print one JSON line."""
+    import uvloop
+
+    from epp.datalayer.scraper import MetricsScraper
+    from epp.datalayer.store import EndpointStore
+
+    async def main() -> dict[str, Any]:
+        polls = 0
+
+        async def counting_sleep(delay: float) -> None:
+            nonlocal polls
+            polls += 1  # the polling loop sleeps once per poll
+            await asyncio.sleep(delay)
+
+        store = EndpointStore()
+        store.replace([(address, None) for address in addresses])
+        extra: dict[str, Any] = {}
+        session = None
+        if client == "aiohttp":
+            extra["fetch"], session = aiohttp_fetch(4 * 1024 * 1024)
+        scraper = MetricsScraper(store, interval_s=INTERVAL_S, timeout_s=1.0,
+                                 sleep=counting_sleep, **extra)
+        await scraper.start()
+        await asyncio.sleep(warmup_s)
+        polls_0, errors_0 = polls, sum(e.scrape_errors_total for e in store.all())
+        cpu_0, wall_0 = time.process_time(), time.perf_counter()
+        await asyncio.sleep(window_s)
+        cpu_1, wall_1 = time.process_time(), time.perf_counter()
+        polls_1, errors_1 = polls, sum(e.scrape_errors_total for e in store.all())
+        await scraper.stop()
+        if session is not None:
+            await session.close()
+        return {"polls": polls_1 - polls_0, "cpu_s": cpu_1 - cpu_0, "wall_s": wall_1 - wall_0,
+                "errors": errors_1 - errors_0}
+
+    print(json.dumps(uvloop.run(main())), flush=True)
+
+
+def run_scrape(tree: Path, client: str, fleet: PodFleet, warmup_s: float,
+               window_s: float) -> dict[str, Any]:
+    argv = [sys.executable, __file__, "_scrape", client, str(warmup_s), str(window_s),
+            ",".join(fleet.addresses)]
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    out = subprocess.run(argv, env=env, cwd=tree, capture_output=True, text=True, check=True,
+                         timeout=warmup_s + window_s + 60)
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def part_scrape(args: argparse.Namespace, contenders: dict[str, tuple[Path, str]]
+                ) -> list[dict[str, Any]]:
+    rows = []
+    for count in args.pods:
+        fleet = PodFleet(args.pod_server, count, _free_port_run(count))
+        try:
+            runs: dict[str, list[dict[str, Any]]] = {name: [] for name in contenders}
+            for round_ in range(args.rounds):
+                # Alternate the order so drift on a noisy machine hits all alike.
+                names = list(contenders) if round_ % 2 == 0 else list(reversed(contenders))
+                for name in names:
+                    tree, client = contenders[name]
+                    run = run_scrape(tree, client, fleet, args.warmup_s, args.window_s)
+                    runs[name].append(run)
+                    print(f"  {count:>4} pods  {name:<8} round {round_ + 1}: "
+                          f"{run['polls'] / run['wall_s']:7.0f} polls/s "
+                          f"{run['cpu_s'] / max(run['polls'], 1) * 1e6:6.0f} µs/poll "
+                          f"errors {run['errors']}", flush=True)
+        finally:
+            fleet.close()
+        for name, results in runs.items():
+            per_poll = statistics.median(r["cpu_s"] / max(r["polls"], 1) for r in results)
+            rows.append({
+                "pods": count, "contender": name, "pod_server": args.pod_server,
+                "polls_per_s": statistics.median(r["polls"] / r["wall_s"] for r in results),
+                "nominal_polls_per_s": count / INTERVAL_S,
+                "cpu_us_per_poll": per_poll * 1e6,
+                "core_share_nominal": per_poll * count / INTERVAL_S,
+                "core_share_measured": statistics.median(r["cpu_s"] / r["wall_s"]
+                                                         for r in results),
+                "errors": sum(r["errors"] for r in results),
+                "rounds": len(results),
+            })
+    return rows
+
+
+def print_scrape_table(rows: list[dict[str, Any]]) -> None:
+    print()
+    header = (f"{'pods':>5}  {'client':<8}{'polls/s':>9}{'CPU/poll':>11}{'core % @50ms':>14}"
+              f"{'core % seen':>13}{'vs aiohttp':>12}")
+    print(header)
+    print("-" * len(header))
+    base = {r["pods"]: r["cpu_us_per_poll"] for r in rows if r["contender"] == "aiohttp"}
+    for r in rows:
+        ratio = base.get(r["pods"], 0) / r["cpu_us_per_poll"] if r["cpu_us_per_poll"] else 0
+        print(f"{r['pods']:>5}  {r['contender']:<8}{r['polls_per_s']:>9.0f}"
+              f"{r['cpu_us_per_poll']:>9.0f}µs{r['core_share_nominal'] * 100:>13.1f}%"
+              f"{r['core_share_measured'] * 100:>12.1f}%{ratio:>11.2f}x")
+
+
+# -- part 2: the request path ---------------------------------------------------------------
+
+
+def _proc_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def drive_requests(grpc_port: int, rps: float, seconds: float) -> list[float]:
+    """Latencies (s) of ext_proc routing decisions at a steady ``rps``."""
+    import grpc
+    from envoy.config.core.v3.base_pb2 import HeaderMap, HeaderValue
+    from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
+    from envoy.service.ext_proc.v3.external_processor_pb2 import (
+        HttpBody,
+        HttpHeaders,
+        ProcessingRequest,
+        ProcessingResponse,
+        ProtocolConfiguration,
+    )
+
+    body = json.dumps({"model": MODEL, "messages": [
+        {"role": "user", "content": "Say something about scraping. " * 40}]}).encode()
+    headers = ProcessingRequest(
+        request_headers=HttpHeaders(headers=HeaderMap(headers=[
+            HeaderValue(key=k, raw_value=v.encode()) for k, v in (
+                (":method", "POST"), (":path", "/v1/chat/completions"),
+                (":authority", "gw"), ("content-type", "application/json"),
+                ("content-length", str(len(body))), ("x-request-id", "bench"))])),
+        protocol_config=ProtocolConfiguration(request_body_mode=ProcessingMode.BUFFERED,
+                                              response_body_mode=ProcessingMode.NONE))
+    body_msg = ProcessingRequest(request_body=HttpBody(body=body, end_of_stream=True))
+    response_headers = ProcessingRequest(response_headers=HttpHeaders(
+        headers=HeaderMap(headers=[HeaderValue(key=":status", raw_value=b"200")]),
+        end_of_stream=True))
+    latencies: list[float] = []
+    failures = 0
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+        call_factory = channel.stream_stream(
+            "/envoy.service.ext_proc.v3.ExternalProcessor/Process",
+            request_serializer=ProcessingRequest.SerializeToString,
+            response_deserializer=ProcessingResponse.FromString)
+
+        async def one(record: bool) -> None:
+            nonlocal failures
+            call = call_factory()
+            started = time.perf_counter()
+            try:
+                await call.write(headers)
+                await call.read()  # the empty HeadersResponse (buffered mode)
+                await call.write(body_msg)
+                decision = await call.read()  # BodyResponse with the destination
+                elapsed = time.perf_counter() - started
+                await call.write(response_headers)
+                await call.read()
+                await call.done_writing()
+            except grpc.aio.AioRpcError:
+                failures += 1  # an overloaded epp may cancel streams: counted, not fatal
+                return
+            if decision.WhichOneof("response") != "request_body":
+                failures += 1
+            elif record:
+                latencies.append(elapsed)
+
+        for _ in range(20):  # warm the channel and epp's code paths
+            await one(False)
+        tasks = set()
+        period = 1.0 / rps
+        start = time.perf_counter()
+        for i in range(int(rps * seconds)):
+            delay = start + i * period - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            task = asyncio.ensure_future(one(True))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        if tasks:
+            await asyncio.gather(*tasks)
+    if failures:
+        print(f"    {failures} streams got no routing decision", flush=True)
+    return latencies
+
+
+def run_epp(tree: Path, fleet: PodFleet, count: int, rps: float, seconds: float,
+            settle_s: float) -> dict[str, Any]:
+    from epp.stack import free_port
+
+    grpc_port, metrics_port = free_port(), free_port()
+    argv = [sys.executable, "-m", "epp", "serve", "--grpc-host", "127.0.0.1",
+            "--grpc-port", str(grpc_port), "--grpc-health-port", "0",
+            "--metrics-host", "127.0.0.1", "--metrics-port", str(metrics_port),
+            "--log-level", "warning"]
+    for address in fleet.addresses[:count]:
+        argv += ["--endpoint", f"{address}={MODEL}"]
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    process = subprocess.Popen(argv, env=env, cwd=tree, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+    try:
+        _wait_http(f"http://127.0.0.1:{metrics_port}/metrics", 30.0)
+        time.sleep(settle_s)  # every pod scraped, polls spread out
+        cpu_0, wall_0 = _proc_cpu_s(process.pid), time.perf_counter()
+        latencies = asyncio.run(drive_requests(grpc_port, rps, seconds))
+        cpu_1, wall_1 = _proc_cpu_s(process.pid), time.perf_counter()
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    latencies.sort()
+    return {
+        "requests": len(latencies),
+        "p50_ms": statistics.median(latencies) * 1e3,
+        "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1e3,
+        "epp_core_share": (cpu_1 - cpu_0) / (wall_1 - wall_0),
+    }
+
+
+def part_requests(args: argparse.Namespace, trees: dict[str, Path]) -> list[dict[str, Any]]:
+    top = max(args.request_pods)
+    fleet = PodFleet(args.pod_server, top, _free_port_run(top))
+    rows = []
+    try:
+        runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        for round_ in range(args.rounds):
+            order = [(name, n) for name in trees for n in args.request_pods]
+            if round_ % 2:
+                order.reverse()
+            for name, count in order:
+                run = run_epp(trees[name], fleet, count, args.rps, args.request_s, args.warmup_s)
+                runs.setdefault((name, count), []).append(run)
+                print(f"  epp {name:<6} {count:>4} pods round {round_ + 1}: p50 "
+                      f"{run['p50_ms']:.2f} ms  p99 {run['p99_ms']:.2f} ms  "
+                      f"epp CPU {run['epp_core_share'] * 100:.0f} %", flush=True)
+    finally:
+        fleet.close()
+    for (name, count), results in runs.items():
+        rows.append({
+            "epp": name, "pods": count, "pod_server": args.pod_server, "rps": args.rps,
+            "requests": sum(r["requests"] for r in results),
+            "p50_ms": statistics.median(r["p50_ms"] for r in results),
+            "p99_ms": statistics.median(r["p99_ms"] for r in results),
+            "epp_core_share": statistics.median(r["epp_core_share"] for r in results),
+            "rounds": len(results),
+        })
+    return rows
+
+
+def print_request_table(rows: list[dict[str, Any]]) -> None:
+    print()
+    header = (f"{'epp':<8}{'pods':>5}{'requests':>10}{'p50 ms':>9}{'p99 ms':>9}"
+              f"{'epp CPU %':>11}{'p99 vs fewest pods':>20}")
+    print(header)
+    print("-" * len(header))
+    fewest = {}
+    for r in rows:
+        if r["epp"] not in fewest or r["pods"] < fewest[r["epp"]]["pods"]:
+            fewest[r["epp"]] = r
+    for r in rows:
+        ratio = r["p99_ms"] / fewest[r["epp"]]["p99_ms"]
+        print(f"{r['epp']:<8}{r['pods']:>5}{r['requests']:>10}{r['p50_ms']:>9.2f}"
+              f"{r['p99_ms']:>9.2f}{r['epp_core_share'] * 100:>10.1f}%{ratio:>19.2f}x")
+
+
+# -- main ---------------------------------------------------------------------------------
+
+
+def _ints(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part]
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "_pods":
+        serve_fast_pods(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "busy")
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "_scrape":
+        scrape_child(sys.argv[2], sys.argv[5].split(","), float(sys.argv[3]),
+                     float(sys.argv[4]))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pods", type=_ints, default=[8, 64, 256])
+    parser.add_argument("--request-pods", type=_ints, default=[8, 256])
+    parser.add_argument("--pod-server", choices=("fast", "idle", "sim"), default="fast")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--warmup-s", type=float, default=2.0)
+    parser.add_argument("--window-s", type=float, default=5.0)
+    parser.add_argument("--rps", type=float, default=50.0)
+    parser.add_argument("--request-s", type=float, default=10.0)
+    parser.add_argument("--before-tree", type=Path, default=None,
+                        help="another checkout to run as contender HEAD (git worktree add)")
+    parser.add_argument("--skip-scrape", action="store_true")
+    parser.add_argument("--skip-requests", action="store_true")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+
+    contenders: dict[str, tuple[Path, str]] = {"aiohttp": (ROOT, "aiohttp"),
+                                               "http1": (ROOT, "http1")}
+    trees = {"new": ROOT}
+    if args.before_tree is not None:
+        contenders["HEAD"] = (args.before_tree.resolve(), "default")
+        trees["HEAD"] = args.before_tree.resolve()
+    print(f"pod server {args.pod_server}; {args.rounds} rounds; Python "
+          f"{platform.python_version()}; {os.cpu_count()} CPUs", flush=True)
+    report: dict[str, Any] = {
+        "benchmark": "scrape_fleet", "python": platform.python_version(),
+        "cpus": os.cpu_count(), "interval_s": INTERVAL_S, "pod_server": args.pod_server,
+        "warmup_s": args.warmup_s, "window_s": args.window_s,
+        "before_tree": str(args.before_tree) if args.before_tree else None,
+    }
+    if not args.skip_scrape:
+        report["scrape"] = part_scrape(args, contenders)
+    if not args.skip_requests:
+        report["requests"] = part_requests(args, trees)
+    if "scrape" in report:
+        print_scrape_table(report["scrape"])
+    if "requests" in report:
+        print_request_table(report["requests"])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
