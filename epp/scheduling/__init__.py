@@ -25,8 +25,10 @@ from epp.scheduling.types import (
     Plugin,
     PostPick,
     SchedulingResult,
+    ScoreAdder,
     ScoredEndpoint,
     Scorer,
+    ScoresPicker,
     TypedName,
 )
 
@@ -51,8 +53,10 @@ __all__ = [
     "SchedulerConfigError",
     "SchedulerProfile",
     "SchedulingResult",
+    "ScoreAdder",
     "ScoredEndpoint",
     "Scorer",
+    "ScoresPicker",
     "TypedName",
     "WeightedScorer",
     "build_scheduler",

@@ -25,7 +25,9 @@ from epp.scheduling.types import (
     PostPick,
     PromptReader,
     SchedulingResult,
+    ScoreAdder,
     Scorer,
+    ScoresPicker,
     TypedName,
 )
 
@@ -68,10 +70,15 @@ class SchedulerProfile:
     ``post_picks`` defaults to those of the filters, scorers and picker that implement
     :class:`PostPick`. Scores outside [0, 1] (or NaN) are clamped (NaN to 0) before
     weighting. Raises :class:`NoCandidates` when a filter leaves no endpoint.
+
+    A scorer that is a :class:`ScoreAdder` adds its weighted scores itself, and a
+    :class:`ScoresPicker` is handed the totals as they are: the result is the same, with
+    fewer passes over the endpoints (at 1,024 endpoints each pass costs tens of µs).
     """
 
     __slots__ = (
         "_filters",
+        "_pick_scores",
         "_picker",
         "_picker_timing",
         "_post_picks",
@@ -110,11 +117,17 @@ class SchedulerProfile:
 
         self._filters = tuple((f, timing(f, "filter")) for f in filters)
         self._scorers = tuple(
-            (ws.scorer, float(ws.weight), timing(ws.scorer, "scorer"))
+            (
+                ws.scorer,
+                float(ws.weight),
+                timing(ws.scorer, "scorer"),
+                ws.scorer.add_scores if isinstance(ws.scorer, ScoreAdder) else None,
+            )
             for ws in weighted_scorers
             if ws.weight > 0
         )
         self._picker = picker
+        self._pick_scores = picker.pick_scores if isinstance(picker, ScoresPicker) else None
         self._picker_timing = timing(picker, "picker")
         plugins = self._unique([*filters, *(ws.scorer for ws in weighted_scorers), picker])
         if post_picks is None:
@@ -157,9 +170,19 @@ class SchedulerProfile:
                 )
 
         n = len(endpoints)
-        totals = [0.0] * n
-        for scorer, weight, t in self._scorers:
+        totals: list[float] | None = None  # None: all 0.0 so far
+        for scorer, weight, t, add_scores in self._scorers:
             start = clock()
+            if add_scores is not None:
+                totals = add_scores(cycle, request, endpoints, weight, totals)
+                t.total_ns += clock() - start
+                t.calls += 1
+                if len(totals) != n:
+                    raise RuntimeError(
+                        f"scorer {scorer.typed_name} returned {len(totals)} totals "
+                        f"for {n} endpoints"
+                    )
+                continue
             scores = scorer.score(cycle, request, endpoints)
             t.total_ns += clock() - start
             t.calls += 1
@@ -170,12 +193,17 @@ class SchedulerProfile:
             # Clamp into [0, 1]; NaN fails both comparisons and becomes 0.
             totals = [
                 total + weight * (s if 0.0 <= s <= 1.0 else (1.0 if s > 1.0 else 0.0))
-                for total, s in zip(totals, scores, strict=True)
+                for total, s in zip(totals or [0.0] * n, scores, strict=True)
             ]
+        if totals is None:
+            totals = [0.0] * n
 
         t = self._picker_timing
         start = clock()
-        picked = self._picker.pick(cycle, list(zip(endpoints, totals, strict=True)))
+        if self._pick_scores is not None:
+            picked = self._pick_scores(cycle, endpoints, totals)
+        else:
+            picked = self._picker.pick(cycle, list(zip(endpoints, totals, strict=True)))
         t.total_ns += clock() - start
         t.calls += 1
         if not picked:

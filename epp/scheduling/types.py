@@ -18,8 +18,10 @@ __all__ = [
     "PostPick",
     "PromptReader",
     "SchedulingResult",
+    "ScoreAdder",
     "ScoredEndpoint",
     "Scorer",
+    "ScoresPicker",
     "TypedName",
 ]
 
@@ -86,6 +88,35 @@ class Scorer(Plugin, Protocol):
         ...
 
 
+@runtime_checkable
+class ScoreAdder(Scorer, Protocol):
+    """A scorer that adds its weighted scores into the profile's running totals itself.
+
+    Optional: the profile calls ``score`` on scorers without it, then clamps, weights and
+    adds each score in a pass of its own. At hundreds of endpoints those passes are most
+    of a cycle's cost; a scorer that knows its scores lie in [0, 1] (or clamps a few
+    distinct values) can fold them into the one pass it makes anyway.
+    """
+
+    def add_scores(
+        self,
+        cycle: CycleState,
+        request: LLMRequest,
+        endpoints: Sequence[Endpoint],
+        weight: float,
+        totals: list[float] | None,
+    ) -> list[float]:
+        """``totals[i] + weight * s[i]`` for each endpoint, where ``s`` is what
+        :meth:`score` returns clamped into [0, 1]; ``weight * s[i]`` when ``totals`` is
+        None (the first scorer).
+
+        The same floating-point operations in the same order, so the result equals
+        the profile's own sum exactly (ties stay ties); adding ``weight * 0.0`` may be
+        skipped, as it changes no value. May update ``totals`` in place and return it.
+        """
+        ...
+
+
 ScoredEndpoint = tuple[Endpoint, float]
 
 
@@ -93,6 +124,21 @@ ScoredEndpoint = tuple[Endpoint, float]
 class Picker(Plugin, Protocol):
     def pick(self, cycle: CycleState, scored: Sequence[ScoredEndpoint]) -> list[Endpoint]:
         """Order the endpoints to try: the first is the primary, the rest fallbacks."""
+        ...
+
+
+@runtime_checkable
+class ScoresPicker(Picker, Protocol):
+    """A picker that takes endpoints and their totals as two parallel sequences.
+
+    Optional: it spares the profile building an (endpoint, score) pair per endpoint.
+    """
+
+    def pick_scores(
+        self, cycle: CycleState, endpoints: Sequence[Endpoint], scores: Sequence[float]
+    ) -> list[Endpoint]:
+        """Exactly ``pick(cycle, list(zip(endpoints, scores)))``, including its use of
+        randomness. ``scores`` are finite (the profile's totals always are)."""
         ...
 
 

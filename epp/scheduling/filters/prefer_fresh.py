@@ -43,6 +43,13 @@ class PreferFreshFilter(NamedPlugin):
     ) -> Sequence[Endpoint]:
         now = self._clock()
         staleness_s = self._staleness_s
+        # Usually every endpoint is fresh, and the oldest reading tells: no reading is 0.0
+        # (never scraped) when the least is above it, and ``now - u`` only shrinks as ``u``
+        # grows, in floating point too. One attribute pass and a C ``min`` instead of a
+        # method call per endpoint. (Readings are clock values, never NaN.)
+        oldest = min([ep.metrics.updated_at for ep in endpoints], default=0.0)
+        if oldest > 0.0 and now - oldest <= staleness_s:
+            return endpoints
         fresh = [ep for ep in endpoints if ep.is_fresh(staleness_s, now)]
         return fresh if fresh else endpoints
 

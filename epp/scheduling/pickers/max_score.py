@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from heapq import nlargest
 from operator import itemgetter
 from typing import Any
 
 from epp.datalayer.endpoint import Endpoint
 from epp.scheduling.pickers.base import DEFAULT_FALLBACKS, FallbackPicker, build_picker
-from epp.scheduling.types import CycleState, Picker, ScoredEndpoint
+from epp.scheduling.types import CycleState, Picker, ScoredEndpoint, ScoresPicker
 
 __all__ = ["DEFAULT_FALLBACKS", "TYPE", "MaxScorePicker", "factory"]
 
 TYPE = "max-score-picker"
 
 _score = itemgetter(1)
+
+# Below this many candidates one C sort of all pairs beats finding the cut-off first.
+_SORT_ALL_BELOW = 32
 
 
 class MaxScorePicker(FallbackPicker):
@@ -32,8 +36,40 @@ class MaxScorePicker(FallbackPicker):
         n = len(scored)
         if n == 1:
             return [scored[0][0]]
-        ranked = sorted(scored, key=_score, reverse=True)
+        # Stable: equal scores keep the candidates' order, which the draws start from.
+        return self._draw(sorted(scored, key=_score, reverse=True), min(self._limit, n))
+
+    def pick_scores(
+        self, cycle: CycleState, endpoints: Sequence[Endpoint], scores: Sequence[float]
+    ) -> list[Endpoint]:
+        n = len(scores)
+        if n < _SORT_ALL_BELOW:
+            return self.pick(cycle, list(zip(endpoints, scores, strict=True)))
         limit = min(self._limit, n)
+        # Only endpoints scoring at least the limit-th best score can be returned: every
+        # group above it is taken whole, and the group at it is drawn from whole. Those
+        # groups, best first and each in candidate order, are the start of pick()'s
+        # stable ranking, so the draws consume the same random numbers and return the
+        # same list. They are found with C scans (max, count, index): scores take few
+        # distinct values, and the best is usually shared by several endpoints.
+        best = max(scores)
+        if scores.count(best) >= limit:
+            values = [best]
+        else:
+            values = sorted(set(nlargest(limit, scores)), reverse=True)
+        ranked: list[ScoredEndpoint] = []
+        index = scores.index
+        for value in values:
+            at = -1
+            for _ in range(scores.count(value)):
+                at = index(value, at + 1)
+                ranked.append((endpoints[at], value))
+        return self._draw(ranked, limit)
+
+    def _draw(self, ranked: list[ScoredEndpoint], limit: int) -> list[Endpoint]:
+        """The first ``limit`` of ``ranked`` (best first), each group of equal scores in
+        random order."""
+        n = len(ranked)
         out: list[Endpoint] = []
         i = 0
         while len(out) < limit:
@@ -59,3 +95,4 @@ def factory(name: str, parameters: Mapping[str, Any]) -> MaxScorePicker:
 
 
 _: type[Picker] = MaxScorePicker
+_scores_picker: type[ScoresPicker] = MaxScorePicker

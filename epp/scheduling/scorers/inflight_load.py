@@ -7,8 +7,13 @@ from typing import Any
 
 from epp.datalayer.endpoint import Endpoint
 from epp.scheduling.plugin import NamedPlugin, Params
-from epp.scheduling.scorers.normalize import inverted_gap, inverted_min_max
-from epp.scheduling.types import CycleState, LLMRequest, Scorer, TypedName
+from epp.scheduling.scorers.normalize import (
+    add_inverted_gap,
+    add_inverted_min_max,
+    inverted_gap,
+    inverted_min_max,
+)
+from epp.scheduling.types import CycleState, LLMRequest, ScoreAdder, Scorer, TypedName
 
 __all__ = ["TYPE", "InflightLoadScorer", "factory"]
 
@@ -47,6 +52,19 @@ class InflightLoadScorer(NamedPlugin):
             return inverted_gap(loads, self._gap_scale)
         return inverted_min_max(loads)
 
+    def add_scores(
+        self,
+        cycle: CycleState,
+        request: LLMRequest,
+        endpoints: Sequence[Endpoint],
+        weight: float,
+        totals: list[float] | None,
+    ) -> list[float]:
+        loads = [ep.inflight_requests for ep in endpoints]
+        if self._gap_scale > 0:
+            return add_inverted_gap(loads, self._gap_scale, weight, totals)
+        return add_inverted_min_max(loads, weight, totals)
+
 
 def factory(name: str, parameters: Mapping[str, Any]) -> InflightLoadScorer:
     params = Params(TypedName(TYPE, name), parameters)
@@ -56,3 +74,4 @@ def factory(name: str, parameters: Mapping[str, Any]) -> InflightLoadScorer:
 
 
 _: type[Scorer] = InflightLoadScorer
+_adder: type[ScoreAdder] = InflightLoadScorer

@@ -7,8 +7,8 @@ from typing import Any
 
 from epp.datalayer.endpoint import Endpoint
 from epp.scheduling.plugin import NamedPlugin, Params
-from epp.scheduling.scorers.normalize import inverted_min_max
-from epp.scheduling.types import CycleState, LLMRequest, Scorer, TypedName
+from epp.scheduling.scorers.normalize import add_inverted_min_max, inverted_min_max
+from epp.scheduling.types import CycleState, LLMRequest, ScoreAdder, Scorer, TypedName
 
 __all__ = ["TYPE", "QueueScorer", "factory"]
 
@@ -28,6 +28,18 @@ class QueueScorer(NamedPlugin):
     ) -> list[float]:
         return inverted_min_max([ep.metrics.waiting_requests for ep in endpoints])
 
+    def add_scores(
+        self,
+        cycle: CycleState,
+        request: LLMRequest,
+        endpoints: Sequence[Endpoint],
+        weight: float,
+        totals: list[float] | None,
+    ) -> list[float]:
+        return add_inverted_min_max(
+            [ep.metrics.waiting_requests for ep in endpoints], weight, totals
+        )
+
 
 def factory(name: str, parameters: Mapping[str, Any]) -> QueueScorer:
     Params(TypedName(TYPE, name), parameters).finish()
@@ -35,3 +47,4 @@ def factory(name: str, parameters: Mapping[str, Any]) -> QueueScorer:
 
 
 _: type[Scorer] = QueueScorer
+_adder: type[ScoreAdder] = QueueScorer
