@@ -5,7 +5,20 @@ median and p99 are reported. "hit": the same prompt every call, so the prefix in
 matches every block (and on_pick refreshes them); "miss": a different first block every
 call, so matching stops at once while the index fills and evicts.
 
-    python -m benchmarks.bench_scheduler [--runs 20000]     # from the repository root
+    python -m benchmarks.bench_scheduler [--runs 5000]        # from the repository root
+
+Old against new, side by side in one run (the machine is noisy: each case runs in a
+child process, alternating between the trees, ``--rounds`` times; medians of the rounds
+and their ratio are reported)::
+
+    git worktree add /tmp/epp-before HEAD
+    python -m benchmarks.bench_scheduler --baseline /tmp/epp-before
+    git worktree remove /tmp/epp-before
+
+How the hot spots were found (py-spy from PyPI; or cProfile over the same loop)::
+
+    py-spy record -o /tmp/p.json -f speedscope -- \
+        .venv/bin/python -m benchmarks.bench_scheduler --only 1024:32000:hit --runs 20000
 
 Prints a table and writes benchmarks/results/scheduler.json.
 """
@@ -14,20 +27,31 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-from epp.datalayer.endpoint import Endpoint, Metrics
-from epp.scheduling.scheduler import build_scheduler, default_scheduler_config
-from epp.scheduling.types import LLMRequest
+# A child run for --baseline imports epp from the tree it is told (see main()).
+_TREE = os.environ.get("EPP_BENCH_TREE")
+if _TREE:
+    sys.path.insert(0, _TREE)
 
-ENDPOINT_COUNTS = (3, 16)
-PROMPT_CHARS = (0, 2_000, 16_000)
+from epp.datalayer.endpoint import Endpoint, Metrics  # noqa: E402
+from epp.scheduling.scheduler import build_scheduler, default_scheduler_config  # noqa: E402
+from epp.scheduling.types import LLMRequest  # noqa: E402
+
+ENDPOINT_COUNTS = (3, 16, 256, 1024)
+PROMPT_CHARS = (0, 2_000, 16_000, 32_000)
+# Cases the large fleets run: a long prompt, hit and miss (issue 10's targets).
+LARGE_FLEET_MIN = 256
+LARGE_FLEET_PROMPT_CHARS = (32_000,)
 RESULTS = Path(__file__).parent / "results" / "scheduler.json"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def make_endpoints(count: int, rng: random.Random) -> list[Endpoint]:
@@ -59,23 +83,25 @@ def time_case(endpoints: int, chars: int, mode: str, runs: int) -> dict[str, flo
     scheduler = build_scheduler(default_scheduler_config())
     candidates = make_endpoints(endpoints, rng)
     base = prompt_text(chars, rng)
-    if mode == "hit":
-        requests = [LLMRequest("r", "model-a", base)] * 64
-    else:
-        # A distinct first block per request: nothing matches, every pick adds new entries.
-        requests = [
-            LLMRequest("r", "model-a", f"{i:08d}" + base[8:] if chars >= 8 else base)
-            for i in range(runs + 1_000)
-        ]
+    hit = LLMRequest("r", "model-a", base)
+
+    def request(i: int) -> LLMRequest:
+        if mode == "hit" or chars < 8:
+            return hit
+        # A distinct first block per request: nothing matches, every pick adds new
+        # entries. Built outside the timed call (and one at a time: 20,000 32 KB prompts
+        # would take 640 MB).
+        return LLMRequest("r", "model-a", f"{i:08d}" + base[8:])
+
     schedule = scheduler.schedule
     clock = time.perf_counter_ns
     for i in range(1_000):  # warm up; fills the index in "hit" mode
-        schedule(requests[i % len(requests)], candidates)
+        schedule(request(i), candidates)
     samples = [0] * runs
     for i in range(runs):
-        request = requests[(i + 1_000) % len(requests)]
+        req = request(i + 1_000)
         start = clock()
-        schedule(request, candidates)
+        schedule(req, candidates)
         samples[i] = clock() - start
     samples.sort()
     return {
@@ -88,22 +114,91 @@ def time_case(endpoints: int, chars: int, mode: str, runs: int) -> dict[str, flo
     }
 
 
+def cases() -> list[tuple[int, int, str]]:
+    out = []
+    for n in ENDPOINT_COUNTS:
+        sizes = LARGE_FLEET_PROMPT_CHARS if n >= LARGE_FLEET_MIN else PROMPT_CHARS
+        for chars in sizes:
+            for mode in ("hit", "miss") if chars else ("hit",):
+                out.append((n, chars, mode))
+    return out
+
+
+def run_child(tree: Path, case: tuple[int, int, str], runs: int) -> dict[str, float | int | str]:
+    """One case timed in a fresh process that imports epp from ``tree``."""
+    env = {**os.environ, "EPP_BENCH_TREE": str(tree)}
+    n, chars, mode = case
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_scheduler", "--child",
+         "--only", f"{n}:{chars}:{mode}", "--runs", str(runs)],
+        cwd=ROOT, env=env, check=True, capture_output=True, text=True,
+    ).stdout
+    row: dict[str, float | int | str] = json.loads(out)
+    return row
+
+
+def compare(baseline: Path, selected: list[tuple[int, int, str]], runs: int,
+            rounds: int) -> list[dict[str, float | int | str]]:
+    rows = []
+    for case in selected:
+        new_medians, new_p99s, old_medians, old_p99s = [], [], [], []
+        for _ in range(rounds):  # alternate, so drift on the machine hits both alike
+            old = run_child(baseline, case, runs)
+            new = run_child(ROOT, case, runs)
+            old_medians.append(float(old["median_us"]))
+            old_p99s.append(float(old["p99_us"]))
+            new_medians.append(float(new["median_us"]))
+            new_p99s.append(float(new["p99_us"]))
+        n, chars, mode = case
+        row: dict[str, float | int | str] = {
+            "endpoints": n, "prompt_chars": chars, "prefix": mode, "runs": runs,
+            "rounds": rounds,
+            "median_us": round(statistics.median(new_medians), 2),
+            "p99_us": round(statistics.median(new_p99s), 2),
+            "baseline_median_us": round(statistics.median(old_medians), 2),
+            "baseline_p99_us": round(statistics.median(old_p99s), 2),
+        }
+        row["median_ratio"] = round(float(row["median_us"]) / float(row["baseline_median_us"]), 2)
+        rows.append(row)
+        print_rows([row], header=len(rows) == 1)
+    return rows
+
+
+def print_rows(rows: list[dict[str, float | int | str]], *, header: bool = True) -> None:
+    compared = "baseline_median_us" in rows[0]
+    if header:
+        line = f"{'endpoints':>9} {'prompt':>7} {'prefix':>6} {'median µs':>10} {'p99 µs':>8}"
+        if compared:
+            line += f" {'old median':>11} {'old p99':>8} {'new/old':>8}"
+        print(line, flush=True)
+    for row in rows:
+        line = (f"{row['endpoints']:>9} {row['prompt_chars']:>7} {row['prefix']:>6} "
+                f"{row['median_us']:>10} {row['p99_us']:>8}")
+        if compared:
+            line += (f" {row['baseline_median_us']:>11} {row['baseline_p99_us']:>8}"
+                     f" {row['median_ratio']:>8}")
+        print(line, flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=20_000)
+    parser.add_argument("--runs", type=int, default=5_000)
+    parser.add_argument("--only", action="append", default=[],
+                        help="a case ENDPOINTS:CHARS:MODE (repeatable); default: all")
+    parser.add_argument("--baseline", type=Path,
+                        help="a checkout of the old code (git worktree) to compare against")
+    parser.add_argument("--rounds", type=int, default=3, help="alternations with --baseline")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    rows = [
-        time_case(n, chars, mode, args.runs)
-        for n in ENDPOINT_COUNTS
-        for chars in PROMPT_CHARS
-        for mode in (("hit", "miss") if chars else ("hit",))
-    ]
-    print(f"{'endpoints':>9} {'prompt':>7} {'prefix':>6} {'median µs':>10} {'p99 µs':>8}")
-    for row in rows:
-        print(
-            f"{row['endpoints']:>9} {row['prompt_chars']:>7} {row['prefix']:>6} "
-            f"{row['median_us']:>10} {row['p99_us']:>8}"
-        )
+    selected = [(int(n), int(c), m) for n, c, m in (o.split(":") for o in args.only)] or cases()
+    if args.child:
+        print(json.dumps(time_case(*selected[0], args.runs)))
+        return
+    if args.baseline is not None:
+        rows = compare(args.baseline.resolve(), selected, args.runs, args.rounds)
+    else:
+        rows = [time_case(n, chars, mode, args.runs) for n, chars, mode in selected]
+        print_rows(rows)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(
         json.dumps(
@@ -111,6 +206,7 @@ def main() -> None:
                 "benchmark": "scheduler.schedule, default profile",
                 "python": sys.version.split()[0],
                 "machine": platform.machine(),
+                "baseline": str(args.baseline) if args.baseline else None,
                 "results": rows,
             },
             indent=2,
