@@ -38,16 +38,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     envoy = commands.add_parser(
         "envoy-config", help="print the Envoy bootstrap that puts epp in front of model servers"
     )
+    from epp.envoy_config import RESPONSE_BODY_MODES
+
     envoy.add_argument("--listen-port", type=int, default=8080)
     envoy.add_argument("--admin-port", type=int, default=9901)
     envoy.add_argument("--epp-host", default="127.0.0.1")
     envoy.add_argument("--epp-port", type=int, default=9002)
     envoy.add_argument("--body-mode", choices=("FULL_DUPLEX_STREAMED", "BUFFERED"),
                        default="FULL_DUPLEX_STREAMED")
-    envoy.add_argument("--response-body-mode", choices=("FULL_DUPLEX_STREAMED", "NONE"),
-                       default="FULL_DUPLEX_STREAMED",
-                       help="stream responses through epp (usage and TTFT metrics, restored "
-                       "model names); NONE keeps response bodies away from epp")
+    envoy.add_argument("--response-body-mode", choices=RESPONSE_BODY_MODES,
+                       default="OBSERVED",
+                       help="OBSERVED: a second, observing ext_proc filter copies response "
+                       "bodies to epp (usage and TTFT metrics; Envoy never waits for it); "
+                       "FULL_DUPLEX_STREAMED: responses stream through epp's routing stream "
+                       "(also restores rewritten model names, strips --inject-stream-usage's "
+                       "event; about twice the CPU); NONE: bodies never reach epp (cheapest; "
+                       "no usage or TTFT)")
     envoy.add_argument("--epp-tls", action="store_true",
                        help="dial epp with TLS (epp serve --secure-serving); needs "
                        "--epp-ca-file or --epp-tls-insecure-skip-verify")

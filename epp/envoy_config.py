@@ -26,7 +26,13 @@ __all__ = [
 ]
 
 BODY_MODES = ("FULL_DUPLEX_STREAMED", "BUFFERED")
-RESPONSE_BODY_MODES = ("FULL_DUPLEX_STREAMED", "NONE")
+# How response bodies reach epp: OBSERVED (a second ext_proc filter in observability
+# mode sends them and never waits for epp), FULL_DUPLEX_STREAMED (through the routing
+# stream, each chunk echoed back: what model-name restoring and usage stripping need),
+# or NONE (not at all).
+RESPONSE_BODY_MODES = ("OBSERVED", "FULL_DUPLEX_STREAMED", "NONE")
+# The CEL attribute that carries a request's x-request-id to the response observer.
+REQUEST_ID_ATTRIBUTE = "request.id"
 
 # What clients get, in epp's own OpenAI-style error shape, when Envoy answers for epp.
 EPP_UNAVAILABLE_ERROR = {
@@ -111,7 +117,7 @@ def envoy_bootstrap(
     ext_proc: bool = True,
     static_upstream: str | None = None,
     max_request_bytes: int = 64 * 1024 * 1024,
-    response_body_mode: str = "FULL_DUPLEX_STREAMED",
+    response_body_mode: str = "OBSERVED",
     epp_tls: bool = False,
     epp_ca_file: str | None = None,
     epp_server_name: str | None = None,
@@ -123,10 +129,12 @@ def envoy_bootstrap(
     ``static_upstream`` ("host:port") replaces the ORIGINAL_DST cluster. ``body_mode``
     is the ext_proc request body mode: FULL_DUPLEX_STREAMED (what Gateway API
     implementations configure for an InferencePool) or BUFFERED. ``response_body_mode``
-    FULL_DUPLEX_STREAMED (the default) streams responses through epp, chunk by chunk: it
-    reads their usage and time to first token, and restores a rewritten model name; NONE
-    keeps response bodies off the ext_proc stream (status and latency are still seen,
-    tokens and TTFT are not).
+    OBSERVED (the default) copies response bodies to epp through a second ext_proc filter
+    in observability mode: epp reads their usage and time to first token, and Envoy never
+    waits for it; FULL_DUPLEX_STREAMED streams them through the routing stream, each chunk
+    answered by epp, which also restores a rewritten model name in the body and strips a
+    usage event epp asked for (``--inject-stream-usage``), at about twice the CPU; NONE
+    keeps them away from epp (status and latency are still seen, tokens and TTFT are not).
 
     ``epp_tls`` dials epp with TLS. With ``epp_ca_file`` (a PEM bundle; implies TLS)
     Envoy verifies epp's certificate against it, and with ``epp_server_name`` also sends
@@ -150,6 +158,8 @@ def envoy_bootstrap(
     http_filters: list[dict[str, Any]] = []
     if ext_proc:
         http_filters.append(_ext_proc_filter(body_mode, response_body_mode, timeouts))
+        if response_body_mode == "OBSERVED":
+            http_filters.append(_response_observer_filter())
     http_filters.append(
         {
             "name": "envoy.filters.http.router",
@@ -299,7 +309,8 @@ def _ext_proc_filter(body_mode: str, response_body_mode: str,
                 # Full duplex needs trailers sent so a body ending in trailers still ends.
                 "request_trailer_mode": "SEND" if body_mode == "FULL_DUPLEX_STREAMED" else "SKIP",
                 "response_header_mode": "SEND",
-                "response_body_mode": response_body_mode,
+                "response_body_mode": ("NONE" if response_body_mode == "OBSERVED"
+                                       else response_body_mode),
                 # Asking for response trailers keeps the ext_proc stream open until the
                 # response ends (verified with Envoy 1.40), at no per-chunk cost: its end is
                 # when epp takes the request off the endpoint's in-flight count.
@@ -313,6 +324,36 @@ def _ext_proc_filter(body_mode: str, response_body_mode: str,
             "status_on_error": {"code": 503},
             # Let epp set x-gateway-destination-endpoint and other routing headers.
             "mutation_rules": {"allow_all_routing": True},
+        },
+    }
+
+
+def _response_observer_filter() -> dict[str, Any]:
+    """The filter that copies response bodies to epp without waiting for it.
+
+    It sits after the routing filter, so it sees a response first (Envoy runs encoder
+    filters in reverse): its response headers carry the request's x-request-id (the
+    ``request.id`` attribute), which epp matches to the routing stream; then each body
+    chunk is sent as it passes. In observability mode Envoy ignores epp's replies, so an
+    unreachable or slow epp never delays or fails a response (``failure_mode_allow``).
+    """
+    return {
+        "name": "epp.response_observer",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3"
+            ".ExternalProcessor",
+            "grpc_service": {"envoy_grpc": {"cluster_name": "epp"}, "timeout": "10s"},
+            "observability_mode": True,
+            "failure_mode_allow": True,
+            "processing_mode": {
+                "request_header_mode": "SKIP",
+                "request_body_mode": "NONE",
+                "request_trailer_mode": "SKIP",
+                "response_header_mode": "SEND",
+                "response_body_mode": "STREAMED",
+                "response_trailer_mode": "SKIP",
+            },
+            "response_attributes": [REQUEST_ID_ATTRIBUTE],
         },
     }
 

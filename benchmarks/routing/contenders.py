@@ -120,15 +120,18 @@ class EppContender(_Processes):
     """Envoy + ``epp serve`` (full-duplex ext_proc, ORIGINAL_DST), one ``--endpoint`` per pod.
 
     ``config_file`` replaces the default profile; ``extra_args`` go to ``epp serve``
-    (e.g. ``--refresh-metrics-interval``).
+    (e.g. ``--refresh-metrics-interval``); ``envoy_options`` to
+    :func:`epp.envoy_config.envoy_bootstrap` (e.g. ``response_body_mode``).
     """
 
     def __init__(self, name: str, config_file: Path | None = None,
-                 extra_args: Sequence[str] = ()) -> None:
+                 extra_args: Sequence[str] = (),
+                 envoy_options: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.name = name
         self.config_file = config_file
         self.extra_args = list(extra_args)
+        self.envoy_options = dict(envoy_options or {})
 
     def start(self, pods: Sequence[str], model: str, workdir: Path) -> str:
         grpc, metrics = free_port(), free_port()
@@ -146,7 +149,7 @@ class EppContender(_Processes):
                        what=f"all {len(pods)} pods ready in epp")
         listen, admin = free_port(), free_port()
         bootstrap = envoy_bootstrap(EnvoyPorts(listen_port=listen, admin_port=admin,
-                                               epp_port=grpc))
+                                               epp_port=grpc), **self.envoy_options)
         self.started.append(start_envoy(bootstrap, admin_port=admin, log_dir=workdir))
         return f"http://127.0.0.1:{listen}"
 

@@ -22,6 +22,7 @@ from grpc_health.v1 import health, health_pb2_grpc
 from epp.director import Director
 from epp.extproc.body_budget import BodyBudget
 from epp.extproc.messages import RoutingResponses
+from epp.extproc.response_observer import ResponseObservers
 from epp.extproc.stream import ProtocolViolation, RequestStream
 from epp.observability import metrics
 from epp.observability.logging import clip
@@ -45,6 +46,7 @@ class ExternalProcessor(external_processor_pb2_grpc.ExternalProcessorServicer): 
         self._inject_stream_usage = inject_stream_usage
         self._routing_responses = RoutingResponses()
         self.body_budget = body_budget or BodyBudget(0)
+        self.observers = ResponseObservers()
         self._protocol_logged_at = float("-inf")
         self._protocol_unlogged = 0  # violations since the last one logged
 
@@ -53,15 +55,27 @@ class ExternalProcessor(external_processor_pb2_grpc.ExternalProcessorServicer): 
         request_iterator: AsyncIterator[ProcessingRequest],
         context: grpc.aio.ServicerContext[ProcessingRequest, ProcessingResponse],
     ) -> AsyncIterator[ProcessingResponse]:
-        stream = RequestStream(
-            self._director,
-            max_body_bytes=self._max_body_bytes,
-            routing_responses=self._routing_responses,
-            inject_stream_usage=self._inject_stream_usage,
-            body_budget=self.body_budget,
-        )
+        messages = aiter(request_iterator)
+        stream: RequestStream | None = None
         try:
-            async for message in request_iterator:
+            first = await anext(messages, None)
+            if first is None:
+                return
+            if first.observability_mode:
+                # The response observer's stream: Envoy reads no reply, so none is sent.
+                await self.observers.observe(first, messages)
+                return
+            stream = RequestStream(
+                self._director,
+                max_body_bytes=self._max_body_bytes,
+                routing_responses=self._routing_responses,
+                inject_stream_usage=self._inject_stream_usage,
+                body_budget=self.body_budget,
+                observers=self.observers,
+            )
+            for response in stream.handle(first):
+                yield response
+            async for message in messages:
                 for response in stream.handle(message):
                     yield response
         except (ProtocolViolation, DecodeError) as exc:
@@ -72,14 +86,14 @@ class ExternalProcessor(external_processor_pb2_grpc.ExternalProcessorServicer): 
         except Exception:
             # A bug, not a client error: fail this stream only, loudly, and keep serving.
             metrics.STREAM_ERRORS.labels("exception").inc()
-            log.exception(
-                "ext_proc stream for request %s failed", stream.headers.get("x-request-id", "-")
-            )
+            log.exception("ext_proc stream for request %s failed",
+                          stream.headers.get("x-request-id", "-") if stream else "-")
             await context.abort(grpc.StatusCode.INTERNAL, "epp failed to process the request")
         finally:
-            stream.close()
+            if stream is not None:
+                stream.close()
 
-    def _log_protocol_violation(self, stream: RequestStream, exc: Exception) -> None:
+    def _log_protocol_violation(self, stream: RequestStream | None, exc: Exception) -> None:
         now = time.monotonic()
         if now - self._protocol_logged_at < _PROTOCOL_LOG_INTERVAL_S:
             self._protocol_unlogged += 1
@@ -88,7 +102,8 @@ class ExternalProcessor(external_processor_pb2_grpc.ExternalProcessorServicer): 
                  if self._protocol_unlogged else "")
         self._protocol_logged_at, self._protocol_unlogged = now, 0
         log.warning("ext_proc stream for request %s broke the protocol and was failed: %s%s",
-                    clip(stream.headers.get("x-request-id", "-")), clip(str(exc)), since)
+                    clip(stream.headers.get("x-request-id", "-") if stream else "-"),
+                    clip(str(exc)), since)
 
 
 def create_grpc_server(

@@ -26,15 +26,20 @@ import uuid
 from collections.abc import Iterable, Iterator, Sequence
 
 from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
-from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingRequest, ProcessingResponse
+from envoy.service.ext_proc.v3.external_processor_pb2 import (
+    HttpHeaders,
+    ProcessingRequest,
+    ProcessingResponse,
+)
 
 from epp.api.model_restore import ModelNameRestorer
 from epp.api.usage import UsageReader
 from epp.api.usage_injection import UsageEventStripper, rewrite_request_body, wants_usage_option
-from epp.director import Director, RoutingDecision
+from epp.director import Director, ResponseOutcome, RoutingDecision
 from epp.errors import BadRequest, EppError, Overloaded, RequestTooLarge
 from epp.extproc import messages
 from epp.extproc.body_budget import BodyBudget
+from epp.extproc.response_observer import BodyWatcher, ResponseObservers
 from epp.observability import metrics, request_metrics
 from epp.observability.logging import clip
 from epp.requestcontrol.objectives import OBJECTIVE_HEADER
@@ -92,8 +97,14 @@ class RequestStream:
         default_body_mode: int = _FULL_DUPLEX,
         inject_stream_usage: bool = False,
         body_budget: BodyBudget = _UNLIMITED,
+        observers: ResponseObservers | None = None,
     ) -> None:
         self._director = director
+        self._observers = observers
+        self._expecting = False  # registered with the observers, awaiting its response
+        self._watcher: _ObservedBody | None = None  # the observing stream's, once matched
+        self._record_pending = False  # closed before the observed body ended
+        self._closed_at = 0.0
         self._budget = body_budget
         self._inject_stream_usage = inject_stream_usage
         self._routing_responses = routing_responses or messages.RoutingResponses()
@@ -173,10 +184,35 @@ class RequestStream:
         """The stream is over for whatever reason: release the load it held, record the
         request's metrics and log its line."""
         self._drop_body()
+        if self._expecting:
+            assert self._observers is not None
+            self._observers.forget(self.request_id, self)
+            self._expecting = False
         if self.decision is not None:
             self._director.finish(self.decision)
         if self.phase is _AWAITING_HEADERS:
             return  # not a request (Envoy opened the stream and gave up at once)
+        self._closed_at = time.monotonic()
+        decision = self.decision
+        if (self._watcher is None and self._response_body_mode == ProcessingMode.NONE
+                and decision is not None and decision.response.status is not None
+                and not decision.response.completed):
+            # Without the body, Envoy ending the stream after the response began is all
+            # there is to see: a client that went away mid-body looks the same.
+            decision.response.completed = True
+            decision.response.ended_at = self._closed_at
+        if self._watcher is not None and not self._watcher.finished:
+            # The observing stream still carries the body's end (usage): record then.
+            self._record_pending = True
+            return
+        self._record()
+
+    def _observed_body_done(self) -> None:
+        if self._record_pending:
+            self._record_pending = False
+            self._record()
+
+    def _record(self) -> None:
         headers = self.headers
         request_metrics.record_finished(request_metrics.FinishedRequest(
             request_id=self.request_id,
@@ -187,7 +223,7 @@ class RequestStream:
             error=self._error,
             request_bytes=self._body_bytes,
             decision_s=self._decision_s,
-            closed_at=time.monotonic(),
+            closed_at=self._closed_at,
         ))
 
     # -- request side -------------------------------------------------------------------
@@ -286,7 +322,9 @@ class RequestStream:
             body, request_id=self.request_id, headers=self.headers, subset=self._subset
         )
         self._decision_s = time.perf_counter() - started
+        # Only where this stream sees the response body, to strip the event again.
         add_usage = (self._inject_stream_usage and decision.request.stream
+                     and self._response_body_mode == _FULL_DUPLEX
                      and wants_usage_option(self.headers.get(":path", "")))
         changed = decision.rewritten or add_usage
         if changed:
@@ -332,6 +370,10 @@ class RequestStream:
         assert decision is not None
         metrics.requests_for(decision.model, decision.target_model, decision.priority).inc()
         request_metrics.request_started(decision)
+        if self._observers is not None and self._response_body_mode == ProcessingMode.NONE:
+            # The body, if any, comes on the observing filter's stream.
+            self._observers.expect(self.request_id, self)
+            self._expecting = True
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "request %s model=%r -> %s (%d candidates scored)",
@@ -348,29 +390,15 @@ class RequestStream:
         decision = self.decision
         if decision is not None:
             response = decision.response
-            content_type = encoding = b""
-            for header in message.response_headers.headers.headers:
-                key = header.key
-                if key == ":status":
-                    status = header.raw_value or header.value.encode()
-                    # Three digits, as HTTP has them: int() of thousands would raise.
-                    response.status = (int(status) if len(status) == 3 and status.isdigit()
-                                       else None)
-                elif key == "content-type":
-                    content_type = header.raw_value or header.value.encode()
-                elif key == "content-encoding":
-                    encoding = header.raw_value or header.value.encode()
-            response.streamed = content_type.lower().startswith(b"text/event-stream")
-            if response.streamed and self.headers.get(":path", "").startswith("/v1/responses"):
-                # response.created and .in_progress come before any token is generated.
-                self._first_token_marker = _RESPONSES_TOKEN_MARKER
+            head = _ResponseHead.read(message.response_headers)
+            response.status = head.status
+            response.streamed = head.streamed
+            self._first_token_marker = self._token_marker(head)
             if message.response_headers.end_of_stream:
                 self._response_ended(decision)
-            elif (response.status is not None and 200 <= response.status < 300
-                  and encoding in (b"", b"identity")
-                  and (response.streamed or b"json" in content_type)):
-                self._usage_reader = UsageReader(sse=response.streamed)
-                if self._usage_added and response.streamed:
+            elif self._response_body_mode != ProcessingMode.NONE and head.has_usage:
+                self._usage_reader = UsageReader(sse=head.streamed)
+                if self._usage_added and head.streamed:
                     self._stripper = UsageEventStripper()
             self._director.response_started(decision)
             if decision.fallback_from:
@@ -409,6 +437,21 @@ class RequestStream:
                 restorer.feed(body.body, end_of_stream=True)),)
         return (messages.empty_response_body_response(),)
 
+    def _token_marker(self, head: _ResponseHead) -> bytes | None:
+        if head.streamed and self.headers.get(":path", "").startswith("/v1/responses"):
+            # response.created and .in_progress come before any token is generated.
+            return _RESPONSES_TOKEN_MARKER
+        return None
+
+    def watch_response(self, headers: HttpHeaders) -> BodyWatcher | None:
+        """The observing filter found this stream's response: read its body from there."""
+        if self.decision is None or self._watcher is not None or not self._expecting:
+            return None
+        head = _ResponseHead.read(headers)
+        self._watcher = _ObservedBody(self, self.decision.response, self._token_marker(head),
+                                      UsageReader(sse=head.streamed) if head.has_usage else None)
+        return self._watcher
+
     def _response_ended(self, decision: RoutingDecision) -> None:
         response = decision.response
         if response.completed:
@@ -428,6 +471,81 @@ class RequestStream:
         log.debug("request %s: %s", clip(self.headers.get("x-request-id", "-")),
                   clip(error.message))
         return messages.error_response(error)
+
+
+class _ResponseHead:
+    """What epp reads from response headers."""
+
+    __slots__ = ("content_type", "encoding", "status", "streamed")
+
+    def __init__(self, status: int | None, content_type: bytes, encoding: bytes) -> None:
+        self.status = status
+        self.content_type = content_type
+        self.encoding = encoding
+        self.streamed = content_type.lower().startswith(b"text/event-stream")
+
+    @classmethod
+    def read(cls, message: HttpHeaders) -> _ResponseHead:
+        status: int | None = None
+        content_type = encoding = b""
+        for header in message.headers.headers:
+            key = header.key
+            if key == ":status":
+                raw = header.raw_value or header.value.encode()
+                # Three digits, as HTTP has them: int() of thousands would raise.
+                status = int(raw) if len(raw) == 3 and raw.isdigit() else None
+            elif key == "content-type":
+                content_type = header.raw_value or header.value.encode()
+            elif key == "content-encoding":
+                encoding = header.raw_value or header.value.encode()
+        return cls(status, content_type, encoding)
+
+    @property
+    def has_usage(self) -> bool:
+        """A successful, unencoded JSON or SSE body: one a usage report can be read from."""
+        return (self.status is not None and 200 <= self.status < 300
+                and self.encoding in (b"", b"identity")
+                and (self.streamed or b"json" in self.content_type))
+
+
+class _ObservedBody:
+    """Reads a response body the observing filter copies to epp (see response_observer)."""
+
+    __slots__ = ("_marker", "_reader", "_response", "_stream", "finished")
+
+    def __init__(self, stream: RequestStream, response: ResponseOutcome,
+                 marker: bytes | None, reader: UsageReader | None) -> None:
+        self._stream = stream
+        self._response = response
+        self._marker = marker
+        self._reader = reader
+        self.finished = False
+
+    def feed(self, data: bytes, end_of_stream: bool) -> None:
+        if self.finished:
+            return
+        response = self._response
+        if data:
+            if response.first_token_at is None and (
+                self._marker is None or self._marker in data
+            ):
+                response.first_token_at = time.monotonic()
+            response.body_bytes += len(data)
+            if self._reader is not None:
+                self._reader.feed(data)
+        if end_of_stream:
+            # The routing stream gets no trailers when bodies are observed (Envoy 1.40
+            # sends them only with a body mode): the body's end is the response's.
+            response.completed = True
+            response.ended_at = time.monotonic()
+            if self._reader is not None:
+                response.usage = self._reader.usage()
+                self._reader = None
+
+    def done(self) -> None:
+        if not self.finished:
+            self.finished = True
+            self._stream._observed_body_done()
 
 
 def _subset_hint(message: ProcessingRequest) -> list[str] | None:

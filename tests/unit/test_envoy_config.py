@@ -43,12 +43,39 @@ def test_rejects_unknown_mode() -> None:
         envoy_bootstrap(body_mode="STREAMED")
 
 
-def test_responses_stream_through_epp_by_default() -> None:
-    mode = _ext_proc(envoy_bootstrap())["processing_mode"]
-    assert mode["response_body_mode"] == "FULL_DUPLEX_STREAMED"
-    assert mode["response_trailer_mode"] == "SEND"  # Envoy requires it in full duplex
-    none = _ext_proc(envoy_bootstrap(response_body_mode="NONE"))["processing_mode"]
-    assert none["response_body_mode"] == "NONE"
+def _filters(bootstrap: dict) -> list[dict]:  # type: ignore[type-arg]
+    return _manager(bootstrap)["http_filters"]  # type: ignore[no-any-return]
+
+
+def test_response_bodies_are_observed_by_default() -> None:
+    bootstrap = envoy_bootstrap()
+    names = [f["name"] for f in _filters(bootstrap)]
+    # The observer comes after the routing filter, so it sees each response first.
+    assert names == ["envoy.filters.http.ext_proc", "epp.response_observer",
+                     "envoy.filters.http.router"]
+    routing = _ext_proc(bootstrap)["processing_mode"]
+    assert routing["response_body_mode"] == "NONE"
+    assert routing["response_header_mode"] == "SEND"  # status, fallback header
+    observer = _filters(bootstrap)[1]["typed_config"]
+    assert observer["observability_mode"] is True
+    assert observer["failure_mode_allow"] is True  # never fails a response
+    assert observer["response_attributes"] == ["request.id"]
+    assert observer["processing_mode"]["response_body_mode"] == "STREAMED"
+    assert observer["processing_mode"]["request_header_mode"] == "SKIP"
+    assert observer["grpc_service"] == _ext_proc(bootstrap)["grpc_service"]
+
+
+@pytest.mark.parametrize("mode", ["FULL_DUPLEX_STREAMED", "NONE"])
+def test_other_response_modes_have_no_observer(mode: str) -> None:
+    bootstrap = envoy_bootstrap(response_body_mode=mode)
+    assert [f["name"] for f in _filters(bootstrap)] == ["envoy.filters.http.ext_proc",
+                                                        "envoy.filters.http.router"]
+    routing = _ext_proc(bootstrap)["processing_mode"]
+    assert routing["response_body_mode"] == mode
+    assert routing["response_trailer_mode"] == "SEND"  # Envoy requires it in full duplex
+
+
+def test_rejects_unknown_response_mode() -> None:
     with pytest.raises(ValueError, match="response_body_mode"):
         envoy_bootstrap(response_body_mode="BUFFERED")
 

@@ -1,0 +1,100 @@
+"""Response bodies copied to epp by a second ext_proc filter in observability mode.
+
+Streaming every response chunk through the routing stream costs a reply per chunk (in
+full duplex, the chunk itself, echoed back) and holds each chunk until epp answers; on
+a streamed chat that was most of epp's and its Envoy's CPU per request. The observing
+filter (``epp envoy-config``'s default) sends the response headers and each body chunk
+on a stream of its own and never waits: epp answers nothing there. Its response headers
+carry the request's x-request-id (the ``request.id`` attribute); :class:`ResponseObservers`
+matches it to the routing stream that is waiting for that response, and a
+:class:`BodyWatcher` reads the chunks for time to first token, size and usage.
+
+A request id seen on two routing streams at once (a client can send its own) matches
+neither: their bodies go unobserved rather than to the wrong request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+from envoy.service.ext_proc.v3.external_processor_pb2 import HttpHeaders, ProcessingRequest
+
+__all__ = ["BodyWatcher", "ObservedStream", "ResponseObservers", "request_id_of"]
+
+_ATTRIBUTES_KEY = "envoy.filters.http.ext_proc"  # Envoy's key for the filter's attributes
+_REQUEST_ID = "request.id"
+
+
+class BodyWatcher(Protocol):
+    def feed(self, data: bytes, end_of_stream: bool) -> None:
+        """One response body chunk, as it passed through Envoy."""
+
+    def done(self) -> None:
+        """No more chunks will come (the body ended, or the observing stream did)."""
+
+
+class ObservedStream(Protocol):
+    def watch_response(self, headers: HttpHeaders) -> BodyWatcher | None:
+        """A watcher for the body of the response these headers start (None: not wanted)."""
+
+
+def request_id_of(message: ProcessingRequest) -> str:
+    """The ``request.id`` attribute Envoy attached to a message ("" when absent)."""
+    attributes = message.attributes
+    if _ATTRIBUTES_KEY not in attributes:
+        return ""
+    fields = attributes[_ATTRIBUTES_KEY].fields
+    return fields[_REQUEST_ID].string_value if _REQUEST_ID in fields else ""
+
+
+class ResponseObservers:
+    """Routing streams waiting for their response, by request id; bounded by the
+    streams open at once, as each routing stream forgets itself when it closes."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[str, list[ObservedStream]] = {}
+        self.unmatched = 0  # observing streams that found no single routing stream
+
+    def expect(self, request_id: str, stream: ObservedStream) -> None:
+        waiting = self._waiting.get(request_id)
+        if waiting is None:
+            self._waiting[request_id] = [stream]
+        else:
+            waiting.append(stream)
+
+    def forget(self, request_id: str, stream: ObservedStream) -> None:
+        waiting = self._waiting.get(request_id)
+        if waiting is None:
+            return
+        if stream in waiting:
+            waiting.remove(stream)
+        if not waiting:
+            del self._waiting[request_id]
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    async def observe(self, first: ProcessingRequest,
+                      messages: AsyncIterator[ProcessingRequest]) -> None:
+        """Follow one observing stream to its end: ``first`` is its response headers."""
+        if first.WhichOneof("request") != "response_headers":
+            self.unmatched += 1
+            return
+        waiting = self._waiting.get(request_id_of(first))
+        if waiting is None or len(waiting) != 1:
+            self.unmatched += 1
+            return
+        watcher = waiting[0].watch_response(first.response_headers)
+        if watcher is None or first.response_headers.end_of_stream:
+            return
+        try:
+            async for message in messages:
+                if message.WhichOneof("request") != "response_body":
+                    return  # trailers, or a peer that is not Envoy: nothing more to read
+                body = message.response_body
+                watcher.feed(body.body, body.end_of_stream)
+                if body.end_of_stream:
+                    return
+        finally:
+            watcher.done()
