@@ -8,6 +8,8 @@ the given pods and returns its base URL once it answers, ``stop`` tears it down.
 | ``envoy-rr`` | Envoy alone, a static cluster of all pods, ``ROUND_ROBIN`` |
 | ``envoy-lr`` | the same, ``LEAST_REQUEST`` (Envoy's: the less busy of 2 random pods) |
 | ``epp`` | Envoy + epp, its default profile (``epp serve --endpoint`` per pod) |
+| ``epp-full-duplex`` | the same, response bodies through the routing stream (the old path) |
+| ``epp-lean`` | the same, no response bodies (no TTFT or token metrics) |
 | ``epp-reference`` | epp, the reference EPP's weights (``configs/reference.yaml``) |
 | ``epp-load`` | epp, load scorers only: queue, KV, in-flight (``configs/load-only.yaml``) |
 | ``epp-prefix`` | epp, the prefix-cache scorer only (``configs/prefix-only.yaml``) |
@@ -15,7 +17,8 @@ the given pods and returns its base URL once it answers, ``stop`` tears it down.
 ``benchmarks/routing/peers.py``, when present, adds more through ``PEERS`` (see
 :func:`load_peers`). Envoy runs with one worker thread (``--concurrency 1``): there are
 two cores for everything, and one worker also gives ``LEAST_REQUEST`` a single, complete
-view of the active requests.
+view of the active requests. The three epp rows differ only in Envoy's
+``response_body_mode``: ``OBSERVED`` (the default), ``FULL_DUPLEX_STREAMED`` and ``NONE``.
 """
 
 from __future__ import annotations
@@ -192,6 +195,9 @@ def builtin_contenders(epp_args: Sequence[str] = ()) -> list[Contender]:
         EnvoyContender("envoy-rr", "ROUND_ROBIN"),
         EnvoyContender("envoy-lr", "LEAST_REQUEST"),
         EppContender("epp", None, epp_args),
+        EppContender("epp-full-duplex", None, epp_args,
+                     {"response_body_mode": "FULL_DUPLEX_STREAMED"}),
+        EppContender("epp-lean", None, epp_args, {"response_body_mode": "NONE"}),
         EppContender("epp-reference", CONFIGS / "reference.yaml", epp_args),
         EppContender("epp-load", CONFIGS / "load-only.yaml", epp_args),
         EppContender("epp-prefix", CONFIGS / "prefix-only.yaml", epp_args),

@@ -15,7 +15,8 @@ neither: their bodies go unobserved rather than to the wrong request.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
 from envoy.service.ext_proc.v3.external_processor_pb2 import HttpHeaders, ProcessingRequest
@@ -52,9 +53,21 @@ class ResponseObservers:
     """Routing streams waiting for their response, by request id; bounded by the
     streams open at once, as each routing stream forgets itself when it closes."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, linger_s: float = 1.0) -> None:
         self._waiting: dict[str, list[ObservedStream]] = {}
         self.unmatched = 0  # observing streams that found no single routing stream
+        # Set once an observing stream has come: Envoy has the observing filter, so a
+        # routing stream that ends first waits up to linger_s for its observer.
+        self.present = False
+        self.linger_s = linger_s
+
+    def linger(self, give_up: Callable[[], None]) -> asyncio.TimerHandle | None:
+        """Call ``give_up`` after ``linger_s`` unless cancelled; None outside an event loop."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return None
+        return loop.call_later(self.linger_s, give_up)
 
     def expect(self, request_id: str, stream: ObservedStream) -> None:
         waiting = self._waiting.get(request_id)
@@ -78,6 +91,7 @@ class ResponseObservers:
     async def observe(self, first: ProcessingRequest,
                       messages: AsyncIterator[ProcessingRequest]) -> None:
         """Follow one observing stream to its end: ``first`` is its response headers."""
+        self.present = True
         if first.WhichOneof("request") != "response_headers":
             self.unmatched += 1
             return
@@ -86,9 +100,12 @@ class ResponseObservers:
             self.unmatched += 1
             return
         watcher = waiting[0].watch_response(first.response_headers)
-        if watcher is None or first.response_headers.end_of_stream:
+        if watcher is None:
             return
         try:
+            if first.response_headers.end_of_stream:
+                watcher.feed(b"", True)
+                return
             async for message in messages:
                 if message.WhichOneof("request") != "response_body":
                     return  # trailers, or a peer that is not Envoy: nothing more to read

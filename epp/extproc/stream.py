@@ -19,6 +19,7 @@ nothing after its ImmediateResponse.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
 import time
@@ -104,6 +105,7 @@ class RequestStream:
         self._expecting = False  # registered with the observers, awaiting its response
         self._watcher: _ObservedBody | None = None  # the observing stream's, once matched
         self._record_pending = False  # closed before the observed body ended
+        self._linger: asyncio.TimerHandle | None = None  # closed, observer not read yet
         self._closed_at = 0.0
         self._budget = body_budget
         self._inject_stream_usage = inject_stream_usage
@@ -182,32 +184,66 @@ class RequestStream:
 
     def close(self) -> None:
         """The stream is over for whatever reason: release the load it held, record the
-        request's metrics and log its line."""
+        request's metrics and log its line (once its observed body, if any, has ended)."""
         self._drop_body()
+        if self.decision is not None:
+            self._director.finish(self.decision)
+        if self.phase is _AWAITING_HEADERS:
+            self._stop_expecting()
+            return  # not a request (Envoy opened the stream and gave up at once)
+        self._closed_at = time.monotonic()
+        if self._watcher is not None:
+            self._stop_expecting()
+            if not self._watcher.finished:
+                # The observing stream still carries the body's end (usage): record then.
+                self._record_pending = True
+                return
+        elif self._expecting and self._body_may_be_observed():
+            # Envoy sent the observing stream's messages before ending this one, but epp
+            # may not have read them yet (a short response): give them a moment.
+            assert self._observers is not None
+            self._linger = self._observers.linger(self._observer_missed)
+            if self._linger is not None:
+                self._record_pending = True
+                return
+        self._stop_expecting()
+        self._finish_unobserved()
+        self._record()
+
+    def _body_may_be_observed(self) -> bool:
+        decision = self.decision
+        return (decision is not None and decision.response.status is not None
+                and not decision.response.completed
+                and self._observers is not None and self._observers.present)
+
+    def _stop_expecting(self) -> None:
         if self._expecting:
             assert self._observers is not None
             self._observers.forget(self.request_id, self)
             self._expecting = False
-        if self.decision is not None:
-            self._director.finish(self.decision)
-        if self.phase is _AWAITING_HEADERS:
-            return  # not a request (Envoy opened the stream and gave up at once)
-        self._closed_at = time.monotonic()
+
+    def _finish_unobserved(self) -> None:
         decision = self.decision
-        if (self._watcher is None and self._response_body_mode == ProcessingMode.NONE
-                and decision is not None and decision.response.status is not None
-                and not decision.response.completed):
+        if (self._response_body_mode == ProcessingMode.NONE and decision is not None
+                and decision.response.status is not None and not decision.response.completed):
             # Without the body, Envoy ending the stream after the response began is all
             # there is to see: a client that went away mid-body looks the same.
             decision.response.completed = True
             decision.response.ended_at = self._closed_at
-        if self._watcher is not None and not self._watcher.finished:
-            # The observing stream still carries the body's end (usage): record then.
-            self._record_pending = True
-            return
-        self._record()
+
+    def _observer_missed(self) -> None:
+        self._linger = None
+        self._stop_expecting()
+        self._finish_unobserved()
+        if self._record_pending:
+            self._record_pending = False
+            self._record()
 
     def _observed_body_done(self) -> None:
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
+            self._stop_expecting()
         if self._record_pending:
             self._record_pending = False
             self._record()

@@ -169,8 +169,9 @@ def injecting(fleet: Fleet, log_dir: Path) -> Iterator[InjectingStack]:
     try:
         epp.wait_http(f"http://127.0.0.1:{metrics_port}/readyz")
         ports = EnvoyPorts(listen_port=free_port(), admin_port=free_port(), epp_port=grpc_port)
-        envoy = start_envoy(envoy_bootstrap(ports), admin_port=ports.admin_port,
-                            log_dir=log_dir, name="envoy-inject")
+        # Stripping the added usage event needs the body on the routing stream.
+        envoy = start_envoy(envoy_bootstrap(ports, response_body_mode="FULL_DUPLEX_STREAMED"),
+                            admin_port=ports.admin_port, log_dir=log_dir, name="envoy-inject")
         yield InjectingStack(f"http://127.0.0.1:{ports.listen_port}",
                              f"http://127.0.0.1:{metrics_port}/metrics", epp)
     finally:

@@ -21,7 +21,8 @@ def test_builtin_contenders_implement_the_protocol_with_unique_names() -> None:
     built = builtin_contenders()
     assert all(isinstance(c, Contender) for c in built)
     names = [c.name for c in built]
-    assert names == ["envoy-rr", "envoy-lr", "epp", "epp-reference", "epp-load", "epp-prefix"]
+    assert names == ["envoy-rr", "envoy-lr", "epp", "epp-full-duplex", "epp-lean",
+                     "epp-reference", "epp-load", "epp-prefix"]
     for contender in built:
         contender.stop()  # safe before start
 
