@@ -13,7 +13,7 @@ help:
 	@echo "make test   - install and run the whole test suite"
 	@echo "make lint   - ruff and mypy"
 	@echo "make bench  - the overhead benchmark (writes benchmarks/results/)"
-	@echo "make bench-routing - routing quality: Envoy, epp (and peers) on 8 simulated pods, < 10 min"
+	@echo "make bench-routing - routing quality: Envoy, epp (and peers) on 8 simulated pods, ~11 min"
 	@echo "make fuzz   - property-based fuzzing at a large budget (>=100k ext_proc streams, >=10k HTTP requests; writes benchmarks/results/)"
 	@echo "make soak   - 30 min of load while pods are killed and epp restarts; fails on a lost request or RSS growth"
 

@@ -1,6 +1,6 @@
 """The routing-quality benchmark: every contender, on the same simulated fleet, in one run.
 
-    python -m benchmarks.routing.run --quick     # what `make bench-routing` runs (< 10 min)
+    python -m benchmarks.routing.run --quick     # what `make bench-routing` runs (~11 min)
     python -m benchmarks.routing.run             # every workload, a wider rate sweep
 
 For each workload and offered rate, each contender in turn gets a freshly started fleet
@@ -53,7 +53,7 @@ class Mode:
 
 
 # Quick: at the knee (every router keeps up), twice it (past round-robin's knee) and
-# three times it (near the ceiling of perfect affinity); ~7 minutes with both peers.
+# three times it (near the ceiling of perfect affinity); ~11 minutes with both peers.
 QUICK = Mode("quick", ("shared-prefix",), (1.0, 2.0, 3.0), 8.0)
 # Full: every workload, a finer sweep, longer runs; about an hour.
 FULL = Mode("full", tuple(WORKLOADS), (0.5, 1.0, 1.5, 2.0, 3.0), 12.0)
