@@ -19,6 +19,12 @@ How the hot spots were found (py-spy from PyPI; or cProfile over the same loop):
 
     py-spy record -o /tmp/p.json -f speedscope -- \
         .venv/bin/python -m benchmarks.bench_scheduler --only 1024:32000:hit --runs 20000
+    .venv/bin/python -m cProfile -s tottime -m benchmarks.bench_scheduler \
+        --only 256:32000:miss --runs 3000 | head -30
+
+``--gc off`` (``gc.disable()``) or ``--gc freeze`` (``gc.collect(); gc.freeze()`` after the
+warm-up) tells the cyclic GC's share of the p99 apart from the machine's noise; the
+"gc colls" column counts the collections (generations 0/1/2) inside the timed loop.
 
 Prints a table and writes benchmarks/results/scheduler.json.
 """
@@ -26,6 +32,7 @@ Prints a table and writes benchmarks/results/scheduler.json.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -78,7 +85,11 @@ def prompt_text(chars: int, rng: random.Random) -> str:
     return text[:chars]
 
 
-def time_case(endpoints: int, chars: int, mode: str, runs: int) -> dict[str, float | int | str]:
+GC_MODES = ("on", "off", "freeze")
+
+
+def time_case(endpoints: int, chars: int, mode: str, runs: int,
+              gc_mode: str = "on") -> dict[str, float | int | str]:
     rng = random.Random(1)
     scheduler = build_scheduler(default_scheduler_config())
     candidates = make_endpoints(endpoints, rng)
@@ -98,17 +109,29 @@ def time_case(endpoints: int, chars: int, mode: str, runs: int) -> dict[str, flo
     for i in range(1_000):  # warm up; fills the index in "hit" mode
         schedule(request(i), candidates)
     samples = [0] * runs
+    if gc_mode == "off":
+        gc.disable()
+    elif gc_mode == "freeze":  # what a server can do once started: old objects never scanned
+        gc.collect()
+        gc.freeze()
+    collections_before = [g["collections"] for g in gc.get_stats()]
     for i in range(runs):
         req = request(i + 1_000)
         start = clock()
         schedule(req, candidates)
         samples[i] = clock() - start
+    collections = [g["collections"] - b for g, b in zip(gc.get_stats(), collections_before,
+                                                           strict=True)]
+    gc.enable()
+    gc.unfreeze()
     samples.sort()
     return {
         "endpoints": endpoints,
         "prompt_chars": chars,
         "prefix": mode,
         "runs": runs,
+        "gc": gc_mode,
+        "gc_collections": "/".join(map(str, collections)),  # generations 0/1/2
         "median_us": round(statistics.median(samples) / 1_000, 2),
         "p99_us": round(samples[int(runs * 0.99) - 1] / 1_000, 2),
     }
@@ -124,13 +147,14 @@ def cases() -> list[tuple[int, int, str]]:
     return out
 
 
-def run_child(tree: Path, case: tuple[int, int, str], runs: int) -> dict[str, float | int | str]:
+def run_child(tree: Path, case: tuple[int, int, str], runs: int,
+              gc_mode: str) -> dict[str, float | int | str]:
     """One case timed in a fresh process that imports epp from ``tree``."""
     env = {**os.environ, "EPP_BENCH_TREE": str(tree)}
     n, chars, mode = case
     out = subprocess.run(
         [sys.executable, "-m", "benchmarks.bench_scheduler", "--child",
-         "--only", f"{n}:{chars}:{mode}", "--runs", str(runs)],
+         "--only", f"{n}:{chars}:{mode}", "--runs", str(runs), "--gc", gc_mode],
         cwd=ROOT, env=env, check=True, capture_output=True, text=True,
     ).stdout
     row: dict[str, float | int | str] = json.loads(out)
@@ -138,13 +162,13 @@ def run_child(tree: Path, case: tuple[int, int, str], runs: int) -> dict[str, fl
 
 
 def compare(baseline: Path, selected: list[tuple[int, int, str]], runs: int,
-            rounds: int) -> list[dict[str, float | int | str]]:
+            rounds: int, gc_mode: str) -> list[dict[str, float | int | str]]:
     rows = []
     for case in selected:
         new_medians, new_p99s, old_medians, old_p99s = [], [], [], []
         for _ in range(rounds):  # alternate, so drift on the machine hits both alike
-            old = run_child(baseline, case, runs)
-            new = run_child(ROOT, case, runs)
+            old = run_child(baseline, case, runs, gc_mode)
+            new = run_child(ROOT, case, runs, gc_mode)
             old_medians.append(float(old["median_us"]))
             old_p99s.append(float(old["p99_us"]))
             new_medians.append(float(new["median_us"]))
@@ -152,7 +176,9 @@ def compare(baseline: Path, selected: list[tuple[int, int, str]], runs: int,
         n, chars, mode = case
         row: dict[str, float | int | str] = {
             "endpoints": n, "prompt_chars": chars, "prefix": mode, "runs": runs,
-            "rounds": rounds,
+            "rounds": rounds, "gc": gc_mode,
+            "gc_collections": new["gc_collections"],
+            "baseline_gc_collections": old["gc_collections"],
             "median_us": round(statistics.median(new_medians), 2),
             "p99_us": round(statistics.median(new_p99s), 2),
             "baseline_median_us": round(statistics.median(old_medians), 2),
@@ -170,6 +196,7 @@ def print_rows(rows: list[dict[str, float | int | str]], *, header: bool = True)
         line = f"{'endpoints':>9} {'prompt':>7} {'prefix':>6} {'median µs':>10} {'p99 µs':>8}"
         if compared:
             line += f" {'old median':>11} {'old p99':>8} {'new/old':>8}"
+        line += f" {'gc colls':>10}"
         print(line, flush=True)
     for row in rows:
         line = (f"{row['endpoints']:>9} {row['prompt_chars']:>7} {row['prefix']:>6} "
@@ -177,6 +204,7 @@ def print_rows(rows: list[dict[str, float | int | str]], *, header: bool = True)
         if compared:
             line += (f" {row['baseline_median_us']:>11} {row['baseline_p99_us']:>8}"
                      f" {row['median_ratio']:>8}")
+        line += f" {row['gc_collections']:>10}"
         print(line, flush=True)
 
 
@@ -188,16 +216,19 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path,
                         help="a checkout of the old code (git worktree) to compare against")
     parser.add_argument("--rounds", type=int, default=3, help="alternations with --baseline")
+    parser.add_argument("--gc", choices=GC_MODES, default="on",
+                        help="the cyclic GC in the timed loop: on (default), off "
+                             "(gc.disable()), freeze (gc.collect(); gc.freeze() first)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     selected = [(int(n), int(c), m) for n, c, m in (o.split(":") for o in args.only)] or cases()
     if args.child:
-        print(json.dumps(time_case(*selected[0], args.runs)))
+        print(json.dumps(time_case(*selected[0], args.runs, args.gc)))
         return
     if args.baseline is not None:
-        rows = compare(args.baseline.resolve(), selected, args.runs, args.rounds)
+        rows = compare(args.baseline.resolve(), selected, args.runs, args.rounds, args.gc)
     else:
-        rows = [time_case(n, chars, mode, args.runs) for n, chars, mode in selected]
+        rows = [time_case(n, chars, mode, args.runs, args.gc) for n, chars, mode in selected]
         print_rows(rows)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections import OrderedDict
 
 import pytest
 
@@ -119,3 +120,38 @@ def test_random_operations_keep_the_index_consistent() -> None:
 def test_capacity_must_be_positive() -> None:
     with pytest.raises(ValueError, match="capacity_per_endpoint"):
         PrefixIndex(capacity_per_endpoint=0)
+
+
+def test_lru_order_matches_an_ordered_dict_reference() -> None:
+    """Every path of ``add`` (new, held, repeated within one call, the very hashes last
+    added again, over capacity) leaves each endpoint's LRU in the order an OrderedDict
+    with move_to_end would, and ``remove_endpoint`` forgets the last-added shortcut."""
+    rng = random.Random(11)
+    eps = endpoints(4)
+    capacity = 15
+    index = PrefixIndex(capacity_per_endpoint=capacity)
+    reference: dict[Endpoint, OrderedDict[int, None]] = {}
+    last: dict[Endpoint, list[int]] = {}
+    for _ in range(3_000):
+        ep = rng.choice(eps)
+        roll = rng.random()
+        if roll < 0.03:
+            index.remove_endpoint(ep)
+            reference.pop(ep, None)
+            continue
+        if roll < 0.3 and ep in last:
+            hashes = last[ep]  # a repeated prompt: the no-op shortcut
+        else:
+            hashes = [rng.randrange(40) for _ in range(rng.randrange(1, 20))]  # repeats too
+        last[ep] = hashes
+        index.add(ep, tuple(hashes) if roll > 0.9 else hashes)
+        lru = reference.setdefault(ep, OrderedDict())
+        for h in reversed(hashes):
+            lru[h] = None
+            lru.move_to_end(h)
+        while len(lru) > capacity:
+            lru.popitem(last=False)
+        assert index.hashes_of(ep) == list(lru)
+    for ep in eps:
+        assert index.hashes_of(ep) == list(reference.get(ep, ()))
+    assert_consistent(index)
