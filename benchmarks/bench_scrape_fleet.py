@@ -13,6 +13,9 @@ Two parts, each side by side in one run:
      HEAD      with ``--before-tree DIR``: the whole scraper of another checkout, e.g.
                ``git worktree add /tmp/epp-before HEAD`` before the change
 
+   ``--contenders http1,HEAD`` runs only those. Polls are counted by the scraper's
+   ``polls_total`` (a scraper without it, through its ``sleep`` seam).
+
    Columns: polls/s reached (N x 20 when the pods keep up), CPU per poll (µs), and the
    share of one core at the *nominal* rate (CPU per poll x N x 20/s), which is what the
    issue's bound is about even when the pod server falls behind.
@@ -22,6 +25,9 @@ Two parts, each side by side in one run:
    (``--rps``, default 50/s), each the way Envoy sends a buffered-body chat request:
    request headers, body, response headers. Latency is from the first message sent to
    the routing decision received; epp's CPU is read from ``/proc/PID/stat``.
+   ``--request-pod-server idle`` serves idle pods here, so that only the pods epp routes
+   to have work (its own in-flight requests) and the scraper's idle pace applies;
+   ``--epp-args "--scrape-idle-interval 1s"`` passes flags to this tree's epp only.
 
 The pod servers (``--pod-server``):
 
@@ -264,15 +270,23 @@ def scrape_child(client: str, addresses: list[str], warmup_s: float, window_s: f
         session = None
         if client == "aiohttp":
             extra["fetch"], session = aiohttp_fetch(4 * 1024 * 1024)
-        scraper = MetricsScraper(store, interval_s=INTERVAL_S, timeout_s=1.0,
-                                 sleep=counting_sleep, **extra)
+        # A scraper that counts its polls is left to pace itself (a `sleep` seam would
+        # switch it to one task per pod); an older one is counted through `sleep`.
+        counted = hasattr(MetricsScraper(EndpointStore()), "polls_total")
+        if not counted:
+            extra["sleep"] = counting_sleep
+        scraper = MetricsScraper(store, interval_s=INTERVAL_S, timeout_s=1.0, **extra)
+
+        def count() -> int:
+            return int(scraper.polls_total) if counted else polls  # type: ignore[attr-defined]
+
         await scraper.start()
         await asyncio.sleep(warmup_s)
-        polls_0, errors_0 = polls, sum(e.scrape_errors_total for e in store.all())
+        polls_0, errors_0 = count(), sum(e.scrape_errors_total for e in store.all())
         cpu_0, wall_0 = time.process_time(), time.perf_counter()
         await asyncio.sleep(window_s)
         cpu_1, wall_1 = time.process_time(), time.perf_counter()
-        polls_1, errors_1 = polls, sum(e.scrape_errors_total for e in store.all())
+        polls_1, errors_1 = count(), sum(e.scrape_errors_total for e in store.all())
         await scraper.stop()
         if session is not None:
             await session.close()
@@ -337,10 +351,11 @@ def print_scrape_table(rows: list[dict[str, Any]]) -> None:
     print("-" * len(header))
     base = {r["pods"]: r["cpu_us_per_poll"] for r in rows if r["contender"] == "aiohttp"}
     for r in rows:
-        ratio = base.get(r["pods"], 0) / r["cpu_us_per_poll"] if r["cpu_us_per_poll"] else 0
+        ratio = (f"{base[r['pods']] / r['cpu_us_per_poll']:>11.2f}x"
+                 if r["pods"] in base and r["cpu_us_per_poll"] else f"{'-':>12}")
         print(f"{r['pods']:>5}  {r['contender']:<8}{r['polls_per_s']:>9.0f}"
               f"{r['cpu_us_per_poll']:>9.0f}µs{r['core_share_nominal'] * 100:>13.1f}%"
-              f"{r['core_share_measured'] * 100:>12.1f}%{ratio:>11.2f}x")
+              f"{r['core_share_measured'] * 100:>12.1f}%{ratio}")
 
 
 # -- part 2: the request path ---------------------------------------------------------------
@@ -428,14 +443,14 @@ async def drive_requests(grpc_port: int, rps: float, seconds: float) -> list[flo
 
 
 def run_epp(tree: Path, fleet: PodFleet, count: int, rps: float, seconds: float,
-            settle_s: float) -> dict[str, Any]:
+            settle_s: float, extra_args: list[str]) -> dict[str, Any]:
     from epp.stack import free_port
 
     grpc_port, metrics_port = free_port(), free_port()
     argv = [sys.executable, "-m", "epp", "serve", "--grpc-host", "127.0.0.1",
             "--grpc-port", str(grpc_port), "--grpc-health-port", "0",
             "--metrics-host", "127.0.0.1", "--metrics-port", str(metrics_port),
-            "--log-level", "warning"]
+            "--log-level", "warning", *extra_args]
     for address in fleet.addresses[:count]:
         argv += ["--endpoint", f"{address}={MODEL}"]
     env = {**os.environ, "PYTHONPATH": str(tree)}
@@ -464,7 +479,8 @@ def run_epp(tree: Path, fleet: PodFleet, count: int, rps: float, seconds: float,
 
 def part_requests(args: argparse.Namespace, trees: dict[str, Path]) -> list[dict[str, Any]]:
     top = max(args.request_pods)
-    fleet = PodFleet(args.pod_server, top, _free_port_run(top))
+    kind = args.request_pod_server or args.pod_server
+    fleet = PodFleet(kind, top, _free_port_run(top))
     rows = []
     try:
         runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
@@ -473,7 +489,9 @@ def part_requests(args: argparse.Namespace, trees: dict[str, Path]) -> list[dict
             if round_ % 2:
                 order.reverse()
             for name, count in order:
-                run = run_epp(trees[name], fleet, count, args.rps, args.request_s, args.warmup_s)
+                extra = args.epp_args.split() if name == "new" else []
+                run = run_epp(trees[name], fleet, count, args.rps, args.request_s, args.warmup_s,
+                              extra)
                 runs.setdefault((name, count), []).append(run)
                 print(f"  epp {name:<6} {count:>4} pods round {round_ + 1}: p50 "
                       f"{run['p50_ms']:.2f} ms  p99 {run['p99_ms']:.2f} ms  "
@@ -482,7 +500,7 @@ def part_requests(args: argparse.Namespace, trees: dict[str, Path]) -> list[dict
         fleet.close()
     for (name, count), results in runs.items():
         rows.append({
-            "epp": name, "pods": count, "pod_server": args.pod_server, "rps": args.rps,
+            "epp": name, "pods": count, "pod_server": kind, "rps": args.rps,
             "requests": sum(r["requests"] for r in results),
             "p50_ms": statistics.median(r["p50_ms"] for r in results),
             "p99_ms": statistics.median(r["p99_ms"] for r in results),
@@ -527,6 +545,9 @@ def main() -> None:
     parser.add_argument("--pods", type=_ints, default=[8, 64, 256])
     parser.add_argument("--request-pods", type=_ints, default=[8, 256])
     parser.add_argument("--pod-server", choices=("fast", "idle", "sim"), default="fast")
+    parser.add_argument("--request-pod-server", choices=("fast", "idle", "sim"), default=None,
+                        help="the pod server of part 2 (default: --pod-server); with idle, "
+                             "only the pods epp routes to have work (its own in-flight)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--warmup-s", type=float, default=2.0)
     parser.add_argument("--window-s", type=float, default=5.0)
@@ -534,6 +555,10 @@ def main() -> None:
     parser.add_argument("--request-s", type=float, default=10.0)
     parser.add_argument("--before-tree", type=Path, default=None,
                         help="another checkout to run as contender HEAD (git worktree add)")
+    parser.add_argument("--contenders", default="aiohttp,http1,HEAD",
+                        help="which scrape contenders to run (part 1), comma-separated")
+    parser.add_argument("--epp-args", default="",
+                        help="extra `epp serve` flags for this tree's epp in part 2")
     parser.add_argument("--skip-scrape", action="store_true")
     parser.add_argument("--skip-requests", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -545,7 +570,10 @@ def main() -> None:
     if args.before_tree is not None:
         contenders["HEAD"] = (args.before_tree.resolve(), "default")
         trees["HEAD"] = args.before_tree.resolve()
-    print(f"pod server {args.pod_server}; {args.rounds} rounds; Python "
+    wanted = set(args.contenders.split(","))
+    contenders = {name: c for name, c in contenders.items() if name in wanted}
+    print(f"pod server {args.pod_server} (requests: {args.request_pod_server or args.pod_server}); "
+          f"{args.rounds} rounds; Python "
           f"{platform.python_version()}; {os.cpu_count()} CPUs", flush=True)
     report: dict[str, Any] = {
         "benchmark": "scrape_fleet", "python": platform.python_version(),

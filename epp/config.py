@@ -112,6 +112,9 @@ class DataLayerConfig:
     # (epp/datalayer/scraper.py says why).
     scrape_max_bytes: int = 4 * MiB
     scrape_max_samples: int = 1000
+    # The longest pause between scrapes of an endpoint that is idle and unchanged (None:
+    # twice refresh_metrics_interval_s); epp/datalayer/scraper.py says why.
+    scrape_idle_interval_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -385,6 +388,12 @@ OPTIONS: tuple[Option, ...] = (
            ("dataLayer", "scrapeMaxSamples"), _non_negative_int,
            "most series of the metrics epp reads (queue, KV cache) one /metrics page may "
            "hold; more fails the scrape; 0: no limit"),
+    Option("--scrape-idle-interval", ("data_layer", "scrape_idle_interval_s"),
+           ("dataLayer", "scrapeIdleInterval"), _positive_duration,
+           "longest pause between scrapes of an endpoint with nothing waiting or running, "
+           "no requests from epp and unchanged numbers (default: twice the refresh "
+           "interval; at most the refresh interval turns the slower pace off). How late "
+           "epp may notice work sent to an idle pod past it (another epp replica)"),
     Option("--grpc-health-port", ("server", "grpc_health_port"),
            ("server", "grpcHealthPort"), _port,
            "grpc.health.v1 port for liveness/readiness probes; 0 turns it off"),

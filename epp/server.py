@@ -125,6 +125,7 @@ async def serve(
         max_body_bytes=data.scrape_max_bytes,
         max_samples=data.scrape_max_samples,
         max_backoff_s=default_max_backoff_s(data.metrics_staleness_s),
+        max_idle_interval_s=data.scrape_idle_interval_s,
     )
     pool = metrics.PoolCollector(store.all, director.is_ready, data.metrics_staleness_s,
                                  in_backoff=director.health.in_backoff)

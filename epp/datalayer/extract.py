@@ -44,8 +44,11 @@ __all__ = [
     "KV_USAGE_TOLERANCE",
     "Aggregation",
     "aggregate",
+    "cache_config",
     "detect_mapping",
     "extract_metrics",
+    "fold_values",
+    "required_names",
 ]
 
 Samples = Mapping[str, Sequence[Sample]]
@@ -66,6 +69,9 @@ class Aggregation(enum.Enum):
 
 def aggregate(samples: Sequence[Sample], how: Aggregation) -> float | None:
     """Combine the finite values of ``samples``; ``None`` when there is none."""
+    if len(samples) == 1:  # the common case (one engine per server), 20 times a second
+        value = samples[0].value
+        return value if math.isfinite(value) else None
     values = [s.value for s in samples if math.isfinite(s.value)]
     if not values:
         return None
@@ -92,6 +98,11 @@ def extract_metrics(samples: Samples, mapping: MetricMapping, *, updated_at: flo
     running = _required(samples, mapping.running, Aggregation.SUM, _check_count)
     kv_usage = _required(samples, mapping.kv_usage, Aggregation.MAX, _check_fraction)
     block_size, num_blocks = _cache_config(samples, mapping)
+    return _metrics(waiting, running, kv_usage, block_size, num_blocks, updated_at)
+
+
+def _metrics(waiting: float, running: float, kv_usage: float, block_size: int | None,
+             num_blocks: int | None, updated_at: float) -> Metrics:
     return Metrics(
         waiting_requests=round(waiting),
         running_requests=round(running),
@@ -100,6 +111,43 @@ def extract_metrics(samples: Samples, mapping: MetricMapping, *, updated_at: flo
         kv_num_blocks=num_blocks,
         updated_at=updated_at,
     )
+
+
+def required_names(samples: Samples, mapping: MetricMapping) -> tuple[str, str, str] | None:
+    """The names :func:`extract_metrics` reads waiting, running and KV use from in
+    ``samples``; ``None`` when one is missing."""
+    waiting = _first_present(samples, mapping.waiting)
+    running = _first_present(samples, mapping.running)
+    kv_usage = _first_present(samples, mapping.kv_usage)
+    if waiting is None or running is None or kv_usage is None:
+        return None
+    return waiting[0], running[0], kv_usage[0]
+
+
+def fold_values(
+    waiting: Sequence[float], running: Sequence[float], kv_usage: Sequence[float],
+    cache_config: tuple[int | None, int | None], *, updated_at: float,
+) -> Metrics | None:
+    """What :func:`extract_metrics` returns for samples with these values (under the
+    names :func:`required_names` gave, and ``cache_config`` from its block size and
+    count), or ``None`` where it would raise: the caller then runs it for the error."""
+    waiting_sum = _fold(waiting, Aggregation.SUM, _check_count)
+    running_sum = _fold(running, Aggregation.SUM, _check_count)
+    kv_max = _fold(kv_usage, Aggregation.MAX, _check_fraction)
+    if waiting_sum is None or running_sum is None or kv_max is None:
+        return None
+    return _metrics(waiting_sum, running_sum, kv_max, *cache_config, updated_at)
+
+
+def _fold(
+    values: Sequence[float], how: Aggregation, check: Callable[[float], str | None]
+) -> float | None:
+    finite = [value for value in values if math.isfinite(value)]
+    if not finite or any(check(value) is not None for value in finite):
+        return None
+    if how is Aggregation.SUM:
+        return math.fsum(finite) if len(finite) > 1 else finite[0]
+    return max(finite)
 
 
 def _first_present(samples: Samples, names: Sequence[str]) -> tuple[str, Sequence[Sample]] | None:
@@ -158,6 +206,11 @@ def _series(name: str, sample: Sample) -> str:
 def _escape(label_value: str) -> str:
     # As the exposition format writes it, so the text can be searched for in the page.
     return label_value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def cache_config(samples: Samples, mapping: MetricMapping) -> tuple[int | None, int | None]:
+    """The KV block size and block count from the cache-config info metric, if any."""
+    return _cache_config(samples, mapping)
 
 
 def _cache_config(samples: Samples, mapping: MetricMapping) -> tuple[int | None, int | None]:

@@ -5,8 +5,11 @@ about 470 µs of CPU (``benchmarks/bench_scrape_fleet.py``), nearly all in build
 request and response objects, the connector and the stream reader; at 256 pods polled
 every 50 ms that is more than two cores. A poll here is one ``transport.write`` of bytes
 built once per pod, one ``data_received`` with the whole answer in the common case, the
-I/O-free :class:`~epp.datalayer.http1_response.ResponseReader`, and one future, and costs
-a small fraction of that (the benchmark shows by how much).
+I/O-free :class:`~epp.datalayer.http1_response.ResponseReader`, and one callback, and
+costs a small fraction of that (the benchmark shows by how much). :meth:`Http1Client.get`
+wraps that callback in a future for a caller that awaits; the scraper's steady polls use
+:meth:`Http1Client.start_get`, which takes an idle connection and calls back from
+``data_received`` with no task, future or extra loop iteration in between.
 
 What it does, and no more: plain HTTP (the scraper has no TLS to pods), one request at
 a time per connection, idle connections kept per address (at most
@@ -29,12 +32,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Callable
 from typing import NamedTuple, cast
 
 from epp.datalayer.errors import ScrapeError
 from epp.datalayer.http1_response import ResponseReader
 
-__all__ = ["Http1Client", "Response", "split_address"]
+__all__ = ["ConnectionDropped", "Http1Client", "Response", "ResponseCallback", "split_address"]
 
 # Under uvicorn's 5 s keep-alive (vLLM, SGLang): see the module docstring.
 DEFAULT_KEEPALIVE_S = 4.0
@@ -48,21 +52,29 @@ class Response(NamedTuple):
     body: bytes
 
 
-class _Dropped(ScrapeError):
-    """A connection closed before any byte of the answer arrived."""
+class ConnectionDropped(ScrapeError):
+    """A connection closed before any byte of the answer arrived (a GET may be retried
+    on a fresh connection)."""
+
+
+_Dropped = ConnectionDropped
+# Called once per request: with the reader holding the whole response, or with the error.
+_Done = Callable[[ResponseReader | None, BaseException | None], None]
+# What start_get calls back with: the response, or the error (TimeoutError, ScrapeError).
+ResponseCallback = Callable[[Response | None, BaseException | None], None]
 
 
 class _Connection(asyncio.Protocol):
     """One TCP connection to one pod; carries one request at a time."""
 
-    __slots__ = ("_reader", "_timer", "_waiter", "closed", "idle_since", "transport")
+    __slots__ = ("_done", "_reader", "_timer", "closed", "idle_since", "transport")
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.idle_since = 0.0
         self._reader: ResponseReader | None = None
-        self._waiter: asyncio.Future[ResponseReader] | None = None
+        self._done: _Done | None = None
         self._timer: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol ------------------------------------------------------------
@@ -111,42 +123,41 @@ class _Connection(asyncio.Protocol):
 
     def request(
         self, loop: asyncio.AbstractEventLoop, data: bytes, reader: ResponseReader,
-        deadline: float,
-    ) -> asyncio.Future[ResponseReader]:
-        """Send ``data``; the future gets ``reader`` once it holds the whole response."""
+        deadline: float, done: _Done,
+    ) -> None:
+        """Send ``data``; ``done(reader, None)`` once ``reader`` holds the whole response,
+        or ``done(None, error)``. Called exactly once, unless :meth:`abandon` comes first."""
         assert self.transport is not None and self._reader is None
-        waiter = loop.create_future()
         self._reader = reader
-        self._waiter = waiter
+        self._done = done
         # A timer handle rather than asyncio.timeout(): no context manager, no task
         # bookkeeping, on a path taken 5,000 times a second at 256 pods.
         self._timer = loop.call_at(deadline, self._time_out)
         self.transport.write(data)
-        return waiter
 
     def _time_out(self) -> None:
         self._timer = None
         self._fail(TimeoutError())
 
     def _succeed(self, reader: ResponseReader) -> None:
-        waiter = self._finish()
+        done = self._finish()
         if not reader.keep_alive:
             self.close()
-        if waiter is not None and not waiter.done():
-            waiter.set_result(reader)
+        if done is not None:
+            done(reader, None)
 
     def _fail(self, exc: BaseException) -> None:
-        waiter = self._finish()
+        done = self._finish()
         self.close()
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(exc)
+        if done is not None:
+            done(None, exc)
 
-    def _finish(self) -> asyncio.Future[ResponseReader] | None:
-        waiter, self._waiter, self._reader = self._waiter, None, None
+    def _finish(self) -> _Done | None:
+        done, self._done, self._reader = self._done, None, None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        return waiter
+        return done
 
     def close(self) -> None:
         self.closed = True
@@ -195,11 +206,15 @@ class Http1Client:
     def closed(self) -> bool:
         return self._closed
 
-    async def get(self, address: str, target: str, *, timeout_s: float) -> Response:
+    async def get(
+        self, address: str, target: str, *, timeout_s: float, reuse: bool = True
+    ) -> Response:
         """GET ``target`` (path and query, already encoded) from ``address``.
 
-        Raises :class:`ScrapeError` for every failure the pod can cause (connect,
-        protocol, limits) and ``TimeoutError`` when ``timeout_s`` runs out.
+        ``reuse=False`` dials a fresh connection (the retry after :meth:`start_get`
+        reported :class:`ConnectionDropped`). Raises :class:`ScrapeError` for every
+        failure the pod can cause (connect, protocol, limits) and ``TimeoutError`` when
+        ``timeout_s`` runs out.
         """
         if self._closed:
             raise ScrapeError("client is closed")
@@ -208,7 +223,7 @@ class Http1Client:
         data = self._requests.get((address, target))
         if data is None:
             data = self._request_bytes(address, target)
-        connection = self._idle_connection(address, loop.time())
+        connection = self._idle_connection(address, loop.time()) if reuse else None
         if connection is not None:
             try:
                 return await self._exchange(loop, connection, address, data, deadline)
@@ -220,14 +235,62 @@ class Http1Client:
         except _Dropped as exc:
             raise ScrapeError(str(exc)) from None
 
+    def start_get(
+        self, address: str, target: str, timeout_s: float, callback: ResponseCallback
+    ) -> bool:
+        """Send a GET on an idle keep-alive connection to ``address``, if there is one,
+        and return True; ``callback(response, None)`` or ``callback(None, error)`` follows
+        from the loop (never from inside this call). The error is ``TimeoutError``, a
+        :class:`ConnectionDropped` (the reused connection was closed before the answer:
+        retry with ``get(..., reuse=False)``) or another :class:`ScrapeError`.
+
+        Returns False, and sends nothing, when no idle connection is at hand (use
+        :meth:`get`, which dials). A client that is closed meanwhile calls back nothing.
+        """
+        if self._closed:
+            return False
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        connection = self._idle_connection(address, now)
+        if connection is None:
+            return False
+        data = self._requests.get((address, target))
+        if data is None:
+            data = self._request_bytes(address, target)
+        reader = ResponseReader(self._max_body)
+        busy = self._busy
+        busy.add(connection)
+
+        def done(finished: ResponseReader | None, error: BaseException | None) -> None:
+            busy.discard(connection)
+            if finished is None:
+                callback(None, error)
+                return
+            if not connection.closed and not self._closed:
+                self._release(address, connection, loop.time())
+            callback(Response(finished.status, finished.reason, finished.body), None)
+
+        connection.request(loop, data, reader, now + timeout_s, done)
+        return True
+
     async def _exchange(
         self, loop: asyncio.AbstractEventLoop, connection: _Connection, address: str,
         data: bytes, deadline: float,
     ) -> Response:
         reader = ResponseReader(self._max_body)
+        waiter: asyncio.Future[None] = loop.create_future()
+
+        def done(_finished: ResponseReader | None, error: BaseException | None) -> None:
+            if not waiter.done():
+                if error is None:
+                    waiter.set_result(None)
+                else:
+                    waiter.set_exception(error)
+
         self._busy.add(connection)
         try:
-            await connection.request(loop, data, reader, deadline)
+            connection.request(loop, data, reader, deadline, done)
+            await waiter
         except BaseException:
             connection.abandon()  # no-op unless cancelled mid-exchange
             raise

@@ -1,10 +1,9 @@
 """Poll every endpoint's Prometheus ``/metrics`` and keep ``Endpoint.metrics`` current.
 
-One asyncio task per endpoint (the collector loop of the reference EPP): it scrapes, then
-sleeps out the rest of ``interval_s`` (longer while its scrapes fail), forever, until the
-endpoint leaves the store or the scraper stops. All tasks share one
-:class:`~epp.datalayer.http1_client.Http1Client`, so a steady poll reuses one keep-alive
-TCP connection per endpoint.
+Each endpoint is polled every ``interval_s`` (more slowly while its scrapes fail, or
+while it is idle), until it leaves the store or the scraper stops. Every poll goes
+through one :class:`~epp.datalayer.http1_client.Http1Client`, so a steady poll reuses one
+keep-alive TCP connection per endpoint.
 
 On success the endpoint gets a new ``Metrics`` (replaced whole), ``scrape_failures = 0``
 and ``last_scrape_error = None``. On any failure (connect error, timeout, HTTP status,
@@ -50,6 +49,25 @@ What one pod can make epp spend is bounded, per scrape and over time:
   (:func:`default_max_backoff_s`), so a recovered pod is back within a second and every
   staleness window holds at least two polls. A success resets the pace at once.
 
+Pacing. A poll is not a task: a timer (``loop.call_at``) sends the request on the
+endpoint's idle connection, and the answer is read, parsed and recorded in the
+connection's ``data_received``, which also sets the timer of the next poll; the deadline
+is one more timer. Only a poll with no idle connection (the first, or after a failure)
+runs as a task, to connect. A pod that answers with the same lines as last time and only
+other numbers (a busy pod's page) is read without the parser
+(:mod:`~epp.datalayer.page_shape`). With tests' ``sleep`` seam, one task per endpoint
+sleeps between polls instead, with the same delays.
+
+An endpoint that is idle (nothing waiting or running, no request from epp in flight, and
+the same KV-cache use as last time) is polled less often: ``interval_s`` apart twice,
+then doubling up to ``max_idle_interval_s`` (by default twice the interval, 100 ms; up to
+the back-off cap is reasonable). Any sign of work puts it back on ``interval_s`` at the
+next poll; epp routing a request to it does so within one interval, since a watcher
+looks at the slowed endpoints' in-flight counts every ``interval_s``. The cap is how late
+epp notices work that reaches an idle pod past it (another epp replica, a client that
+calls the pod directly): 100 ms by default, so an idle fleet of 256 pods costs about half
+the polls without routing on a picture older than two intervals.
+
 Example::
 
     scraper = MetricsScraper(store, interval_s=0.05)
@@ -61,17 +79,20 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 from urllib.parse import quote, urlencode
 
 from epp.datalayer.endpoint import Endpoint, Metrics
 from epp.datalayer.errors import DataLayerError, MetricsExtractError, ScrapeError
 from epp.datalayer.extract import detect_mapping, extract_metrics
-from epp.datalayer.http1_client import Http1Client
+from epp.datalayer.http1_client import ConnectionDropped, Http1Client, Response
 from epp.datalayer.metric_mappings import AUTO, MetricMapping, mappings_for, wanted_names
-from epp.datalayer.prometheus_text import parse_samples
+from epp.datalayer.page_shape import PageShape
+from epp.datalayer.prometheus_text import Sample, parse_samples
 from epp.datalayer.store import EndpointStore
 
 __all__ = [
@@ -81,6 +102,7 @@ __all__ = [
     "DEFAULT_STALENESS_S",
     "MetricsScraper",
     "default_max_backoff_s",
+    "default_max_idle_interval_s",
     "default_timeout_s",
 ]
 
@@ -107,6 +129,11 @@ _MAX_REMEMBERED_BODY = 64 * 1024
 _PATH_SAFE = "/?&=%:@!$'()*+,;~-._[]"
 
 
+# Per endpoint: the last page that scraped well, the Metrics it gave, its shape (to read
+# the next page that differs only in numbers) and the engine mapping it matched.
+_LastPage = tuple[bytes, Metrics, PageShape | None, MetricMapping]
+
+
 def default_timeout_s(interval_s: float) -> float:
     """The per-poll timeout used when none is given: ``min(1.0, max(0.5, interval_s))``.
 
@@ -116,6 +143,12 @@ def default_timeout_s(interval_s: float) -> float:
     2 s. Between the two it follows the interval.
     """
     return min(1.0, max(0.5, interval_s))
+
+
+def default_max_idle_interval_s(interval_s: float) -> float:
+    """The longest pause between polls of an idle endpoint when none is given:
+    ``2 * interval_s`` (see "Pacing" in the module docstring)."""
+    return 2 * interval_s
 
 
 def default_max_backoff_s(staleness_s: float = DEFAULT_STALENESS_S) -> float:
@@ -136,12 +169,16 @@ class MetricsScraper:
 
     ``max_body_bytes`` and ``max_samples`` bound the work of one scrape (0: no limit);
     ``max_backoff_s`` caps the back-off of a failing endpoint (default
-    :func:`default_max_backoff_s`; a value at or below ``interval_s`` turns it off).
+    :func:`default_max_backoff_s`; a value at or below ``interval_s`` turns it off);
+    ``max_idle_interval_s`` the pause between polls of an idle one (default
+    :func:`default_max_idle_interval_s`; a value at or below ``interval_s`` turns the
+    slower pace off).
     See the module docstring for why each default is what it is.
 
-    ``sleep`` and ``clock`` are the test seams: ``sleep`` paces the loop (default
-    ``asyncio.sleep``) and ``clock`` stamps ``Metrics.updated_at`` (default
-    ``time.monotonic``, which ``Endpoint.is_fresh`` compares against). ``fetch`` replaces
+    ``sleep`` and ``clock`` are the test seams: ``sleep`` paces a polling task per
+    endpoint (by default timers pace the polls, and no task sleeps; see "Pacing") and
+    ``clock`` stamps ``Metrics.updated_at`` (default ``time.monotonic``, which
+    ``Endpoint.is_fresh`` compares against). ``fetch`` replaces
     the HTTP client: ``await fetch(address, target)`` returns the body of a 200 answer
     or raises :class:`ScrapeError` (the benchmarks put aiohttp there to compare).
 
@@ -163,6 +200,7 @@ class MetricsScraper:
         stop_timeout_s: float = DEFAULT_STOP_TIMEOUT_S,
         fetch: Callable[[str, str], Awaitable[bytes]] | None = None,
         filter_names: bool = True,
+        max_idle_interval_s: float | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -178,6 +216,8 @@ class MetricsScraper:
             raise ValueError(f"max_samples must be >= 0 (0: no limit), got {max_samples}")
         if max_backoff_s is not None and max_backoff_s < 0:
             raise ValueError(f"max_backoff_s must be >= 0, got {max_backoff_s}")
+        if max_idle_interval_s is not None and max_idle_interval_s < 0:
+            raise ValueError(f"max_idle_interval_s must be >= 0, got {max_idle_interval_s}")
         self._store = store
         self._mappings = (engine,) if isinstance(engine, MetricMapping) else mappings_for(engine)
         self._names = wanted_names(self._mappings)
@@ -201,11 +241,22 @@ class MetricsScraper:
         self._client: Http1Client | None = None
         self._fetch_with = fetch
         # Per endpoint: the last page that scraped well and the Metrics it gave.
-        self._last_good: dict[Endpoint, tuple[bytes, Metrics]] = {}
+        self._last_good: dict[Endpoint, _LastPage] = {}
         self._sleep = sleep
         self._clock = clock
-        self._tasks: dict[Endpoint, asyncio.Task[None]] = {}  # one per endpoint in the store
+        self.max_idle_interval_s = (
+            default_max_idle_interval_s(interval_s)
+            if max_idle_interval_s is None
+            else max_idle_interval_s
+        )
+        # Timer-driven polls (see "Pacing" in the module docstring) unless a test paces
+        # the loop through ``sleep``; then one task per endpoint sleeps between polls.
+        self._timers = sleep is asyncio.sleep
+        self._target_query = self._target + self._query
+        self.polls_total = 0  # polls started, for benchmarks and tests
+        self._polls: dict[Endpoint, _Poller] = {}  # one per endpoint in the store
         self._live: set[asyncio.Task[None]] = set()  # also those cancelled but not yet done
+        self._watch_timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = False
         self._stopped = False
@@ -214,7 +265,7 @@ class MetricsScraper:
 
     async def start(self) -> None:
         """Scrape every endpoint the store holds once (so first requests have data), then
-        keep one polling task per endpoint as the store changes."""
+        keep polling each endpoint the store holds as it changes."""
         if self._started:
             raise RuntimeError("MetricsScraper.start() called twice")
         self._started = True
@@ -225,10 +276,12 @@ class MetricsScraper:
         await asyncio.gather(*(self.scrape_once(endpoint) for endpoint in initial))
         for k, endpoint in enumerate(initial):
             current = self._store.get(endpoint.address) is endpoint
-            if current and not self._stopped and endpoint not in self._tasks:
+            if current and not self._stopped and endpoint not in self._polls:
                 # Spread over one interval (see the module docstring); the last waits
                 # a whole interval, as a single endpoint does.
-                self._start_task(endpoint, (k + 1) / len(initial) * self.interval_s)
+                self._start_polling(endpoint, (k + 1) / len(initial) * self.interval_s)
+        if self._timers and self.max_idle_interval_s > self.interval_s and not self._stopped:
+            self._watch_timer = self._loop.call_later(self.interval_s, self._watch)
         fresh = sum(1 for endpoint in initial if endpoint.scrape_failures == 0)
         logger.info(
             "metrics scraper started: %d/%d endpoints scraped, every %.3fs (timeout %.3fs)",
@@ -239,9 +292,15 @@ class MetricsScraper:
         )
 
     async def stop(self) -> None:
-        """Cancel every polling task, wait for them (bounded), close the connections."""
+        """Cancel every poll and polling task, wait for the tasks (bounded), close the
+        connections."""
         self._stopped = True
-        self._tasks.clear()
+        if self._watch_timer is not None:
+            self._watch_timer.cancel()
+            self._watch_timer = None
+        for poller in self._polls.values():
+            poller.cancel()
+        self._polls.clear()
         tasks = list(self._live)
         for task in tasks:
             task.cancel()
@@ -257,16 +316,33 @@ class MetricsScraper:
         self._last_good.clear()
 
     def scraped_addresses(self) -> frozenset[str]:
-        """Addresses that have a polling task now (for tests and debug endpoints)."""
-        return frozenset(endpoint.address for endpoint in self._tasks)
+        """Addresses being polled now (for tests and debug endpoints)."""
+        return frozenset(endpoint.address for endpoint in self._polls)
 
     # -- one scrape ------------------------------------------------------------------
 
-    async def scrape_once(self, endpoint: Endpoint) -> None:
+    async def scrape_once(self, endpoint: Endpoint, *, reuse: bool = True) -> bool:
         """Poll ``endpoint`` once and record the outcome on it; never raises (but
-        propagates cancellation)."""
+        propagates cancellation). True when the scrape succeeded and the endpoint looks
+        busy (see :meth:`_take`)."""
         try:
-            body = await self._fetch(endpoint.address)
+            body = await self._fetch(endpoint.address, reuse=reuse)
+        except DataLayerError as exc:
+            self._record_failure(endpoint, str(exc))
+            return False
+        except Exception as exc:  # a bug: count it and say so, but keep polling
+            self._record_failure(endpoint, f"internal error: {exc!r}", exc_info=True)
+            return False
+        return self._take(endpoint, body)
+
+    def _take(self, endpoint: Endpoint, body: bytes) -> bool:
+        """Record a 200 answer's ``body`` on ``endpoint``; never raises.
+
+        Returns whether the endpoint looks busy: requests waiting or running on it, or
+        in flight from epp, or numbers that moved since the last scrape. False after a
+        failure (the back-off then paces the polls).
+        """
+        try:
             last = self._last_good.get(endpoint)
             if last is not None and last[0] == body:
                 # The same bytes parsed and passed every check last time.
@@ -276,18 +352,36 @@ class MetricsScraper:
                                   updated_at=self._clock())
                 mapping = None
             else:
-                metrics, mapping = self._parse(body)
+                text = body.decode("utf-8", errors="replace")
+                read = None
+                if last is not None and last[2] is not None:
+                    # Only the numbers changed (a busy pod's page): see page_shape.
+                    read = last[2].read_metrics(text, updated_at=self._clock())
+                if read is not None:
+                    assert last is not None
+                    metrics, shape, known, mapping = read, last[2], last[3], None
+                else:
+                    metrics, mapping, samples = self._parse(text)
+                    shape, known = PageShape.of(text, self._names, samples, mapping), mapping
                 if len(body) <= _MAX_REMEMBERED_BODY:
-                    self._last_good[endpoint] = (body, metrics)
+                    self._last_good[endpoint] = (body, metrics, shape, known)
                 else:
                     self._last_good.pop(endpoint, None)
         except DataLayerError as exc:
             self._record_failure(endpoint, str(exc))
-            return
+            return False
         except Exception as exc:  # a bug: count it and say so, but keep polling
             self._record_failure(endpoint, f"internal error: {exc!r}", exc_info=True)
-            return
-        first = endpoint.metrics.updated_at == 0.0
+            return False
+        old = endpoint.metrics
+        first = old.updated_at == 0.0
+        busy = (
+            metrics.waiting_requests > 0
+            or metrics.running_requests > 0
+            or endpoint.inflight_requests > 0
+            or metrics.kv_cache_usage != old.kv_cache_usage
+            or first
+        )
         endpoint.metrics = metrics
         if endpoint.last_scrape_error is not None:
             logger.info(
@@ -300,9 +394,9 @@ class MetricsScraper:
             logger.info("first scrape of %s: %s metrics", endpoint.address, mapping.engine)
         endpoint.scrape_failures = 0
         endpoint.last_scrape_error = None
+        return busy
 
-    def _parse(self, body: bytes) -> tuple[Metrics, MetricMapping]:
-        text = body.decode("utf-8", errors="replace")
+    def _parse(self, text: str) -> tuple[Metrics, MetricMapping, dict[str, list[Sample]]]:
         samples = parse_samples(
             text, self._names, max_samples=self._max_samples, max_chars=self._max_sample_chars
         )
@@ -310,22 +404,28 @@ class MetricsScraper:
         if mapping is None:
             expected = " or ".join(sorted({m.waiting[0] for m in self._mappings}))
             raise MetricsExtractError(f"no known engine metrics found (looked for {expected})")
-        return extract_metrics(samples, mapping, updated_at=self._clock()), mapping
+        return extract_metrics(samples, mapping, updated_at=self._clock()), mapping, samples
 
-    async def _fetch(self, address: str) -> bytes:
+    async def _fetch(self, address: str, *, reuse: bool = True) -> bytes:
         """GET the metrics page of ``address``; every failure becomes a ScrapeError."""
-        # Errors name the URL without the long name[] query, to keep logs readable.
         target = self._target + self._query
         if self._fetch_with is not None:
             return await self._fetch_with(address, target)
         client = self._get_client()
         try:
-            response = await client.get(address, target, timeout_s=self.timeout_s)
-        except TimeoutError as exc:
-            url = f"http://{address}{self.path}"
-            raise ScrapeError(f"GET {url}: timed out after {self.timeout_s:g}s") from exc
-        except ScrapeError as exc:
-            raise ScrapeError(f"GET http://{address}{self.path}: {exc}") from exc
+            response = await client.get(address, target, timeout_s=self.timeout_s, reuse=reuse)
+        except (TimeoutError, ScrapeError) as exc:
+            raise self._fetch_error(address, exc) from exc
+        return self._body_of(address, response)
+
+    def _fetch_error(self, address: str, exc: BaseException) -> ScrapeError:
+        # Errors name the URL without the long name[] query, to keep logs readable.
+        url = f"http://{address}{self.path}"
+        if isinstance(exc, TimeoutError):
+            return ScrapeError(f"GET {url}: timed out after {self.timeout_s:g}s")
+        return ScrapeError(f"GET {url}: {exc}")
+
+    def _body_of(self, address: str, response: Response) -> bytes:
         if response.status != 200:
             url = f"http://{address}{self.path}"
             raise ScrapeError(f"GET {url}: HTTP {response.status} {response.reason}")
@@ -386,32 +486,19 @@ class MetricsScraper:
             self._last_good.pop(endpoint, None)
             if self._client is not None:
                 self._client.forget(endpoint.address)
-            task = self._tasks.pop(endpoint, None)
-            if task is not None:
-                task.cancel()
+            poller = self._polls.pop(endpoint, None)
+            if poller is not None:
+                poller.cancel()
                 logger.info(
                     "stopped scraping %s: removed from the endpoint table", endpoint.address
                 )
-        new = [endpoint for endpoint in added if endpoint not in self._tasks]
+        new = [endpoint for endpoint in added if endpoint not in self._polls]
         for k, endpoint in enumerate(new):
             # The first at once, the others spread over one interval.
-            self._start_task(endpoint, k / len(new) * self.interval_s)
+            self._start_polling(endpoint, k / len(new) * self.interval_s)
             logger.info("started scraping %s", endpoint.address)
 
-    def _start_task(self, endpoint: Endpoint, first_delay_s: float) -> None:
-        task = asyncio.get_running_loop().create_task(
-            self._run(endpoint, first_delay_s), name=f"scrape {endpoint.address}"
-        )
-        self._tasks[endpoint] = task
-        self._live.add(task)
-        task.add_done_callback(lambda done: self._forget(endpoint, done))
-
-    def _forget(self, endpoint: Endpoint, task: asyncio.Task[None]) -> None:
-        self._live.discard(task)
-        if self._tasks.get(endpoint) is task:
-            del self._tasks[endpoint]
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("scrape task for %s died", endpoint.address, exc_info=task.exception())
+    # -- pacing ----------------------------------------------------------------------
 
     def poll_delay_s(self, failures: int) -> float:
         """Seconds from the start of one poll to the start of the next, after ``failures``
@@ -421,14 +508,157 @@ class MetricsScraper:
         backoff = self.interval_s * 2.0 ** min(failures - 1, 32)
         return max(self.interval_s, min(self.max_backoff_s, backoff))
 
-    async def _run(self, endpoint: Endpoint, first_delay_s: float) -> None:
+    def idle_delay_s(self, idle_polls: int) -> float:
+        """Seconds from the start of one poll to the start of the next, after
+        ``idle_polls`` successful polls in a row found the endpoint idle (see "Pacing")."""
+        if idle_polls <= 1:
+            return self.interval_s
+        slower = self.interval_s * 2.0 ** min(idle_polls - 1, 32)
+        return max(self.interval_s, min(self.max_idle_interval_s, slower))
+
+    def _next_delay_s(self, poller: _Poller, busy: bool) -> float:
+        failures = poller.endpoint.scrape_failures
+        if failures or busy:
+            poller.idle_polls = 0
+            return self.poll_delay_s(failures)
+        poller.idle_polls += 1
+        return self.idle_delay_s(poller.idle_polls)
+
+    def _start_polling(self, endpoint: Endpoint, first_delay_s: float) -> None:
         if endpoint.scrape_failures > 1:  # a failing endpoint keeps its back-off
             first_delay_s = max(first_delay_s, self.poll_delay_s(endpoint.scrape_failures))
+        loop = asyncio.get_running_loop()
+        poller = _Poller(endpoint)
+        self._polls[endpoint] = poller
+        if self._timers:
+            poller.reply = functools.partial(self._on_reply, poller)
+            poller.timer = loop.call_at(loop.time() + first_delay_s, self._poll, poller)
+        else:
+            poller.task = self._spawn(self._run(poller, first_delay_s), endpoint)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], endpoint: Endpoint) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro, name=f"scrape {endpoint.address}")
+        self._live.add(task)
+        task.add_done_callback(lambda done: self._forget(endpoint, done))
+        return task
+
+    def _forget(self, endpoint: Endpoint, task: asyncio.Task[None]) -> None:
+        self._live.discard(task)
+        poller = self._polls.get(endpoint)
+        if poller is not None and poller.task is task:
+            poller.task = None
+            if not self._timers:
+                del self._polls[endpoint]
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("scrape task for %s died", endpoint.address, exc_info=task.exception())
+
+    async def _run(self, poller: _Poller, first_delay_s: float) -> None:
+        """The polling loop of one endpoint when a test paces it through ``sleep``."""
+        endpoint = poller.endpoint
         if first_delay_s > 0:
             await self._sleep(first_delay_s)
         while True:
             started = self._clock()
-            await self.scrape_once(endpoint)
+            self.polls_total += 1
+            busy = await self.scrape_once(endpoint)
             # Sleep out the rest of the delay; a slow poll is followed by the next at once.
-            delay = self.poll_delay_s(endpoint.scrape_failures)
+            delay = self._next_delay_s(poller, busy)
             await self._sleep(max(0.0, delay - (self._clock() - started)))
+
+    # -- timer-driven polls ----------------------------------------------------------
+
+    def _poll(self, poller: _Poller) -> None:
+        """A poll falls due: send the GET on the endpoint's idle connection, or else
+        (none yet, or an injected ``fetch``) run this one poll as a task."""
+        poller.timer = None
+        if self._polls.get(poller.endpoint) is not poller:
+            return
+        loop = self._loop
+        assert loop is not None and poller.reply is not None
+        poller.started = loop.time()
+        self.polls_total += 1
+        if self._fetch_with is None:
+            client = self._get_client()
+            address = poller.endpoint.address
+            if client.start_get(address, self._target_query, self.timeout_s, poller.reply):
+                return
+        poller.task = self._spawn(self._poll_in_task(poller, reuse=True), poller.endpoint)
+
+    def _on_reply(self, poller: _Poller, response: Response | None,
+                  error: BaseException | None) -> None:
+        """The answer to a :meth:`_poll` (called from the connection's data_received)."""
+        endpoint = poller.endpoint
+        if self._polls.get(endpoint) is not poller:
+            # Removed meanwhile: the connection went back to the idle pool, close it.
+            if self._client is not None and self._store.get(endpoint.address) is None:
+                self._client.forget(endpoint.address)
+            return
+        try:
+            if isinstance(error, ConnectionDropped):
+                # The server closed the idle connection as we wrote: once more, fresh.
+                poller.task = self._spawn(self._poll_in_task(poller, reuse=False), endpoint)
+                return
+            if error is not None:
+                self._record_failure(endpoint, str(self._fetch_error(endpoint.address, error)))
+                busy = False
+            else:
+                assert response is not None
+                try:
+                    body = self._body_of(endpoint.address, response)
+                except ScrapeError as exc:
+                    self._record_failure(endpoint, str(exc))
+                    busy = False
+                else:
+                    busy = self._take(endpoint, body)
+        except Exception:  # a bug: say so, and keep polling
+            logger.exception("scrape of %s: internal error", endpoint.address)
+            busy = False
+        self._schedule(poller, busy)
+
+    async def _poll_in_task(self, poller: _Poller, *, reuse: bool) -> None:
+        busy = await self.scrape_once(poller.endpoint, reuse=reuse)
+        if self._polls.get(poller.endpoint) is poller and not self._stopped:
+            self._schedule(poller, busy)
+
+    def _schedule(self, poller: _Poller, busy: bool) -> None:
+        loop = self._loop
+        assert loop is not None
+        delay = self._next_delay_s(poller, busy)
+        # From the start of this poll: a slow poll is followed by the next at once.
+        poller.timer = loop.call_at(poller.started + delay, self._poll, poller)
+
+    def _watch(self) -> None:
+        """Every interval: an idle endpoint that epp has just sent work to is polled now,
+        not when its slowed-down pace comes round (see "Pacing")."""
+        loop = self._loop
+        assert loop is not None
+        self._watch_timer = loop.call_later(self.interval_s, self._watch)
+        for poller in self._polls.values():
+            if poller.idle_polls > 1 and poller.endpoint.inflight_requests > 0:
+                timer = poller.timer
+                if timer is not None:  # else a poll is under way
+                    timer.cancel()
+                    poller.idle_polls = 0
+                    self._poll(poller)
+
+
+class _Poller:
+    """The polling state of one endpoint."""
+
+    __slots__ = ("endpoint", "idle_polls", "reply", "started", "task", "timer")
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+        self.idle_polls = 0  # successful polls in a row that found it idle
+        self.started = 0.0  # loop.time() when the current or last poll began
+        self.timer: asyncio.TimerHandle | None = None  # the next poll, when one is due
+        self.task: asyncio.Task[None] | None = None  # a poll (or the loop) run as a task
+        self.reply: Callable[[Response | None, BaseException | None], None] | None = None
+
+    def cancel(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.task is not None:
+            self.task.cancel()
+            self.task = None
