@@ -63,6 +63,9 @@ class ExternalProcessor(external_processor_pb2_grpc.ExternalProcessorServicer): 
                 return
             if first.observability_mode:
                 # The response observer's stream: Envoy reads no reply, so none is sent.
+                if first.WhichOneof("request") != "response_headers":
+                    raise ProtocolViolation("an observing stream must open with response "
+                                            "headers")
                 await self.observers.observe(first, messages)
                 return
             stream = RequestStream(
