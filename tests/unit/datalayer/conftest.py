@@ -14,6 +14,7 @@ from aiohttp import web
 
 from epp.datalayer.scraper import MetricsScraper
 from epp.datalayer.store import EndpointStore
+from tests.unit.datalayer.scripted_pod import Script, ScriptedPod
 
 VLLM_TEXT = """\
 # HELP vllm:num_requests_running Number of requests in model execution batches.
@@ -238,3 +239,18 @@ def wait_until() -> WaitUntil:
 def payloads() -> dict[str, str]:
     """Exposition texts by engine: "vllm", "vllm-legacy", "sglang"."""
     return {"vllm": VLLM_TEXT, "vllm-legacy": VLLM_LEGACY_TEXT, "sglang": SGLANG_TEXT}
+
+
+@pytest_asyncio.fixture
+async def pods() -> AsyncIterator[Callable[[Script], Any]]:
+    made: list[ScriptedPod] = []
+
+    async def make(script: Script) -> ScriptedPod:
+        pod = ScriptedPod(script)
+        await pod.start()
+        made.append(pod)
+        return pod
+
+    yield make
+    for pod in made:
+        await pod.close()

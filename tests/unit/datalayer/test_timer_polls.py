@@ -6,17 +6,15 @@ polls are counted, and margins are several-fold."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-import pytest_asyncio
 
 from epp.datalayer.endpoint import Endpoint
 from epp.datalayer.http1_client import ConnectionDropped, Http1Client, Response
 from epp.datalayer.scraper import MetricsScraper
 from epp.datalayer.store import EndpointStore
-from tests.unit.datalayer.test_http1_client import (
+from tests.unit.datalayer.scripted_pod import (
     BODY,
     OK_HEAD,
     Script,
@@ -33,21 +31,6 @@ vllm:kv_cache_usage_perc{engine="0",model_name="m"} 0.0
 """
 
 Replies = list[tuple[Response | None, BaseException | None]]
-
-
-@pytest_asyncio.fixture
-async def pods() -> AsyncIterator[Callable[[Script], Any]]:
-    made: list[ScriptedPod] = []
-
-    async def make(script: Script) -> ScriptedPod:
-        pod = ScriptedPod(script)
-        await pod.start()
-        made.append(pod)
-        return pod
-
-    yield make
-    for pod in made:
-        await pod.close()
 
 
 async def poll_with_timers(
