@@ -43,6 +43,7 @@ test-integration: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check epp tests benchmarks
+	$(PY) -m ruff format --check epp tests benchmarks
 	$(PY) -m mypy
 
 bench: $(STAMP)

@@ -46,9 +46,17 @@ def fill(names: list[str]) -> None:
     """One observation in every per-request series of each name (model == target)."""
     for name in names:
         series = request_metrics._series(name, name)
-        for histogram in (series.duration, series.ttft, series.tpot, series.ntpot,
-                          series.input, series.output, series.cached, series.request_size,
-                          series.response_size):
+        for histogram in (
+            series.duration,
+            series.ttft,
+            series.tpot,
+            series.ntpot,
+            series.input,
+            series.output,
+            series.cached,
+            series.request_size,
+            series.response_size,
+        ):
             histogram.observe(1.0)
         series.server_errors.inc()
         metrics.requests_for(name, name).inc()
@@ -82,18 +90,23 @@ async def measure(renders: int) -> list[dict[str, Any]]:
     rows = []
     for how, render in (("on the loop", on_loop), ("in a thread", page.render)):
         results = [await worst_stall_s(render) for _ in range(renders)]
-        rows.append({"render": how,
-                     "page_bytes": results[0][1],
-                     "worst_stall_ms_median": statistics.median(r[0] for r in results) * 1e3,
-                     "worst_stall_ms_max": max(r[0] for r in results) * 1e3})
+        rows.append(
+            {
+                "render": how,
+                "page_bytes": results[0][1],
+                "worst_stall_ms_median": statistics.median(r[0] for r in results) * 1e3,
+                "worst_stall_ms_max": max(r[0] for r in results) * 1e3,
+            }
+        )
     return rows
 
 
 CASES = {
-    "bound": ("64 names of 128 chars (the bound)",
-              [f"m{i:03d}-" + "x" * 123 for i in range(64)]),
-    "before": ("5 names of 100 KB (unbounded, before)",
-               [f"r{i}-" + "x" * 100_000 for i in range(5)]),
+    "bound": ("64 names of 128 chars (the bound)", [f"m{i:03d}-" + "x" * 123 for i in range(64)]),
+    "before": (
+        "5 names of 100 KB (unbounded, before)",
+        [f"r{i}-" + "x" * 100_000 for i in range(5)],
+    ),
 }
 
 
@@ -118,13 +131,19 @@ def main() -> None:
         return
     rows: list[dict[str, Any]] = []
     for key in CASES:
-        out = subprocess.run([sys.executable, __file__, "--case", key, "--renders",
-                              str(args.renders)], check=True, capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, __file__, "--case", key, "--renders", str(args.renders)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         rows.extend(json.loads(out.stdout))
     print(f"{'labels':40} {'render':12} {'page MB':>8} {'stall p50 ms':>13} {'max ms':>8}")
     for row in rows:
-        print(f"{row['labels']:40} {row['render']:12} {row['page_bytes'] / 1e6:8.2f} "
-              f"{row['worst_stall_ms_median']:13.1f} {row['worst_stall_ms_max']:8.1f}")
+        print(
+            f"{row['labels']:40} {row['render']:12} {row['page_bytes'] / 1e6:8.2f} "
+            f"{row['worst_stall_ms_median']:13.1f} {row['worst_stall_ms_max']:8.1f}"
+        )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"cases": rows}, indent=2))
     print(f"wrote {RESULTS.relative_to(ROOT)}")

@@ -88,8 +88,9 @@ def prompt_text(chars: int, rng: random.Random) -> str:
 GC_MODES = ("on", "off", "freeze")
 
 
-def time_case(endpoints: int, chars: int, mode: str, runs: int,
-              gc_mode: str = "on") -> dict[str, float | int | str]:
+def time_case(
+    endpoints: int, chars: int, mode: str, runs: int, gc_mode: str = "on"
+) -> dict[str, float | int | str]:
     rng = random.Random(1)
     scheduler = build_scheduler(default_scheduler_config())
     candidates = make_endpoints(endpoints, rng)
@@ -120,8 +121,9 @@ def time_case(endpoints: int, chars: int, mode: str, runs: int,
         start = clock()
         schedule(req, candidates)
         samples[i] = clock() - start
-    collections = [g["collections"] - b for g, b in zip(gc.get_stats(), collections_before,
-                                                           strict=True)]
+    collections = [
+        g["collections"] - b for g, b in zip(gc.get_stats(), collections_before, strict=True)
+    ]
     gc.enable()
     gc.unfreeze()
     samples.sort()
@@ -147,22 +149,38 @@ def cases() -> list[tuple[int, int, str]]:
     return out
 
 
-def run_child(tree: Path, case: tuple[int, int, str], runs: int,
-              gc_mode: str) -> dict[str, float | int | str]:
+def run_child(
+    tree: Path, case: tuple[int, int, str], runs: int, gc_mode: str
+) -> dict[str, float | int | str]:
     """One case timed in a fresh process that imports epp from ``tree``."""
     env = {**os.environ, "EPP_BENCH_TREE": str(tree)}
     n, chars, mode = case
     out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.bench_scheduler", "--child",
-         "--only", f"{n}:{chars}:{mode}", "--runs", str(runs), "--gc", gc_mode],
-        cwd=ROOT, env=env, check=True, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.bench_scheduler",
+            "--child",
+            "--only",
+            f"{n}:{chars}:{mode}",
+            "--runs",
+            str(runs),
+            "--gc",
+            gc_mode,
+        ],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     row: dict[str, float | int | str] = json.loads(out)
     return row
 
 
-def compare(baseline: Path, selected: list[tuple[int, int, str]], runs: int,
-            rounds: int, gc_mode: str) -> list[dict[str, float | int | str]]:
+def compare(
+    baseline: Path, selected: list[tuple[int, int, str]], runs: int, rounds: int, gc_mode: str
+) -> list[dict[str, float | int | str]]:
     rows = []
     for case in selected:
         new_medians, new_p99s, old_medians, old_p99s = [], [], [], []
@@ -175,8 +193,12 @@ def compare(baseline: Path, selected: list[tuple[int, int, str]], runs: int,
             new_p99s.append(float(new["p99_us"]))
         n, chars, mode = case
         row: dict[str, float | int | str] = {
-            "endpoints": n, "prompt_chars": chars, "prefix": mode, "runs": runs,
-            "rounds": rounds, "gc": gc_mode,
+            "endpoints": n,
+            "prompt_chars": chars,
+            "prefix": mode,
+            "runs": runs,
+            "rounds": rounds,
+            "gc": gc_mode,
             "gc_collections": new["gc_collections"],
             "baseline_gc_collections": old["gc_collections"],
             "median_us": round(statistics.median(new_medians), 2),
@@ -199,11 +221,15 @@ def print_rows(rows: list[dict[str, float | int | str]], *, header: bool = True)
         line += f" {'gc colls':>10}"
         print(line, flush=True)
     for row in rows:
-        line = (f"{row['endpoints']:>9} {row['prompt_chars']:>7} {row['prefix']:>6} "
-                f"{row['median_us']:>10} {row['p99_us']:>8}")
+        line = (
+            f"{row['endpoints']:>9} {row['prompt_chars']:>7} {row['prefix']:>6} "
+            f"{row['median_us']:>10} {row['p99_us']:>8}"
+        )
         if compared:
-            line += (f" {row['baseline_median_us']:>11} {row['baseline_p99_us']:>8}"
-                     f" {row['median_ratio']:>8}")
+            line += (
+                f" {row['baseline_median_us']:>11} {row['baseline_p99_us']:>8}"
+                f" {row['median_ratio']:>8}"
+            )
         line += f" {row['gc_collections']:>10}"
         print(line, flush=True)
 
@@ -211,14 +237,23 @@ def print_rows(rows: list[dict[str, float | int | str]], *, header: bool = True)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5_000)
-    parser.add_argument("--only", action="append", default=[],
-                        help="a case ENDPOINTS:CHARS:MODE (repeatable); default: all")
-    parser.add_argument("--baseline", type=Path,
-                        help="a checkout of the old code (git worktree) to compare against")
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        help="a case ENDPOINTS:CHARS:MODE (repeatable); default: all",
+    )
+    parser.add_argument(
+        "--baseline", type=Path, help="a checkout of the old code (git worktree) to compare against"
+    )
     parser.add_argument("--rounds", type=int, default=3, help="alternations with --baseline")
-    parser.add_argument("--gc", choices=GC_MODES, default="on",
-                        help="the cyclic GC in the timed loop: on (default), off "
-                             "(gc.disable()), freeze (gc.collect(); gc.freeze() first)")
+    parser.add_argument(
+        "--gc",
+        choices=GC_MODES,
+        default="on",
+        help="the cyclic GC in the timed loop: on (default), off "
+        "(gc.disable()), freeze (gc.collect(); gc.freeze() first)",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     selected = [(int(n), int(c), m) for n, c, m in (o.split(":") for o in args.only)] or cases()

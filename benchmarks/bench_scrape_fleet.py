@@ -145,13 +145,30 @@ class PodFleet:
     def __init__(self, kind: str, count: int, first_port: int) -> None:
         self.kind, self.count, self.first_port = kind, count, first_port
         if kind == "sim":
-            argv = [sys.executable, "-m", "epp", "sim", "--pods", str(count),
-                    "--first-port", str(first_port), "--model", MODEL]
+            argv = [
+                sys.executable,
+                "-m",
+                "epp",
+                "sim",
+                "--pods",
+                str(count),
+                "--first-port",
+                str(first_port),
+                "--model",
+                MODEL,
+            ]
         else:
-            argv = [sys.executable, __file__, "_pods", str(first_port), str(count),
-                    "busy" if kind == "fast" else "idle"]
-        self.process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        stderr=subprocess.DEVNULL, cwd=ROOT)
+            argv = [
+                sys.executable,
+                __file__,
+                "_pods",
+                str(first_port),
+                str(count),
+                "busy" if kind == "fast" else "idle",
+            ]
+        self.process = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT
+        )
         if kind != "sim":
             assert self.process.stdout is not None
             if self.process.stdout.readline().strip() != b"ready":
@@ -222,8 +239,10 @@ def aiohttp_fetch(max_body_bytes: int) -> tuple[Callable[[str, str], Awaitable[b
 
     connector = aiohttp.TCPConnector(limit=256, limit_per_host=2, keepalive_timeout=4.0)
     session = aiohttp.ClientSession(
-        connector=connector, timeout=aiohttp.ClientTimeout(total=None),
-        headers={"Accept-Encoding": "identity"}, trust_env=False,
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=None),
+        headers={"Accept-Encoding": "identity"},
+        trust_env=False,
     )
 
     async def fetch(address: str, target: str) -> bytes:
@@ -290,25 +309,45 @@ def scrape_child(client: str, addresses: list[str], warmup_s: float, window_s: f
         await scraper.stop()
         if session is not None:
             await session.close()
-        return {"polls": polls_1 - polls_0, "cpu_s": cpu_1 - cpu_0, "wall_s": wall_1 - wall_0,
-                "errors": errors_1 - errors_0}
+        return {
+            "polls": polls_1 - polls_0,
+            "cpu_s": cpu_1 - cpu_0,
+            "wall_s": wall_1 - wall_0,
+            "errors": errors_1 - errors_0,
+        }
 
     print(json.dumps(uvloop.run(main())), flush=True)
 
 
-def run_scrape(tree: Path, client: str, fleet: PodFleet, warmup_s: float,
-               window_s: float) -> dict[str, Any]:
-    argv = [sys.executable, __file__, "_scrape", client, str(warmup_s), str(window_s),
-            ",".join(fleet.addresses)]
+def run_scrape(
+    tree: Path, client: str, fleet: PodFleet, warmup_s: float, window_s: float
+) -> dict[str, Any]:
+    argv = [
+        sys.executable,
+        __file__,
+        "_scrape",
+        client,
+        str(warmup_s),
+        str(window_s),
+        ",".join(fleet.addresses),
+    ]
     env = {**os.environ, "PYTHONPATH": str(tree)}
-    out = subprocess.run(argv, env=env, cwd=tree, capture_output=True, text=True, check=True,
-                         timeout=warmup_s + window_s + 60)
+    out = subprocess.run(
+        argv,
+        env=env,
+        cwd=tree,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=warmup_s + window_s + 60,
+    )
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
 
 
-def part_scrape(args: argparse.Namespace, contenders: dict[str, tuple[Path, str]]
-                ) -> list[dict[str, Any]]:
+def part_scrape(
+    args: argparse.Namespace, contenders: dict[str, tuple[Path, str]]
+) -> list[dict[str, Any]]:
     rows = []
     for count in args.pods:
         fleet = PodFleet(args.pod_server, count, _free_port_run(count))
@@ -321,41 +360,56 @@ def part_scrape(args: argparse.Namespace, contenders: dict[str, tuple[Path, str]
                     tree, client = contenders[name]
                     run = run_scrape(tree, client, fleet, args.warmup_s, args.window_s)
                     runs[name].append(run)
-                    print(f"  {count:>4} pods  {name:<8} round {round_ + 1}: "
-                          f"{run['polls'] / run['wall_s']:7.0f} polls/s "
-                          f"{run['cpu_s'] / max(run['polls'], 1) * 1e6:6.0f} µs/poll "
-                          f"errors {run['errors']}", flush=True)
+                    print(
+                        f"  {count:>4} pods  {name:<8} round {round_ + 1}: "
+                        f"{run['polls'] / run['wall_s']:7.0f} polls/s "
+                        f"{run['cpu_s'] / max(run['polls'], 1) * 1e6:6.0f} µs/poll "
+                        f"errors {run['errors']}",
+                        flush=True,
+                    )
         finally:
             fleet.close()
         for name, results in runs.items():
             per_poll = statistics.median(r["cpu_s"] / max(r["polls"], 1) for r in results)
-            rows.append({
-                "pods": count, "contender": name, "pod_server": args.pod_server,
-                "polls_per_s": statistics.median(r["polls"] / r["wall_s"] for r in results),
-                "nominal_polls_per_s": count / INTERVAL_S,
-                "cpu_us_per_poll": per_poll * 1e6,
-                "core_share_nominal": per_poll * count / INTERVAL_S,
-                "core_share_measured": statistics.median(r["cpu_s"] / r["wall_s"]
-                                                         for r in results),
-                "errors": sum(r["errors"] for r in results),
-                "rounds": len(results),
-            })
+            rows.append(
+                {
+                    "pods": count,
+                    "contender": name,
+                    "pod_server": args.pod_server,
+                    "polls_per_s": statistics.median(r["polls"] / r["wall_s"] for r in results),
+                    "nominal_polls_per_s": count / INTERVAL_S,
+                    "cpu_us_per_poll": per_poll * 1e6,
+                    "core_share_nominal": per_poll * count / INTERVAL_S,
+                    "core_share_measured": statistics.median(
+                        r["cpu_s"] / r["wall_s"] for r in results
+                    ),
+                    "errors": sum(r["errors"] for r in results),
+                    "rounds": len(results),
+                }
+            )
     return rows
 
 
 def print_scrape_table(rows: list[dict[str, Any]]) -> None:
     print()
-    header = (f"{'pods':>5}  {'client':<8}{'polls/s':>9}{'CPU/poll':>11}{'core % @50ms':>14}"
-              f"{'core % seen':>13}{'vs aiohttp':>12}")
+    header = (
+        f"{'pods':>5}  {'client':<8}{'polls/s':>9}{'CPU/poll':>11}{'core % @50ms':>14}"
+        f"{'core % seen':>13}{'vs aiohttp':>12}"
+    )
     print(header)
     print("-" * len(header))
     base = {r["pods"]: r["cpu_us_per_poll"] for r in rows if r["contender"] == "aiohttp"}
     for r in rows:
-        ratio = (f"{base[r['pods']] / r['cpu_us_per_poll']:>11.2f}x"
-                 if r["pods"] in base and r["cpu_us_per_poll"] else f"{'-':>12}")
-        print(f"{r['pods']:>5}  {r['contender']:<8}{r['polls_per_s']:>9.0f}"
-              f"{r['cpu_us_per_poll']:>9.0f}µs{r['core_share_nominal'] * 100:>13.1f}%"
-              f"{r['core_share_measured'] * 100:>12.1f}%{ratio}")
+        ratio = (
+            f"{base[r['pods']] / r['cpu_us_per_poll']:>11.2f}x"
+            if r["pods"] in base and r["cpu_us_per_poll"]
+            else f"{'-':>12}"
+        )
+        print(
+            f"{r['pods']:>5}  {r['contender']:<8}{r['polls_per_s']:>9.0f}"
+            f"{r['cpu_us_per_poll']:>9.0f}µs{r['core_share_nominal'] * 100:>13.1f}%"
+            f"{r['core_share_measured'] * 100:>12.1f}%{ratio}"
+        )
 
 
 # -- part 2: the request path ---------------------------------------------------------------
@@ -379,20 +433,39 @@ async def drive_requests(grpc_port: int, rps: float, seconds: float) -> list[flo
         ProtocolConfiguration,
     )
 
-    body = json.dumps({"model": MODEL, "messages": [
-        {"role": "user", "content": "Say something about scraping. " * 40}]}).encode()
+    body = json.dumps(
+        {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "Say something about scraping. " * 40}],
+        }
+    ).encode()
     headers = ProcessingRequest(
-        request_headers=HttpHeaders(headers=HeaderMap(headers=[
-            HeaderValue(key=k, raw_value=v.encode()) for k, v in (
-                (":method", "POST"), (":path", "/v1/chat/completions"),
-                (":authority", "gw"), ("content-type", "application/json"),
-                ("content-length", str(len(body))), ("x-request-id", "bench"))])),
-        protocol_config=ProtocolConfiguration(request_body_mode=ProcessingMode.BUFFERED,
-                                              response_body_mode=ProcessingMode.NONE))
+        request_headers=HttpHeaders(
+            headers=HeaderMap(
+                headers=[
+                    HeaderValue(key=k, raw_value=v.encode())
+                    for k, v in (
+                        (":method", "POST"),
+                        (":path", "/v1/chat/completions"),
+                        (":authority", "gw"),
+                        ("content-type", "application/json"),
+                        ("content-length", str(len(body))),
+                        ("x-request-id", "bench"),
+                    )
+                ]
+            )
+        ),
+        protocol_config=ProtocolConfiguration(
+            request_body_mode=ProcessingMode.BUFFERED, response_body_mode=ProcessingMode.NONE
+        ),
+    )
     body_msg = ProcessingRequest(request_body=HttpBody(body=body, end_of_stream=True))
-    response_headers = ProcessingRequest(response_headers=HttpHeaders(
-        headers=HeaderMap(headers=[HeaderValue(key=":status", raw_value=b"200")]),
-        end_of_stream=True))
+    response_headers = ProcessingRequest(
+        response_headers=HttpHeaders(
+            headers=HeaderMap(headers=[HeaderValue(key=":status", raw_value=b"200")]),
+            end_of_stream=True,
+        )
+    )
     latencies: list[float] = []
     failures = 0
 
@@ -400,7 +473,8 @@ async def drive_requests(grpc_port: int, rps: float, seconds: float) -> list[flo
         call_factory = channel.stream_stream(
             "/envoy.service.ext_proc.v3.ExternalProcessor/Process",
             request_serializer=ProcessingRequest.SerializeToString,
-            response_deserializer=ProcessingResponse.FromString)
+            response_deserializer=ProcessingResponse.FromString,
+        )
 
         async def one(record: bool) -> None:
             nonlocal failures
@@ -442,20 +516,43 @@ async def drive_requests(grpc_port: int, rps: float, seconds: float) -> list[flo
     return latencies
 
 
-def run_epp(tree: Path, fleet: PodFleet, count: int, rps: float, seconds: float,
-            settle_s: float, extra_args: list[str]) -> dict[str, Any]:
+def run_epp(
+    tree: Path,
+    fleet: PodFleet,
+    count: int,
+    rps: float,
+    seconds: float,
+    settle_s: float,
+    extra_args: list[str],
+) -> dict[str, Any]:
     from epp.stack import free_port
 
     grpc_port, metrics_port = free_port(), free_port()
-    argv = [sys.executable, "-m", "epp", "serve", "--grpc-host", "127.0.0.1",
-            "--grpc-port", str(grpc_port), "--grpc-health-port", "0",
-            "--metrics-host", "127.0.0.1", "--metrics-port", str(metrics_port),
-            "--log-level", "warning", *extra_args]
+    argv = [
+        sys.executable,
+        "-m",
+        "epp",
+        "serve",
+        "--grpc-host",
+        "127.0.0.1",
+        "--grpc-port",
+        str(grpc_port),
+        "--grpc-health-port",
+        "0",
+        "--metrics-host",
+        "127.0.0.1",
+        "--metrics-port",
+        str(metrics_port),
+        "--log-level",
+        "warning",
+        *extra_args,
+    ]
     for address in fleet.addresses[:count]:
         argv += ["--endpoint", f"{address}={MODEL}"]
     env = {**os.environ, "PYTHONPATH": str(tree)}
-    process = subprocess.Popen(argv, env=env, cwd=tree, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        argv, env=env, cwd=tree, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     try:
         _wait_http(f"http://127.0.0.1:{metrics_port}/metrics", 30.0)
         time.sleep(settle_s)  # every pod scraped, polls spread out
@@ -490,30 +587,41 @@ def part_requests(args: argparse.Namespace, trees: dict[str, Path]) -> list[dict
                 order.reverse()
             for name, count in order:
                 extra = args.epp_args.split() if name == "new" else []
-                run = run_epp(trees[name], fleet, count, args.rps, args.request_s, args.warmup_s,
-                              extra)
+                run = run_epp(
+                    trees[name], fleet, count, args.rps, args.request_s, args.warmup_s, extra
+                )
                 runs.setdefault((name, count), []).append(run)
-                print(f"  epp {name:<6} {count:>4} pods round {round_ + 1}: p50 "
-                      f"{run['p50_ms']:.2f} ms  p99 {run['p99_ms']:.2f} ms  "
-                      f"epp CPU {run['epp_core_share'] * 100:.0f} %", flush=True)
+                print(
+                    f"  epp {name:<6} {count:>4} pods round {round_ + 1}: p50 "
+                    f"{run['p50_ms']:.2f} ms  p99 {run['p99_ms']:.2f} ms  "
+                    f"epp CPU {run['epp_core_share'] * 100:.0f} %",
+                    flush=True,
+                )
     finally:
         fleet.close()
     for (name, count), results in runs.items():
-        rows.append({
-            "epp": name, "pods": count, "pod_server": kind, "rps": args.rps,
-            "requests": sum(r["requests"] for r in results),
-            "p50_ms": statistics.median(r["p50_ms"] for r in results),
-            "p99_ms": statistics.median(r["p99_ms"] for r in results),
-            "epp_core_share": statistics.median(r["epp_core_share"] for r in results),
-            "rounds": len(results),
-        })
+        rows.append(
+            {
+                "epp": name,
+                "pods": count,
+                "pod_server": kind,
+                "rps": args.rps,
+                "requests": sum(r["requests"] for r in results),
+                "p50_ms": statistics.median(r["p50_ms"] for r in results),
+                "p99_ms": statistics.median(r["p99_ms"] for r in results),
+                "epp_core_share": statistics.median(r["epp_core_share"] for r in results),
+                "rounds": len(results),
+            }
+        )
     return rows
 
 
 def print_request_table(rows: list[dict[str, Any]]) -> None:
     print()
-    header = (f"{'epp':<8}{'pods':>5}{'requests':>10}{'p50 ms':>9}{'p99 ms':>9}"
-              f"{'epp CPU %':>11}{'p99 vs fewest pods':>20}")
+    header = (
+        f"{'epp':<8}{'pods':>5}{'requests':>10}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'epp CPU %':>11}{'p99 vs fewest pods':>20}"
+    )
     print(header)
     print("-" * len(header))
     fewest = {}
@@ -522,8 +630,10 @@ def print_request_table(rows: list[dict[str, Any]]) -> None:
             fewest[r["epp"]] = r
     for r in rows:
         ratio = r["p99_ms"] / fewest[r["epp"]]["p99_ms"]
-        print(f"{r['epp']:<8}{r['pods']:>5}{r['requests']:>10}{r['p50_ms']:>9.2f}"
-              f"{r['p99_ms']:>9.2f}{r['epp_core_share'] * 100:>10.1f}%{ratio:>19.2f}x")
+        print(
+            f"{r['epp']:<8}{r['pods']:>5}{r['requests']:>10}{r['p50_ms']:>9.2f}"
+            f"{r['p99_ms']:>9.2f}{r['epp_core_share'] * 100:>10.1f}%{ratio:>19.2f}x"
+        )
 
 
 # -- main ---------------------------------------------------------------------------------
@@ -538,47 +648,67 @@ def main() -> None:
         serve_fast_pods(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "busy")
         return
     if len(sys.argv) > 1 and sys.argv[1] == "_scrape":
-        scrape_child(sys.argv[2], sys.argv[5].split(","), float(sys.argv[3]),
-                     float(sys.argv[4]))
+        scrape_child(sys.argv[2], sys.argv[5].split(","), float(sys.argv[3]), float(sys.argv[4]))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pods", type=_ints, default=[8, 64, 256])
     parser.add_argument("--request-pods", type=_ints, default=[8, 256])
     parser.add_argument("--pod-server", choices=("fast", "idle", "sim"), default="fast")
-    parser.add_argument("--request-pod-server", choices=("fast", "idle", "sim"), default=None,
-                        help="the pod server of part 2 (default: --pod-server); with idle, "
-                             "only the pods epp routes to have work (its own in-flight)")
+    parser.add_argument(
+        "--request-pod-server",
+        choices=("fast", "idle", "sim"),
+        default=None,
+        help="the pod server of part 2 (default: --pod-server); with idle, "
+        "only the pods epp routes to have work (its own in-flight)",
+    )
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--warmup-s", type=float, default=2.0)
     parser.add_argument("--window-s", type=float, default=5.0)
     parser.add_argument("--rps", type=float, default=50.0)
     parser.add_argument("--request-s", type=float, default=10.0)
-    parser.add_argument("--before-tree", type=Path, default=None,
-                        help="another checkout to run as contender HEAD (git worktree add)")
-    parser.add_argument("--contenders", default="aiohttp,http1,HEAD",
-                        help="which scrape contenders to run (part 1), comma-separated")
-    parser.add_argument("--epp-args", default="",
-                        help="extra `epp serve` flags for this tree's epp in part 2")
+    parser.add_argument(
+        "--before-tree",
+        type=Path,
+        default=None,
+        help="another checkout to run as contender HEAD (git worktree add)",
+    )
+    parser.add_argument(
+        "--contenders",
+        default="aiohttp,http1,HEAD",
+        help="which scrape contenders to run (part 1), comma-separated",
+    )
+    parser.add_argument(
+        "--epp-args", default="", help="extra `epp serve` flags for this tree's epp in part 2"
+    )
     parser.add_argument("--skip-scrape", action="store_true")
     parser.add_argument("--skip-requests", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
-    contenders: dict[str, tuple[Path, str]] = {"aiohttp": (ROOT, "aiohttp"),
-                                               "http1": (ROOT, "http1")}
+    contenders: dict[str, tuple[Path, str]] = {
+        "aiohttp": (ROOT, "aiohttp"),
+        "http1": (ROOT, "http1"),
+    }
     trees = {"new": ROOT}
     if args.before_tree is not None:
         contenders["HEAD"] = (args.before_tree.resolve(), "default")
         trees["HEAD"] = args.before_tree.resolve()
     wanted = set(args.contenders.split(","))
     contenders = {name: c for name, c in contenders.items() if name in wanted}
-    print(f"pod server {args.pod_server} (requests: {args.request_pod_server or args.pod_server}); "
-          f"{args.rounds} rounds; Python "
-          f"{platform.python_version()}; {os.cpu_count()} CPUs", flush=True)
+    print(
+        f"pod server {args.pod_server} (requests: {args.request_pod_server or args.pod_server}); "
+        f"{args.rounds} rounds; Python "
+        f"{platform.python_version()}; {os.cpu_count()} CPUs",
+        flush=True,
+    )
     report: dict[str, Any] = {
-        "benchmark": "scrape_fleet", "python": platform.python_version(),
-        "cpus": os.cpu_count(), "interval_s": INTERVAL_S, "pod_server": args.pod_server,
-        "warmup_s": args.warmup_s, "window_s": args.window_s,
+        "benchmark": "scrape_fleet",
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "interval_s": INTERVAL_S,
+        "pod_server": args.pod_server,
+        "warmup_s": args.warmup_s,
+        "window_s": args.window_s,
         "before_tree": str(args.before_tree) if args.before_tree else None,
     }
     if not args.skip_scrape:

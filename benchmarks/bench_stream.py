@@ -53,9 +53,16 @@ from epp.scheduling.scheduler import build_scheduler, default_scheduler_config  
 
 RESULTS = ROOT / "benchmarks" / "results" / "stream.json"
 FULL_DUPLEX = ProcessingMode.FULL_DUPLEX_STREAMED
-HEADERS = ((":method", "POST"), (":path", "/v1/chat/completions"),
-           ("content-type", "application/json"), ("x-request-id", "bench"), ("host", "gw"),
-           ("user-agent", "bench"), ("accept", "*/*"), ("content-length", "13000"))
+HEADERS = (
+    (":method", "POST"),
+    (":path", "/v1/chat/completions"),
+    ("content-type", "application/json"),
+    ("x-request-id", "bench"),
+    ("host", "gw"),
+    ("user-agent", "bench"),
+    ("accept", "*/*"),
+    ("content-length", "13000"),
+)
 SSE_CHUNK = b'data: {"choices":[{"delta":{"content":"hello world"}}]}\n\n' * 8
 
 
@@ -67,19 +74,35 @@ def request_messages(n: int, repeat: int = 1000) -> list[bytes]:
 
     ``repeat`` 1000 gives a ~10 KB body in one chunk; 44,000 a ~400 KB one in 64 KB chunks.
     """
-    body = orjson.dumps({"model": "m", "stream": True, "messages": [
-        {"role": "system", "content": f"prefix {n % 16} " * repeat},
-        {"role": "user", "content": f"question {n}"}]})
-    chunks = [body[i:i + BODY_CHUNK] for i in range(0, len(body), BODY_CHUNK)]
+    body = orjson.dumps(
+        {
+            "model": "m",
+            "stream": True,
+            "messages": [
+                {"role": "system", "content": f"prefix {n % 16} " * repeat},
+                {"role": "user", "content": f"question {n}"},
+            ],
+        }
+    )
+    chunks = [body[i : i + BODY_CHUNK] for i in range(0, len(body), BODY_CHUNK)]
     headers = HeaderMap(headers=[HeaderValue(key=k, raw_value=v.encode()) for k, v in HEADERS])
-    status = HeaderMap(headers=[HeaderValue(key=":status", raw_value=b"200"),
-                                HeaderValue(key="content-type", raw_value=b"text/event-stream")])
+    status = HeaderMap(
+        headers=[
+            HeaderValue(key=":status", raw_value=b"200"),
+            HeaderValue(key="content-type", raw_value=b"text/event-stream"),
+        ]
+    )
     messages = [
-        ProcessingRequest(request_headers=HttpHeaders(headers=headers),
-                          protocol_config=ProtocolConfiguration(
-                              request_body_mode=FULL_DUPLEX, response_body_mode=FULL_DUPLEX)),
-        *(ProcessingRequest(request_body=HttpBody(body=chunk, end_of_stream=i == len(chunks) - 1))
-          for i, chunk in enumerate(chunks)),
+        ProcessingRequest(
+            request_headers=HttpHeaders(headers=headers),
+            protocol_config=ProtocolConfiguration(
+                request_body_mode=FULL_DUPLEX, response_body_mode=FULL_DUPLEX
+            ),
+        ),
+        *(
+            ProcessingRequest(request_body=HttpBody(body=chunk, end_of_stream=i == len(chunks) - 1))
+            for i, chunk in enumerate(chunks)
+        ),
         ProcessingRequest(response_headers=HttpHeaders(headers=status)),
         *(ProcessingRequest(response_body=HttpBody(body=SSE_CHUNK)) for _ in range(12)),
         ProcessingRequest(response_body=HttpBody(body=b"data: [DONE]\n\n")),
@@ -128,16 +151,23 @@ def main() -> None:
             started = time.process_time()
             run_requests(director, requests * per_round)
             per_request_us.append(
-                (time.process_time() - started) / (per_round * len(requests)) * 1e6)
-        body_bytes = sum(len(ProcessingRequest.FromString(raw).request_body.body)
-                         for raw in requests[0])
-        case = {"body_bytes": body_bytes,
-                "cpu_us_per_request_median": statistics.median(per_request_us),
-                "cpu_us_per_request_min": min(per_request_us), "rounds": per_request_us}
+                (time.process_time() - started) / (per_round * len(requests)) * 1e6
+            )
+        body_bytes = sum(
+            len(ProcessingRequest.FromString(raw).request_body.body) for raw in requests[0]
+        )
+        case = {
+            "body_bytes": body_bytes,
+            "cpu_us_per_request_median": statistics.median(per_request_us),
+            "cpu_us_per_request_min": min(per_request_us),
+            "rounds": per_request_us,
+        }
         report[label] = case
-        print(f"{label} body ({body_bytes} bytes): epp CPU per request on the stream: median "
-              f"{case['cpu_us_per_request_median']:.1f} us, min "
-              f"{case['cpu_us_per_request_min']:.1f} us ({args.rounds} rounds)")
+        print(
+            f"{label} body ({body_bytes} bytes): epp CPU per request on the stream: median "
+            f"{case['cpu_us_per_request_median']:.1f} us, min "
+            f"{case['cpu_us_per_request_min']:.1f} us ({args.rounds} rounds)"
+        )
     if args.profile:
         return
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

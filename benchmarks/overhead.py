@@ -47,17 +47,22 @@ TARGETS = ("direct", "envoy", "envoy+noop", "envoy+fixed", "envoy+epp")
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each wrk run")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per target")
     parser.add_argument("--prompt-chars", type=int, default=4000, help="chat prompt size")
     parser.add_argument("--connections", type=int, default=32, help="for the throughput runs")
-    parser.add_argument("--response-body-mode", choices=RESPONSE_BODY_MODES,
-                        default="FULL_DUPLEX_STREAMED",
-                        help="ext_proc response_body_mode of every processor path")
-    parser.add_argument("--epp-log-level", default="info",
-                        choices=("debug", "info", "warning", "error"))
+    parser.add_argument(
+        "--response-body-mode",
+        choices=RESPONSE_BODY_MODES,
+        default="FULL_DUPLEX_STREAMED",
+        help="ext_proc response_body_mode of every processor path",
+    )
+    parser.add_argument(
+        "--epp-log-level", default="info", choices=("debug", "info", "warning", "error")
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("overhead.py needs wrk: apt-get install wrk", file=sys.stderr)
@@ -66,14 +71,25 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="epp-bench-"))
     processes: list[ManagedProcess] = []
     try:
-        urls = start_stack(work, processes, response_body_mode=args.response_body_mode,
-                           epp_log_level=args.epp_log_level)
-        body = json.dumps({
-            "model": MODEL, "max_tokens": 1,
-            "messages": [{"role": "system", "content": "You are a helpful assistant."},
-                         {"role": "user", "content": ("lorem ipsum " * args.prompt_chars)
-                          [: args.prompt_chars]}],
-        })
+        urls = start_stack(
+            work,
+            processes,
+            response_body_mode=args.response_body_mode,
+            epp_log_level=args.epp_log_level,
+        )
+        body = json.dumps(
+            {
+                "model": MODEL,
+                "max_tokens": 1,
+                "messages": [
+                    {"role": "system", "content": "You are a helpful assistant."},
+                    {
+                        "role": "user",
+                        "content": ("lorem ipsum " * args.prompt_chars)[: args.prompt_chars],
+                    },
+                ],
+            }
+        )
         (work / "body.json").write_text(body)
         script = work / "post.lua"
         script.write_text(
@@ -85,12 +101,12 @@ def main() -> int:
             wrk(url, script, connections=4, seconds=1.0)
         samples: dict[str, dict[str, list[float]]] = {
             t: {"p50_ms": [], "p99_ms": [], "seq_rps": [], "max_rps": [], "errors": []}
-            for t in TARGETS}
+            for t in TARGETS
+        }
         for round_index in range(args.rounds):
             for target in TARGETS:
                 latency = wrk(urls[target], script, connections=1, seconds=args.seconds)
-                load = wrk(urls[target], script, connections=args.connections,
-                           seconds=args.seconds)
+                load = wrk(urls[target], script, connections=args.connections, seconds=args.seconds)
                 row = samples[target]
                 row["p50_ms"].append(latency["p50_ms"])
                 row["p99_ms"].append(latency["p99_ms"])
@@ -105,19 +121,33 @@ def main() -> int:
     summary = {t: {k: statistics.median(v) for k, v in samples[t].items()} for t in TARGETS}
     print_table(summary, body_bytes=len(body), connections=args.connections)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "body_bytes": len(body), "seconds": args.seconds, "rounds": args.rounds,
-        "connections": args.connections, "response_body_mode": args.response_body_mode,
-        "epp_log_level": args.epp_log_level, "median": summary, "samples": samples,
-    }, indent=2))
+    RESULTS.write_text(
+        json.dumps(
+            {
+                "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "body_bytes": len(body),
+                "seconds": args.seconds,
+                "rounds": args.rounds,
+                "connections": args.connections,
+                "response_body_mode": args.response_body_mode,
+                "epp_log_level": args.epp_log_level,
+                "median": summary,
+                "samples": samples,
+            },
+            indent=2,
+        )
+    )
     print(f"\nwrote {RESULTS}")
     return 0
 
 
-def start_stack(work: Path, processes: list[ManagedProcess], *,
-                response_body_mode: str = "FULL_DUPLEX_STREAMED",
-                epp_log_level: str = "info") -> dict[str, str]:
+def start_stack(
+    work: Path,
+    processes: list[ManagedProcess],
+    *,
+    response_body_mode: str = "FULL_DUPLEX_STREAMED",
+    epp_log_level: str = "info",
+) -> dict[str, str]:
     pods = [f"127.0.0.1:{free_port()}" for _ in range(3)]
     sim_args = ["sim", "--time-scale", "0", "--max-num-seqs", "256"]
     for pod in pods:
@@ -128,10 +158,21 @@ def start_stack(work: Path, processes: list[ManagedProcess], *,
         sim.wait_http(f"http://{pod}/health")
 
     epp_port, epp_metrics = free_port(), free_port()
-    epp_args = ["serve", "--grpc-host", "127.0.0.1", "--grpc-port", str(epp_port),
-                "--grpc-health-port", "0",
-                "--metrics-host", "127.0.0.1", "--metrics-port", str(epp_metrics),
-                "--log-level", epp_log_level]
+    epp_args = [
+        "serve",
+        "--grpc-host",
+        "127.0.0.1",
+        "--grpc-port",
+        str(epp_port),
+        "--grpc-health-port",
+        "0",
+        "--metrics-host",
+        "127.0.0.1",
+        "--metrics-port",
+        str(epp_metrics),
+        "--log-level",
+        epp_log_level,
+    ]
     for pod in pods:
         epp_args += ["--endpoint", f"{pod}={MODEL}"]
     epp = start_epp_module("epp", epp_args, log_dir=work)
@@ -140,17 +181,23 @@ def start_stack(work: Path, processes: list[ManagedProcess], *,
 
     script = str(Path(__file__).parent / "noop_processor.py")
     noop_port, fixed_port = free_port(), free_port()
-    for name, port, extra in (("noop", noop_port, []),
-                              ("fixed", fixed_port, ["--destination", pods[0], "--model", MODEL])):
+    for name, port, extra in (
+        ("noop", noop_port, []),
+        ("fixed", fixed_port, ["--destination", pods[0], "--model", MODEL]),
+    ):
         baseline = ManagedProcess(name, [sys.executable, script, str(port), *extra], log_dir=work)
         processes.append(baseline)
         baseline.wait_until(lambda port=port: port_open(port), timeout_s=20, what=name)
 
     admin = free_port()
     listen = {target: free_port() for target in TARGETS if target != "direct"}
-    bootstrap = merged_bootstrap(admin, listen, pods[0],
-                                 {"noop": noop_port, "fixed": fixed_port, "epp": epp_port},
-                                 response_body_mode=response_body_mode)
+    bootstrap = merged_bootstrap(
+        admin,
+        listen,
+        pods[0],
+        {"noop": noop_port, "fixed": fixed_port, "epp": epp_port},
+        response_body_mode=response_body_mode,
+    )
     processes.append(start_envoy(bootstrap, admin_port=admin, log_dir=work))
     urls = {"direct": f"http://{pods[0]}/v1/chat/completions"}
     for target, port in listen.items():
@@ -158,12 +205,20 @@ def start_stack(work: Path, processes: list[ManagedProcess], *,
     return urls
 
 
-def merged_bootstrap(admin: int, listen: dict[str, int], pod: str,
-                     processors: dict[str, int], *,
-                     response_body_mode: str = "FULL_DUPLEX_STREAMED") -> dict[str, Any]:
+def merged_bootstrap(
+    admin: int,
+    listen: dict[str, int],
+    pod: str,
+    processors: dict[str, int],
+    *,
+    response_body_mode: str = "FULL_DUPLEX_STREAMED",
+) -> dict[str, Any]:
     """One Envoy, one listener per path, each with its own processor cluster."""
-    merged = envoy_bootstrap(EnvoyPorts(listen_port=listen["envoy"], admin_port=admin),
-                             ext_proc=False, static_upstream=pod)
+    merged = envoy_bootstrap(
+        EnvoyPorts(listen_port=listen["envoy"], admin_port=admin),
+        ext_proc=False,
+        static_upstream=pod,
+    )
     resources = merged["static_resources"]
     for name, port in processors.items():
         other = envoy_bootstrap(
@@ -174,8 +229,9 @@ def merged_bootstrap(admin: int, listen: dict[str, int], pod: str,
         rename(other, name)
         resources["listeners"] += other["static_resources"]["listeners"]
         known = {c["name"] for c in resources["clusters"]}
-        resources["clusters"] += [c for c in other["static_resources"]["clusters"]
-                                  if c["name"] not in known]
+        resources["clusters"] += [
+            c for c in other["static_resources"]["clusters"] if c["name"] not in known
+        ]
     return merged
 
 
@@ -206,9 +262,19 @@ _UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 def wrk(url: str, script: Path, *, connections: int, seconds: float) -> dict[str, float]:
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency",
-         "-s", str(script), url],
-        capture_output=True, text=True, check=True,
+        [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{max(1, round(seconds))}s",
+            "--latency",
+            "-s",
+            str(script),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     percentiles = dict(re.findall(r"^\s+(50|99)%\s+([\d.]+\w+)", out, re.MULTILINE))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
@@ -228,23 +294,27 @@ def to_ms(text: str) -> float:
     return float(value) * _UNITS_MS[unit]
 
 
-def print_table(summary: dict[str, dict[str, float]], *, body_bytes: int,
-                connections: int) -> None:
+def print_table(summary: dict[str, dict[str, float]], *, body_bytes: int, connections: int) -> None:
     print(f"\nPOST /v1/chat/completions, {body_bytes}-byte body; medians over rounds\n")
-    print(f"| path | p50 ms | p99 ms | sequential req/s | max req/s ({connections} conns) "
-          "| non-2xx |")
+    print(
+        f"| path | p50 ms | p99 ms | sequential req/s | max req/s ({connections} conns) | non-2xx |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for target in TARGETS:
         row = summary[target]
-        print(f"| {target} | {row['p50_ms']:.3f} | {row['p99_ms']:.3f} | {row['seq_rps']:.0f} "
-              f"| {row['max_rps']:.0f} | {row['errors']:.0f} |")
+        print(
+            f"| {target} | {row['p50_ms']:.3f} | {row['p99_ms']:.3f} | {row['seq_rps']:.0f} "
+            f"| {row['max_rps']:.0f} | {row['errors']:.0f} |"
+        )
     epp = summary["envoy+epp"]
     print()
     for baseline in ("envoy+noop", "envoy+fixed"):
         base = summary[baseline]
-        print(f"epp over {baseline}: p50 {epp['p50_ms'] - base['p50_ms']:+.3f} ms, "
-              f"p99 {epp['p99_ms'] - base['p99_ms']:+.3f} ms, "
-              f"max req/s {100 * epp['max_rps'] / base['max_rps']:.0f} % of its")
+        print(
+            f"epp over {baseline}: p50 {epp['p50_ms'] - base['p50_ms']:+.3f} ms, "
+            f"p99 {epp['p99_ms'] - base['p99_ms']:+.3f} ms, "
+            f"max req/s {100 * epp['max_rps'] / base['max_rps']:.0f} % of its"
+        )
     print("targets (over envoy+noop): p50 added <= 0.300 ms, max req/s >= 80 %")
 
 

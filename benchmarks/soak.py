@@ -54,6 +54,7 @@ __all__ = ["PlannedFault", "SoakConfig", "main", "parse_duration", "plan"]
 
 RESULTS = Path(__file__).resolve().parent / "results"
 _POLL_S = 0.05
+FILE_ACCESS_LOG = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,14 +97,18 @@ def plan(config: SoakConfig) -> list[PlannedFault]:
     """
     warmup = config.warmup
     active = config.duration_s - 2 * warmup
-    kills = config.kills if config.kills is not None else max(
-        config.pods, int(active // config.kill_interval_s))
+    kills = (
+        config.kills
+        if config.kills is not None
+        else max(config.pods, int(active // config.kill_interval_s))
+    )
     slots = kills + 1
     spacing = active / slots if active > 0 else 0.0
     if spacing < config.down_s + 2.0:
         raise ValueError(
             f"{kills} pod kills and an epp restart do not fit in {config.duration_s:.0f}s "
-            f"with {config.down_s:.0f}s down each: make the run longer or use fewer --kills")
+            f"with {config.down_s:.0f}s down each: make the run longer or use fewer --kills"
+        )
     epp_slot = slots // 2
     faults: list[PlannedFault] = []
     pod = 0
@@ -138,9 +143,11 @@ def stable_port() -> int:
     """
     with contextlib.suppress(OSError, ValueError):
         low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-        candidates = [p for p in random.sample(range(10_000, max(10_000, low)),
-                                               min(200, max(0, low - 10_000)))
-                      if p not in _HANDED_OUT]
+        candidates = [
+            p
+            for p in random.sample(range(10_000, max(10_000, low)), min(200, max(0, low - 10_000)))
+            if p not in _HANDED_OUT
+        ]
         for port in candidates:
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
                 try:
@@ -170,8 +177,9 @@ def vm_rss_kib(pid: int) -> int | None:
 class Stack:
     """Envoy, epp and one ``epp sim`` process per pod; knows how to kill and restart them."""
 
-    def __init__(self, config: SoakConfig, log_dir: Path,
-                 sim_args: Sequence[str], epp_args: Sequence[str]) -> None:
+    def __init__(
+        self, config: SoakConfig, log_dir: Path, sim_args: Sequence[str], epp_args: Sequence[str]
+    ) -> None:
         self.config = config
         self.log_dir = log_dir
         self.sim_args = list(sim_args)
@@ -179,10 +187,22 @@ class Stack:
         self.pod_procs: list[ManagedProcess | None] = [None] * config.pods
         self._pod_starts = [0] * config.pods
         self.grpc_port, self.metrics_port = stable_port(), stable_port()
-        self.epp_argv = ["serve", "--grpc-host", "127.0.0.1", "--grpc-port", str(self.grpc_port),
-                         "--grpc-health-port", "0", "--metrics-host", "127.0.0.1",
-                         "--metrics-port", str(self.metrics_port), "--log-format", "json",
-                         *epp_args]
+        self.epp_argv = [
+            "serve",
+            "--grpc-host",
+            "127.0.0.1",
+            "--grpc-port",
+            str(self.grpc_port),
+            "--grpc-health-port",
+            "0",
+            "--metrics-host",
+            "127.0.0.1",
+            "--metrics-port",
+            str(self.metrics_port),
+            "--log-format",
+            "json",
+            *epp_args,
+        ]
         for pod in self.pods:
             self.epp_argv += ["--endpoint", f"{pod}={config.model}"]
         self.epp: ManagedProcess | None = None
@@ -203,8 +223,9 @@ class Stack:
         epp = self._spawn_epp()
         epp.wait_http(f"http://127.0.0.1:{self.metrics_port}/readyz")
         epp.wait_until(self._all_pods_ready, timeout_s=30, what="every pod ready in epp")
-        ports = EnvoyPorts(listen_port=stable_port(), admin_port=stable_port(),
-                           epp_port=self.grpc_port)
+        ports = EnvoyPorts(
+            listen_port=stable_port(), admin_port=stable_port(), epp_port=self.grpc_port
+        )
         bootstrap = envoy_bootstrap(ports)
         _add_access_log(bootstrap, self.access_log)
         self.envoy = start_envoy(bootstrap, admin_port=ports.admin_port, log_dir=self.log_dir)
@@ -228,8 +249,9 @@ class Stack:
 
     def _spawn_epp(self) -> ManagedProcess:
         self.epp_incarnation += 1
-        self.epp = start_epp_module(f"epp-{self.epp_incarnation}", self.epp_argv,
-                                    log_dir=self.log_dir)
+        self.epp = start_epp_module(
+            f"epp-{self.epp_incarnation}", self.epp_argv, log_dir=self.log_dir
+        )
         return self.epp
 
     async def kill_pod(self, n: int) -> None:
@@ -266,8 +288,9 @@ class Stack:
 
     async def start_epp(self, client: httpx.AsyncClient) -> str | None:
         epp = self._spawn_epp()
-        problem = await _wait_http(client, f"http://127.0.0.1:{self.metrics_port}/readyz",
-                                   epp, 60.0)
+        problem = await _wait_http(
+            client, f"http://127.0.0.1:{self.metrics_port}/readyz", epp, 60.0
+        )
         if problem is None:
             self.expected_down.discard("epp")
         return problem
@@ -275,8 +298,10 @@ class Stack:
     def crashed(self) -> list[tuple[str, str]]:
         """Processes that exited without the soak stopping them: (name, status and log)."""
         found: list[tuple[str, str]] = []
-        watched: list[tuple[str, ManagedProcess | None]] = [("envoy", self.envoy),
-                                                            ("epp", self.epp)]
+        watched: list[tuple[str, ManagedProcess | None]] = [
+            ("envoy", self.envoy),
+            ("epp", self.epp),
+        ]
         watched += list(zip(self.pods, self.pod_procs, strict=True))
         for name, proc in watched:
             if proc is None or name in self.expected_down:
@@ -304,22 +329,30 @@ def _add_access_log(bootstrap: dict[str, Any], path: Path) -> None:
     """One JSON line per request: the soak's id, the upstream Envoy chose, how it ended."""
     listener = bootstrap["static_resources"]["listeners"][0]
     hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
-    hcm["access_log"] = [{
-        "name": "envoy.access_loggers.file",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
-            "path": str(path),
-            "log_format": {"json_format": {
-                "id": "%REQ(X-SOAK-ID)%", "upstream": "%UPSTREAM_HOST%",
-                "status": "%RESPONSE_CODE%", "flags": "%RESPONSE_FLAGS%",
-                "details": "%RESPONSE_CODE_DETAILS%", "request_id": "%REQ(X-REQUEST-ID)%",
-            }},
-        },
-    }]
+    hcm["access_log"] = [
+        {
+            "name": "envoy.access_loggers.file",
+            "typed_config": {
+                "@type": FILE_ACCESS_LOG,
+                "path": str(path),
+                "log_format": {
+                    "json_format": {
+                        "id": "%REQ(X-SOAK-ID)%",
+                        "upstream": "%UPSTREAM_HOST%",
+                        "status": "%RESPONSE_CODE%",
+                        "flags": "%RESPONSE_FLAGS%",
+                        "details": "%RESPONSE_CODE_DETAILS%",
+                        "request_id": "%REQ(X-REQUEST-ID)%",
+                    }
+                },
+            },
+        }
+    ]
 
 
-async def _wait_http(client: httpx.AsyncClient, url: str, proc: ManagedProcess,
-                     timeout_s: float) -> str | None:
+async def _wait_http(
+    client: httpx.AsyncClient, url: str, proc: ManagedProcess, timeout_s: float
+) -> str | None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.process.poll() is not None:
@@ -357,12 +390,12 @@ class Soak:
             loop.add_signal_handler(sig, self.stopping.set)
         limits = httpx.Limits(max_connections=1024, max_keepalive_connections=128)
         timeout = httpx.Timeout(self.config.request_timeout_s, connect=5.0)
-        async with httpx.AsyncClient(base_url=self.stack.url, limits=limits,
-                                     timeout=timeout) as client, \
-                httpx.AsyncClient() as control:
+        async with (
+            httpx.AsyncClient(base_url=self.stack.url, limits=limits, timeout=timeout) as client,
+            httpx.AsyncClient() as control,
+        ):
             self.t0 = time.monotonic()
-            side = [asyncio.create_task(self._faults(control)),
-                    asyncio.create_task(self._sample())]
+            side = [asyncio.create_task(self._faults(control)), asyncio.create_task(self._sample())]
             await self._load(client)
             end = self.now()
             for task in side:
@@ -389,8 +422,9 @@ class Soak:
                     await asyncio.wait_for(self.stopping.wait(), delay)
                 continue
             stream = math.floor((n + 1) * config.stream_share) > math.floor(n * config.stream_share)
-            record = RequestRecord(index=n, request_id=f"soak-{self._tag}-{n}", stream=stream,
-                                   sent_s=0.0)
+            record = RequestRecord(
+                index=n, request_id=f"soak-{self._tag}-{n}", stream=stream, sent_s=0.0
+            )
             self.records.append(record)
             task = asyncio.create_task(self._request(client, record))
             tasks.add(task)
@@ -415,8 +449,12 @@ class Soak:
         failed = sum(1 for r in done if not r.ok)
         epp = self.samples[-1].epp_kib if self.samples else None
         rss = "-" if epp is None else f"{epp / 1024:.0f} MiB"
-        print(f"soak: {self.now():.0f}s sent {len(self.records)}, done {len(done)}, "
-              f"failed {failed}, epp RSS {rss}", file=sys.stderr, flush=True)
+        print(
+            f"soak: {self.now():.0f}s sent {len(self.records)}, done {len(done)}, "
+            f"failed {failed}, epp RSS {rss}",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def _body(self, record: RequestRecord) -> bytes:
         tokens = self.config.prompt_bytes // BYTES_PER_TOKEN
@@ -433,12 +471,16 @@ class Soak:
 
     async def _request(self, client: httpx.AsyncClient, record: RequestRecord) -> None:
         body = self._body(record)
-        headers = {"content-type": "application/json", "x-request-id": record.request_id,
-                   "x-soak-id": record.request_id}
+        headers = {
+            "content-type": "application/json",
+            "x-request-id": record.request_id,
+            "x-soak-id": record.request_id,
+        }
         record.sent_s = self.now()
         try:
-            async with client.stream("POST", "/v1/chat/completions", content=body,
-                                     headers=headers) as response:
+            async with client.stream(
+                "POST", "/v1/chat/completions", content=body, headers=headers
+            ) as response:
                 record.headers_s = self.now()
                 record.status = response.status_code
                 record.pod = response.headers.get("x-sim-pod")
@@ -521,15 +563,17 @@ class Soak:
             if epp is not None and epp.process.poll() is None:
                 epp_kib = vm_rss_kib(epp.process.pid)
             envoy_kib = vm_rss_kib(envoy.process.pid) if envoy is not None else None
-            self.samples.append(RssSample(round(self.now(), 3), epp_kib, envoy_kib,
-                                          self.stack.epp_incarnation))
+            self.samples.append(
+                RssSample(round(self.now(), 3), epp_kib, envoy_kib, self.stack.epp_incarnation)
+            )
             for name, detail in self.stack.crashed():
                 self.event("crash", name, detail)
             await asyncio.sleep(self.config.rss_interval_s)
 
 
-def routed_to(access_log: Path, epp_logs: Sequence[Path]) -> tuple[dict[str, str],
-                                                                    dict[str, list[str]]]:
+def routed_to(
+    access_log: Path, epp_logs: Sequence[Path]
+) -> tuple[dict[str, str], dict[str, list[str]]]:
     """The pod each request was sent to (Envoy's upstream, else epp's endpoint) and epp's
     log lines per request id."""
     pods: dict[str, str] = {}
@@ -548,8 +592,11 @@ def routed_to(access_log: Path, epp_logs: Sequence[Path]) -> tuple[dict[str, str
     with contextlib.suppress(OSError):
         for line in access_log.read_text(errors="replace").splitlines():
             entry = _json_line(line)
-            if entry and isinstance(entry.get("id"), str) and entry.get("upstream") not in (
-                    None, "", "-"):
+            if (
+                entry
+                and isinstance(entry.get("id"), str)
+                and entry.get("upstream") not in (None, "", "-")
+            ):
                 pods[entry["id"]] = str(entry["upstream"])
     return pods, lines_by_id
 
@@ -564,51 +611,102 @@ def _json_line(line: str) -> dict[str, Any] | None:
 
 def _parser() -> argparse.ArgumentParser:
     defaults = SoakConfig()
-    p = argparse.ArgumentParser(prog="python -m benchmarks.soak", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--duration", type=parse_duration, default=defaults.duration_s,
-                   help="how long the load runs (default: 30m)")
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.soak",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--duration",
+        type=parse_duration,
+        default=defaults.duration_s,
+        help="how long the load runs (default: 30m)",
+    )
     p.add_argument("--rate", type=float, default=defaults.rate, help="requests per second")
     p.add_argument("--pods", type=int, default=defaults.pods)
     p.add_argument("--prompt-bytes", type=int, default=defaults.prompt_bytes)
     p.add_argument("--max-tokens", type=int, default=defaults.max_tokens)
-    p.add_argument("--stream-share", type=float, default=defaults.stream_share,
-                   help="share of streamed requests, 0 to 1")
-    p.add_argument("--kill-interval", type=parse_duration, default=defaults.kill_interval_s,
-                   help="one pod kill per this much of the run (at least one per pod)")
+    p.add_argument(
+        "--stream-share",
+        type=float,
+        default=defaults.stream_share,
+        help="share of streamed requests, 0 to 1",
+    )
+    p.add_argument(
+        "--kill-interval",
+        type=parse_duration,
+        default=defaults.kill_interval_s,
+        help="one pod kill per this much of the run (at least one per pod)",
+    )
     p.add_argument("--kills", type=int, default=None, help="exactly this many pod kills")
-    p.add_argument("--down-for", type=parse_duration, default=defaults.down_s,
-                   help="how long a killed pod stays down")
+    p.add_argument(
+        "--down-for",
+        type=parse_duration,
+        default=defaults.down_s,
+        help="how long a killed pod stays down",
+    )
     p.add_argument("--rss-interval", type=parse_duration, default=defaults.rss_interval_s)
-    p.add_argument("--warmup", type=parse_duration, default=None,
-                   help="RSS baseline after this long (default: min(60s, 15%% of the run))")
-    p.add_argument("--rss-limit", type=float, default=defaults.rss_limit,
-                   help="fail when epp's RSS ends above this multiple of its warm-up RSS")
-    p.add_argument("--request-timeout", type=parse_duration,
-                   default=defaults.request_timeout_s)
-    p.add_argument("--sim-arg", action="append", default=[], metavar="FLAG",
-                   help="an extra `epp sim` argument (repeatable, e.g. --sim-arg=--time-scale"
-                        " --sim-arg=0.5)")
-    p.add_argument("--epp-arg", action="append", default=[], metavar="FLAG",
-                   help="an extra `epp serve` argument (repeatable)")
-    p.add_argument("--log-dir", type=Path, default=None,
-                   help="where the processes' logs go (default: a new temp dir)")
-    p.add_argument("--out", type=Path, default=None,
-                   help="the JSON report (default: benchmarks/results/soak-<timestamp>.json)")
+    p.add_argument(
+        "--warmup",
+        type=parse_duration,
+        default=None,
+        help="RSS baseline after this long (default: min(60s, 15%% of the run))",
+    )
+    p.add_argument(
+        "--rss-limit",
+        type=float,
+        default=defaults.rss_limit,
+        help="fail when epp's RSS ends above this multiple of its warm-up RSS",
+    )
+    p.add_argument("--request-timeout", type=parse_duration, default=defaults.request_timeout_s)
+    p.add_argument(
+        "--sim-arg",
+        action="append",
+        default=[],
+        metavar="FLAG",
+        help="an extra `epp sim` argument (repeatable, e.g. --sim-arg=--time-scale --sim-arg=0.5)",
+    )
+    p.add_argument(
+        "--epp-arg",
+        action="append",
+        default=[],
+        metavar="FLAG",
+        help="an extra `epp serve` argument (repeatable)",
+    )
+    p.add_argument(
+        "--log-dir",
+        type=Path,
+        default=None,
+        help="where the processes' logs go (default: a new temp dir)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="the JSON report (default: benchmarks/results/soak-<timestamp>.json)",
+    )
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     config = SoakConfig(
-        duration_s=args.duration, rate=args.rate, pods=args.pods,
-        prompt_bytes=args.prompt_bytes, max_tokens=args.max_tokens,
-        stream_share=args.stream_share, kill_interval_s=args.kill_interval, kills=args.kills,
-        down_s=args.down_for, rss_interval_s=args.rss_interval, warmup_s=args.warmup,
-        rss_limit=args.rss_limit, request_timeout_s=args.request_timeout)
+        duration_s=args.duration,
+        rate=args.rate,
+        pods=args.pods,
+        prompt_bytes=args.prompt_bytes,
+        max_tokens=args.max_tokens,
+        stream_share=args.stream_share,
+        kill_interval_s=args.kill_interval,
+        kills=args.kills,
+        down_s=args.down_for,
+        rss_interval_s=args.rss_interval,
+        warmup_s=args.warmup,
+        rss_limit=args.rss_limit,
+        request_timeout_s=args.request_timeout,
+    )
     if config.pods < 2 or config.rate <= 0 or not 0 <= config.stream_share <= 1:
-        print("soak: need --pods >= 2, --rate > 0 and --stream-share in [0, 1]",
-              file=sys.stderr)
+        print("soak: need --pods >= 2, --rate > 0 and --stream-share in [0, 1]", file=sys.stderr)
         return 2
     try:
         faults = plan(config)
@@ -621,9 +719,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     out: Path = args.out or RESULTS / f"soak-{stamp}.json"
 
     stack = Stack(config, log_dir, args.sim_arg, args.epp_arg)
-    print(f"soak: {config.duration_s:.0f}s at {config.rate} req/s, {config.pods} pods, "
-          f"{sum(f.kind == 'pod_kill' for f in faults)} pod kills, 1 epp restart; "
-          f"logs in {log_dir}", file=sys.stderr, flush=True)
+    print(
+        f"soak: {config.duration_s:.0f}s at {config.rate} req/s, {config.pods} pods, "
+        f"{sum(f.kind == 'pod_kill' for f in faults)} pod kills, 1 epp restart; "
+        f"logs in {log_dir}",
+        file=sys.stderr,
+        flush=True,
+    )
     soak = Soak(config, stack)
     try:
         try:
@@ -639,18 +741,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     pods_by_id, epp_lines = routed_to(stack.access_log, sorted(log_dir.glob("epp-*.log")))
     failed_ids = {r.request_id for r in soak.records if not r.ok}
     report_config: dict[str, Any] = {
-        **asdict(config), "warmup_s": config.warmup, "log_dir": str(log_dir),
-        "pod_addresses": stack.pods, "sim_args": args.sim_arg, "epp_args": args.epp_arg,
-        "interrupted": interrupted, "epp_final_exit": epp_exit,
-        "planned": {"pod_kills": sum(f.kind == "pod_kill" for f in faults),
-                    "epp_restarts": 1},
+        **asdict(config),
+        "warmup_s": config.warmup,
+        "log_dir": str(log_dir),
+        "pod_addresses": stack.pods,
+        "sim_args": args.sim_arg,
+        "epp_args": args.epp_arg,
+        "interrupted": interrupted,
+        "epp_final_exit": epp_exit,
+        "planned": {"pod_kills": sum(f.kind == "pod_kill" for f in faults), "epp_restarts": 1},
         "faults": [asdict(f) for f in faults],
     }
     if interrupted:
         report_config["planned"] = {"pod_kills": 0, "epp_restarts": 0}
-    report = summarize(config=report_config, records=soak.records, events=soak.events,
-                       routed_to=pods_by_id, samples=soak.samples, end_of_run_s=end_s,
-                       epp_log_lines={k: v for k, v in epp_lines.items() if k in failed_ids})
+    report = summarize(
+        config=report_config,
+        records=soak.records,
+        events=soak.events,
+        routed_to=pods_by_id,
+        samples=soak.samples,
+        end_of_run_s=end_s,
+        epp_log_lines={k: v for k, v in epp_lines.items() if k in failed_ids},
+    )
     if interrupted:
         report["passed"] = False
         report["reasons"].append("interrupted")

@@ -172,8 +172,11 @@ def classify(
 def _stats(values: Sequence[float]) -> dict[str, float | None]:
     if not values:
         return {"count": 0, "median_s": None, "max_s": None}
-    return {"count": len(values), "median_s": round(statistics.median(values), 3),
-            "max_s": round(max(values), 3)}
+    return {
+        "count": len(values),
+        "median_s": round(statistics.median(values), 3),
+        "max_s": round(max(values), 3),
+    }
 
 
 def recovery(
@@ -205,39 +208,59 @@ def recovery(
     ordered = sorted(events, key=lambda e: e.t_s)
     kills: list[dict[str, Any]] = []
     for window in pod_windows(ordered):
-        mine = [r for r, o in zip(records, outcomes, strict=True) if o == "pod_killed"
-                and (r.pod or routed_to.get(r.request_id)) == window.target
-                and window.overlaps(*_lifetime(r, end_of_run_s))]
+        mine = [
+            r
+            for r, o in zip(records, outcomes, strict=True)
+            if o == "pod_killed"
+            and (r.pod or routed_to.get(r.request_id)) == window.target
+            and window.overlaps(*_lifetime(r, end_of_run_s))
+        ]
         seen = [r.end_s if r.end_s is not None else end_of_run_s for r in mine]
-        start = next((e.t_s for e in ordered if e.kind == "pod_start"
-                      and e.target == window.target and e.t_s >= window.start_s), None)
+        start = next(
+            (
+                e.t_s
+                for e in ordered
+                if e.kind == "pod_start" and e.target == window.target and e.t_s >= window.start_s
+            ),
+            None,
+        )
         entry: dict[str, Any] = {
-            "pod": window.target, "killed_s": round(window.start_s, 3),
+            "pod": window.target,
+            "killed_s": round(window.start_s, 3),
             "restarted_s": None if start is None else round(start, 3),
             "ready_at_s": None if window.end_s is None else round(window.end_s, 3),
             "failed": len(mine),
             "in_flight_failed": sum(1 for r in mine if r.sent_s < window.start_s),
             "routed_after_kill": sum(1 for r in mine if r.sent_s >= window.start_s),
             "stop_failing_s": round(max([0.0, *(r.sent_s - window.start_s for r in mine)]), 3),
-            "last_failure_seen_s": round(max((t - window.start_s for t in seen), default=0.0),
-                                         3),
-            "ready_s": None, "serves_again_s": None,
+            "last_failure_seen_s": round(max((t - window.start_s for t in seen), default=0.0), 3),
+            "ready_s": None,
+            "serves_again_s": None,
         }
         if start is not None and window.end_s is not None:
             entry["ready_s"] = round(window.end_s - start, 3)
             # Sent after the kill and served by the pod: routed to it after its restart.
-            served = [r.sent_s for r in records
-                      if r.ok and r.pod == window.target and r.sent_s >= window.start_s]
+            served = [
+                r.sent_s
+                for r in records
+                if r.ok and r.pod == window.target and r.sent_s >= window.start_s
+            ]
             if served:
                 entry["serves_again_s"] = round(max(0.0, min(served) - window.end_s), 3)
         kills.append(entry)
 
-    unattributed = sum(1 for r, o in zip(records, outcomes, strict=True)
-                       if o == "pod_killed" and not (r.pod or routed_to.get(r.request_id)))
+    unattributed = sum(
+        1
+        for r, o in zip(records, outcomes, strict=True)
+        if o == "pod_killed" and not (r.pod or routed_to.get(r.request_id))
+    )
     restarts: list[dict[str, Any]] = []
     for window in epp_windows(ordered):
-        mine = [r for r, o in zip(records, outcomes, strict=True)
-                if o == "epp_restart" and window.overlaps(*_lifetime(r, end_of_run_s))]
+        mine = [
+            r
+            for r, o in zip(records, outcomes, strict=True)
+            if o == "epp_restart" and window.overlaps(*_lifetime(r, end_of_run_s))
+        ]
         after = [e for e in ordered if e.t_s >= window.start_s]
         exited = next((e for e in after if e.kind == "epp_exit"), None)
         start = next((e.t_s for e in after if e.kind == "epp_start"), None)
@@ -277,8 +300,9 @@ def recovery(
     }
 
 
-def rss_summary(samples: Sequence[RssSample], warmup_s: float,
-                epp_starts: Sequence[float]) -> dict[str, Any]:
+def rss_summary(
+    samples: Sequence[RssSample], warmup_s: float, epp_starts: Sequence[float]
+) -> dict[str, Any]:
     """Start, after warm-up, min, max and end RSS (KiB) of Envoy and of each epp process.
 
     ``epp_starts`` are the start times of the epp processes, in order; an epp's warm-up
@@ -290,14 +314,21 @@ def rss_summary(samples: Sequence[RssSample], warmup_s: float,
             return {"samples": 0}
         warm = next((kib for t, kib in points if t >= start_s + warmup_s), None)
         kibs = [kib for _, kib in points]
-        return {"samples": len(points), "start_kib": kibs[0], "warm_kib": warm,
-                "min_kib": min(kibs), "max_kib": max(kibs), "end_kib": kibs[-1],
-                "end_over_warm": None if warm is None else round(kibs[-1] / warm, 3)}
+        return {
+            "samples": len(points),
+            "start_kib": kibs[0],
+            "warm_kib": warm,
+            "min_kib": min(kibs),
+            "max_kib": max(kibs),
+            "end_kib": kibs[-1],
+            "end_over_warm": None if warm is None else round(kibs[-1] / warm, 3),
+        }
 
     epps = []
     for n, start in enumerate(epp_starts):
-        points = [(s.t_s, s.epp_kib) for s in samples
-                  if s.epp_incarnation == n and s.epp_kib is not None]
+        points = [
+            (s.t_s, s.epp_kib) for s in samples if s.epp_incarnation == n and s.epp_kib is not None
+        ]
         epps.append({"incarnation": n, "started_s": round(start, 3), **summary(points, start)})
     envoy = [(s.t_s, s.envoy_kib) for s in samples if s.envoy_kib is not None]
     return {"warmup_s": warmup_s, "epp": epps, "envoy": summary(envoy, 0.0)}
@@ -345,8 +376,10 @@ def summarize(
     for epp in rss["epp"]:
         ratio = epp.get("end_over_warm")
         if ratio is not None and ratio > limit:
-            verdict.fail(f"epp process {epp['incarnation']}: RSS grew to {ratio:.2f}x its "
-                         f"RSS after warm-up (limit {limit}x)")
+            verdict.fail(
+                f"epp process {epp['incarnation']}: RSS grew to {ratio:.2f}x its "
+                f"RSS after warm-up (limit {limit}x)"
+            )
     planned = config.get("planned", {})
     done = {"pod_kill": 0, "pod_ready": 0, "epp_stop": 0, "epp_ready": 0}
     for event in events:
@@ -355,8 +388,10 @@ def summarize(
         elif event.kind in ("crash", "fault_error"):
             verdict.fail(f"{event.kind} at {event.t_s:.1f}s: {event.target} {event.detail}")
     if done["pod_kill"] < planned.get("pod_kills", 0) or done["pod_ready"] < done["pod_kill"]:
-        verdict.fail(f"pods killed {done['pod_kill']} (planned {planned.get('pod_kills')}), "
-                     f"back {done['pod_ready']}")
+        verdict.fail(
+            f"pods killed {done['pod_kill']} (planned {planned.get('pod_kills')}), "
+            f"back {done['pod_ready']}"
+        )
     if done["epp_stop"] < planned.get("epp_restarts", 0) or done["epp_ready"] < done["epp_stop"]:
         verdict.fail(f"epp restarted {done['epp_ready']} of {planned.get('epp_restarts')}")
     for restart in recovered["epp_restarts"]:
@@ -366,9 +401,14 @@ def summarize(
     failed: list[dict[str, Any]] = []
     for record, outcome in zip(records, outcomes, strict=True):
         if outcome != "ok" and len(failed) < MAX_LISTED_FAILURES:
-            failed.append({"outcome": outcome, **asdict(record),
-                           "routed_to": routed_to.get(record.request_id),
-                           "epp_log": epp_log_lines.get(record.request_id, [])[:5]})
+            failed.append(
+                {
+                    "outcome": outcome,
+                    **asdict(record),
+                    "routed_to": routed_to.get(record.request_id),
+                    "epp_log": epp_log_lines.get(record.request_id, [])[:5],
+                }
+            )
     failures_by_class: dict[str, dict[str, int]] = {}
     for record, outcome in zip(records, outcomes, strict=True):
         if outcome != "ok":
@@ -379,9 +419,12 @@ def summarize(
         "config": dict(config),
         "passed": verdict.passed,
         "reasons": verdict.reasons,
-        "requests": {"total": len(records), **counts,
-                     "streamed": sum(1 for r in records if r.stream),
-                     "failures_by_class": failures_by_class},
+        "requests": {
+            "total": len(records),
+            **counts,
+            "streamed": sum(1 for r in records if r.stream),
+            "failures_by_class": failures_by_class,
+        },
         "recovery": recovered,
         "rss": rss,
         "rss_samples": [asdict(s) for s in samples],
@@ -434,11 +477,17 @@ def markdown(report: Mapping[str, Any], rows: int = 8) -> str:
         if picked[-1] is not samples[-1]:
             picked.append(samples[-1])
         for s in picked:
-            lines.append(f"| {s['t_s']:.0f} | {_mib(s['epp_kib'])} | {s['epp_incarnation']} "
-                         f"| {_mib(s['envoy_kib'])} |")
+            lines.append(
+                f"| {s['t_s']:.0f} | {_mib(s['epp_kib'])} | {s['epp_incarnation']} "
+                f"| {_mib(s['envoy_kib'])} |"
+            )
     rss = report["rss"]
-    lines += ["", f"| process | start | after warm-up ({rss['warmup_s']:.0f} s) | min | max "
-              "| end | end / warm-up |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines += [
+        "",
+        f"| process | start | after warm-up ({rss['warmup_s']:.0f} s) | min | max "
+        "| end | end / warm-up |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     named = [(f"epp #{e['incarnation']}", e) for e in rss["epp"]] + [("Envoy", rss["envoy"])]
     for name, entry in named:
         if not entry.get("samples"):
@@ -447,42 +496,62 @@ def markdown(report: Mapping[str, Any], rows: int = 8) -> str:
         lines.append(
             f"| {name} | {_mib(entry['start_kib'])} | {_mib(entry['warm_kib'])} "
             f"| {_mib(entry['min_kib'])} | {_mib(entry['max_kib'])} | {_mib(entry['end_kib'])} "
-            f"| {'-' if ratio is None else f'{ratio:.2f}'} |")
+            f"| {'-' if ratio is None else f'{ratio:.2f}'} |"
+        )
     total = max(1, requests["total"])
-    lines += ["", "## Requests by outcome", "", "| outcome | requests | share | failures |",
-              "| --- | ---: | ---: | --- |"]
+    lines += [
+        "",
+        "## Requests by outcome",
+        "",
+        "| outcome | requests | share | failures |",
+        "| --- | ---: | ---: | --- |",
+    ]
     for name in OUTCOMES:
         kinds = requests["failures_by_class"].get(name, {})
         detail = ", ".join(f"{k} x{v}" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1]))
-        lines.append(f"| {name} | {requests[name]} | {100 * requests[name] / total:.2f} % "
-                     f"| {detail} |")
+        lines.append(
+            f"| {name} | {requests[name]} | {100 * requests[name] / total:.2f} % | {detail} |"
+        )
     lines.append(f"| total | {requests['total']} | | {requests['streamed']} streamed |")
     summary = report["recovery"]["summary"]
-    lines += ["", "## Recovery (s)", "", "| after | measured | events | median | max |",
-              "| --- | --- | ---: | ---: | ---: |"]
+    lines += [
+        "",
+        "## Recovery (s)",
+        "",
+        "| after | measured | events | median | max |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
     for key, after, measured in (
         ("pod_kill_stop_failing", "pod SIGKILL", "until requests sent stop failing"),
         ("pod_kill_failure_seen", "pod SIGKILL", "until the last failure reaches a client"),
         ("pod_restart_ready", "pod restart", "process start to /health 200"),
         ("pod_restart_serves_again", "pod restart", "/health 200 to a request it serves"),
         ("epp_restart_outage", "epp SIGTERM", "until requests sent stop failing"),
-        ("epp_restart_succeed_again", "epp restart", "new process start until requests sent "
-         "stop failing"),
+        (
+            "epp_restart_succeed_again",
+            "epp restart",
+            "new process start until requests sent stop failing",
+        ),
     ):
         s = summary[key]
-        lines.append(f"| {after} | {measured} | {s['count']} | {_sec(s['median_s'])} "
-                     f"| {_sec(s['max_s'])} |")
+        lines.append(
+            f"| {after} | {measured} | {s['count']} | {_sec(s['median_s'])} | {_sec(s['max_s'])} |"
+        )
     lines.append("")
     kills = report["recovery"]["pod_kills"]
     if kills:
-        lines.append(f"Pod kills: {sum(k['failed'] for k in kills)} requests failed, "
-                     f"{sum(k['routed_after_kill'] for k in kills)} of them routed to the pod "
-                     "after its kill.")
+        lines.append(
+            f"Pod kills: {sum(k['failed'] for k in kills)} requests failed, "
+            f"{sum(k['routed_after_kill'] for k in kills)} of them routed to the pod "
+            "after its kill."
+        )
     for restart in report["recovery"]["epp_restarts"]:
-        lines.append(f"epp restart: SIGTERM to exit (status {restart['exit_code']}) "
-                     f"{_sec(_diff(restart['exited_s'], restart['sigterm_s']))} s, start to "
-                     f"/readyz {_sec(_diff(restart['ready_at_s'], restart['started_s']))} s; "
-                     f"{restart['failed']} requests failed, {restart['routed_by_epp']} of "
-                     "them already routed by epp (its drain should have finished those).")
+        lines.append(
+            f"epp restart: SIGTERM to exit (status {restart['exit_code']}) "
+            f"{_sec(_diff(restart['exited_s'], restart['sigterm_s']))} s, start to "
+            f"/readyz {_sec(_diff(restart['ready_at_s'], restart['started_s']))} s; "
+            f"{restart['failed']} requests failed, {restart['routed_by_epp']} of "
+            "them already routed by epp (its drain should have finished those)."
+        )
     lines += ["", "PASS" if report["passed"] else "FAIL: " + "; ".join(report["reasons"])]
     return "\n".join(lines) + "\n"

@@ -44,28 +44,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     envoy.add_argument("--admin-port", type=int, default=9901)
     envoy.add_argument("--epp-host", default="127.0.0.1")
     envoy.add_argument("--epp-port", type=int, default=9002)
-    envoy.add_argument("--body-mode", choices=("FULL_DUPLEX_STREAMED", "BUFFERED"),
-                       default="FULL_DUPLEX_STREAMED")
-    envoy.add_argument("--response-body-mode", choices=RESPONSE_BODY_MODES,
-                       default="OBSERVED",
-                       help="OBSERVED: a second, observing ext_proc filter copies response "
-                       "bodies to epp (usage and TTFT metrics; Envoy never waits for it); "
-                       "FULL_DUPLEX_STREAMED: responses stream through epp's routing stream "
-                       "(also restores rewritten model names, strips --inject-stream-usage's "
-                       "event; about twice the CPU); NONE: bodies never reach epp (cheapest; "
-                       "no usage or TTFT)")
-    envoy.add_argument("--epp-tls", action="store_true",
-                       help="dial epp with TLS (epp serve --secure-serving); needs "
-                       "--epp-ca-file or --epp-tls-insecure-skip-verify")
-    envoy.add_argument("--epp-ca-file", metavar="PATH",
-                       help="verify epp's certificate against this CA bundle (PEM, a path "
-                       "as Envoy will see it); implies --epp-tls")
-    envoy.add_argument("--epp-server-name", metavar="NAME",
-                       help="with --epp-ca-file: send NAME as SNI and require it among the "
-                       "certificate's subject alternative names")
-    envoy.add_argument("--epp-tls-insecure-skip-verify", action="store_true",
-                       help="TLS to epp without verifying its certificate, as gateways "
-                       "dial the picker's self-signed one; implies --epp-tls")
+    envoy.add_argument(
+        "--body-mode", choices=("FULL_DUPLEX_STREAMED", "BUFFERED"), default="FULL_DUPLEX_STREAMED"
+    )
+    envoy.add_argument(
+        "--response-body-mode",
+        choices=RESPONSE_BODY_MODES,
+        default="OBSERVED",
+        help="OBSERVED: a second, observing ext_proc filter copies response "
+        "bodies to epp (usage and TTFT metrics; Envoy never waits for it); "
+        "FULL_DUPLEX_STREAMED: responses stream through epp's routing stream "
+        "(also restores rewritten model names, strips --inject-stream-usage's "
+        "event; about twice the CPU); NONE: bodies never reach epp (cheapest; "
+        "no usage or TTFT)",
+    )
+    envoy.add_argument(
+        "--epp-tls",
+        action="store_true",
+        help="dial epp with TLS (epp serve --secure-serving); needs "
+        "--epp-ca-file or --epp-tls-insecure-skip-verify",
+    )
+    envoy.add_argument(
+        "--epp-ca-file",
+        metavar="PATH",
+        help="verify epp's certificate against this CA bundle (PEM, a path "
+        "as Envoy will see it); implies --epp-tls",
+    )
+    envoy.add_argument(
+        "--epp-server-name",
+        metavar="NAME",
+        help="with --epp-ca-file: send NAME as SNI and require it among the "
+        "certificate's subject alternative names",
+    )
+    envoy.add_argument(
+        "--epp-tls-insecure-skip-verify",
+        action="store_true",
+        help="TLS to epp without verifying its certificate, as gateways "
+        "dial the picker's self-signed one; implies --epp-tls",
+    )
 
     args = parser.parse_args(argv)
     if args.command == "serve":
@@ -89,12 +105,20 @@ def _envoy_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
 
     if problem := _epp_tls_problem(args):
         parser.error(problem)
-    ports = EnvoyPorts(listen_port=args.listen_port, admin_port=args.admin_port,
-                       epp_host=args.epp_host, epp_port=args.epp_port)
+    ports = EnvoyPorts(
+        listen_port=args.listen_port,
+        admin_port=args.admin_port,
+        epp_host=args.epp_host,
+        epp_port=args.epp_port,
+    )
     bootstrap = envoy_bootstrap(
-        ports, body_mode=args.body_mode, response_body_mode=args.response_body_mode,
+        ports,
+        body_mode=args.body_mode,
+        response_body_mode=args.response_body_mode,
         epp_tls=args.epp_tls or args.epp_tls_insecure_skip_verify,
-        epp_ca_file=args.epp_ca_file, epp_server_name=args.epp_server_name)
+        epp_ca_file=args.epp_ca_file,
+        epp_server_name=args.epp_server_name,
+    )
     sys.stdout.write(render_bootstrap(bootstrap))
     return 0
 
@@ -109,12 +133,16 @@ def _epp_tls_problem(args: argparse.Namespace) -> str | None:
     if args.epp_ca_file and args.epp_tls_insecure_skip_verify:
         return "--epp-ca-file and --epp-tls-insecure-skip-verify contradict each other"
     if args.epp_server_name and not args.epp_ca_file:
-        return ("--epp-server-name is checked against epp's verified certificate: "
-                "add --epp-ca-file PATH")
+        return (
+            "--epp-server-name is checked against epp's verified certificate: "
+            "add --epp-ca-file PATH"
+        )
     if args.epp_tls and not (args.epp_ca_file or args.epp_tls_insecure_skip_verify):
-        return ("--epp-tls needs to know how to trust epp's certificate: add --epp-ca-file "
-                "PATH (the CA that signed it), or --epp-tls-insecure-skip-verify to accept "
-                "any certificate (epp's self-signed default, as gateways do)")
+        return (
+            "--epp-tls needs to know how to trust epp's certificate: add --epp-ca-file "
+            "PATH (the CA that signed it), or --epp-tls-insecure-skip-verify to accept "
+            "any certificate (epp's self-signed default, as gateways do)"
+        )
     return None
 
 
@@ -137,8 +165,9 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     configure_logging(config.log_level, config.log_format)
     for flag, value, why in config.ignored_flags:
-        logging.getLogger("epp").warning("ignoring %s=%s (a reference-EPP flag): %s",
-                                         flag, value, why)
+        logging.getLogger("epp").warning(
+            "ignoring %s=%s (a reference-EPP flag): %s", flag, value, why
+        )
     try:
         uvloop.run(serve(config, scheduler=scheduler))
     except KeyboardInterrupt:

@@ -342,146 +342,345 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("--grpc-host", ("server", "grpc_host"), ("server", "grpcHost"), _optional_str,
-           "address the ext_proc and gRPC health servers listen on (default: 0.0.0.0 with "
-           "Kubernetes discovery or TLS, else 127.0.0.1)"),
-    Option("--grpc-port", ("server", "grpc_port"), ("server", "grpcPort"), _port,
-           "ext_proc gRPC port (Envoy connects here)"),
-    Option("--metrics-host", ("server", "metrics_host"), ("server", "metricsHost"), str,
-           "address of the Prometheus /metrics listener"),
-    Option("--metrics-port", ("server", "metrics_port"), ("server", "metricsPort"), _port,
-           "Prometheus /metrics port; 0 turns it off"),
-    Option("--max-body-bytes", ("server", "max_body_bytes"), ("server", "maxBodyBytes"), _int,
-           "largest request body epp gathers; larger ones get 413"),
-    Option("--max-buffered-body-bytes", ("server", "max_buffered_body_bytes"),
-           ("server", "maxBufferedBodyBytes"), _non_negative_int,
-           "request body bytes all requests together may hold in epp; a request whose "
-           "body does not fit gets 503 overloaded; 0: no limit"),
-    Option("--graceful-timeout", ("server", "graceful_timeout_s"),
-           ("server", "gracefulTimeout"), parse_duration_s,
-           "how long in-flight requests may finish on SIGTERM (e.g. 10s)"),
-    Option("--destination-fallbacks", ("server", "destination_fallbacks"),
-           ("server", "destinationFallbacks"), _int,
-           "fallback endpoints to list after the primary in the destination"),
-    Option("--refresh-metrics-interval", ("data_layer", "refresh_metrics_interval_s"),
-           ("dataLayer", "refreshMetricsInterval"), _positive_duration,
-           "how often each endpoint's /metrics is scraped (e.g. 50ms)"),
-    Option("--scrape-timeout", ("data_layer", "scrape_timeout_s"),
-           ("dataLayer", "scrapeTimeout"), _positive_duration,
-           "timeout of one metrics scrape"),
-    Option("--metrics-staleness-threshold", ("data_layer", "metrics_staleness_s"),
-           ("dataLayer", "metricsStalenessThreshold"), _positive_duration,
-           "metrics older than this are stale; fresh endpoints are preferred"),
-    Option("--model-server-metrics-path", ("data_layer", "metrics_path"),
-           ("dataLayer", "metricsPath"), str, "path of the model servers' metrics",
-           aliases=("--endpoint-metrics-path",)),
-    Option("--engine", ("data_layer", "engine"), ("dataLayer", "engine"),
-           _choice("auto", "vllm", "sglang"), "metric names to read: vllm, sglang or auto"),
-    Option("--unready-after-failures", ("data_layer", "unready_after_failures"),
-           ("dataLayer", "unreadyAfterFailures"), _int,
-           "consecutive failed scrapes after which an endpoint gets no traffic"),
-    Option("--scrape-max-bytes", ("data_layer", "scrape_max_bytes"),
-           ("dataLayer", "scrapeMaxBytes"), _non_negative_int,
-           "largest /metrics body epp reads from a model server; a larger one fails the "
-           "scrape; 0: no limit"),
-    Option("--scrape-max-samples", ("data_layer", "scrape_max_samples"),
-           ("dataLayer", "scrapeMaxSamples"), _non_negative_int,
-           "most series of the metrics epp reads (queue, KV cache) one /metrics page may "
-           "hold; more fails the scrape; 0: no limit"),
-    Option("--scrape-idle-interval", ("data_layer", "scrape_idle_interval_s"),
-           ("dataLayer", "scrapeIdleInterval"), _positive_duration,
-           "longest pause between scrapes of an endpoint with nothing waiting or running, "
-           "no requests from epp and unchanged numbers (default: twice the refresh "
-           "interval; at most the refresh interval turns the slower pace off). How late "
-           "epp may notice work sent to an idle pod past it (another epp replica)"),
-    Option("--grpc-health-port", ("server", "grpc_health_port"),
-           ("server", "grpcHealthPort"), _port,
-           "grpc.health.v1 port for liveness/readiness probes; 0 turns it off"),
-    Option("--secure-serving", ("server", "secure_serving"), ("server", "secureServing"),
-           _bool, "TLS on the ext_proc port (default: on with Kubernetes discovery, "
-           "off with --endpoint)"),
-    Option("--cert-path", ("server", "cert_path"), ("server", "certPath"), _optional_str,
-           "directory holding tls.crt and tls.key; without it a self-signed "
-           "certificate is generated at start"),
-    Option("--enable-cert-reload", ("server", "cert_reload"), ("server", "certReload"), _bool,
-           "with --cert-path: serve a rotated certificate (e.g. from cert-manager) to new "
-           "connections without a restart"),
-    Option("--body-based-routing", ("server", "body_based_routing"),
-           ("server", "bodyBasedRouting"), _bool,
-           "gateway-level mode: set X-Gateway-Model-Name from the body and pick no endpoint"),
-    Option("--inject-stream-usage", ("server", "inject_stream_usage"),
-           ("server", "injectStreamUsage"), _bool,
-           "ask streamed chat/completions requests for usage (stream_options.include_usage) "
-           "so token metrics cover them; the extra usage event is kept from the client"),
-    Option("--pool-name", ("kubernetes", "pool_name"), ("kubernetes", "poolName"),
-           _optional_str, "the InferencePool whose pods epp routes to"),
-    Option("--pool-namespace", ("kubernetes", "pool_namespace"),
-           ("kubernetes", "poolNamespace"), _optional_str,
-           "namespace of the InferencePool (default: $POD_NAMESPACE, else default)"),
-    Option("--pool-group", ("kubernetes", "pool_group"), ("kubernetes", "poolGroup"),
-           _choice("inference.networking.k8s.io", "inference.networking.x-k8s.io"),
-           "API group of the InferencePool: inference.networking.k8s.io (v1) or "
-           "inference.networking.x-k8s.io (v1alpha2)"),
-    Option("--endpoint-selector", ("kubernetes", "endpoint_selector"),
-           ("kubernetes", "endpointSelector"), _label_selector,
-           "without an InferencePool: route to pods matching key=value[,key=value]"),
-    Option("--endpoint-target-ports", ("kubernetes", "endpoint_target_ports"),
-           ("kubernetes", "endpointTargetPorts"), _ports,
-           "with --endpoint-selector: the pods' serving ports, e.g. 8000,8001"),
-    Option("--kubeconfig", ("kubernetes", "kubeconfig"), ("kubernetes", "kubeconfig"),
-           _optional_str, "kubeconfig file (default: in-cluster, else $KUBECONFIG)"),
-    Option("--pool-sync-timeout", ("kubernetes", "sync_timeout_s"),
-           ("kubernetes", "syncTimeout"), _positive_duration,
-           "how long to wait at start for the pool's first complete view"),
-    Option("--ha-enable-leader-election", ("kubernetes", "leader_election"),
-           ("kubernetes", "leaderElection"), _bool,
-           "leader election on a Lease: only the leader reports ready"),
-    Option("--leader-election-lease-name", ("kubernetes", "lease_name"),
-           ("kubernetes", "leaseName"), _optional_str,
-           "name of the Lease (default: epp-<pool-name>)"),
-    Option("--leader-election-lease-duration", ("kubernetes", "lease_duration_s"),
-           ("kubernetes", "leaseDuration"), _positive_duration,
-           "how long a leader's lease lasts without renewal"),
-    Option("--leader-election-renew-deadline", ("kubernetes", "renew_deadline_s"),
-           ("kubernetes", "renewDeadline"), _positive_duration,
-           "a leader that cannot renew for this long steps down"),
-    Option("--leader-election-retry-period", ("kubernetes", "retry_period_s"),
-           ("kubernetes", "retryPeriod"), _positive_duration,
-           "how often candidates try to acquire, and the leader renews"),
-    Option("--saturation-queue-threshold", ("request_control", "saturation_queue_threshold"),
-           ("saturationDetector", "queueDepthThreshold"), _positive_float,
-           "waiting requests at which an endpoint counts as full (sheddable requests get "
-           "429 while the pool is saturated)"),
-    Option("--saturation-kv-threshold", ("request_control", "saturation_kv_threshold"),
-           ("saturationDetector", "kvCacheUtilThreshold"), _positive_float,
-           "KV-cache use (0-1) at which an endpoint counts as full"),
-    Option("--retry-after", ("request_control", "retry_after_s"), ("admission", "retryAfter"),
-           _whole_seconds, "retry-after of 429 answers, rounded up to whole seconds"),
-    Option("--endpoint-max-inflight", ("request_control", "endpoint_max_inflight"),
-           ("admission", "endpointMaxInflight"), _non_negative_int,
-           "requests epp may have in flight on one endpoint; 0: no cap"),
-    Option("--trust-model-rewrite-header", ("request_control", "trust_model_rewrite_header"),
-           ("modelRewrite", "trustHeader"), _bool,
-           "honour x-gateway-model-name-rewrite on requests (it overrides every rewrite "
-           "rule); only if your gateway sets it and removes clients' copies"),
-    Option("--failure-backoff", ("request_control", "failure_backoff_s"),
-           ("passiveHealth", "backoff"), parse_duration_s,
-           "how long an endpoint is avoided after a failed request (5xx); doubles on "
-           "repeated failure; 0 turns passive health off"),
-    Option("--failure-max-backoff", ("request_control", "failure_max_backoff_s"),
-           ("passiveHealth", "maxBackoff"), _positive_duration,
-           "the longest an endpoint is avoided after failed requests"),
-    Option("--log-level", ("log_level",), ("logging", "level"),
-           _choice("debug", "info", "warning", "error"), "log level"),
-    Option("--log-format", ("log_format",), ("logging", "format"), _choice("text", "json"),
-           "log format: text or json (one object per line)"),
-    Option("--request-log", ("request_log",), ("logging", "requests"),
-           _choice("all", "errors", "off"),
-           "the line logged at info for each finished request: all, errors (only those "
-           "that did not complete below 400) or off"),
-    Option("--max-model-series", ("max_model_series",), ("metrics", "maxModelSeries"),
-           _positive_int, "distinct model names with metric series of their own; the rest "
-           "count as __other__ (each costs ~240 lines of /metrics)"),
+    Option(
+        "--grpc-host",
+        ("server", "grpc_host"),
+        ("server", "grpcHost"),
+        _optional_str,
+        "address the ext_proc and gRPC health servers listen on (default: 0.0.0.0 with "
+        "Kubernetes discovery or TLS, else 127.0.0.1)",
+    ),
+    Option(
+        "--grpc-port",
+        ("server", "grpc_port"),
+        ("server", "grpcPort"),
+        _port,
+        "ext_proc gRPC port (Envoy connects here)",
+    ),
+    Option(
+        "--metrics-host",
+        ("server", "metrics_host"),
+        ("server", "metricsHost"),
+        str,
+        "address of the Prometheus /metrics listener",
+    ),
+    Option(
+        "--metrics-port",
+        ("server", "metrics_port"),
+        ("server", "metricsPort"),
+        _port,
+        "Prometheus /metrics port; 0 turns it off",
+    ),
+    Option(
+        "--max-body-bytes",
+        ("server", "max_body_bytes"),
+        ("server", "maxBodyBytes"),
+        _int,
+        "largest request body epp gathers; larger ones get 413",
+    ),
+    Option(
+        "--max-buffered-body-bytes",
+        ("server", "max_buffered_body_bytes"),
+        ("server", "maxBufferedBodyBytes"),
+        _non_negative_int,
+        "request body bytes all requests together may hold in epp; a request whose "
+        "body does not fit gets 503 overloaded; 0: no limit",
+    ),
+    Option(
+        "--graceful-timeout",
+        ("server", "graceful_timeout_s"),
+        ("server", "gracefulTimeout"),
+        parse_duration_s,
+        "how long in-flight requests may finish on SIGTERM (e.g. 10s)",
+    ),
+    Option(
+        "--destination-fallbacks",
+        ("server", "destination_fallbacks"),
+        ("server", "destinationFallbacks"),
+        _int,
+        "fallback endpoints to list after the primary in the destination",
+    ),
+    Option(
+        "--refresh-metrics-interval",
+        ("data_layer", "refresh_metrics_interval_s"),
+        ("dataLayer", "refreshMetricsInterval"),
+        _positive_duration,
+        "how often each endpoint's /metrics is scraped (e.g. 50ms)",
+    ),
+    Option(
+        "--scrape-timeout",
+        ("data_layer", "scrape_timeout_s"),
+        ("dataLayer", "scrapeTimeout"),
+        _positive_duration,
+        "timeout of one metrics scrape",
+    ),
+    Option(
+        "--metrics-staleness-threshold",
+        ("data_layer", "metrics_staleness_s"),
+        ("dataLayer", "metricsStalenessThreshold"),
+        _positive_duration,
+        "metrics older than this are stale; fresh endpoints are preferred",
+    ),
+    Option(
+        "--model-server-metrics-path",
+        ("data_layer", "metrics_path"),
+        ("dataLayer", "metricsPath"),
+        str,
+        "path of the model servers' metrics",
+        aliases=("--endpoint-metrics-path",),
+    ),
+    Option(
+        "--engine",
+        ("data_layer", "engine"),
+        ("dataLayer", "engine"),
+        _choice("auto", "vllm", "sglang"),
+        "metric names to read: vllm, sglang or auto",
+    ),
+    Option(
+        "--unready-after-failures",
+        ("data_layer", "unready_after_failures"),
+        ("dataLayer", "unreadyAfterFailures"),
+        _int,
+        "consecutive failed scrapes after which an endpoint gets no traffic",
+    ),
+    Option(
+        "--scrape-max-bytes",
+        ("data_layer", "scrape_max_bytes"),
+        ("dataLayer", "scrapeMaxBytes"),
+        _non_negative_int,
+        "largest /metrics body epp reads from a model server; a larger one fails the "
+        "scrape; 0: no limit",
+    ),
+    Option(
+        "--scrape-max-samples",
+        ("data_layer", "scrape_max_samples"),
+        ("dataLayer", "scrapeMaxSamples"),
+        _non_negative_int,
+        "most series of the metrics epp reads (queue, KV cache) one /metrics page may "
+        "hold; more fails the scrape; 0: no limit",
+    ),
+    Option(
+        "--scrape-idle-interval",
+        ("data_layer", "scrape_idle_interval_s"),
+        ("dataLayer", "scrapeIdleInterval"),
+        _positive_duration,
+        "longest pause between scrapes of an endpoint with nothing waiting or running, "
+        "no requests from epp and unchanged numbers (default: twice the refresh "
+        "interval; at most the refresh interval turns the slower pace off). How late "
+        "epp may notice work sent to an idle pod past it (another epp replica)",
+    ),
+    Option(
+        "--grpc-health-port",
+        ("server", "grpc_health_port"),
+        ("server", "grpcHealthPort"),
+        _port,
+        "grpc.health.v1 port for liveness/readiness probes; 0 turns it off",
+    ),
+    Option(
+        "--secure-serving",
+        ("server", "secure_serving"),
+        ("server", "secureServing"),
+        _bool,
+        "TLS on the ext_proc port (default: on with Kubernetes discovery, off with --endpoint)",
+    ),
+    Option(
+        "--cert-path",
+        ("server", "cert_path"),
+        ("server", "certPath"),
+        _optional_str,
+        "directory holding tls.crt and tls.key; without it a self-signed "
+        "certificate is generated at start",
+    ),
+    Option(
+        "--enable-cert-reload",
+        ("server", "cert_reload"),
+        ("server", "certReload"),
+        _bool,
+        "with --cert-path: serve a rotated certificate (e.g. from cert-manager) to new "
+        "connections without a restart",
+    ),
+    Option(
+        "--body-based-routing",
+        ("server", "body_based_routing"),
+        ("server", "bodyBasedRouting"),
+        _bool,
+        "gateway-level mode: set X-Gateway-Model-Name from the body and pick no endpoint",
+    ),
+    Option(
+        "--inject-stream-usage",
+        ("server", "inject_stream_usage"),
+        ("server", "injectStreamUsage"),
+        _bool,
+        "ask streamed chat/completions requests for usage (stream_options.include_usage) "
+        "so token metrics cover them; the extra usage event is kept from the client",
+    ),
+    Option(
+        "--pool-name",
+        ("kubernetes", "pool_name"),
+        ("kubernetes", "poolName"),
+        _optional_str,
+        "the InferencePool whose pods epp routes to",
+    ),
+    Option(
+        "--pool-namespace",
+        ("kubernetes", "pool_namespace"),
+        ("kubernetes", "poolNamespace"),
+        _optional_str,
+        "namespace of the InferencePool (default: $POD_NAMESPACE, else default)",
+    ),
+    Option(
+        "--pool-group",
+        ("kubernetes", "pool_group"),
+        ("kubernetes", "poolGroup"),
+        _choice("inference.networking.k8s.io", "inference.networking.x-k8s.io"),
+        "API group of the InferencePool: inference.networking.k8s.io (v1) or "
+        "inference.networking.x-k8s.io (v1alpha2)",
+    ),
+    Option(
+        "--endpoint-selector",
+        ("kubernetes", "endpoint_selector"),
+        ("kubernetes", "endpointSelector"),
+        _label_selector,
+        "without an InferencePool: route to pods matching key=value[,key=value]",
+    ),
+    Option(
+        "--endpoint-target-ports",
+        ("kubernetes", "endpoint_target_ports"),
+        ("kubernetes", "endpointTargetPorts"),
+        _ports,
+        "with --endpoint-selector: the pods' serving ports, e.g. 8000,8001",
+    ),
+    Option(
+        "--kubeconfig",
+        ("kubernetes", "kubeconfig"),
+        ("kubernetes", "kubeconfig"),
+        _optional_str,
+        "kubeconfig file (default: in-cluster, else $KUBECONFIG)",
+    ),
+    Option(
+        "--pool-sync-timeout",
+        ("kubernetes", "sync_timeout_s"),
+        ("kubernetes", "syncTimeout"),
+        _positive_duration,
+        "how long to wait at start for the pool's first complete view",
+    ),
+    Option(
+        "--ha-enable-leader-election",
+        ("kubernetes", "leader_election"),
+        ("kubernetes", "leaderElection"),
+        _bool,
+        "leader election on a Lease: only the leader reports ready",
+    ),
+    Option(
+        "--leader-election-lease-name",
+        ("kubernetes", "lease_name"),
+        ("kubernetes", "leaseName"),
+        _optional_str,
+        "name of the Lease (default: epp-<pool-name>)",
+    ),
+    Option(
+        "--leader-election-lease-duration",
+        ("kubernetes", "lease_duration_s"),
+        ("kubernetes", "leaseDuration"),
+        _positive_duration,
+        "how long a leader's lease lasts without renewal",
+    ),
+    Option(
+        "--leader-election-renew-deadline",
+        ("kubernetes", "renew_deadline_s"),
+        ("kubernetes", "renewDeadline"),
+        _positive_duration,
+        "a leader that cannot renew for this long steps down",
+    ),
+    Option(
+        "--leader-election-retry-period",
+        ("kubernetes", "retry_period_s"),
+        ("kubernetes", "retryPeriod"),
+        _positive_duration,
+        "how often candidates try to acquire, and the leader renews",
+    ),
+    Option(
+        "--saturation-queue-threshold",
+        ("request_control", "saturation_queue_threshold"),
+        ("saturationDetector", "queueDepthThreshold"),
+        _positive_float,
+        "waiting requests at which an endpoint counts as full (sheddable requests get "
+        "429 while the pool is saturated)",
+    ),
+    Option(
+        "--saturation-kv-threshold",
+        ("request_control", "saturation_kv_threshold"),
+        ("saturationDetector", "kvCacheUtilThreshold"),
+        _positive_float,
+        "KV-cache use (0-1) at which an endpoint counts as full",
+    ),
+    Option(
+        "--retry-after",
+        ("request_control", "retry_after_s"),
+        ("admission", "retryAfter"),
+        _whole_seconds,
+        "retry-after of 429 answers, rounded up to whole seconds",
+    ),
+    Option(
+        "--endpoint-max-inflight",
+        ("request_control", "endpoint_max_inflight"),
+        ("admission", "endpointMaxInflight"),
+        _non_negative_int,
+        "requests epp may have in flight on one endpoint; 0: no cap",
+    ),
+    Option(
+        "--trust-model-rewrite-header",
+        ("request_control", "trust_model_rewrite_header"),
+        ("modelRewrite", "trustHeader"),
+        _bool,
+        "honour x-gateway-model-name-rewrite on requests (it overrides every rewrite "
+        "rule); only if your gateway sets it and removes clients' copies",
+    ),
+    Option(
+        "--failure-backoff",
+        ("request_control", "failure_backoff_s"),
+        ("passiveHealth", "backoff"),
+        parse_duration_s,
+        "how long an endpoint is avoided after a failed request (5xx); doubles on "
+        "repeated failure; 0 turns passive health off",
+    ),
+    Option(
+        "--failure-max-backoff",
+        ("request_control", "failure_max_backoff_s"),
+        ("passiveHealth", "maxBackoff"),
+        _positive_duration,
+        "the longest an endpoint is avoided after failed requests",
+    ),
+    Option(
+        "--log-level",
+        ("log_level",),
+        ("logging", "level"),
+        _choice("debug", "info", "warning", "error"),
+        "log level",
+    ),
+    Option(
+        "--log-format",
+        ("log_format",),
+        ("logging", "format"),
+        _choice("text", "json"),
+        "log format: text or json (one object per line)",
+    ),
+    Option(
+        "--request-log",
+        ("request_log",),
+        ("logging", "requests"),
+        _choice("all", "errors", "off"),
+        "the line logged at info for each finished request: all, errors (only those "
+        "that did not complete below 400) or off",
+    ),
+    Option(
+        "--max-model-series",
+        ("max_model_series",),
+        ("metrics", "maxModelSeries"),
+        _positive_int,
+        "distinct model names with metric series of their own; the rest "
+        "count as __other__ (each costs ~240 lines of /metrics)",
+    ),
 )
 
 
@@ -517,16 +716,26 @@ class MappingOption:
 
 
 _MAPPINGS: tuple[MappingOption, ...] = (
-    MappingOption("--model-fallback", ("request_control", "model_fallbacks"), "modelFallbacks",
-                  _fallback_chain, "MODEL=FALLBACK[,FALLBACK...]",
-                  "models to serve MODEL's requests with, in order, when no ready, healthy "
-                  "endpoint serves it; repeat for more models (env EPP_MODEL_FALLBACKS, "
-                  "space-separated)"),
-    MappingOption("--objective", ("request_control", "objectives"), "objectives", _int,
-                  "NAME=PRIORITY",
-                  "the priority of requests naming objective NAME in "
-                  "x-gateway-inference-objective (negative: sheddable), for deployments "
-                  "without InferenceObjectives; repeatable (env EPP_OBJECTIVES)"),
+    MappingOption(
+        "--model-fallback",
+        ("request_control", "model_fallbacks"),
+        "modelFallbacks",
+        _fallback_chain,
+        "MODEL=FALLBACK[,FALLBACK...]",
+        "models to serve MODEL's requests with, in order, when no ready, healthy "
+        "endpoint serves it; repeat for more models (env EPP_MODEL_FALLBACKS, "
+        "space-separated)",
+    ),
+    MappingOption(
+        "--objective",
+        ("request_control", "objectives"),
+        "objectives",
+        _int,
+        "NAME=PRIORITY",
+        "the priority of requests naming objective NAME in "
+        "x-gateway-inference-objective (negative: sheddable), for deployments "
+        "without InferenceObjectives; repeatable (env EPP_OBJECTIVES)",
+    ),
 )
 
 
@@ -535,8 +744,7 @@ _MAPPINGS: tuple[MappingOption, ...] = (
 REFERENCE_ONLY_FLAGS: dict[str, str] = {
     "--tracing": "epp does not emit traces",
     "--enable-pprof": "Go profiling; use py-spy on epp",
-    "--metrics-endpoint-auth": "/metrics has no authentication; restrict it with a "
-                               "NetworkPolicy",
+    "--metrics-endpoint-auth": "/metrics has no authentication; restrict it with a NetworkPolicy",
     "--health-checking": "epp always serves grpc.health.v1",
     "--refresh-prometheus-metrics-interval": "epp computes pool metrics when scraped",
     "--model-server-metrics-port": "metrics are read from each endpoint's own port",
@@ -555,39 +763,71 @@ REFERENCE_ONLY_FLAGS: dict[str, str] = {
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     """Add every option as a flag; each also reads its EPP_* environment variable."""
     parser.add_argument(
-        "--config-file", metavar="PATH", default=os.environ.get("EPP_CONFIG_FILE"),
+        "--config-file",
+        metavar="PATH",
+        default=os.environ.get("EPP_CONFIG_FILE"),
         help="YAML EndpointPickerConfig (env EPP_CONFIG_FILE)",
     )
     parser.add_argument(
-        "--config-text", metavar="YAML", default=os.environ.get("EPP_CONFIG_TEXT"),
+        "--config-text",
+        metavar="YAML",
+        default=os.environ.get("EPP_CONFIG_TEXT"),
         help="the config file's content, inline, instead of --config-file (env EPP_CONFIG_TEXT)",
     )
     parser.add_argument(
-        "--v", dest="verbosity", type=int, metavar="N", default=None,
+        "--v",
+        dest="verbosity",
+        type=int,
+        metavar="N",
+        default=None,
         help="the reference EPP's log verbosity: 4 or more is --log-level debug",
     )
     reference = parser.add_argument_group(
-        "accepted for compatibility with the reference EPP, not acted on (logged at start)")
+        "accepted for compatibility with the reference EPP, not acted on (logged at start)"
+    )
     for flag in REFERENCE_ONLY_FLAGS:
-        reference.add_argument(flag, dest="reference_" + flag[2:].replace("-", "_"),
-                               nargs="?", const="true", default=None, metavar="VALUE",
-                               help=argparse.SUPPRESS)
+        reference.add_argument(
+            flag,
+            dest="reference_" + flag[2:].replace("-", "_"),
+            nargs="?",
+            const="true",
+            default=None,
+            metavar="VALUE",
+            help=argparse.SUPPRESS,
+        )
     parser.add_argument(
-        "--endpoint", dest="endpoints", action="append", metavar="ADDR[=MODEL,...]",
+        "--endpoint",
+        dest="endpoints",
+        action="append",
+        metavar="ADDR[=MODEL,...]",
         help="a model server, e.g. 10.0.0.5:8000=llama-3-8b; repeat for more "
         "(replaces the file's list; env EPP_ENDPOINTS, space-separated)",
     )
     parser.add_argument(
-        "--scorer-weight", dest="scorer_weights", action="append", metavar="PLUGIN=WEIGHT",
+        "--scorer-weight",
+        dest="scorer_weights",
+        action="append",
+        metavar="PLUGIN=WEIGHT",
         help="override one scorer's weight in the profile, e.g. prefix-cache-scorer=3",
     )
     for mapping in _MAPPINGS:
-        parser.add_argument(mapping.flag, dest=mapping.dest, action="append",
-                            metavar=mapping.metavar, help=mapping.help)
+        parser.add_argument(
+            mapping.flag,
+            dest=mapping.dest,
+            action="append",
+            metavar=mapping.metavar,
+            help=mapping.help,
+        )
     metavars: dict[Callable[[Any], Any], str] = {
-        _port: "PORT", _int: "N", parse_duration_s: "DURATION",
-        _positive_duration: "DURATION", str: "TEXT", _whole_seconds: "DURATION",
-        _positive_float: "NUMBER", _non_negative_int: "N", _positive_int: "N",
+        _port: "PORT",
+        _int: "N",
+        parse_duration_s: "DURATION",
+        _positive_duration: "DURATION",
+        str: "TEXT",
+        _whole_seconds: "DURATION",
+        _positive_float: "NUMBER",
+        _non_negative_int: "N",
+        _positive_int: "N",
     }
     groups: dict[str, argparse._ArgumentGroup] = {}
     for option in OPTIONS:
@@ -595,12 +835,21 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         group = groups.get(title) or groups.setdefault(title, parser.add_argument_group(title))
         if option.parse is _bool:  # Go-style: --flag, --flag=true, --flag=false
             group.add_argument(
-                option.flag, *option.aliases, dest=option.dest, default=None, nargs="?",
-                const="true", metavar="BOOL", help=f"{option.help} (env {option.env})",
+                option.flag,
+                *option.aliases,
+                dest=option.dest,
+                default=None,
+                nargs="?",
+                const="true",
+                metavar="BOOL",
+                help=f"{option.help} (env {option.env})",
             )
             continue
         group.add_argument(
-            option.flag, *option.aliases, dest=option.dest, default=None,
+            option.flag,
+            *option.aliases,
+            dest=option.dest,
+            default=None,
             metavar=metavars.get(option.parse, "VALUE"),
             help=f"{option.help} (env {option.env})",
         )
@@ -648,22 +897,25 @@ def load_config(args: argparse.Namespace, environ: Mapping[str, str] | None = No
     scheduler = _apply_weight_overrides(scheduler, getattr(args, "scorer_weights", None) or [])
     config = Config(endpoints=endpoints, scheduler=scheduler)
     for mapping in _MAPPINGS:
-        config = _replace_path(config, mapping.path,
-                               _mapping_values(mapping, args, document, env, config_file))
+        config = _replace_path(
+            config, mapping.path, _mapping_values(mapping, args, document, env, config_file)
+        )
     for path, value in values.items():
         config = _replace_path(config, path, value)
     verbosity = getattr(args, "verbosity", None)
     if verbosity is not None and getattr(args, "log_level", None) is None:
         config = dataclasses.replace(config, log_level="debug" if verbosity >= 4 else "info")
     ignored = tuple(
-        (flag, str(value), why) for flag, why in REFERENCE_ONLY_FLAGS.items()
+        (flag, str(value), why)
+        for flag, why in REFERENCE_ONLY_FLAGS.items()
         if (value := getattr(args, "reference_" + flag[2:].replace("-", "_"), None)) is not None
     )
     if ignored:
         config = dataclasses.replace(config, ignored_flags=ignored)
     if config.kubernetes.pool_namespace is None:
-        config = _replace_path(config, ("kubernetes", "pool_namespace"),
-                               env.get("POD_NAMESPACE") or "default")
+        config = _replace_path(
+            config, ("kubernetes", "pool_namespace"), env.get("POD_NAMESPACE") or "default"
+        )
     _check_modes(config)
     return config
 
@@ -671,11 +923,15 @@ def load_config(args: argparse.Namespace, environ: Mapping[str, str] | None = No
 def _check_modes(config: Config) -> None:
     """One source of endpoints, and what each needs, with errors that say how to fix it."""
     kube = config.kubernetes
-    sources = [name for name, used in (
-        ("--endpoint", bool(config.endpoints)),
-        ("--pool-name", kube.pool_name is not None),
-        ("--endpoint-selector", bool(kube.endpoint_selector)),
-    ) if used]
+    sources = [
+        name
+        for name, used in (
+            ("--endpoint", bool(config.endpoints)),
+            ("--pool-name", kube.pool_name is not None),
+            ("--endpoint-selector", bool(kube.endpoint_selector)),
+        )
+        if used
+    ]
     if len(sources) > 1:
         raise ConfigError(f"choose one source of endpoints, not {' and '.join(sources)}")
     if kube.endpoint_selector and not kube.endpoint_target_ports:
@@ -690,8 +946,10 @@ def _check_modes(config: Config) -> None:
         raise ConfigError("leader election needs retry period < renew deadline < lease duration")
     server = config.server
     if 0 < server.max_buffered_body_bytes < server.max_body_bytes:
-        raise ConfigError("--max-buffered-body-bytes must be 0 or at least --max-body-bytes "
-                          "(else the largest bodies allowed could never be gathered)")
+        raise ConfigError(
+            "--max-buffered-body-bytes must be 0 or at least --max-body-bytes "
+            "(else the largest bodies allowed could never be gathered)"
+        )
     control = config.request_control
     if control.failure_max_backoff_s < control.failure_backoff_s:
         raise ConfigError("--failure-max-backoff must not be shorter than --failure-backoff")
@@ -837,7 +1095,8 @@ def _scheduler(document: Mapping[str, Any], config_file: str | None) -> Schedule
             raise ConfigError(f"{config_file}: plugins[{index}].parameters must be a mapping")
         plugins.append(
             PluginSpec(
-                type=entry["type"], name=str(entry.get("name") or entry["type"]),
+                type=entry["type"],
+                name=str(entry.get("name") or entry["type"]),
                 parameters=dict(parameters),
             )
         )
@@ -853,14 +1112,18 @@ def _scheduler(document: Mapping[str, Any], config_file: str | None) -> Schedule
                     " needs a 'pluginRef'"
                 )
             weight = ref.get("weight")
-            if weight is not None and (isinstance(weight, bool)
-                                       or not isinstance(weight, int | float)):
+            if weight is not None and (
+                isinstance(weight, bool) or not isinstance(weight, int | float)
+            ):
                 raise ConfigError(
                     f"{config_file}: schedulingProfiles[{index}].plugins[{ref_index}]"
                     ".weight must be a number"
                 )
-            refs.append(ProfilePluginRef(plugin_ref=ref["pluginRef"],
-                                         weight=None if weight is None else float(weight)))
+            refs.append(
+                ProfilePluginRef(
+                    plugin_ref=ref["pluginRef"], weight=None if weight is None else float(weight)
+                )
+            )
         profiles.append(ProfileSpec(name=str(entry.get("name", "default")), plugins=refs))
     return SchedulerConfig(plugins=plugins, profiles=profiles)
 

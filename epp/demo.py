@@ -26,25 +26,38 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--admin-port", type=int, default=9901, help="Envoy's admin port")
     parser.add_argument("--grpc-port", type=int, default=9002, help="epp's ext_proc port")
     parser.add_argument("--metrics-port", type=int, default=9090, help="epp's /metrics port")
-    parser.add_argument("--first-pod-port", type=int, default=8001,
-                        help="the simulated pods listen here and on the next two ports")
-    parser.add_argument("--body-mode", choices=("FULL_DUPLEX_STREAMED", "BUFFERED"),
-                        default="FULL_DUPLEX_STREAMED", help="ext_proc request body mode")
-    parser.add_argument("--log-dir", type=Path, default=None,
-                        help="where each process writes its log (default: a temp dir)")
+    parser.add_argument(
+        "--first-pod-port",
+        type=int,
+        default=8001,
+        help="the simulated pods listen here and on the next two ports",
+    )
+    parser.add_argument(
+        "--body-mode",
+        choices=("FULL_DUPLEX_STREAMED", "BUFFERED"),
+        default="FULL_DUPLEX_STREAMED",
+        help="ext_proc request body mode",
+    )
+    parser.add_argument(
+        "--log-dir",
+        type=Path,
+        default=None,
+        help="where each process writes its log (default: a temp dir)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     log_dir: Path = args.log_dir or Path(tempfile.mkdtemp(prefix="epp-demo-"))
     log_dir.mkdir(parents=True, exist_ok=True)
-    pods = [(f"127.0.0.1:{args.first_pod_port + i}", model)
-            for i, model in enumerate(DEMO_MODELS)]
+    pods = [(f"127.0.0.1:{args.first_pod_port + i}", model) for i, model in enumerate(DEMO_MODELS)]
     ports = [args.listen_port, args.admin_port, args.grpc_port, args.metrics_port]
     ports += [args.first_pod_port + i for i in range(len(pods))]
     busy = [port for port in ports if not _port_is_free(port)]
     if busy:
-        print(f"epp demo: port(s) {', '.join(map(str, busy))} already in use; "
-              "stop what holds them (another `make run`?) or pass other ports")
+        print(
+            f"epp demo: port(s) {', '.join(map(str, busy))} already in use; "
+            "stop what holds them (another `make run`?) or pass other ports"
+        )
         return 1
 
     stop = threading.Event()
@@ -53,33 +66,48 @@ def run(args: argparse.Namespace) -> int:
 
     started: list[ManagedProcess] = []
     try:
-        sim_args = ["sim"] + [arg for address, model in pods
-                              for arg in ("--pod", f"{address}={model}")]
+        sim_args = ["sim"] + [
+            arg for address, model in pods for arg in ("--pod", f"{address}={model}")
+        ]
         sim = start_epp_module("sim", sim_args, log_dir=log_dir)
         started.append(sim)
         for address, _ in pods:
             sim.wait_http(f"http://{address}/health")
 
-        epp_args = ["serve", "--grpc-host", "127.0.0.1", "--grpc-port", str(args.grpc_port),
-                    "--grpc-health-port", "0",
-                    "--metrics-host", "127.0.0.1", "--metrics-port", str(args.metrics_port)]
-        epp_args += [arg for address, model in pods
-                     for arg in ("--endpoint", f"{address}={model}")]
+        epp_args = [
+            "serve",
+            "--grpc-host",
+            "127.0.0.1",
+            "--grpc-port",
+            str(args.grpc_port),
+            "--grpc-health-port",
+            "0",
+            "--metrics-host",
+            "127.0.0.1",
+            "--metrics-port",
+            str(args.metrics_port),
+        ]
+        epp_args += [arg for address, model in pods for arg in ("--endpoint", f"{address}={model}")]
         epp = start_epp_module("epp", epp_args, log_dir=log_dir)
         started.append(epp)
         epp.wait_http(f"http://127.0.0.1:{args.metrics_port}/readyz")
 
-        envoy_ports = EnvoyPorts(listen_port=args.listen_port, admin_port=args.admin_port,
-                                 epp_port=args.grpc_port)
-        started.append(start_envoy(envoy_bootstrap(envoy_ports, body_mode=args.body_mode),
-                                   admin_port=args.admin_port, log_dir=log_dir))
+        envoy_ports = EnvoyPorts(
+            listen_port=args.listen_port, admin_port=args.admin_port, epp_port=args.grpc_port
+        )
+        started.append(
+            start_envoy(
+                envoy_bootstrap(envoy_ports, body_mode=args.body_mode),
+                admin_port=args.admin_port,
+                log_dir=log_dir,
+            )
+        )
     except StackError as exc:
         print(f"epp demo: {exc}")
         _stop_all(started)
         return 1
 
-    print(_banner(args.listen_port, args.grpc_port, args.metrics_port, pods, log_dir),
-          flush=True)
+    print(_banner(args.listen_port, args.grpc_port, args.metrics_port, pods, log_dir), flush=True)
     while not stop.wait(0.5):
         for process in started:
             if process.process.poll() is not None:
@@ -106,8 +134,9 @@ def _port_is_free(port: int) -> bool:
     return True
 
 
-def _banner(listen_port: int, grpc_port: int, metrics_port: int,
-            pods: list[tuple[str, str]], log_dir: Path) -> str:
+def _banner(
+    listen_port: int, grpc_port: int, metrics_port: int, pods: list[tuple[str, str]], log_dir: Path
+) -> str:
     url = f"http://127.0.0.1:{listen_port}"
     fleet = ", ".join(f"{model} on {address}" for address, model in pods)
     return f"""

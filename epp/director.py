@@ -183,8 +183,9 @@ class Director:
         )
         priority = self.objectives.priority(headers) if headers else 0
         if not self._pick_endpoints:
-            return RoutingDecision(request, [], "", 0, requested_model=parsed.model,
-                                   priority=priority)
+            return RoutingDecision(
+                request, [], "", 0, requested_model=parsed.model, priority=priority
+            )
         model, candidates = self._model_and_candidates(target, parsed.model, subset)
         if model != target:
             request = replace(request, model=model)
@@ -217,8 +218,11 @@ class Director:
         if healthy:
             return target, healthy
         for fallback in self.fallbacks.of(target, requested):
-            candidates = [ep for ep in _allowed(self._store.serving(fallback), subset)
-                          if self.is_healthy(ep, now)]
+            candidates = [
+                ep
+                for ep in _allowed(self._store.serving(fallback), subset)
+                if self.is_healthy(ep, now)
+            ]
             if candidates:
                 return fallback, candidates
         ready = [ep for ep in serving if self.is_ready(ep)]
@@ -239,15 +243,17 @@ class Director:
     ) -> RoutingDecision:
         """Route a request that has no body (GET /v1/models, /health): any ready endpoint."""
         if method == "POST":
-            raise BadRequest("request body is empty; expected a JSON object with 'model'",
-                             code="missing_body")
+            raise BadRequest(
+                "request body is empty; expected a JSON object with 'model'", code="missing_body"
+            )
         request = LLMRequest(request_id=request_id, model="", prompt="", headers=headers)
         if not self._pick_endpoints:
             return RoutingDecision(request, [], "", 0)
         now = time.monotonic()
         serving = _allowed(self._store.all(), subset)
-        candidates = ([ep for ep in serving if self.is_healthy(ep, now)]
-                      or [ep for ep in serving if self.is_ready(ep)])
+        candidates = [ep for ep in serving if self.is_healthy(ep, now)] or [
+            ep for ep in serving if self.is_ready(ep)
+        ]
         if not candidates:
             raise _no_ready_endpoint("this request", subset)
         return self._schedule(request, candidates)

@@ -150,11 +150,14 @@ def envoy_bootstrap(
     if body_mode not in BODY_MODES:
         raise ValueError(f"body_mode must be one of {BODY_MODES}, not {body_mode!r}")
     if response_body_mode not in RESPONSE_BODY_MODES:
-        raise ValueError(f"response_body_mode must be one of {RESPONSE_BODY_MODES}, "
-                         f"not {response_body_mode!r}")
+        raise ValueError(
+            f"response_body_mode must be one of {RESPONSE_BODY_MODES}, not {response_body_mode!r}"
+        )
     if epp_server_name and not epp_ca_file:
-        raise ValueError("epp_server_name is checked against epp's certificate, "
-                         "which needs epp_ca_file to verify it")
+        raise ValueError(
+            "epp_server_name is checked against epp's certificate, "
+            "which needs epp_ca_file to verify it"
+        )
     http_filters: list[dict[str, Any]] = []
     if ext_proc:
         http_filters.append(_ext_proc_filter(body_mode, response_body_mode, timeouts))
@@ -171,8 +174,14 @@ def envoy_bootstrap(
     upstream_cluster = "model_servers" if static_upstream else "original_destination"
     clusters = [_upstream_cluster(static_upstream)]
     if ext_proc:
-        clusters.append(_epp_cluster(ports, tls=epp_tls or epp_ca_file is not None,
-                                     ca_file=epp_ca_file, server_name=epp_server_name))
+        clusters.append(
+            _epp_cluster(
+                ports,
+                tls=epp_tls or epp_ca_file is not None,
+                ca_file=epp_ca_file,
+                server_name=epp_server_name,
+            )
+        )
     manager = _http_connection_manager(_route_config(upstream_cluster), http_filters, timeouts)
     return {
         "admin": {
@@ -210,8 +219,9 @@ def _duration(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
-def _http_connection_manager(route_config: dict[str, Any], http_filters: list[dict[str, Any]],
-                             timeouts: EnvoyTimeouts) -> dict[str, Any]:
+def _http_connection_manager(
+    route_config: dict[str, Any], http_filters: list[dict[str, Any]], timeouts: EnvoyTimeouts
+) -> dict[str, Any]:
     return {
         "name": "envoy.filters.network.http_connection_manager",
         "typed_config": {
@@ -295,8 +305,9 @@ def _route_config(cluster: str) -> dict[str, Any]:
     }
 
 
-def _ext_proc_filter(body_mode: str, response_body_mode: str,
-                     timeouts: EnvoyTimeouts) -> dict[str, Any]:
+def _ext_proc_filter(
+    body_mode: str, response_body_mode: str, timeouts: EnvoyTimeouts
+) -> dict[str, Any]:
     return {
         "name": "envoy.filters.http.ext_proc",
         "typed_config": {
@@ -309,8 +320,9 @@ def _ext_proc_filter(body_mode: str, response_body_mode: str,
                 # Full duplex needs trailers sent so a body ending in trailers still ends.
                 "request_trailer_mode": "SEND" if body_mode == "FULL_DUPLEX_STREAMED" else "SKIP",
                 "response_header_mode": "SEND",
-                "response_body_mode": ("NONE" if response_body_mode == "OBSERVED"
-                                       else response_body_mode),
+                "response_body_mode": (
+                    "NONE" if response_body_mode == "OBSERVED" else response_body_mode
+                ),
                 # Asking for response trailers keeps the ext_proc stream open until the
                 # response ends (verified with Envoy 1.40), at no per-chunk cost: its end is
                 # when epp takes the request off the endpoint's in-flight count.
@@ -363,8 +375,12 @@ def _upstream_cluster(static_upstream: str | None) -> dict[str, Any]:
         "connect_timeout": "1s",
         "circuit_breakers": {
             "thresholds": [
-                {"max_connections": 100000, "max_pending_requests": 100000,
-                 "max_requests": 100000, "max_retries": 1000}
+                {
+                    "max_connections": 100000,
+                    "max_pending_requests": 100000,
+                    "max_requests": 100000,
+                    "max_retries": 1000,
+                }
             ]
         },
     }
@@ -376,8 +392,19 @@ def _upstream_cluster(static_upstream: str | None) -> dict[str, Any]:
             "lb_policy": "ROUND_ROBIN",
             "load_assignment": {
                 "cluster_name": "model_servers",
-                "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
-                    "address": host, "port_value": int(port)}}}}]}],
+                "endpoints": [
+                    {
+                        "lb_endpoints": [
+                            {
+                                "endpoint": {
+                                    "address": {
+                                        "socket_address": {"address": host, "port_value": int(port)}
+                                    }
+                                }
+                            }
+                        ]
+                    }
+                ],
             },
             **common,
         }
@@ -394,8 +421,9 @@ def _upstream_cluster(static_upstream: str | None) -> dict[str, Any]:
     }
 
 
-def _epp_cluster(ports: EnvoyPorts, *, tls: bool, ca_file: str | None = None,
-                 server_name: str | None = None) -> dict[str, Any]:
+def _epp_cluster(
+    ports: EnvoyPorts, *, tls: bool, ca_file: str | None = None, server_name: str | None = None
+) -> dict[str, Any]:
     cluster = _plain_epp_cluster(ports)
     if tls:
         cluster["transport_socket"] = {
@@ -451,12 +479,27 @@ def _plain_epp_cluster(ports: EnvoyPorts) -> dict[str, Any]:
             }
         },
         "circuit_breakers": {
-            "thresholds": [{"max_connections": 10000, "max_pending_requests": 100000,
-                            "max_requests": 100000}]
+            "thresholds": [
+                {"max_connections": 10000, "max_pending_requests": 100000, "max_requests": 100000}
+            ]
         },
         "load_assignment": {
             "cluster_name": "epp",
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
-                "address": ports.epp_host, "port_value": ports.epp_port}}}}]}],
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {
+                            "endpoint": {
+                                "address": {
+                                    "socket_address": {
+                                        "address": ports.epp_host,
+                                        "port_value": ports.epp_port,
+                                    }
+                                }
+                            }
+                        }
+                    ]
+                }
+            ],
         },
     }

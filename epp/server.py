@@ -102,8 +102,9 @@ async def serve(
         objectives=Objectives(control.objectives),
         rewrites=ModelRewrites(honour_header=control.trust_model_rewrite_header),
         fallbacks=ModelFallbacks(control.model_fallbacks),
-        health=PassiveHealth(initial_backoff_s=control.failure_backoff_s,
-                             max_backoff_s=control.failure_max_backoff_s),
+        health=PassiveHealth(
+            initial_backoff_s=control.failure_backoff_s, max_backoff_s=control.failure_max_backoff_s
+        ),
         max_inflight=control.endpoint_max_inflight,
         retry_after_s=control.retry_after_s,
     )
@@ -127,16 +128,21 @@ async def serve(
         max_backoff_s=default_max_backoff_s(data.metrics_staleness_s),
         max_idle_interval_s=data.scrape_idle_interval_s,
     )
-    pool = metrics.PoolCollector(store.all, director.is_ready, data.metrics_staleness_s,
-                                 in_backoff=director.health.in_backoff)
+    pool = metrics.PoolCollector(
+        store.all,
+        director.is_ready,
+        data.metrics_staleness_s,
+        in_backoff=director.health.in_backoff,
+    )
     metrics.REGISTRY.register(pool)
     state = StateCollector(store.all, lambda: director.scheduler)
     request_metrics.set_request_log(config.request_log)
     metrics.REGISTRY.register(state)
     metrics.MODEL_LABELS.max_series = config.max_model_series
     budget = BodyBudget(config.server.max_buffered_body_bytes)
-    body_memory = metrics.BodyMemoryCollector(lambda: budget.held_bytes,
-                                              lambda: budget.refused, budget.limit_bytes)
+    body_memory = metrics.BodyMemoryCollector(
+        lambda: budget.held_bytes, lambda: budget.refused, budget.limit_bytes
+    )
     metrics.REGISTRY.register(body_memory)
     grpc_host = config.grpc_host
     server, grpc_port = create_grpc_server(
@@ -149,10 +155,13 @@ async def serve(
         body_budget=budget,
     )
     if not config.secure_serving and not _is_loopback(grpc_host):
-        log.warning("ext_proc is served without TLS on %s:%d: whoever can reach it can read "
-                    "requests and choose where they go; use --secure-serving, or keep the "
-                    "port reachable only by the gateway (a NetworkPolicy)",
-                    grpc_host, grpc_port)
+        log.warning(
+            "ext_proc is served without TLS on %s:%d: whoever can reach it can read "
+            "requests and choose where they go; use --secure-serving, or keep the "
+            "port reachable only by the gateway (a NetworkPolicy)",
+            grpc_host,
+            grpc_port,
+        )
     health_server: grpc.aio.Server | None = None
     health_port: int | None = None
     if config.server.grpc_health_port:
@@ -185,18 +194,24 @@ async def serve(
         log.info(
             "epp serving ext_proc on %s:%d%s (%s; %d/%d endpoints ready; health on %s; "
             "metrics on %s)",
-            grpc_host, grpc_port, " with TLS" if config.secure_serving else "",
-            parts.discovery.what if parts is not None else (
-                "body-based routing" if config.server.body_based_routing
-                else "static endpoints"),
-            ready, len(store.all()), health_port or "off",
+            grpc_host,
+            grpc_port,
+            " with TLS" if config.secure_serving else "",
+            parts.discovery.what
+            if parts is not None
+            else ("body-based routing" if config.server.body_based_routing else "static endpoints"),
+            ready,
+            len(store.all()),
+            health_port or "off",
             f"{config.server.metrics_host}:{metrics_port}" if metrics_port else "off",
         )
         if on_ready is not None:
             on_ready(Running(grpc_port, metrics_port, store, director, health_port))
         await (shutdown_trigger or _termination_signal)()
-        log.info("shutting down: draining in-flight requests for up to %.1fs",
-                 config.server.graceful_timeout_s)
+        log.info(
+            "shutting down: draining in-flight requests for up to %.1fs",
+            config.server.graceful_timeout_s,
+        )
         reporter.stopping = True
         await reporter.publish()
         if parts is not None:
@@ -244,8 +259,11 @@ class _KubernetesParts:
         self.elector: LeaderElector | None = None
         if kube.pool_name is not None:
             self.policies = PoolPolicies(
-                self._client, namespace=kube.namespace, pool_name=kube.pool_name,
-                objectives=director.objectives, rewrites=director.rewrites,
+                self._client,
+                namespace=kube.namespace,
+                pool_name=kube.pool_name,
+                objectives=director.objectives,
+                rewrites=director.rewrites,
             )
             if kube.leader_election:
                 self.elector = LeaderElector(
@@ -254,7 +272,7 @@ class _KubernetesParts:
                     lease_name=kube.lease_name or f"epp-{kube.pool_name}",
                     # client-go's form: unique even for two replicas on one host.
                     identity=f"{os.environ.get('POD_NAME') or socket.gethostname()}_"
-                             f"{uuid.uuid4().hex[:8]}",
+                    f"{uuid.uuid4().hex[:8]}",
                     lease_duration_s=kube.lease_duration_s,
                     renew_deadline_s=kube.renew_deadline_s,
                     retry_period_s=kube.retry_period_s,
@@ -274,8 +292,12 @@ class _KubernetesParts:
         if await self.discovery.wait_synced(timeout):
             self._reporter.update(synced=True)
             return
-        log.warning("%s: no complete view after %.0fs (is the API server reachable, and does "
-                    "the pool exist?); not ready until it comes", self.discovery.what, timeout)
+        log.warning(
+            "%s: no complete view after %.0fs (is the API server reachable, and does "
+            "the pool exist?); not ready until it comes",
+            self.discovery.what,
+            timeout,
+        )
 
         async def report_when_synced() -> None:
             await self.discovery.wait_synced(None)
@@ -309,8 +331,12 @@ class _KubernetesParts:
         elif strategy in configs:
             scheduler_config = configs[strategy]()
         else:
-            log.error("%s: unknown routing strategy %r (expected DEFAULT or PREFIX_CACHE); "
-                      "keeping the configured profile", self.discovery.what, strategy)
+            log.error(
+                "%s: unknown routing strategy %r (expected DEFAULT or PREFIX_CACHE); "
+                "keeping the configured profile",
+                self.discovery.what,
+                strategy,
+            )
             scheduler_config = self._config.scheduler
         registry = PluginRegistry()
         register_builtin_plugins(registry)
@@ -325,8 +351,10 @@ def _tls_credentials(config: Config) -> grpc.ServerCredentials | None:
     if cert_path and config.server.cert_reload:
         return reloading_credentials(cert_path)
     if config.server.cert_reload:
-        log.warning("--enable-cert-reload needs --cert-path; the self-signed certificate "
-                    "made at start is served")
+        log.warning(
+            "--enable-cert-reload needs --cert-path; the self-signed certificate "
+            "made at start is served"
+        )
     pair = load_certificate(cert_path) if cert_path else self_signed_certificate()
     return grpc.ssl_server_credentials([pair])
 
@@ -358,9 +386,7 @@ async def _start_metrics_listener(
     page = MetricsPage(metrics.REGISTRY)
 
     async def prometheus(_request: web.Request) -> web.Response:
-        return web.Response(
-            body=await page.render(), headers={"Content-Type": CONTENT_TYPE_LATEST}
-        )
+        return web.Response(body=await page.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(_request: web.Request) -> web.Response:
         return web.Response(text="ok\n")
@@ -369,8 +395,13 @@ async def _start_metrics_listener(
         ready = [ep.address for ep in store.all() if director.is_ready(ep)]
         text = f"{len(ready)}/{len(store.all())} endpoints ready"
         if not reporter.ready:
-            text += "; " + ("shutting down" if reporter.stopping else
-                            "not synced" if not reporter.synced else "not the leader")
+            text += "; " + (
+                "shutting down"
+                if reporter.stopping
+                else "not synced"
+                if not reporter.synced
+                else "not the leader"
+            )
         ok = reporter.ready and (bool(ready) or config.server.body_based_routing)
         return web.Response(text=text + "\n", status=200 if ok else 503)
 

@@ -39,8 +39,9 @@ def free_port(host: str = "127.0.0.1") -> int:
 class ManagedProcess:
     """A child process with its output in a log file, stopped with SIGTERM then SIGKILL."""
 
-    def __init__(self, name: str, argv: Sequence[str], *, log_dir: Path,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, name: str, argv: Sequence[str], *, log_dir: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.name = name
         self.argv = list(argv)
         self.log_path = log_dir / f"{name}.log"
@@ -100,15 +101,22 @@ def _http_status(url: str) -> int | None:
         return None
 
 
-def start_epp_module(name: str, args: Sequence[str], *, log_dir: Path,
-                     env: dict[str, str] | None = None) -> ManagedProcess:
+def start_epp_module(
+    name: str, args: Sequence[str], *, log_dir: Path, env: dict[str, str] | None = None
+) -> ManagedProcess:
     """Run ``python -m epp ARGS`` with this interpreter (no reliance on PATH)."""
     return ManagedProcess(name, [sys.executable, "-m", "epp", *args], log_dir=log_dir, env=env)
 
 
-def start_envoy(bootstrap: dict[str, Any], *, admin_port: int, log_dir: Path,
-                name: str = "envoy", timeout_s: float = 30.0,
-                concurrency: int = 1) -> ManagedProcess:
+def start_envoy(
+    bootstrap: dict[str, Any],
+    *,
+    admin_port: int,
+    log_dir: Path,
+    name: str = "envoy",
+    timeout_s: float = 30.0,
+    concurrency: int = 1,
+) -> ManagedProcess:
     """Start Envoy with ``bootstrap`` and wait until its admin says it is ready.
 
     Envoy 1.40 dies with the thread that started it, so call this from a thread that
@@ -118,8 +126,17 @@ def start_envoy(bootstrap: dict[str, Any], *, admin_port: int, log_dir: Path,
     config_path.write_text(render_bootstrap(bootstrap))
     process = ManagedProcess(
         name,
-        [envoy_binary(), "-c", str(config_path), "--log-level", "warn",
-         "--base-id", str(admin_port), "--concurrency", str(concurrency)],
+        [
+            envoy_binary(),
+            "-c",
+            str(config_path),
+            "--log-level",
+            "warn",
+            "--base-id",
+            str(admin_port),
+            "--concurrency",
+            str(concurrency),
+        ],
         log_dir=log_dir,
     )
     process.wait_http(f"http://127.0.0.1:{admin_port}/ready", timeout_s=timeout_s)

@@ -70,10 +70,12 @@ def self_signed_certificate(valid_days: int = 365) -> tuple[bytes, bytes]:
     from cryptography.x509.oid import NameOID
 
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "epp"),
-        x509.NameAttribute(NameOID.COMMON_NAME, "epp"),
-    ])
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "epp"),
+            x509.NameAttribute(NameOID.COMMON_NAME, "epp"),
+        ]
+    )
     now = datetime.datetime.now(datetime.UTC)
     hostnames = sorted({"localhost", socket.gethostname()})
     certificate = (

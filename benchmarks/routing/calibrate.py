@@ -43,8 +43,14 @@ class Calibration:
         return self.warm_rps_per_pod * self.pods
 
 
-def calibrate(fleet: FleetSpec, workload: SharedPrefixSpec, workdir: Path, *,
-              requests: int = 64, concurrency: int = 32) -> Calibration:
+def calibrate(
+    fleet: FleetSpec,
+    workload: SharedPrefixSpec,
+    workdir: Path,
+    *,
+    requests: int = 64,
+    concurrency: int = 32,
+) -> Calibration:
     """Measure one pod cold and warm; see the module docstring. Takes a few seconds."""
     probe = replace(fleet, pods=1, time_scale=fleet.time_scale / fleet.pods)
     system = pseudo_text("calibration:system", workload.system_tokens)
@@ -53,15 +59,27 @@ def calibrate(fleet: FleetSpec, workload: SharedPrefixSpec, workdir: Path, *,
         bodies = []
         for i in range(requests):
             question = pseudo_text(f"calibration:{warm}:{i}", workload.question_tokens)
-            prefix = system if warm else pseudo_text(f"calibration:cold:{i}",
-                                                     workload.system_tokens)
-            bodies.append((0.0, chat_body(fleet.model, [
-                {"role": "system", "content": prefix},
-                {"role": "user", "content": question}], workload.output_tokens)))
+            prefix = (
+                system if warm else pseudo_text(f"calibration:cold:{i}", workload.system_tokens)
+            )
+            bodies.append(
+                (
+                    0.0,
+                    chat_body(
+                        fleet.model,
+                        [
+                            {"role": "system", "content": prefix},
+                            {"role": "user", "content": question},
+                        ],
+                        workload.output_tokens,
+                    ),
+                )
+            )
         sim = Fleet(probe, workdir)
         try:
-            load = run_load(f"http://{sim.pods[0]}", bodies, max_concurrency=concurrency,
-                            time_limit_s=300)
+            load = run_load(
+                f"http://{sim.pods[0]}", bodies, max_concurrency=concurrency, time_limit_s=300
+            )
         finally:
             sim.stop()
         failed = [r.error for r in load.results if not r.ok]

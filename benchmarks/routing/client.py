@@ -87,21 +87,24 @@ def run_load(
     results, wall_s, timed_out = uvloop.run(
         _run(base_url + _CHAT_PATH, bodies, max_concurrency, time_limit_s)
     )
-    return LoadResult(results=results, wall_s=wall_s, client_cpu_s=time.process_time() - cpu0,
-                      timed_out=timed_out)
+    return LoadResult(
+        results=results, wall_s=wall_s, client_cpu_s=time.process_time() - cpu0, timed_out=timed_out
+    )
 
 
 async def _run(
     url: str, bodies: list[tuple[float, bytes]], max_concurrency: int, time_limit_s: float
 ) -> tuple[list[RequestResult], float, int]:
-    connector = aiohttp.TCPConnector(limit=max_concurrency, limit_per_host=0,
-                                     keepalive_timeout=60.0, force_close=False)
+    connector = aiohttp.TCPConnector(
+        limit=max_concurrency, limit_per_host=0, keepalive_timeout=60.0, force_close=False
+    )
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10.0)
     slots = asyncio.Semaphore(max_concurrency)
     results = [RequestResult(index=i, scheduled_s=t) for i, (t, _) in enumerate(bodies)]
     loop = asyncio.get_running_loop()
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout,
-                                     auto_decompress=False) as session:
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=timeout, auto_decompress=False
+    ) as session:
         start = loop.time()
         deadline = start + time_limit_s
         tasks: set[asyncio.Task[None]] = set()
@@ -136,11 +139,18 @@ async def _run(
         return results, finished_at[0] - start, timed_out
 
 
-async def _send(session: aiohttp.ClientSession, url: str, body: bytes, result: RequestResult,
-                scheduled: float, loop: asyncio.AbstractEventLoop) -> None:
+async def _send(
+    session: aiohttp.ClientSession,
+    url: str,
+    body: bytes,
+    result: RequestResult,
+    scheduled: float,
+    loop: asyncio.AbstractEventLoop,
+) -> None:
     try:
-        async with session.post(url, data=body,
-                                headers={"content-type": "application/json"}) as resp:
+        async with session.post(
+            url, data=body, headers={"content-type": "application/json"}
+        ) as resp:
             result.status = resp.status
             result.pod = resp.headers.get("x-sim-pod")
             if resp.status != 200:
@@ -159,8 +169,12 @@ async def _send(session: aiohttp.ClientSession, url: str, body: bytes, result: R
         result.e2e_s = loop.time() - scheduled
 
 
-async def _read_stream(resp: aiohttp.ClientResponse, result: RequestResult, scheduled: float,
-                       loop: asyncio.AbstractEventLoop) -> bytes:
+async def _read_stream(
+    resp: aiohttp.ClientResponse,
+    result: RequestResult,
+    scheduled: float,
+    loop: asyncio.AbstractEventLoop,
+) -> bytes:
     """Read the SSE stream; note the first content; return the stream's last few reads."""
     pending = b""
     tail: deque[bytes] = deque(maxlen=_TAIL_CHUNKS)
@@ -182,8 +196,7 @@ async def _read_stream(resp: aiohttp.ClientResponse, result: RequestResult, sche
 
 def _has_content(event: bytes) -> bool:
     for line in event.split(b"\n"):
-        if not line.startswith(b"data:") or (b'"content"' not in line
-                                              and b'"text"' not in line):
+        if not line.startswith(b"data:") or (b'"content"' not in line and b'"text"' not in line):
             continue
         try:
             choices = orjson.loads(line[5:]).get("choices") or []

@@ -70,18 +70,27 @@ class Contender(Protocol):
         ...
 
 
-def static_cluster_bootstrap(pods: Sequence[str], *, lb_policy: str, listen_port: int,
-                             admin_port: int) -> dict[str, Any]:
+def static_cluster_bootstrap(
+    pods: Sequence[str], *, lb_policy: str, listen_port: int, admin_port: int
+) -> dict[str, Any]:
     """Envoy without ext_proc, its one cluster holding every pod, balanced by ``lb_policy``."""
-    bootstrap = envoy_bootstrap(EnvoyPorts(listen_port=listen_port, admin_port=admin_port),
-                                ext_proc=False, static_upstream=pods[0])
+    bootstrap = envoy_bootstrap(
+        EnvoyPorts(listen_port=listen_port, admin_port=admin_port),
+        ext_proc=False,
+        static_upstream=pods[0],
+    )
     cluster = bootstrap["static_resources"]["clusters"][0]
     cluster["lb_policy"] = lb_policy
     endpoints = []
     for pod in pods:
         host, _, port = pod.rpartition(":")
-        endpoints.append({"endpoint": {"address": {"socket_address": {
-            "address": host, "port_value": int(port)}}}})
+        endpoints.append(
+            {
+                "endpoint": {
+                    "address": {"socket_address": {"address": host, "port_value": int(port)}}
+                }
+            }
+        )
     cluster["load_assignment"]["endpoints"] = [{"lb_endpoints": endpoints}]
     return bootstrap
 
@@ -113,8 +122,9 @@ class EnvoyContender(_Processes):
 
     def start(self, pods: Sequence[str], model: str, workdir: Path) -> str:
         listen, admin = free_port(), free_port()
-        bootstrap = static_cluster_bootstrap(pods, lb_policy=self.lb_policy,
-                                             listen_port=listen, admin_port=admin)
+        bootstrap = static_cluster_bootstrap(
+            pods, lb_policy=self.lb_policy, listen_port=listen, admin_port=admin
+        )
         self.started.append(start_envoy(bootstrap, admin_port=admin, log_dir=workdir))
         return f"http://127.0.0.1:{listen}"
 
@@ -127,9 +137,13 @@ class EppContender(_Processes):
     :func:`epp.envoy_config.envoy_bootstrap` (e.g. ``response_body_mode``).
     """
 
-    def __init__(self, name: str, config_file: Path | None = None,
-                 extra_args: Sequence[str] = (),
-                 envoy_options: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        config_file: Path | None = None,
+        extra_args: Sequence[str] = (),
+        envoy_options: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         self.name = name
         self.config_file = config_file
@@ -138,21 +152,37 @@ class EppContender(_Processes):
 
     def start(self, pods: Sequence[str], model: str, workdir: Path) -> str:
         grpc, metrics = free_port(), free_port()
-        args = ["serve", "--grpc-host", "127.0.0.1", "--grpc-port", str(grpc),
-                "--grpc-health-port", "0",
-                "--metrics-host", "127.0.0.1", "--metrics-port", str(metrics),
-                "--log-level", "warning", *self.extra_args]
+        args = [
+            "serve",
+            "--grpc-host",
+            "127.0.0.1",
+            "--grpc-port",
+            str(grpc),
+            "--grpc-health-port",
+            "0",
+            "--metrics-host",
+            "127.0.0.1",
+            "--metrics-port",
+            str(metrics),
+            "--log-level",
+            "warning",
+            *self.extra_args,
+        ]
         if self.config_file is not None:
             args += ["--config-file", str(self.config_file)]
         for pod in pods:
             args += ["--endpoint", f"{pod}={model}"]
         epp = start_epp_module("epp", args, log_dir=workdir)
         self.started.append(epp)
-        epp.wait_until(lambda: _ready_pods(metrics) >= len(pods), timeout_s=30,
-                       what=f"all {len(pods)} pods ready in epp")
+        epp.wait_until(
+            lambda: _ready_pods(metrics) >= len(pods),
+            timeout_s=30,
+            what=f"all {len(pods)} pods ready in epp",
+        )
         listen, admin = free_port(), free_port()
-        bootstrap = envoy_bootstrap(EnvoyPorts(listen_port=listen, admin_port=admin,
-                                               epp_port=grpc), **self.envoy_options)
+        bootstrap = envoy_bootstrap(
+            EnvoyPorts(listen_port=listen, admin_port=admin, epp_port=grpc), **self.envoy_options
+        )
         self.started.append(start_envoy(bootstrap, admin_port=admin, log_dir=workdir))
         return f"http://127.0.0.1:{listen}"
 
@@ -178,8 +208,9 @@ def descendants(pid: int) -> list[int]:
 
 def _ready_pods(metrics_port: int) -> int:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics",
-                                    timeout=1) as response:
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{metrics_port}/metrics", timeout=1
+        ) as response:
             text = response.read().decode()
     except OSError:
         return 0
@@ -195,8 +226,9 @@ def builtin_contenders(epp_args: Sequence[str] = ()) -> list[Contender]:
         EnvoyContender("envoy-rr", "ROUND_ROBIN"),
         EnvoyContender("envoy-lr", "LEAST_REQUEST"),
         EppContender("epp", None, epp_args),
-        EppContender("epp-full-duplex", None, epp_args,
-                     {"response_body_mode": "FULL_DUPLEX_STREAMED"}),
+        EppContender(
+            "epp-full-duplex", None, epp_args, {"response_body_mode": "FULL_DUPLEX_STREAMED"}
+        ),
         EppContender("epp-lean", None, epp_args, {"response_body_mode": "NONE"}),
         EppContender("epp-reference", CONFIGS / "reference.yaml", epp_args),
         EppContender("epp-load", CONFIGS / "load-only.yaml", epp_args),
@@ -229,16 +261,20 @@ def load_peers(
     return out, None
 
 
-def wait_answers(url: str, model: str, timeout_s: float = 30.0,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+def wait_answers(
+    url: str, model: str, timeout_s: float = 30.0, sleep: Callable[[float], None] = time.sleep
+) -> None:
     """Block until one small chat request through ``url`` succeeds (a readiness probe)."""
-    body = (b'{"model": "%s", "max_tokens": 1, "messages": [{"role": "user", '
-            b'"content": "ready?"}]}' % model.encode())
+    body = (
+        b'{"model": "%s", "max_tokens": 1, "messages": [{"role": "user", '
+        b'"content": "ready?"}]}' % model.encode()
+    )
     deadline = time.monotonic() + timeout_s
     last: str = ""
     while time.monotonic() < deadline:
-        request = urllib.request.Request(url + "/v1/chat/completions", data=body,
-                                         headers={"content-type": "application/json"})
+        request = urllib.request.Request(
+            url + "/v1/chat/completions", data=body, headers={"content-type": "application/json"}
+        )
         try:
             with urllib.request.urlopen(request, timeout=5) as response:
                 if response.status == 200:

@@ -43,8 +43,9 @@ class FleetSpec:
 
 def sim_flags() -> frozenset[str]:
     """The flags this checkout's ``epp sim`` accepts (its ``--help``), to pass only those."""
-    out = subprocess.run([sys.executable, "-m", "epp", "sim", "--help"], capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "epp", "sim", "--help"], capture_output=True, text=True, check=True
+    ).stdout
     return frozenset(word.rstrip(",") for word in out.split() if word.startswith("--"))
 
 
@@ -106,8 +107,8 @@ def _metrics_page(pod: str) -> str:
         return text
 
 
-def deltas(before: Mapping[str, PodCounters],
-           after: Mapping[str, PodCounters]) -> dict[str, PodCounters]:
+def deltas(
+    before: Mapping[str, PodCounters], after: Mapping[str, PodCounters]
+) -> dict[str, PodCounters]:
     """``after - before`` per pod and counter."""
-    return {pod: {k: after[pod][k] - before[pod].get(k, 0.0) for k in after[pod]}
-            for pod in after}
+    return {pod: {k: after[pod][k] - before[pod].get(k, 0.0) for k in after[pod]} for pod in after}

@@ -131,8 +131,9 @@ class PeerPackage:
         marker = self.venv(root) / _MARKER
         return marker.is_file() and marker.read_text().strip() == self.spec
 
-    def install(self, root: Path | None = None, *, log: Callable[[str], None] | None = None
-                ) -> Path:
+    def install(
+        self, root: Path | None = None, *, log: Callable[[str], None] | None = None
+    ) -> Path:
         """Create the virtualenv and pip-install the pinned package, unless done before.
 
         Returns the virtualenv's python. Safe to call from several processes at once.
@@ -148,8 +149,18 @@ class PeerPackage:
             say(f"installing {self.spec} into {venv} (once)")
             started = time.monotonic()
             _run([sys.executable, "-m", "venv", str(venv)])
-            _run([str(self.python(root)), "-m", "pip", "install", "--quiet", "--no-input",
-                  "--disable-pip-version-check", self.spec])
+            _run(
+                [
+                    str(self.python(root)),
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--no-input",
+                    "--disable-pip-version-check",
+                    self.spec,
+                ]
+            )
             (venv / _MARKER).write_text(self.spec + "\n")
             say(f"installed {self.spec} in {time.monotonic() - started:.1f}s")
         return self.python(root)
@@ -166,11 +177,19 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def _run(argv: Sequence[str]) -> None:
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=_INSTALL_TIMEOUT_S,
-                            stdin=subprocess.DEVNULL, check=False)
+    result = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=_INSTALL_TIMEOUT_S,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
     if result.returncode != 0:
-        raise StackError(f"{' '.join(argv)} failed ({result.returncode}):\n"
-                         f"{(result.stdout + result.stderr)[-4000:]}")
+        raise StackError(
+            f"{' '.join(argv)} failed ({result.returncode}):\n"
+            f"{(result.stdout + result.stderr)[-4000:]}"
+        )
 
 
 def _pod_url(pod: str) -> str:
@@ -217,8 +236,9 @@ def _running(pid: int) -> bool:
 
 
 def _router_env() -> dict[str, str]:
-    no_proxy = [p for p in os.environ.get("NO_PROXY", os.environ.get("no_proxy", "")).split(",")
-                if p]
+    no_proxy = [
+        p for p in os.environ.get("NO_PROXY", os.environ.get("no_proxy", "")).split(",") if p
+    ]
     no_proxy += [h for h in _LOOPBACK if h not in no_proxy]
     joined = ",".join(no_proxy)
     return {
@@ -245,9 +265,15 @@ class PeerRouter:
     default_policy_args: ClassVar[dict[str, str]] = {}
     log_level: ClassVar[str] = "warn"
 
-    def __init__(self, *, policy_args: dict[str, str] | None = None,
-                 extra_args: Sequence[str] = (), command_prefix: Sequence[str] = (),
-                 root: Path | None = None, ready_timeout_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        *,
+        policy_args: dict[str, str] | None = None,
+        extra_args: Sequence[str] = (),
+        command_prefix: Sequence[str] = (),
+        root: Path | None = None,
+        ready_timeout_s: float = 60.0,
+    ) -> None:
         self.policy_args = {**self.default_policy_args, **(policy_args or {})}
         self.extra_args = list(extra_args)
         self.command_prefix = list(command_prefix)
@@ -261,18 +287,33 @@ class PeerRouter:
         """Install the router if needed; return its virtualenv's python."""
         return self.package.install(self.root)
 
-    def argv(self, python: Path, pods: Sequence[str], port: int, metrics_port: int
-             ) -> list[str]:
-        args = [str(python), "-m", self.package.module,
-                "--host", "127.0.0.1", "--port", str(port),
-                "--worker-urls", *(_pod_url(p) for p in pods),
-                "--policy", "cache_aware"]
+    def argv(self, python: Path, pods: Sequence[str], port: int, metrics_port: int) -> list[str]:
+        args = [
+            str(python),
+            "-m",
+            self.package.module,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--worker-urls",
+            *(_pod_url(p) for p in pods),
+            "--policy",
+            "cache_aware",
+        ]
         for flag, value in self.policy_args.items():
             args += [f"--{flag}", value]
-        args += ["--prometheus-host", "127.0.0.1", "--prometheus-port", str(metrics_port),
-                 "--log-level", self.log_level,
-                 # The pods are up before start(): no 30 s wait between startup probes.
-                 "--worker-startup-check-interval", "1"]
+        args += [
+            "--prometheus-host",
+            "127.0.0.1",
+            "--prometheus-port",
+            str(metrics_port),
+            "--log-level",
+            self.log_level,
+            # The pods are up before start(): no 30 s wait between startup probes.
+            "--worker-startup-check-interval",
+            "1",
+        ]
         return [*self.command_prefix, *args, *self.extra_args]
 
     def check_pods(self, pods: Sequence[str], model: str) -> None:
@@ -288,13 +329,19 @@ class PeerRouter:
         workdir.mkdir(parents=True, exist_ok=True)
         port, metrics_port = free_port(), free_port()
         url = f"http://127.0.0.1:{port}"
-        process = ManagedProcess(self.package.dist, self.argv(python, pods, port, metrics_port),
-                                 log_dir=workdir, env=_router_env())
+        process = ManagedProcess(
+            self.package.dist,
+            self.argv(python, pods, port, metrics_port),
+            log_dir=workdir,
+            env=_router_env(),
+        )
         self.process = process
         try:
-            process.wait_until(lambda: _healthy_workers(url) >= len(pods),
-                               timeout_s=self.ready_timeout_s,
-                               what=f"{len(pods)} healthy workers at {url}/readiness")
+            process.wait_until(
+                lambda: _healthy_workers(url) >= len(pods),
+                timeout_s=self.ready_timeout_s,
+                what=f"{len(pods)} healthy workers at {url}/readiness",
+            )
         except BaseException:
             self.stop()
             raise
@@ -325,7 +372,8 @@ class SglangRouter(PeerRouter):
 
     name = "sglang-router cache_aware"
     package: ClassVar[PeerPackage] = PeerPackage(
-        "sglang-router", SGLANG_ROUTER, "sglang_router.launch_router")
+        "sglang-router", SGLANG_ROUTER, "sglang_router.launch_router"
+    )
     default_policy_args: ClassVar[dict[str, str]] = {
         "cache-threshold": "0.3",
         "balance-abs-threshold": "64",
@@ -335,8 +383,7 @@ class SglangRouter(PeerRouter):
     }
     log_level: ClassVar[str] = "warn"
 
-    def argv(self, python: Path, pods: Sequence[str], port: int, metrics_port: int
-             ) -> list[str]:
+    def argv(self, python: Path, pods: Sequence[str], port: int, metrics_port: int) -> list[str]:
         args = super().argv(python, pods, port, metrics_port)
         # Its default waits up to 180 s for in-flight requests on SIGTERM; stop() waits 10.
         return [*args, "--shutdown-grace-period-secs", "5"]
@@ -347,7 +394,8 @@ class VllmRouter(PeerRouter):
 
     name = "vllm-router cache_aware"
     package: ClassVar[PeerPackage] = PeerPackage(
-        "vllm-router", VLLM_ROUTER, "vllm_router.launch_router")
+        "vllm-router", VLLM_ROUTER, "vllm_router.launch_router"
+    )
     default_policy_args: ClassVar[dict[str, str]] = {
         "cache-threshold": "0.3",
         "balance-abs-threshold": "64",
@@ -360,8 +408,10 @@ class VllmRouter(PeerRouter):
     def check_pods(self, pods: Sequence[str], model: str) -> None:
         body = json.dumps({"model": model, "messages": [{"role": "user", "content": "ping"}]})
         request = urllib.request.Request(
-            _pod_url(pods[0]) + "/v1/chat/completions/render", data=body.encode(),
-            headers={"content-type": "application/json"})
+            _pod_url(pods[0]) + "/v1/chat/completions/render",
+            data=body.encode(),
+            headers={"content-type": "application/json"},
+        )
         try:
             with urllib.request.urlopen(request, timeout=5) as response:
                 ok = isinstance(json.loads(response.read()).get("token_ids"), list)
@@ -371,7 +421,8 @@ class VllmRouter(PeerRouter):
             raise StackError(
                 f"{self.name}: pod {pods[0]} does not answer POST /v1/chat/completions/render "
                 "with token_ids; vllm-router's cache_aware would route without prefix "
-                "matching (epp.sim.peer_api provides it)")
+                "matching (epp.sim.peer_api provides it)"
+            )
 
 
 PEERS: list[Callable[[], PeerRouter]] = [SglangRouter, VllmRouter]

@@ -60,10 +60,12 @@ class Profile:
     top_total: list[tuple[str, float]]  # frames anywhere on the stack, share of samples
 
     def as_json(self) -> dict[str, object]:
-        return {"samples": self.samples,
-                "by_group": {k: round(v, 4) for k, v in self.by_group.items()},
-                "top_self": [[f, round(s, 4)] for f, s in self.top_self],
-                "top_total": [[f, round(s, 4)] for f, s in self.top_total]}
+        return {
+            "samples": self.samples,
+            "by_group": {k: round(v, 4) for k, v in self.by_group.items()},
+            "top_self": [[f, round(s, 4)] for f, s in self.top_self],
+            "top_total": [[f, round(s, 4)] for f, s in self.top_total],
+        }
 
     def text(self) -> str:
         lines = [f"{self.samples} samples; innermost frame by layer:"]
@@ -115,13 +117,27 @@ class Sampler:
     def start(self) -> None:
         # Installed beside this interpreter (the bench extra) even when its bin/ is not on PATH.
         binary = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which(
-            "py-spy")
+            "py-spy"
+        )
         if binary is None:
             raise RuntimeError("py-spy is not installed (pip install py-spy, or the bench extra)")
         self._process = subprocess.Popen(
-            [binary, "record", "-p", str(self.pid), "-r", str(self.rate_hz), "-f", "raw",
-             "-o", str(self.out), "--nonblocking"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                binary,
+                "record",
+                "-p",
+                str(self.pid),
+                "-r",
+                str(self.rate_hz),
+                "-f",
+                "raw",
+                "-o",
+                str(self.out),
+                "--nonblocking",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
     def stop(self) -> Profile | None:
         """Stop sampling (py-spy writes its file on SIGINT) and summarise it."""

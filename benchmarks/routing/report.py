@@ -60,15 +60,21 @@ def markdown(result: Mapping[str, Any]) -> str:
     lines.append(NOTES.format(time_scale=meta["time_scale"]))
     for workload, runs in _by_workload(result["runs"]).items():
         lines += ["", f"## {workload}", ""]
-        lines.append("| rate/s | contender | TTFT p50 | p90 | p99 | e2e p50 | p90 | out tok/s "
-                     "| req/s | hit % | oracle % | pod CV | max/min | router CPU s/1k req "
-                     "| errors |")
-        lines.append("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
-                     "| ---: | ---: | ---: | ---: | --- |")
+        lines.append(
+            "| rate/s | contender | TTFT p50 | p90 | p99 | e2e p50 | p90 | out tok/s "
+            "| req/s | hit % | oracle % | pod CV | max/min | router CPU s/1k req "
+            "| errors |"
+        )
+        lines.append(
+            "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+            "| ---: | ---: | ---: | ---: | --- |"
+        )
         for run in runs:
             if "error" in run:
-                lines.append(f"| {_fmt(run['offered_rps'])} | {run['contender']} | "
-                             f"failed: {run['error']} |" + " |" * 12)
+                lines.append(
+                    f"| {_fmt(run['offered_rps'])} | {run['contender']} | "
+                    f"failed: {run['error']} |" + " |" * 12
+                )
                 continue
             errors = ", ".join(f"{k} {v}" for k, v in sorted(run["errors"].items())) or "0"
             lines.append(
@@ -128,28 +134,44 @@ def plot(result: Mapping[str, Any], out_dir: Path) -> list[Path]:
         n = max(1, len(by_workload))
         cols = min(n, 2)
         rows = -(-n // cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(6.4 * cols, 4.2 * rows + 0.6),
-                                 squeeze=False)
+        fig, axes = plt.subplots(rows, cols, figsize=(6.4 * cols, 4.2 * rows + 0.6), squeeze=False)
         for ax, (workload, runs) in zip(axes.flat, by_workload.items(), strict=False):
             for index, contender in enumerate(contenders):
-                points = sorted((r["offered_rps"], r.get(key)) for r in runs
-                                if r["contender"] == contender and r.get(key) is not None)
+                points = sorted(
+                    (r["offered_rps"], r.get(key))
+                    for r in runs
+                    if r["contender"] == contender and r.get(key) is not None
+                )
                 if points:
                     xs, ys = zip(*points, strict=True)
-                    ax.plot(xs, ys, marker="os^Dvp*hx"[index % 9], markersize=5,
-                            linestyle=styles[index % len(styles)], label=contender,
-                            color=f"C{index}")
+                    ax.plot(
+                        xs,
+                        ys,
+                        marker="os^Dvp*hx"[index % 9],
+                        markersize=5,
+                        linestyle=styles[index % len(styles)],
+                        label=contender,
+                        color=f"C{index}",
+                    )
             if key == "output_tps":
-                offered = sorted({(r["offered_rps"], r["offered_tps"]) for r in runs
-                                  if r.get("offered_tps")})
+                offered = sorted(
+                    {(r["offered_rps"], r["offered_tps"]) for r in runs if r.get("offered_tps")}
+                )
                 if offered:
                     xs, ys = zip(*offered, strict=True)
                     ax.plot(xs, ys, color="grey", linewidth=1, linestyle=":", label="offered")
             knee = knees.get(workload, result["meta"].get("knee_rps"))
             if knee:
                 ax.axvline(knee, color="grey", linestyle=":", linewidth=1)
-                ax.annotate(" knee (no hits)", (knee, 0.99), xycoords=("data", "axes fraction"),
-                            fontsize=8, color="grey", ha="left", va="top")
+                ax.annotate(
+                    " knee (no hits)",
+                    (knee, 0.99),
+                    xycoords=("data", "axes fraction"),
+                    fontsize=8,
+                    color="grey",
+                    ha="left",
+                    va="top",
+                )
             if log:
                 ax.set_yscale("log")
                 ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 3.0, 5.0)))
@@ -162,8 +184,9 @@ def plot(result: Mapping[str, Any], out_dir: Path) -> list[Path]:
         for ax in list(axes.flat)[n:]:
             ax.set_visible(False)
         handles, labels = axes.flat[0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8,
-                   frameon=False)
+        fig.legend(
+            handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8, frameon=False
+        )
         fig.tight_layout(rect=(0, 0.6 / (4.2 * rows + 0.6), 1, 1))
         path = out_dir / filename
         fig.savefig(path, dpi=110)

@@ -72,8 +72,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     workloads = args.workloads.split(",") if args.workloads else list(mode.workloads)
     unknown = [w for w in workloads if w not in WORKLOADS]
     if unknown:
-        print(f"unknown workload(s): {', '.join(unknown)}; known: {', '.join(WORKLOADS)}",
-              file=sys.stderr)
+        print(
+            f"unknown workload(s): {', '.join(unknown)}; known: {', '.join(WORKLOADS)}",
+            file=sys.stderr,
+        )
         return 2
     duration = args.duration or mode.duration_s
     contenders = _contenders(args)
@@ -83,8 +85,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     flags = sim_flags()
     sim_args = [x for k, v in SIM_ARGS.items() if k in flags for x in (k, v)]
     sim_args += args.sim_arg or []
-    fleet = FleetSpec(pods=args.pods, model=MODEL, time_scale=args.time_scale,
-                      extra_args=tuple(sim_args))
+    fleet = FleetSpec(
+        pods=args.pods, model=MODEL, time_scale=args.time_scale, extra_args=tuple(sim_args)
+    )
     work = Path(tempfile.mkdtemp(prefix="epp-routing-"))
     started = time.monotonic()
 
@@ -93,28 +96,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         _log(f"calibrating one pod (cold and warm, time scale {fleet.time_scale / fleet.pods})")
         calibration = calibrate(fleet, shared_prefix.DEFAULT, work / "calibration")
-    knees = {w: calibration.knee_rps * _relative_cost(WORKLOADS["shared-prefix"], WORKLOADS[w])
-             for w in workloads}
-    sweeps = {w: [float(r) for r in args.rates.split(",")] if args.rates
-              else rate_sweep(knees[w], mode.multiples) for w in workloads}
-    _log(f"knee {calibration.knee_rps:.3g} req/s (ceiling {calibration.ceiling_rps:.3g}); "
-         f"rates {sweeps}; contenders {[c.name for c in contenders]}")
+    knees = {
+        w: calibration.knee_rps * _relative_cost(WORKLOADS["shared-prefix"], WORKLOADS[w])
+        for w in workloads
+    }
+    sweeps = {
+        w: [float(r) for r in args.rates.split(",")]
+        if args.rates
+        else rate_sweep(knees[w], mode.multiples)
+        for w in workloads
+    }
+    _log(
+        f"knee {calibration.knee_rps:.3g} req/s (ceiling {calibration.ceiling_rps:.3g}); "
+        f"rates {sweeps}; contenders {[c.name for c in contenders]}"
+    )
 
-    result: dict[str, Any] = {"meta": {
-        "mode": mode.name if not args.workloads and not args.rates else f"{mode.name} (custom)",
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "commit": _commit(),
-        "pods": fleet.pods, "model": MODEL, "time_scale": fleet.time_scale,
-        "sim_args": " ".join(sim_args) or "defaults",
-        "duration_s": duration, "seed": args.seed,
-        "knee_rps": round(calibration.knee_rps, 3),
-        "ceiling_rps": round(calibration.ceiling_rps, 3),
-        "cold_rps_per_pod": calibration.cold_rps_per_pod,
-        "warm_rps_per_pod": calibration.warm_rps_per_pod,
-        "knees_rps": {w: round(k, 3) for w, k in knees.items()},
-        "rates": sweeps, "contenders": [c.name for c in contenders],
-        "notes": _notes(args),
-    }, "runs": []}
+    result: dict[str, Any] = {
+        "meta": {
+            "mode": mode.name if not args.workloads and not args.rates else f"{mode.name} (custom)",
+            "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "commit": _commit(),
+            "pods": fleet.pods,
+            "model": MODEL,
+            "time_scale": fleet.time_scale,
+            "sim_args": " ".join(sim_args) or "defaults",
+            "duration_s": duration,
+            "seed": args.seed,
+            "knee_rps": round(calibration.knee_rps, 3),
+            "ceiling_rps": round(calibration.ceiling_rps, 3),
+            "cold_rps_per_pod": calibration.cold_rps_per_pod,
+            "warm_rps_per_pod": calibration.warm_rps_per_pod,
+            "knees_rps": {w: round(k, 3) for w, k in knees.items()},
+            "rates": sweeps,
+            "contenders": [c.name for c in contenders],
+            "notes": _notes(args),
+        },
+        "runs": [],
+    }
     out_dir = Path(args.out)
     for workload in workloads:
         for rate in sweeps[workload]:
@@ -123,17 +141,32 @@ def main(argv: Sequence[str] | None = None) -> int:
             offered_tps = round(sum(r.output_tokens for r in requests) / duration, 1)
             for contender in contenders:
                 name = "".join(c if c.isalnum() or c in "-_." else "_" for c in contender.name)
-                row = _one_run(contender, fleet, requests, rate, duration,
-                               work / f"{workload}-{rate:g}-{name}", args)
-                row = {"workload": workload, "contender": contender.name,
-                       "offered_rps": rate, "offered_tps": offered_tps,
-                       "oracle_hit_rate": round(oracle, 4), **row}
+                row = _one_run(
+                    contender,
+                    fleet,
+                    requests,
+                    rate,
+                    duration,
+                    work / f"{workload}-{rate:g}-{name}",
+                    args,
+                )
+                row = {
+                    "workload": workload,
+                    "contender": contender.name,
+                    "offered_rps": rate,
+                    "offered_tps": offered_tps,
+                    "oracle_hit_rate": round(oracle, 4),
+                    **row,
+                }
                 result["runs"].append(row)
                 _log(_progress(row))
                 report.write_json(result, out_dir / "routing.json")
     result["meta"]["wall_s"] = round(time.monotonic() - started, 1)
-    cpu = [r["client_cpu_ms_per_req"] for r in result["runs"]
-           if r.get("client_cpu_ms_per_req") is not None]
+    cpu = [
+        r["client_cpu_ms_per_req"]
+        for r in result["runs"]
+        if r.get("client_cpu_ms_per_req") is not None
+    ]
     result["meta"]["client_cpu_ms_per_req_median"] = sorted(cpu)[len(cpu) // 2] if cpu else None
     text = report.markdown(result)
     print(text)
@@ -142,13 +175,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     report.write_json(result, out_dir / "routing.json")
     for path in report.plot(result, out_dir):
         _log(f"wrote {path}")
-    _log(f"wrote {out_dir / 'routing.md'} and routing.json in {result['meta']['wall_s']} s "
-         f"(logs in {work})")
+    _log(
+        f"wrote {out_dir / 'routing.md'} and routing.json in {result['meta']['wall_s']} s "
+        f"(logs in {work})"
+    )
     return 0
 
 
-def _one_run(contender: Contender, spec: FleetSpec, requests: Sequence[Request], rate: float,
-             duration_s: float, workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
+def _one_run(
+    contender: Contender,
+    spec: FleetSpec,
+    requests: Sequence[Request],
+    rate: float,
+    duration_s: float,
+    workdir: Path,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
     workdir.mkdir(parents=True, exist_ok=True)
     schedule = [(r.arrival_s * spec.time_scale, r.body) for r in requests]
     # Open loop until the last arrival, then the run's length again to drain the queues.
@@ -161,19 +203,24 @@ def _one_run(contender: Contender, spec: FleetSpec, requests: Sequence[Request],
         wait_answers(url, spec.model)
         roles = contender.processes()
         before, cpu_before = fleet.counters(), cpu_times()
-        samplers = ([Sampler(pid, workdir / f"epp-{pid}.pyspy.txt")
-                     for pid in roles.get("epp", [])] if args.profile else [])
+        samplers = (
+            [Sampler(pid, workdir / f"epp-{pid}.pyspy.txt") for pid in roles.get("epp", [])]
+            if args.profile
+            else []
+        )
         for sampler in samplers:
             sampler.start()
         router_before = {role: process_cpu_s(pids) for role, pids in roles.items()}
-        load = run_load(url, schedule, max_concurrency=args.max_concurrency,
-                        time_limit_s=time_limit)
+        load = run_load(
+            url, schedule, max_concurrency=args.max_concurrency, time_limit_s=time_limit
+        )
         router_after = {role: process_cpu_s(pids) for role, pids in roles.items()}
         profiles = [p for p in (s.stop() for s in samplers) if p is not None]
         busy = cpu_busy(cpu_before, cpu_times())
         fleet.check_alive()
-        row = summarize(load, deltas(before, fleet.counters()), time_scale=spec.time_scale,
-                        offered_per_s=rate)
+        row = summarize(
+            load, deltas(before, fleet.counters()), time_scale=spec.time_scale, offered_per_s=rate
+        )
         row["machine_cpu_busy"] = None if busy is None else round(busy, 3)
         row.update(_router_cpu(router_before, router_after, len(load.results)))
         if profiles:
@@ -190,8 +237,9 @@ def _one_run(contender: Contender, spec: FleetSpec, requests: Sequence[Request],
     return row
 
 
-def _router_cpu(before: dict[str, float | None], after: dict[str, float | None],
-                requests: int) -> dict[str, Any]:
+def _router_cpu(
+    before: dict[str, float | None], after: dict[str, float | None], requests: int
+) -> dict[str, Any]:
     """CPU per request of the router's processes, in ms (= CPU seconds per 1,000 requests),
     by role and in all; empty off Linux."""
     spent: dict[str, float] = {}
@@ -201,9 +249,12 @@ def _router_cpu(before: dict[str, float | None], after: dict[str, float | None],
             spent[role] = end - start
     if not spent or not requests:
         return {}
-    return {"router_cpu_ms_per_req": round(1000 * sum(spent.values()) / requests, 3),
-            "router_cpu_ms_per_req_by_process": {
-                role: round(1000 * s / requests, 3) for role, s in spent.items()}}
+    return {
+        "router_cpu_ms_per_req": round(1000 * sum(spent.values()) / requests, 3),
+        "router_cpu_ms_per_req_by_process": {
+            role: round(1000 * s / requests, 3) for role, s in spent.items()
+        },
+    }
 
 
 def _relative_cost(reference: WorkloadFn, workload: WorkloadFn) -> float:
@@ -213,6 +264,7 @@ def _relative_cost(reference: WorkloadFn, workload: WorkloadFn) -> float:
     compute-bound on prefill); the knee is calibrated on the shared-prefix prompt shape,
     so a workload with shorter prompts (multi-turn) gets a proportionally higher sweep.
     """
+
     def mean_tokens(fn: WorkloadFn) -> float:
         sample = fn(1.0, 200.0, 0, MODEL)
         return sum(r.prompt_tokens + r.output_tokens for r in sample) / len(sample)
@@ -266,18 +318,21 @@ def _progress(row: dict[str, Any]) -> str:
     if "error" in row:
         return f"{head} FAILED {row['error']}"
     hit = row["hit_rate"]
-    return (f"{head} ttft p90 {row['ttft_p90_s']} s, {row['output_tps']} tok/s, "
-            f"hit {hit if hit is None else round(100 * hit, 1)} %, cv {row['pod_cv']}, "
-            f"errors {row['error_count']}, wall {row['wall_s']} s, "
-            f"client {row['client_cpu_ms_per_req']} ms CPU/req, "
-            f"router {row.get('router_cpu_ms_per_req_by_process')} ms CPU/req, "
-            f"machine CPU {row['machine_cpu_busy']}")
+    return (
+        f"{head} ttft p90 {row['ttft_p90_s']} s, {row['output_tps']} tok/s, "
+        f"hit {hit if hit is None else round(100 * hit, 1)} %, cv {row['pod_cv']}, "
+        f"errors {row['error_count']}, wall {row['wall_s']} s, "
+        f"client {row['client_cpu_ms_per_req']} ms CPU/req, "
+        f"router {row.get('router_cpu_ms_per_req_by_process')} ms CPU/req, "
+        f"machine CPU {row['machine_cpu_busy']}"
+    )
 
 
 def _commit() -> str | None:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
 
@@ -287,30 +342,54 @@ def _log(message: str) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true",
-                        help="shared-prefix only, 3 rates, shorter runs (make bench-routing)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="shared-prefix only, 3 rates, shorter runs (make bench-routing)",
+    )
     parser.add_argument("--workloads", help=f"comma-separated, from {', '.join(WORKLOADS)}")
     parser.add_argument("--contenders", help="comma-separated names (default: all)")
     parser.add_argument("--rates", help="comma-separated simulated req/s (skips the sweep)")
-    parser.add_argument("--knee", type=float,
-                        help="fleet knee in simulated req/s (skips calibration)")
+    parser.add_argument(
+        "--knee", type=float, help="fleet knee in simulated req/s (skips calibration)"
+    )
     parser.add_argument("--duration", type=float, help="simulated seconds of arrivals per run")
     parser.add_argument("--pods", type=int, default=8)
-    parser.add_argument("--time-scale", type=float, default=1.5,
-                        help="the simulator's: wall seconds per simulated second")
-    parser.add_argument("--sim-arg", action="append", metavar="FLAG=VALUE",
-                        help="extra `epp sim` argument, e.g. --sim-arg=--max-num-seqs=256")
-    parser.add_argument("--epp-refresh", metavar="DURATION",
-                        help="epp's --refresh-metrics-interval (default: epp's, 50ms wall)")
-    parser.add_argument("--epp-config", action="append", metavar="NAME=PATH",
-                        help="also run epp with this EndpointPickerConfig, as contender NAME")
-    parser.add_argument("--max-concurrency", type=int, default=512,
-                        help="client cap on requests in flight")
-    parser.add_argument("--profile", action="store_true",
-                        help="sample every epp process with py-spy during each run and "
-                             "report where its CPU went (benchmarks/routing/profile.py)")
+    parser.add_argument(
+        "--time-scale",
+        type=float,
+        default=1.5,
+        help="the simulator's: wall seconds per simulated second",
+    )
+    parser.add_argument(
+        "--sim-arg",
+        action="append",
+        metavar="FLAG=VALUE",
+        help="extra `epp sim` argument, e.g. --sim-arg=--max-num-seqs=256",
+    )
+    parser.add_argument(
+        "--epp-refresh",
+        metavar="DURATION",
+        help="epp's --refresh-metrics-interval (default: epp's, 50ms wall)",
+    )
+    parser.add_argument(
+        "--epp-config",
+        action="append",
+        metavar="NAME=PATH",
+        help="also run epp with this EndpointPickerConfig, as contender NAME",
+    )
+    parser.add_argument(
+        "--max-concurrency", type=int, default=512, help="client cap on requests in flight"
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample every epp process with py-spy during each run and "
+        "report where its CPU went (benchmarks/routing/profile.py)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-peers", action="store_true", help="skip peers.py's routers")
     parser.add_argument("--out", default=str(RESULTS), help="results folder")

@@ -73,8 +73,13 @@ def process_cpu_s(pids: Iterable[int]) -> float | None:
     return total / _CLOCK_TICKS
 
 
-def summarize(load: LoadResult, pod_deltas: Mapping[str, PodCounters], *, time_scale: float,
-              offered_per_s: float) -> dict[str, Any]:
+def summarize(
+    load: LoadResult,
+    pod_deltas: Mapping[str, PodCounters],
+    *,
+    time_scale: float,
+    offered_per_s: float,
+) -> dict[str, Any]:
     """The row of the results table for one contender at one rate (simulated units)."""
     scale = 1.0 / time_scale
     ok = [r for r in load.results if r.ok]
@@ -112,8 +117,7 @@ def summarize(load: LoadResult, pod_deltas: Mapping[str, PodCounters], *, time_s
         "pod_cv": round(statistics.pstdev(per_pod) / mean, 3) if mean else None,
         "pod_max": max(per_pod, default=None),
         "pod_min": min(per_pod, default=None),
-        "preemptions": sum(c.get("vllm:num_preemptions_total", 0.0)
-                           for c in pod_deltas.values()),
+        "preemptions": sum(c.get("vllm:num_preemptions_total", 0.0) for c in pod_deltas.values()),
         "client_cpu_ms_per_req": round(1000 * load.client_cpu_s / sent, 3) if sent else None,
         "wall_s": round(load.wall_s, 2),
     }

@@ -35,8 +35,9 @@ WorkloadFn = Callable[[float, float, int, str], list[Request]]
 
 
 def _shared_prefix(rate: float, duration: float, seed: int, model: str) -> list[Request]:
-    return shared_prefix.generate(shared_prefix.DEFAULT, rate_per_s=rate, duration_s=duration,
-                                  seed=seed, model=model)
+    return shared_prefix.generate(
+        shared_prefix.DEFAULT, rate_per_s=rate, duration_s=duration, seed=seed, model=model
+    )
 
 
 def _zipf(rate: float, duration: float, seed: int, model: str) -> list[Request]:

@@ -56,8 +56,9 @@ class MultiTurnSpec:
 
 # Ends at 2000 + 5 * 600 + 4 * 100 = 5400 prompt tokens by the fifth turn: the same
 # order as the shared-prefix prompts, with less sharing early in a conversation.
-DEFAULT = MultiTurnSpec(turns=5, system_tokens=2000, user_tokens=600, output_tokens=100,
-                        think_s=3.0, min_think_s=2.0)
+DEFAULT = MultiTurnSpec(
+    turns=5, system_tokens=2000, user_tokens=600, output_tokens=100, think_s=3.0, min_think_s=2.0
+)
 
 
 def generate(
@@ -73,24 +74,37 @@ def generate(
     # Three mean think times per gap: later turns of conversations that started earlier
     # almost never reach into the window.
     lead_s = 3 * spec.think_s * (spec.turns - 1)
-    starts = [t - lead_s for t in poisson_arrivals(rate_per_s / spec.turns,
-                                                   duration_s + lead_s, rng)]
+    starts = [
+        t - lead_s for t in poisson_arrivals(rate_per_s / spec.turns, duration_s + lead_s, rng)
+    ]
     requests: list[Request] = []
     for conv, start in enumerate(starts):
         messages: list[Message] = [
-            {"role": "system", "content": pseudo_text(f"{seed}:mt-system:{conv}",
-                                                      spec.system_tokens)}
+            {
+                "role": "system",
+                "content": pseudo_text(f"{seed}:mt-system:{conv}", spec.system_tokens),
+            }
         ]
         prompt_tokens = spec.system_tokens
         t = start
         for turn in range(spec.turns):
             if turn:
-                messages.append({"role": "assistant", "content": pseudo_text(
-                    f"{seed}:mt-answer:{conv}:{turn - 1}", spec.output_tokens)})
+                messages.append(
+                    {
+                        "role": "assistant",
+                        "content": pseudo_text(
+                            f"{seed}:mt-answer:{conv}:{turn - 1}", spec.output_tokens
+                        ),
+                    }
+                )
                 prompt_tokens += spec.output_tokens
                 t += spec.gap_s(rng)
-            messages.append({"role": "user", "content": pseudo_text(
-                f"{seed}:mt-user:{conv}:{turn}", spec.user_tokens)})
+            messages.append(
+                {
+                    "role": "user",
+                    "content": pseudo_text(f"{seed}:mt-user:{conv}:{turn}", spec.user_tokens),
+                }
+            )
             prompt_tokens += spec.user_tokens
             if not 0 <= t < duration_s:
                 continue

@@ -35,8 +35,12 @@ def generate(
             arrival_s=t,
             body=chat_body(
                 model,
-                [{"role": "user",
-                  "content": pseudo_text(f"{seed}:{rate_per_s}:unique:{i}", prompt_tokens)}],
+                [
+                    {
+                        "role": "user",
+                        "content": pseudo_text(f"{seed}:{rate_per_s}:unique:{i}", prompt_tokens),
+                    }
+                ],
                 output_tokens,
             ),
             group=-1,

@@ -37,6 +37,10 @@ def generate(
 ) -> list[Request]:
     """:func:`shared_prefix.generate` with Zipf(``exponent``) group popularity."""
     return shared_prefix.generate(
-        spec, rate_per_s=rate_per_s, duration_s=duration_s, seed=seed, model=model,
+        spec,
+        rate_per_s=rate_per_s,
+        duration_s=duration_s,
+        seed=seed,
+        model=model,
         group_weights=zipf_weights(spec.groups, exponent),
     )

@@ -36,7 +36,7 @@ class ModelNameRestorer:
             self._pending = b""
             return data
         hold = self._partial_tail(data)
-        self._pending = data[len(data) - hold:] if hold else b""
+        self._pending = data[len(data) - hold :] if hold else b""
         return data[: len(data) - hold] if hold else data
 
     def _partial_tail(self, data: bytes) -> int:

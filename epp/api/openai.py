@@ -55,8 +55,9 @@ def parse_request_body(
     string model that :func:`model_name_problem` accepts.
     """
     if _is_blank(body):
-        raise BadRequest("request body is empty; expected a JSON object with 'model'",
-                         code="missing_body")
+        raise BadRequest(
+            "request body is empty; expected a JSON object with 'model'", code="missing_body"
+        )
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -130,14 +131,16 @@ def prompt_text(document: dict[str, Any], max_chars: int | None = None) -> str:
     else:
         instructions = document.get("instructions")
         if isinstance(instructions, str):
-            parts.append(instructions if len(instructions) <= room else instructions[:max(room, 0)])
+            parts.append(
+                instructions if len(instructions) <= room else instructions[: max(room, 0)]
+            )
             room -= len(instructions)
         for key in ("prompt", "input"):
             value = document.get(key)
             if room <= 0:
                 break
             if isinstance(value, str):
-                parts.append(value if len(value) <= room else value[:max(room, 0)])
+                parts.append(value if len(value) <= room else value[: max(room, 0)])
                 room -= len(value)
             elif isinstance(value, list):
                 if value and isinstance(value[0], dict):
@@ -145,7 +148,7 @@ def prompt_text(document: dict[str, Any], max_chars: int | None = None) -> str:
                 else:
                     for item in value:
                         if isinstance(item, str):
-                            parts.append(item if len(item) <= room else item[:max(room, 0)])
+                            parts.append(item if len(item) <= room else item[: max(room, 0)])
                             room -= len(item)
                             if room <= 0:
                                 break
@@ -172,17 +175,17 @@ def _messages_text(messages: list[Any], parts: list[str], room: int) -> int:
         content = message.get("content")
         if isinstance(content, str):
             # A long part is cut here, so the join below never copies it whole.
-            parts.append(content if len(content) <= room else content[:max(room, 0)])
+            parts.append(content if len(content) <= room else content[: max(room, 0)])
             room -= len(content)
         elif isinstance(content, list):
             for part in content:
                 if isinstance(part, str):
-                    parts.append(part if len(part) <= room else part[:max(room, 0)])
+                    parts.append(part if len(part) <= room else part[: max(room, 0)])
                     room -= len(part)
                 elif isinstance(part, dict):
                     text = part.get("text")
                     if isinstance(text, str):
-                        parts.append(text if len(text) <= room else text[:max(room, 0)])
+                        parts.append(text if len(text) <= room else text[: max(room, 0)])
                         room -= len(text)
                 if room <= 0:
                     break

@@ -101,8 +101,14 @@ def extract_metrics(samples: Samples, mapping: MetricMapping, *, updated_at: flo
     return _metrics(waiting, running, kv_usage, block_size, num_blocks, updated_at)
 
 
-def _metrics(waiting: float, running: float, kv_usage: float, block_size: int | None,
-             num_blocks: int | None, updated_at: float) -> Metrics:
+def _metrics(
+    waiting: float,
+    running: float,
+    kv_usage: float,
+    block_size: int | None,
+    num_blocks: int | None,
+    updated_at: float,
+) -> Metrics:
     return Metrics(
         waiting_requests=round(waiting),
         running_requests=round(running),
@@ -125,8 +131,12 @@ def required_names(samples: Samples, mapping: MetricMapping) -> tuple[str, str, 
 
 
 def fold_values(
-    waiting: Sequence[float], running: Sequence[float], kv_usage: Sequence[float],
-    cache_config: tuple[int | None, int | None], *, updated_at: float,
+    waiting: Sequence[float],
+    running: Sequence[float],
+    kv_usage: Sequence[float],
+    cache_config: tuple[int | None, int | None],
+    *,
+    updated_at: float,
 ) -> Metrics | None:
     """What :func:`extract_metrics` returns for samples with these values (under the
     names :func:`required_names` gave, and ``cache_config`` from its block size and

@@ -122,8 +122,12 @@ class _Connection(asyncio.Protocol):
     # -- one request -----------------------------------------------------------------
 
     def request(
-        self, loop: asyncio.AbstractEventLoop, data: bytes, reader: ResponseReader,
-        deadline: float, done: _Done,
+        self,
+        loop: asyncio.AbstractEventLoop,
+        data: bytes,
+        reader: ResponseReader,
+        deadline: float,
+        done: _Done,
     ) -> None:
         """Send ``data``; ``done(reader, None)`` once ``reader`` holds the whole response,
         or ``done(None, error)``. Called exactly once, unless :meth:`abandon` comes first."""
@@ -274,8 +278,12 @@ class Http1Client:
         return True
 
     async def _exchange(
-        self, loop: asyncio.AbstractEventLoop, connection: _Connection, address: str,
-        data: bytes, deadline: float,
+        self,
+        loop: asyncio.AbstractEventLoop,
+        connection: _Connection,
+        address: str,
+        data: bytes,
+        deadline: float,
     ) -> Response:
         reader = ResponseReader(self._max_body)
         waiter: asyncio.Future[None] = loop.create_future()
@@ -303,9 +311,9 @@ class Http1Client:
     def _request_bytes(self, address: str, target: str) -> bytes:
         if len(self._requests) >= 4096:
             self._requests.clear()  # addresses come and go; keep the cache bounded
-        data = (
-            f"GET {target} HTTP/1.1\r\nHost: {address}\r\n{self._extra_headers}\r\n"
-        ).encode("ascii")
+        data = (f"GET {target} HTTP/1.1\r\nHost: {address}\r\n{self._extra_headers}\r\n").encode(
+            "ascii"
+        )
         self._requests[(address, target)] = data
         return data
 

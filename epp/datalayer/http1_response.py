@@ -45,8 +45,12 @@ MAX_CHUNKS = 10_000
 _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([1-9][0-9][0-9])(?: ([^\r\n]*))?")
 # The header fields the reader acts on, as they start a line of the lower-cased head;
 # the others are not looked at beyond their framing (see _header_fields).
-_WANTED_FIELDS = (b"\ncontent-length:", b"\ntransfer-encoding:", b"\nconnection:",
-                  b"\ncontent-encoding:")
+_WANTED_FIELDS = (
+    b"\ncontent-length:",
+    b"\ntransfer-encoding:",
+    b"\nconnection:",
+    b"\ncontent-encoding:",
+)
 # Heads read before, by their bytes (without the final empty line): a pod answers every
 # poll with the same head but for Content-Length, so a fleet sends a few dozen distinct
 # heads, and reading one again costs a dict lookup instead of about 8 µs. Only heads that
@@ -237,9 +241,7 @@ class ResponseReader:
             self._length_left = _content_length(length)
             limit = self._max_body
             if limit is not None and self._length_left > limit:
-                raise ScrapeError(
-                    f"body of {self._length_left} bytes is over the limit of {limit}"
-                )
+                raise ScrapeError(f"body of {self._length_left} bytes is over the limit of {limit}")
             self._state = _State.LENGTH
             if self._length_left == 0:
                 self._finish()

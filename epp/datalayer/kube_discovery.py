@@ -92,8 +92,7 @@ def endpoints_from_pods(
             continue
         ip = str(pod.status.podIP)  # type: ignore[union-attr]  # _serving checked it
         for port in ports:
-            specs.append((format_address(f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"),
-                          None))
+            specs.append((format_address(f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"), None))
     specs.sort()
     return specs
 
@@ -144,12 +143,18 @@ class KubernetesDiscovery:
         self._pool_informer: Informer | None = None
         if pool_name is not None:
             self._pool_informer = Informer(
-                client, pool_resource(pool_group), namespace=namespace,
-                fields={"metadata.name": pool_name}, on_change=self._on_pools,
+                client,
+                pool_resource(pool_group),
+                namespace=namespace,
+                fields={"metadata.name": pool_name},
+                on_change=self._on_pools,
                 watch_timeout_s=watch_timeout_s,
             )
         self._pod_informer = Informer(
-            client, Pod, namespace=namespace, on_change=self._on_pods,
+            client,
+            Pod,
+            namespace=namespace,
+            on_change=self._on_pods,
             labels=None if pool_name is not None else selector,
             watch_timeout_s=watch_timeout_s,
         )
@@ -209,9 +214,13 @@ class KubernetesDiscovery:
                 return
         if self._pool != previous:
             if self._pool is not None:
-                log.info("%s: selector %s, target ports %s, routing strategy %s", self.what,
-                         dict(self._pool.selector), list(self._pool.target_ports),
-                         self._pool.routing_strategy or "(none)")
+                log.info(
+                    "%s: selector %s, target ports %s, routing strategy %s",
+                    self.what,
+                    dict(self._pool.selector),
+                    list(self._pool.target_ports),
+                    self._pool.routing_strategy or "(none)",
+                )
             if self._on_pool_change is not None:
                 self._on_pool_change(self._pool)
         self._publish()
@@ -233,6 +242,10 @@ class KubernetesDiscovery:
         after = {address for address, _ in specs}
         self._published = specs
         self._store.replace(specs)
-        log.info("%s: %d endpoints (+%s -%s)", self.what, len(specs),
-                 ",".join(sorted(after - before)) or "none",
-                 ",".join(sorted(before - after)) or "none")
+        log.info(
+            "%s: %d endpoints (+%s -%s)",
+            self.what,
+            len(specs),
+            ",".join(sorted(after - before)) or "none",
+            ",".join(sorted(before - after)) or "none",
+        )

@@ -59,7 +59,10 @@ class PageShape:
 
     @classmethod
     def of(
-        cls, text: str, names: Collection[str], samples: dict[str, list[Sample]],
+        cls,
+        text: str,
+        names: Collection[str],
+        samples: dict[str, list[Sample]],
         mapping: MetricMapping,
     ) -> PageShape | None:
         """The shape of ``text``, which the parser read as ``samples`` and the extractor
@@ -94,11 +97,11 @@ class PageShape:
         if required is None:
             return None
         waiting, running, kv_usage = (
-            [i for i, segment in enumerate(segments) if segment[1] == name]
-            for name in required
+            [i for i, segment in enumerate(segments) if segment[1] == name] for name in required
         )
-        return cls(segments, text[end:], (waiting, running, kv_usage),
-                   cache_config(samples, mapping))
+        return cls(
+            segments, text[end:], (waiting, running, kv_usage), cache_config(samples, mapping)
+        )
 
     def read(self, text: str) -> dict[str, list[Sample]] | None:
         """What ``parse_samples`` would return for ``text``, if it has this shape;
@@ -118,9 +121,13 @@ class PageShape:
         if values is None:
             return None
         waiting, running, kv_usage = self._roles
-        return fold_values([values[i] for i in waiting], [values[i] for i in running],
-                           [values[i] for i in kv_usage], self._cache_config,
-                           updated_at=updated_at)
+        return fold_values(
+            [values[i] for i in waiting],
+            [values[i] for i in running],
+            [values[i] for i in kv_usage],
+            self._cache_config,
+            updated_at=updated_at,
+        )
 
     def _values(self, text: str) -> list[float] | None:
         values: list[float] = []
@@ -136,8 +143,7 @@ class PageShape:
                     end = size
                 value_text = text[pos:end]
                 # One field, as in the remembered page: a blank means a timestamp or junk.
-                if (len(value_text) > MAX_VALUE_CHARS or " " in value_text
-                        or "\t" in value_text):
+                if len(value_text) > MAX_VALUE_CHARS or " " in value_text or "\t" in value_text:
                     return None
                 values.append(_parse_float(value_text))
                 pos = end

@@ -347,9 +347,14 @@ class MetricsScraper:
             if last is not None and last[0] == body:
                 # The same bytes parsed and passed every check last time.
                 old = last[1]
-                metrics = Metrics(old.waiting_requests, old.running_requests,
-                                  old.kv_cache_usage, old.kv_block_size, old.kv_num_blocks,
-                                  updated_at=self._clock())
+                metrics = Metrics(
+                    old.waiting_requests,
+                    old.running_requests,
+                    old.kv_cache_usage,
+                    old.kv_block_size,
+                    old.kv_num_blocks,
+                    updated_at=self._clock(),
+                )
                 mapping = None
             else:
                 text = body.decode("utf-8", errors="replace")
@@ -584,8 +589,9 @@ class MetricsScraper:
                 return
         poller.task = self._spawn(self._poll_in_task(poller, reuse=True), poller.endpoint)
 
-    def _on_reply(self, poller: _Poller, response: Response | None,
-                  error: BaseException | None) -> None:
+    def _on_reply(
+        self, poller: _Poller, response: Response | None, error: BaseException | None
+    ) -> None:
         """The answer to a :meth:`_poll` (called from the connection's data_received)."""
         endpoint = poller.endpoint
         if self._polls.get(endpoint) is not poller:

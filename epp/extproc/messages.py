@@ -81,7 +81,10 @@ def destination_metadata(destination: str) -> Struct:
 
 
 def routing_response(
-    headers: Iterable[tuple[str, str]], destination: str, *, on_body: bool,
+    headers: Iterable[tuple[str, str]],
+    destination: str,
+    *,
+    on_body: bool,
     remove: Iterable[str] = (),
 ) -> ProcessingResponse:
     """The answer that routes a request: header mutation, route cache cleared, metadata.
@@ -123,8 +126,11 @@ class RoutingResponses:
             headers = [(DESTINATION_HEADER, destination)] if destination else []
             if model:
                 headers.append((MODEL_HEADER, model))
-            remove = [name for name, value in ((DESTINATION_HEADER, destination),
-                                               (MODEL_HEADER, model)) if not value]
+            remove = [
+                name
+                for name, value in ((DESTINATION_HEADER, destination), (MODEL_HEADER, model))
+                if not value
+            ]
             response = routing_response(headers, destination, on_body=on_body, remove=remove)
             if len(self._cache) >= self._max_entries:
                 self._cache.clear()

@@ -88,8 +88,9 @@ class ResponseObservers:
     def __len__(self) -> int:
         return len(self._waiting)
 
-    async def observe(self, first: ProcessingRequest,
-                      messages: AsyncIterator[ProcessingRequest]) -> None:
+    async def observe(
+        self, first: ProcessingRequest, messages: AsyncIterator[ProcessingRequest]
+    ) -> None:
         """Follow one observing stream to its end: ``first`` is its response headers."""
         self.present = True
         if first.WhichOneof("request") != "response_headers":

@@ -38,7 +38,11 @@ class ExternalProcessor(external_processor_pb2_grpc.ExternalProcessorServicer): 
     """One ``RequestStream`` per gRPC stream; a failure on one stream stays on it."""
 
     def __init__(
-        self, director: Director, *, max_body_bytes: int, inject_stream_usage: bool = False,
+        self,
+        director: Director,
+        *,
+        max_body_bytes: int,
+        inject_stream_usage: bool = False,
         body_budget: BodyBudget | None = None,
     ) -> None:
         self._director = director
@@ -64,8 +68,7 @@ class ExternalProcessor(external_processor_pb2_grpc.ExternalProcessorServicer): 
             if first.observability_mode:
                 # The response observer's stream: Envoy reads no reply, so none is sent.
                 if first.WhichOneof("request") != "response_headers":
-                    raise ProtocolViolation("an observing stream must open with response "
-                                            "headers")
+                    raise ProtocolViolation("an observing stream must open with response headers")
                 await self.observers.observe(first, messages)
                 return
             stream = RequestStream(
@@ -84,13 +87,16 @@ class ExternalProcessor(external_processor_pb2_grpc.ExternalProcessorServicer): 
         except (ProtocolViolation, DecodeError) as exc:
             metrics.STREAM_ERRORS.labels("protocol").inc()
             self._log_protocol_violation(stream, exc)
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"not an ext_proc stream epp can follow: {exc}")
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"not an ext_proc stream epp can follow: {exc}"
+            )
         except Exception:
             # A bug, not a client error: fail this stream only, loudly, and keep serving.
             metrics.STREAM_ERRORS.labels("exception").inc()
-            log.exception("ext_proc stream for request %s failed",
-                          stream.headers.get("x-request-id", "-") if stream else "-")
+            log.exception(
+                "ext_proc stream for request %s failed",
+                stream.headers.get("x-request-id", "-") if stream else "-",
+            )
             await context.abort(grpc.StatusCode.INTERNAL, "epp failed to process the request")
         finally:
             if stream is not None:
@@ -101,12 +107,18 @@ class ExternalProcessor(external_processor_pb2_grpc.ExternalProcessorServicer): 
         if now - self._protocol_logged_at < _PROTOCOL_LOG_INTERVAL_S:
             self._protocol_unlogged += 1
             return
-        since = (f" ({self._protocol_unlogged} more since the last one logged)"
-                 if self._protocol_unlogged else "")
+        since = (
+            f" ({self._protocol_unlogged} more since the last one logged)"
+            if self._protocol_unlogged
+            else ""
+        )
         self._protocol_logged_at, self._protocol_unlogged = now, 0
-        log.warning("ext_proc stream for request %s broke the protocol and was failed: %s%s",
-                    clip(stream.headers.get("x-request-id", "-") if stream else "-"),
-                    clip(str(exc)), since)
+        log.warning(
+            "ext_proc stream for request %s broke the protocol and was failed: %s%s",
+            clip(stream.headers.get("x-request-id", "-") if stream else "-"),
+            clip(str(exc)),
+            since,
+        )
 
 
 def create_grpc_server(
@@ -137,9 +149,13 @@ def create_grpc_server(
         ]
     )
     external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(
-        ExternalProcessor(director, max_body_bytes=max_body_bytes,
-                          inject_stream_usage=inject_stream_usage,
-                          body_budget=body_budget), server
+        ExternalProcessor(
+            director,
+            max_body_bytes=max_body_bytes,
+            inject_stream_usage=inject_stream_usage,
+            body_budget=body_budget,
+        ),
+        server,
     )
     if health_servicer is not None:
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -152,15 +152,18 @@ class RequestStream:
             if self.response_phase is _ENDED:
                 raise ProtocolViolation("response body after the response ended")
             return self._on_response_body(message)
-        if (self.phase is _AWAITING_HEADERS
-                and self.response_phase is _NOT_STARTED
-                and message.HasField("protocol_config")):  # only on the first message
+        if (
+            self.phase is _AWAITING_HEADERS
+            and self.response_phase is _NOT_STARTED
+            and message.HasField("protocol_config")
+        ):  # only on the first message
             self._body_mode = message.protocol_config.request_body_mode
             self._response_body_mode = message.protocol_config.response_body_mode
         try:
             if kind == "request_body":
-                return self._on_request_body(message.request_body.body,
-                                             message.request_body.end_of_stream)
+                return self._on_request_body(
+                    message.request_body.body, message.request_body.end_of_stream
+                )
             if kind == "request_headers":
                 return self._on_request_headers(message)
             if kind == "request_trailers":
@@ -212,9 +215,13 @@ class RequestStream:
 
     def _body_may_be_observed(self) -> bool:
         decision = self.decision
-        return (decision is not None and decision.response.status is not None
-                and not decision.response.completed
-                and self._observers is not None and self._observers.present)
+        return (
+            decision is not None
+            and decision.response.status is not None
+            and not decision.response.completed
+            and self._observers is not None
+            and self._observers.present
+        )
 
     def _stop_expecting(self) -> None:
         if self._expecting:
@@ -224,8 +231,12 @@ class RequestStream:
 
     def _finish_unobserved(self) -> None:
         decision = self.decision
-        if (self._response_body_mode == ProcessingMode.NONE and decision is not None
-                and decision.response.status is not None and not decision.response.completed):
+        if (
+            self._response_body_mode == ProcessingMode.NONE
+            and decision is not None
+            and decision.response.status is not None
+            and not decision.response.completed
+        ):
             # Without the body, Envoy ending the stream after the response began is all
             # there is to see: a client that went away mid-body looks the same.
             decision.response.completed = True
@@ -250,25 +261,28 @@ class RequestStream:
 
     def _record(self) -> None:
         headers = self.headers
-        request_metrics.record_finished(request_metrics.FinishedRequest(
-            request_id=self.request_id,
-            received_at=self._received_at,
-            method=headers.get(":method", ""),
-            path=headers.get(":path", ""),
-            decision=self.decision,
-            error=self._error,
-            request_bytes=self._body_bytes,
-            decision_s=self._decision_s,
-            closed_at=self._closed_at,
-        ))
+        request_metrics.record_finished(
+            request_metrics.FinishedRequest(
+                request_id=self.request_id,
+                received_at=self._received_at,
+                method=headers.get(":method", ""),
+                path=headers.get(":path", ""),
+                decision=self.decision,
+                error=self._error,
+                request_bytes=self._body_bytes,
+                decision_s=self._decision_s,
+                closed_at=self._closed_at,
+            )
+        )
 
     # -- request side -------------------------------------------------------------------
 
     def _on_request_headers(self, message: ProcessingRequest) -> Sequence[ProcessingResponse]:
-        if (self.phase is not _AWAITING_HEADERS
-                or self.response_phase is not _NOT_STARTED):
-            raise ProtocolViolation(f"request headers arrived in phase {self.phase.name}, "
-                                    f"response {self.response_phase.name}")
+        if self.phase is not _AWAITING_HEADERS or self.response_phase is not _NOT_STARTED:
+            raise ProtocolViolation(
+                f"request headers arrived in phase {self.phase.name}, "
+                f"response {self.response_phase.name}"
+            )
         self._received_at = time.monotonic()
         headers = self.headers
         undecodable = None
@@ -315,8 +329,10 @@ class RequestStream:
             )
         if chunk:
             if not self._budget.reserve(len(chunk)):
-                raise Overloaded("epp is receiving too many request bytes at once; "
-                                 "retry shortly", retry_after_s=1)
+                raise Overloaded(
+                    "epp is receiving too many request bytes at once; retry shortly",
+                    retry_after_s=1,
+                )
             self._reserved += len(chunk)
             body = self._body
             if not body:
@@ -333,8 +349,7 @@ class RequestStream:
 
     def _answered_by_envoy(self) -> bool:
         """Envoy answered the client itself (response headers came while gathering)."""
-        return (self.phase is _GATHERING_BODY
-                and self.response_phase is not _NOT_STARTED)
+        return self.phase is _GATHERING_BODY and self.response_phase is not _NOT_STARTED
 
     def _on_request_trailers(self) -> Sequence[ProcessingResponse]:
         if self.phase is _ANSWERED or self._answered_by_envoy():
@@ -359,14 +374,19 @@ class RequestStream:
         )
         self._decision_s = time.perf_counter() - started
         # Only where this stream sees the response body, to strip the event again.
-        add_usage = (self._inject_stream_usage and decision.request.stream
-                     and self._response_body_mode == _FULL_DUPLEX
-                     and wants_usage_option(self.headers.get(":path", "")))
+        add_usage = (
+            self._inject_stream_usage
+            and decision.request.stream
+            and self._response_body_mode == _FULL_DUPLEX
+            and wants_usage_option(self.headers.get(":path", ""))
+        )
         changed = decision.rewritten or add_usage
         if changed:
             body, self._usage_added = rewrite_request_body(
-                body, model=decision.target_model if decision.rewritten else None,
-                include_usage=add_usage)
+                body,
+                model=decision.target_model if decision.rewritten else None,
+                include_usage=add_usage,
+            )
         if decision.rewritten:
             self._restorer = ModelNameRestorer(decision.target_model, decision.model)
         if self._body_mode != _FULL_DUPLEX:
@@ -378,8 +398,10 @@ class RequestStream:
         # No content-length: Envoy 1.40 drops it in full duplex and sends the body chunked.
         head = self._routing_response(on_body=False)
         if len(body) <= messages.MAX_STREAMED_CHUNK_BYTES:  # most bodies: one message back
-            responses = (head, *messages.streamed_body_responses((body,),
-                                                                 end_of_stream=ends_request))
+            responses = (
+                head,
+                *messages.streamed_body_responses((body,), end_of_stream=ends_request),
+            )
             self._drop_body()
             return responses
         return self._hand_body_back(head, body, ends_request)
@@ -413,16 +435,17 @@ class RequestStream:
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "request %s model=%r -> %s (%d candidates scored)",
-                clip(decision.request.request_id), clip(decision.model) or "-",
-                decision.destination, decision.candidates,
+                clip(decision.request.request_id),
+                clip(decision.model) or "-",
+                decision.destination,
+                decision.candidates,
             )
         return self._routing_responses.get(decision.destination, decision.model, on_body=on_body)
 
     # -- response side ------------------------------------------------------------------
 
     def _on_response_headers(self, message: ProcessingRequest) -> Sequence[ProcessingResponse]:
-        self.response_phase = (_ENDED if message.response_headers.end_of_stream
-                               else _STARTED)
+        self.response_phase = _ENDED if message.response_headers.end_of_stream else _STARTED
         decision = self.decision
         if decision is not None:
             response = decision.response
@@ -438,9 +461,16 @@ class RequestStream:
                     self._stripper = UsageEventStripper()
             self._director.response_started(decision)
             if decision.fallback_from:
-                return (messages.response_headers_response([(
-                    messages.MODEL_FALLBACK_HEADER,
-                    f"{decision.fallback_from} -> {decision.target_model}")]),)
+                return (
+                    messages.response_headers_response(
+                        [
+                            (
+                                messages.MODEL_FALLBACK_HEADER,
+                                f"{decision.fallback_from} -> {decision.target_model}",
+                            )
+                        ]
+                    ),
+                )
         return (messages.empty_response_headers_response(),)
 
     def _on_response_body(self, message: ProcessingRequest) -> Sequence[ProcessingResponse]:
@@ -469,8 +499,7 @@ class RequestStream:
                 data = restorer.feed(data, end_of_stream=body.end_of_stream)
             return (messages.streamed_response_body_echo(data, end_of_stream=body.end_of_stream),)
         if restorer is not None and body.end_of_stream:  # buffered: the whole body at once
-            return (messages.response_body_replaced(
-                restorer.feed(body.body, end_of_stream=True)),)
+            return (messages.response_body_replaced(restorer.feed(body.body, end_of_stream=True)),)
         return (messages.empty_response_body_response(),)
 
     def _token_marker(self, head: _ResponseHead) -> bytes | None:
@@ -484,8 +513,12 @@ class RequestStream:
         if self.decision is None or self._watcher is not None or not self._expecting:
             return None
         head = _ResponseHead.read(headers)
-        self._watcher = _ObservedBody(self, self.decision.response, self._token_marker(head),
-                                      UsageReader(sse=head.streamed) if head.has_usage else None)
+        self._watcher = _ObservedBody(
+            self,
+            self.decision.response,
+            self._token_marker(head),
+            UsageReader(sse=head.streamed) if head.has_usage else None,
+        )
         return self._watcher
 
     def _response_ended(self, decision: RoutingDecision) -> None:
@@ -504,8 +537,9 @@ class RequestStream:
         self._error = error
         model = self.decision.model if self.decision else ""
         metrics.REQUEST_ERRORS.labels(*metrics.model_labels(model, model), error.code).inc()
-        log.debug("request %s: %s", clip(self.headers.get("x-request-id", "-")),
-                  clip(error.message))
+        log.debug(
+            "request %s: %s", clip(self.headers.get("x-request-id", "-")), clip(error.message)
+        )
         return messages.error_response(error)
 
 
@@ -539,9 +573,12 @@ class _ResponseHead:
     @property
     def has_usage(self) -> bool:
         """A successful, unencoded JSON or SSE body: one a usage report can be read from."""
-        return (self.status is not None and 200 <= self.status < 300
-                and self.encoding in (b"", b"identity")
-                and (self.streamed or b"json" in self.content_type))
+        return (
+            self.status is not None
+            and 200 <= self.status < 300
+            and self.encoding in (b"", b"identity")
+            and (self.streamed or b"json" in self.content_type)
+        )
 
 
 class _ObservedBody:
@@ -549,8 +586,13 @@ class _ObservedBody:
 
     __slots__ = ("_marker", "_reader", "_response", "_stream", "finished")
 
-    def __init__(self, stream: RequestStream, response: ResponseOutcome,
-                 marker: bytes | None, reader: UsageReader | None) -> None:
+    def __init__(
+        self,
+        stream: RequestStream,
+        response: ResponseOutcome,
+        marker: bytes | None,
+        reader: UsageReader | None,
+    ) -> None:
         self._stream = stream
         self._response = response
         self._marker = marker
@@ -562,9 +604,7 @@ class _ObservedBody:
             return
         response = self._response
         if data:
-            if response.first_token_at is None and (
-                self._marker is None or self._marker in data
-            ):
+            if response.first_token_at is None and (self._marker is None or self._marker in data):
                 response.first_token_at = time.monotonic()
             response.body_bytes += len(data)
             if self._reader is not None:

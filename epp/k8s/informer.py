@@ -96,17 +96,30 @@ class Informer:
                 if exc.status.code == 404 and not self.synced.is_set():
                     # An optional CRD that is not installed: say so once, retry slowly.
                     if backoff < self._backoff_max_s:
-                        log.info("%s: not found on the API server (CRD not installed?); "
-                                 "retrying every %.0fs", self.description, self._backoff_max_s)
+                        log.info(
+                            "%s: not found on the API server (CRD not installed?); "
+                            "retrying every %.0fs",
+                            self.description,
+                            self._backoff_max_s,
+                        )
                     backoff = self._backoff_max_s
                     await asyncio.sleep(backoff)
                     continue
-                log.warning("%s: API error %s (%s); keeping the last known state, retrying in "
-                            "%.1fs", self.description, exc.status.code, exc.status.message,
-                            backoff)
+                log.warning(
+                    "%s: API error %s (%s); keeping the last known state, retrying in %.1fs",
+                    self.description,
+                    exc.status.code,
+                    exc.status.message,
+                    backoff,
+                )
             except Exception as exc:  # the API server is unreachable or the stream broke
-                log.warning("%s: %s: %s; keeping the last known state, retrying in %.1fs",
-                            self.description, type(exc).__name__, exc or "no detail", backoff)
+                log.warning(
+                    "%s: %s: %s; keeping the last known state, retrying in %.1fs",
+                    self.description,
+                    type(exc).__name__,
+                    exc or "no detail",
+                    backoff,
+                )
             await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
             backoff = min(backoff * 2, self._backoff_max_s)
 
@@ -130,13 +143,20 @@ class Informer:
                 async with asyncio.timeout(self._watch_timeout_s + 15):
                     version = await self._watch_once(version)
             except TimeoutError:
-                log.debug("%s: watch ended locally after %ds; resuming from %s",
-                          self.description, self._watch_timeout_s, version)
+                log.debug(
+                    "%s: watch ended locally after %ds; resuming from %s",
+                    self.description,
+                    self._watch_timeout_s,
+                    version,
+                )
 
     async def _watch_once(self, version: str) -> str:
         events: Any = self._client.watch(
-            self._resource, namespace=self._namespace, labels=self._labels,
-            fields=self._fields, resource_version=version,
+            self._resource,
+            namespace=self._namespace,
+            labels=self._labels,
+            fields=self._fields,
+            resource_version=version,
             server_timeout=self._watch_timeout_s,
         )  # lightkube's default on_error raises: the loop in _run decides what follows
         async for event_type, obj in events:
@@ -151,4 +171,3 @@ class Informer:
                 continue
             self._on_change(self.objects)
         return version
-

@@ -99,8 +99,11 @@ class LeaderElector:
                 self._last_renewal = now
                 self._set_leader(True)
             elif self.is_leader and now - self._last_renewal >= self._renew_deadline_s:
-                log.warning("lease %s: could not renew for %.1fs; stepping down",
-                            self._lease_name, now - self._last_renewal)
+                log.warning(
+                    "lease %s: could not renew for %.1fs; stepping down",
+                    self._lease_name,
+                    now - self._last_renewal,
+                )
                 self._set_leader(False)
             await asyncio.sleep(self._retry_period_s)
 
@@ -108,8 +111,13 @@ class LeaderElector:
         if leader == self.is_leader:
             return
         self.is_leader = leader
-        log.info("lease %s/%s: %s is %s", self._namespace, self._lease_name, self.identity,
-                 "now the leader" if leader else "no longer the leader")
+        log.info(
+            "lease %s/%s: %s is %s",
+            self._namespace,
+            self._lease_name,
+            self.identity,
+            "now the leader" if leader else "no longer the leader",
+        )
         if self._on_change is not None:
             self._on_change(leader)
 
@@ -120,15 +128,21 @@ class LeaderElector:
         except ApiError as exc:
             if exc.status.code != 404:
                 raise
-            await self._client.create(Lease(
-                metadata=ObjectMeta(name=self._lease_name, namespace=self._namespace),
-                spec=self._spec(acquire_time=now_text, renew_time=now_text, transitions=0),
-            ))
+            await self._client.create(
+                Lease(
+                    metadata=ObjectMeta(name=self._lease_name, namespace=self._namespace),
+                    spec=self._spec(acquire_time=now_text, renew_time=now_text, transitions=0),
+                )
+            )
             self._observe(None)
             return True
         spec = lease.spec or LeaseSpec()
-        record = (spec.holderIdentity, spec.renewTime, spec.leaseDurationSeconds,
-                  spec.leaseTransitions)
+        record = (
+            spec.holderIdentity,
+            spec.renewTime,
+            spec.leaseDurationSeconds,
+            spec.leaseTransitions,
+        )
         self._observe(record)
         holder = spec.holderIdentity or ""
         if holder and holder != self.identity:

@@ -26,7 +26,8 @@ class MetricsPage:
         building = self._building
         if building is None:
             building = self._building = asyncio.ensure_future(
-                asyncio.to_thread(generate_latest, self._registry))
+                asyncio.to_thread(generate_latest, self._registry)
+            )
             building.add_done_callback(self._built)
         # A scraper that gives up must not cancel the build the others wait for.
         return await asyncio.shield(building)

@@ -67,8 +67,9 @@ class FastHistogramVec(Collector):
         return child
 
     def collect(self) -> Iterable[Metric]:
-        family = HistogramMetricFamily(self._name, self._documentation,
-                                       labels=list(self._labelnames))
+        family = HistogramMetricFamily(
+            self._name, self._documentation, labels=list(self._labelnames)
+        )
         bounds = [floatToGoString(b) for b in self._bounds] + ["+Inf"]  # type: ignore[no-untyped-call]
         for values, child in self._children.copy().items():
             cumulative: list[tuple[str, float]] = []

@@ -25,6 +25,7 @@ def clip(text: str, limit: int = MAX_LOGGED_CHARS) -> str:
         return text
     return f"{text[:limit]}...(+{len(text) - limit} chars)"
 
+
 _RESERVED = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
 

@@ -55,22 +55,40 @@ SCHEDULER_DURATION = Histogram(
     "Time to choose an endpoint for one request.",
     # The reference's buckets (100 us to 100 ms) and finer ones below: epp's scheduling
     # takes tens of microseconds.
-    buckets=(0.00001, 0.00002, 0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01,
-             0.02, 0.05, 0.1),
+    buckets=(
+        0.00001,
+        0.00002,
+        0.00005,
+        0.0001,
+        0.0002,
+        0.0005,
+        0.001,
+        0.002,
+        0.005,
+        0.01,
+        0.02,
+        0.05,
+        0.1,
+    ),
     registry=REGISTRY,
 )
 # Observed on every pick: the request path's cheaper histogram (one unlabelled child).
 PREFIX_HIT_RATIO = FastHistogramVec(
     "inference_extension_prefix_indexer_hit_ratio",
     "Share of the prompt's prefix blocks the chosen endpoint was found to hold.",
-    [], (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0), registry=REGISTRY,
+    [],
+    (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+    registry=REGISTRY,
 ).labels()
 PREFIX_HIT_BYTES = FastHistogramVec(
     "inference_extension_prefix_indexer_hit_bytes",
     "Length in bytes of the prompt prefix the chosen endpoint was found to hold.",
-    [], (0, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536),
+    [],
+    (0, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536),
     registry=REGISTRY,
 ).labels()
+
+
 class ModelLabels:
     """Which model names get metric series of their own.
 
@@ -105,8 +123,11 @@ class ModelLabels:
         pairs = self._pairs
         if key in pairs:
             return key
-        if (len(pairs) < self.max_series and len(model) <= self.max_chars
-                and len(target) <= self.max_chars):
+        if (
+            len(pairs) < self.max_series
+            and len(model) <= self.max_chars
+            and len(target) <= self.max_chars
+        ):
             pairs.add(key)
             return key
         return OTHER_MODELS, OTHER_MODELS
@@ -243,15 +264,17 @@ class BodyMemoryCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         held = GaugeMetricFamily(
             "epp_request_body_bytes_held",
-            "Request body bytes epp holds now, gathered before routing or being handed back.")
+            "Request body bytes epp holds now, gathered before routing or being handed back.",
+        )
         held.add_metric([], self._held())
         limit = GaugeMetricFamily(
             "epp_request_body_bytes_limit",
-            "The budget for request body bytes held at once (--max-buffered-body-bytes; "
-            "0: none).")
+            "The budget for request body bytes held at once (--max-buffered-body-bytes; 0: none).",
+        )
         limit.add_metric([], self._limit)
         refused = CounterMetricFamily(
             "epp_request_body_budget_refusals",
-            "Requests answered 503 overloaded because their body did not fit the budget.")
+            "Requests answered 503 overloaded because their body did not fit the budget.",
+        )
         refused.add_metric([], self._refused())
         return [held, limit, refused]

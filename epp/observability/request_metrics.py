@@ -50,88 +50,234 @@ log = logging.getLogger("epp.requests")
 _MODEL_LABELS = ("model_name", "target_model_name")
 # generalLatencyBuckets: 5 ms to an hour.
 _LATENCY_BUCKETS = (
-    0.005, 0.025, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 1.25, 1.5, 2, 3, 4, 5, 6,
-    8, 10, 15, 20, 30, 45, 60, 120, 180, 240, 300, 360, 480, 600, 900, 1200,
-    1800, 2700, 3600,
+    0.005,
+    0.025,
+    0.05,
+    0.1,
+    0.2,
+    0.4,
+    0.6,
+    0.8,
+    1.0,
+    1.25,
+    1.5,
+    2,
+    3,
+    4,
+    5,
+    6,
+    8,
+    10,
+    15,
+    20,
+    30,
+    45,
+    60,
+    120,
+    180,
+    240,
+    300,
+    360,
+    480,
+    600,
+    900,
+    1200,
+    1800,
+    2700,
+    3600,
 )
 # tpotBuckets: half a millisecond to six minutes per token.
 _TPOT_BUCKETS = (
-    0.0005, 0.00205, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.125, 0.15, 0.2,
-    0.3, 0.4, 0.5, 0.6, 0.8, 1, 1.5, 2, 3, 4.5, 6, 12, 18, 24, 30, 36, 48, 60,
-    90, 120, 180, 270, 360,
+    0.0005,
+    0.00205,
+    0.005,
+    0.01,
+    0.02,
+    0.04,
+    0.06,
+    0.08,
+    0.1,
+    0.125,
+    0.15,
+    0.2,
+    0.3,
+    0.4,
+    0.5,
+    0.6,
+    0.8,
+    1,
+    1.5,
+    2,
+    3,
+    4.5,
+    6,
+    12,
+    18,
+    24,
+    30,
+    36,
+    48,
+    60,
+    90,
+    120,
+    180,
+    270,
+    360,
 )
 _NTPOT_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 _INPUT_TOKEN_BUCKETS = (
-    1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32778, 65536,
-    131072, 262144, 524288, 1048576,
+    1,
+    8,
+    16,
+    32,
+    64,
+    128,
+    256,
+    512,
+    1024,
+    2048,
+    4096,
+    8192,
+    16384,
+    32778,
+    65536,
+    131072,
+    262144,
+    524288,
+    1048576,
 )
 _OUTPUT_TOKEN_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 _REQUEST_SIZE_BUCKETS = (
-    64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536,
-    131072, 262144, 524288, 1048576, 2097152, 4194304, 8388608,
-    16777216, 33554432, 67108864, 134217728, 268435456, 536870912, 1073741824,
+    64,
+    128,
+    256,
+    512,
+    1024,
+    2048,
+    4096,
+    8192,
+    16384,
+    32768,
+    65536,
+    131072,
+    262144,
+    524288,
+    1048576,
+    2097152,
+    4194304,
+    8388608,
+    16777216,
+    33554432,
+    67108864,
+    134217728,
+    268435456,
+    536870912,
+    1073741824,
 )
 _RESPONSE_SIZE_BUCKETS = (
-    1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32778, 65536,
+    1,
+    8,
+    16,
+    32,
+    64,
+    128,
+    256,
+    512,
+    1024,
+    2048,
+    4096,
+    8192,
+    16384,
+    32778,
+    65536,
 )
 
 REQUEST_DURATION = FastHistogramVec(
     "inference_objective_request_duration_seconds",
     "Time from the request reaching epp to the end of its response, by model and target.",
-    _MODEL_LABELS, buckets=_LATENCY_BUCKETS, registry=REGISTRY,
+    _MODEL_LABELS,
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
 )
 REQUEST_TTFT = FastHistogramVec(
     "inference_objective_request_ttft_seconds",
     "Time from the request reaching epp to the first byte of its streamed response.",
-    _MODEL_LABELS, buckets=_LATENCY_BUCKETS, registry=REGISTRY,
+    _MODEL_LABELS,
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
 )
 REQUEST_TPOT = FastHistogramVec(
     "inference_objective_request_tpot_seconds",
     "Time per output token after the first, of streamed responses.",
-    _MODEL_LABELS, buckets=_TPOT_BUCKETS, registry=REGISTRY,
+    _MODEL_LABELS,
+    buckets=_TPOT_BUCKETS,
+    registry=REGISTRY,
 )
 NTPOT = FastHistogramVec(
     "inference_objective_normalized_time_per_output_token_seconds",
     "Request latency divided by the number of output tokens.",
-    _MODEL_LABELS, buckets=_NTPOT_BUCKETS, registry=REGISTRY,
+    _MODEL_LABELS,
+    buckets=_NTPOT_BUCKETS,
+    registry=REGISTRY,
 )
 INPUT_TOKENS = FastHistogramVec(
     "inference_objective_input_tokens",
     "Prompt tokens per request, as the model server reported them.",
-    _MODEL_LABELS, buckets=_INPUT_TOKEN_BUCKETS, registry=REGISTRY,
+    _MODEL_LABELS,
+    buckets=_INPUT_TOKEN_BUCKETS,
+    registry=REGISTRY,
 )
 OUTPUT_TOKENS = FastHistogramVec(
     "inference_objective_output_tokens",
     "Completion tokens per request, as the model server reported them.",
-    _MODEL_LABELS, buckets=_OUTPUT_TOKEN_BUCKETS, registry=REGISTRY,
+    _MODEL_LABELS,
+    buckets=_OUTPUT_TOKEN_BUCKETS,
+    registry=REGISTRY,
 )
 PROMPT_CACHED_TOKENS = FastHistogramVec(
     "inference_objective_prompt_cached_tokens",
     "Prompt tokens the model server found in its prefix cache, per request.",
-    _MODEL_LABELS, buckets=_INPUT_TOKEN_BUCKETS, registry=REGISTRY,
+    _MODEL_LABELS,
+    buckets=_INPUT_TOKEN_BUCKETS,
+    registry=REGISTRY,
 )
 REQUEST_SIZES = FastHistogramVec(
     "inference_objective_request_sizes",
     "Request body size in bytes.",
-    _MODEL_LABELS, buckets=_REQUEST_SIZE_BUCKETS, registry=REGISTRY,
+    _MODEL_LABELS,
+    buckets=_REQUEST_SIZE_BUCKETS,
+    registry=REGISTRY,
 )
 RESPONSE_SIZES = FastHistogramVec(
     "inference_objective_response_sizes",
     "Response body size in bytes (seen only when responses stream through epp).",
-    _MODEL_LABELS, buckets=_RESPONSE_SIZE_BUCKETS, registry=REGISTRY,
+    _MODEL_LABELS,
+    buckets=_RESPONSE_SIZE_BUCKETS,
+    registry=REGISTRY,
 )
 RUNNING_REQUESTS = Gauge(
     "inference_objective_running_requests",
     "Requests routed and not yet finished, by the model asked for.",
-    ["model_name"], registry=REGISTRY,
+    ["model_name"],
+    registry=REGISTRY,
 )
 
 
 class _Series:
     """The children of every per-model metric for one (model, target) pair."""
 
-    __slots__ = ("cached", "duration", "input", "ntpot", "output", "request_size",
-                 "response_size", "server_errors", "tpot", "ttft")
+    __slots__ = (
+        "cached",
+        "duration",
+        "input",
+        "ntpot",
+        "output",
+        "request_size",
+        "response_size",
+        "server_errors",
+        "tpot",
+        "ttft",
+    )
 
     def __init__(self, model: str, target: str) -> None:
         self.duration = REQUEST_DURATION.labels(model, target)
@@ -239,8 +385,18 @@ def record_finished(finished: FinishedRequest) -> None:
         return
     # makeRecord and handle, not info(): info() looks up its caller's file and line in the
     # stack, a third of the cost of the line, for a place that never changes.
-    log.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, "request finished",
-                              (), None, extra=_log_fields(finished, outcome)))
+    log.handle(
+        log.makeRecord(
+            log.name,
+            logging.INFO,
+            __file__,
+            0,
+            "request finished",
+            (),
+            None,
+            extra=_log_fields(finished, outcome),
+        )
+    )
 
 
 def _observe(finished: FinishedRequest, decision: RoutingDecision) -> None:
@@ -284,8 +440,11 @@ def _observe(finished: FinishedRequest, decision: RoutingDecision) -> None:
 
 def _log_fields(finished: FinishedRequest, outcome: str) -> dict[str, object]:
     # Everything a client chose is clipped: a log line stays a line.
-    fields: dict[str, object] = {"request_id": clip(finished.request_id),
-                                 "method": clip(finished.method), "path": clip(finished.path)}
+    fields: dict[str, object] = {
+        "request_id": clip(finished.request_id),
+        "method": clip(finished.method),
+        "path": clip(finished.path),
+    }
     decision = finished.decision
     if decision is not None:
         fields["model"] = clip(decision.model)

@@ -32,6 +32,8 @@ class SaturationDetector:
             if metrics.updated_at <= 0.0 or now - metrics.updated_at > self.staleness_s:
                 total += 1.0
                 continue
-            total += max(metrics.waiting_requests / self.queue_threshold,
-                         metrics.kv_cache_usage / self.kv_threshold)
+            total += max(
+                metrics.waiting_requests / self.queue_threshold,
+                metrics.kv_cache_usage / self.kv_threshold,
+            )
         return total / len(endpoints) >= 1.0

@@ -90,8 +90,9 @@ class PassiveHealth:
             if state is not None and state.strikes and generation == state.generation:
                 state.strikes = 0
                 state.until = 0.0
-                log.info("endpoint %s answered again (status %d); healthy", endpoint.address,
-                         status)
+                log.info(
+                    "endpoint %s answered again (status %d); healthy", endpoint.address, status
+                )
             return
         if self._initial_s <= 0:
             return
@@ -105,8 +106,14 @@ class PassiveHealth:
         state.strikes += 1
         state.generation += 1
         metrics.ENDPOINT_EJECTIONS.inc()
-        log.warning("endpoint %s failed a request (status %d); avoiding it for %.1fs "
-                    "(ejection %d in a row)", endpoint.address, status, backoff_s, state.strikes)
+        log.warning(
+            "endpoint %s failed a request (status %d); avoiding it for %.1fs "
+            "(ejection %d in a row)",
+            endpoint.address,
+            status,
+            backoff_s,
+            state.strikes,
+        )
 
     def forget(self, endpoints: Iterable[Endpoint]) -> None:
         """Drop the state of endpoints that left the pool."""

@@ -17,9 +17,7 @@ log = logging.getLogger(__name__)
 OBJECTIVE_HEADER = "x-gateway-inference-objective"
 
 
-def priorities_from_objects(
-    objects: Iterable[Mapping[str, Any]], pool_name: str
-) -> dict[str, int]:
+def priorities_from_objects(objects: Iterable[Mapping[str, Any]], pool_name: str) -> dict[str, int]:
     """Objective name → priority, for the InferenceObjectives that name ``pool_name``."""
     priorities: dict[str, int] = {}
     for obj in objects:
@@ -28,11 +26,10 @@ def priorities_from_objects(
             continue
         name = (obj.get("metadata") or {}).get("name")
         priority = spec.get("priority", 0)
-        if not isinstance(name, str) or not isinstance(priority, int) or isinstance(
-            priority, bool
-        ):
-            log.error("InferenceObjective %s has a non-integer priority %r; ignored", name,
-                      priority)
+        if not isinstance(name, str) or not isinstance(priority, int) or isinstance(priority, bool):
+            log.error(
+                "InferenceObjective %s has a non-integer priority %r; ignored", name, priority
+            )
             continue
         priorities[name] = priority
     return priorities

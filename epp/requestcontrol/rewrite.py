@@ -47,10 +47,17 @@ def rules_from_objects(objects: Iterable[Mapping[str, Any]], pool_name: str) -> 
 
     A malformed rewrite is skipped with an error in the log; the others still apply.
     """
-    mine = [obj for obj in objects
-            if ((obj.get("spec") or {}).get("poolRef") or {}).get("name") == pool_name]
-    mine.sort(key=lambda obj: ((obj.get("metadata") or {}).get("creationTimestamp") or "",
-                               (obj.get("metadata") or {}).get("name") or ""))
+    mine = [
+        obj
+        for obj in objects
+        if ((obj.get("spec") or {}).get("poolRef") or {}).get("name") == pool_name
+    ]
+    mine.sort(
+        key=lambda obj: (
+            (obj.get("metadata") or {}).get("creationTimestamp") or "",
+            (obj.get("metadata") or {}).get("name") or "",
+        )
+    )
     rules: list[RewriteRule] = []
     for obj in mine:
         name = (obj.get("metadata") or {}).get("name")
@@ -86,7 +93,10 @@ class ModelRewrites:
     """Which model a request is sent to; replace the rules whenever the rewrites change."""
 
     def __init__(
-        self, rules: Iterable[RewriteRule] = (), *, seed: int | None = None,
+        self,
+        rules: Iterable[RewriteRule] = (),
+        *,
+        seed: int | None = None,
         honour_header: bool = False,
     ) -> None:
         self._rng = random.Random(seed)
@@ -112,8 +122,9 @@ class ModelRewrites:
             if override:
                 problem = model_name_problem(override)
                 if problem is not None:
-                    raise BadRequest(f"the model in {MODEL_REWRITE_HEADER} {problem}",
-                                     code="invalid_model")
+                    raise BadRequest(
+                        f"the model in {MODEL_REWRITE_HEADER} {problem}", code="invalid_model"
+                    )
                 return override
         rule = self._exact.get(model) or self._catch_all
         return model if rule is None else rule.draw(self._rng)

@@ -138,8 +138,13 @@ class SchedulerProfile:
         )
         self._timings = tuple(timings)
         self._prompt_chars = max(
-            (p.prompt_chars for p in self._unique([*plugins, *post_picks])
-             if isinstance(p, PromptReader)), default=0)
+            (
+                p.prompt_chars
+                for p in self._unique([*plugins, *post_picks])
+                if isinstance(p, PromptReader)
+            ),
+            default=0,
+        )
 
     @property
     def prompt_chars(self) -> int:

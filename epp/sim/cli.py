@@ -80,21 +80,38 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="a pod to run (repeatable); models after the first act as LoRA adapters",
     )
     fleet = parser.add_argument_group("a fleet of like pods (with or instead of --pod)")
-    fleet.add_argument("--pods", dest="pod_count", type=int, default=0, metavar="N",
-                       help="run N pods on consecutive ports from --first-port")
+    fleet.add_argument(
+        "--pods",
+        dest="pod_count",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run N pods on consecutive ports from --first-port",
+    )
     fleet.add_argument("--first-port", type=int, default=None, metavar="PORT")
-    fleet.add_argument("--model", dest="fleet_model", default=None, metavar="MODEL",
-                       help="the model every --pods pod serves")
-    fleet.add_argument("--host", dest="fleet_host", default="127.0.0.1", metavar="HOST",
-                       help="where the --pods pods listen (default: %(default)s)")
+    fleet.add_argument(
+        "--model",
+        dest="fleet_model",
+        default=None,
+        metavar="MODEL",
+        help="the model every --pods pod serves",
+    )
+    fleet.add_argument(
+        "--host",
+        dest="fleet_host",
+        default="127.0.0.1",
+        metavar="HOST",
+        help="where the --pods pods listen (default: %(default)s)",
+    )
 
     engine = parser.add_argument_group(
         "engine (defaults: Llama-3.1-8B bf16 on one H100 80GB under vLLM V1; see README)"
     )
     for name, (field, kind, unit, text) in _ENGINE_FLAGS.items():
         default = getattr(_DEFAULTS, field) * unit
-        engine.add_argument(name, type=kind, default=None, metavar="N",
-                            help=f"{text} (default: {default:g})")
+        engine.add_argument(
+            name, type=kind, default=None, metavar="N", help=f"{text} (default: {default:g})"
+        )
     engine.add_argument(
         "--legacy-metric-names",
         action="store_true",
@@ -154,8 +171,10 @@ def run(args: argparse.Namespace) -> int:
         log.error("sim: %s", exc)
         return 2
     if not specs:
-        log.error("sim: give at least one --pod ADDR=MODEL (e.g. --pod 127.0.0.1:8001=qwen2-1-5b)"
-                  " or --pods N --first-port PORT --model MODEL")
+        log.error(
+            "sim: give at least one --pod ADDR=MODEL (e.g. --pod 127.0.0.1:8001=qwen2-1-5b)"
+            " or --pods N --first-port PORT --model MODEL"
+        )
         return 2
     try:
         uvloop.run(_serve(specs, config))

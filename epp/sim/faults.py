@@ -67,5 +67,8 @@ def fault_routes(faults: Faults) -> list[web.RouteDef]:
         faults.status, faults.extra_waiting = None, 0
         return current()
 
-    return [web.get("/sim/faults", show), web.post("/sim/faults", update),
-            web.delete("/sim/faults", clear)]
+    return [
+        web.get("/sim/faults", show),
+        web.post("/sim/faults", update),
+        web.delete("/sim/faults", clear),
+    ]

@@ -88,57 +88,104 @@ class MetricsRenderer:
                 out.append(_family(name, kind, help_text))
                 out.extend(samples)
 
-        scalar("vllm:num_requests_running", "gauge",
-               "Number of requests in model execution batches.",
-               f"vllm:num_requests_running{{{lb}}} {_num(s.running)}\n")
-        scalar("vllm:num_requests_waiting", "gauge", "Number of requests waiting to be processed.",
-               f"vllm:num_requests_waiting{{{lb}}} "
-               f"{_num(s.waiting + self._faults.extra_waiting)}\n")
-        scalar(self._kv_name, "gauge", "KV-cache usage. 1 means 100 percent usage.",
-               f"{self._kv_name}{{{lb}}} {_num(s.kv_cache_usage)}\n")
-        scalar("vllm:prefix_cache_queries_total", "counter",
-               "Prefix cache queries, in terms of number of queried tokens.",
-               f"vllm:prefix_cache_queries_total{{{lb}}} {_num(s.prefix_cache_queries)}\n")
-        scalar("vllm:prefix_cache_hits_total", "counter",
-               "Prefix cache hits, in terms of number of cached tokens.",
-               f"vllm:prefix_cache_hits_total{{{lb}}} {_num(s.prefix_cache_hits)}\n")
-        scalar("vllm:num_preemptions_total", "counter",
-               "Cumulative number of preemption from the engine.",
-               f"vllm:num_preemptions_total{{{lb}}} {_num(s.preemptions)}\n")
-        scalar("vllm:prompt_tokens_total", "counter", "Number of prefill tokens processed.",
-               f"vllm:prompt_tokens_total{{{lb}}} {_num(s.prompt_tokens)}\n")
-        scalar("vllm:generation_tokens_total", "counter",
-               "Number of generation tokens processed.",
-               f"vllm:generation_tokens_total{{{lb}}} {_num(s.generation_tokens)}\n")
-        scalar("vllm:request_success_total", "counter",
-               "Count of successfully processed requests.",
-               # Every simulated request stops on its token budget.
-               f'vllm:request_success_total{{{lb},finished_reason="stop"}} 0.0\n',
-               f'vllm:request_success_total{{{lb},finished_reason="length"}} '
-               f"{_num(s.request_success)}\n")
+        scalar(
+            "vllm:num_requests_running",
+            "gauge",
+            "Number of requests in model execution batches.",
+            f"vllm:num_requests_running{{{lb}}} {_num(s.running)}\n",
+        )
+        scalar(
+            "vllm:num_requests_waiting",
+            "gauge",
+            "Number of requests waiting to be processed.",
+            f"vllm:num_requests_waiting{{{lb}}} {_num(s.waiting + self._faults.extra_waiting)}\n",
+        )
+        scalar(
+            self._kv_name,
+            "gauge",
+            "KV-cache usage. 1 means 100 percent usage.",
+            f"{self._kv_name}{{{lb}}} {_num(s.kv_cache_usage)}\n",
+        )
+        scalar(
+            "vllm:prefix_cache_queries_total",
+            "counter",
+            "Prefix cache queries, in terms of number of queried tokens.",
+            f"vllm:prefix_cache_queries_total{{{lb}}} {_num(s.prefix_cache_queries)}\n",
+        )
+        scalar(
+            "vllm:prefix_cache_hits_total",
+            "counter",
+            "Prefix cache hits, in terms of number of cached tokens.",
+            f"vllm:prefix_cache_hits_total{{{lb}}} {_num(s.prefix_cache_hits)}\n",
+        )
+        scalar(
+            "vllm:num_preemptions_total",
+            "counter",
+            "Cumulative number of preemption from the engine.",
+            f"vllm:num_preemptions_total{{{lb}}} {_num(s.preemptions)}\n",
+        )
+        scalar(
+            "vllm:prompt_tokens_total",
+            "counter",
+            "Number of prefill tokens processed.",
+            f"vllm:prompt_tokens_total{{{lb}}} {_num(s.prompt_tokens)}\n",
+        )
+        scalar(
+            "vllm:generation_tokens_total",
+            "counter",
+            "Number of generation tokens processed.",
+            f"vllm:generation_tokens_total{{{lb}}} {_num(s.generation_tokens)}\n",
+        )
+        scalar(
+            "vllm:request_success_total",
+            "counter",
+            "Count of successfully processed requests.",
+            # Every simulated request stops on its token budget.
+            f'vllm:request_success_total{{{lb},finished_reason="stop"}} 0.0\n',
+            f'vllm:request_success_total{{{lb},finished_reason="length"}} '
+            f"{_num(s.request_success)}\n",
+        )
         if names is None or "vllm:cache_config_info" in names:
             out.append(self._cache_info)
         if len(self._models) > 1:
             adapters = self._models[1:]
             running = ",".join(m for m in adapters if s.running_by_model.get(m))
             waiting = ",".join(m for m in adapters if s.waiting_by_model.get(m))
-            scalar("vllm:lora_requests_info", "gauge", "Running stats on lora requests.",
-                   f'vllm:lora_requests_info{{max_lora="{len(adapters)}",'
-                   f'running_lora_adapters="{_esc(running)}",'
-                   f'waiting_lora_adapters="{_esc(waiting)}"}} {_num(time.time())}\n')
+            scalar(
+                "vllm:lora_requests_info",
+                "gauge",
+                "Running stats on lora requests.",
+                f'vllm:lora_requests_info{{max_lora="{len(adapters)}",'
+                f'running_lora_adapters="{_esc(running)}",'
+                f'waiting_lora_adapters="{_esc(waiting)}"}} {_num(time.time())}\n',
+            )
         for name, help_text, hist in (
-            ("vllm:time_to_first_token_seconds",
-             "Histogram of time to first token in seconds.", h.ttft_s),
-            (self._itl_name, "Histogram of inter-token latency in seconds.",
-             h.inter_token_latency_s),
-            ("vllm:e2e_request_latency_seconds",
-             "Histogram of e2e request latency in seconds.", h.e2e_latency_s),
-            ("vllm:request_queue_time_seconds",
-             "Histogram of time spent in WAITING phase for request.", h.queue_time_s),
-            ("vllm:request_prompt_tokens", "Number of prefill tokens processed.",
-             h.prompt_tokens),
-            ("vllm:request_generation_tokens", "Number of generation tokens processed.",
-             h.generation_tokens),
+            (
+                "vllm:time_to_first_token_seconds",
+                "Histogram of time to first token in seconds.",
+                h.ttft_s,
+            ),
+            (
+                self._itl_name,
+                "Histogram of inter-token latency in seconds.",
+                h.inter_token_latency_s,
+            ),
+            (
+                "vllm:e2e_request_latency_seconds",
+                "Histogram of e2e request latency in seconds.",
+                h.e2e_latency_s,
+            ),
+            (
+                "vllm:request_queue_time_seconds",
+                "Histogram of time spent in WAITING phase for request.",
+                h.queue_time_s,
+            ),
+            ("vllm:request_prompt_tokens", "Number of prefill tokens processed.", h.prompt_tokens),
+            (
+                "vllm:request_generation_tokens",
+                "Number of generation tokens processed.",
+                h.generation_tokens,
+            ),
         ):
             if names is None or {f"{name}_bucket", f"{name}_count", f"{name}_sum"} & names:
                 self._histogram(out, name, help_text, hist)

@@ -64,9 +64,7 @@ class _PeerApi:
         )
 
     async def model_info(self, request: web.Request) -> web.StreamResponse:
-        return _json_response(
-            {"is_generation": True, "model_type": None, "architectures": None}
-        )
+        return _json_response({"is_generation": True, "model_type": None, "architectures": None})
 
     async def health_generate(self, request: web.Request) -> web.StreamResponse:
         return web.Response(status=200)

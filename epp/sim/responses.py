@@ -31,14 +31,19 @@ def responses_handler(pod: _Pod) -> Callable[[web.Request], Awaitable[web.Stream
         body = pod._body(request)
         model = pod._model(body)
         prompt = _prompt(body)
-        max_tokens = positive_int(
-            body, "max_output_tokens", maximum=pod.engine.config.max_model_len
-        ) or pod.engine.config.default_max_tokens
+        max_tokens = (
+            positive_int(body, "max_output_tokens", maximum=pod.engine.config.max_model_len)
+            or pod.engine.config.default_max_tokens
+        )
         stream = body.get("stream", False)
         if not isinstance(stream, bool):
             raise ApiError(400, "'stream' must be a boolean", "stream")
-        head = {"id": f"resp_{uuid.uuid4().hex}", "created_at": int(time.time()),
-                "model": model, "max_output_tokens": max_tokens}
+        head = {
+            "id": f"resp_{uuid.uuid4().hex}",
+            "created_at": int(time.time()),
+            "model": model,
+            "max_output_tokens": max_tokens,
+        }
         item_id = f"msg_{uuid.uuid4().hex}"
         if not stream:
             async with pod.engine.run(prompt, model=model, max_tokens=max_tokens) as gen:
@@ -46,34 +51,52 @@ def responses_handler(pod: _Pod) -> Callable[[web.Request], Awaitable[web.Stream
             payload = _response(head, item_id, gen, gen.text())
             return web.Response(body=dumps(payload), content_type="application/json")
 
-        resp = web.StreamResponse(headers={"content-type": "text/event-stream; charset=utf-8",
-                                           "cache-control": "no-cache"})
+        resp = web.StreamResponse(
+            headers={
+                "content-type": "text/event-stream; charset=utf-8",
+                "cache-control": "no-cache",
+            }
+        )
         pod.stamp(request, resp)
         await resp.prepare(request)
         events = _Events(resp)
         async with pod.engine.run(prompt, model=model, max_tokens=max_tokens) as gen:
-            started = {**head, "object": "response", "output": [], "status": "in_progress",
-                       "usage": None}
+            started = {
+                **head,
+                "object": "response",
+                "output": [],
+                "status": "in_progress",
+                "usage": None,
+            }
             await events.send("response.created", {"response": started})
             await events.send("response.in_progress", {"response": started})
-            item = {"id": item_id, "content": [], "role": "assistant",
-                    "status": "in_progress", "type": "message"}
+            item = {
+                "id": item_id,
+                "content": [],
+                "role": "assistant",
+                "status": "in_progress",
+                "type": "message",
+            }
             where = {"item_id": item_id, "output_index": 0, "content_index": 0}
             async for batch in gen.token_batches():
                 if batch.start == 0:  # vLLM opens the message with the first token
-                    await events.send("response.output_item.added",
-                                      {"item": item, "output_index": 0})
-                    await events.send("response.content_part.added",
-                                      {**where, "part": _text_part("")})
+                    await events.send(
+                        "response.output_item.added", {"item": item, "output_index": 0}
+                    )
+                    await events.send(
+                        "response.content_part.added", {**where, "part": _text_part("")}
+                    )
                 for i in batch:
-                    await events.send("response.output_text.delta",
-                                      {**where, "delta": piece(i), "logprobs": []})
+                    await events.send(
+                        "response.output_text.delta", {**where, "delta": piece(i), "logprobs": []}
+                    )
         text = gen.text()
         await events.send("response.output_text.done", {**where, "text": text, "logprobs": []})
         await events.send("response.content_part.done", {**where, "part": _text_part(text)})
         final = _response(head, item_id, gen, text)
-        await events.send("response.output_item.done",
-                          {"item": final["output"][0], "output_index": 0})
+        await events.send(
+            "response.output_item.done", {"item": final["output"][0], "output_index": 0}
+        )
         await events.send("response.completed", {"response": final})
         await resp.write_eof()
         return resp
@@ -109,8 +132,11 @@ def _prompt(body: dict[str, Any]) -> str:
             if isinstance(content, str):
                 parts.append(content)
             elif isinstance(content, list):
-                parts.extend(p["text"] for p in content
-                             if isinstance(p, dict) and isinstance(p.get("text"), str))
+                parts.extend(
+                    p["text"]
+                    for p in content
+                    if isinstance(p, dict) and isinstance(p.get("text"), str)
+                )
     else:
         raise ApiError(400, "'input' must be a string or a non-empty list", "input")
     return "".join(parts)
@@ -126,9 +152,15 @@ def _response(head: dict[str, Any], item_id: str, gen: Generation, text: str) ->
         **head,
         "object": "response",
         "incomplete_details": {"reason": "max_output_tokens"} if incomplete else None,
-        "output": [{"id": item_id, "content": [_text_part(text)], "role": "assistant",
-                    "status": "incomplete" if incomplete else "completed",
-                    "type": "message"}],
+        "output": [
+            {
+                "id": item_id,
+                "content": [_text_part(text)],
+                "role": "assistant",
+                "status": "incomplete" if incomplete else "completed",
+                "type": "message",
+            }
+        ],
         "status": "incomplete" if incomplete else "completed",
         "usage": {
             "input_tokens": gen.prompt_tokens,

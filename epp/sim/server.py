@@ -120,8 +120,10 @@ class _Pod:
         self._received[id(request)] = received
         try:
             try:
-                if self.faults.status is not None and request.method == "POST" and (
-                    request.path.startswith("/v1/")
+                if (
+                    self.faults.status is not None
+                    and request.method == "POST"
+                    and (request.path.startswith("/v1/"))
                 ):
                     raise ApiError(self.faults.status, "injected fault (POST /sim/faults)")
                 resp = await handler(request)
@@ -359,9 +361,11 @@ class _Pod:
         stream, _ = self._streaming(body)
         params: dict[str, Any] = {"n": 1, "max_tokens": self._max_tokens(body)}
         # Only well-typed values are echoed, as vLLM's request model would accept them.
-        for key, value in (("temperature", optional_number(body, "temperature")),
-                           ("top_p", optional_number(body, "top_p")),
-                           ("seed", optional_int(body, "seed"))):
+        for key, value in (
+            ("temperature", optional_number(body, "temperature")),
+            ("top_p", optional_number(body, "top_p")),
+            ("seed", optional_int(body, "seed")),
+        ):
             if value is not None:
                 params[key] = value
         priority = optional_int(body, "priority")

@@ -34,8 +34,9 @@ MAX_INT = 2**63 - 1
 MIN_INT = -(2**63)
 
 
-def rare(unusual: st.SearchStrategy[Any], usual: st.SearchStrategy[Any],
-         one_in: int = 12) -> st.SearchStrategy[Any]:
+def rare(
+    unusual: st.SearchStrategy[Any], usual: st.SearchStrategy[Any], one_in: int = 12
+) -> st.SearchStrategy[Any]:
     """``unusual`` about once in ``one_in`` draws, else ``usual`` (shrinks to usual)."""
     return st.integers(0, one_in - 1).flatmap(lambda n: unusual if n == one_in - 1 else usual)
 
@@ -47,8 +48,19 @@ def _repeated(unit: st.SearchStrategy[str], low: int, high: int) -> st.SearchStr
 
 _TEXT = st.text(st.characters(codec="utf-8"), max_size=40)
 _CONTROL_NAMES = st.sampled_from(
-    ["qwen2-1-5b\r\nx-injected: 1", "qwen2-1-5b\n", "\x00", "qwen\x00", "a\rb", "tab\tname",
-     "\x7f", "\x1b[31m", "qwen2-1-5b\u2028", "\ufeffqwen2-1-5b"])
+    [
+        "qwen2-1-5b\r\nx-injected: 1",
+        "qwen2-1-5b\n",
+        "\x00",
+        "qwen\x00",
+        "a\rb",
+        "tab\tname",
+        "\x7f",
+        "\x1b[31m",
+        "qwen2-1-5b\u2028",
+        "\ufeffqwen2-1-5b",
+    ]
+)
 
 # Model names: mostly served ones, so requests get routed, then everything else.
 model_names: st.SearchStrategy[Any] = st.one_of(
@@ -59,15 +71,22 @@ model_names: st.SearchStrategy[Any] = st.one_of(
     _repeated(st.sampled_from(["m", "é", "\x00", "\n", "🦙"]), 1_000, 200_000),
     st.sampled_from(["", " ", QWEN.upper(), f" {QWEN}", f"{QWEN} ", f"{QWEN},{GEMMA}"]),
     # Not strings at all.
-    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False),
-              st.lists(st.sampled_from([QWEN, 1]), max_size=2),
-              st.fixed_dictionaries({"name": st.just(QWEN)})),
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(),
+        st.floats(allow_nan=False),
+        st.lists(st.sampled_from([QWEN, 1]), max_size=2),
+        st.fixed_dictionaries({"name": st.just(QWEN)}),
+    ),
 )
 
 
 @st.composite
-def openai_documents(draw: st.DrawFn, model: st.SearchStrategy[Any] = model_names,
-                     ) -> dict[str, Any]:
+def openai_documents(
+    draw: st.DrawFn,
+    model: st.SearchStrategy[Any] = model_names,
+) -> dict[str, Any]:
     """A chat, completions, Responses API or embeddings request body as a dict."""
     shape = draw(st.sampled_from(["chat", "completions", "responses", "embeddings", "bare"]))
     document: dict[str, Any] = {}
@@ -76,14 +95,17 @@ def openai_documents(draw: st.DrawFn, model: st.SearchStrategy[Any] = model_name
     content = draw(st.one_of(_TEXT, _repeated(st.sampled_from(["hello ", "é", "🦙"]), 10, 3000)))
     if shape == "chat":
         role = draw(st.sampled_from(["user", "system", "assistant", "tool"]))
-        document["messages"] = draw(st.one_of(
-            st.just([{"role": role, "content": content}]),
-            st.just([{"role": role, "content": [{"type": "text", "text": content}]}]),
-            st.sampled_from([content, None, [content, 3], {"role": role}]),
-        ))
+        document["messages"] = draw(
+            st.one_of(
+                st.just([{"role": role, "content": content}]),
+                st.just([{"role": role, "content": [{"type": "text", "text": content}]}]),
+                st.sampled_from([content, None, [content, 3], {"role": role}]),
+            )
+        )
     elif shape == "completions":
-        document["prompt"] = draw(st.one_of(st.just(content), st.just([content, content]),
-                                            st.just([1, 2, 3])))
+        document["prompt"] = draw(
+            st.one_of(st.just(content), st.just([content, content]), st.just([1, 2, 3]))
+        )
     elif shape == "responses":
         document["input"] = content
         if draw(st.booleans()):
@@ -98,13 +120,19 @@ def openai_documents(draw: st.DrawFn, model: st.SearchStrategy[Any] = model_name
         document["max_tokens"] = draw(st.integers(1, 3))
     if draw(st.integers(0, 5)) == 0:
         # Odd extras a model server ignores: huge and odd numbers, deep-ish nesting.
-        document["x_fuzz"] = draw(st.one_of(
-            st.integers(min_value=-(10**30), max_value=10**30),
-            st.floats(allow_nan=False, allow_infinity=False),
-            st.recursive(st.none() | st.booleans() | st.integers(-5, 5) | _TEXT,
-                         lambda inner: st.lists(inner, max_size=3)
-                         | st.dictionaries(_TEXT, inner, max_size=3), max_leaves=12),
-        ))
+        document["x_fuzz"] = draw(
+            st.one_of(
+                st.integers(min_value=-(10**30), max_value=10**30),
+                st.floats(allow_nan=False, allow_infinity=False),
+                st.recursive(
+                    st.none() | st.booleans() | st.integers(-5, 5) | _TEXT,
+                    lambda inner: (
+                        st.lists(inner, max_size=3) | st.dictionaries(_TEXT, inner, max_size=3)
+                    ),
+                    max_leaves=12,
+                ),
+            )
+        )
     return document
 
 
@@ -128,21 +156,37 @@ def valid_request_bodies(draw: st.DrawFn) -> tuple[bytes, str, str]:
     document["max_tokens"] = draw(st.integers(1, 3))
     if draw(st.booleans()):
         document["stream"] = draw(st.booleans())
-    return _dumps(document, ascii_only=draw(st.booleans()), spaced=draw(st.booleans())), \
-        model, path
+    return _dumps(document, ascii_only=draw(st.booleans()), spaced=draw(st.booleans())), model, path
 
 
 @st.composite
 def request_bodies(draw: st.DrawFn) -> bytes:
     """Any request body: mostly JSON documents, then broken and hostile ones."""
-    kind = draw(st.sampled_from([
-        "document", "document", "document", "empty", "blank", "truncated", "not_object",
-        "deep", "huge_number", "control_in_string", "bom", "duplicate_model", "random",
-        "not_json", "lone_surrogate",
-    ]))
+    kind = draw(
+        st.sampled_from(
+            [
+                "document",
+                "document",
+                "document",
+                "empty",
+                "blank",
+                "truncated",
+                "not_object",
+                "deep",
+                "huge_number",
+                "control_in_string",
+                "bom",
+                "duplicate_model",
+                "random",
+                "not_json",
+                "lone_surrogate",
+            ]
+        )
+    )
     if kind == "document":
-        return _dumps(draw(openai_documents()), ascii_only=draw(st.booleans()),
-                      spaced=draw(st.booleans()))
+        return _dumps(
+            draw(openai_documents()), ascii_only=draw(st.booleans()), spaced=draw(st.booleans())
+        )
     if kind == "empty":
         return b""
     if kind == "blank":
@@ -151,8 +195,20 @@ def request_bodies(draw: st.DrawFn) -> bytes:
         whole = _dumps(draw(openai_documents()), ascii_only=False, spaced=False)
         return whole[: draw(st.integers(1, max(1, len(whole) - 1)))]
     if kind == "not_object":
-        return draw(st.sampled_from([b"[]", b"1", b'"qwen2-1-5b"', b"null", b"true",
-                                     b'[{"model": "qwen2-1-5b"}]', b"-0", b"1e400"]))
+        return draw(
+            st.sampled_from(
+                [
+                    b"[]",
+                    b"1",
+                    b'"qwen2-1-5b"',
+                    b"null",
+                    b"true",
+                    b'[{"model": "qwen2-1-5b"}]',
+                    b"-0",
+                    b"1e400",
+                ]
+            )
+        )
     if kind == "deep":
         depth = draw(st.integers(10, 200_000))
         opener, closer = draw(st.sampled_from([(b"[", b"]"), (b'{"a":', b"}")]))
@@ -161,11 +217,22 @@ def request_bodies(draw: st.DrawFn) -> bytes:
             return b'{"model": "qwen2-1-5b", "x": ' + inner + b"}"
         return inner[: draw(st.integers(1, len(inner)))] if draw(st.booleans()) else inner
     if kind == "huge_number":
-        number = draw(st.one_of(
-            _repeated(st.sampled_from(["9", "1"]), 20, 20_000),
-            st.sampled_from(["1e999", "-1e999", "1.5e308", "-0.0", "0.0000000000000000001e-400",
-                             "18446744073709551616", "-9223372036854775809"]),
-        ))
+        number = draw(
+            st.one_of(
+                _repeated(st.sampled_from(["9", "1"]), 20, 20_000),
+                st.sampled_from(
+                    [
+                        "1e999",
+                        "-1e999",
+                        "1.5e308",
+                        "-0.0",
+                        "0.0000000000000000001e-400",
+                        "18446744073709551616",
+                        "-9223372036854775809",
+                    ]
+                ),
+            )
+        )
         key = draw(st.sampled_from(["x_fuzz", "model", "max_tokens", "temperature"]))
         if key == "model":
             return f'{{"model": {number}}}'.encode()
@@ -174,19 +241,33 @@ def request_bodies(draw: st.DrawFn) -> bytes:
         control = draw(st.sampled_from([b"\x00", b"\x01", b"\n", b"\r", b"\x1f"]))
         return b'{"model": "qwen' + control + b'2-1-5b", "prompt": "hi"}'
     if kind == "bom":
-        return b"\xef\xbb\xbf" + _dumps({"model": QWEN, "prompt": "hi"}, ascii_only=True,
-                                        spaced=False)
+        return b"\xef\xbb\xbf" + _dumps(
+            {"model": QWEN, "prompt": "hi"}, ascii_only=True, spaced=False
+        )
     if kind == "duplicate_model":
-        first, second = draw(st.sampled_from([(QWEN, GEMMA), (QWEN, "unknown-model"),
-                                              ("unknown-model", QWEN)]))
+        first, second = draw(
+            st.sampled_from([(QWEN, GEMMA), (QWEN, "unknown-model"), ("unknown-model", QWEN)])
+        )
         return f'{{"model": "{first}", "prompt": "hi", "model": "{second}"}}'.encode()
     if kind == "lone_surrogate":
         return b'{"model": "qwen2-1-5b\\ud800", "prompt": "hi"}'
     if kind == "not_json":
-        return draw(st.sampled_from([b"{", b"}", b"nul", b"{'model': 'qwen2-1-5b'}",
-                                     b'{"model": "qwen2-1-5b"} trailing', b"\xff\xfe{}",
-                                     b'{"model": "qwen2-1-5b",}', b"NaN",
-                                     b'{"model": NaN}', b"<xml/>"]))
+        return draw(
+            st.sampled_from(
+                [
+                    b"{",
+                    b"}",
+                    b"nul",
+                    b"{'model': 'qwen2-1-5b'}",
+                    b'{"model": "qwen2-1-5b"} trailing',
+                    b"\xff\xfe{}",
+                    b'{"model": "qwen2-1-5b",}',
+                    b"NaN",
+                    b'{"model": NaN}',
+                    b"<xml/>",
+                ]
+            )
+        )
     return draw(st.binary(max_size=200))
 
 
@@ -268,9 +349,13 @@ def judge_body(body: bytes) -> BodyVerdict:
     except UnicodeDecodeError:
         return BodyVerdict("invalid")
     try:
-        document = json.loads(text, parse_constant=_edge_constant,
-                              object_pairs_hook=_no_duplicates, parse_int=_edge_int,
-                              parse_float=_edge_float)
+        document = json.loads(
+            text,
+            parse_constant=_edge_constant,
+            object_pairs_hook=_no_duplicates,
+            parse_int=_edge_int,
+            parse_float=_edge_float,
+        )
     except (_Duplicate, _EdgeNumber, RecursionError):
         return BodyVerdict("edge")
     except ValueError:
@@ -326,8 +411,9 @@ class Expectation:
         return bool(self.destinations)
 
 
-def expect_for_model(requested: str, target: str, pool: Pool,
-                     subset: frozenset[str] | None) -> Expectation:
+def expect_for_model(
+    requested: str, target: str, pool: Pool, subset: frozenset[str] | None
+) -> Expectation:
     """A body naming ``requested``, sent to ``target`` (a rewrite header may change it)."""
     serving = pool.serving(target)
     if subset is not None:
@@ -342,8 +428,9 @@ def expect_for_model(requested: str, target: str, pool: Pool,
     return Expectation(statuses=frozenset({404}) | refusal)
 
 
-def expect_for_body(body: bytes, pool: Pool, *, rewrite: str | None,
-                    subset: frozenset[str] | None) -> Expectation | None:
+def expect_for_body(
+    body: bytes, pool: Pool, *, rewrite: str | None, subset: frozenset[str] | None
+) -> Expectation | None:
     """What a body should get, or None where the body does not settle it."""
     verdict = judge_body(body)
     if verdict.kind == "empty":

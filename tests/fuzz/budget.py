@@ -68,11 +68,13 @@ class Budget:
         return (per_example if self.campaign else 1), per_example
 
     def replay_hint(self) -> str:
-        return (f"EPP_FUZZ_SEED={self.seed} EPP_FUZZ_EXAMPLES={self.examples} "
-                f"EPP_FUZZ_HTTP_EXAMPLES={self.http_examples} "
-                f"EPP_FUZZ_STREAMS={self.streams_per_example} "
-                f"EPP_FUZZ_REQUESTS={self.requests_per_example}"
-                + (" EPP_FUZZ_MODE=campaign" if self.campaign else ""))
+        return (
+            f"EPP_FUZZ_SEED={self.seed} EPP_FUZZ_EXAMPLES={self.examples} "
+            f"EPP_FUZZ_HTTP_EXAMPLES={self.http_examples} "
+            f"EPP_FUZZ_STREAMS={self.streams_per_example} "
+            f"EPP_FUZZ_REQUESTS={self.requests_per_example}"
+            + (" EPP_FUZZ_MODE=campaign" if self.campaign else "")
+        )
 
 
 BUDGET = Budget.from_env()
@@ -87,7 +89,11 @@ def fuzz_settings(max_examples: int) -> settings:
         deadline=None,
         database=None,
         print_blob=True,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                               HealthCheck.filter_too_much, HealthCheck.large_base_example,
-                               HealthCheck.function_scoped_fixture],
+        suppress_health_check=[
+            HealthCheck.too_slow,
+            HealthCheck.data_too_large,
+            HealthCheck.filter_too_much,
+            HealthCheck.large_base_example,
+            HealthCheck.function_scoped_fixture,
+        ],
     )

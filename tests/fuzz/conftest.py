@@ -22,13 +22,14 @@ from tests.fuzz.tally import TALLY
 
 def pytest_report_header(config: pytest.Config) -> str:
     mode = "campaign" if BUDGET.campaign else "strict"
-    return (f"epp fuzz: seed {BUDGET.seed}, {mode} mode, {BUDGET.examples} examples per "
-            f"ext_proc property, {BUDGET.http_examples} per HTTP property "
-            f"(replay: {BUDGET.replay_hint()})")
+    return (
+        f"epp fuzz: seed {BUDGET.seed}, {mode} mode, {BUDGET.examples} examples per "
+        f"ext_proc property, {BUDGET.http_examples} per HTTP property "
+        f"(replay: {BUDGET.replay_hint()})"
+    )
 
 
-def pytest_terminal_summary(terminalreporter: Any, exitstatus: int,
-                            config: pytest.Config) -> None:
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     if not TALLY.sent:
         return
     terminalreporter.write_sep("=", f"epp fuzz tally (seed {BUDGET.seed})")
@@ -45,14 +46,22 @@ def fuzz_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FuzzStack]:
         epp = stack.epp
         epp.log.poll()
         TALLY.settings.update(
-            seed=BUDGET.seed, mode="campaign" if BUDGET.campaign else "strict",
-            examples_per_property=BUDGET.examples, http_examples=BUDGET.http_examples,
+            seed=BUDGET.seed,
+            mode="campaign" if BUDGET.campaign else "strict",
+            examples_per_property=BUDGET.examples,
+            http_examples=BUDGET.http_examples,
             streams_per_example=BUDGET.streams_per_example,
             requests_per_example=BUDGET.requests_per_example,
-            call_timeout_s=BUDGET.call_timeout_s, replay=BUDGET.replay_hint(),
-            pool={**stack.pool.pods, **stack.pool.dead}, epp_log=str(epp.process.log_path))
-        TALLY.epp.update(rss_kib_before=epp.rss_kib(), stream_errors_before=epp.stream_errors(),
-                         tracebacks_at_start=epp.log.tracebacks)
+            call_timeout_s=BUDGET.call_timeout_s,
+            replay=BUDGET.replay_hint(),
+            pool={**stack.pool.pods, **stack.pool.dead},
+            epp_log=str(epp.process.log_path),
+        )
+        TALLY.epp.update(
+            rss_kib_before=epp.rss_kib(),
+            stream_errors_before=epp.stream_errors(),
+            tracebacks_at_start=epp.log.tracebacks,
+        )
         yield stack
     finally:
         _epp_figures(stack)
@@ -69,9 +78,12 @@ def _epp_figures(stack: FuzzStack) -> None:
     if epp.alive():
         TALLY.epp.update(rss_kib_after=epp.rss_kib(), stream_errors_after=epp.stream_errors())
     epp.log.poll()
-    TALLY.epp.update(tracebacks=epp.log.tracebacks, error_lines=epp.log.errors[:20],
-                     exceptions=dict(epp.log.exceptions.most_common()),
-                     traceback_examples=epp.log.traceback_examples)
+    TALLY.epp.update(
+        tracebacks=epp.log.tracebacks,
+        error_lines=epp.log.errors[:20],
+        exceptions=dict(epp.log.exceptions.most_common()),
+        traceback_examples=epp.log.traceback_examples,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -83,13 +95,16 @@ def vitals(fuzz_stack: FuzzStack) -> Vitals:
 def grpc_client(fuzz_stack: FuzzStack) -> Iterator[GrpcClient]:
     channel = grpc.insecure_channel(
         f"127.0.0.1:{fuzz_stack.epp.grpc_port}",
-        options=[("grpc.max_receive_message_length", 256 * 1024 * 1024)])
+        options=[("grpc.max_receive_message_length", 256 * 1024 * 1024)],
+    )
     grpc.channel_ready_future(channel).result(timeout=30)
-    workers = ThreadPoolExecutor(max(2, BUDGET.streams_per_example),
-                                 thread_name_prefix="fuzz-stream")
+    workers = ThreadPoolExecutor(
+        max(2, BUDGET.streams_per_example), thread_name_prefix="fuzz-stream"
+    )
     call = channel.stream_stream(METHOD)
-    fuzz_stack.pool = replace(fuzz_stack.pool,
-                              honours_rewrite_header=honours_rewrite_header(call, fuzz_stack.pool))
+    fuzz_stack.pool = replace(
+        fuzz_stack.pool, honours_rewrite_header=honours_rewrite_header(call, fuzz_stack.pool)
+    )
     TALLY.settings["epp_honours_rewrite_header"] = fuzz_stack.pool.honours_rewrite_header
     try:
         yield GrpcClient(channel, call, workers)

@@ -159,8 +159,11 @@ def honours_rewrite_header(call_factory: CallFactory, pool: Pool) -> bool:
     """Whether epp lets the rewrite header choose the model: a qwen body with the header
     naming gemma, routed to gemma's pod or not."""
     head = ProcessingRequest()
-    for key, value in ((":method", b"POST"), (":path", b"/v1/completions"),
-                       (REWRITE_HEADER, GEMMA.encode())):
+    for key, value in (
+        (":method", b"POST"),
+        (":path", b"/v1/completions"),
+        (REWRITE_HEADER, GEMMA.encode()),
+    ):
         head.request_headers.headers.headers.add(key=key, raw_value=value)
     body = json.dumps({"model": QWEN, "prompt": "which model?", "max_tokens": 1}).encode()
     result = run_stream(call_factory, StreamCase((head, body_message(body, True))), 30.0)

@@ -62,11 +62,15 @@ BUFFERED = 2
 MODEL_HEADER = "x-gateway-model-name"
 STEERING_HEADERS = (REWRITE_HEADER, "x-gateway-inference-objective")
 ENVOY_MAX_HEADER_BYTES = 60 * 1024
-CLIENT_ERRORS = frozenset({
-    grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION,
-    grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.OUT_OF_RANGE,
-    grpc.StatusCode.UNIMPLEMENTED,
-})
+CLIENT_ERRORS = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.OUT_OF_RANGE,
+        grpc.StatusCode.UNIMPLEMENTED,
+    }
+)
 BUGS = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN})
 
 # -- judging responses ---------------------------------------------------------------------
@@ -82,18 +86,23 @@ def sanity(response: ProcessingResponse, pool: Pool) -> list[str]:
         problems += _immediate_problems(response)
     for key, value in set_headers(response).items():
         if any(bad in value for bad in (b"\r", b"\n", b"\x00")):
-            problems.append(f"sets header {key!r} to a value Envoy refuses "
-                            f"(CR/LF/NUL): {value[:80]!r}")
+            problems.append(
+                f"sets header {key!r} to a value Envoy refuses (CR/LF/NUL): {value[:80]!r}"
+            )
         if len(value) > ENVOY_MAX_HEADER_BYTES:
             problems.append(f"sets header {key!r} to {len(value)} bytes, over Envoy's 60 KiB")
-    for where, destination in (("header", destination_of(response)),
-                               ("envoy.lb metadata", metadata_destination(response))):
+    for where, destination in (
+        ("header", destination_of(response)),
+        ("envoy.lb metadata", metadata_destination(response)),
+    ):
         if destination is None:
             continue
         outside = [a for a in destination.split(",") if a not in pool.pods]
         if outside or not destination:
-            problems.append(f"destination {where} {destination!r} names "
-                            f"{outside or 'nothing'}, not a live pod of the pool")
+            problems.append(
+                f"destination {where} {destination!r} names "
+                f"{outside or 'nothing'}, not a live pod of the pool"
+            )
     header, metadata = destination_of(response), metadata_destination(response)
     if header is not None and metadata is not None and header != metadata:
         problems.append(f"destination header {header!r} != envoy.lb metadata {metadata!r}")
@@ -111,8 +120,9 @@ def _immediate_problems(response: ProcessingResponse) -> list[str]:
         if not all(isinstance(error.get(k), str) for k in ("message", "type", "code")):
             raise TypeError
     except (ValueError, KeyError, TypeError, AttributeError):
-        problems.append(f"immediate_response {status} body is not an OpenAI error: "
-                        f"{immediate.body[:120]!r}")
+        problems.append(
+            f"immediate_response {status} body is not an OpenAI error: {immediate.body[:120]!r}"
+        )
     content_type = set_headers(response).get("content-type", b"")
     if not content_type.startswith(b"application/json"):
         problems.append(f"immediate_response {status} content-type {content_type!r}")
@@ -181,7 +191,8 @@ def _request_facts(message: ProcessingRequest, honour_rewrite: bool) -> _Request
             value = namespaces[SUBSET_NAMESPACE].fields[SUBSET_KEY]
             items = value.list_value.values
             if value.WhichOneof("kind") == "list_value" and all(
-                    item.WhichOneof("kind") == "string_value" for item in items):
+                item.WhichOneof("kind") == "string_value" for item in items
+            ):
                 subset = frozenset(item.string_value for item in items)
             else:
                 subset_clear = False
@@ -189,8 +200,9 @@ def _request_facts(message: ProcessingRequest, honour_rewrite: bool) -> _Request
     if message.HasField("protocol_config"):
         request_mode = message.protocol_config.request_body_mode
         response_mode = message.protocol_config.response_body_mode
-    return _RequestFacts(method, rewrite, steering_clear, subset, subset_clear,
-                         request_mode, response_mode)
+    return _RequestFacts(
+        method, rewrite, steering_clear, subset, subset_clear, request_mode, response_mode
+    )
 
 
 class _Walk:
@@ -210,8 +222,7 @@ class _Walk:
         response = self.peek()
         found = response.WhichOneof("response") if response is not None else None
         if found != kind:
-            self.problems.append(f"{context}: expected a {kind} response, got "
-                                 f"{found or 'nothing'}")
+            self.problems.append(f"{context}: expected a {kind} response, got {found or 'nothing'}")
             return None
         self.at += 1
         return response
@@ -224,8 +235,13 @@ class _Walk:
             return response
         return None
 
-    def check_answer(self, response: ProcessingResponse | None, expected: Expectation | None,
-                     context: str, model: str | None) -> None:
+    def check_answer(
+        self,
+        response: ProcessingResponse | None,
+        expected: Expectation | None,
+        context: str,
+        model: str | None,
+    ) -> None:
         """Property 6: an answer (routing or immediate) against what was expected."""
         if response is None or expected is None:
             return
@@ -235,30 +251,39 @@ class _Walk:
             if expected.routes and status == 503 and code in ("no_ready_endpoint", "overloaded"):
                 return  # no pod ready for now (scrapes late under load): clean, counted apart
             if status not in expected.statuses:
-                wanted = (f"routing to {sorted(expected.destinations)}" if expected.routes
-                          else f"status {sorted(expected.statuses)}")
+                wanted = (
+                    f"routing to {sorted(expected.destinations)}"
+                    if expected.routes
+                    else f"status {sorted(expected.statuses)}"
+                )
                 self.problems.append(f"{context}: expected {wanted}, got {status} ({code})")
             elif expected.code is not None and code != expected.code:
-                self.problems.append(f"{context}: expected error code {expected.code!r}, "
-                                     f"got {code!r} (status {status})")
+                self.problems.append(
+                    f"{context}: expected error code {expected.code!r}, "
+                    f"got {code!r} (status {status})"
+                )
             return
         destination = destination_of(response)
         if not expected.routes:
-            self.problems.append(f"{context}: expected status {sorted(expected.statuses)}, "
-                                 f"but epp routed to {destination!r}")
+            self.problems.append(
+                f"{context}: expected status {sorted(expected.statuses)}, "
+                f"but epp routed to {destination!r}"
+            )
             return
         if destination is None:
             self.problems.append(f"{context}: routing answer without {DESTINATION}")
             return
         wrong = [a for a in destination.split(",") if a not in expected.destinations]
         if wrong:
-            self.problems.append(f"{context}: routed to {wrong}, expected one of "
-                                 f"{sorted(expected.destinations)}")
+            self.problems.append(
+                f"{context}: routed to {wrong}, expected one of {sorted(expected.destinations)}"
+            )
         if model is not None:
             sent = set_headers(response).get(MODEL_HEADER)
             if sent is not None and sent != model.encode():
-                self.problems.append(f"{context}: {MODEL_HEADER} {sent[:80]!r}, "
-                                     f"body model {model[:80]!r}")
+                self.problems.append(
+                    f"{context}: {MODEL_HEADER} {sent[:80]!r}, body model {model[:80]!r}"
+                )
 
 
 @dataclass
@@ -283,20 +308,22 @@ def check_stream(result: StreamResult, pool: Pool) -> list[str]:
     for index, response in enumerate(responses):
         problems += [f"response [{index}]: {p}" for p in sanity(response, pool)]
     if result.hung:
-        return [*problems, f"hang: the stream did not end within its deadline "
-                           f"({result.written} messages written)"]
+        return [
+            *problems,
+            f"hang: the stream did not end within its deadline ({result.written} messages written)",
+        ]
     code = result.code
     status = f"{code.name if code else None} {result.details!r}"
     if code in BUGS:
         # What the stream was still owed after the exception says nothing more.
         return [*problems, f"ended {status}: an exception in epp"]
-    if code not in CLIENT_ERRORS and code not in (grpc.StatusCode.OK,
-                                                    grpc.StatusCode.CANCELLED):
+    if code not in CLIENT_ERRORS and code not in (grpc.StatusCode.OK, grpc.StatusCode.CANCELLED):
         problems.append(f"ended {status}: neither OK nor a client-error status")
     immediates = [i for i, r in enumerate(responses) if r.HasField("immediate_response")]
     if immediates and immediates[0] != len(responses) - 1:
-        problems.append(f"{len(responses) - 1 - immediates[0]} responses after an "
-                        f"immediate_response")
+        problems.append(
+            f"{len(responses) - 1 - immediates[0]} responses after an immediate_response"
+        )
     if result.case.cancel_after is not None:
         return problems  # a cancelled stream's responses are cut short anywhere
     if code is grpc.StatusCode.CANCELLED:
@@ -305,20 +332,31 @@ def check_stream(result: StreamResult, pool: Pool) -> list[str]:
     return problems
 
 
-def _check_order(result: StreamResult, responses: list[ProcessingResponse], pool: Pool,
-                 code: grpc.StatusCode | None) -> list[str]:
+def _check_order(
+    result: StreamResult,
+    responses: list[ProcessingResponse],
+    pool: Pool,
+    code: grpc.StatusCode | None,
+) -> list[str]:
     messages = [_parsed(p) for p in result.case.messages]
     first = messages[0] if messages else None
-    facts = (_request_facts(first, pool.honours_rewrite_header)
-             if first is not None and first.WhichOneof("request") is not None else None)
+    facts = (
+        _request_facts(first, pool.honours_rewrite_header)
+        if first is not None and first.WhichOneof("request") is not None
+        else None
+    )
     local_reply = first is not None and first.HasField("response_headers")
-    structured = facts is not None and (local_reply
-                                        or facts.request_mode in (FULL_DUPLEX, BUFFERED))
+    structured = facts is not None and (
+        local_reply or facts.request_mode in (FULL_DUPLEX, BUFFERED)
+    )
     walk = _Walk(responses, pool)
     order = _walk_stream(messages, facts, walk if structured else None)
     problems: list[str] = []
-    if (not structured and order.violation_at != 0
-            and any(r.HasField("immediate_response") for r in responses)):
+    if (
+        not structured
+        and order.violation_at != 0
+        and any(r.HasField("immediate_response") for r in responses)
+    ):
         # Where the answer fell among the messages is unknown here: what came after it
         # may be dropped (OK) or refused (a client error); both are clean.
         return problems
@@ -326,8 +364,10 @@ def _check_order(result: StreamResult, responses: list[ProcessingResponse], pool
     problems += walk.problems
     if order.violation is not None:
         if code not in CLIENT_ERRORS:
-            problems.append(f"{order.violation}: the stream should fail with a client-error "
-                            f"status, it ended {code.name if code else None}")
+            problems.append(
+                f"{order.violation}: the stream should fail with a client-error "
+                f"status, it ended {code.name if code else None}"
+            )
         return problems
     if order.undecided is not None or order.after_answer:
         return problems  # OK or a client error, both clean; nothing after the answer: above
@@ -337,16 +377,18 @@ def _check_order(result: StreamResult, responses: list[ProcessingResponse], pool
             problems.append(f"ended {code}")
         return problems
     if code is not grpc.StatusCode.OK:
-        problems.append(f"an in-order stream ended {code.name if code else None} "
-                        f"{result.details!r}, not OK")
+        problems.append(
+            f"an in-order stream ended {code.name if code else None} {result.details!r}, not OK"
+        )
     if walk.at < len(responses) and not walk.problems:
-        extra = [r.WhichOneof("response") for r in responses[walk.at:]]
+        extra = [r.WhichOneof("response") for r in responses[walk.at :]]
         problems.append(f"responses nothing asked for: {extra}")
     return problems
 
 
-def _walk_stream(messages: list[ProcessingRequest | None], facts: _RequestFacts | None,
-                 walk: _Walk | None) -> _Order:
+def _walk_stream(
+    messages: list[ProcessingRequest | None], facts: _RequestFacts | None, walk: _Walk | None
+) -> _Order:
     """Reads the messages in order; with ``walk``, also checks the responses owed."""
     state = "start"
     body = bytearray()
@@ -404,8 +446,9 @@ def _walk_stream(messages: list[ProcessingRequest | None], facts: _RequestFacts 
                     continue
             state = "request_done"
             if walk is not None:
-                _on_body_end(walk, facts, bytes(body), by_trailers=kind == "request_trailers",
-                             where=where)
+                _on_body_end(
+                    walk, facts, bytes(body), by_trailers=kind == "request_trailers", where=where
+                )
         elif state == "body":
             order.undecided = f"{where}: {kind} while the request body was still arriving"
             return order
@@ -462,18 +505,21 @@ def _on_headers(walk: _Walk, facts: _RequestFacts, eos: bool, where: str) -> Non
             live = frozenset(walk.pool.pods)
             if facts.subset is not None:
                 live &= facts.subset
-            expected = (Expectation(destinations=live) if live
-                        else Expectation(statuses=frozenset({503})))
+            expected = (
+                Expectation(destinations=live) if live else Expectation(statuses=frozenset({503}))
+            )
     answer = walk.immediate_first() or walk.take("request_headers", where)
     walk.check_answer(answer, expected, f"{where} (request without a body)", None)
 
 
-def _on_body_end(walk: _Walk, facts: _RequestFacts, body: bytes, *, by_trailers: bool,
-                 where: str) -> None:
+def _on_body_end(
+    walk: _Walk, facts: _RequestFacts, body: bytes, *, by_trailers: bool, where: str
+) -> None:
     expected = None
     if facts.steering_clear and facts.subset_clear:
-        expected = expect_for_body(body, walk.pool, rewrite=facts.rewrite or None,
-                                   subset=facts.subset)
+        expected = expect_for_body(
+            body, walk.pool, rewrite=facts.rewrite or None, subset=facts.subset
+        )
     model = None
     if expected is not None and expected.routes:
         model = judge_body(body).model
@@ -496,34 +542,46 @@ def _on_body_end(walk: _Walk, facts: _RequestFacts, body: bytes, *, by_trailers:
                 break
             streamed = response.request_body.response.body_mutation.streamed_response
             if not response.request_body.response.body_mutation.HasField("streamed_response"):
-                walk.problems.append(f"{context}: full-duplex body answer without "
-                                     f"streamed_response")
+                walk.problems.append(
+                    f"{context}: full-duplex body answer without streamed_response"
+                )
             walk.at += 1
             handed_back += streamed.body
             if streamed.end_of_stream:
                 ended = True
                 break
         if ended == by_trailers:
-            walk.problems.append(f"{context}: body handed back with end_of_stream={ended}, "
-                                 f"but the request ended by "
-                                 f"{'trailers' if by_trailers else 'end_of_stream'}")
+            walk.problems.append(
+                f"{context}: body handed back with end_of_stream={ended}, "
+                f"but the request ended by "
+                f"{'trailers' if by_trailers else 'end_of_stream'}"
+            )
         if not facts.rewrite and bytes(handed_back) != body:
-            walk.problems.append(f"{context}: body handed back differs: "
-                                 f"{len(handed_back)} bytes {bytes(handed_back[:60])!r}")
+            walk.problems.append(
+                f"{context}: body handed back differs: "
+                f"{len(handed_back)} bytes {bytes(handed_back[:60])!r}"
+            )
     if by_trailers:
         walk.take("request_trailers", context)
 
 
-def _check_echo(walk: _Walk, facts: _RequestFacts, message: ProcessingRequest,
-                echo: ProcessingResponse, where: str) -> None:
+def _check_echo(
+    walk: _Walk,
+    facts: _RequestFacts,
+    message: ProcessingRequest,
+    echo: ProcessingResponse,
+    where: str,
+) -> None:
     if facts.response_mode != FULL_DUPLEX:
         return
     mutation = echo.response_body.response.body_mutation
     sent = message.response_body
-    if (not mutation.HasField("streamed_response")
-            or mutation.streamed_response.body != sent.body
-            or mutation.streamed_response.end_of_stream != sent.end_of_stream):
-        walk.problems.append(f"{where}: response body chunk not echoed as sent "
-                             f"({len(sent.body)} bytes, eos={sent.end_of_stream})")
-
-
+    if (
+        not mutation.HasField("streamed_response")
+        or mutation.streamed_response.body != sent.body
+        or mutation.streamed_response.end_of_stream != sent.end_of_stream
+    ):
+        walk.problems.append(
+            f"{where}: response body chunk not echoed as sent "
+            f"({len(sent.body)} bytes, eos={sent.end_of_stream})"
+        )

@@ -89,17 +89,23 @@ def describe_payload(payload: Payload) -> str:
     extra = ""
     if payload.HasField("protocol_config"):
         config = payload.protocol_config
-        extra += (f" protocol_config(request_body_mode={config.request_body_mode}, "
-                  f"response_body_mode={config.response_body_mode})")
+        extra += (
+            f" protocol_config(request_body_mode={config.request_body_mode}, "
+            f"response_body_mode={config.response_body_mode})"
+        )
     if payload.HasField("metadata_context"):
         extra += " metadata_context"
     if kind in ("request_headers", "response_headers"):
         headers: HttpHeaders = getattr(payload, kind)
-        shown = [f"{_clip(h.key, 30)}={_clip(h.raw_value or h.value.encode(), 40)}"
-                 for h in headers.headers.headers[:12]]
+        shown = [
+            f"{_clip(h.key, 30)}={_clip(h.raw_value or h.value.encode(), 40)}"
+            for h in headers.headers.headers[:12]
+        ]
         more = len(headers.headers.headers) - len(shown)
-        return (f"{kind}(eos={headers.end_of_stream}, {', '.join(shown)}"
-                f"{f', +{more} more' if more > 0 else ''}){extra}")
+        return (
+            f"{kind}(eos={headers.end_of_stream}, {', '.join(shown)}"
+            f"{f', +{more} more' if more > 0 else ''}){extra}"
+        )
     if kind in ("request_body", "response_body"):
         body: HttpBody = getattr(payload, kind)
         return f"{kind}(eos={body.end_of_stream}, {len(body.body)}B {_clip(body.body)}){extra}"
@@ -112,10 +118,22 @@ def describe_payload(payload: Payload) -> str:
 
 _TOKEN = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz"
 _KNOWN_NAMES = [
-    ":method", ":path", ":authority", ":scheme", "content-type", "content-length",
-    "transfer-encoding", "x-request-id", "x-gateway-destination-endpoint",
-    "x-gateway-model-name", "x-gateway-model-name-rewrite", "x-gateway-inference-objective",
-    "x-llm-d-inference-objective", "test-epp-endpoint-selection", "x-session-token", "host",
+    ":method",
+    ":path",
+    ":authority",
+    ":scheme",
+    "content-type",
+    "content-length",
+    "transfer-encoding",
+    "x-request-id",
+    "x-gateway-destination-endpoint",
+    "x-gateway-model-name",
+    "x-gateway-model-name-rewrite",
+    "x-gateway-inference-objective",
+    "x-llm-d-inference-objective",
+    "test-epp-endpoint-selection",
+    "x-session-token",
+    "host",
 ]
 header_names: st.SearchStrategy[str] = st.one_of(
     st.sampled_from(_KNOWN_NAMES),
@@ -126,8 +144,22 @@ _small_values: st.SearchStrategy[bytes] = st.one_of(
     st.text("abcdefghijklmnopqrstuvwxyz0123456789-_./:;= ", max_size=30).map(str.encode),
     st.binary(max_size=40),  # non-UTF-8 as often as not
     st.text(st.characters(codec="utf-8"), max_size=20).map(str.encode),
-    st.sampled_from([b"", b"\r\n", b"\x00", b"\xff\xfe", b"\x80", b"\xc3", b" lead",
-                     b"a\tb", QWEN.encode(), GEMMA.encode(), b"127.0.0.1:1", b"10.0.0.9:8000"]),
+    st.sampled_from(
+        [
+            b"",
+            b"\r\n",
+            b"\x00",
+            b"\xff\xfe",
+            b"\x80",
+            b"\xc3",
+            b" lead",
+            b"a\tb",
+            QWEN.encode(),
+            GEMMA.encode(),
+            b"127.0.0.1:1",
+            b"10.0.0.9:8000",
+        ]
+    ),
 )
 _huge_values: st.SearchStrategy[bytes] = st.tuples(
     st.sampled_from([b"a", b"\xff", b"\xc3\xa9", b"0", b"\r\n"]),
@@ -135,18 +167,38 @@ _huge_values: st.SearchStrategy[bytes] = st.tuples(
 ).map(lambda pair: pair[0] * pair[1])
 header_values: st.SearchStrategy[bytes] = rare(_huge_values, _small_values, one_in=20)
 
-_METHODS = st.one_of(st.sampled_from(["POST", "POST", "GET", "PUT", "HEAD", "DELETE", "OPTIONS",
-                                      "", "post"]),
-                     st.text(_TOKEN, max_size=10))
+_METHODS = st.one_of(
+    st.sampled_from(["POST", "POST", "GET", "PUT", "HEAD", "DELETE", "OPTIONS", "", "post"]),
+    st.text(_TOKEN, max_size=10),
+)
 _PATHS = st.one_of(
-    st.sampled_from(["/v1/chat/completions", "/v1/completions", "/v1/responses",
-                     "/v1/embeddings", "/v1/models", "/health", "/", "*",
-                     "/v1/chat/completions?x=1", "/v1/responses/../models"]),
+    st.sampled_from(
+        [
+            "/v1/chat/completions",
+            "/v1/completions",
+            "/v1/responses",
+            "/v1/embeddings",
+            "/v1/models",
+            "/health",
+            "/",
+            "*",
+            "/v1/chat/completions?x=1",
+            "/v1/responses/../models",
+        ]
+    ),
     st.text(st.characters(codec="utf-8"), max_size=30),
 )
 _CONTENT_TYPES = st.one_of(
-    st.sampled_from(["application/json", "application/json; charset=utf-8", "text/plain",
-                     "APPLICATION/JSON", "multipart/form-data; boundary=x", ""]),
+    st.sampled_from(
+        [
+            "application/json",
+            "application/json; charset=utf-8",
+            "text/plain",
+            "APPLICATION/JSON",
+            "multipart/form-data; boundary=x",
+            "",
+        ]
+    ),
     st.text(max_size=20),
 )
 
@@ -179,17 +231,25 @@ def _subset_metadata(draw: st.DrawFn) -> Metadata:
 
 
 @st.composite
-def request_headers(draw: st.DrawFn, *, realistic: bool,
-                    end_of_stream: bool | None = None) -> ProcessingRequest:
+def request_headers(
+    draw: st.DrawFn, *, realistic: bool, end_of_stream: bool | None = None
+) -> ProcessingRequest:
     """A request_headers message; ``realistic`` ones look like Envoy's (pseudo-headers
     first, one protocol_config naming a mode Envoy is configured with)."""
     method = "POST" if realistic and draw(st.integers(0, 5)) else draw(_METHODS)
-    path = draw(st.sampled_from(["/v1/chat/completions", "/v1/completions", "/v1/responses"])
-                if realistic else _PATHS)
+    path = draw(
+        st.sampled_from(["/v1/chat/completions", "/v1/completions", "/v1/responses"])
+        if realistic
+        else _PATHS
+    )
     pairs: list[tuple[str, bytes]] = []
     if not realistic or draw(st.integers(0, 9)):
-        pairs += [(":method", method.encode()), (":path", path.encode()),
-                  (":authority", b"gateway"), (":scheme", b"http")]
+        pairs += [
+            (":method", method.encode()),
+            (":path", path.encode()),
+            (":authority", b"gateway"),
+            (":scheme", b"http"),
+        ]
     if draw(st.booleans()):
         pairs.append(("content-type", draw(_CONTENT_TYPES).encode()))
     if draw(st.booleans()):
@@ -202,23 +262,31 @@ def request_headers(draw: st.DrawFn, *, realistic: bool,
         pairs.append(draw(st.sampled_from(pairs)))
     as_value = draw(st.integers(0, 3)) == 0
     eos = draw(st.booleans()) if end_of_stream is None else end_of_stream
-    message = ProcessingRequest(request_headers=HttpHeaders(
-        headers=HeaderMap(headers=[_header(k, v, as_value) for k, v in pairs]),
-        end_of_stream=eos))
+    message = ProcessingRequest(
+        request_headers=HttpHeaders(
+            headers=HeaderMap(headers=[_header(k, v, as_value) for k, v in pairs]),
+            end_of_stream=eos,
+        )
+    )
     if realistic:
         request_mode = draw(st.sampled_from([FULL_DUPLEX, BUFFERED, None]))
         if request_mode is not None:
-            message.protocol_config.CopyFrom(ProtocolConfiguration(
-                request_body_mode=request_mode,
-                response_body_mode=draw(st.sampled_from(
-                    [ProcessingMode.NONE, FULL_DUPLEX, BUFFERED])),
-            ))
+            message.protocol_config.CopyFrom(
+                ProtocolConfiguration(
+                    request_body_mode=request_mode,
+                    response_body_mode=draw(
+                        st.sampled_from([ProcessingMode.NONE, FULL_DUPLEX, BUFFERED])
+                    ),
+                )
+            )
     elif draw(st.booleans()):
-        message.protocol_config.CopyFrom(ProtocolConfiguration(
-            request_body_mode=draw(st.sampled_from(ALL_BODY_MODES)),
-            response_body_mode=draw(st.sampled_from(ALL_BODY_MODES)),
-            send_body_without_waiting_for_header_response=draw(st.booleans()),
-        ))
+        message.protocol_config.CopyFrom(
+            ProtocolConfiguration(
+                request_body_mode=draw(st.sampled_from(ALL_BODY_MODES)),
+                response_body_mode=draw(st.sampled_from(ALL_BODY_MODES)),
+                send_body_without_waiting_for_header_response=draw(st.booleans()),
+            )
+        )
     if draw(st.integers(0, 5)) == 0:
         message.metadata_context.CopyFrom(draw(_subset_metadata()))
     return message
@@ -227,13 +295,16 @@ def request_headers(draw: st.DrawFn, *, realistic: bool,
 @st.composite
 def realistic_request_headers(draw: st.DrawFn, *, end_of_stream: bool) -> ProcessingRequest:
     """Request headers a client's usual request makes, with a rewrite header now and then."""
-    message: ProcessingRequest = draw(request_headers(
-        realistic=True, end_of_stream=end_of_stream))
+    message: ProcessingRequest = draw(request_headers(realistic=True, end_of_stream=end_of_stream))
     if draw(st.integers(0, 7)) == 0:
-        rewrite = draw(st.one_of(st.sampled_from([QWEN.encode(), GEMMA.encode(), b"unknown",
-                                                  b""]), header_values))
+        rewrite = draw(
+            st.one_of(
+                st.sampled_from([QWEN.encode(), GEMMA.encode(), b"unknown", b""]), header_values
+            )
+        )
         message.request_headers.headers.headers.append(
-            HeaderValue(key="x-gateway-model-name-rewrite", raw_value=rewrite))
+            HeaderValue(key="x-gateway-model-name-rewrite", raw_value=rewrite)
+        )
     return message
 
 
@@ -248,23 +319,47 @@ def body_message(data: bytes, eos: bool, *, response: bool = False) -> Processin
 
 
 def trailers_message(*, response: bool) -> ProcessingRequest:
-    trailers = HttpTrailers(trailers=HeaderMap(headers=[
-        HeaderValue(key="grpc-status", raw_value=b"0")]))
+    trailers = HttpTrailers(
+        trailers=HeaderMap(headers=[HeaderValue(key="grpc-status", raw_value=b"0")])
+    )
     if response:
         return ProcessingRequest(response_trailers=trailers)
     return ProcessingRequest(request_trailers=trailers)
 
 
-_STATUSES = rare(st.integers(4_000, 6_000).map(lambda n: b"9" * n), st.one_of(  # past int()'s limit
-    st.sampled_from([b"200", b"200", b"201", b"204", b"400", b"404", b"429", b"500", b"503"]),
-    st.text("0123456789", min_size=0, max_size=6).map(str.encode),
-    st.sampled_from([b"", b"-1", b"2OO", b" 200", b"200 ", b"\xef\xbc\x92\xef\xbc\x90\xef\xbc\x90",
-                     b"99999999999999999999", b"0", b"\xff"]),
-), one_in=25)
+_STATUSES = rare(
+    st.integers(4_000, 6_000).map(lambda n: b"9" * n),
+    st.one_of(  # past int()'s limit
+        st.sampled_from([b"200", b"200", b"201", b"204", b"400", b"404", b"429", b"500", b"503"]),
+        st.text("0123456789", min_size=0, max_size=6).map(str.encode),
+        st.sampled_from(
+            [
+                b"",
+                b"-1",
+                b"2OO",
+                b" 200",
+                b"200 ",
+                b"\xef\xbc\x92\xef\xbc\x90\xef\xbc\x90",
+                b"99999999999999999999",
+                b"0",
+                b"\xff",
+            ]
+        ),
+    ),
+    one_in=25,
+)
 _RESPONSE_TYPES = st.one_of(
-    st.sampled_from([b"application/json", b"text/event-stream",
-                     b"text/event-stream; charset=utf-8", b"TEXT/EVENT-STREAM",
-                     b"application/json; charset=utf-8", b"text/plain", b""]),
+    st.sampled_from(
+        [
+            b"application/json",
+            b"text/event-stream",
+            b"text/event-stream; charset=utf-8",
+            b"TEXT/EVENT-STREAM",
+            b"application/json; charset=utf-8",
+            b"text/plain",
+            b"",
+        ]
+    ),
     st.binary(max_size=20),
 )
 
@@ -275,27 +370,44 @@ def response_headers(draw: st.DrawFn) -> ProcessingRequest:
     if draw(st.integers(0, 4)):
         pairs.append(("content-type", draw(_RESPONSE_TYPES)))
     if draw(st.integers(0, 3)) == 0:
-        pairs.append(("content-encoding", draw(st.one_of(
-            st.sampled_from([b"gzip", b"identity", b"br", b""]), st.binary(max_size=8)))))
+        pairs.append(
+            (
+                "content-encoding",
+                draw(
+                    st.one_of(
+                        st.sampled_from([b"gzip", b"identity", b"br", b""]), st.binary(max_size=8)
+                    )
+                ),
+            )
+        )
     pairs += draw(st.lists(st.tuples(header_names, header_values), max_size=3))
-    return ProcessingRequest(response_headers=HttpHeaders(
-        headers=HeaderMap(headers=[HeaderValue(key=k, raw_value=v) for k, v in pairs]),
-        end_of_stream=draw(st.integers(0, 5)) == 0))
+    return ProcessingRequest(
+        response_headers=HttpHeaders(
+            headers=HeaderMap(headers=[HeaderValue(key=k, raw_value=v) for k, v in pairs]),
+            end_of_stream=draw(st.integers(0, 5)) == 0,
+        )
+    )
 
 
-_USAGE_VALUES: st.SearchStrategy[Any] = st.one_of(st.integers(0, 5000), st.sampled_from(
-    [-1, 2**70, 1.5, "7", None, [], {}]))
+_USAGE_VALUES: st.SearchStrategy[Any] = st.one_of(
+    st.integers(0, 5000), st.sampled_from([-1, 2**70, 1.5, "7", None, [], {}])
+)
 
 
 @st.composite
 def response_body_data(draw: st.DrawFn) -> bytes:
     """An SSE or JSON response body (possibly truncated), or random bytes."""
-    usage = {"prompt_tokens": draw(_USAGE_VALUES), "completion_tokens": draw(_USAGE_VALUES),
-             "total_tokens": draw(_USAGE_VALUES)}
+    usage = {
+        "prompt_tokens": draw(_USAGE_VALUES),
+        "completion_tokens": draw(_USAGE_VALUES),
+        "total_tokens": draw(_USAGE_VALUES),
+    }
     kind = draw(st.sampled_from(["sse", "sse", "json", "responses_sse", "random"]))
     if kind == "sse":
-        events = [f'data: {{"choices":[{{"delta":{{"content":"tok{i}"}}}}]}}\n\n'
-                  for i in range(draw(st.integers(0, 4)))]
+        events = [
+            f'data: {{"choices":[{{"delta":{{"content":"tok{i}"}}}}]}}\n\n'
+            for i in range(draw(st.integers(0, 4)))
+        ]
         if draw(st.booleans()):
             events.append(f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n")
         if draw(st.booleans()):
@@ -303,9 +415,11 @@ def response_body_data(draw: st.DrawFn) -> bytes:
         data = "".join(events).encode()
     elif kind == "responses_sse":
         completed = {"type": "response.completed", "response": {"usage": usage}}
-        data = (b'event: response.created\ndata: {"type":"response.created"}\n\n'
-                b'data: {"type":"response.output_text.delta","delta":"x"}\n\n'
-                + f"data: {json.dumps(completed)}\n\n".encode())
+        data = (
+            b'event: response.created\ndata: {"type":"response.created"}\n\n'
+            b'data: {"type":"response.output_text.delta","delta":"x"}\n\n'
+            + f"data: {json.dumps(completed)}\n\n".encode()
+        )
     elif kind == "json":
         data = json.dumps({"id": "x", "choices": [{"text": "hi"}], "usage": usage}).encode()
     else:
@@ -325,8 +439,9 @@ def response_side(draw: st.DrawFn) -> list[ProcessingRequest]:
     chunks = draw(body_chunks(draw(response_body_data())))
     ending = draw(st.sampled_from(["eos", "eos", "trailers", "cut"]))
     for i, chunk in enumerate(chunks):
-        messages.append(body_message(chunk, ending == "eos" and i == len(chunks) - 1,
-                                     response=True))
+        messages.append(
+            body_message(chunk, ending == "eos" and i == len(chunks) - 1, response=True)
+        )
     if ending == "trailers":
         messages.append(trailers_message(response=True))
     return messages
@@ -346,8 +461,9 @@ def ordered_streams(draw: st.DrawFn) -> StreamCase:
         # Envoy's local reply to a request it refused itself: the response side alone.
         reply = draw(response_side())
         if draw(st.booleans()):  # Envoy names the modes on a stream's first message
-            reply[0].protocol_config.response_body_mode = draw(st.sampled_from(
-                [ProcessingMode.NONE, FULL_DUPLEX, BUFFERED]))
+            reply[0].protocol_config.response_body_mode = draw(
+                st.sampled_from([ProcessingMode.NONE, FULL_DUPLEX, BUFFERED])
+            )
         return StreamCase(tuple(reply), family="ordered-local-reply")
     no_body = draw(st.integers(0, 7)) == 0
     realistic = draw(st.integers(0, 3)) != 0
@@ -378,19 +494,22 @@ def ordered_streams(draw: st.DrawFn) -> StreamCase:
 
 
 def _any_message() -> st.SearchStrategy[ProcessingRequest]:
-    no_oneof = st.sampled_from([
-        ProcessingRequest(),
-        ProcessingRequest(protocol_config=ProtocolConfiguration(request_body_mode=BUFFERED)),
-        ProcessingRequest(observability_mode=True),
-        ProcessingRequest(metadata_context=Metadata()),
-    ])
+    no_oneof = st.sampled_from(
+        [
+            ProcessingRequest(),
+            ProcessingRequest(protocol_config=ProtocolConfiguration(request_body_mode=BUFFERED)),
+            ProcessingRequest(observability_mode=True),
+            ProcessingRequest(metadata_context=Metadata()),
+        ]
+    )
     return st.one_of(
         request_headers(realistic=False),
         st.tuples(request_bodies(), st.booleans()).map(lambda p: body_message(p[0], p[1])),
         st.just(trailers_message(response=False)),
         response_headers(),
         st.tuples(response_body_data(), st.booleans()).map(
-            lambda p: body_message(p[0], p[1], response=True)),
+            lambda p: body_message(p[0], p[1], response=True)
+        ),
         st.just(trailers_message(response=True)),
         no_oneof,
     )
@@ -404,8 +523,9 @@ def disordered_streams(draw: st.DrawFn) -> StreamCase:
         return StreamCase(tuple(messages), family="random")
     messages = list(draw(ordered_streams()).messages)
     for _ in range(draw(st.integers(1, 3))):
-        op = draw(st.sampled_from(["duplicate", "drop", "swap", "insert", "move_to_front",
-                                   "no_oneof"]))
+        op = draw(
+            st.sampled_from(["duplicate", "drop", "swap", "insert", "move_to_front", "no_oneof"])
+        )
         i = draw(st.integers(0, max(0, len(messages) - 1)))
         j = draw(st.integers(0, max(0, len(messages) - 1)))
         if op == "insert" or not messages:
@@ -430,14 +550,17 @@ def _serialized(message: Payload) -> bytes:
 @st.composite
 def garbage_payloads(draw: st.DrawFn) -> bytes:
     """Bytes in a gRPC message that may or may not parse as a ProcessingRequest."""
-    kind = draw(st.sampled_from(["random", "flipped", "truncated", "other_type", "huge_len",
-                                 "unknown_field"]))
+    kind = draw(
+        st.sampled_from(
+            ["random", "flipped", "truncated", "other_type", "huge_len", "unknown_field"]
+        )
+    )
     if kind == "random":
         return bytes(draw(st.binary(max_size=96)))
     whole = _serialized(draw(_any_message()))
     if kind == "flipped" and whole:
         at = draw(st.integers(0, len(whole) - 1))
-        return whole[:at] + bytes([whole[at] ^ draw(st.integers(1, 255))]) + whole[at + 1:]
+        return whole[:at] + bytes([whole[at] ^ draw(st.integers(1, 255))]) + whole[at + 1 :]
     if kind == "truncated" and whole:
         return whole[: draw(st.integers(0, len(whole) - 1))]
     if kind == "other_type":
@@ -465,10 +588,12 @@ def garbage_streams(draw: st.DrawFn) -> StreamCase:
 
 @st.composite
 def cancelled_streams(draw: st.DrawFn) -> StreamCase:
-    base: StreamCase = draw(st.one_of(ordered_streams(), disordered_streams(),
-                                      garbage_streams()))
-    return StreamCase(base.messages, cancel_after=draw(st.integers(0, len(base.messages))),
-                      family=f"cancelled-{base.family}")
+    base: StreamCase = draw(st.one_of(ordered_streams(), disordered_streams(), garbage_streams()))
+    return StreamCase(
+        base.messages,
+        cancel_after=draw(st.integers(0, len(base.messages))),
+        family=f"cancelled-{base.family}",
+    )
 
 
 def resolve_case(case: StreamCase, addresses: dict[str, str]) -> StreamCase:
@@ -490,7 +615,8 @@ def resolve_case(case: StreamCase, addresses: dict[str, str]) -> StreamCase:
     return StreamCase(tuple(resolved), case.cancel_after, case.family)
 
 
-def stream_batches(family: st.SearchStrategy[StreamCase], size: int,
-                   ) -> st.SearchStrategy[list[StreamCase]]:
+def stream_batches(
+    family: st.SearchStrategy[StreamCase],
+    size: int,
+) -> st.SearchStrategy[list[StreamCase]]:
     return st.lists(family, min_size=1, max_size=size)
-

@@ -20,8 +20,15 @@ from epp.envoy_config import EnvoyPorts, envoy_bootstrap
 from epp.stack import ManagedProcess, free_port, start_envoy, start_epp_module
 
 __all__ = [
-    "EXCEPTION_METRIC", "GEMMA", "GHOST", "QWEN", "EppUnderTest", "FuzzStack", "GrpcClient",
-    "Pool", "Vitals",
+    "EXCEPTION_METRIC",
+    "GEMMA",
+    "GHOST",
+    "QWEN",
+    "EppUnderTest",
+    "FuzzStack",
+    "GrpcClient",
+    "Pool",
+    "Vitals",
 ]
 
 QWEN = "qwen2-1-5b"
@@ -33,8 +40,16 @@ EXCEPTION_METRIC = 'epp_extproc_stream_errors_total{reason="exception"}'
 TRACEBACK = "Traceback (most recent call last)"
 
 # Fast pods that finish any request in a few milliseconds whatever it asks for.
-_SIM_ARGS = ["--decode-ms-per-token", "0.2", "--prefill-ms-per-token", "0.0001",
-             "--base-latency-ms", "0", "--default-max-tokens", "3"]
+_SIM_ARGS = [
+    "--decode-ms-per-token",
+    "0.2",
+    "--prefill-ms-per-token",
+    "0.0001",
+    "--base-latency-ms",
+    "0",
+    "--default-max-tokens",
+    "3",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +105,7 @@ class LogWatch:
             elif opened >= 0 and not line.startswith(" "):
                 kind = re.sub(r"\d+", "N", line)[:300]
                 self.exceptions[kind] += 1
-                self.traceback_examples.setdefault(kind, "\n".join(lines[opened:index + 1]))
+                self.traceback_examples.setdefault(kind, "\n".join(lines[opened : index + 1]))
                 opened = -1
             if (" ERROR " in line or " CRITICAL " in line) and len(self.errors) < 50:
                 self.errors.append(line[:2000])
@@ -163,10 +178,23 @@ class FuzzStack:
             sim.wait_http(f"http://{address}/health")
         self.pool = Pool(pods, {f"127.0.0.1:{free_port()}": GHOST})
         grpc_port, metrics_port = free_port(), free_port()
-        args = ["serve", "--grpc-host", "127.0.0.1", "--grpc-port", str(grpc_port),
-                "--grpc-health-port", "0", "--metrics-host", "127.0.0.1",
-                "--metrics-port", str(metrics_port), "--refresh-metrics-interval", "50ms",
-                "--request-log", "all"]
+        args = [
+            "serve",
+            "--grpc-host",
+            "127.0.0.1",
+            "--grpc-port",
+            str(grpc_port),
+            "--grpc-health-port",
+            "0",
+            "--metrics-host",
+            "127.0.0.1",
+            "--metrics-port",
+            str(metrics_port),
+            "--refresh-metrics-interval",
+            "50ms",
+            "--request-log",
+            "all",
+        ]
         for address, model in {**self.pool.pods, **self.pool.dead}.items():
             args += ["--endpoint", f"{address}={model}"]
         process = start_epp_module("epp", args, log_dir=self.log_dir)
@@ -184,11 +212,15 @@ class FuzzStack:
     def envoy_url(self, body_mode: str) -> str:
         """Envoy in front of epp with ``body_mode``, started on first use."""
         if body_mode not in self.envoys:
-            ports = EnvoyPorts(listen_port=free_port(), admin_port=free_port(),
-                               epp_port=self.epp.grpc_port)
-            envoy = start_envoy(envoy_bootstrap(ports, body_mode=body_mode),
-                                admin_port=ports.admin_port, log_dir=self.log_dir,
-                                name=f"envoy-{body_mode.lower()}")
+            ports = EnvoyPorts(
+                listen_port=free_port(), admin_port=free_port(), epp_port=self.epp.grpc_port
+            )
+            envoy = start_envoy(
+                envoy_bootstrap(ports, body_mode=body_mode),
+                admin_port=ports.admin_port,
+                log_dir=self.log_dir,
+                name=f"envoy-{body_mode.lower()}",
+            )
             self._processes.append(envoy)
             self.envoys[body_mode] = (envoy, ports.listen_port)
         return f"127.0.0.1:{self.envoys[body_mode][1]}"
@@ -212,8 +244,9 @@ class Vitals:
         epp = self.stack.epp
         problems = []
         if not epp.alive():
-            return [f"epp exited with {epp.process.process.returncode}:\n"
-                    f"{epp.process.log_tail(40)}"]
+            return [
+                f"epp exited with {epp.process.process.returncode}:\n{epp.process.log_tail(40)}"
+            ]
         for name, (envoy, _) in self.stack.envoys.items():
             if envoy.process.poll() is not None:
                 problems.append(f"envoy exited ({name}): {envoy.log_tail(20)}")
@@ -221,13 +254,15 @@ class Vitals:
         lines = epp.log.poll()
         if epp.log.tracebacks > before:
             first = next(i for i, line in enumerate(lines) if line.startswith(TRACEBACK))
-            excerpt = "\n".join(lines[max(0, first - 1): first + 25])
-            problems.append(f"Traceback in epp's log ({epp.log.tracebacks - before} new):\n"
-                            f"{excerpt}")
+            excerpt = "\n".join(lines[max(0, first - 1) : first + 25])
+            problems.append(
+                f"Traceback in epp's log ({epp.log.tracebacks - before} new):\n{excerpt}"
+            )
         exceptions = epp.counter(EXCEPTION_METRIC)
         if exceptions > self.exceptions_seen:
-            problems.append(f"{EXCEPTION_METRIC} went from {self.exceptions_seen:g} to "
-                            f"{exceptions:g}")
+            problems.append(
+                f"{EXCEPTION_METRIC} went from {self.exceptions_seen:g} to {exceptions:g}"
+            )
             self.exceptions_seen = exceptions
         return problems
 

@@ -59,8 +59,11 @@ class HttpResult:
         if not self.responses or not self.responses[0].complete:
             return "closed without an answer"
         first = self.responses[0]
-        source = "pod" if first.header("x-sim-pod") else (
-            "epp" if _openai_error(first.body) else "envoy")
+        source = (
+            "pod"
+            if first.header("x-sim-pod")
+            else ("epp" if _openai_error(first.body) else "envoy")
+        )
         return f"{first.status} from {source}"
 
 
@@ -83,7 +86,7 @@ def _decode_chunked(data: bytes, at: int) -> tuple[bytes, int, bool]:
             return bytes(body), (trailer_end + 2 if trailer_end >= 0 else at), trailer_end >= 0
         if len(data) < at + size + 2:
             return bytes(body + data[at:]), len(data), False
-        body += data[at:at + size]
+        body += data[at : at + size]
         at += size + 2
 
 
@@ -111,7 +114,7 @@ def parse_responses(data: bytes, *, head_request: bool, closed: bool) -> list[Ht
             body, at, complete = _decode_chunked(data, at)
         elif "content-length" in headers and headers["content-length"].isdigit():
             length = int(headers["content-length"])
-            body = data[at:at + length]
+            body = data[at : at + length]
             complete = len(body) == length
             at += len(body)
         else:
@@ -160,13 +163,15 @@ def send_case(address: tuple[str, int], case: HttpCase, timeout_s: float) -> Htt
                 break
             data += chunk
             if case.framing in ("strict", "lenient"):
-                responses = parse_responses(bytes(data), head_request=case.method == "HEAD",
-                                            closed=False)
+                responses = parse_responses(
+                    bytes(data), head_request=case.method == "HEAD", closed=False
+                )
                 if responses and responses[0].complete:
                     break
     result.raw = bytes(data)
-    result.responses = parse_responses(result.raw, head_request=case.method == "HEAD",
-                                       closed=result.closed)
+    result.responses = parse_responses(
+        result.raw, head_request=case.method == "HEAD", closed=result.closed
+    )
     return result
 
 
@@ -193,62 +198,87 @@ def _case_headers(case: HttpCase) -> dict[str, list[bytes]]:
     headers: dict[str, list[bytes]] = {}
     for line in head:
         name, _, value = line.partition(b":")
-        headers.setdefault(name.strip().lower().decode(errors="replace"), []).append(
-            value.strip())
+        headers.setdefault(name.strip().lower().decode(errors="replace"), []).append(value.strip())
     return headers
 
 
 def check_http(result: HttpResult, pool: Pool) -> list[str]:
     """Every property above that this request breaks, as readable sentences."""
     case = result.case
-    problems = [f"500 with an empty body (response [{i}])"
-                for i, r in enumerate(result.responses)
-                if r.status == 500 and r.complete and not r.body]
+    problems = [
+        f"500 with an empty body (response [{i}])"
+        for i, r in enumerate(result.responses)
+        if r.status == 500 and r.complete and not r.body
+    ]
     if result.hung:
-        return [*problems, f"hang: no answer within the deadline ({len(result.raw)} bytes "
-                           f"read: {result.raw[:200]!r})"]
+        return [
+            *problems,
+            f"hang: no answer within the deadline ({len(result.raw)} bytes "
+            f"read: {result.raw[:200]!r})",
+        ]
     first = result.responses[0] if result.responses else None
     if first is None or not first.complete:
         if case.framing == "strict":
-            problems.append(f"Envoy closed the connection without an answer to a well-formed "
-                            f"request ({result.raw[:200]!r})")
+            problems.append(
+                f"Envoy closed the connection without an answer to a well-formed "
+                f"request ({result.raw[:200]!r})"
+            )
         return problems
     pod = first.header("x-sim-pod")
     error = _openai_error(first.body)
     if first.status >= 400 and pod is None and error is None:
         if case.framing == "strict":
-            problems.append(f"{first.status} not from a pod and with no OpenAI error body, to "
-                            f"a well-formed request: {first.body[:200]!r}")
+            problems.append(
+                f"{first.status} not from a pod and with no OpenAI error body, to "
+                f"a well-formed request: {first.body[:200]!r}"
+            )
         return problems  # Envoy's own answer to what it may refuse
     if case.framing not in ("strict", "lenient"):
         return problems
     return problems + _check_answer(case, first, pod, error, pool)
 
 
-def _check_answer(case: HttpCase, first: HttpResponse, pod: str | None,
-                  error: tuple[str, str, str] | None, pool: Pool) -> list[str]:
+def _check_answer(
+    case: HttpCase,
+    first: HttpResponse,
+    pod: str | None,
+    error: tuple[str, str, str] | None,
+    pool: Pool,
+) -> list[str]:
     headers = _case_headers(case)
     code = error[2] if error is not None else None
-    if error is not None and pod is None and first.status == 503 and code in (
-            "no_ready_endpoint", "overloaded"):
+    if (
+        error is not None
+        and pod is None
+        and first.status == 503
+        and code in ("no_ready_endpoint", "overloaded")
+    ):
         return []  # epp found no pod ready for now (late scrapes under load): clean
     if case.valid_model:
         serving = pool.pods if case.valid_model == "*" else pool.serving(case.valid_model)
         if first.status != 200 or pod not in serving:
-            return [f"a valid request got {first.status} from {pod or 'not a pod'}, expected "
-                    f"200 from one of {sorted(serving)}: {first.body[:200]!r}"]
+            return [
+                f"a valid request got {first.status} from {pod or 'not a pod'}, expected "
+                f"200 from one of {sorted(serving)}: {first.body[:200]!r}"
+            ]
         problems = []
         sha = first.header("x-sim-body-sha256")
         if sha is not None and sha != hashlib.sha256(case.body).hexdigest():
-            problems.append(f"the pod got another body than the client sent "
-                            f"({first.header('x-sim-body-bytes')} bytes)")
+            problems.append(
+                f"the pod got another body than the client sent "
+                f"({first.header('x-sim-body-bytes')} bytes)"
+            )
         model = first.header("x-sim-model-header")
         if case.valid_model != "*" and model is not None and model != case.valid_model:
-            problems.append(f"the pod got x-gateway-model-name {model!r}, "
-                            f"expected {case.valid_model!r}")
+            problems.append(
+                f"the pod got x-gateway-model-name {model!r}, expected {case.valid_model!r}"
+            )
         return problems
-    steering = [v for name in ("x-gateway-inference-objective", "x-gateway-model-name-rewrite")
-                for v in headers.get(name, [])]
+    steering = [
+        v
+        for name in ("x-gateway-inference-objective", "x-gateway-model-name-rewrite")
+        for v in headers.get(name, [])
+    ]
     if case.framing == "lenient":
         if pod is not None or error is None:
             return []  # a pod's answer to an odd method or path; or a success
@@ -260,22 +290,24 @@ def _check_answer(case: HttpCase, first: HttpResponse, pod: str | None,
     if not case.body:
         if case.method != "POST":
             return []
-        expected: Expectation | None = Expectation(statuses=frozenset({400}),
-                                                   code="missing_body")
+        expected: Expectation | None = Expectation(statuses=frozenset({400}), code="missing_body")
     else:
         expected = expect_for_body(case.body, pool, rewrite=None, subset=None)
     if expected is None:
         return []
     if expected.routes:
         if pod is None:
-            return [f"expected a pod of {sorted(expected.destinations)}, got "
-                    f"{first.status} {error or first.body[:200]!r}"]
+            return [
+                f"expected a pod of {sorted(expected.destinations)}, got "
+                f"{first.status} {error or first.body[:200]!r}"
+            ]
         if pod not in expected.destinations:
             return [f"served by pod {pod}, expected one of {sorted(expected.destinations)}"]
         return []
     if pod is not None:
-        return [f"expected {sorted(expected.statuses)} from epp, but pod {pod} answered "
-                f"{first.status}"]
+        return [
+            f"expected {sorted(expected.statuses)} from epp, but pod {pod} answered {first.status}"
+        ]
     if first.status not in expected.statuses:
         return [f"expected status {sorted(expected.statuses)}, got {first.status} {error}"]
     if expected.code is not None and code != expected.code:

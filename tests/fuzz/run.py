@@ -35,10 +35,18 @@ HTTP_PROPERTIES = 2  # test_http_through_envoy_full_duplex and _buffered
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--streams", type=int, default=100_000,
-                        help="ext_proc streams to send, at least (default 100000)")
-    parser.add_argument("--requests", type=int, default=10_000,
-                        help="HTTP requests to send through Envoy, at least (default 10000)")
+    parser.add_argument(
+        "--streams",
+        type=int,
+        default=100_000,
+        help="ext_proc streams to send, at least (default 100000)",
+    )
+    parser.add_argument(
+        "--requests",
+        type=int,
+        default=10_000,
+        help="HTTP requests to send through Envoy, at least (default 10000)",
+    )
     parser.add_argument("--streams-per-example", type=int, default=32)
     parser.add_argument("--requests-per-example", type=int, default=24)
     parser.add_argument("--seed", type=int, default=None)
@@ -54,28 +62,45 @@ def main(argv: list[str] | None = None) -> int:
         "EPP_FUZZ_SEED": str(seed),
         "EPP_FUZZ_STREAMS": str(args.streams_per_example),
         "EPP_FUZZ_REQUESTS": str(args.requests_per_example),
-        "EPP_FUZZ_EXAMPLES": str(math.ceil(
-            args.streams / (EXTPROC_PROPERTIES * args.streams_per_example))),
-        "EPP_FUZZ_HTTP_EXAMPLES": str(math.ceil(
-            args.requests / (HTTP_PROPERTIES * args.requests_per_example))),
+        "EPP_FUZZ_EXAMPLES": str(
+            math.ceil(args.streams / (EXTPROC_PROPERTIES * args.streams_per_example))
+        ),
+        "EPP_FUZZ_HTTP_EXAMPLES": str(
+            math.ceil(args.requests / (HTTP_PROPERTIES * args.requests_per_example))
+        ),
         "EPP_FUZZ_REPORT": str(raw),
     }
-    print(f"epp fuzz campaign: seed {seed}; {env['EPP_FUZZ_EXAMPLES']} examples x "
-          f"{args.streams_per_example} streams per ext_proc property, "
-          f"{env['EPP_FUZZ_HTTP_EXAMPLES']} x {args.requests_per_example} requests per HTTP "
-          f"property", flush=True)
+    print(
+        f"epp fuzz campaign: seed {seed}; {env['EPP_FUZZ_EXAMPLES']} examples x "
+        f"{args.streams_per_example} streams per ext_proc property, "
+        f"{env['EPP_FUZZ_HTTP_EXAMPLES']} x {args.requests_per_example} requests per HTTP "
+        f"property",
+        flush=True,
+    )
     started = time.monotonic()
     pytest = subprocess.run(
-        [sys.executable, "-m", "pytest", "tests/fuzz", "-q", "-p", "no:cacheprovider",
-         "--timeout=0"],
-        cwd=ROOT, env=env, check=False)
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "tests/fuzz",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--timeout=0",
+        ],
+        cwd=ROOT,
+        env=env,
+        check=False,
+    )
     if not raw.exists():
         print(f"the fuzz suite wrote no tally (pytest exit {pytest.returncode})")
         return 2
     tally = json.loads(raw.read_text())
     raw.unlink()
-    report = summarize(tally, seed=seed, pytest_exit=pytest.returncode,
-                       wall_s=time.monotonic() - started)
+    report = summarize(
+        tally, seed=seed, pytest_exit=pytest.returncode, wall_s=time.monotonic() - started
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, default=str) + "\n")
     print_report(report)
@@ -85,21 +110,25 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if report["failures"] else 0
 
 
-def summarize(tally: dict[str, Any], *, seed: int, pytest_exit: int,
-              wall_s: float) -> dict[str, Any]:
+def summarize(
+    tally: dict[str, Any], *, seed: int, pytest_exit: int, wall_s: float
+) -> dict[str, Any]:
     outcomes: dict[str, int] = tally["outcomes"]
     violations: dict[str, Any] = tally["violations"]
     streams = sum(n for k, n in tally["sent"].items() if k.startswith("extproc"))
     requests = sum(n for k, n in tally["sent"].items() if k.startswith("http"))
-    internal = sum(n for k, n in outcomes.items()
-                   if k.startswith("extproc: INTERNAL") or k.startswith("extproc: UNKNOWN"))
+    internal = sum(
+        n
+        for k, n in outcomes.items()
+        if k.startswith("extproc: INTERNAL") or k.startswith("extproc: UNKNOWN")
+    )
     hangs = sum(n for k, n in outcomes.items() if k.endswith(": hang"))
     empty_500 = sum(v["count"] for k, v in violations.items() if k.endswith("empty_500"))
     epp = tally["epp"]
     return {
         "seed": seed,
         "replay": f"python -m tests.fuzz.run --seed {seed} (or EPP_FUZZ_SEED={seed} with "
-                  f"{tally['settings'].get('replay', '')})",
+        f"{tally['settings'].get('replay', '')})",
         "wall_s": round(wall_s, 1),
         "pytest_exit": pytest_exit,
         "streams_sent": streams,
@@ -108,8 +137,10 @@ def summarize(tally: dict[str, Any], *, seed: int, pytest_exit: int,
         "hung": hangs,
         "epp_tracebacks": epp.get("tracebacks", 0) - epp.get("tracebacks_at_start", 0),
         "epp_rss_kib": {"before": epp.get("rss_kib_before"), "after": epp.get("rss_kib_after")},
-        "epp_stream_errors": {"before": epp.get("stream_errors_before"),
-                              "after": epp.get("stream_errors_after")},
+        "epp_stream_errors": {
+            "before": epp.get("stream_errors_before"),
+            "after": epp.get("stream_errors_after"),
+        },
         "epp_exceptions": epp.get("exceptions", {}),
         "epp_alive_at_end": epp.get("alive_at_end"),
         "epp_exit_codes": epp.get("exit_codes"),
@@ -127,9 +158,20 @@ def summarize(tally: dict[str, Any], *, seed: int, pytest_exit: int,
 
 def print_report(report: dict[str, Any]) -> None:
     print("\n==== epp fuzz report ====")
-    for key in ("seed", "wall_s", "streams_sent", "http_requests_sent", "crashes", "hung",
-                "epp_tracebacks", "epp_exceptions", "epp_rss_kib", "epp_stream_errors",
-                "epp_alive_at_end", "failures"):
+    for key in (
+        "seed",
+        "wall_s",
+        "streams_sent",
+        "http_requests_sent",
+        "crashes",
+        "hung",
+        "epp_tracebacks",
+        "epp_exceptions",
+        "epp_rss_kib",
+        "epp_stream_errors",
+        "epp_alive_at_end",
+        "failures",
+    ):
         print(f"{key}: {report[key]}")
     print("outcomes:")
     for outcome, count in report["outcomes"].items():

@@ -83,7 +83,8 @@ class Tally:
         name = f"{target}: {problem_class(problem)}"
         self.kinds[f"{name}: {_kind(problem)}"] += 1
         self.violations.setdefault(name, _Violations()).add(
-            {"problem": problem[:3000], "case": case[:6000], "outcome": outcome})
+            {"problem": problem[:3000], "case": case[:6000], "outcome": outcome}
+        )
 
     @property
     def failures(self) -> int:
@@ -97,8 +98,10 @@ class Tally:
             "families": dict(sorted(self.families.items())),
             "outcomes": dict(self.outcomes.most_common()),
             "epp": self.epp,
-            "violations": {name: {"count": v.count, "smallest_examples": v.examples}
-                           for name, v in sorted(self.violations.items())},
+            "violations": {
+                name: {"count": v.count, "smallest_examples": v.examples}
+                for name, v in sorted(self.violations.items())
+            },
             "failures": self.failures,
             "violation_kinds": dict(self.kinds.most_common(60)),
         }
@@ -106,8 +109,14 @@ class Tally:
     def summary_lines(self) -> list[str]:
         lines = [f"sent: {dict(self.sent)}"]
         lines += [f"  {n:7d}  {outcome}" for outcome, n in self.outcomes.most_common(40)]
-        for key in ("rss_kib_before", "rss_kib_after", "tracebacks", "stream_errors_before",
-                    "stream_errors_after", "alive_at_end"):
+        for key in (
+            "rss_kib_before",
+            "rss_kib_after",
+            "tracebacks",
+            "stream_errors_before",
+            "stream_errors_after",
+            "alive_at_end",
+        ):
             if key in self.epp:
                 lines.append(f"epp {key}: {self.epp[key]}")
         if self.violations:

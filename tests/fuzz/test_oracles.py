@@ -26,36 +26,41 @@ POOL = Pool({"10.0.0.1:8000": QWEN, "10.0.0.2:8000": GEMMA}, {"10.0.0.3:8000": G
 BODY = b'{"model": "qwen2-1-5b", "prompt": "hi"}'
 
 
-@pytest.mark.parametrize(("body", "kind"), [
-    (b"", "empty"),
-    (b" \n", "blank"),
-    (b"{", "invalid"),
-    (b"\xff{}", "invalid"),
-    (b'{"model": NaN}', "invalid"),
-    (b"[1]", "not_object"),
-    (b'{"prompt": "x"}', "no_model"),
-    (b'{"model": 3}', "bad_model"),
-    (BODY, "model"),
-    (b'{"model": "a", "model": "b"}', "edge"),
-    (b'{"model": "a", "x": 99999999999999999999999}', "edge"),
-    (b"\xef\xbb\xbf{}", "edge"),
-    (b"[" * 1000 + b"]" * 1000, "edge"),
-], ids=lambda value: value[:20] if isinstance(value, bytes) else value)
+@pytest.mark.parametrize(
+    ("body", "kind"),
+    [
+        (b"", "empty"),
+        (b" \n", "blank"),
+        (b"{", "invalid"),
+        (b"\xff{}", "invalid"),
+        (b'{"model": NaN}', "invalid"),
+        (b"[1]", "not_object"),
+        (b'{"prompt": "x"}', "no_model"),
+        (b'{"model": 3}', "bad_model"),
+        (BODY, "model"),
+        (b'{"model": "a", "model": "b"}', "edge"),
+        (b'{"model": "a", "x": 99999999999999999999999}', "edge"),
+        (b"\xef\xbb\xbf{}", "edge"),
+        (b"[" * 1000 + b"]" * 1000, "edge"),
+    ],
+    ids=lambda value: value[:20] if isinstance(value, bytes) else value,
+)
 def test_judge_body(body: bytes, kind: str) -> None:
     assert judge_body(body).kind == kind
 
 
 def test_parse_responses_reads_chunked_and_length_bodies() -> None:
-    data = (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
-            b"HTTP/1.1 400 Bad Request\r\ncontent-length: 2\r\n\r\nno")
+    data = (
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+        b"HTTP/1.1 400 Bad Request\r\ncontent-length: 2\r\n\r\nno"
+    )
     first, second = parse_responses(data, head_request=False, closed=True)
     assert (first.status, first.body, first.complete) == (200, b"abc", True)
     assert (second.status, second.body, second.complete) == (400, b"no", True)
 
 
 def _http(raw: bytes, case: HttpCase) -> list[str]:
-    result = HttpResult(case, parse_responses(raw, head_request=False, closed=True), True,
-                        raw=raw)
+    result = HttpResult(case, parse_responses(raw, head_request=False, closed=True), True, raw=raw)
     return check_http(result, POOL)
 
 
@@ -84,9 +89,12 @@ def test_a_valid_request_must_reach_a_pod_serving_its_model() -> None:
 
 
 def _headers(pairs: dict[str, bytes], *, eos: bool = False) -> ProcessingRequest:
-    return ProcessingRequest(request_headers=HttpHeaders(
-        headers=HeaderMap(headers=[HeaderValue(key=k, raw_value=v) for k, v in pairs.items()]),
-        end_of_stream=eos))
+    return ProcessingRequest(
+        request_headers=HttpHeaders(
+            headers=HeaderMap(headers=[HeaderValue(key=k, raw_value=v) for k, v in pairs.items()]),
+            end_of_stream=eos,
+        )
+    )
 
 
 def _routing(destination: str) -> bytes:
@@ -104,12 +112,15 @@ def _echo(body: bytes) -> bytes:
     return bytes(response.SerializeToString())
 
 
-REQUEST = (_headers({":method": b"POST"}),
-           ProcessingRequest(request_body=HttpBody(body=BODY, end_of_stream=True)))
+REQUEST = (
+    _headers({":method": b"POST"}),
+    ProcessingRequest(request_body=HttpBody(body=BODY, end_of_stream=True)),
+)
 
 
-def _stream(messages: tuple[ProcessingRequest, ...], responses: list[bytes],
-            code: grpc.StatusCode) -> list[str]:
+def _stream(
+    messages: tuple[ProcessingRequest, ...], responses: list[bytes], code: grpc.StatusCode
+) -> list[str]:
     return check_stream(StreamResult(StreamCase(messages), responses, code), POOL)
 
 
@@ -117,16 +128,20 @@ def test_a_correct_full_duplex_exchange_passes() -> None:
     assert _stream(REQUEST, [_routing("10.0.0.1:8000"), _echo(BODY)], grpc.StatusCode.OK) == []
 
 
-@pytest.mark.parametrize(("responses", "code", "broken"), [
-    ([_routing("10.0.0.1:8000"), _echo(BODY)], grpc.StatusCode.INTERNAL, "internal_status"),
-    ([_routing("10.0.0.9:8000"), _echo(BODY)], grpc.StatusCode.OK,
-     "destination_outside_pool"),
-    ([_routing("10.0.0.2:8000"), _echo(BODY)], grpc.StatusCode.OK, "wrong_answer"),
-    ([_routing("10.0.0.1:8000"), _echo(b"{}")], grpc.StatusCode.OK, "wrong_answer"),
-    ([], grpc.StatusCode.OK, "wrong_answer"),
-], ids=["internal", "outside-pool", "wrong-model", "body-changed", "no-answer"])
-def test_a_broken_exchange_is_caught(responses: list[bytes], code: grpc.StatusCode,
-                                     broken: str) -> None:
+@pytest.mark.parametrize(
+    ("responses", "code", "broken"),
+    [
+        ([_routing("10.0.0.1:8000"), _echo(BODY)], grpc.StatusCode.INTERNAL, "internal_status"),
+        ([_routing("10.0.0.9:8000"), _echo(BODY)], grpc.StatusCode.OK, "destination_outside_pool"),
+        ([_routing("10.0.0.2:8000"), _echo(BODY)], grpc.StatusCode.OK, "wrong_answer"),
+        ([_routing("10.0.0.1:8000"), _echo(b"{}")], grpc.StatusCode.OK, "wrong_answer"),
+        ([], grpc.StatusCode.OK, "wrong_answer"),
+    ],
+    ids=["internal", "outside-pool", "wrong-model", "body-changed", "no-answer"],
+)
+def test_a_broken_exchange_is_caught(
+    responses: list[bytes], code: grpc.StatusCode, broken: str
+) -> None:
     assert broken in {problem_class(p) for p in _stream(REQUEST, responses, code)}
 
 

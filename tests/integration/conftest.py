@@ -43,12 +43,25 @@ def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def fleet(log_dir: Path) -> Iterator[Fleet]:
     qwen_a, qwen_b, gemma = (f"127.0.0.1:{free_port()}" for _ in range(3))
-    args = ["sim", "--pod", f"{qwen_a}={QWEN}", "--pod", f"{qwen_b}={QWEN}",
-            "--pod", f"{gemma}={GEMMA}",
-            # One running sequence per pod, so a handful of requests builds a queue.
-            "--max-num-seqs", "1", "--decode-ms-per-token", "2",
-            # Near-free prefill, so the 10 MB body test does not simulate seconds of GPU.
-            "--prefill-ms-per-token", "0.00001", "--base-latency-ms", "1"]
+    args = [
+        "sim",
+        "--pod",
+        f"{qwen_a}={QWEN}",
+        "--pod",
+        f"{qwen_b}={QWEN}",
+        "--pod",
+        f"{gemma}={GEMMA}",
+        # One running sequence per pod, so a handful of requests builds a queue.
+        "--max-num-seqs",
+        "1",
+        "--decode-ms-per-token",
+        "2",
+        # Near-free prefill, so the 10 MB body test does not simulate seconds of GPU.
+        "--prefill-ms-per-token",
+        "0.00001",
+        "--base-latency-ms",
+        "1",
+    ]
     sim = start_epp_module("sim", args, log_dir=log_dir)
     try:
         for address in (qwen_a, qwen_b, gemma):
@@ -61,10 +74,23 @@ def fleet(log_dir: Path) -> Iterator[Fleet]:
 @pytest.fixture(scope="session")
 def epp_process(fleet: Fleet, log_dir: Path) -> Iterator[tuple[ManagedProcess, int, int]]:
     grpc_port, metrics_port = free_port(), free_port()
-    args = ["serve", "--grpc-host", "127.0.0.1", "--grpc-port", str(grpc_port),
-            "--grpc-health-port", "0", "--request-log", "all",
-            "--metrics-host", "127.0.0.1", "--metrics-port", str(metrics_port),
-            "--log-level", "debug"]
+    args = [
+        "serve",
+        "--grpc-host",
+        "127.0.0.1",
+        "--grpc-port",
+        str(grpc_port),
+        "--grpc-health-port",
+        "0",
+        "--request-log",
+        "all",
+        "--metrics-host",
+        "127.0.0.1",
+        "--metrics-port",
+        str(metrics_port),
+        "--log-level",
+        "debug",
+    ]
     for address in fleet.qwen_pods:
         args += ["--endpoint", f"{address}={QWEN}"]
     args += ["--endpoint", f"{fleet.gemma_pod}={GEMMA}", "--endpoint", f"{fleet.dead_pod}={GHOST}"]
@@ -94,8 +120,12 @@ def stack(
         name=f"envoy-{request.param.lower()}",
     )
     try:
-        yield Stack(request.param, f"http://127.0.0.1:{ports.listen_port}", fleet,
-                    f"http://127.0.0.1:{metrics_port}/metrics")
+        yield Stack(
+            request.param,
+            f"http://127.0.0.1:{ports.listen_port}",
+            fleet,
+            f"http://127.0.0.1:{metrics_port}/metrics",
+        )
     finally:
         envoy.stop()
 

@@ -10,6 +10,7 @@ QWEN = "qwen2-1-5b"
 GEMMA = "gemma-2-2b"
 GHOST = "ghost-model"  # served only by an endpoint that never answers: 503
 
+
 def pod_metric(address: str, name: str) -> float:
     """Sum of a metric's samples on a simulated pod (all label sets)."""
     text = httpx.get(f"http://{address}/metrics", timeout=5.0).text

@@ -17,8 +17,14 @@ from epp.stack import ManagedProcess, free_port, start_envoy, start_epp_module
 from tests.integration.helpers import chat
 
 # Fast pods: a request of a few tokens takes milliseconds.
-FAST_SIM = ["--decode-ms-per-token", "2", "--prefill-ms-per-token", "0.001",
-            "--base-latency-ms", "1"]
+FAST_SIM = [
+    "--decode-ms-per-token",
+    "2",
+    "--prefill-ms-per-token",
+    "0.001",
+    "--base-latency-ms",
+    "1",
+]
 
 
 def wait_until(check: Callable[[], object], what: str, timeout_s: float = 20.0) -> None:
@@ -53,26 +59,46 @@ class Rig:
         """epp over ``endpoints`` (address -> model; None: serves any model); returns its
         ext_proc port."""
         grpc_port, metrics_port = free_port(), free_port()
-        args = ["serve", "--grpc-host", "127.0.0.1", "--grpc-port", str(grpc_port),
-                "--grpc-health-port", "0", "--metrics-host", "127.0.0.1",
-                "--metrics-port", str(metrics_port), "--refresh-metrics-interval", "50ms",
-                "--log-level", "debug", *extra]
+        args = [
+            "serve",
+            "--grpc-host",
+            "127.0.0.1",
+            "--grpc-port",
+            str(grpc_port),
+            "--grpc-health-port",
+            "0",
+            "--metrics-host",
+            "127.0.0.1",
+            "--metrics-port",
+            str(metrics_port),
+            "--refresh-metrics-interval",
+            "50ms",
+            "--log-level",
+            "debug",
+            *extra,
+        ]
         for address, model in endpoints.items():
             args += ["--endpoint", address if model is None else f"{address}={model}"]
         self.epp = self._start("epp", args)
         self.epp.wait_http(f"http://127.0.0.1:{metrics_port}/readyz")
         self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         # /readyz needs one ready endpoint; tests want them all.
-        wait_until(lambda: self.metric("inference_pool_ready_pods") == len(endpoints),
-                   "every endpoint to be ready")
+        wait_until(
+            lambda: self.metric("inference_pool_ready_pods") == len(endpoints),
+            "every endpoint to be ready",
+        )
         return grpc_port
 
     def start_envoy(self, grpc_port: int, *, response_body_mode: str = "NONE") -> str:
         """Envoy in front of epp; returns its URL."""
         ports = EnvoyPorts(listen_port=free_port(), admin_port=free_port(), epp_port=grpc_port)
         bootstrap = envoy_bootstrap(ports, response_body_mode=response_body_mode)
-        envoy = start_envoy(bootstrap, admin_port=ports.admin_port, log_dir=self.log_dir,
-                            name=f"envoy-{len(self.processes)}")
+        envoy = start_envoy(
+            bootstrap,
+            admin_port=ports.admin_port,
+            log_dir=self.log_dir,
+            name=f"envoy-{len(self.processes)}",
+        )
         self.processes.append(envoy)
         return f"http://127.0.0.1:{ports.listen_port}"
 
@@ -92,7 +118,7 @@ class Rig:
         samples: dict[str, float] = {}
         for line in httpx.get(self.metrics_url, timeout=5.0).text.splitlines():
             if line.startswith((name + "{", name + " ")):
-                key, value = line[len(name):].rsplit(" ", 1)
+                key, value = line[len(name) :].rsplit(" ", 1)
                 samples[key.strip()] = float(value)
         return samples
 
@@ -102,8 +128,7 @@ class Rig:
         return self.epp.log_path.read_text(errors="replace").count(text)
 
     def metric(self, name: str, labels: str = "") -> float:
-        return next((value for key, value in self.samples(name).items()
-                     if labels in key), 0.0)
+        return next((value for key, value in self.samples(name).items() if labels in key), 0.0)
 
 
 def set_faults(address: str, **faults: object) -> None:
@@ -128,8 +153,9 @@ class Traffic:
         self._url = url
         self._model = model
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(n,), daemon=True)
-                         for n in range(clients)]
+        self._threads = [
+            threading.Thread(target=self._run, args=(n,), daemon=True) for n in range(clients)
+        ]
 
     def __enter__(self) -> Traffic:
         for thread in self._threads:
@@ -153,9 +179,14 @@ class Traffic:
                     self.outcomes.append(Outcome(0, "", "", ""))
                     continue
                 model = response.json().get("model", "") if response.status_code == 200 else ""
-                self.outcomes.append(Outcome(
-                    response.status_code, response.headers.get("x-sim-pod", ""),
-                    response.headers.get("x-gateway-model-fallback", ""), model))
+                self.outcomes.append(
+                    Outcome(
+                        response.status_code,
+                        response.headers.get("x-sim-pod", ""),
+                        response.headers.get("x-gateway-model-fallback", ""),
+                        model,
+                    )
+                )
 
     def served_by(self, pods: Sequence[str]) -> int:
         return sum(1 for o in list(self.outcomes) if o.status == 200 and o.pod in pods)

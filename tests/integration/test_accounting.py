@@ -18,7 +18,7 @@ def epp_samples(stack: Stack, name: str) -> dict[str, float]:
     samples: dict[str, float] = {}
     for line in httpx.get(stack.epp_metrics_url, timeout=5.0).text.splitlines():
         if line.startswith(name + "{"):
-            labels, value = line[len(name):].rsplit(" ", 1)
+            labels, value = line[len(name) :].rsplit(" ", 1)
             samples[labels] = float(value)
     return samples
 
@@ -60,12 +60,13 @@ def test_inflight_load_is_released_when_the_client_goes_away(
 ) -> None:
     assert not any(wait_for_no_inflight(stack).values())
     url = urlsplit(stack.url)
-    body = httpx.Request("POST", "/", json=chat(QWEN, "bye", stream=True,
-                                                max_tokens=2000)).content
+    body = httpx.Request("POST", "/", json=chat(QWEN, "bye", stream=True, max_tokens=2000)).content
     with socket.create_connection((url.hostname, url.port)) as sock:
-        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: test\r\n"
-                     b"content-type: application/json\r\n"
-                     b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: test\r\n"
+            b"content-type: application/json\r\n"
+            b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        )
         assert sock.recv(4096).startswith(b"HTTP/1.1 200")  # streaming has begun
         assert sum(epp_samples(stack, "epp_endpoint_inflight_requests").values()) == 1
     # The client hung up mid-stream: Envoy resets the stream and epp lets go of the load.
@@ -94,8 +95,12 @@ def test_load_is_released_after_a_failed_response(stack: Stack, client: httpx.Cl
     assert response.status_code == 400
     assert response.headers["x-sim-pod"] in stack.fleet.qwen_pods
     wait_until_idle(stack)
-    assert wait_for_metric(stack.epp_metrics_url, "inference_objective_request_error_total",
-                           errors + 1, **labels) == errors + 1
+    assert (
+        wait_for_metric(
+            stack.epp_metrics_url, "inference_objective_request_error_total", errors + 1, **labels
+        )
+        == errors + 1
+    )
 
 
 def test_running_requests_follow_streams_that_finish_and_that_are_reset(
@@ -110,8 +115,9 @@ def test_running_requests_follow_streams_that_finish_and_that_are_reset(
         assert sum(1 for _ in lines) > 20
     wait_until_idle(stack)
     # Reset mid-stream: the client closes the response after the first event.
-    with client.stream("POST", "/v1/chat/completions",
-                       json=chat(QWEN, "reset", stream=True, max_tokens=2000)) as response:
+    with client.stream(
+        "POST", "/v1/chat/completions", json=chat(QWEN, "reset", stream=True, max_tokens=2000)
+    ) as response:
         lines = response.iter_lines()  # kept: dropping the iterator closes the response
         next(lines)
         assert running(stack) == 1

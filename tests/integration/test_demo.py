@@ -22,8 +22,12 @@ def readme_try_it_commands(*, listen: int, metrics: int) -> list[str]:
     block = section.split("```sh\n", 1)[1].split("```", 1)[0]
     commands = block.replace("\\\n", " ").strip().splitlines()
     assert len(commands) >= 4
-    return [c.replace("127.0.0.1:8080", f"127.0.0.1:{listen}")
-             .replace("127.0.0.1:9090", f"127.0.0.1:{metrics}") for c in commands]
+    return [
+        c.replace("127.0.0.1:8080", f"127.0.0.1:{listen}").replace(
+            "127.0.0.1:9090", f"127.0.0.1:{metrics}"
+        )
+        for c in commands
+    ]
 
 
 def _free_run_of_ports(count: int) -> int:
@@ -58,10 +62,27 @@ def test_demo_serves_and_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
     listen, admin, grpc, metrics = (free_port() for _ in range(4))
     first_pod = _free_run_of_ports(3)
     demo = subprocess.Popen(
-        [sys.executable, "-m", "epp", "demo", "--listen-port", str(listen), "--admin-port",
-         str(admin), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
-         "--first-pod-port", str(first_pod), "--log-dir", str(tmp_path)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "epp",
+            "demo",
+            "--listen-port",
+            str(listen),
+            "--admin-port",
+            str(admin),
+            "--grpc-port",
+            str(grpc),
+            "--metrics-port",
+            str(metrics),
+            "--first-pod-port",
+            str(first_pod),
+            "--log-dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         assert demo.stdout is not None
@@ -74,17 +95,24 @@ def test_demo_serves_and_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
         assert "epp demo is up" in text, text
         assert f"curl -si http://127.0.0.1:{listen}/v1/chat/completions" in text
 
-        response = httpx.post(f"http://127.0.0.1:{listen}/v1/chat/completions",
-                              json=chat("gemma-2-2b", "hello"), timeout=30)
+        response = httpx.post(
+            f"http://127.0.0.1:{listen}/v1/chat/completions",
+            json=chat("gemma-2-2b", "hello"),
+            timeout=30,
+        )
         assert response.status_code == 200
         assert response.headers["x-sim-pod"] == f"127.0.0.1:{first_pod + 2}"
-        unknown = httpx.post(f"http://127.0.0.1:{listen}/v1/chat/completions",
-                             json=chat("no-such-model", "hello"), timeout=30)
+        unknown = httpx.post(
+            f"http://127.0.0.1:{listen}/v1/chat/completions",
+            json=chat("no-such-model", "hello"),
+            timeout=30,
+        )
         assert unknown.status_code == 404
 
         for command in readme_try_it_commands(listen=listen, metrics=metrics):
-            result = subprocess.run(["bash", "-c", command], capture_output=True, text=True,
-                                    timeout=30)
+            result = subprocess.run(
+                ["bash", "-c", command], capture_output=True, text=True, timeout=30
+            )
             assert result.returncode == 0, (command, result.stderr)
             assert result.stdout.strip(), command
 

@@ -39,8 +39,12 @@ SLOW_DECODE = ["--decode-ms-per-token", "10"]
 def start_gateway(rig: Rig, epp_port: int, **bootstrap: Any) -> str:
     """Envoy in front of the ext_proc server on ``epp_port``; returns its URL."""
     ports = EnvoyPorts(listen_port=free_port(), admin_port=free_port(), epp_port=epp_port)
-    envoy = start_envoy(envoy_bootstrap(ports, **bootstrap), admin_port=ports.admin_port,
-                        log_dir=rig.log_dir, name=f"envoy-{len(rig.processes)}")
+    envoy = start_envoy(
+        envoy_bootstrap(ports, **bootstrap),
+        admin_port=ports.admin_port,
+        log_dir=rig.log_dir,
+        name=f"envoy-{len(rig.processes)}",
+    )
     rig.processes.append(envoy)
     return f"http://127.0.0.1:{ports.listen_port}"
 
@@ -70,7 +74,8 @@ def test_epp_killed_mid_request_gets_a_json_503(rig: Rig) -> None:
     url = start_gateway(rig, rig.start_epp({pod: "m"}))
     outcome: list[httpx.Response] = []
     client = threading.Thread(
-        target=lambda: outcome.append(post(url, chat("m", "long", max_tokens=300))))
+        target=lambda: outcome.append(post(url, chat("m", "long", max_tokens=300)))
+    )
     client.start()
     # The pod is generating (no response headers yet) when epp dies.
     wait_until(lambda: pod_metric(pod, "vllm:num_requests_running") >= 1, "the request to run")
@@ -85,8 +90,9 @@ def test_epp_killed_mid_request_gets_a_json_503(rig: Rig) -> None:
 class FailingProcessor(external_processor_pb2_grpc.ExternalProcessorServicer):  # type: ignore[misc]
     """An ext_proc server that ends every stream with a gRPC error status."""
 
-    def Process(self, requests: Iterator[object],
-                context: grpc.ServicerContext) -> Iterator[object]:
+    def Process(
+        self, requests: Iterator[object], context: grpc.ServicerContext
+    ) -> Iterator[object]:
         next(requests)  # the request headers
         context.abort(grpc.StatusCode.INTERNAL, "the picker failed")
         yield from ()
@@ -126,12 +132,31 @@ def test_epps_own_503_and_envoys_503_for_a_dead_pod_are_left_alone(rig: Rig) -> 
     # No scrape makes the pod unready, so epp keeps routing to it once it is gone; the
     # endpoint of "ghost" never answers, so it is never ready (rig.start_epp would wait).
     grpc_port, metrics_port = free_port(), free_port()
-    rig.epp = start_epp_module("epp", [
-        "serve", "--grpc-host", "127.0.0.1", "--grpc-port", str(grpc_port),
-        "--grpc-health-port", "0", "--metrics-host", "127.0.0.1",
-        "--metrics-port", str(metrics_port), "--unready-after-failures", "1000000",
-        "--metrics-staleness-threshold", "1h",
-        "--endpoint", f"{pod}=m", "--endpoint", f"{never_up}=ghost"], log_dir=rig.log_dir)
+    rig.epp = start_epp_module(
+        "epp",
+        [
+            "serve",
+            "--grpc-host",
+            "127.0.0.1",
+            "--grpc-port",
+            str(grpc_port),
+            "--grpc-health-port",
+            "0",
+            "--metrics-host",
+            "127.0.0.1",
+            "--metrics-port",
+            str(metrics_port),
+            "--unready-after-failures",
+            "1000000",
+            "--metrics-staleness-threshold",
+            "1h",
+            "--endpoint",
+            f"{pod}=m",
+            "--endpoint",
+            f"{never_up}=ghost",
+        ],
+        log_dir=rig.log_dir,
+    )
     rig.processes.append(rig.epp)
     rig.epp.wait_http(f"http://127.0.0.1:{metrics_port}/readyz")
     url = start_gateway(rig, grpc_port)
@@ -186,19 +211,22 @@ def exchange(port: int, data: bytes) -> bytes:
 
 def http_10_post(body: dict[str, object]) -> bytes:
     payload = json.dumps(body).encode()
-    return (b"POST /v1/chat/completions HTTP/1.0\r\ncontent-type: application/json\r\n"
-            b"content-length: %d\r\n\r\n" % len(payload)) + payload
+    return (
+        b"POST /v1/chat/completions HTTP/1.0\r\ncontent-type: application/json\r\n"
+        b"content-length: %d\r\n\r\n" % len(payload)
+    ) + payload
 
 
 def test_http_1_0_clients_get_their_answer(gateway: Gateway) -> None:
-    head, _, body = exchange(gateway.port, http_10_post(chat("m", "hi", max_tokens=3))
-                             ).partition(b"\r\n\r\n")
+    head, _, body = exchange(gateway.port, http_10_post(chat("m", "hi", max_tokens=3))).partition(
+        b"\r\n\r\n"
+    )
     assert head.startswith(b"HTTP/1.0 200"), head
     assert json.loads(body)["usage"]["completion_tokens"] == 3
 
-    head, _, body = exchange(gateway.port, http_10_post(chat("m", "hi", max_tokens=3,
-                                                             stream=True))
-                             ).partition(b"\r\n\r\n")
+    head, _, body = exchange(
+        gateway.port, http_10_post(chat("m", "hi", max_tokens=3, stream=True))
+    ).partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.0 200"), head
     assert body.rstrip().endswith(b"data: [DONE]")  # the whole stream, then the close
 
@@ -219,8 +247,9 @@ def test_unfinished_headers_and_silent_connections_are_closed(gateway: Gateway) 
 def test_a_trickled_body_is_cut_but_long_answers_are_not(gateway: Gateway) -> None:
     before = len(pod_requests(gateway.pod))
     # Promises 100 bytes, sends 10, then nothing: Envoy closes the connection.
-    trickle = (b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n"
-               b'{"model":')
+    trickle = (
+        b'POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{"model":'
+    )
     # Envoy's 408 goes through epp (the request was never routed) and reaches the client.
     assert exchange(gateway.port, trickle).startswith(b"HTTP/1.1 408")
     assert len(pod_requests(gateway.pod)) == before
@@ -229,10 +258,10 @@ def test_a_trickled_body_is_cut_but_long_answers_are_not(gateway: Gateway) -> No
     answer = post(gateway.url, chat("m", "long", max_tokens=300))
     assert answer.status_code == 200
     assert answer.json()["usage"]["completion_tokens"] == 300
-    body = chat("m", "long", max_tokens=300, stream=True,
-                stream_options={"include_usage": True})
-    with httpx.stream("POST", f"{gateway.url}/v1/chat/completions", json=body,
-                      timeout=60) as streamed:
+    body = chat("m", "long", max_tokens=300, stream=True, stream_options={"include_usage": True})
+    with httpx.stream(
+        "POST", f"{gateway.url}/v1/chat/completions", json=body, timeout=60
+    ) as streamed:
         events = [line for line in streamed.iter_lines() if line.startswith("data: ")]
     assert streamed.status_code == 200
     assert events[-1] == "data: [DONE]"

@@ -19,12 +19,19 @@ from tests.integration.helpers import GHOST, QWEN, chat, dumps
         (dumps(chat("no-such-model", "hi")), 404, "model_not_found"),
         (dumps(chat(GHOST, "hi")), 503, "no_ready_endpoint"),
     ],
-    ids=["invalid-json", "not-an-object", "missing-model", "model-not-a-string",
-         "unknown-model", "no-ready-endpoint"],
+    ids=[
+        "invalid-json",
+        "not-an-object",
+        "missing-model",
+        "model-not-a-string",
+        "unknown-model",
+        "no-ready-endpoint",
+    ],
 )
 def test_error_answers(client: httpx.Client, body: bytes, status: int, code: str) -> None:
-    response = client.post("/v1/chat/completions", content=body,
-                           headers={"content-type": "application/json"})
+    response = client.post(
+        "/v1/chat/completions", content=body, headers={"content-type": "application/json"}
+    )
     assert response.status_code == status
     assert response.headers["content-type"] == "application/json"
     assert "x-sim-pod" not in response.headers  # no pod saw it

@@ -20,6 +20,7 @@ from tests.integration.helpers import chat
 
 MODEL_A, MODEL_B = "llama-3-8b", "qwen-2-7b"
 EXT_PROC = "envoy.filters.http.ext_proc"
+EXT_PROC_PER_ROUTE = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute"
 
 
 @dataclass(frozen=True)
@@ -40,19 +41,24 @@ def gateway_bootstrap(ports: EnvoyPorts, *, bbr_port: int, picker_b_port: int) -
     bbr["name"] = "body-based-router"
     bbr["typed_config"]["grpc_service"]["envoy_grpc"]["cluster_name"] = "bbr"
     bbr["typed_config"]["processing_mode"].update(
-        response_header_mode="SKIP", response_body_mode="NONE", response_trailer_mode="SKIP")
+        response_header_mode="SKIP", response_body_mode="NONE", response_trailer_mode="SKIP"
+    )
     config["http_filters"].insert(0, bbr)
 
-    route_a, = config["route_config"]["virtual_hosts"][0]["routes"]
-    route_a["match"]["headers"] = [{"name": "x-gateway-model-name",
-                                    "string_match": {"exact": MODEL_A}}]
+    (route_a,) = config["route_config"]["virtual_hosts"][0]["routes"]
+    route_a["match"]["headers"] = [
+        {"name": "x-gateway-model-name", "string_match": {"exact": MODEL_A}}
+    ]
     route_b = copy.deepcopy(route_a)
     route_b["match"]["headers"][0]["string_match"]["exact"] = MODEL_B
-    route_b["typed_per_filter_config"] = {EXT_PROC: {
-        "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute",
-        "overrides": {"grpc_service": {"envoy_grpc": {"cluster_name": "epp_b"},
-                                       "timeout": "10s"}},
-    }}
+    route_b["typed_per_filter_config"] = {
+        EXT_PROC: {
+            "@type": EXT_PROC_PER_ROUTE,
+            "overrides": {
+                "grpc_service": {"envoy_grpc": {"cluster_name": "epp_b"}, "timeout": "10s"}
+            },
+        }
+    }
     config["route_config"]["virtual_hosts"][0]["routes"] = [route_a, route_b]
 
     clusters = bootstrap["static_resources"]["clusters"]
@@ -68,10 +74,24 @@ def gateway_bootstrap(ports: EnvoyPorts, *, bbr_port: int, picker_b_port: int) -
 
 def start_picker(name: str, log_dir: Path, *args: str) -> tuple[ManagedProcess, int]:
     grpc_port, metrics_port = free_port(), free_port()
-    process = start_epp_module(name, [
-        "serve", "--grpc-host", "127.0.0.1", "--grpc-port", str(grpc_port),
-        "--grpc-health-port", "0", "--metrics-host", "127.0.0.1",
-        "--metrics-port", str(metrics_port), *args], log_dir=log_dir)
+    process = start_epp_module(
+        name,
+        [
+            "serve",
+            "--grpc-host",
+            "127.0.0.1",
+            "--grpc-port",
+            str(grpc_port),
+            "--grpc-health-port",
+            "0",
+            "--metrics-host",
+            "127.0.0.1",
+            "--metrics-port",
+            str(metrics_port),
+            *args,
+        ],
+        log_dir=log_dir,
+    )
     process.wait_http(f"http://127.0.0.1:{metrics_port}/readyz")
     return process, grpc_port
 
@@ -83,22 +103,36 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     pod_b = f"127.0.0.1:{free_port()}"
     started: list[ManagedProcess] = []
     try:
-        sim = start_epp_module("sim", [
-            "sim", *(arg for pod in pods_a for arg in ("--pod", f"{pod}={MODEL_A}")),
-            "--pod", f"{pod_b}={MODEL_B}", "--decode-ms-per-token", "1"], log_dir=log_dir)
+        sim = start_epp_module(
+            "sim",
+            [
+                "sim",
+                *(arg for pod in pods_a for arg in ("--pod", f"{pod}={MODEL_A}")),
+                "--pod",
+                f"{pod_b}={MODEL_B}",
+                "--decode-ms-per-token",
+                "1",
+            ],
+            log_dir=log_dir,
+        )
         started.append(sim)
         for pod in (*pods_a, pod_b):
             sim.wait_http(f"http://{pod}/health")
         picker_a, port_a = start_picker(
-            "picker-a", log_dir, *(arg for pod in pods_a for arg in ("--endpoint", pod)))
+            "picker-a", log_dir, *(arg for pod in pods_a for arg in ("--endpoint", pod))
+        )
         picker_b, port_b = start_picker("picker-b", log_dir, "--endpoint", pod_b)
         bbr, port_bbr = start_picker("bbr", log_dir, "--body-based-routing")
         started += [picker_a, picker_b, bbr]
         ports = EnvoyPorts(listen_port=free_port(), admin_port=free_port(), epp_port=port_a)
-        started.append(start_envoy(gateway_bootstrap(ports, bbr_port=port_bbr,
-                                                     picker_b_port=port_b),
-                                   admin_port=ports.admin_port, log_dir=log_dir,
-                                   name="envoy-gateway"))
+        started.append(
+            start_envoy(
+                gateway_bootstrap(ports, bbr_port=port_bbr, picker_b_port=port_b),
+                admin_port=ports.admin_port,
+                log_dir=log_dir,
+                name="envoy-gateway",
+            )
+        )
         yield Gateway(f"http://127.0.0.1:{ports.listen_port}", pods_a, pod_b)
     finally:
         for process in reversed(started):
@@ -109,19 +143,22 @@ def test_each_model_reaches_its_own_pool(gateway: Gateway) -> None:
     with httpx.Client(base_url=gateway.url, timeout=30) as client:
         served_a = set()
         for n in range(6):
-            response = client.post("/v1/chat/completions",
-                                   json=chat(MODEL_A, f"a {n}", max_tokens=2))
+            response = client.post(
+                "/v1/chat/completions", json=chat(MODEL_A, f"a {n}", max_tokens=2)
+            )
             assert response.status_code == 200, response.text
             assert response.json()["model"] == MODEL_A
             served_a.add(response.headers["x-sim-pod"])
         assert served_a <= set(gateway.pods_a) and served_a
-        response = client.post("/v1/completions",
-                               json={"model": MODEL_B, "prompt": "b", "max_tokens": 2})
+        response = client.post(
+            "/v1/completions", json={"model": MODEL_B, "prompt": "b", "max_tokens": 2}
+        )
         assert response.status_code == 200, response.text
         assert response.headers["x-sim-pod"] == gateway.pod_b
 
 
 def test_a_model_no_route_matches_is_not_found(gateway: Gateway) -> None:
-    response = httpx.post(f"{gateway.url}/v1/chat/completions",
-                          json=chat("no-such-model", "x"), timeout=30)
+    response = httpx.post(
+        f"{gateway.url}/v1/chat/completions", json=chat("no-such-model", "x"), timeout=30
+    )
     assert response.status_code == 404  # Envoy: no route for that X-Gateway-Model-Name

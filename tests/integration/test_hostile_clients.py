@@ -45,27 +45,32 @@ def _unchunk(data: bytes) -> bytes:
         size = int(size_line.split(b";")[0], 16)
         if size == 0:
             break
-        out, data = out + data[:size], data[size + 2:]
+        out, data = out + data[:size], data[size + 2 :]
     return out
 
 
 def post(path: str, headers: bytes, body: bytes) -> bytes:
-    return (f"POST {path} HTTP/1.1\r\nhost: epp\r\nconnection: close\r\n".encode()
-            + headers + body)
+    return f"POST {path} HTTP/1.1\r\nhost: epp\r\nconnection: close\r\n".encode() + headers + body
 
 
 def test_a_header_that_is_not_utf8_is_served(stack: Stack) -> None:
     body = dumps(chat(QWEN, "hi"))
-    status, headers, _ = raw_request(stack.url, post(
-        "/v1/chat/completions",
-        b"x-a: \xff\xfe\r\ncontent-type: application/json\r\n"
-        + f"content-length: {len(body)}\r\n\r\n".encode(), body))
+    status, headers, _ = raw_request(
+        stack.url,
+        post(
+            "/v1/chat/completions",
+            b"x-a: \xff\xfe\r\ncontent-type: application/json\r\n"
+            + f"content-length: {len(body)}\r\n\r\n".encode(),
+            body,
+        ),
+    )
     assert status == 200
     assert headers["x-sim-pod"] in stack.fleet.qwen_pods
 
 
 @pytest.mark.parametrize(
-    "model", [f"{QWEN}\r\nx-injected: 1", f"{QWEN}\n", f"{QWEN}\x00", "q" * 70_000],
+    "model",
+    [f"{QWEN}\r\nx-injected: 1", f"{QWEN}\n", f"{QWEN}\x00", "q" * 70_000],
     ids=["crlf", "lf", "nul", "70kb"],
 )
 def test_a_model_name_that_cannot_be_a_header_is_a_400(client: httpx.Client, model: str) -> None:
@@ -76,17 +81,20 @@ def test_a_model_name_that_cannot_be_a_header_is_a_400(client: httpx.Client, mod
 
 
 def test_an_empty_chunked_body_is_a_missing_body(stack: Stack) -> None:
-    status, headers, body = raw_request(stack.url, post(
-        "/v1/chat/completions", b"transfer-encoding: chunked\r\n\r\n", b"0\r\n\r\n"))
+    status, headers, body = raw_request(
+        stack.url, post("/v1/chat/completions", b"transfer-encoding: chunked\r\n\r\n", b"0\r\n\r\n")
+    )
     assert status == 400
     assert headers["content-type"] == "application/json"
     assert orjson.loads(body)["error"]["code"] == "missing_body"
 
 
-def test_a_client_cannot_rewrite_its_model_by_header(stack: Stack,
-                                                     client: httpx.Client) -> None:
-    response = client.post("/v1/chat/completions", json=chat(QWEN, "hi"),
-                           headers={"x-gateway-model-name-rewrite": GEMMA})
+def test_a_client_cannot_rewrite_its_model_by_header(stack: Stack, client: httpx.Client) -> None:
+    response = client.post(
+        "/v1/chat/completions",
+        json=chat(QWEN, "hi"),
+        headers={"x-gateway-model-name-rewrite": GEMMA},
+    )
     assert response.status_code == 200
     assert response.headers["x-sim-pod"] in stack.fleet.qwen_pods
 
@@ -105,8 +113,10 @@ def test_a_client_model_header_does_not_reach_a_request_without_body(
 def test_invented_model_names_cannot_grow_the_metrics_page(rig: Rig) -> None:
     (pod,) = rig.sims("sim", ["m"])
     # An endpoint without a model list takes any name to the pod (as in pool mode).
-    url = rig.start_envoy(rig.start_epp({pod: None}, "--max-model-series", "16"),
-                          response_body_mode="FULL_DUPLEX_STREAMED")
+    url = rig.start_envoy(
+        rig.start_epp({pod: None}, "--max-model-series", "16"),
+        response_body_mode="FULL_DUPLEX_STREAMED",
+    )
     with httpx.Client(base_url=url, timeout=30) as client:
         assert client.post("/v1/chat/completions", json=chat("m", "hi")).status_code == 200
         for n in range(40):
@@ -144,15 +154,16 @@ async def _slow_upload(url: str, body: bytes, pieces: int) -> tuple[int, bytes]:
         return received
 
     reading = asyncio.create_task(read_all())
-    writer.write(b"POST /v1/completions HTTP/1.1\r\nhost: epp\r\nconnection: close\r\n"
-                 b"content-type: application/json\r\n"
-                 + f"content-length: {len(body)}\r\n\r\n".encode())
+    writer.write(
+        b"POST /v1/completions HTTP/1.1\r\nhost: epp\r\nconnection: close\r\n"
+        b"content-type: application/json\r\n" + f"content-length: {len(body)}\r\n\r\n".encode()
+    )
     step = len(body) // pieces + 1
     try:
         for start in range(0, len(body), step):
             if reading.done():
                 break
-            writer.write(body[start:start + step])
+            writer.write(body[start : start + step])
             await writer.drain()
             await asyncio.sleep(0.05)
     except ConnectionError:

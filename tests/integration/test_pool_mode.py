@@ -39,10 +39,21 @@ class Cluster:
 
     def start_pod(self, ip: str) -> str:
         address = f"{ip}:{self.port}"
-        process = start_epp_module(f"pod-{ip}", [
-            "sim", "--pod", f"{address}={SERVED}", "--decode-ms-per-token", "2",
-            "--prefill-ms-per-token", "0.001", "--base-latency-ms", "1"],
-            log_dir=self.log_dir)
+        process = start_epp_module(
+            f"pod-{ip}",
+            [
+                "sim",
+                "--pod",
+                f"{address}={SERVED}",
+                "--decode-ms-per-token",
+                "2",
+                "--prefill-ms-per-token",
+                "0.001",
+                "--base-latency-ms",
+                "1",
+            ],
+            log_dir=self.log_dir,
+        )
         process.wait_http(f"http://{address}/health")
         self.pods[ip] = process
         return address
@@ -55,7 +66,8 @@ def health(port: int, service: str = "inference-extension") -> str:
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         try:
             response = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=service), timeout=2)
+                health_pb2.HealthCheckRequest(service=service), timeout=2
+            )
         except grpc.RpcError as exc:
             return f"error {exc.code().name}"
     return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
@@ -75,14 +87,34 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
 
 def start_picker(cluster: Cluster, name: str, *extra: str) -> tuple[ManagedProcess, int, int]:
     grpc_port, health_port, metrics_port = free_port(), free_port(), free_port()
-    process = start_epp_module(name, [
-        "serve", "--pool-name", POOL, "--pool-namespace", NS,
-        "--kubeconfig", str(cluster.kubeconfig),
-        "--grpc-host", "127.0.0.1", "--grpc-port", str(grpc_port),
-        "--grpc-health-port", str(health_port),
-        "--metrics-host", "127.0.0.1", "--metrics-port", str(metrics_port),
-        "--refresh-metrics-interval", "50ms", "--log-level", "debug", *extra],
-        log_dir=cluster.log_dir)
+    process = start_epp_module(
+        name,
+        [
+            "serve",
+            "--pool-name",
+            POOL,
+            "--pool-namespace",
+            NS,
+            "--kubeconfig",
+            str(cluster.kubeconfig),
+            "--grpc-host",
+            "127.0.0.1",
+            "--grpc-port",
+            str(grpc_port),
+            "--grpc-health-port",
+            str(health_port),
+            "--metrics-host",
+            "127.0.0.1",
+            "--metrics-port",
+            str(metrics_port),
+            "--refresh-metrics-interval",
+            "50ms",
+            "--log-level",
+            "debug",
+            *extra,
+        ],
+        log_dir=cluster.log_dir,
+    )
     return process, grpc_port, health_port
 
 
@@ -97,9 +129,12 @@ def test_pool_mode_routes_rewrites_and_follows_scaling(cluster: Cluster) -> None
 
     epp, grpc_port, health_port = start_picker(cluster, "epp-pool")  # TLS: on by default
     ports = EnvoyPorts(listen_port=free_port(), admin_port=free_port(), epp_port=grpc_port)
-    envoy = start_envoy(envoy_bootstrap(ports, response_body_mode="FULL_DUPLEX_STREAMED",
-                                        epp_tls=True),
-                        admin_port=ports.admin_port, log_dir=cluster.log_dir, name="envoy-pool")
+    envoy = start_envoy(
+        envoy_bootstrap(ports, response_body_mode="FULL_DUPLEX_STREAMED", epp_tls=True),
+        admin_port=ports.admin_port,
+        log_dir=cluster.log_dir,
+        name="envoy-pool",
+    )
     url = f"http://127.0.0.1:{ports.listen_port}"
     try:
         wait_until(lambda: health(health_port) == "SERVING", "epp to report SERVING")
@@ -112,11 +147,13 @@ def test_pool_mode_routes_rewrites_and_follows_scaling(cluster: Cluster) -> None
             assert response.json()["model"] == "llama"
             served = response.headers["x-sim-pod"]
             # The pod serves only the rewritten name: asked directly for "llama" it says no.
-            direct = httpx.post(f"http://{served}/v1/chat/completions",
-                                json=chat("llama", "hi"), timeout=10)
+            direct = httpx.post(
+                f"http://{served}/v1/chat/completions", json=chat("llama", "hi"), timeout=10
+            )
             assert direct.status_code == 404
-            with client.stream("POST", "/v1/chat/completions",
-                               json=chat("llama", "stream", stream=True)) as streamed:
+            with client.stream(
+                "POST", "/v1/chat/completions", json=chat("llama", "stream", stream=True)
+            ) as streamed:
                 events = [line for line in streamed.iter_lines() if line.startswith("data: {")]
             assert events and all(orjson.loads(e[6:])["model"] == "llama" for e in events)
 
@@ -135,8 +172,7 @@ def test_pool_mode_routes_rewrites_and_follows_scaling(cluster: Cluster) -> None
             # then its process stops and the object goes.
             leaving_ip = first[0]
             leaving = f"{leaving_ip}:{cluster.port}"
-            api.apply(pod(leaving_ip.replace(".", "-"), NS, leaving_ip, LABELS,
-                          terminating=True))
+            api.apply(pod(leaving_ip.replace(".", "-"), NS, leaving_ip, LABELS, terminating=True))
             wait_until(lambda: _quiet(leaving), "the terminating pod to drain")
             cluster.stop_pod(leaving_ip)
             api.delete("v1", "Pod", NS, leaving_ip.replace(".", "-"))
@@ -165,9 +201,16 @@ def test_leader_election_hands_over_between_two_pickers(cluster: Cluster) -> Non
     api.apply(inference_pool_v1(POOL, NS, LABELS, target_ports=[cluster.port]))
     cluster.start_pod("127.0.0.5")
     api.apply(pod("p", NS, "127.0.0.5", LABELS))
-    election = ["--ha-enable-leader-election", "--leader-election-lease-duration", "2s",
-                "--leader-election-renew-deadline", "1500ms",
-                "--leader-election-retry-period", "200ms", "--secure-serving=false"]
+    election = [
+        "--ha-enable-leader-election",
+        "--leader-election-lease-duration",
+        "2s",
+        "--leader-election-renew-deadline",
+        "1500ms",
+        "--leader-election-retry-period",
+        "200ms",
+        "--secure-serving=false",
+    ]
     first, _, first_health = start_picker(cluster, "epp-a", *election)
     second: ManagedProcess | None = None
     try:
@@ -181,8 +224,9 @@ def test_leader_election_hands_over_between_two_pickers(cluster: Cluster) -> Non
         assert lease is not None
 
         assert first.stop() == 0  # SIGTERM: it releases the Lease on the way out
-        wait_until(lambda: health(second_health) == "SERVING", "the standby to take over",
-                   timeout_s=10)
+        wait_until(
+            lambda: health(second_health) == "SERVING", "the standby to take over", timeout_s=10
+        )
         lease = api.get("coordination.k8s.io/v1", "Lease", NS, f"epp-{POOL}")
         assert lease is not None and lease["spec"]["leaseTransitions"] >= 1
     finally:
@@ -192,8 +236,9 @@ def test_leader_election_hands_over_between_two_pickers(cluster: Cluster) -> Non
 
 
 def test_not_ready_until_the_pool_exists(cluster: Cluster) -> None:
-    epp, _, health_port = start_picker(cluster, "epp-early", "--pool-sync-timeout", "300ms",
-                                       "--secure-serving=false")
+    epp, _, health_port = start_picker(
+        cluster, "epp-early", "--pool-sync-timeout", "300ms", "--secure-serving=false"
+    )
     try:
         wait_until(lambda: health(health_port, "liveness") == "SERVING", "epp to start")
         wait_until(lambda: "not ready until it comes" in epp.log_tail(), "the late-sync warning")

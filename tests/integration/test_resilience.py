@@ -18,8 +18,11 @@ def test_a_dead_endpoint_is_seen_through_envoys_local_503(rig: Rig) -> None:
     (pod,) = rig.sims("sim", ["m"])
     # Metrics never go stale and failed scrapes never make the pod unready: only passive
     # health can tell that it is gone.
-    url = rig.start_envoy(rig.start_epp({pod: "m"}, "--unready-after-failures", "1000000",
-                                        "--metrics-staleness-threshold", "1h"))
+    url = rig.start_envoy(
+        rig.start_epp(
+            {pod: "m"}, "--unready-after-failures", "1000000", "--metrics-staleness-threshold", "1h"
+        )
+    )
     with httpx.Client(base_url=url, timeout=30) as client:
         assert client.post("/v1/chat/completions", json=chat("m", "hi")).status_code == 200
         assert rig.metric("epp_endpoint_unhealthy", pod) == 0
@@ -36,8 +39,11 @@ def test_a_dead_endpoint_is_seen_through_envoys_local_503(rig: Rig) -> None:
 
 def test_a_failing_endpoint_is_avoided_with_growing_backoff_then_healed(rig: Rig) -> None:
     bad, good = rig.sims("sim", ["m", "m"])
-    url = rig.start_envoy(rig.start_epp({bad: "m", good: "m"}, "--failure-backoff", "1s",
-                                        "--failure-max-backoff", "10s"))
+    url = rig.start_envoy(
+        rig.start_epp(
+            {bad: "m", good: "m"}, "--failure-backoff", "1s", "--failure-max-backoff", "10s"
+        )
+    )
     first, second = "avoiding it for 1.0s (ejection 1 in a row)", "for 2.0s (ejection 2 in a row)"
     with httpx.Client(base_url=url, timeout=30) as client:
 
@@ -90,14 +96,19 @@ def test_a_client_that_leaves_before_the_response_does_not_count(rig: Rig) -> No
     parts = urlsplit(url)
     body = httpx.Request("POST", "/", json=chat("m", "long", max_tokens=5000)).content
     with socket.create_connection((parts.hostname, parts.port)) as sock:
-        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: test\r\n"
-                     b"content-type: application/json\r\n"
-                     b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
-        wait_until(lambda: httpx.get(f"http://{pod}/sim/state").json()["running"] == 1,
-                   "the pod to work on the request")
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: test\r\n"
+            b"content-type: application/json\r\n"
+            b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        )
+        wait_until(
+            lambda: httpx.get(f"http://{pod}/sim/state").json()["running"] == 1,
+            "the pod to work on the request",
+        )
     # The client hung up before any response: epp releases the load and blames no one.
-    wait_until(lambda: rig.metric("epp_endpoint_inflight_requests", pod) == 0,
-               "the load to be released")
+    wait_until(
+        lambda: rig.metric("epp_endpoint_inflight_requests", pod) == 0, "the load to be released"
+    )
     assert rig.metric("epp_endpoint_unhealthy", pod) == 0
     assert rig.metric("epp_endpoint_ejections_total") == 0
 
@@ -105,8 +116,9 @@ def test_a_client_that_leaves_before_the_response_does_not_count(rig: Rig) -> No
 def test_stopping_a_models_only_pod_falls_back_to_another_model(rig: Rig) -> None:
     (big,) = rig.sims("sim-big", ["big"])
     small = rig.sims("sim-small", ["small", "small"])
-    grpc_port = rig.start_epp({big: "big", small[0]: "small", small[1]: "small"},
-                              "--model-fallback", "big=small")
+    grpc_port = rig.start_epp(
+        {big: "big", small[0]: "small", small[1]: "small"}, "--model-fallback", "big=small"
+    )
     # Responses stream through epp, so their model is restored to the one asked for.
     url = rig.start_envoy(grpc_port, response_body_mode="FULL_DUPLEX_STREAMED")
     with Traffic(url, "big") as traffic:
@@ -119,14 +131,14 @@ def test_stopping_a_models_only_pod_falls_back_to_another_model(rig: Rig) -> Non
     # Each client has at most one request in flight when the pod stops; once one fails,
     # epp has counted the failure before the client sees it, so no client fails twice.
     assert len(failures) <= traffic.clients, failures
-    assert all(o.status == 200 and o.pod == big and not o.fallback
-               for o in outcomes[:before_stop])
+    assert all(o.status == 200 and o.pod == big and not o.fallback for o in outcomes[:before_stop])
     fell_back = [o for o in outcomes if o.status == 200 and o.pod != big]
     assert fell_back and all(o.pod in small for o in fell_back)
     assert {o.fallback for o in fell_back} == {"big -> small"}
     assert {o.model for o in outcomes if o.status == 200} == {"big"}
-    assert rig.metric("epp_model_fallback_total",
-                      'fallback_model_name="small",model_name="big"') >= len(fell_back)
+    assert rig.metric(
+        "epp_model_fallback_total", 'fallback_model_name="small",model_name="big"'
+    ) >= len(fell_back)
     response = httpx.post(f"{url}/v1/chat/completions", json=chat("small", "hi"), timeout=30)
     assert response.status_code == 200 and "x-gateway-model-fallback" not in response.headers
 
@@ -134,23 +146,27 @@ def test_stopping_a_models_only_pod_falls_back_to_another_model(rig: Rig) -> Non
 def test_a_saturated_pool_sheds_sheddable_requests(rig: Rig, tmp_path: Path) -> None:
     pods = rig.sims("sim", ["m", "m"])
     config = tmp_path / "epp.yaml"
-    config.write_text("kind: EndpointPickerConfig\n"
-                      "objectives: {batch: -1, chat: 10}\n"
-                      "saturationDetector: {queueDepthThreshold: 5, kvCacheUtilThreshold: 0.8}\n"
-                      "admission: {retryAfter: 3s}\n")
+    config.write_text(
+        "kind: EndpointPickerConfig\n"
+        "objectives: {batch: -1, chat: 10}\n"
+        "saturationDetector: {queueDepthThreshold: 5, kvCacheUtilThreshold: 0.8}\n"
+        "admission: {retryAfter: 3s}\n"
+    )
     url = rig.start_envoy(rig.start_epp(dict.fromkeys(pods, "m"), "--config-file", str(config)))
     with httpx.Client(base_url=url, timeout=30) as client:
 
         def post(objective: str | None) -> httpx.Response:
             headers = {"x-gateway-inference-objective": objective} if objective else {}
-            return client.post("/v1/chat/completions", json=chat("m", "hi", max_tokens=2),
-                               headers=headers)
+            return client.post(
+                "/v1/chat/completions", json=chat("m", "hi", max_tokens=2), headers=headers
+            )
 
         assert post("batch").status_code == 200  # not saturated: sheddable work runs
         for pod in pods:  # each pod reports 6 waiting requests: over the threshold of 5
             set_faults(pod, extra_waiting=6)
-        wait_until(lambda: rig.metric("inference_pool_average_queue_size") >= 6,
-                   "epp to see the queues")
+        wait_until(
+            lambda: rig.metric("inference_pool_average_queue_size") >= 6, "epp to see the queues"
+        )
         shed = post("batch")
         assert shed.status_code == 429
         assert shed.headers["retry-after"] == "3"
@@ -166,8 +182,11 @@ def test_a_saturated_pool_sheds_sheddable_requests(rig: Rig, tmp_path: Path) -> 
 
 def test_the_inflight_cap_spreads_load_then_answers_429(rig: Rig) -> None:
     pods = rig.sims("sim", ["m", "m"])
-    url = rig.start_envoy(rig.start_epp(dict.fromkeys(pods, "m"), "--endpoint-max-inflight",
-                                        "1", "--retry-after", "2"))
+    url = rig.start_envoy(
+        rig.start_epp(
+            dict.fromkeys(pods, "m"), "--endpoint-max-inflight", "1", "--retry-after", "2"
+        )
+    )
     long = chat("m", "a long answer", stream=True, max_tokens=5000)
     with httpx.Client(base_url=url, timeout=30) as client:
         held: list[str] = []
@@ -180,7 +199,11 @@ def test_the_inflight_cap_spreads_load_then_answers_429(rig: Rig) -> None:
                 assert refused.status_code == 429
                 assert refused.headers["retry-after"] == "2"
                 assert refused.json()["error"]["code"] == "no_capacity"
-        wait_until(lambda: rig.metric("epp_endpoint_inflight_requests", pods[0]) == 0
-                   and rig.metric("epp_endpoint_inflight_requests", pods[1]) == 0,
-                   "the held requests to end")
+        wait_until(
+            lambda: (
+                rig.metric("epp_endpoint_inflight_requests", pods[0]) == 0
+                and rig.metric("epp_endpoint_inflight_requests", pods[1]) == 0
+            ),
+            "the held requests to end",
+        )
         assert client.post("/v1/chat/completions", json=chat("m", "room?")).status_code == 200

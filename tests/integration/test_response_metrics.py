@@ -54,8 +54,11 @@ def log_line(log_path: Path, request_id: str, *, json_format: bool) -> dict[str,
     """The fields of epp's one log line for ``request_id`` (waiting for it to be written)."""
     deadline = time.monotonic() + 10
     while True:
-        lines = [line for line in log_path.read_text().splitlines()
-                 if "request finished" in line and request_id in line]
+        lines = [
+            line
+            for line in log_path.read_text().splitlines()
+            if "request finished" in line and request_id in line
+        ]
         if lines or time.monotonic() > deadline:
             break
         time.sleep(0.02)
@@ -79,11 +82,15 @@ def test_json_response_usage_is_counted(stack: Stack, client: httpx.Client) -> N
     assert (delta["ntpot"], delta["ttft"], delta["tpot"]) == (1, 0, 0)  # not streamed
 
 
-def test_streamed_usage_is_counted_when_the_client_asks(stack: Stack,
-                                                        client: httpx.Client) -> None:
+def test_streamed_usage_is_counted_when_the_client_asks(stack: Stack, client: httpx.Client) -> None:
     before = snapshot(stack.epp_metrics_url)
-    body = chat(QWEN, f"stream {uuid.uuid4().hex}", max_tokens=6, stream=True,
-                stream_options={"include_usage": True})
+    body = chat(
+        QWEN,
+        f"stream {uuid.uuid4().hex}",
+        max_tokens=6,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     with client.stream("POST", "/v1/chat/completions", json=body) as response:
         events = sse_data(response.read().decode())
     assert events[-1] == "[DONE]"
@@ -93,8 +100,9 @@ def test_streamed_usage_is_counted_when_the_client_asks(stack: Stack,
     assert (delta["ttft"], delta["tpot"], delta["ntpot"]) == (1, 1, 1)
 
 
-def test_stream_without_usage_is_timed_and_passes_unchanged(stack: Stack,
-                                                           client: httpx.Client) -> None:
+def test_stream_without_usage_is_timed_and_passes_unchanged(
+    stack: Stack, client: httpx.Client
+) -> None:
     before = snapshot(stack.epp_metrics_url)
     body = chat(QWEN, "no usage please", max_tokens=5, stream=True)
     with client.stream("POST", "/v1/chat/completions", json=body) as response:
@@ -106,11 +114,14 @@ def test_stream_without_usage_is_timed_and_passes_unchanged(stack: Stack,
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
-def test_responses_api_usage_is_counted(stack: Stack, client: httpx.Client,
-                                        stream: bool) -> None:
+def test_responses_api_usage_is_counted(stack: Stack, client: httpx.Client, stream: bool) -> None:
     before = snapshot(stack.epp_metrics_url)
-    body = {"model": QWEN, "input": f"responses {uuid.uuid4().hex}", "max_output_tokens": 4,
-            "stream": stream}
+    body = {
+        "model": QWEN,
+        "input": f"responses {uuid.uuid4().hex}",
+        "max_output_tokens": 4,
+        "stream": stream,
+    }
     response = client.post("/v1/responses", json=body)
     assert response.status_code == 200
     if stream:
@@ -128,8 +139,11 @@ def test_each_request_gets_one_log_line(
     stack: Stack, client: httpx.Client, epp_process: tuple[ManagedProcess, int, int]
 ) -> None:
     request_id = uuid.uuid4().hex
-    response = client.post("/v1/chat/completions", json=chat(QWEN, "log me", max_tokens=3),
-                           headers={"x-request-id": request_id})
+    response = client.post(
+        "/v1/chat/completions",
+        json=chat(QWEN, "log me", max_tokens=3),
+        headers={"x-request-id": request_id},
+    )
     usage = response.json()["usage"]
     fields = log_line(epp_process[0].log_path, request_id, json_format=False)
     assert fields["outcome"] == "completed" and fields["status"] == "200"
@@ -138,8 +152,11 @@ def test_each_request_gets_one_log_line(
     assert int(fields["prompt_tokens"]) == usage["prompt_tokens"]
     assert int(fields["completion_tokens"]) == 3
 
-    missing = client.post("/v1/chat/completions", json=chat("no-such-model", "x"),
-                          headers={"x-request-id": request_id + "-404"})
+    missing = client.post(
+        "/v1/chat/completions",
+        json=chat("no-such-model", "x"),
+        headers={"x-request-id": request_id + "-404"},
+    )
     assert missing.status_code == 404
     fields = log_line(epp_process[0].log_path, request_id + "-404", json_format=False)
     assert (fields["outcome"], fields["error_code"]) == ("error", "model_not_found")
@@ -158,10 +175,24 @@ class InjectingStack:
 @pytest.fixture(scope="module")
 def injecting(fleet: Fleet, log_dir: Path) -> Iterator[InjectingStack]:
     grpc_port, metrics_port = free_port(), free_port()
-    args = ["serve", "--grpc-host", "127.0.0.1", "--grpc-port", str(grpc_port),
-            "--grpc-health-port", "0", "--metrics-host", "127.0.0.1",
-            "--metrics-port", str(metrics_port), "--inject-stream-usage",
-            "--log-format", "json", "--request-log", "all"]
+    args = [
+        "serve",
+        "--grpc-host",
+        "127.0.0.1",
+        "--grpc-port",
+        str(grpc_port),
+        "--grpc-health-port",
+        "0",
+        "--metrics-host",
+        "127.0.0.1",
+        "--metrics-port",
+        str(metrics_port),
+        "--inject-stream-usage",
+        "--log-format",
+        "json",
+        "--request-log",
+        "all",
+    ]
     for address in fleet.qwen_pods:
         args += ["--endpoint", f"{address}={QWEN}"]
     epp = start_epp_module("epp-inject", args, log_dir=log_dir)
@@ -170,10 +201,15 @@ def injecting(fleet: Fleet, log_dir: Path) -> Iterator[InjectingStack]:
         epp.wait_http(f"http://127.0.0.1:{metrics_port}/readyz")
         ports = EnvoyPorts(listen_port=free_port(), admin_port=free_port(), epp_port=grpc_port)
         # Stripping the added usage event needs the body on the routing stream.
-        envoy = start_envoy(envoy_bootstrap(ports, response_body_mode="FULL_DUPLEX_STREAMED"),
-                            admin_port=ports.admin_port, log_dir=log_dir, name="envoy-inject")
-        yield InjectingStack(f"http://127.0.0.1:{ports.listen_port}",
-                             f"http://127.0.0.1:{metrics_port}/metrics", epp)
+        envoy = start_envoy(
+            envoy_bootstrap(ports, response_body_mode="FULL_DUPLEX_STREAMED"),
+            admin_port=ports.admin_port,
+            log_dir=log_dir,
+            name="envoy-inject",
+        )
+        yield InjectingStack(
+            f"http://127.0.0.1:{ports.listen_port}", f"http://127.0.0.1:{metrics_port}/metrics", epp
+        )
     finally:
         if envoy is not None:
             envoy.stop()
@@ -184,9 +220,12 @@ def test_injected_usage_is_counted_and_kept_from_the_client(injecting: Injecting
     request_id = uuid.uuid4().hex
     body = chat(QWEN, f"inject {request_id}", max_tokens=9, stream=True)
     before = snapshot(injecting.metrics_url)
-    with httpx.Client(base_url=injecting.url, timeout=30) as client, client.stream(
-        "POST", "/v1/chat/completions", json=body, headers={"x-request-id": request_id}
-    ) as response:
+    with (
+        httpx.Client(base_url=injecting.url, timeout=30) as client,
+        client.stream(
+            "POST", "/v1/chat/completions", json=body, headers={"x-request-id": request_id}
+        ) as response,
+    ):
         text = response.read().decode()
         sha = response.headers["x-sim-body-sha256"]
     # The pod got the request with include_usage added, keys otherwise as sent ...

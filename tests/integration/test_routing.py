@@ -41,8 +41,7 @@ def test_request_lands_on_the_pod_epp_chose(stack: Stack, client: httpx.Client) 
         assert headers["x-gateway-destination-endpoint"] == pod
 
 
-def test_completions_and_embeddings_are_routed_by_model(client: httpx.Client,
-                                                        stack: Stack) -> None:
+def test_completions_and_embeddings_are_routed_by_model(client: httpx.Client, stack: Stack) -> None:
     completion = client.post("/v1/completions", json={"model": GEMMA, "prompt": "Once"})
     assert _served_by(completion) == stack.fleet.gemma_pod
     embedding = client.post("/v1/embeddings", json={"model": QWEN, "input": "a sentence"})
@@ -51,14 +50,28 @@ def test_completions_and_embeddings_are_routed_by_model(client: httpx.Client,
 
 def test_same_long_prefix_goes_to_the_same_pod(stack: Stack, client: httpx.Client) -> None:
     system = f"You are assistant {uuid.uuid4().hex}. " + "Answer briefly and cite sources. " * 60
-    first = client.post("/v1/chat/completions", json={
-        "model": QWEN, "max_tokens": 2,
-        "messages": [{"role": "system", "content": system},
-                     {"role": "user", "content": "What is a KV cache?"}]})
-    second = client.post("/v1/chat/completions", json={
-        "model": QWEN, "max_tokens": 2,
-        "messages": [{"role": "system", "content": system},
-                     {"role": "user", "content": "And prefix caching?"}]})
+    first = client.post(
+        "/v1/chat/completions",
+        json={
+            "model": QWEN,
+            "max_tokens": 2,
+            "messages": [
+                {"role": "system", "content": system},
+                {"role": "user", "content": "What is a KV cache?"},
+            ],
+        },
+    )
+    second = client.post(
+        "/v1/chat/completions",
+        json={
+            "model": QWEN,
+            "max_tokens": 2,
+            "messages": [
+                {"role": "system", "content": system},
+                {"role": "user", "content": "And prefix caching?"},
+            ],
+        },
+    )
     assert _served_by(first) == _served_by(second)
 
 
@@ -67,15 +80,19 @@ def test_pod_with_a_long_queue_is_avoided(stack: Stack, client: httpx.Client) ->
     slow = chat(QWEN, "keep busy", max_tokens=400)  # ~0.8 s of decode each, one at a time
     with concurrent.futures.ThreadPoolExecutor(max_workers=6) as pool:
         # Straight to the pod, past Envoy: only the scraped queue tells epp about them.
-        futures = [pool.submit(httpx.post, f"http://{busy}/v1/chat/completions", json=slow,
-                               timeout=60.0) for _ in range(6)]
+        futures = [
+            pool.submit(httpx.post, f"http://{busy}/v1/chat/completions", json=slow, timeout=60.0)
+            for _ in range(6)
+        ]
         deadline = time.monotonic() + 10
         while pod_metric(busy, "vllm:num_requests_waiting") < 3:
             assert time.monotonic() < deadline, "the busy pod never built a queue"
             time.sleep(0.02)
         time.sleep(0.2)  # several scrape intervals: epp has seen the queue
-        served = [_served_by(client.post("/v1/chat/completions", json=chat(QWEN, f"q{i}")))
-                  for i in range(5)]
+        served = [
+            _served_by(client.post("/v1/chat/completions", json=chat(QWEN, f"q{i}")))
+            for i in range(5)
+        ]
         for future in futures:
             future.result()
     assert served == [idle] * 5
@@ -92,8 +109,11 @@ def test_get_models_passes_through(stack: Stack, client: httpx.Client) -> None:
 def test_spoofed_destination_header_is_ignored(stack: Stack, client: httpx.Client) -> None:
     # The client names the gemma pod (and a bogus address); epp's choice must win.
     for spoof in (stack.fleet.gemma_pod, "10.255.255.1:1"):
-        response = client.post("/v1/chat/completions", json=chat(QWEN, "hi"),
-                               headers={"x-gateway-destination-endpoint": spoof})
+        response = client.post(
+            "/v1/chat/completions",
+            json=chat(QWEN, "hi"),
+            headers={"x-gateway-destination-endpoint": spoof},
+        )
         pod = _served_by(response)
         assert pod in stack.fleet.qwen_pods
         headers = _last_request_on(pod)["headers"]
@@ -102,8 +122,9 @@ def test_spoofed_destination_header_is_ignored(stack: Stack, client: httpx.Clien
 
 
 def test_streaming_flows_token_by_token(stack: Stack, client: httpx.Client) -> None:
-    request = chat(QWEN, "stream please", stream=True, max_tokens=150,
-                   stream_options={"include_usage": True})
+    request = chat(
+        QWEN, "stream please", stream=True, max_tokens=150, stream_options={"include_usage": True}
+    )
     with client.stream("POST", "/v1/chat/completions", json=request) as response:
         assert response.status_code == 200
         pod = response.headers["x-sim-pod"]

@@ -40,11 +40,13 @@ def write_pair(directory: Path, pair: tuple[bytes, bytes], stamp: float) -> None
 def health_over_tls(port: int, trusted_cert: bytes) -> str:
     """SERVING, or the gRPC error of a fresh connection that trusts only ``trusted_cert``."""
     credentials = grpc.ssl_channel_credentials(root_certificates=trusted_cert)
-    with grpc.secure_channel(f"127.0.0.1:{port}", credentials,
-                             options=[("grpc.ssl_target_name_override", "localhost")]) as channel:
+    with grpc.secure_channel(
+        f"127.0.0.1:{port}", credentials, options=[("grpc.ssl_target_name_override", "localhost")]
+    ) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=""), timeout=5)
+                health_pb2.HealthCheckRequest(service=""), timeout=5
+            )
         except grpc.RpcError as exc:
             return str(exc.code().name)
     return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
@@ -64,11 +66,29 @@ def test_a_rotated_certificate_is_served_to_new_connections(tmp_path: Path) -> N
     first, second = self_signed_certificate(), self_signed_certificate()
     write_pair(certs, first, 1_000_000)
     grpc_port, metrics_port = free_port(), free_port()
-    epp: ManagedProcess = start_epp_module("epp-tls", [
-        "serve", "--endpoint", f"127.0.0.1:{free_port()}", "--secure-serving",
-        "--cert-path", str(certs), "--enable-cert-reload",
-        "--grpc-host", "127.0.0.1", "--grpc-port", str(grpc_port), "--grpc-health-port", "0",
-        "--metrics-host", "127.0.0.1", "--metrics-port", str(metrics_port)], log_dir=tmp_path)
+    epp: ManagedProcess = start_epp_module(
+        "epp-tls",
+        [
+            "serve",
+            "--endpoint",
+            f"127.0.0.1:{free_port()}",
+            "--secure-serving",
+            "--cert-path",
+            str(certs),
+            "--enable-cert-reload",
+            "--grpc-host",
+            "127.0.0.1",
+            "--grpc-port",
+            str(grpc_port),
+            "--grpc-health-port",
+            "0",
+            "--metrics-host",
+            "127.0.0.1",
+            "--metrics-port",
+            str(metrics_port),
+        ],
+        log_dir=tmp_path,
+    )
     try:
         wait_for(lambda: health_over_tls(grpc_port, first[1]), "SERVING")
         assert health_over_tls(grpc_port, second[1]) == "UNAVAILABLE"  # not trusted yet
@@ -89,8 +109,11 @@ def certificate_authority(name: str) -> tuple[ec.EllipticCurvePrivateKey, x509.C
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     now = datetime.datetime.now(datetime.UTC)
     certificate = (
-        x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
@@ -99,8 +122,9 @@ def certificate_authority(name: str) -> tuple[ec.EllipticCurvePrivateKey, x509.C
     return key, certificate
 
 
-def issue(authority: tuple[ec.EllipticCurvePrivateKey, x509.Certificate],
-          dns_name: str) -> tuple[bytes, bytes]:
+def issue(
+    authority: tuple[ec.EllipticCurvePrivateKey, x509.Certificate], dns_name: str
+) -> tuple[bytes, bytes]:
     """(key PEM, certificate PEM) for ``dns_name``, signed by ``authority``."""
     ca_key, ca_certificate = authority
     key = ec.generate_private_key(ec.SECP256R1())
@@ -109,14 +133,16 @@ def issue(authority: tuple[ec.EllipticCurvePrivateKey, x509.Certificate],
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns_name)]))
         .issuer_name(ca_certificate.subject)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(x509.SubjectAlternativeName([x509.DNSName(dns_name)]), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
-    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     return key_pem, certificate.public_bytes(serialization.Encoding.PEM)
 
 
@@ -145,8 +171,13 @@ def verified_epp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VerifiedE
     try:
         (pod,) = rig.sims("sim", ["m"])
         grpc_port = rig.start_epp({pod: "m"}, "--secure-serving", "--cert-path", str(certs))
-        yield VerifiedEpp(rig, grpc_port, pod, pem(authority, directory / "ca.pem"),
-                          pem(certificate_authority("another CA"), directory / "other.pem"))
+        yield VerifiedEpp(
+            rig,
+            grpc_port,
+            pod,
+            pem(authority, directory / "ca.pem"),
+            pem(certificate_authority("another CA"), directory / "other.pem"),
+        )
     finally:
         rig.stop()
 
@@ -158,25 +189,45 @@ def envoy_config(capsys: pytest.CaptureFixture[str], *flags: str) -> dict[str, A
     return bootstrap
 
 
-@pytest.mark.parametrize(("trust", "server_name", "served"), [
-    ("ca", "epp.test", True),
-    ("ca", None, True),  # the chain is verified, the name is not checked
-    ("other", "epp.test", False),
-    ("ca", "not-epp.test", False),
-], ids=["right-ca-and-name", "right-ca", "wrong-ca", "wrong-name"])
-def test_envoy_verifies_epps_certificate(verified_epp: VerifiedEpp, tmp_path: Path,
-                                         capsys: pytest.CaptureFixture[str], trust: str,
-                                         server_name: str | None, served: bool) -> None:
+@pytest.mark.parametrize(
+    ("trust", "server_name", "served"),
+    [
+        ("ca", "epp.test", True),
+        ("ca", None, True),  # the chain is verified, the name is not checked
+        ("other", "epp.test", False),
+        ("ca", "not-epp.test", False),
+    ],
+    ids=["right-ca-and-name", "right-ca", "wrong-ca", "wrong-name"],
+)
+def test_envoy_verifies_epps_certificate(
+    verified_epp: VerifiedEpp,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    trust: str,
+    server_name: str | None,
+    served: bool,
+) -> None:
     ca_file = verified_epp.ca_file if trust == "ca" else verified_epp.other_ca_file
     listen, admin = free_port(), free_port()
-    flags = ["--listen-port", str(listen), "--admin-port", str(admin),
-             "--epp-port", str(verified_epp.grpc_port), "--epp-ca-file", ca_file]
+    flags = [
+        "--listen-port",
+        str(listen),
+        "--admin-port",
+        str(admin),
+        "--epp-port",
+        str(verified_epp.grpc_port),
+        "--epp-ca-file",
+        ca_file,
+    ]
     if server_name:
         flags += ["--epp-server-name", server_name]
     envoy = start_envoy(envoy_config(capsys, *flags), admin_port=admin, log_dir=tmp_path)
     try:
-        response = httpx.post(f"http://127.0.0.1:{listen}/v1/chat/completions",
-                              json=chat("m", "hi", max_tokens=2), timeout=30)
+        response = httpx.post(
+            f"http://127.0.0.1:{listen}/v1/chat/completions",
+            json=chat("m", "hi", max_tokens=2),
+            timeout=30,
+        )
     finally:
         envoy.stop()
     if served:

@@ -17,8 +17,14 @@ from typing import Any
 from .resources import ALL_VERBS, ResourceTable
 
 __all__ = [
-    "GIT_VERSION", "api_group", "api_groups", "api_resources", "api_versions",
-    "openapi_v3_group_version", "openapi_v3_root", "version",
+    "GIT_VERSION",
+    "api_group",
+    "api_groups",
+    "api_resources",
+    "api_versions",
+    "openapi_v3_group_version",
+    "openapi_v3_root",
+    "version",
 ]
 
 GIT_VERSION = "v1.33.0"
@@ -29,25 +35,38 @@ Obj = dict[str, Any]
 def version() -> Obj:
     """`GET /version`."""
     return {
-        "major": "1", "minor": GIT_VERSION.split(".")[1], "gitVersion": GIT_VERSION,
-        "gitCommit": "0" * 40, "gitTreeState": "clean", "buildDate": "2025-04-23T00:00:00Z",
-        "goVersion": "go1.24.2", "compiler": "gc", "platform": "linux/amd64",
+        "major": "1",
+        "minor": GIT_VERSION.split(".")[1],
+        "gitVersion": GIT_VERSION,
+        "gitCommit": "0" * 40,
+        "gitTreeState": "clean",
+        "buildDate": "2025-04-23T00:00:00Z",
+        "goVersion": "go1.24.2",
+        "compiler": "gc",
+        "platform": "linux/amd64",
     }
 
 
 def api_versions(server_address: str) -> Obj:
     """`GET /api`: the core group's versions."""
     return {
-        "kind": "APIVersions", "versions": ["v1"],
-        "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0",
-                                        "serverAddress": server_address}],
+        "kind": "APIVersions",
+        "versions": ["v1"],
+        "serverAddressByClientCIDRs": [
+            {"clientCIDR": "0.0.0.0/0", "serverAddress": server_address}
+        ],
     }
 
 
 def api_group(name: str, versions: list[str]) -> Obj:
     gvs = [{"groupVersion": f"{name}/{v}", "version": v} for v in versions]
-    return {"kind": "APIGroup", "apiVersion": "v1", "name": name, "versions": gvs,
-            "preferredVersion": gvs[0]}
+    return {
+        "kind": "APIGroup",
+        "apiVersion": "v1",
+        "name": name,
+        "versions": gvs,
+        "preferredVersion": gvs[0],
+    }
 
 
 def api_groups(table: ResourceTable) -> Obj:
@@ -62,8 +81,11 @@ def api_resources(table: ResourceTable, group: str, version: str) -> Obj | None:
     """`GET /api/v1` or `/apis/{group}/{version}`; None when nothing is served there."""
     resources = [
         {
-            "name": rt.plural, "singularName": rt.singular_name, "namespaced": rt.namespaced,
-            "kind": rt.kind, "verbs": list(ALL_VERBS),
+            "name": rt.plural,
+            "singularName": rt.singular_name,
+            "namespaced": rt.namespaced,
+            "kind": rt.kind,
+            "verbs": list(ALL_VERBS),
             **({"shortNames": list(rt.short_names)} if rt.short_names else {}),
         }
         for rt in table
@@ -72,8 +94,12 @@ def api_resources(table: ResourceTable, group: str, version: str) -> Obj | None:
     if not resources:
         return None
     gv = f"{group}/{version}" if group else version
-    return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv,
-            "resources": resources}
+    return {
+        "kind": "APIResourceList",
+        "apiVersion": "v1",
+        "groupVersion": gv,
+        "resources": resources,
+    }
 
 
 def _gv_path(group: str, version: str) -> str:
@@ -82,8 +108,11 @@ def _gv_path(group: str, version: str) -> str:
 
 def openapi_v3_root(table: ResourceTable) -> Obj:
     """`GET /openapi/v3`: where each group version's document lives."""
-    paths = {_gv_path(g, v): {"serverRelativeURL": f"/openapi/v3/{_gv_path(g, v)}"}
-             for g, versions in table.groups().items() for v in versions}
+    paths = {
+        _gv_path(g, v): {"serverRelativeURL": f"/openapi/v3/{_gv_path(g, v)}"}
+        for g, versions in table.groups().items()
+        for v in versions
+    }
     return {"paths": paths}
 
 
@@ -97,11 +126,17 @@ def openapi_v3_group_version(table: ResourceTable, group: str, version: str) -> 
             continue
         gvk = {"group": group, "version": version, "kind": rt.kind}
         param = {"name": "fieldValidation", "in": "query", "schema": {"type": "string"}}
-        paths[rt.path("{namespace}", "{name}")] = {"patch": {
-            "x-kubernetes-group-version-kind": gvk, "parameters": [param],
-            "responses": {"200": {"description": "OK"}},
-        }}
+        paths[rt.path("{namespace}", "{name}")] = {
+            "patch": {
+                "x-kubernetes-group-version-kind": gvk,
+                "parameters": [param],
+                "responses": {"200": {"description": "OK"}},
+            }
+        }
     if not paths:
         return None
-    return {"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": GIT_VERSION},
-            "paths": paths}
+    return {
+        "openapi": "3.0.0",
+        "info": {"title": "Kubernetes", "version": GIT_VERSION},
+        "paths": paths,
+    }

@@ -13,10 +13,18 @@ from dataclasses import dataclass
 
 __all__ = ["BUILTIN_RESOURCES", "ResourceTable", "ResourceType", "split_api_version"]
 
-BUILTIN_GROUPS = frozenset({
-    "", "apps", "autoscaling", "policy", "apiextensions.k8s.io", "coordination.k8s.io",
-    "discovery.k8s.io", "rbac.authorization.k8s.io",
-})
+BUILTIN_GROUPS = frozenset(
+    {
+        "",
+        "apps",
+        "autoscaling",
+        "policy",
+        "apiextensions.k8s.io",
+        "coordination.k8s.io",
+        "discovery.k8s.io",
+        "rbac.authorization.k8s.io",
+    }
+)
 ALL_VERBS = ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")
 
 
@@ -97,11 +105,20 @@ BUILTIN_RESOURCES: tuple[ResourceType, ...] = (
     _r("rbac.authorization.k8s.io/v1", "roles", "Role"),
     _r("rbac.authorization.k8s.io/v1", "rolebindings", "RoleBinding"),
     _r("rbac.authorization.k8s.io/v1", "clusterroles", "ClusterRole", namespaced=False),
-    _r("rbac.authorization.k8s.io/v1", "clusterrolebindings", "ClusterRoleBinding",
-       namespaced=False),
+    _r(
+        "rbac.authorization.k8s.io/v1",
+        "clusterrolebindings",
+        "ClusterRoleBinding",
+        namespaced=False,
+    ),
     _r("policy/v1", "poddisruptionbudgets", "PodDisruptionBudget", short="pdb"),
-    _r("apiextensions.k8s.io/v1", "customresourcedefinitions", "CustomResourceDefinition",
-       namespaced=False, short="crd,crds"),
+    _r(
+        "apiextensions.k8s.io/v1",
+        "customresourcedefinitions",
+        "CustomResourceDefinition",
+        namespaced=False,
+        short="crd,crds",
+    ),
     _r(GIE, "inferencepools", "InferencePool", short="infpool"),
     _r(GIE_X, "inferencepools", "InferencePool"),
     _r(GIE_X, "inferenceobjectives", "InferenceObjective"),

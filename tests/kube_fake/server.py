@@ -60,8 +60,9 @@ Obj = dict[str, Any]
 Objs = list[Obj]
 
 _NOT_FOUND = KubeError(404, "NotFound", "the server could not find the requested resource")
-_METHOD_NOT_ALLOWED = KubeError(405, "MethodNotAllowed",
-                                "the server does not allow this method on the requested resource")
+_METHOD_NOT_ALLOWED = KubeError(
+    405, "MethodNotAllowed", "the server does not allow this method on the requested resource"
+)
 
 
 class SeenRequest(NamedTuple):
@@ -80,7 +81,11 @@ class FakeKubeAPI:
     """The fake server, its store and its fault switches. See the module docstring."""
 
     def __init__(
-        self, *, host: str = "127.0.0.1", port: int = 0, history_limit: int = 1000,
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        history_limit: int = 1000,
         bookmark_interval_s: float = 1.0,
         resources: tuple[ResourceType, ...] = BUILTIN_RESOURCES,
     ) -> None:
@@ -111,8 +116,9 @@ class FakeKubeAPI:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
         # handler_cancellation: a watch handler learns at once that its client went away.
-        runner = web.AppRunner(app, access_log=None, handler_cancellation=True,
-                               shutdown_timeout=2.0)
+        runner = web.AppRunner(
+            app, access_log=None, handler_cancellation=True, shutdown_timeout=2.0
+        )
         await runner.setup()
         site = web.TCPSite(runner, self._host, self._port)
         await site.start()
@@ -151,8 +157,9 @@ class FakeKubeAPI:
             await self._stopping.wait()
             await self.close()
 
-        self._thread = threading.Thread(target=asyncio.run, args=(serve(),),
-                                        name="fake-kube-api", daemon=True)
+        self._thread = threading.Thread(
+            target=asyncio.run, args=(serve(),), name="fake-kube-api", daemon=True
+        )
         self._thread.start()
         ready.wait()
         if failure:
@@ -170,11 +177,17 @@ class FakeKubeAPI:
     def write_kubeconfig(self, path: str | Path, namespace: str = "default") -> Path:
         """A kubeconfig without auth whose current context points at this server."""
         config = {
-            "apiVersion": "v1", "kind": "Config", "preferences": {},
+            "apiVersion": "v1",
+            "kind": "Config",
+            "preferences": {},
             "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
             "users": [{"name": "fake", "user": {}}],
-            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake",
-                                                      "namespace": namespace}}],
+            "contexts": [
+                {
+                    "name": "fake",
+                    "context": {"cluster": "fake", "user": "fake", "namespace": namespace},
+                }
+            ],
             "current-context": "fake",
         }
         path = Path(path)
@@ -288,8 +301,9 @@ class FakeKubeAPI:
         if method == "GET":
             if truthy(query.get("watch")):
                 return await self._watches.serve(request, rt, namespace)
-            return self._list(rt, namespace, query.get("labelSelector", ""),
-                              query.get("fieldSelector", ""))
+            return self._list(
+                rt, namespace, query.get("labelSelector", ""), query.get("fieldSelector", "")
+            )
         if method == "POST" and not name and (namespace or not rt.namespaced):
             body = await _body(request)
             return _json(self.store.create(rt, namespace or "", body, dry_run=dry_run), 201)
@@ -298,14 +312,21 @@ class FakeKubeAPI:
             return _json(self.store.replace(rt, namespace or "", name, body, dry_run=dry_run))
         if method == "PATCH" and name:
             obj, created = self.store.patch(
-                rt, namespace or "", name, request.content_type, await _body(request),
-                field_manager=query.get("fieldManager", ""), dry_run=dry_run)
+                rt,
+                namespace or "",
+                name,
+                request.content_type,
+                await _body(request),
+                field_manager=query.get("fieldManager", ""),
+                dry_run=dry_run,
+            )
             return _json(obj, 201 if created else 200)
         if method == "DELETE" and name:
             options = await _body(request) if request.can_read_body else None  # DeleteOptions
             pre = options.get("preconditions") if isinstance(options, dict) else None
-            return _json(self.store.delete(rt, namespace or "", name, dry_run=dry_run,
-                                           preconditions=pre))
+            return _json(
+                self.store.delete(rt, namespace or "", name, dry_run=dry_run, preconditions=pre)
+            )
         if method == "DELETE":
             return self._delete_collection(rt, namespace, query.get("labelSelector", ""))
         raise _METHOD_NOT_ALLOWED
@@ -365,10 +386,15 @@ class FakeKubeAPI:
     ) -> web.Response:
         items, rv = self.store.list(rt, request_filter(namespace, labels, fields))
         if rt.builtin:  # the real server leaves these out of a built-in kind's list items
-            items = [{k: v for k, v in o.items() if k not in ("kind", "apiVersion")}
-                     for o in items]
-        return _json({"kind": rt.list_kind, "apiVersion": rt.api_version,
-                      "metadata": {"resourceVersion": str(rv)}, "items": items})
+            items = [{k: v for k, v in o.items() if k not in ("kind", "apiVersion")} for o in items]
+        return _json(
+            {
+                "kind": rt.list_kind,
+                "apiVersion": rt.api_version,
+                "metadata": {"resourceVersion": str(rv)},
+                "items": items,
+            }
+        )
 
     def _delete_collection(
         self, rt: ResourceType, namespace: str | None, labels: str
@@ -381,9 +407,14 @@ class FakeKubeAPI:
                 deleted.append(self.store.delete(rt, meta.get("namespace", ""), meta["name"]))
             except KubeError:  # deleted meanwhile
                 continue
-        return _json({"kind": rt.list_kind, "apiVersion": rt.api_version,
-                      "metadata": {"resourceVersion": str(self.resource_version)},
-                      "items": deleted})
+        return _json(
+            {
+                "kind": rt.list_kind,
+                "apiVersion": rt.api_version,
+                "metadata": {"resourceVersion": str(self.resource_version)},
+                "items": deleted,
+            }
+        )
 
 
 async def _body(request: web.Request) -> Any:

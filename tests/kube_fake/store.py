@@ -53,8 +53,13 @@ class KubeError(Exception):
 
     def status(self) -> Obj:
         return {
-            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-            "message": self.message, "reason": self.reason, "details": self.details or {},
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.message,
+            "reason": self.reason,
+            "details": self.details or {},
             "code": self.code,
         }
 
@@ -68,8 +73,10 @@ def not_found(rt: ResourceType, name: str) -> KubeError:
 
 
 def conflict(rt: ResourceType, name: str) -> KubeError:
-    msg = (f'Operation cannot be fulfilled on {rt.qualified} "{name}": the object has been '
-           "modified; please apply your changes to the latest version and try again")
+    msg = (
+        f'Operation cannot be fulfilled on {rt.qualified} "{name}": the object has been '
+        "modified; please apply your changes to the latest version and try again"
+    )
     return KubeError(409, "Conflict", msg, _details(rt, name))
 
 
@@ -227,8 +234,15 @@ class Store:
             return self._update(rt, old, obj, dry_run)
 
     def patch(
-        self, rt: ResourceType, namespace: str, name: str, content_type: str, body: Any,
-        *, field_manager: str = "", dry_run: bool = False,
+        self,
+        rt: ResourceType,
+        namespace: str,
+        name: str,
+        content_type: str,
+        body: Any,
+        *,
+        field_manager: str = "",
+        dry_run: bool = False,
     ) -> tuple[Obj, bool]:
         """Apply a PATCH body; returns (object, created). Server-side apply creates a missing
         object; every other patch type needs one."""
@@ -266,8 +280,13 @@ class Store:
             return self._update(rt, old, new, dry_run), False
 
     def delete(
-        self, rt: ResourceType, namespace: str, name: str,
-        *, preconditions: Obj | None = None, dry_run: bool = False,
+        self,
+        rt: ResourceType,
+        namespace: str,
+        name: str,
+        *,
+        preconditions: Obj | None = None,
+        dry_run: bool = False,
     ) -> Obj:
         with self._lock:
             key = self._key(rt, namespace, name)
@@ -315,15 +334,19 @@ class Store:
         out: Obj = copy.deepcopy(obj)
         for field, want in (("apiVersion", rt.api_version), ("kind", rt.kind)):
             if out.setdefault(field, want) != want:
-                raise bad_request(f"the {field} in the data ({out[field]}) does not match the "
-                                  f"expected {field} ({want})")
+                raise bad_request(
+                    f"the {field} in the data ({out[field]}) does not match the "
+                    f"expected {field} ({want})"
+                )
         meta = out.setdefault("metadata", {})
         if not isinstance(meta, dict):
             raise bad_request("metadata must be an object")
         if rt.namespaced:
             if meta.setdefault("namespace", namespace) != namespace:
-                raise bad_request("the namespace of the provided object does not match the "
-                                  "namespace sent on the request")
+                raise bad_request(
+                    "the namespace of the provided object does not match the "
+                    "namespace sent on the request"
+                )
         else:
             meta.pop("namespace", None)
         return out
@@ -338,8 +361,9 @@ class Store:
             new = self._establish(new, dry_run)
         if new == old:  # a no-op write: the real server skips it, so no new version or event
             return copy.deepcopy(old)
-        return self._commit(rt, self._key(rt, meta.get("namespace", ""), meta["name"]),
-                            old, new, dry_run)
+        return self._commit(
+            rt, self._key(rt, meta.get("namespace", ""), meta["name"]), old, new, dry_run
+        )
 
     def _commit(
         self, rt: ResourceType, key: Key, old: Obj | None, new: Obj | None, dry_run: bool
@@ -370,15 +394,22 @@ class Store:
         served = [v["name"] for v in spec.get("versions", []) if v.get("served", True)]
         if not dry_run:
             for version in served:
-                self.table.register(ResourceType(
-                    spec.get("group", ""), version, names.get("plural", ""),
-                    names.get("kind", ""), spec.get("scope", "Namespaced") == "Namespaced",
-                    names.get("singular", ""), tuple(names.get("shortNames", ())),
-                ))
+                self.table.register(
+                    ResourceType(
+                        spec.get("group", ""),
+                        version,
+                        names.get("plural", ""),
+                        names.get("kind", ""),
+                        spec.get("scope", "Namespaced") == "Namespaced",
+                        names.get("singular", ""),
+                        tuple(names.get("shortNames", ())),
+                    )
+                )
         since = crd["metadata"]["creationTimestamp"]  # not now(): re-applying is a no-op
-        conditions = [{"type": t, "status": "True", "reason": r, "lastTransitionTime": since}
-                      for t, r in (("NamesAccepted", "NoConflicts"),
-                                   ("Established", "InitialNamesAccepted"))]
+        conditions = [
+            {"type": t, "status": "True", "reason": r, "lastTransitionTime": since}
+            for t, r in (("NamesAccepted", "NoConflicts"), ("Established", "InitialNamesAccepted"))
+        ]
         status = {"conditions": conditions, "acceptedNames": names, "storedVersions": served[:1]}
         return {**crd, "status": status}
 

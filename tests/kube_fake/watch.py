@@ -81,8 +81,9 @@ class _Options:
 
     @classmethod
     def parse(cls, query: Any, namespace: str | None) -> _Options:
-        matches = request_filter(namespace, query.get("labelSelector", ""),
-                                 query.get("fieldSelector", ""))
+        matches = request_filter(
+            namespace, query.get("labelSelector", ""), query.get("fieldSelector", "")
+        )
         initial = truthy(query.get("sendInitialEvents"))
         rv = query.get("resourceVersion")
         try:

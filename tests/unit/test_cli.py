@@ -11,8 +11,9 @@ from epp.cli import main
 
 
 def run_epp(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "epp", *args], capture_output=True, text=True,
-                          timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "epp", *args], capture_output=True, text=True, timeout=60
+    )
 
 
 @pytest.mark.parametrize(
@@ -33,11 +34,22 @@ def test_serve_refuses_bad_configuration(args: list[str], message: str) -> None:
 
 def test_serve_refuses_an_unknown_plugin(tmp_path: Path) -> None:
     path = tmp_path / "epp.yaml"
-    path.write_text(yaml.safe_dump({
-        "plugins": [{"type": "no-such-scorer"}, {"type": "max-score-picker"}],
-        "schedulingProfiles": [{"name": "default", "plugins": [
-            {"pluginRef": "no-such-scorer", "weight": 1}, {"pluginRef": "max-score-picker"}]}],
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "plugins": [{"type": "no-such-scorer"}, {"type": "max-score-picker"}],
+                "schedulingProfiles": [
+                    {
+                        "name": "default",
+                        "plugins": [
+                            {"pluginRef": "no-such-scorer", "weight": 1},
+                            {"pluginRef": "max-score-picker"},
+                        ],
+                    }
+                ],
+            }
+        )
+    )
     result = run_epp("serve", "--config-file", str(path))
     assert result.returncode == 2
     assert "no-such-scorer" in result.stderr

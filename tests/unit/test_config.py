@@ -22,9 +22,13 @@ def test_defaults() -> None:
     assert config.data_layer.metrics_staleness_s == 2.0
     weights = {ref.plugin_ref: ref.weight for ref in config.scheduler.profiles[0].plugins}
     # Tuned with benchmarks/routing; the reference EPP uses queue 2, KV 2, prefix 3.
-    assert weights == {"prefer-fresh-filter": None, "queue-scorer": 1.0,
-                       "prefix-cache-scorer": 3.0, "inflight-load-scorer": 4.0,
-                       "max-score-picker": None}
+    assert weights == {
+        "prefer-fresh-filter": None,
+        "queue-scorer": 1.0,
+        "prefix-cache-scorer": 3.0,
+        "inflight-load-scorer": 4.0,
+        "max-score-picker": None,
+    }
 
 
 @pytest.mark.parametrize(
@@ -52,8 +56,9 @@ def test_file_then_env_then_flag(tmp_path: Path) -> None:
 
     config = parse(["--config-file", str(path)], env={"EPP_GRPC_PORT": "7100"})
     assert config.server.grpc_port == 7100
-    config = parse(["--config-file", str(path), "--grpc-port", "7200"],
-                   env={"EPP_GRPC_PORT": "7100"})
+    config = parse(
+        ["--config-file", str(path), "--grpc-port", "7200"], env={"EPP_GRPC_PORT": "7100"}
+    )
     assert config.server.grpc_port == 7200
     config = parse(["--config-file", str(path), "--endpoint", "10.0.0.9:9000=x,y"])
     assert config.endpoints == (("10.0.0.9:9000", frozenset({"x", "y"})),)
@@ -87,8 +92,15 @@ def test_scheduling_profile_from_file_and_weight_flag(tmp_path: Path) -> None:
         (["--scorer-weight", "missing-scorer=1"], {}, "no scorer named missing-scorer"),
         (["--config-file", "/nonexistent/epp.yaml"], {}, "cannot read config file"),
     ],
-    ids=["port", "duration", "env-choice", "endpoint", "weight-syntax", "weight-unknown",
-         "missing-file"],
+    ids=[
+        "port",
+        "duration",
+        "env-choice",
+        "endpoint",
+        "weight-syntax",
+        "weight-unknown",
+        "missing-file",
+    ],
 )
 def test_errors_name_their_source(argv: list[str], env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -103,11 +115,16 @@ def test_file_must_be_an_endpoint_picker_config(tmp_path: Path) -> None:
 
 
 def test_pool_mode_flags_match_the_reference_epp() -> None:
-    config = parse(["--pool-name", "llama", "--ha-enable-leader-election", "--cert-path", "/c"],
-                   env={"POD_NAMESPACE": "inference"})
+    config = parse(
+        ["--pool-name", "llama", "--ha-enable-leader-election", "--cert-path", "/c"],
+        env={"POD_NAMESPACE": "inference"},
+    )
     kube = config.kubernetes
     assert (kube.pool_name, kube.namespace, kube.pool_group) == (
-        "llama", "inference", "inference.networking.k8s.io")
+        "llama",
+        "inference",
+        "inference.networking.k8s.io",
+    )
     assert kube.leader_election and config.server.cert_path == "/c"
     assert config.server.grpc_health_port == 9003
     assert config.secure_serving  # on by default with Kubernetes discovery, as the reference
@@ -117,8 +134,9 @@ def test_pool_mode_flags_match_the_reference_epp() -> None:
 
 
 def test_selector_mode_parses_pairs_and_ports() -> None:
-    config = parse(["--endpoint-selector", "app=vllm,env=prod",
-                    "--endpoint-target-ports", "8000,8001"])
+    config = parse(
+        ["--endpoint-selector", "app=vllm,env=prod", "--endpoint-target-ports", "8000,8001"]
+    )
     assert dict(config.kubernetes.endpoint_selector) == {"app": "vllm", "env": "prod"}
     assert config.kubernetes.endpoint_target_ports == (8000, 8001)
 
@@ -131,17 +149,28 @@ def test_boolean_flags_take_go_style_values() -> None:
         parse(["--body-based-routing=maybe"])
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["--pool-name", "p", "--endpoint", "10.0.0.1:8000"], "choose one source"),
-    (["--endpoint-selector", "app=x"], "needs --endpoint-target-ports"),
-    (["--endpoint-target-ports", "8000"], "only used with --endpoint-selector"),
-    (["--endpoint-selector", "app"], "key=value"),
-    (["--endpoint-selector", "a=b", "--endpoint-target-ports", "0"], "port"),
-    (["--ha-enable-leader-election"], "needs --pool-name"),
-    (["--pool-name", "p", "--ha-enable-leader-election",
-      "--leader-election-renew-deadline", "20s"], "retry period < renew deadline"),
-    (["--pool-name", "p", "--pool-group", "example.com"], "is not one of"),
-])
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--pool-name", "p", "--endpoint", "10.0.0.1:8000"], "choose one source"),
+        (["--endpoint-selector", "app=x"], "needs --endpoint-target-ports"),
+        (["--endpoint-target-ports", "8000"], "only used with --endpoint-selector"),
+        (["--endpoint-selector", "app"], "key=value"),
+        (["--endpoint-selector", "a=b", "--endpoint-target-ports", "0"], "port"),
+        (["--ha-enable-leader-election"], "needs --pool-name"),
+        (
+            [
+                "--pool-name",
+                "p",
+                "--ha-enable-leader-election",
+                "--leader-election-renew-deadline",
+                "20s",
+            ],
+            "retry period < renew deadline",
+        ),
+        (["--pool-name", "p", "--pool-group", "example.com"], "is not one of"),
+    ],
+)
 def test_inconsistent_modes_are_refused(argv: list[str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse(argv)
@@ -154,13 +183,26 @@ def test_old_metrics_path_flag_still_works() -> None:
 
 def test_reference_epp_command_lines_are_accepted() -> None:
     text = "kind: EndpointPickerConfig\nserver: {grpcPort: 9100}\n"
-    config = parse(["--pool-name", "p", "--v=4", "--tracing=false", "--enable-pprof",
-                    "--total-queued-requests-metric", "vllm:num_requests_waiting",
-                    "--config-text", text])
+    config = parse(
+        [
+            "--pool-name",
+            "p",
+            "--v=4",
+            "--tracing=false",
+            "--enable-pprof",
+            "--total-queued-requests-metric",
+            "vllm:num_requests_waiting",
+            "--config-text",
+            text,
+        ]
+    )
     assert config.server.grpc_port == 9100
     assert config.log_level == "debug"
     assert [flag for flag, _, _ in config.ignored_flags] == [
-        "--tracing", "--enable-pprof", "--total-queued-requests-metric"]
+        "--tracing",
+        "--enable-pprof",
+        "--total-queued-requests-metric",
+    ]
     assert parse(["--v", "2"]).log_level == "info"
     assert parse(["--v", "5", "--log-level", "warning"]).log_level == "warning"
     with pytest.raises(ConfigError, match="not both"):
@@ -206,8 +248,15 @@ def test_hostile_client_limits_and_their_checks() -> None:
     assert config.server.max_buffered_body_bytes == 96 * 1024 * 1024
     assert config.request_control.trust_model_rewrite_header is False
     assert config.max_model_series == 64
-    config = parse(["--max-buffered-body-bytes", "0", "--trust-model-rewrite-header",
-                    "--max-model-series", "8"])
+    config = parse(
+        [
+            "--max-buffered-body-bytes",
+            "0",
+            "--trust-model-rewrite-header",
+            "--max-model-series",
+            "8",
+        ]
+    )
     assert config.server.max_buffered_body_bytes == 0  # no budget
     assert config.request_control.trust_model_rewrite_header is True
     assert config.max_model_series == 8

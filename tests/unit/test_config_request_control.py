@@ -46,10 +46,24 @@ def test_flags_and_env_merge_over_the_file_by_name(tmp_path: Path) -> None:
     path = tmp_path / "epp.yaml"
     path.write_text("modelFallbacks: {a: [b], c: [d]}\nobjectives: {batch: -1, chat: 10}\n")
     control = parse(
-        ["--config-file", str(path), "--model-fallback", "c=e,f", "--objective", "chat=20",
-         "--endpoint-max-inflight", "3", "--retry-after", "5"],
-        env={"EPP_MODEL_FALLBACKS": "a=x g=h", "EPP_OBJECTIVES": "batch=-5",
-             "EPP_ENDPOINT_MAX_INFLIGHT": "9", "EPP_SATURATION_KV_THRESHOLD": "0.9"},
+        [
+            "--config-file",
+            str(path),
+            "--model-fallback",
+            "c=e,f",
+            "--objective",
+            "chat=20",
+            "--endpoint-max-inflight",
+            "3",
+            "--retry-after",
+            "5",
+        ],
+        env={
+            "EPP_MODEL_FALLBACKS": "a=x g=h",
+            "EPP_OBJECTIVES": "batch=-5",
+            "EPP_ENDPOINT_MAX_INFLIGHT": "9",
+            "EPP_SATURATION_KV_THRESHOLD": "0.9",
+        },
     ).request_control
     assert control.model_fallbacks == {"a": ("x",), "c": ("e", "f"), "g": ("h",)}
     assert control.objectives == {"batch": -5, "chat": 20}
@@ -58,17 +72,29 @@ def test_flags_and_env_merge_over_the_file_by_name(tmp_path: Path) -> None:
     assert control.retry_after_s == 5
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["--saturation-queue-threshold", "0"], "greater than zero"),
-    (["--saturation-kv-threshold", "much"], "not a number"),
-    (["--endpoint-max-inflight", "-1"], "negative"),
-    (["--failure-backoff", "10s", "--failure-max-backoff", "5s"], "shorter"),
-    (["--model-fallback", "big"], "MODEL=FALLBACK"),
-    (["--model-fallback", "big="], "fallback model names"),
-    (["--model-fallback", "big=small,big"], "itself"),
-    (["--objective", "batch=low"], "flag --objective: not an integer"),
-], ids=["queue-zero", "kv-not-a-number", "negative-cap", "max-below-initial",
-        "fallback-without-models", "fallback-empty", "fallback-to-itself", "bad-priority"])
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--saturation-queue-threshold", "0"], "greater than zero"),
+        (["--saturation-kv-threshold", "much"], "not a number"),
+        (["--endpoint-max-inflight", "-1"], "negative"),
+        (["--failure-backoff", "10s", "--failure-max-backoff", "5s"], "shorter"),
+        (["--model-fallback", "big"], "MODEL=FALLBACK"),
+        (["--model-fallback", "big="], "fallback model names"),
+        (["--model-fallback", "big=small,big"], "itself"),
+        (["--objective", "batch=low"], "flag --objective: not an integer"),
+    ],
+    ids=[
+        "queue-zero",
+        "kv-not-a-number",
+        "negative-cap",
+        "max-below-initial",
+        "fallback-without-models",
+        "fallback-empty",
+        "fallback-to-itself",
+        "bad-priority",
+    ],
+)
 def test_bad_values_name_their_source(argv: list[str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse(argv)

@@ -51,8 +51,11 @@ def test_response_bodies_are_observed_by_default() -> None:
     bootstrap = envoy_bootstrap()
     names = [f["name"] for f in _filters(bootstrap)]
     # The observer comes after the routing filter, so it sees each response first.
-    assert names == ["envoy.filters.http.ext_proc", "epp.response_observer",
-                     "envoy.filters.http.router"]
+    assert names == [
+        "envoy.filters.http.ext_proc",
+        "epp.response_observer",
+        "envoy.filters.http.router",
+    ]
     routing = _ext_proc(bootstrap)["processing_mode"]
     assert routing["response_body_mode"] == "NONE"
     assert routing["response_header_mode"] == "SEND"  # status, fallback header
@@ -68,8 +71,10 @@ def test_response_bodies_are_observed_by_default() -> None:
 @pytest.mark.parametrize("mode", ["FULL_DUPLEX_STREAMED", "NONE"])
 def test_other_response_modes_have_no_observer(mode: str) -> None:
     bootstrap = envoy_bootstrap(response_body_mode=mode)
-    assert [f["name"] for f in _filters(bootstrap)] == ["envoy.filters.http.ext_proc",
-                                                        "envoy.filters.http.router"]
+    assert [f["name"] for f in _filters(bootstrap)] == [
+        "envoy.filters.http.ext_proc",
+        "envoy.filters.http.router",
+    ]
     routing = _ext_proc(bootstrap)["processing_mode"]
     assert routing["response_body_mode"] == mode
     assert routing["response_trailer_mode"] == "SEND"  # Envoy requires it in full duplex
@@ -108,13 +113,18 @@ def test_epp_failures_fail_closed_with_503() -> None:
     mappers = _manager(envoy_bootstrap())["local_reply_config"]["mappers"]
     # First match wins: the timeouts before the catch-all for ext_proc failures.
     assert [(m["status_code"], m["body_format_override"]["json_format"]) for m in mappers] == [
-        (504, {"error": EPP_TIMEOUT_ERROR}), (503, {"error": EPP_UNAVAILABLE_ERROR})]
+        (504, {"error": EPP_TIMEOUT_ERROR}),
+        (503, {"error": EPP_UNAVAILABLE_ERROR}),
+    ]
 
 
 def test_timeouts_and_http_10() -> None:
     manager = _manager(envoy_bootstrap())
-    assert (manager["request_headers_timeout"], manager["request_timeout"],
-            manager["stream_idle_timeout"]) == ("10s", "60s", "300s")
+    assert (
+        manager["request_headers_timeout"],
+        manager["request_timeout"],
+        manager["stream_idle_timeout"],
+    ) == ("10s", "60s", "300s")
     assert manager["common_http_protocol_options"] == {"idle_timeout": "300s"}
     assert manager["http_protocol_options"]["accept_http_10"] is True
     short = envoy_bootstrap(timeouts=EnvoyTimeouts(request_headers_s=0.5, epp_message_s=2))
@@ -131,26 +141,38 @@ def test_epp_tls_alone_stays_unverified_in_the_python_api() -> None:
 
 
 def test_a_ca_file_verifies_epp_and_a_server_name_is_sent_and_matched(
-        capsys: pytest.CaptureFixture[str]) -> None:
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     tls = _epp_tls(_cli(capsys, "--epp-ca-file", "/etc/epp/ca.crt"))
     assert tls is not None
     assert tls["common_tls_context"]["validation_context"] == {
-        "trusted_ca": {"filename": "/etc/epp/ca.crt"}}
+        "trusted_ca": {"filename": "/etc/epp/ca.crt"}
+    }
     assert "sni" not in tls
 
-    tls = _epp_tls(_cli(capsys, "--epp-tls", "--epp-ca-file", "/etc/epp/ca.crt",
-                        "--epp-server-name", "epp.inference.svc"))
+    tls = _epp_tls(
+        _cli(
+            capsys,
+            "--epp-tls",
+            "--epp-ca-file",
+            "/etc/epp/ca.crt",
+            "--epp-server-name",
+            "epp.inference.svc",
+        )
+    )
     assert tls is not None
     assert tls["sni"] == "epp.inference.svc"
     assert tls["common_tls_context"]["validation_context"]["match_typed_subject_alt_names"] == [
-        {"san_type": "DNS", "matcher": {"exact": "epp.inference.svc"}}]
+        {"san_type": "DNS", "matcher": {"exact": "epp.inference.svc"}}
+    ]
 
     # An address is matched as one, and never sent as SNI (which carries host names).
     tls = _epp_tls(_cli(capsys, "--epp-ca-file", "ca.crt", "--epp-server-name", "10.0.0.7"))
     assert tls is not None
     assert "sni" not in tls
     assert tls["common_tls_context"]["validation_context"]["match_typed_subject_alt_names"] == [
-        {"san_type": "IP_ADDRESS", "matcher": {"exact": "10.0.0.7"}}]
+        {"san_type": "IP_ADDRESS", "matcher": {"exact": "10.0.0.7"}}
+    ]
 
 
 def test_skipping_verification_is_explicit(capsys: pytest.CaptureFixture[str]) -> None:
@@ -159,16 +181,26 @@ def test_skipping_verification_is_explicit(capsys: pytest.CaptureFixture[str]) -
     assert "validation_context" not in tls["common_tls_context"]
 
 
-@pytest.mark.parametrize(("flags", "message"), [
-    (["--epp-tls"], "add --epp-ca-file PATH"),
-    (["--epp-tls"], "--epp-tls-insecure-skip-verify"),
-    (["--epp-server-name", "epp"], "add --epp-ca-file PATH"),
-    (["--epp-server-name", "epp", "--epp-tls-insecure-skip-verify"], "add --epp-ca-file"),
-    (["--epp-ca-file", "ca.crt", "--epp-tls-insecure-skip-verify"], "contradict"),
-], ids=["tls-alone-names-ca", "tls-alone-names-skip", "name-without-ca",
-        "name-while-skipping", "ca-and-skip"])
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--epp-tls"], "add --epp-ca-file PATH"),
+        (["--epp-tls"], "--epp-tls-insecure-skip-verify"),
+        (["--epp-server-name", "epp"], "add --epp-ca-file PATH"),
+        (["--epp-server-name", "epp", "--epp-tls-insecure-skip-verify"], "add --epp-ca-file"),
+        (["--epp-ca-file", "ca.crt", "--epp-tls-insecure-skip-verify"], "contradict"),
+    ],
+    ids=[
+        "tls-alone-names-ca",
+        "tls-alone-names-skip",
+        "name-without-ca",
+        "name-while-skipping",
+        "ca-and-skip",
+    ],
+)
 def test_tls_flags_that_do_not_say_how_to_trust_epp_are_refused(
-        capsys: pytest.CaptureFixture[str], flags: list[str], message: str) -> None:
+    capsys: pytest.CaptureFixture[str], flags: list[str], message: str
+) -> None:
     with pytest.raises(SystemExit) as exit_:
         main(["envoy-config", *flags])
     assert exit_.value.code == 2

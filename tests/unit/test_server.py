@@ -16,9 +16,18 @@ from epp.server import Running, serve
 async def _start_and_stop(*flags: str) -> Running:
     parser = argparse.ArgumentParser()
     add_serve_arguments(parser)
-    config = load_config(parser.parse_args([
-        "--grpc-port=0", "--grpc-health-port=0", "--metrics-port=0",
-        "--endpoint=127.0.0.1:9", *flags]), environ={})
+    config = load_config(
+        parser.parse_args(
+            [
+                "--grpc-port=0",
+                "--grpc-health-port=0",
+                "--metrics-port=0",
+                "--endpoint=127.0.0.1:9",
+                *flags,
+            ]
+        ),
+        environ={},
+    )
     stop = asyncio.Event()
     seen: list[Running] = []
 
@@ -27,19 +36,24 @@ async def _start_and_stop(*flags: str) -> Running:
         stop.set()
 
     try:
-        await asyncio.wait_for(serve(config, shutdown_trigger=stop.wait, on_ready=on_ready),
-                               timeout=60)
+        await asyncio.wait_for(
+            serve(config, shutdown_trigger=stop.wait, on_ready=on_ready), timeout=60
+        )
     finally:
         gc.unfreeze()  # serve() freezes what it built, as a long-lived process would
     assert seen, "epp never became ready"
     return seen[0]
 
 
-@pytest.mark.parametrize(("flags", "warned"), [
-    ((), False),  # loopback by default beside a standalone Envoy
-    (("--grpc-host=0.0.0.0",), True),
-    (("--grpc-host=0.0.0.0", "--secure-serving"), False),
-], ids=["default", "plaintext-everywhere", "tls-everywhere"])
+@pytest.mark.parametrize(
+    ("flags", "warned"),
+    [
+        ((), False),  # loopback by default beside a standalone Envoy
+        (("--grpc-host=0.0.0.0",), True),
+        (("--grpc-host=0.0.0.0", "--secure-serving"), False),
+    ],
+    ids=["default", "plaintext-everywhere", "tls-everywhere"],
+)
 def test_plaintext_ext_proc_open_to_other_hosts_is_warned_about(
     caplog: pytest.LogCaptureFixture, flags: tuple[str, ...], warned: bool
 ) -> None:

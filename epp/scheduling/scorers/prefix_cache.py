@@ -164,8 +164,7 @@ class PrefixCacheScorer(NamedPlugin):
         if len(matched) * 16 > n:  # a prefix most candidates hold: one pass is cheaper
             get = matched.get
             return [
-                t + weight * (get(ep, 0) / total)
-                for t, ep in zip(totals, endpoints, strict=True)
+                t + weight * (get(ep, 0) / total) for t, ep in zip(totals, endpoints, strict=True)
             ]
         index = endpoints.index
         for endpoint, blocks in matched.items():

@@ -19,9 +19,10 @@ SSE = (
 @pytest.mark.parametrize("size", [1, 2, 3, 7, 16, 64, len(SSE)])
 def test_every_split_gives_the_same_stream(size: int) -> None:
     restorer = ModelNameRestorer("llama-v2", "llama")
-    pieces = [SSE[i:i + size] for i in range(0, len(SSE), size)]
-    out = b"".join(restorer.feed(piece, end_of_stream=i == len(pieces) - 1)
-                   for i, piece in enumerate(pieces))
+    pieces = [SSE[i : i + size] for i in range(0, len(SSE), size)]
+    out = b"".join(
+        restorer.feed(piece, end_of_stream=i == len(pieces) - 1) for i, piece in enumerate(pieces)
+    )
     assert out == SSE.replace(b'"model":"llama-v2"', b'"model":"llama"')
 
 
@@ -29,7 +30,8 @@ def test_a_whole_event_is_never_held_back() -> None:
     restorer = ModelNameRestorer("llama-v2", "llama")
     first_event = SSE[: SSE.index(b"\n\n") + 2]
     assert restorer.feed(first_event, end_of_stream=False) == first_event.replace(
-        b"llama-v2", b"llama")
+        b"llama-v2", b"llama"
+    )
 
 
 def test_spaced_json_and_names_that_need_escaping() -> None:

@@ -12,10 +12,19 @@ from epp.errors import BadRequest
     [
         ({"messages": [{"role": "user", "content": "hi"}]}, "<|user|>hi"),
         (
-            {"messages": [{"role": "system", "content": "be brief"},
-                          {"role": "user", "content": [{"type": "text", "text": "a"},
-                                                       {"type": "image_url", "image_url": {}},
-                                                       {"type": "text", "text": "b"}]}]},
+            {
+                "messages": [
+                    {"role": "system", "content": "be brief"},
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "text", "text": "a"},
+                            {"type": "image_url", "image_url": {}},
+                            {"type": "text", "text": "b"},
+                        ],
+                    },
+                ]
+            },
             "<|system|>be brief<|user|>ab",
         ),
         ({"prompt": "Once upon"}, "Once upon"),
@@ -25,8 +34,16 @@ from epp.errors import BadRequest
         ({"instructions": "sys", "input": [{"role": "user", "content": "q"}]}, "sys<|user|>q"),
         ({}, ""),
     ],
-    ids=["chat", "chat-parts", "completion", "completion-list", "token-ids", "embeddings",
-         "responses", "none"],
+    ids=[
+        "chat",
+        "chat-parts",
+        "completion",
+        "completion-list",
+        "token-ids",
+        "embeddings",
+        "responses",
+        "none",
+    ],
 )
 def test_prompt_text(document: dict[str, object], expected: str) -> None:
     assert prompt_text(document) == expected
@@ -51,8 +68,17 @@ def test_parse_reads_model_prompt_and_stream() -> None:
         (b'{"model": null}', "missing_model"),
         (b'{"model": ["a"]}', "invalid_model"),
     ],
-    ids=["empty", "blank", "truncated", "array", "string", "no-model", "empty-model", "null-model",
-         "list-model"],
+    ids=[
+        "empty",
+        "blank",
+        "truncated",
+        "array",
+        "string",
+        "no-model",
+        "empty-model",
+        "null-model",
+        "list-model",
+    ],
 )
 def test_parse_rejects(body: bytes, code: str) -> None:
     with pytest.raises(BadRequest) as caught:
@@ -63,8 +89,7 @@ def test_parse_rejects(body: bytes, code: str) -> None:
 
 @pytest.mark.parametrize(
     "model",
-    ["a\r\nx-evil: 1", "a\nb", "nul\u0000", "tab\tname", "del\u007f", "x" * 1025,
-     "\u00e9" * 513],
+    ["a\r\nx-evil: 1", "a\nb", "nul\u0000", "tab\tname", "del\u007f", "x" * 1025, "\u00e9" * 513],
     ids=["crlf", "lf", "nul", "tab", "del", "1025-bytes", "1026-utf8-bytes"],
 )
 def test_parse_rejects_model_names_that_cannot_be_a_header(model: str) -> None:
@@ -76,7 +101,8 @@ def test_parse_rejects_model_names_that_cannot_be_a_header(model: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "model", ["x" * 1024, "Qwen/Qwen2.5-7B-Instruct", "/models/llama 3", "\u6a21\u578b-7b"],
+    "model",
+    ["x" * 1024, "Qwen/Qwen2.5-7B-Instruct", "/models/llama 3", "\u6a21\u578b-7b"],
     ids=["1024-bytes", "hf-id", "path-with-space", "non-ascii"],
 )
 def test_parse_accepts_real_model_names(model: str) -> None:
@@ -86,9 +112,13 @@ def test_parse_accepts_real_model_names(model: str) -> None:
 @pytest.mark.parametrize(
     "document",
     [
-        {"messages": [{"role": "system", "content": "s" * 10},
-                      {"role": "user", "content": [{"type": "text", "text": "u" * 50}]},
-                      {"role": "user", "content": "never read"}]},
+        {
+            "messages": [
+                {"role": "system", "content": "s" * 10},
+                {"role": "user", "content": [{"type": "text", "text": "u" * 50}]},
+                {"role": "user", "content": "never read"},
+            ]
+        },
         {"instructions": "i" * 5, "input": [{"role": "user", "content": "c" * 40}]},
         {"prompt": ["a" * 30, "b" * 30, "c" * 30]},
         {"prompt": "p" * 100},

@@ -7,12 +7,20 @@ import pytest
 
 from epp.api.usage import Usage, UsageReader, find_usage, usage_from_object
 
-CHAT_JSON = orjson.dumps({
-    "id": "chatcmpl-1", "object": "chat.completion", "model": "m",
-    "choices": [{"index": 0, "message": {"role": "assistant", "content": 'say "usage": {}'}}],
-    "usage": {"prompt_tokens": 50, "total_tokens": 55, "completion_tokens": 5,
-              "prompt_tokens_details": {"cached_tokens": 48}},
-})
+CHAT_JSON = orjson.dumps(
+    {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "model": "m",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": 'say "usage": {}'}}],
+        "usage": {
+            "prompt_tokens": 50,
+            "total_tokens": 55,
+            "completion_tokens": 5,
+            "prompt_tokens_details": {"cached_tokens": 48},
+        },
+    }
+)
 
 
 def _event(document: object) -> bytes:
@@ -20,10 +28,17 @@ def _event(document: object) -> bytes:
 
 
 CHAT_SSE = (
-    b"".join(_event({"id": "c", "choices": [{"delta": {"content": f"tok{i}"}}], "usage": None})
-             for i in range(5))
-    + _event({"id": "c", "choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 5,
-                                                  "total_tokens": 12}})
+    b"".join(
+        _event({"id": "c", "choices": [{"delta": {"content": f"tok{i}"}}], "usage": None})
+        for i in range(5)
+    )
+    + _event(
+        {
+            "id": "c",
+            "choices": [],
+            "usage": {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12},
+        }
+    )
     + b"data: [DONE]\n\n"
 )
 RESPONSES_SSE = (
@@ -46,16 +61,30 @@ RESPONSES_SSE = (
         (RESPONSES_SSE, Usage(25, 4, 16)),
         (b'{"usage": {"prompt_tokens": 3, "completion_tokens": 1}}', Usage(3, 1)),
         (b'{"usage" :\n {"prompt_tokens":3,"completion_tokens":null}}', Usage(3, 0)),
-        (b'{"data":[],"usage":{"prompt_tokens":9,"total_tokens":9,"completion_tokens":0,'
-         b'"prompt_tokens_details":null}}', Usage(9, 0)),
+        (
+            b'{"data":[],"usage":{"prompt_tokens":9,"total_tokens":9,"completion_tokens":0,'
+            b'"prompt_tokens_details":null}}',
+            Usage(9, 0),
+        ),
         (b'data: {"choices":[{"delta":{"content":"tok"}}]}\n\ndata: [DONE]\n\n', None),
         (b'{"usage": null}', None),
         (b'{"usage": {"prompt_tokens": -1, "completion_tokens": 1}}', None),
         (b'{"usage": {"prompt_tokens": 3, "completion_tokens": 1', None),  # cut short
         (b"", None),
     ],
-    ids=["chat-json", "chat-sse", "responses-sse", "spaced", "newline-null-completion",
-         "embeddings", "no-usage", "null", "negative", "truncated", "empty"],
+    ids=[
+        "chat-json",
+        "chat-sse",
+        "responses-sse",
+        "spaced",
+        "newline-null-completion",
+        "embeddings",
+        "no-usage",
+        "null",
+        "negative",
+        "truncated",
+        "empty",
+    ],
 )
 def test_find_usage(data: bytes, expected: Usage | None) -> None:
     assert find_usage(data) == expected
@@ -68,21 +97,24 @@ def test_generated_text_cannot_fake_usage() -> None:
 
 
 def test_usage_from_object_prefers_chat_names_and_ignores_bools() -> None:
-    assert usage_from_object({"prompt_tokens": 1, "completion_tokens": 2,
-                              "input_tokens": 5}) == Usage(1, 2)
+    assert usage_from_object(
+        {"prompt_tokens": 1, "completion_tokens": 2, "input_tokens": 5}
+    ) == Usage(1, 2)
     assert usage_from_object({"prompt_tokens": True, "completion_tokens": 2}) is None
     assert usage_from_object([1, 2]) is None
 
 
-@pytest.mark.parametrize(("data", "sse"), [(CHAT_JSON, False), (CHAT_SSE, True),
-                                           (RESPONSES_SSE, True)],
-                         ids=["json", "chat-sse", "responses-sse"])
+@pytest.mark.parametrize(
+    ("data", "sse"),
+    [(CHAT_JSON, False), (CHAT_SSE, True), (RESPONSES_SSE, True)],
+    ids=["json", "chat-sse", "responses-sse"],
+)
 def test_reader_finds_usage_whatever_the_chunking(data: bytes, sse: bool) -> None:
     expected = find_usage(data)
     for size in (1, 2, 5, 17, 64, len(data)):
         reader = UsageReader(sse=sse)
         for start in range(0, len(data), size):
-            reader.feed(data[start:start + size])
+            reader.feed(data[start : start + size])
         assert reader.usage() == expected, size
 
 

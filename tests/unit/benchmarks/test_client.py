@@ -29,9 +29,18 @@ async def _chat(request: web.Request) -> web.StreamResponse:
     await resp.write(_event({"choices": [{"delta": {"role": "assistant", "content": ""}}]}))
     for i in range(body["max_tokens"]):
         await resp.write(_event({"choices": [{"delta": {"content": f" tok{i}"}}]}))
-    await resp.write(_event({"choices": [], "usage": {
-        "prompt_tokens": 12, "completion_tokens": body["max_tokens"],
-        "prompt_tokens_details": {"cached_tokens": 8}}}))
+    await resp.write(
+        _event(
+            {
+                "choices": [],
+                "usage": {
+                    "prompt_tokens": 12,
+                    "completion_tokens": body["max_tokens"],
+                    "prompt_tokens_details": {"cached_tokens": 8},
+                },
+            }
+        )
+    )
     await resp.write(b"data: [DONE]\n\n")
     await resp.write_eof()
     return resp
@@ -46,8 +55,9 @@ def server() -> Iterator[str]:
     async def start() -> None:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", _chat)
-        runner = web.AppRunner(app, access_log=None, handler_cancellation=True,
-                               shutdown_timeout=0.1)
+        runner = web.AppRunner(
+            app, access_log=None, handler_cancellation=True, shutdown_timeout=0.1
+        )
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
@@ -55,8 +65,9 @@ def server() -> Iterator[str]:
         holder["port"] = runner.addresses[0][1]
         ready.set()
 
-    thread = threading.Thread(target=lambda: (loop.run_until_complete(start()),
-                                              loop.run_forever()), daemon=True)
+    thread = threading.Thread(
+        target=lambda: (loop.run_until_complete(start()), loop.run_forever()), daemon=True
+    )
     thread.start()
     assert ready.wait(10)
     yield f"http://127.0.0.1:{holder['port']}"
@@ -67,13 +78,16 @@ def server() -> Iterator[str]:
 
 
 def _body(model: str = "m", tokens: int = 5) -> dict[str, Any]:
-    return {"model": model, "max_tokens": tokens, "stream": True,
-            "messages": [{"role": "user", "content": "hi"}]}
+    return {
+        "model": model,
+        "max_tokens": tokens,
+        "stream": True,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
 
 
 def test_streams_are_timed_and_usage_is_read(server: str) -> None:
-    load = run_load(server, [(0.0, _body(tokens=5)), (0.01, _body(tokens=300))],
-                    time_limit_s=30)
+    load = run_load(server, [(0.0, _body(tokens=5)), (0.01, _body(tokens=300))], time_limit_s=30)
     assert [r.error for r in load.results] == [None, None]
     for result, tokens in zip(load.results, (5, 300), strict=True):
         assert result.status == 200
@@ -113,6 +127,7 @@ def test_sse_parsing_helpers() -> None:
     assert _has_content(b'data: {"choices":[{"text":"x"}]}')  # /v1/completions shape
     assert not _has_content(b"data: [DONE]")
     result = RequestResult(index=0, scheduled_s=0.0)
-    _read_usage(b'ata: {"trunc\n\ndata: {"usage":{"completion_tokens":3}}\n\ndata: [DONE]\n\n',
-                result)
+    _read_usage(
+        b'ata: {"trunc\n\ndata: {"usage":{"completion_tokens":3}}\n\ndata: [DONE]\n\n', result
+    )
     assert result.output_tokens == 3

@@ -21,8 +21,16 @@ def test_builtin_contenders_implement_the_protocol_with_unique_names() -> None:
     built = builtin_contenders()
     assert all(isinstance(c, Contender) for c in built)
     names = [c.name for c in built]
-    assert names == ["envoy-rr", "envoy-lr", "epp", "epp-full-duplex", "epp-lean",
-                     "epp-reference", "epp-load", "epp-prefix"]
+    assert names == [
+        "envoy-rr",
+        "envoy-lr",
+        "epp",
+        "epp-full-duplex",
+        "epp-lean",
+        "epp-reference",
+        "epp-load",
+        "epp-prefix",
+    ]
     for contender in built:
         contender.stop()  # safe before start
 
@@ -50,11 +58,18 @@ def test_config_files_build_a_scheduler(name: str) -> None:
 def test_config_files_hold_the_scorers_they_are_named_for() -> None:
     def scorers(name: str) -> set[str]:
         config = load_config(argparse.Namespace(config_file=str(CONFIGS / name)), environ={})
-        return {ref.plugin_ref for p in config.scheduler.profiles for ref in p.plugins
-                if ref.weight is not None}
+        return {
+            ref.plugin_ref
+            for p in config.scheduler.profiles
+            for ref in p.plugins
+            if ref.weight is not None
+        }
 
-    assert scorers("load-only.yaml") == {"queue-scorer", "kv-cache-utilization-scorer",
-                                         "inflight-load-scorer"}
+    assert scorers("load-only.yaml") == {
+        "queue-scorer",
+        "kv-cache-utilization-scorer",
+        "inflight-load-scorer",
+    }
     assert scorers("prefix-only.yaml") == {"prefix-cache-scorer"}
 
 

@@ -8,17 +8,47 @@ from benchmarks.routing import report
 
 
 def _result() -> dict[str, Any]:
-    row = {"ttft_p50_s": 0.1, "ttft_p90_s": 0.2, "ttft_p99_s": 0.3, "e2e_p50_s": 1.0,
-           "e2e_p90_s": 1.5, "output_tps": 1234.5, "request_rps": 12.3, "hit_rate": 0.5,
-           "oracle_hit_rate": 0.8, "pod_cv": 0.1, "pod_max": 13.0, "pod_min": 10.0,
-           "errors": {}, "router_cpu_ms_per_req": 1.5,
-           "router_cpu_ms_per_req_by_process": {"epp": 1.0, "envoy": 0.5}}
-    runs = [{"workload": "shared-prefix", "contender": c, "offered_rps": r, **row}
-            for r in (10.0, 20.0) for c in ("envoy-rr", "epp")]
-    runs.append({"workload": "shared-prefix", "contender": "peer", "offered_rps": 10.0,
-                 "oracle_hit_rate": 0.8, "error": "StackError: no"})
-    meta = {"mode": "quick", "pods": 8, "sim_args": "defaults", "time_scale": 2.5,
-            "knee_rps": 15.0, "ceiling_rps": 60.0, "duration_s": 6.0, "notes": ["a note."]}
+    row = {
+        "ttft_p50_s": 0.1,
+        "ttft_p90_s": 0.2,
+        "ttft_p99_s": 0.3,
+        "e2e_p50_s": 1.0,
+        "e2e_p90_s": 1.5,
+        "output_tps": 1234.5,
+        "request_rps": 12.3,
+        "hit_rate": 0.5,
+        "oracle_hit_rate": 0.8,
+        "pod_cv": 0.1,
+        "pod_max": 13.0,
+        "pod_min": 10.0,
+        "errors": {},
+        "router_cpu_ms_per_req": 1.5,
+        "router_cpu_ms_per_req_by_process": {"epp": 1.0, "envoy": 0.5},
+    }
+    runs = [
+        {"workload": "shared-prefix", "contender": c, "offered_rps": r, **row}
+        for r in (10.0, 20.0)
+        for c in ("envoy-rr", "epp")
+    ]
+    runs.append(
+        {
+            "workload": "shared-prefix",
+            "contender": "peer",
+            "offered_rps": 10.0,
+            "oracle_hit_rate": 0.8,
+            "error": "StackError: no",
+        }
+    )
+    meta = {
+        "mode": "quick",
+        "pods": 8,
+        "sim_args": "defaults",
+        "time_scale": 2.5,
+        "knee_rps": 15.0,
+        "ceiling_rps": 60.0,
+        "duration_s": 6.0,
+        "notes": ["a note."],
+    }
     return {"meta": meta, "runs": runs}
 
 

@@ -26,10 +26,16 @@ def test_summarize_converts_wall_to_simulated_time_and_sums_pods() -> None:
     ]
     load = LoadResult(results=results, wall_s=2.0, client_cpu_s=0.03)
     pods = {
-        "a": {"vllm:prefix_cache_queries_total": 100.0, "vllm:prefix_cache_hits_total": 50.0,
-              "vllm:request_success_total": 1.0},
-        "b": {"vllm:prefix_cache_queries_total": 100.0, "vllm:prefix_cache_hits_total": 0.0,
-              "vllm:request_success_total": 3.0},
+        "a": {
+            "vllm:prefix_cache_queries_total": 100.0,
+            "vllm:prefix_cache_hits_total": 50.0,
+            "vllm:request_success_total": 1.0,
+        },
+        "b": {
+            "vllm:prefix_cache_queries_total": 100.0,
+            "vllm:prefix_cache_hits_total": 0.0,
+            "vllm:request_success_total": 3.0,
+        },
     }
     row = summarize(load, pods, time_scale=0.5, offered_per_s=2.0)
     assert row["ttft_p50_s"] == pytest.approx(0.4)  # (0.1 + 0.3) / 2 wall, / 0.5
@@ -56,9 +62,13 @@ def test_process_cpu_counts_a_child_and_its_descendants() -> None:
 
     # A parent that starts a child which burns a fixed number of instructions.
     burn = "sum(i * i for i in range(3_000_000)); import time; time.sleep(30)"
-    parent = subprocess.Popen([sys.executable, "-c",
-                               f"import subprocess, sys; subprocess.run([sys.executable, '-c', "
-                               f"{burn!r}])"])
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import subprocess, sys; subprocess.run([sys.executable, '-c', {burn!r}])",
+        ]
+    )
     try:
         deadline = 200
         while not (kids := descendants(parent.pid)) and deadline:

@@ -11,8 +11,9 @@ from benchmarks.workloads.arrivals import poisson_arrivals, rate_sweep
 from benchmarks.workloads.request import Request
 from benchmarks.workloads.text import count_tokens, pseudo_text
 
-SMALL = shared_prefix.SharedPrefixSpec(groups=4, users_per_group=3, system_tokens=300,
-                                       question_tokens=50, output_tokens=7)
+SMALL = shared_prefix.SharedPrefixSpec(
+    groups=4, users_per_group=3, system_tokens=300, question_tokens=50, output_tokens=7
+)
 
 
 @pytest.mark.parametrize("name", sorted(WORKLOADS))
@@ -77,8 +78,9 @@ def test_zipf_workload_favours_the_first_groups() -> None:
 
 
 def test_multi_turn_prompts_extend_the_previous_turn() -> None:
-    spec = multi_turn.MultiTurnSpec(turns=4, system_tokens=100, user_tokens=20,
-                                    output_tokens=10, think_s=1.0)
+    spec = multi_turn.MultiTurnSpec(
+        turns=4, system_tokens=100, user_tokens=20, output_tokens=10, think_s=1.0
+    )
     requests = multi_turn.generate(spec, rate_per_s=8.0, duration_s=30.0, seed=3)
     by_conv: dict[int, list[Request]] = {}
     for r in requests:
@@ -92,16 +94,18 @@ def test_multi_turn_prompts_extend_the_previous_turn() -> None:
         for earlier, later in itertools.pairwise(turns):
             assert later.arrival_s >= earlier.arrival_s
             assert later.prompt_text.startswith(earlier.prompt_text)
-            assert later.body["messages"][: len(earlier.body["messages"])] == \
-                earlier.body["messages"]
+            assert (
+                later.body["messages"][: len(earlier.body["messages"])] == earlier.body["messages"]
+            )
             assert later.body["messages"][-2]["role"] == "assistant"
             assert later.prompt_tokens == earlier.prompt_tokens + 10 + 20
     assert complete > len(by_conv) / 2
 
 
 def test_no_sharing_prompts_share_no_first_block() -> None:
-    requests = no_sharing.generate(rate_per_s=20.0, duration_s=5.0, prompt_tokens=64,
-                                   output_tokens=3)
+    requests = no_sharing.generate(
+        rate_per_s=20.0, duration_s=5.0, prompt_tokens=64, output_tokens=3
+    )
     firsts = {r.prompt_text[:64] for r in requests}
     assert len(firsts) == len(requests)
     assert all(r.group == -1 and r.prompt_tokens == 64 for r in requests)
@@ -120,8 +124,9 @@ def test_poisson_arrivals_have_the_asked_mean_rate(rate: float) -> None:
 
 
 def test_multi_turn_request_rate_is_the_offered_rate_from_the_start() -> None:
-    spec = multi_turn.MultiTurnSpec(turns=5, system_tokens=4, user_tokens=4, output_tokens=1,
-                                    think_s=5.0)
+    spec = multi_turn.MultiTurnSpec(
+        turns=5, system_tokens=4, user_tokens=4, output_tokens=1, think_s=5.0
+    )
     requests = multi_turn.generate(spec, rate_per_s=10.0, duration_s=400.0)
     assert all(0 <= r.arrival_s < 400.0 for r in requests)
     first = sum(r.arrival_s < 100.0 for r in requests)
@@ -136,12 +141,14 @@ def test_rate_sweep_scales_the_knee() -> None:
 
 
 def test_multi_turn_think_time_has_its_minimum_and_mean() -> None:
-    spec = multi_turn.MultiTurnSpec(turns=2, system_tokens=4, user_tokens=4, output_tokens=1,
-                                    think_s=3.0, min_think_s=2.0)
+    spec = multi_turn.MultiTurnSpec(
+        turns=2, system_tokens=4, user_tokens=4, output_tokens=1, think_s=3.0, min_think_s=2.0
+    )
     rng = random.Random(5)
     gaps = [spec.gap_s(rng) for _ in range(20000)]
     assert min(gaps) >= 2.0
     assert statistics.fmean(gaps) == pytest.approx(3.0, rel=0.05)
     with pytest.raises(ValueError):
-        multi_turn.MultiTurnSpec(turns=2, system_tokens=4, user_tokens=4, output_tokens=1,
-                                 think_s=1.0, min_think_s=2.0)
+        multi_turn.MultiTurnSpec(
+            turns=2, system_tokens=4, user_tokens=4, output_tokens=1, think_s=1.0, min_think_s=2.0
+        )

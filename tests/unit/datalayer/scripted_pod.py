@@ -20,8 +20,10 @@ def with_length(body: bytes = BODY, head: bytes = OK_HEAD) -> bytes:
 
 
 def chunked(body: bytes = BODY, size: int = 100) -> bytes:
-    parts = [b"%x;ext=1\r\n%s\r\n" % (len(body[i:i + size]), body[i:i + size])
-             for i in range(0, len(body), size)]
+    parts = [
+        b"%x;ext=1\r\n%s\r\n" % (len(body[i : i + size]), body[i : i + size])
+        for i in range(0, len(body), size)
+    ]
     return OK_HEAD + b"Transfer-Encoding: chunked\r\n\r\n" + b"".join(parts) + b"0\r\n\r\n"
 
 

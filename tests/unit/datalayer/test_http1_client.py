@@ -47,15 +47,24 @@ async def scrape(pod: ScriptedPod, times: int = 1, **kwargs: Any) -> Endpoint:
         always([with_length()]),
         always([with_length()[:10], with_length()[10:60], with_length()[60:]]),
         always([chunked()]),
-        always([chunked(size=7)[i:i + 50] for i in range(0, len(chunked(size=7)), 50)]),
+        always([chunked(size=7)[i : i + 50] for i in range(0, len(chunked(size=7)), 50)]),
         always([OK_HEAD + b"\r\n" + BODY], close=True),  # the body ends with the connection
         always([with_length(head=b"HTTP/1.1 200 OK\r\nConnection: close\r\n")], close=True),
         always([b"HTTP/1.1 100 Continue\r\n\r\n" + with_length()]),
         always([with_length(head=b"HTTP/1.0 200 OK\r\n")], close=True),
         always([with_length(head=OK_HEAD + b"Content-Length: %d\r\n" % len(BODY))]),
     ],
-    ids=["length", "length-in-pieces", "chunked", "chunked-in-pieces", "until-close",
-         "connection-close", "interim-100", "http-1.0", "repeated-length"],
+    ids=[
+        "length",
+        "length-in-pieces",
+        "chunked",
+        "chunked-in-pieces",
+        "until-close",
+        "connection-close",
+        "interim-100",
+        "http-1.0",
+        "repeated-length",
+    ],
 )
 async def test_good_answers_land_metrics(pods: Any, script: Script) -> None:
     pod = await pods(script)
@@ -79,9 +88,11 @@ async def test_one_connection_carries_every_poll(pods: Any) -> None:
 @pytest.mark.asyncio
 @pytest.mark.parametrize(
     "script",
-    [always([with_length()], close=True),
-     always([with_length(head=b"HTTP/1.1 200 OK\r\nConnection: close\r\n")]),
-     always([with_length() + b"HTTP/1.1 200 OK\r\n"])],
+    [
+        always([with_length()], close=True),
+        always([with_length(head=b"HTTP/1.1 200 OK\r\nConnection: close\r\n")]),
+        always([with_length() + b"HTTP/1.1 200 OK\r\n"]),
+    ],
     ids=["server-closes", "connection-close-header", "bytes-after-the-body"],
 )
 async def test_a_connection_not_to_be_reused_is_not(pods: Any, script: Script) -> None:
@@ -120,18 +131,28 @@ HOSTILE = [
     (always([with_length(head=b"HTTP/1.1 503 Busy\r\n")]), "HTTP 503 Busy"),
     (always([b"SSH-2.0-OpenSSH_9.6\r\n\r\n"]), "not an HTTP/1.x status line"),
     (always([b"\x00\xff garbage \x16\x03\x01" * 10 + b"\r\n\r\n"]), "not an HTTP/1.x"),
-    (always([OK_HEAD + b"Content-Length: 5000\r\n\r\n" + BODY[:100]], close=True),
-     "connection closed after 100 of 5000 body bytes"),
+    (
+        always([OK_HEAD + b"Content-Length: 5000\r\n\r\n" + BODY[:100]], close=True),
+        "connection closed after 100 of 5000 body bytes",
+    ),
     (always([chunked()[:-20]], close=True), "connection closed in the response's chunk"),
     (always([OK_HEAD + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n"]), "bad chunk size"),
-    (always([OK_HEAD + b"Transfer-Encoding: chunked\r\n\r\n3\r\nabcX\r\n"]),
-     "chunk data not followed by CRLF"),
-    (always([OK_HEAD + b"Transfer-Encoding: gzip, chunked\r\n\r\n"]),
-     "unsupported Transfer-Encoding"),
-    (always([with_length(head=OK_HEAD + b"Content-Encoding: gzip\r\n")]),
-     "unsupported Content-Encoding"),
-    (always([OK_HEAD + b"Content-Length: 10\r\nContent-Length: 11\r\n\r\n"]),
-     "conflicting Content-Length"),
+    (
+        always([OK_HEAD + b"Transfer-Encoding: chunked\r\n\r\n3\r\nabcX\r\n"]),
+        "chunk data not followed by CRLF",
+    ),
+    (
+        always([OK_HEAD + b"Transfer-Encoding: gzip, chunked\r\n\r\n"]),
+        "unsupported Transfer-Encoding",
+    ),
+    (
+        always([with_length(head=OK_HEAD + b"Content-Encoding: gzip\r\n")]),
+        "unsupported Content-Encoding",
+    ),
+    (
+        always([OK_HEAD + b"Content-Length: 10\r\nContent-Length: 11\r\n\r\n"]),
+        "conflicting Content-Length",
+    ),
     (always([OK_HEAD + b"Content-Length: -1\r\n\r\n"]), "bad Content-Length"),
     (always([OK_HEAD + b" folded: line\r\n\r\n"]), "folded"),
     (always([OK_HEAD + b"X-Big: " + b"a" * (MAX_HEAD_BYTES + 10)]), "response head over"),
@@ -141,12 +162,27 @@ HOSTILE = [
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize(("script", "error"), HOSTILE,
-                         ids=["wrong-status", "not-http", "binary-garbage", "truncated-body",
-                              "truncated-chunked", "bad-chunk-size", "chunk-without-crlf",
-                              "other-transfer-coding", "gzip", "two-lengths",
-                              "negative-length", "obs-fold", "endless-head", "upgrade",
-                              "closed-at-once"])
+@pytest.mark.parametrize(
+    ("script", "error"),
+    HOSTILE,
+    ids=[
+        "wrong-status",
+        "not-http",
+        "binary-garbage",
+        "truncated-body",
+        "truncated-chunked",
+        "bad-chunk-size",
+        "chunk-without-crlf",
+        "other-transfer-coding",
+        "gzip",
+        "two-lengths",
+        "negative-length",
+        "obs-fold",
+        "endless-head",
+        "upgrade",
+        "closed-at-once",
+    ],
+)
 async def test_a_broken_pod_fails_the_scrape_and_keeps_the_old_metrics(
     pods: Any, script: Script, error: str
 ) -> None:
@@ -182,10 +218,14 @@ async def test_a_slow_pod_times_out_and_its_connection_is_dropped(pods: Any) -> 
 @pytest.mark.asyncio
 @pytest.mark.parametrize(
     ("answer", "error"),
-    [(with_length(b"x" * 5000), "body of 5000 bytes is over the limit of 4096"),
-     (chunked(b"x" * 5000, size=1000), "body is over the limit of 4096 bytes"),
-     (OK_HEAD + b"Transfer-Encoding: chunked\r\n\r\nffffffffffff\r\n",
-      "body is over the limit of 4096 bytes")],
+    [
+        (with_length(b"x" * 5000), "body of 5000 bytes is over the limit of 4096"),
+        (chunked(b"x" * 5000, size=1000), "body is over the limit of 4096 bytes"),
+        (
+            OK_HEAD + b"Transfer-Encoding: chunked\r\n\r\nffffffffffff\r\n",
+            "body is over the limit of 4096 bytes",
+        ),
+    ],
     ids=["declared-length", "chunked", "one-huge-chunk"],
 )
 async def test_an_oversized_body_fails_before_it_is_read(
@@ -226,8 +266,11 @@ def test_the_client_works_on_uvloop() -> None:
 
 @pytest.mark.parametrize(
     ("address", "expected"),
-    [("10.0.0.7:8000", ("10.0.0.7", 8000)), ("[::1]:9", ("::1", 9)),
-     ("pod-0.svc:80", ("pod-0.svc", 80))],
+    [
+        ("10.0.0.7:8000", ("10.0.0.7", 8000)),
+        ("[::1]:9", ("::1", 9)),
+        ("pod-0.svc:80", ("pod-0.svc", 80)),
+    ],
 )
 def test_split_address(address: str, expected: tuple[str, int]) -> None:
     assert split_address(address) == expected
@@ -244,19 +287,26 @@ def test_split_address_refuses(address: str) -> None:
 
 @pytest.mark.parametrize(
     "raw",
-    [with_length(), chunked(size=9), b"HTTP/1.1 100 Continue\r\n\r\n" + with_length(),
-     OK_HEAD + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX-T: 1\r\n\r\n",
-     b"HTTP/1.1 204 No Content\r\n\r\n"],
+    [
+        with_length(),
+        chunked(size=9),
+        b"HTTP/1.1 100 Continue\r\n\r\n" + with_length(),
+        OK_HEAD + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX-T: 1\r\n\r\n",
+        b"HTTP/1.1 204 No Content\r\n\r\n",
+    ],
     ids=["length", "chunked", "interim", "trailers", "no-content"],
 )
 def test_the_reader_resumes_at_any_byte(raw: bytes) -> None:
     whole = ResponseReader(None)
     assert whole.feed(raw)
     piecewise = ResponseReader(None)
-    done = [piecewise.feed(raw[i:i + 1]) for i in range(len(raw))]
+    done = [piecewise.feed(raw[i : i + 1]) for i in range(len(raw))]
     assert done[-1] and not any(done[:-1])
     assert (piecewise.status, piecewise.body, piecewise.keep_alive) == (
-        whole.status, whole.body, whole.keep_alive)
+        whole.status,
+        whole.body,
+        whole.keep_alive,
+    )
 
 
 def test_the_reason_is_made_printable() -> None:

@@ -151,8 +151,7 @@ def test_missing_required_metric(text: str, missing: str) -> None:
 
 def test_counts_are_rounded() -> None:
     text = (
-        "vllm:num_requests_running 2.6\nvllm:num_requests_waiting 0.4\n"
-        "vllm:kv_cache_usage_perc 1\n"
+        "vllm:num_requests_running 2.6\nvllm:num_requests_waiting 0.4\nvllm:kv_cache_usage_perc 1\n"
     )
     metrics = metrics_of(text)
     assert (metrics.running_requests, metrics.waiting_requests) == (3, 0)
@@ -182,8 +181,7 @@ GOOD = {
         (
             # The two sum to 2: only a check of each series sees the broken one.
             "waiting",
-            'vllm:num_requests_waiting{engine="0"} 3\n'
-            'vllm:num_requests_waiting{engine="1"} -1\n',
+            'vllm:num_requests_waiting{engine="0"} 3\nvllm:num_requests_waiting{engine="1"} -1\n',
             'vllm:num_requests_waiting{engine="1"} is -1.0: a request count cannot be negative',
         ),
         (
@@ -194,8 +192,7 @@ GOOD = {
         (
             # The max of the two is 0.3: only a check of each series sees the broken one.
             "kv",
-            'vllm:kv_cache_usage_perc{engine="0"} 0.3\n'
-            'vllm:kv_cache_usage_perc{engine="1"} -0.2\n',
+            'vllm:kv_cache_usage_perc{engine="0"} 0.3\nvllm:kv_cache_usage_perc{engine="1"} -0.2\n',
             'vllm:kv_cache_usage_perc{engine="1"} is -0.2: KV-cache use cannot be negative',
         ),
         (

@@ -61,8 +61,12 @@ async def test_asks_only_for_the_series_it_reads(
     asked = {value for key, value in model_server.request_queries[0] if key == "name[]"}
     if filter_names:
         # prometheus_client's name[] filter: the gauges of both engines, no histograms.
-        assert {"vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
-                "vllm:gpu_cache_usage_perc", "sglang:num_queue_reqs"} <= asked
+        assert {
+            "vllm:num_requests_waiting",
+            "vllm:kv_cache_usage_perc",
+            "vllm:gpu_cache_usage_perc",
+            "sglang:num_queue_reqs",
+        } <= asked
         assert not any("bucket" in name or "seconds" in name for name in asked)
     else:
         assert asked == set()

@@ -32,8 +32,9 @@ vllm:e2e_request_latency_seconds_count{{model_name="m"}} {count}
 """
 
 
-def page(r: str = "3.0", w: str = "1.0", kv: str = "0.25", r2: str = "2.0",
-         count: str = "7.0") -> str:
+def page(
+    r: str = "3.0", w: str = "1.0", kv: str = "0.25", r2: str = "2.0", count: str = "7.0"
+) -> str:
     return PAGE.format(r=r, w=w, kv=kv, r2=r2, count=count)
 
 
@@ -45,8 +46,14 @@ def shape_of(text: str) -> PageShape:
 
 @pytest.mark.parametrize(
     "new",
-    [page(), page(r="0.0", w="12.0", kv="0.9"), page(kv="NaN"), page(r="+Inf"),
-     page(kv="1e-3"), page(r="3.0\r")],
+    [
+        page(),
+        page(r="0.0", w="12.0", kv="0.9"),
+        page(kv="NaN"),
+        page(r="+Inf"),
+        page(kv="1e-3"),
+        page(r="3.0\r"),
+    ],
     ids=["same", "numbers-moved", "nan", "inf", "exponent", "cr"],
 )
 def test_a_page_with_the_same_lines_reads_as_the_parser_reads_it(new: str) -> None:
@@ -54,8 +61,7 @@ def test_a_page_with_the_same_lines_reads_as_the_parser_reads_it(new: str) -> No
     shape = shape_of(page())
     assert repr(shape.read(new)) == repr(parse_samples(new, NAMES))
     try:
-        expected: Metrics | None = extract_metrics(parse_samples(new, NAMES), VLLM,
-                                                   updated_at=1.0)
+        expected: Metrics | None = extract_metrics(parse_samples(new, NAMES), VLLM, updated_at=1.0)
     except MetricsExtractError:
         expected = None
     assert shape.read_metrics(new, updated_at=1.0) == expected
@@ -75,9 +81,18 @@ def test_a_page_with_the_same_lines_reads_as_the_parser_reads_it(new: str) -> No
         page().replace("vllm:cache_config_info", "# vllm:cache_config_info"),
         "",
     ],
-    ids=["underscore", "word", "timestamp", "long-value", "unwanted-changed",
-         "labels-changed", "comment-changed", "line-added",
-         "line-commented-out", "empty"],
+    ids=[
+        "underscore",
+        "word",
+        "timestamp",
+        "long-value",
+        "unwanted-changed",
+        "labels-changed",
+        "comment-changed",
+        "line-added",
+        "line-commented-out",
+        "empty",
+    ],
 )
 def test_any_other_page_goes_to_the_parser(new: str) -> None:
     assert shape_of(page()).read(new) is None
@@ -105,7 +120,10 @@ async def test_the_scraper_reads_moving_numbers_and_still_refuses_bad_ones(
         assert endpoint.scrape_failures == 0, endpoint.last_scrape_error
         metrics = endpoint.metrics
         assert (metrics.running_requests, metrics.waiting_requests, metrics.kv_cache_usage) == (
-            round(float(r)) + 2, round(float(w)), float(kv))
+            round(float(r)) + 2,
+            round(float(w)),
+            float(kv),
+        )
         assert metrics.kv_num_blocks == 27500
     model_server.body = page(kv="1.5")  # the same lines, a value out of range
     await scraper.scrape_once(endpoint)

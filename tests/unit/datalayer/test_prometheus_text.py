@@ -228,8 +228,11 @@ def test_compiled_patterns_are_cached() -> None:
 def test_sample_limit_counts_only_wanted_lines() -> None:
     text = "m 1\n" + "other 2\n" * 10 + 'm{a="b"} 3\n# m 4\nm_total 5\n'
     assert len(parse_samples(text, {"m"}, max_samples=2)["m"]) == 2
-    with pytest.raises(MetricsParseError, match=r"^line 12: m: more samples of the wanted "
-                       r"metrics than the limit of 1$") as caught:
+    with pytest.raises(
+        MetricsParseError,
+        match=r"^line 12: m: more samples of the wanted "
+        r"metrics than the limit of 1$",
+    ) as caught:
         parse_samples(text, {"m"}, max_samples=1)
     assert caught.value.line_number == 12
 
@@ -244,8 +247,11 @@ def test_char_limit_counts_the_wanted_lines_after_their_names() -> None:
     text = 'm{a="b"} 1\n' + "other " + "x" * 1000 + "\n" + "m 2\n"
     # '{a="b"} 1' is 9 characters and ' 2' is 2: 11 in all; unwanted lines are free.
     assert len(parse_samples(text, {"m"}, max_chars=11)["m"]) == 2
-    with pytest.raises(MetricsParseError, match=r"^line 3: m: the wanted metrics' samples "
-                       r"hold more than 10 characters$"):
+    with pytest.raises(
+        MetricsParseError,
+        match=r"^line 3: m: the wanted metrics' samples "
+        r"hold more than 10 characters$",
+    ):
         parse_samples(text, {"m"}, max_chars=10)
 
 
@@ -263,7 +269,7 @@ def test_limits_are_checked_before_any_line_is_parsed() -> None:
 
 @pytest.mark.parametrize(
     "value",
-    ['\\"' * 5000, "x" * 100_000 + '\\\\', "\\\\" * 5000 + '\\"'],
+    ['\\"' * 5000, "x" * 100_000 + "\\\\", "\\\\" * 5000 + '\\"'],
     ids=["many-escaped-quotes", "long-value", "many-escaped-backslashes"],
 )
 def test_long_label_values_with_escapes(value: str) -> None:
@@ -289,8 +295,16 @@ def test_unterminated_label_value_full_of_escapes() -> None:
         ('m{a="1"}\t7\r', {"a": "1"}, 7.0),
         ('m{a="1"} 8\x0c', {"a": "1"}, 8.0),
     ],
-    ids=["plain", "trailing-comma-timestamp", "empty", "escapes-and-brace", "blanks",
-         "repeated-label", "tab-crlf", "form-feed"],
+    ids=[
+        "plain",
+        "trailing-comma-timestamp",
+        "empty",
+        "escapes-and-brace",
+        "blanks",
+        "repeated-label",
+        "tab-crlf",
+        "form-feed",
+    ],
 )
 def test_a_label_set_seen_before_parses_the_same(
     line: str, labels: dict[str, str], value: float

@@ -76,9 +76,7 @@ async def test_start_get_needs_an_idle_connection(pods: Any, wait_until: Any) ->
 
 
 @pytest.mark.asyncio
-async def test_start_get_reports_a_connection_closed_while_idle(
-    pods: Any, wait_until: Any
-) -> None:
+async def test_start_get_reports_a_connection_closed_while_idle(pods: Any, wait_until: Any) -> None:
     pod = await pods(lambda n: ([with_length()], True))  # closes after each answer, silently
     client = Http1Client(max_body_bytes=None)
     await client.get(pod.address, "/metrics", timeout_s=5.0)
@@ -98,14 +96,20 @@ async def test_start_get_reports_a_connection_closed_while_idle(
     "script",
     [
         always([with_length()]),
-        always([chunked(size=7)[i:i + 50] for i in range(0, len(chunked(size=7)), 50)]),
+        always([chunked(size=7)[i : i + 50] for i in range(0, len(chunked(size=7)), 50)]),
         always([OK_HEAD + b"\r\n" + BODY], close=True),
         always([with_length(head=b"HTTP/1.1 200 OK\r\nConnection: close\r\n")], close=True),
         always([with_length() + b"HTTP/1.1 200 OK\r\n"]),
         lambda n: ([with_length()], True),  # closes while idle: retried on a fresh one
     ],
-    ids=["length", "chunked-in-pieces", "until-close", "connection-close",
-         "bytes-after-the-body", "closed-while-idle"],
+    ids=[
+        "length",
+        "chunked-in-pieces",
+        "until-close",
+        "connection-close",
+        "bytes-after-the-body",
+        "closed-while-idle",
+    ],
 )
 async def test_timer_polls_land_metrics(pods: Any, wait_until: Any, script: Script) -> None:
     pod = await pods(script)
@@ -147,9 +151,7 @@ async def test_a_failing_pod_gets_an_error_per_poll(pods: Any, wait_until: Any) 
 
 
 @pytest.mark.asyncio
-async def test_an_endpoint_removed_mid_poll_is_not_polled_again(
-    pods: Any, wait_until: Any
-) -> None:
+async def test_an_endpoint_removed_mid_poll_is_not_polled_again(pods: Any, wait_until: Any) -> None:
     pod = await pods(always([with_length()]))
     store = EndpointStore()
     store.replace([(pod.address, None)])
@@ -168,9 +170,7 @@ async def test_an_endpoint_removed_mid_poll_is_not_polled_again(
 
 
 @pytest.mark.asyncio
-async def test_an_idle_pod_is_polled_less_often_than_a_busy_one(
-    pods: Any, wait_until: Any
-) -> None:
+async def test_an_idle_pod_is_polled_less_often_than_a_busy_one(pods: Any, wait_until: Any) -> None:
     busy = await pods(always([with_length()]))  # 5 waiting, 3 running
     idle = await pods(always([with_length(IDLE_TEXT.encode())]))
     store = EndpointStore()
@@ -185,9 +185,7 @@ async def test_an_idle_pod_is_polled_less_often_than_a_busy_one(
 
 
 @pytest.mark.asyncio
-async def test_an_idle_pod_epp_sends_work_to_is_polled_at_once(
-    pods: Any, wait_until: Any
-) -> None:
+async def test_an_idle_pod_epp_sends_work_to_is_polled_at_once(pods: Any, wait_until: Any) -> None:
     pod = await pods(always([with_length(IDLE_TEXT.encode())]))
     store = EndpointStore()
     store.replace([(pod.address, None)])
@@ -221,14 +219,16 @@ async def test_the_adaptive_pace_steps_like_the_back_off(
         ticker.delays.clear()
         store = EndpointStore()
         store.replace([(pod.address, None)])
-        scraper = MetricsScraper(store, interval_s=0.05, max_idle_interval_s=idle_cap,
-                                 sleep=ticker.sleep, clock=clock)
+        scraper = MetricsScraper(
+            store, interval_s=0.05, max_idle_interval_s=idle_cap, sleep=ticker.sleep, clock=clock
+        )
         await scraper.start()
         await wait_until(lambda: ticker.sleeping == 1, "the first sleep")
         for n in range(2, 8):
             ticker.tick()
-            await wait_until(lambda n=n: len(ticker.delays) == n and ticker.sleeping == 1,
-                             f"sleep {n}")
+            await wait_until(
+                lambda n=n: len(ticker.delays) == n and ticker.sleeping == 1, f"sleep {n}"
+            )
         delays[idle_cap] = list(ticker.delays)
         await scraper.stop()
         ticker.tick()

@@ -27,8 +27,9 @@ def main(argv: list[str]) -> int:
         kubeconfig, namespace, release, chart, values_path = argv[1:]
         values = json.loads(Path(values_path).read_text()) or None
         config = helm_sdkpy.Configuration(namespace=namespace, kubeconfig=kubeconfig)
-        result = asyncio.run(helm_sdkpy.Install(config).run(
-            release, chart, values, wait=False, timeout=60))
+        result = asyncio.run(
+            helm_sdkpy.Install(config).run(release, chart, values, wait=False, timeout=60)
+        )
     else:
         print(__doc__, file=sys.stderr)
         return 2

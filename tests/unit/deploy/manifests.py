@@ -75,13 +75,18 @@ def schema_problems(obj: Obj) -> list[str]:
     schema = CRD_SCHEMAS.get(key)  # type: ignore[arg-type]
     if schema is not None:
         validator = jsonschema.Draft202012Validator(schema)
-        return [f"{describe(obj)}: {'.'.join(map(str, error.absolute_path)) or '(root)'}: "
-                f"{error.message}" for error in validator.iter_errors(obj)]
+        return [
+            f"{describe(obj)}: {'.'.join(map(str, error.absolute_path)) or '(root)'}: "
+            f"{error.message}"
+            for error in validator.iter_errors(obj)
+        ]
     try:
         kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
     except kubernetes_validate.SchemaNotFoundError:
-        return [f"{describe(obj)}: no schema for {key[0]} {key[1]}: not a Kubernetes "
-                f"{KUBERNETES_VERSION} kind and not in schemas.CRD_SCHEMAS"]
+        return [
+            f"{describe(obj)}: no schema for {key[0]} {key[1]}: not a Kubernetes "
+            f"{KUBERNETES_VERSION} kind and not in schemas.CRD_SCHEMAS"
+        ]
     except kubernetes_validate.ValidationError as exc:  # a copy of jsonschema's best error
         where = ".".join(map(str, exc.absolute_path)) or "(root)"
         return [f"{describe(obj)}: {where}: {exc.message}"]
@@ -149,16 +154,21 @@ class EppContainer:
     def args(self) -> list[str]:
         """The arguments after ``serve``, with ``$(VAR)`` expanded as the kubelet does."""
         env = self.env()
-        args = [re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)",
-                       lambda m: env.get(m.group(1), m.group(0)), str(arg))
-                for arg in self.container.get("args") or []]
+        args = [
+            re.sub(
+                r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)",
+                lambda m: env.get(m.group(1), m.group(0)),
+                str(arg),
+            )
+            for arg in self.container.get("args") or []
+        ]
         return args[1:] if args[:1] == ["serve"] else args
 
     def flag(self, name: str) -> str | None:
         prefix = f"--{name}="
         for arg in self.args():
             if arg.startswith(prefix):
-                return arg[len(prefix):]
+                return arg[len(prefix) :]
         return None
 
     def mount_source(self, path: str) -> tuple[str, str] | None:
@@ -186,8 +196,11 @@ def epp_containers(objects: Iterable[Obj]) -> Iterator[EppContainer]:
 
 def find(objects: Iterable[Obj], kind: str, namespace: str, name: str) -> Obj | None:
     for obj in objects:
-        if (obj.get("kind") == kind and obj["metadata"].get("name") == name
-                and namespace_of(obj, namespace) == namespace):
+        if (
+            obj.get("kind") == kind
+            and obj["metadata"].get("name") == name
+            and namespace_of(obj, namespace) == namespace
+        ):
             return obj
     return None
 
@@ -207,8 +220,7 @@ def _config_with_files(epp: EppContainer, objects: list[Obj], tmp: Path) -> list
         raise LookupError(f"--config-file={config_file}: no ConfigMap {source[1]} with key {key}")
     copy = tmp / f"{source[1]}-{key}"
     copy.write_text(configmap["data"][key])
-    return [f"--config-file={copy}" if arg.startswith("--config-file=") else arg
-            for arg in args]
+    return [f"--config-file={copy}" if arg.startswith("--config-file=") else arg for arg in args]
 
 
 def serve_config(epp: EppContainer, objects: list[Obj], tmp: Path) -> Config:
@@ -250,12 +262,16 @@ def check_epp_deployments(objects: list[Obj], tmp: Path) -> list[str]:
         except SchedulerConfigError as exc:
             problems.append(f"{where}: its EndpointPickerConfig does not build: {exc}")
         ports = {p["name"]: p["containerPort"] for p in epp.container.get("ports") or []}
-        wanted = {"grpc": config.server.grpc_port, "grpc-health": config.server.grpc_health_port,
-                  "metrics": config.server.metrics_port}
+        wanted = {
+            "grpc": config.server.grpc_port,
+            "grpc-health": config.server.grpc_health_port,
+            "metrics": config.server.metrics_port,
+        }
         for name, port in wanted.items():
             if ports.get(name) != port:
-                problems.append(f"{where}: container port {name} is {ports.get(name)}, "
-                                f"epp listens on {port}")
+                problems.append(
+                    f"{where}: container port {name} is {ports.get(name)}, epp listens on {port}"
+                )
         leader = config.kubernetes.leader_election
         for probe, service in (("livenessProbe", "liveness"), ("readinessProbe", "readiness")):
             grpc = (epp.container.get(probe) or {}).get("grpc") or {}
@@ -263,19 +279,24 @@ def check_epp_deployments(objects: list[Obj], tmp: Path) -> list[str]:
             if grpc.get("port") != config.server.grpc_health_port:
                 problems.append(f"{where}: {probe} is not gRPC on the health port")
             if grpc.get("service") != expected:
-                problems.append(f"{where}: {probe} asks for {grpc.get('service')!r}, "
-                                f"expected {expected!r}")
+                problems.append(
+                    f"{where}: {probe} asks for {grpc.get('service')!r}, expected {expected!r}"
+                )
         strategy = (epp.deployment["spec"].get("strategy") or {}).get("type", "RollingUpdate")
         if leader and strategy != "Recreate":
-            problems.append(f"{where}: with leader election, standbys are never ready and a "
-                            f"{strategy} rollout cannot finish; use Recreate")
+            problems.append(
+                f"{where}: with leader election, standbys are never ready and a "
+                f"{strategy} rollout cannot finish; use Recreate"
+            )
         replicas = epp.deployment["spec"].get("replicas", 1)
         if replicas > 1 and config.kubernetes.enabled and not leader:
             problems.append(f"{where}: {replicas} replicas without leader election")
         grace = epp.pod_spec.get("terminationGracePeriodSeconds", 30)
         if grace <= config.server.graceful_timeout_s:
-            problems.append(f"{where}: terminationGracePeriodSeconds {grace} does not exceed "
-                            f"--graceful-timeout {config.server.graceful_timeout_s:g}s")
+            problems.append(
+                f"{where}: terminationGracePeriodSeconds {grace} does not exceed "
+                f"--graceful-timeout {config.server.graceful_timeout_s:g}s"
+            )
         if config.server.cert_path:
             source = epp.mount_source(config.server.cert_path.rstrip("/") + "/tls.crt")
             if source is None or source[0] != "Secret":
@@ -311,20 +332,25 @@ def check_service_selectors(objects: list[Obj]) -> list[str]:
         if obj.get("kind") != "Service":
             continue
         selector = obj["spec"].get("selector") or {}
-        selected = [template for _, template in _pod_templates(objects, namespace_of(obj))
-                    if _selects(selector, template["metadata"].get("labels") or {})]
+        selected = [
+            template
+            for _, template in _pod_templates(objects, namespace_of(obj))
+            if _selects(selector, template["metadata"].get("labels") or {})
+        ]
         if not selected:
             problems.append(f"{describe(obj)}: selects no pods of the Deployments here")
             continue
         for port in obj["spec"]["ports"]:
             target = port.get("targetPort", port["port"])
             for template in selected:
-                container_ports = [p for c in template["spec"]["containers"]
-                                   for p in c.get("ports") or []]
-                if not any(target in (p.get("name"), p["containerPort"])
-                           for p in container_ports):
-                    problems.append(f"{describe(obj)}: port {port.get('name')} targets "
-                                    f"{target!r}, which its pods do not expose")
+                container_ports = [
+                    p for c in template["spec"]["containers"] for p in c.get("ports") or []
+                ]
+                if not any(target in (p.get("name"), p["containerPort"]) for p in container_ports):
+                    problems.append(
+                        f"{describe(obj)}: port {port.get('name')} targets "
+                        f"{target!r}, which its pods do not expose"
+                    )
     return problems
 
 
@@ -364,9 +390,15 @@ def check_pool_references(objects: list[Obj], *, model_servers: bool, tmp: Path)
             continue
         if port not in [p["port"] for p in service["spec"]["ports"]]:
             problems.append(f"{where}: Service {name} has no port {port}")
-        pickers = [epp for epp in epp_containers(objects) if epp.namespace == namespace
-                   and _selects(service["spec"].get("selector") or {},
-                                epp.deployment["spec"]["template"]["metadata"]["labels"])]
+        pickers = [
+            epp
+            for epp in epp_containers(objects)
+            if epp.namespace == namespace
+            and _selects(
+                service["spec"].get("selector") or {},
+                epp.deployment["spec"]["template"]["metadata"]["labels"],
+            )
+        ]
         if not pickers:
             problems.append(f"{where}: Service {name} selects no epp")
         for epp in pickers:
@@ -375,22 +407,34 @@ def check_pool_references(objects: list[Obj], *, model_servers: bool, tmp: Path)
                 continue
             kube = config.kubernetes
             if (kube.pool_name, kube.namespace, kube.pool_group) != (
-                    pool["metadata"]["name"], namespace, group):
-                problems.append(f"{where}: its epp watches {kube.pool_group} pool "
-                                f"{kube.namespace}/{kube.pool_name}")
+                pool["metadata"]["name"],
+                namespace,
+                group,
+            ):
+                problems.append(
+                    f"{where}: its epp watches {kube.pool_group} pool "
+                    f"{kube.namespace}/{kube.pool_name}"
+                )
             if port != config.server.grpc_port and not any(
-                    p["port"] == port and p.get("targetPort") in ("grpc", config.server.grpc_port)
-                    for p in service["spec"]["ports"]):
+                p["port"] == port and p.get("targetPort") in ("grpc", config.server.grpc_port)
+                for p in service["spec"]["ports"]
+            ):
                 problems.append(f"{where}: port {port} does not lead to epp's gRPC port")
         if model_servers:
             selector = _pool_selector(pool)
-            members = [t for _, t in _pod_templates(objects, namespace)
-                       if _selects(selector, t["metadata"].get("labels") or {})]
+            members = [
+                t
+                for _, t in _pod_templates(objects, namespace)
+                if _selects(selector, t["metadata"].get("labels") or {})
+            ]
             if not members:
                 problems.append(f"{where}: selects no model-server pods here")
             for template in members:
-                exposed = {p["containerPort"] for c in template["spec"]["containers"]
-                           for p in c.get("ports") or []}
+                exposed = {
+                    p["containerPort"]
+                    for c in template["spec"]["containers"]
+                    for p in c.get("ports") or []
+                }
                 missing = sorted(set(_pool_ports(pool)) - exposed)
                 if missing:
                     problems.append(f"{where}: its pods do not serve on {missing}")
@@ -401,8 +445,9 @@ def check_pool_references(objects: list[Obj], *, model_servers: bool, tmp: Path)
             if pool is None:
                 problems.append(f"{describe(obj)}: no InferencePool {ref['name']} here")
             elif pool["apiVersion"].split("/")[0] != ref.get("group", GIE_GROUPS[0]):
-                problems.append(f"{describe(obj)}: poolRef group {ref.get('group')} is not "
-                                f"the pool's")
+                problems.append(
+                    f"{describe(obj)}: poolRef group {ref.get('group')} is not the pool's"
+                )
     return problems
 
 
@@ -426,8 +471,9 @@ def check_routes(objects: list[Obj]) -> list[str]:
     X-Gateway-Model-Name header, to an existing pool whose pods serve that model (directly
     or through an InferenceModelRewrite of that pool)."""
     problems = []
-    gateways = {(namespace_of(o), o["metadata"]["name"]) for o in objects
-                if o.get("kind") == "Gateway"}
+    gateways = {
+        (namespace_of(o), o["metadata"]["name"]) for o in objects if o.get("kind") == "Gateway"
+    }
     for route in (o for o in objects if o.get("kind") == "HTTPRoute"):
         where, namespace = describe(route), namespace_of(route)
         for parent in route["spec"]["parentRefs"]:
@@ -442,26 +488,41 @@ def check_routes(objects: list[Obj]) -> list[str]:
                     problems.append(f"{where}: InferencePool {ref['name']} is not here")
                     continue
                 if pool["apiVersion"].split("/")[0] != ref.get("group"):
-                    problems.append(f"{where}: backendRef group {ref.get('group')} is not "
-                                    f"the pool's ({pool['apiVersion']})")
-                served = {_served_model(t) for _, t in _pod_templates(objects, namespace)
-                          if _selects(_pool_selector(pool), t["metadata"].get("labels") or {})}
-                aliases = {match["model"]["value"]
-                           for rewrite in objects if rewrite.get("kind") == "InferenceModelRewrite"
-                           and rewrite["spec"]["poolRef"]["name"] == ref["name"]
-                           for r in rewrite["spec"]["rules"]
-                           if {t["modelRewrite"] for t in r["targets"]} <= served
-                           for match in r.get("matches") or []}
+                    problems.append(
+                        f"{where}: backendRef group {ref.get('group')} is not "
+                        f"the pool's ({pool['apiVersion']})"
+                    )
+                served = {
+                    _served_model(t)
+                    for _, t in _pod_templates(objects, namespace)
+                    if _selects(_pool_selector(pool), t["metadata"].get("labels") or {})
+                }
+                aliases = {
+                    match["model"]["value"]
+                    for rewrite in objects
+                    if rewrite.get("kind") == "InferenceModelRewrite"
+                    and rewrite["spec"]["poolRef"]["name"] == ref["name"]
+                    for r in rewrite["spec"]["rules"]
+                    if {t["modelRewrite"] for t in r["targets"]} <= served
+                    for match in r.get("matches") or []
+                }
                 for match in rule.get("matches") or []:
-                    models = [h["value"] for h in match.get("headers") or []
-                              if h["name"].lower() == MODEL_HEADER]
+                    models = [
+                        h["value"]
+                        for h in match.get("headers") or []
+                        if h["name"].lower() == MODEL_HEADER
+                    ]
                     if not models:
-                        problems.append(f"{where}: a match to pool {ref['name']} does not "
-                                        f"match on the X-Gateway-Model-Name header")
+                        problems.append(
+                            f"{where}: a match to pool {ref['name']} does not "
+                            f"match on the X-Gateway-Model-Name header"
+                        )
                     for model in models:
                         if model not in served | aliases:
-                            problems.append(f"{where}: routes model {model!r} to pool "
-                                            f"{ref['name']}, whose pods serve {sorted(served)}")
+                            problems.append(
+                                f"{where}: routes model {model!r} to pool "
+                                f"{ref['name']}, whose pods serve {sorted(served)}"
+                            )
     return problems
 
 
@@ -476,8 +537,12 @@ _RULES_NEEDED = {
 def _allowed(rules: list[Obj], group: str, resource: str, verb: str, name: str) -> bool:
     for rule in rules:
         names = rule.get("resourceNames")
-        if (group in rule.get("apiGroups", []) and resource in rule.get("resources", [])
-                and verb in rule.get("verbs", []) and (not names or name in names)):
+        if (
+            group in rule.get("apiGroups", [])
+            and resource in rule.get("resources", [])
+            and verb in rule.get("verbs", [])
+            and (not names or name in names)
+        ):
             return True
     return False
 
@@ -499,15 +564,22 @@ def check_rbac(objects: list[Obj], tmp: Path) -> list[str]:
             continue
         kube = config.kubernetes
         rules: list[Obj] = []
-        for binding in (o for o in objects if o.get("kind") == "RoleBinding"
-                        and namespace_of(o) == kube.namespace):
-            if any(s.get("kind") == "ServiceAccount" and s["name"] == account
-                   and s.get("namespace", namespace_of(binding)) == epp.namespace
-                   for s in binding.get("subjects") or []):
+        for binding in (
+            o
+            for o in objects
+            if o.get("kind") == "RoleBinding" and namespace_of(o) == kube.namespace
+        ):
+            if any(
+                s.get("kind") == "ServiceAccount"
+                and s["name"] == account
+                and s.get("namespace", namespace_of(binding)) == epp.namespace
+                for s in binding.get("subjects") or []
+            ):
                 role = find(objects, "Role", kube.namespace, binding["roleRef"]["name"])
                 if role is None:
-                    problems.append(f"{describe(binding)}: Role {binding['roleRef']['name']} "
-                                    f"is not here")
+                    problems.append(
+                        f"{describe(binding)}: Role {binding['roleRef']['name']} is not here"
+                    )
                 else:
                     rules.extend(role.get("rules") or [])
         needed = dict(_RULES_NEEDED)
@@ -516,8 +588,10 @@ def check_rbac(objects: list[Obj], tmp: Path) -> list[str]:
         for (group, resource), verbs in needed.items():
             for verb in sorted(verbs):
                 if not _allowed(rules, group, resource, verb, ""):
-                    problems.append(f"{where}: may not {verb} {resource} ({group or 'core'}) "
-                                    f"in {kube.namespace}")
+                    problems.append(
+                        f"{where}: may not {verb} {resource} ({group or 'core'}) "
+                        f"in {kube.namespace}"
+                    )
         if kube.leader_election:
             lease = kube.lease_name or f"epp-{kube.pool_name}"
             for verb in ("get", "create", "update"):

@@ -18,29 +18,41 @@ Schema = dict[str, Any]
 ROUTING_STRATEGY_ANNOTATION = "inference.networking.x-k8s.io/routing-strategy"
 
 _PORT: Schema = {"type": "integer", "minimum": 1, "maximum": 65535}
-_NAME: Schema = {"type": "string", "pattern": r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
-                 "maxLength": 253}
-_LABEL_VALUE: Schema = {"type": "string", "maxLength": 63,
-                        "pattern": r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"}
+_NAME: Schema = {"type": "string", "pattern": r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", "maxLength": 253}
+_LABEL_VALUE: Schema = {
+    "type": "string",
+    "maxLength": 63,
+    "pattern": r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$",
+}
 _LABELS: Schema = {"type": "object", "additionalProperties": _LABEL_VALUE}
 _GO_DURATION: Schema = {"type": "string", "pattern": r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"}
 _GATEWAY_DURATION: Schema = {"type": "string", "pattern": r"^([0-9]{1,5}(h|m|s|ms)){1,4}$"}
 _GIE_GROUPS = ["inference.networking.k8s.io", "inference.networking.x-k8s.io"]
 
 
-def _resource(spec: Schema, *, spec_required: bool = True,
-              annotations: Schema | None = None) -> Schema:
+def _resource(
+    spec: Schema, *, spec_required: bool = True, annotations: Schema | None = None
+) -> Schema:
     metadata: Schema = {
         "type": "object",
         "required": ["name"],
-        "properties": {"name": _NAME, "namespace": _NAME, "labels": _LABELS,
-                       "annotations": annotations or {"type": "object"}},
+        "properties": {
+            "name": _NAME,
+            "namespace": _NAME,
+            "labels": _LABELS,
+            "annotations": annotations or {"type": "object"},
+        },
     }
     return {
         "type": "object",
         "required": ["apiVersion", "kind", "metadata"] + (["spec"] if spec_required else []),
-        "properties": {"apiVersion": {"type": "string"}, "kind": {"type": "string"},
-                       "metadata": metadata, "spec": spec, "status": {"type": "object"}},
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": metadata,
+            "spec": spec,
+            "status": {"type": "object"},
+        },
         "additionalProperties": False,
     }
 
@@ -50,197 +62,306 @@ _POOL_ANNOTATIONS: Schema = {
     "properties": {ROUTING_STRATEGY_ANNOTATION: {"enum": ["DEFAULT", "PREFIX_CACHE"]}},
 }
 
-INFERENCE_POOL_V1 = _resource({
-    "type": "object",
-    "required": ["selector", "targetPorts", "endpointPickerRef"],
-    "additionalProperties": False,
-    "properties": {
-        "selector": {
-            "type": "object", "required": ["matchLabels"], "additionalProperties": False,
-            "properties": {"matchLabels": {**_LABELS, "minProperties": 1, "maxProperties": 64}},
-        },
-        "targetPorts": {
-            "type": "array", "minItems": 1, "maxItems": 8,
-            "items": {"type": "object", "required": ["number"], "additionalProperties": False,
-                      "properties": {"number": _PORT}},
-        },
-        "appProtocol": {"enum": ["http", "kubernetes.io/h2c"]},
-        "endpointPickerRef": {
-            "type": "object",
-            # port is optional in the CRD only for kinds other than Service.
-            "required": ["name", "port"],
-            "additionalProperties": False,
-            "properties": {
-                "group": {"const": ""},
-                "kind": {"const": "Service"},
-                "name": _NAME,
-                "port": {"type": "object", "required": ["number"], "additionalProperties": False,
-                         "properties": {"number": _PORT}},
-                "failureMode": {"enum": ["FailOpen", "FailClose"]},
+INFERENCE_POOL_V1 = _resource(
+    {
+        "type": "object",
+        "required": ["selector", "targetPorts", "endpointPickerRef"],
+        "additionalProperties": False,
+        "properties": {
+            "selector": {
+                "type": "object",
+                "required": ["matchLabels"],
+                "additionalProperties": False,
+                "properties": {"matchLabels": {**_LABELS, "minProperties": 1, "maxProperties": 64}},
+            },
+            "targetPorts": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": 8,
+                "items": {
+                    "type": "object",
+                    "required": ["number"],
+                    "additionalProperties": False,
+                    "properties": {"number": _PORT},
+                },
+            },
+            "appProtocol": {"enum": ["http", "kubernetes.io/h2c"]},
+            "endpointPickerRef": {
+                "type": "object",
+                # port is optional in the CRD only for kinds other than Service.
+                "required": ["name", "port"],
+                "additionalProperties": False,
+                "properties": {
+                    "group": {"const": ""},
+                    "kind": {"const": "Service"},
+                    "name": _NAME,
+                    "port": {
+                        "type": "object",
+                        "required": ["number"],
+                        "additionalProperties": False,
+                        "properties": {"number": _PORT},
+                    },
+                    "failureMode": {"enum": ["FailOpen", "FailClose"]},
+                },
             },
         },
     },
-}, annotations=_POOL_ANNOTATIONS)
+    annotations=_POOL_ANNOTATIONS,
+)
 
-INFERENCE_POOL_V1ALPHA2 = _resource({
-    "type": "object",
-    "required": ["selector", "targetPortNumber", "extensionRef"],
-    "additionalProperties": False,
-    "properties": {
-        "selector": {**_LABELS, "minProperties": 1},
-        "targetPortNumber": _PORT,
-        "extensionRef": {
-            "type": "object",
-            "required": ["name", "portNumber"],
-            "additionalProperties": False,
-            "properties": {
-                "group": {"const": ""},
-                "kind": {"const": "Service"},
-                "name": _NAME,
-                "portNumber": _PORT,
-                "failureMode": {"enum": ["FailOpen", "FailClose"]},
+INFERENCE_POOL_V1ALPHA2 = _resource(
+    {
+        "type": "object",
+        "required": ["selector", "targetPortNumber", "extensionRef"],
+        "additionalProperties": False,
+        "properties": {
+            "selector": {**_LABELS, "minProperties": 1},
+            "targetPortNumber": _PORT,
+            "extensionRef": {
+                "type": "object",
+                "required": ["name", "portNumber"],
+                "additionalProperties": False,
+                "properties": {
+                    "group": {"const": ""},
+                    "kind": {"const": "Service"},
+                    "name": _NAME,
+                    "portNumber": _PORT,
+                    "failureMode": {"enum": ["FailOpen", "FailClose"]},
+                },
             },
         },
     },
-}, annotations=_POOL_ANNOTATIONS)
+    annotations=_POOL_ANNOTATIONS,
+)
 
 _POOL_REF: Schema = {
     "type": "object",
     "required": ["name"],
     "additionalProperties": False,
-    "properties": {"group": {"enum": _GIE_GROUPS}, "kind": {"const": "InferencePool"},
-                   "name": _NAME},
+    "properties": {
+        "group": {"enum": _GIE_GROUPS},
+        "kind": {"const": "InferencePool"},
+        "name": _NAME,
+    },
 }
 
-INFERENCE_OBJECTIVE = _resource({
-    "type": "object",
-    "required": ["poolRef"],
-    "additionalProperties": False,
-    "properties": {"poolRef": _POOL_REF, "priority": {"type": "integer"}},
-})
+INFERENCE_OBJECTIVE = _resource(
+    {
+        "type": "object",
+        "required": ["poolRef"],
+        "additionalProperties": False,
+        "properties": {"poolRef": _POOL_REF, "priority": {"type": "integer"}},
+    }
+)
 
-INFERENCE_MODEL_REWRITE = _resource({
-    "type": "object",
-    "required": ["poolRef", "rules"],
-    "additionalProperties": False,
-    "properties": {
-        "poolRef": _POOL_REF,
-        "rules": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["targets"],
-                "additionalProperties": False,
-                "properties": {
-                    "matches": {"type": "array", "items": {
-                        "type": "object", "required": ["model"], "additionalProperties": False,
-                        "properties": {"model": {
-                            "type": "object", "required": ["value"],
-                            "additionalProperties": False,
-                            "properties": {"type": {"const": "Exact"},
-                                           "value": {"type": "string", "minLength": 1}},
-                        }},
-                    }},
-                    "targets": {"type": "array", "minItems": 1, "items": {
-                        "type": "object", "required": ["modelRewrite"],
-                        "additionalProperties": False,
-                        "properties": {"modelRewrite": {"type": "string", "minLength": 1},
-                                       "weight": {"type": "integer", "minimum": 1,
-                                                  "maximum": 1000000}},
-                    }},
+INFERENCE_MODEL_REWRITE = _resource(
+    {
+        "type": "object",
+        "required": ["poolRef", "rules"],
+        "additionalProperties": False,
+        "properties": {
+            "poolRef": _POOL_REF,
+            "rules": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["targets"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "matches": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["model"],
+                                "additionalProperties": False,
+                                "properties": {
+                                    "model": {
+                                        "type": "object",
+                                        "required": ["value"],
+                                        "additionalProperties": False,
+                                        "properties": {
+                                            "type": {"const": "Exact"},
+                                            "value": {"type": "string", "minLength": 1},
+                                        },
+                                    }
+                                },
+                            },
+                        },
+                        "targets": {
+                            "type": "array",
+                            "minItems": 1,
+                            "items": {
+                                "type": "object",
+                                "required": ["modelRewrite"],
+                                "additionalProperties": False,
+                                "properties": {
+                                    "modelRewrite": {"type": "string", "minLength": 1},
+                                    "weight": {"type": "integer", "minimum": 1, "maximum": 1000000},
+                                },
+                            },
+                        },
+                    },
                 },
             },
         },
-    },
-})
+    }
+)
 
 _PARENT_REF: Schema = {
     "type": "object",
     "required": ["name"],
     "additionalProperties": False,
-    "properties": {"group": {"type": "string"}, "kind": {"type": "string"}, "name": _NAME,
-                   "namespace": _NAME, "sectionName": _NAME, "port": _PORT},
+    "properties": {
+        "group": {"type": "string"},
+        "kind": {"type": "string"},
+        "name": _NAME,
+        "namespace": _NAME,
+        "sectionName": _NAME,
+        "port": _PORT,
+    },
 }
 
 _BACKEND_REF: Schema = {
     "type": "object",
     "required": ["name"],
     "additionalProperties": False,
-    "properties": {"group": {"type": "string"}, "kind": {"type": "string"}, "name": _NAME,
-                   "namespace": _NAME, "port": _PORT,
-                   "weight": {"type": "integer", "minimum": 0, "maximum": 1000000}},
+    "properties": {
+        "group": {"type": "string"},
+        "kind": {"type": "string"},
+        "name": _NAME,
+        "namespace": _NAME,
+        "port": _PORT,
+        "weight": {"type": "integer", "minimum": 0, "maximum": 1000000},
+    },
     # A route to an InferencePool must say so in full: the default kind is Service.
     "if": {"required": ["kind"], "properties": {"kind": {"const": "InferencePool"}}},
     "then": {"required": ["group", "kind", "name"], "properties": {"group": {"enum": _GIE_GROUPS}}},
     "else": {"required": ["port"]},
 }
 
-HTTP_ROUTE = _resource({
-    "type": "object",
-    "required": ["parentRefs", "rules"],
-    "additionalProperties": False,
-    "properties": {
-        "parentRefs": {"type": "array", "minItems": 1, "items": _PARENT_REF},
-        "hostnames": {"type": "array", "items": {"type": "string"}},
-        "rules": {"type": "array", "minItems": 1, "maxItems": 16, "items": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                "name": _NAME,
-                "matches": {"type": "array", "maxItems": 64, "items": {
+HTTP_ROUTE = _resource(
+    {
+        "type": "object",
+        "required": ["parentRefs", "rules"],
+        "additionalProperties": False,
+        "properties": {
+            "parentRefs": {"type": "array", "minItems": 1, "items": _PARENT_REF},
+            "hostnames": {"type": "array", "items": {"type": "string"}},
+            "rules": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": 16,
+                "items": {
                     "type": "object",
                     "additionalProperties": False,
                     "properties": {
-                        "path": {"type": "object", "additionalProperties": False, "properties": {
-                            "type": {"enum": ["Exact", "PathPrefix", "RegularExpression"]},
-                            "value": {"type": "string", "pattern": "^/"}}},
-                        "headers": {"type": "array", "maxItems": 16, "items": {
-                            "type": "object", "required": ["name", "value"],
+                        "name": _NAME,
+                        "matches": {
+                            "type": "array",
+                            "maxItems": 64,
+                            "items": {
+                                "type": "object",
+                                "additionalProperties": False,
+                                "properties": {
+                                    "path": {
+                                        "type": "object",
+                                        "additionalProperties": False,
+                                        "properties": {
+                                            "type": {
+                                                "enum": ["Exact", "PathPrefix", "RegularExpression"]
+                                            },
+                                            "value": {"type": "string", "pattern": "^/"},
+                                        },
+                                    },
+                                    "headers": {
+                                        "type": "array",
+                                        "maxItems": 16,
+                                        "items": {
+                                            "type": "object",
+                                            "required": ["name", "value"],
+                                            "additionalProperties": False,
+                                            "properties": {
+                                                "type": {"enum": ["Exact", "RegularExpression"]},
+                                                "name": {
+                                                    "type": "string",
+                                                    "pattern": r"^[A-Za-z0-9!#$%&'*+\-.^_`|~]+$",
+                                                },
+                                                "value": {
+                                                    "type": "string",
+                                                    "minLength": 1,
+                                                    "maxLength": 4096,
+                                                },
+                                            },
+                                        },
+                                    },
+                                    "method": {"type": "string"},
+                                    "queryParams": {"type": "array"},
+                                },
+                            },
+                        },
+                        "backendRefs": {"type": "array", "minItems": 1, "items": _BACKEND_REF},
+                        "filters": {"type": "array"},
+                        "timeouts": {
+                            "type": "object",
                             "additionalProperties": False,
                             "properties": {
-                                "type": {"enum": ["Exact", "RegularExpression"]},
-                                "name": {"type": "string",
-                                         "pattern": r"^[A-Za-z0-9!#$%&'*+\-.^_`|~]+$"},
-                                "value": {"type": "string", "minLength": 1, "maxLength": 4096},
+                                "request": _GATEWAY_DURATION,
+                                "backendRequest": _GATEWAY_DURATION,
                             },
-                        }},
-                        "method": {"type": "string"},
-                        "queryParams": {"type": "array"},
+                        },
                     },
-                }},
-                "backendRefs": {"type": "array", "minItems": 1, "items": _BACKEND_REF},
-                "filters": {"type": "array"},
-                "timeouts": {"type": "object", "additionalProperties": False, "properties": {
-                    "request": _GATEWAY_DURATION, "backendRequest": _GATEWAY_DURATION}},
+                },
             },
-        }},
+        },
+    }
+)
+
+GATEWAY = _resource(
+    {
+        "type": "object",
+        "required": ["gatewayClassName", "listeners"],
+        "properties": {
+            "gatewayClassName": _NAME,
+            "listeners": {
+                "type": "array",
+                "minItems": 1,
+                "items": {
+                    "type": "object",
+                    "required": ["name", "port", "protocol"],
+                    "properties": {
+                        "name": _NAME,
+                        "port": _PORT,
+                        "protocol": {"enum": ["HTTP", "HTTPS", "TLS", "TCP", "UDP"]},
+                    },
+                },
+            },
+        },
+    }
+)
+
+GATEWAY_CLASS = _resource(
+    {
+        "type": "object",
+        "required": ["controllerName"],
+        "properties": {"controllerName": {"type": "string", "pattern": r"^[a-z0-9.-]+/[^/]+$"}},
+    }
+)
+
+_TARGET_REFS: Schema = {
+    "type": "array",
+    "minItems": 1,
+    "items": {
+        "type": "object",
+        "required": ["group", "kind", "name"],
+        "additionalProperties": False,
+        "properties": {
+            "group": {"type": "string"},
+            "kind": {"type": "string"},
+            "name": _NAME,
+            "sectionName": _NAME,
+        },
     },
-})
-
-GATEWAY = _resource({
-    "type": "object",
-    "required": ["gatewayClassName", "listeners"],
-    "properties": {
-        "gatewayClassName": _NAME,
-        "listeners": {"type": "array", "minItems": 1, "items": {
-            "type": "object", "required": ["name", "port", "protocol"],
-            "properties": {"name": _NAME, "port": _PORT,
-                           "protocol": {"enum": ["HTTP", "HTTPS", "TLS", "TCP", "UDP"]}},
-        }},
-    },
-})
-
-GATEWAY_CLASS = _resource({
-    "type": "object",
-    "required": ["controllerName"],
-    "properties": {"controllerName": {"type": "string", "pattern": r"^[a-z0-9.-]+/[^/]+$"}},
-})
-
-_TARGET_REFS: Schema = {"type": "array", "minItems": 1, "items": {
-    "type": "object", "required": ["group", "kind", "name"], "additionalProperties": False,
-    "properties": {"group": {"type": "string"}, "kind": {"type": "string"}, "name": _NAME,
-                   "sectionName": _NAME},
-}}
+}
 
 # The ext_proc filter in front of epp (Envoy's proto JSON names, as deploy/ writes them).
 EXT_PROC_FILTER: Schema = {
@@ -250,27 +371,46 @@ EXT_PROC_FILTER: Schema = {
         "name": {"type": "string", "pattern": r"^envoy\.filters\.http\.ext_proc"},
         "typed_config": {
             "type": "object",
-            "required": ["@type", "grpc_service", "processing_mode", "failure_mode_allow",
-                         "allow_mode_override", "message_timeout"],
+            "required": [
+                "@type",
+                "grpc_service",
+                "processing_mode",
+                "failure_mode_allow",
+                "allow_mode_override",
+                "message_timeout",
+            ],
             "properties": {
-                "@type": {"const": "type.googleapis.com/envoy.extensions.filters.http.ext_proc"
-                                  ".v3.ExternalProcessor"},
+                "@type": {
+                    "const": "type.googleapis.com/envoy.extensions.filters.http.ext_proc"
+                    ".v3.ExternalProcessor"
+                },
                 "grpc_service": {
-                    "type": "object", "required": ["envoy_grpc"],
+                    "type": "object",
+                    "required": ["envoy_grpc"],
                     "properties": {
-                        "envoy_grpc": {"type": "object", "required": ["cluster_name"],
-                                       "additionalProperties": False,
-                                       "properties": {"cluster_name": {"type": "string"},
-                                                      "authority": {"type": "string"}}},
+                        "envoy_grpc": {
+                            "type": "object",
+                            "required": ["cluster_name"],
+                            "additionalProperties": False,
+                            "properties": {
+                                "cluster_name": {"type": "string"},
+                                "authority": {"type": "string"},
+                            },
+                        },
                         "timeout": _GO_DURATION,
                     },
                 },
                 "processing_mode": {
                     "type": "object",
                     "additionalProperties": False,
-                    "required": ["request_header_mode", "request_body_mode",
-                                 "request_trailer_mode", "response_header_mode",
-                                 "response_body_mode", "response_trailer_mode"],
+                    "required": [
+                        "request_header_mode",
+                        "request_body_mode",
+                        "request_trailer_mode",
+                        "response_header_mode",
+                        "response_body_mode",
+                        "response_trailer_mode",
+                    ],
                     "properties": {
                         "request_header_mode": {"const": "SEND"},
                         "request_body_mode": {"const": "FULL_DUPLEX_STREAMED"},
@@ -289,146 +429,271 @@ EXT_PROC_FILTER: Schema = {
     },
 }
 
-ENVOY_FILTER = _resource({
-    "type": "object",
-    "required": ["configPatches"],
-    "additionalProperties": False,
-    "properties": {
-        "targetRefs": _TARGET_REFS,
-        "workloadSelector": {"type": "object"},
-        "priority": {"type": "integer"},
-        "configPatches": {"type": "array", "minItems": 1, "items": {
-            "type": "object",
-            "required": ["applyTo", "patch"],
-            "additionalProperties": False,
-            "properties": {
-                "applyTo": {"enum": ["LISTENER", "FILTER_CHAIN", "NETWORK_FILTER", "HTTP_FILTER",
-                                     "ROUTE_CONFIGURATION", "VIRTUAL_HOST", "HTTP_ROUTE",
-                                     "CLUSTER", "EXTENSION_CONFIG", "BOOTSTRAP",
-                                     "LISTENER_FILTER"]},
-                "match": {"type": "object", "properties": {
-                    "context": {"enum": ["ANY", "SIDECAR_INBOUND", "SIDECAR_OUTBOUND",
-                                         "GATEWAY"]},
-                    "listener": {"type": "object"},
-                }},
-                "patch": {
+ENVOY_FILTER = _resource(
+    {
+        "type": "object",
+        "required": ["configPatches"],
+        "additionalProperties": False,
+        "properties": {
+            "targetRefs": _TARGET_REFS,
+            "workloadSelector": {"type": "object"},
+            "priority": {"type": "integer"},
+            "configPatches": {
+                "type": "array",
+                "minItems": 1,
+                "items": {
                     "type": "object",
-                    "required": ["operation", "value"],
+                    "required": ["applyTo", "patch"],
+                    "additionalProperties": False,
                     "properties": {
-                        "operation": {"enum": ["MERGE", "ADD", "REMOVE", "INSERT_BEFORE",
-                                               "INSERT_AFTER", "INSERT_FIRST", "REPLACE"]},
-                        "value": {
+                        "applyTo": {
+                            "enum": [
+                                "LISTENER",
+                                "FILTER_CHAIN",
+                                "NETWORK_FILTER",
+                                "HTTP_FILTER",
+                                "ROUTE_CONFIGURATION",
+                                "VIRTUAL_HOST",
+                                "HTTP_ROUTE",
+                                "CLUSTER",
+                                "EXTENSION_CONFIG",
+                                "BOOTSTRAP",
+                                "LISTENER_FILTER",
+                            ]
+                        },
+                        "match": {
                             "type": "object",
-                            "if": {"required": ["name"], "properties": {
-                                "name": {"pattern": r"^envoy\.filters\.http\.ext_proc"}}},
-                            "then": EXT_PROC_FILTER,
+                            "properties": {
+                                "context": {
+                                    "enum": [
+                                        "ANY",
+                                        "SIDECAR_INBOUND",
+                                        "SIDECAR_OUTBOUND",
+                                        "GATEWAY",
+                                    ]
+                                },
+                                "listener": {"type": "object"},
+                            },
+                        },
+                        "patch": {
+                            "type": "object",
+                            "required": ["operation", "value"],
+                            "properties": {
+                                "operation": {
+                                    "enum": [
+                                        "MERGE",
+                                        "ADD",
+                                        "REMOVE",
+                                        "INSERT_BEFORE",
+                                        "INSERT_AFTER",
+                                        "INSERT_FIRST",
+                                        "REPLACE",
+                                    ]
+                                },
+                                "value": {
+                                    "type": "object",
+                                    "if": {
+                                        "required": ["name"],
+                                        "properties": {
+                                            "name": {"pattern": r"^envoy\.filters\.http\.ext_proc"}
+                                        },
+                                    },
+                                    "then": EXT_PROC_FILTER,
+                                },
+                            },
                         },
                     },
                 },
             },
-        }},
-    },
-})
+        },
+    }
+)
 
-DESTINATION_RULE = _resource({
-    "type": "object",
-    "required": ["host"],
-    "properties": {
-        "host": {"type": "string", "minLength": 1},
-        "trafficPolicy": {"type": "object", "properties": {"tls": {
-            "type": "object", "required": ["mode"], "additionalProperties": False,
-            "properties": {"mode": {"enum": ["DISABLE", "SIMPLE", "MUTUAL", "ISTIO_MUTUAL"]},
-                           "insecureSkipVerify": {"type": "boolean"},
-                           "sni": {"type": "string"}},
-        }}},
-    },
-})
+DESTINATION_RULE = _resource(
+    {
+        "type": "object",
+        "required": ["host"],
+        "properties": {
+            "host": {"type": "string", "minLength": 1},
+            "trafficPolicy": {
+                "type": "object",
+                "properties": {
+                    "tls": {
+                        "type": "object",
+                        "required": ["mode"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "mode": {"enum": ["DISABLE", "SIMPLE", "MUTUAL", "ISTIO_MUTUAL"]},
+                            "insecureSkipVerify": {"type": "boolean"},
+                            "sni": {"type": "string"},
+                        },
+                    }
+                },
+            },
+        },
+    }
+)
 
 _BODY_MODE: Schema = {"enum": ["Streamed", "Buffered", "BufferedPartial", "FullDuplexStreamed"]}
-_MODE_OPTIONS: Schema = {"type": "object", "additionalProperties": False,
-                         "properties": {"body": _BODY_MODE,
-                                        "attributes": {"type": "array",
-                                                       "items": {"type": "string"}}}}
-
-_FULL_DUPLEX: Schema = {"required": ["body"],
-                        "properties": {"body": {"const": "FullDuplexStreamed"}}}
-
-ENVOY_EXTENSION_POLICY = _resource({
+_MODE_OPTIONS: Schema = {
     "type": "object",
-    "required": ["targetRefs"],
     "additionalProperties": False,
     "properties": {
-        "targetRefs": _TARGET_REFS,
-        "extProc": {"type": "array", "minItems": 1, "items": {
-            "type": "object",
-            "required": ["backendRefs"],
-            "additionalProperties": False,
-            "properties": {
-                "backendRefs": {"type": "array", "minItems": 1, "items": {
-                    "type": "object", "required": ["name", "port"],
+        "body": _BODY_MODE,
+        "attributes": {"type": "array", "items": {"type": "string"}},
+    },
+}
+
+_FULL_DUPLEX: Schema = {
+    "required": ["body"],
+    "properties": {"body": {"const": "FullDuplexStreamed"}},
+}
+
+ENVOY_EXTENSION_POLICY = _resource(
+    {
+        "type": "object",
+        "required": ["targetRefs"],
+        "additionalProperties": False,
+        "properties": {
+            "targetRefs": _TARGET_REFS,
+            "extProc": {
+                "type": "array",
+                "minItems": 1,
+                "items": {
+                    "type": "object",
+                    "required": ["backendRefs"],
                     "additionalProperties": False,
-                    "properties": {"group": {"enum": ["", "gateway.envoyproxy.io",
-                                                      "multicluster.x-k8s.io"]},
-                                   "kind": {"enum": ["Service", "Backend", "ServiceImport"]},
-                                   "name": _NAME, "namespace": _NAME, "port": _PORT},
-                }},
-                "backendSettings": {"type": "object"},
-                "processingMode": {"type": "object", "additionalProperties": False,
-                                   "properties": {"request": _MODE_OPTIONS,
-                                                  "response": _MODE_OPTIONS,
-                                                  "allowModeOverride": {"type": "boolean"}}},
-                "messageTimeout": _GATEWAY_DURATION,
-                "failOpen": {"type": "boolean"},
-                "metadata": {"type": "object"},
+                    "properties": {
+                        "backendRefs": {
+                            "type": "array",
+                            "minItems": 1,
+                            "items": {
+                                "type": "object",
+                                "required": ["name", "port"],
+                                "additionalProperties": False,
+                                "properties": {
+                                    "group": {
+                                        "enum": [
+                                            "",
+                                            "gateway.envoyproxy.io",
+                                            "multicluster.x-k8s.io",
+                                        ]
+                                    },
+                                    "kind": {"enum": ["Service", "Backend", "ServiceImport"]},
+                                    "name": _NAME,
+                                    "namespace": _NAME,
+                                    "port": _PORT,
+                                },
+                            },
+                        },
+                        "backendSettings": {"type": "object"},
+                        "processingMode": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "properties": {
+                                "request": _MODE_OPTIONS,
+                                "response": _MODE_OPTIONS,
+                                "allowModeOverride": {"type": "boolean"},
+                            },
+                        },
+                        "messageTimeout": _GATEWAY_DURATION,
+                        "failOpen": {"type": "boolean"},
+                        "metadata": {"type": "object"},
+                    },
+                    # Envoy Gateway's rule: FullDuplexStreamed needs failOpen false.
+                    "if": {
+                        "properties": {
+                            "processingMode": {
+                                "anyOf": [
+                                    {"required": [way], "properties": {way: _FULL_DUPLEX}}
+                                    for way in ("request", "response")
+                                ]
+                            }
+                        },
+                        "required": ["processingMode"],
+                    },
+                    "then": {"properties": {"failOpen": {"const": False}}},
+                },
             },
-            # Envoy Gateway's rule: FullDuplexStreamed needs failOpen false.
-            "if": {"properties": {"processingMode": {"anyOf": [
-                {"required": [way], "properties": {way: _FULL_DUPLEX}}
-                for way in ("request", "response")
-            ]}}, "required": ["processingMode"]},
-            "then": {"properties": {"failOpen": {"const": False}}},
-        }},
-    },
-})
+        },
+    }
+)
 
-SERVICE_MONITOR = _resource({
-    "type": "object",
-    "required": ["selector", "endpoints"],
-    "properties": {
-        "selector": {"type": "object", "required": ["matchLabels"],
-                     "properties": {"matchLabels": {**_LABELS, "minProperties": 1}}},
-        "namespaceSelector": {"type": "object", "properties": {
-            "any": {"type": "boolean"},
-            "matchNames": {"type": "array", "items": _NAME}}},
-        "endpoints": {"type": "array", "minItems": 1, "items": {
-            "type": "object", "required": ["port"],
-            "properties": {"port": _NAME, "path": {"type": "string", "pattern": "^/"},
-                           "interval": _GATEWAY_DURATION,
-                           "scheme": {"enum": ["http", "https"]}},
-        }},
-    },
-})
+SERVICE_MONITOR = _resource(
+    {
+        "type": "object",
+        "required": ["selector", "endpoints"],
+        "properties": {
+            "selector": {
+                "type": "object",
+                "required": ["matchLabels"],
+                "properties": {"matchLabels": {**_LABELS, "minProperties": 1}},
+            },
+            "namespaceSelector": {
+                "type": "object",
+                "properties": {
+                    "any": {"type": "boolean"},
+                    "matchNames": {"type": "array", "items": _NAME},
+                },
+            },
+            "endpoints": {
+                "type": "array",
+                "minItems": 1,
+                "items": {
+                    "type": "object",
+                    "required": ["port"],
+                    "properties": {
+                        "port": _NAME,
+                        "path": {"type": "string", "pattern": "^/"},
+                        "interval": _GATEWAY_DURATION,
+                        "scheme": {"enum": ["http", "https"]},
+                    },
+                },
+            },
+        },
+    }
+)
 
-POD_MONITOR = _resource({
-    "type": "object",
-    "required": ["selector", "podMetricsEndpoints"],
-    "properties": {
-        "selector": {"type": "object", "properties": {
-            "matchLabels": _LABELS,
-            "matchExpressions": {"type": "array", "items": {
-                "type": "object", "required": ["key", "operator"],
-                "properties": {"key": {"type": "string"},
-                               "operator": {"enum": ["In", "NotIn", "Exists", "DoesNotExist"]},
-                               "values": {"type": "array", "items": _LABEL_VALUE}}}}}},
-        "podMetricsEndpoints": {"type": "array", "minItems": 1, "items": {
-            "type": "object",
-            "properties": {"port": _NAME, "portNumber": _PORT,
-                           "path": {"type": "string", "pattern": "^/"},
-                           "interval": _GATEWAY_DURATION,
-                           "scheme": {"enum": ["http", "https"]}},
-        }},
-    },
-})
+POD_MONITOR = _resource(
+    {
+        "type": "object",
+        "required": ["selector", "podMetricsEndpoints"],
+        "properties": {
+            "selector": {
+                "type": "object",
+                "properties": {
+                    "matchLabels": _LABELS,
+                    "matchExpressions": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["key", "operator"],
+                            "properties": {
+                                "key": {"type": "string"},
+                                "operator": {"enum": ["In", "NotIn", "Exists", "DoesNotExist"]},
+                                "values": {"type": "array", "items": _LABEL_VALUE},
+                            },
+                        },
+                    },
+                },
+            },
+            "podMetricsEndpoints": {
+                "type": "array",
+                "minItems": 1,
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "port": _NAME,
+                        "portNumber": _PORT,
+                        "path": {"type": "string", "pattern": "^/"},
+                        "interval": _GATEWAY_DURATION,
+                        "scheme": {"enum": ["http", "https"]},
+                    },
+                },
+            },
+        },
+    }
+)
 
 # (apiVersion, kind) -> schema
 CRD_SCHEMAS: dict[tuple[str, str], Schema] = {

@@ -46,29 +46,31 @@ Obj = dict[str, Any]
 # The epp metrics the dashboard uses: counters with ``_total``, histograms by family name.
 # Names from the reference EPP (Gateway API Inference Extension v1.5.0,
 # pkg/epp/metrics/metrics.go) where it has one; ``epp_*`` names are epp's own.
-EPP_METRICS = frozenset({
-    "inference_objective_request_total",
-    "inference_objective_request_error_total",
-    "inference_objective_request_duration_seconds",
-    "inference_objective_request_ttft_seconds",
-    "inference_objective_normalized_time_per_output_token_seconds",
-    "inference_objective_input_tokens",
-    "inference_objective_output_tokens",
-    "inference_objective_running_requests",
-    "inference_extension_scheduler_e2e_duration_seconds",
-    "inference_extension_prefix_indexer_size",
-    "inference_extension_prefix_indexer_hit_ratio",
-    "inference_pool_ready_pods",
-    "inference_pool_average_kv_cache_utilization",
-    "inference_pool_average_queue_size",
-    "epp_endpoint_inflight_requests",
-    "epp_endpoint_metrics_stale",
-    "epp_endpoint_metrics_age_seconds",
-    "epp_endpoint_scrape_failures",
-    "epp_endpoint_unhealthy",
-    "epp_endpoint_ejections_total",
-    "epp_model_fallback_total",
-})
+EPP_METRICS = frozenset(
+    {
+        "inference_objective_request_total",
+        "inference_objective_request_error_total",
+        "inference_objective_request_duration_seconds",
+        "inference_objective_request_ttft_seconds",
+        "inference_objective_normalized_time_per_output_token_seconds",
+        "inference_objective_input_tokens",
+        "inference_objective_output_tokens",
+        "inference_objective_running_requests",
+        "inference_extension_scheduler_e2e_duration_seconds",
+        "inference_extension_prefix_indexer_size",
+        "inference_extension_prefix_indexer_hit_ratio",
+        "inference_pool_ready_pods",
+        "inference_pool_average_kv_cache_utilization",
+        "inference_pool_average_queue_size",
+        "epp_endpoint_inflight_requests",
+        "epp_endpoint_metrics_stale",
+        "epp_endpoint_metrics_age_seconds",
+        "epp_endpoint_scrape_failures",
+        "epp_endpoint_unhealthy",
+        "epp_endpoint_ejections_total",
+        "epp_model_fallback_total",
+    }
+)
 
 # Used by the dashboard but not yet defined by epp (being added elsewhere): each is left out
 # of test_epp_metrics_exist and reported by test_pending_epp_metrics_are_still_missing
@@ -88,8 +90,7 @@ VLLM_NOT_IN_SIM: Mapping[str, tuple[str, frozenset[str]]] = {
 # Labels Prometheus attaches to every series from the scrape configs in deploy/prometheus/
 # (the operator adds namespace, pod, container, service and job; the plain configs set
 # namespace and pod, and node for vLLM pods).
-TARGET_LABELS = frozenset({"job", "instance", "namespace", "pod", "container", "service",
-                           "node"})
+TARGET_LABELS = frozenset({"job", "instance", "namespace", "pod", "container", "service", "node"})
 
 ROOT = Path(__file__).resolve().parents[3]
 DASHBOARD = ROOT / "deploy" / "grafana" / "epp-dashboard.json"
@@ -102,28 +103,113 @@ METRICS_PATH = "/metrics"
 
 # -- PromQL: which metrics and labels an expression selects ---------------------------
 
-AGGREGATIONS = frozenset({
-    "sum", "min", "max", "avg", "group", "stddev", "stdvar", "count", "count_values",
-    "bottomk", "topk", "quantile", "limitk", "limit_ratio",
-})
-FUNCTIONS = frozenset({
-    "abs", "absent", "absent_over_time", "acos", "acosh", "asin", "asinh", "atan", "atanh",
-    "avg_over_time", "ceil", "changes", "clamp", "clamp_max", "clamp_min", "cos", "cosh",
-    "count_over_time", "day_of_month", "day_of_week", "day_of_year", "days_in_month", "deg",
-    "delta", "deriv", "double_exponential_smoothing", "end", "exp", "floor", "histogram_avg",
-    "histogram_count", "histogram_fraction", "histogram_quantile", "histogram_stddev",
-    "histogram_stdvar", "histogram_sum", "holt_winters", "hour", "idelta", "increase",
-    "info", "irate", "label_join", "label_replace", "last_over_time", "ln", "log10", "log2",
-    "mad_over_time", "max_over_time", "min_over_time", "minute", "month", "pi",
-    "predict_linear", "present_over_time", "quantile_over_time", "rad", "rate", "resets",
-    "round", "scalar", "sgn", "sin", "sinh", "sort", "sort_by_label", "sort_by_label_desc",
-    "sort_desc", "sqrt", "start", "stddev_over_time", "stdvar_over_time", "sum_over_time",
-    "tan", "tanh", "time", "timestamp", "vector", "year",
-})
+AGGREGATIONS = frozenset(
+    {
+        "sum",
+        "min",
+        "max",
+        "avg",
+        "group",
+        "stddev",
+        "stdvar",
+        "count",
+        "count_values",
+        "bottomk",
+        "topk",
+        "quantile",
+        "limitk",
+        "limit_ratio",
+    }
+)
+FUNCTIONS = frozenset(
+    {
+        "abs",
+        "absent",
+        "absent_over_time",
+        "acos",
+        "acosh",
+        "asin",
+        "asinh",
+        "atan",
+        "atanh",
+        "avg_over_time",
+        "ceil",
+        "changes",
+        "clamp",
+        "clamp_max",
+        "clamp_min",
+        "cos",
+        "cosh",
+        "count_over_time",
+        "day_of_month",
+        "day_of_week",
+        "day_of_year",
+        "days_in_month",
+        "deg",
+        "delta",
+        "deriv",
+        "double_exponential_smoothing",
+        "end",
+        "exp",
+        "floor",
+        "histogram_avg",
+        "histogram_count",
+        "histogram_fraction",
+        "histogram_quantile",
+        "histogram_stddev",
+        "histogram_stdvar",
+        "histogram_sum",
+        "holt_winters",
+        "hour",
+        "idelta",
+        "increase",
+        "info",
+        "irate",
+        "label_join",
+        "label_replace",
+        "last_over_time",
+        "ln",
+        "log10",
+        "log2",
+        "mad_over_time",
+        "max_over_time",
+        "min_over_time",
+        "minute",
+        "month",
+        "pi",
+        "predict_linear",
+        "present_over_time",
+        "quantile_over_time",
+        "rad",
+        "rate",
+        "resets",
+        "round",
+        "scalar",
+        "sgn",
+        "sin",
+        "sinh",
+        "sort",
+        "sort_by_label",
+        "sort_by_label_desc",
+        "sort_desc",
+        "sqrt",
+        "start",
+        "stddev_over_time",
+        "stdvar_over_time",
+        "sum_over_time",
+        "tan",
+        "tanh",
+        "time",
+        "timestamp",
+        "vector",
+        "year",
+    }
+)
 GROUPING = frozenset({"by", "without", "on", "ignoring", "group_left", "group_right"})
 KEYWORDS = GROUPING | {"bool", "and", "or", "unless", "offset", "atan2", "inf", "nan"}
 
-_TOKENS = re.compile(r"""
+_TOKENS = re.compile(
+    r"""
     (?P<ws>\s+)
   | (?P<str>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|`[^`]*`)
   | (?P<duration>(?:\d+(?:ms|[smhdwy]))+)
@@ -131,7 +217,9 @@ _TOKENS = re.compile(r"""
   | (?P<ident>[A-Za-z_:][A-Za-z0-9_:]*)
   | (?P<punct>[(){}\[\],:])
   | (?P<op>=~|!~|!=|==|<=|>=|[-+*/%^<>=@])
-""", re.VERBOSE)
+""",
+    re.VERBOSE,
+)
 # Grafana's variables, replaced before parsing: the interval ones stand in a range.
 _GRAFANA_INTERVAL = re.compile(r"\$__(?:rate_interval|interval|range)\b|\$\{__\w+\}")
 _GRAFANA_VARIABLE = re.compile(r"\$\{\w+(?::\w+)?\}|\$\w+|\[\[\w+\]\]")
@@ -159,7 +247,7 @@ def _tokens(expr: str) -> list[tuple[str, str]]:
     while pos < len(expr):
         match = _TOKENS.match(expr, pos)
         if match is None:
-            raise ValueError(f"cannot parse {expr[pos:pos + 20]!r} in {expr!r}")
+            raise ValueError(f"cannot parse {expr[pos : pos + 20]!r} in {expr!r}")
         assert match.lastgroup is not None
         if match.lastgroup != "ws":
             tokens.append((match.lastgroup, match.group()))
@@ -180,8 +268,7 @@ def parse_query(expr: str) -> Query:
         kind, text = tokens[i]
         following = tokens[i + 1] if i + 1 < len(tokens) else ("", "")
         if kind == "punct" and text == "[":  # a range or subquery: durations only
-            close = next((j for j in range(i, len(tokens)) if tokens[j] == ("punct", "]")),
-                         None)
+            close = next((j for j in range(i, len(tokens)) if tokens[j] == ("punct", "]")), None)
             if close is None:
                 raise ValueError(f"unclosed '[' in {expr!r}")
             i = close + 1
@@ -200,21 +287,29 @@ def parse_query(expr: str) -> Query:
         elif kind == "ident" and following == ("punct", "("):
             if text.lower() not in GROUPING | AGGREGATIONS and text not in FUNCTIONS:
                 raise ValueError(f"unknown function {text!r} in {expr!r}")
-        elif (kind == "ident" and text.lower() in AGGREGATIONS
-              and following[0] == "ident" and following[1].lower() in ("by", "without")):
+        elif (
+            kind == "ident"
+            and text.lower() in AGGREGATIONS
+            and following[0] == "ident"
+            and following[1].lower() in ("by", "without")
+        ):
             pass  # sum by (x) (...)
         elif kind == "ident" and text.lower() in KEYWORDS:
             pass
         elif kind == "ident":
             labels: set[str] = set()
             if following == ("punct", "{"):
-                close = next((j for j in range(i + 2, len(tokens))
-                              if tokens[j] == ("punct", "}")), None)
+                close = next(
+                    (j for j in range(i + 2, len(tokens)) if tokens[j] == ("punct", "}")), None
+                )
                 if close is None:
                     raise ValueError(f"unclosed '{{' in {expr!r}")
-                inside = tokens[i + 2:close]
-                labels = {name for (k, name), (_, op) in itertools.pairwise(inside)
-                          if k == "ident" and op in ("=", "!=", "=~", "!~")}
+                inside = tokens[i + 2 : close]
+                labels = {
+                    name
+                    for (k, name), (_, op) in itertools.pairwise(inside)
+                    if k == "ident" and op in ("=", "!=", "=~", "!~")
+                }
                 i = close
             if "__name__" in labels:
                 raise ValueError(f"{text} also matches on __name__ in {expr!r}")
@@ -236,26 +331,47 @@ def parse_variable_query(query: str) -> tuple[Query, str]:
     return parse_query(match["selector"]), match["label"]
 
 
-@pytest.mark.parametrize(("expr", "names", "grouping"), [
-    ('sum by (le, model_name) (rate(a_bucket{x="y", z=~"$v"}[$__rate_interval]))',
-     {"a_bucket": {"x", "z"}}, {"le", "model_name"}),
-    ("sum(rate(a[5m])) by (p) / on(q) group_left(r) b offset 1h", {"a": set(), "b": set()},
-     {"p", "q", "r"}),
-    ('count(vllm:x{n="a{b}"} > 0) or vector(0)', {"vllm:x": {"n"}}, set()),
-    ("histogram_quantile(0.99, rate(h_bucket[1h30m:1m])) * 1e3 + Inf", {"h_bucket": set()},
-     set()),
-    ('label_replace(up, "dst", "$1", "src", "(.*)")', {"up": set()}, set()),
-], ids=["matchers", "vector-matching", "strings", "numbers", "string-args"])
+@pytest.mark.parametrize(
+    ("expr", "names", "grouping"),
+    [
+        (
+            'sum by (le, model_name) (rate(a_bucket{x="y", z=~"$v"}[$__rate_interval]))',
+            {"a_bucket": {"x", "z"}},
+            {"le", "model_name"},
+        ),
+        (
+            "sum(rate(a[5m])) by (p) / on(q) group_left(r) b offset 1h",
+            {"a": set(), "b": set()},
+            {"p", "q", "r"},
+        ),
+        ('count(vllm:x{n="a{b}"} > 0) or vector(0)', {"vllm:x": {"n"}}, set()),
+        (
+            "histogram_quantile(0.99, rate(h_bucket[1h30m:1m])) * 1e3 + Inf",
+            {"h_bucket": set()},
+            set(),
+        ),
+        ('label_replace(up, "dst", "$1", "src", "(.*)")', {"up": set()}, set()),
+    ],
+    ids=["matchers", "vector-matching", "strings", "numbers", "string-args"],
+)
 def test_parse_query(expr: str, names: dict[str, set[str]], grouping: set[str]) -> None:
     query = parse_query(expr)
     assert {s.name: set(s.labels) for s in query.selectors} == names
     assert query.grouping == grouping
 
 
-@pytest.mark.parametrize("expr", [
-    "rate(a[5m]", "sum(a))", "ratez(a[5m])", '{__name__="a"}', 'a{__name__=~"b"}', "a # b",
-], ids=["unclosed", "unbalanced", "unknown-function", "bare-selector", "name-matcher",
-        "bad-char"])
+@pytest.mark.parametrize(
+    "expr",
+    [
+        "rate(a[5m]",
+        "sum(a))",
+        "ratez(a[5m])",
+        '{__name__="a"}',
+        'a{__name__=~"b"}',
+        "a # b",
+    ],
+    ids=["unclosed", "unbalanced", "unknown-function", "bare-selector", "name-matcher", "bad-char"],
+)
 def test_parse_query_refuses(expr: str) -> None:
     with pytest.raises(ValueError):
         parse_query(expr)
@@ -280,16 +396,20 @@ def _expressions(dashboard: Obj) -> Iterator[tuple[str, str]]:
     """(where, PromQL) for every panel target."""
     for panel in _panels(dashboard["panels"]):
         for target in panel.get("targets") or []:
-            yield f"panel {panel.get('id')} {panel.get('title')!r} {target.get('refId')}", \
-                target.get("expr", "")
+            yield (
+                f"panel {panel.get('id')} {panel.get('title')!r} {target.get('refId')}",
+                target.get("expr", ""),
+            )
 
 
 def _variable_queries(dashboard: Obj) -> Iterator[tuple[str, str]]:
     for variable in dashboard["templating"]["list"]:
         if variable["type"] == "query":
             query = variable["query"]
-            yield f"variable {variable['name']}", \
-                query["query"] if isinstance(query, dict) else query
+            yield (
+                f"variable {variable['name']}",
+                query["query"] if isinstance(query, dict) else query,
+            )
 
 
 def _selectors(dashboard: Obj) -> Iterator[tuple[str, Selector]]:
@@ -416,10 +536,15 @@ class Live:
 async def _run_epp_and_sim() -> Live:
     pod = await start_pod(PodSpec(models=("m",)), SimConfig(time_scale=0))
     try:
-        config, why = parse_serve_args([
-            "--grpc-host=127.0.0.1", "--grpc-port=0", "--grpc-health-port=0",
-            "--metrics-port=0", f"--endpoint={pod.address}=m",
-        ])
+        config, why = parse_serve_args(
+            [
+                "--grpc-host=127.0.0.1",
+                "--grpc-port=0",
+                "--grpc-health-port=0",
+                "--metrics-port=0",
+                f"--endpoint={pod.address}=m",
+            ]
+        )
         assert config is not None, why
         stop = asyncio.Event()
         collected: list[Metric] = []
@@ -428,11 +553,14 @@ async def _run_epp_and_sim() -> Live:
             collected.extend(epp_metrics.REGISTRY.collect())
             stop.set()
 
-        await asyncio.wait_for(serve(config, shutdown_trigger=stop.wait, on_ready=on_ready),
-                               timeout=60)
+        await asyncio.wait_for(
+            serve(config, shutdown_trigger=stop.wait, on_ready=on_ready), timeout=60
+        )
         assert collected, "epp never became ready"
-        async with aiohttp.ClientSession() as session, \
-                session.get(f"{pod.url}{METRICS_PATH}") as response:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{pod.url}{METRICS_PATH}") as response,
+        ):
             assert response.status == 200
             return Live(collected, await response.text())
     finally:
@@ -449,10 +577,13 @@ def _declared_labels() -> dict[str, frozenset[str]]:
     """Label names of epp's metric objects, by family name: collect() shows labels only
     on samples, and a labelled metric has none until a child is made (prometheus_client
     keeps the names on the object)."""
-    return {obj._name: frozenset(obj._labelnames)
-            for name, module in list(sys.modules.items())
-            if name == "epp" or name.startswith("epp.")
-            for obj in list(vars(module).values()) if isinstance(obj, MetricWrapperBase)}
+    return {
+        obj._name: frozenset(obj._labelnames)
+        for name, module in list(sys.modules.items())
+        if name == "epp" or name.startswith("epp.")
+        for obj in list(vars(module).values())
+        if isinstance(obj, MetricWrapperBase)
+    }
 
 
 @pytest.fixture(scope="module")
@@ -529,8 +660,10 @@ def test_pending_epp_metrics_are_still_missing(epp_families: dict[str, Family]) 
     landed = sorted(PENDING_EPP_METRICS & {f.canonical for f in epp_families.values()})
     assert landed == [], f"epp now defines {landed}: take them off PENDING_EPP_METRICS"
     if PENDING_EPP_METRICS:
-        pytest.xfail(f"the dashboard uses epp metrics not defined yet: "
-                     f"{', '.join(sorted(PENDING_EPP_METRICS))}")
+        pytest.xfail(
+            f"the dashboard uses epp metrics not defined yet: "
+            f"{', '.join(sorted(PENDING_EPP_METRICS))}"
+        )
 
 
 def test_vllm_metrics_exist(dashboard: Obj, vllm_families: dict[str, Family]) -> None:
@@ -538,8 +671,9 @@ def test_vllm_metrics_exist(dashboard: Obj, vllm_families: dict[str, Family]) ->
     for where, selector in _vllm_selectors(dashboard):
         family = vllm_families.get(selector.name)
         if family is None:
-            problems.append(f"{where}: neither the simulator nor VLLM_NOT_IN_SIM has "
-                            f"{selector.name}")
+            problems.append(
+                f"{where}: neither the simulator nor VLLM_NOT_IN_SIM has {selector.name}"
+            )
         else:
             problems += _label_problems(where, selector, family)
     assert problems == []
@@ -574,8 +708,10 @@ def test_grouping_and_legend_labels_exist(
                 legend = set(re.findall(r"\{\{\s*(\w+)\s*\}\}", target.get("legendFormat", "")))
                 unknown = (query.grouping | legend) - labels
                 if unknown:
-                    problems.append(f"panel {panel['id']} {panel['title']!r} "
-                                    f"{target['refId']}: no label {sorted(unknown)}")
+                    problems.append(
+                        f"panel {panel['id']} {panel['title']!r} "
+                        f"{target['refId']}: no label {sorted(unknown)}"
+                    )
     assert problems == []
 
 
@@ -666,10 +802,13 @@ def _selects(selector: Obj, labels: Mapping[str, str]) -> bool:
 def _epp_services(objects: list[Obj]) -> list[tuple[Obj, Obj]]:
     """(Service, pod template) of each Service that selects epp pods."""
     epp_templates = [c.deployment["spec"]["template"] for c in epp_containers(objects)]
-    return [(svc, template) for svc in objects if svc["kind"] == "Service"
-            for template in epp_templates
-            if _selects({"matchLabels": svc["spec"]["selector"]},
-                        template["metadata"]["labels"])]
+    return [
+        (svc, template)
+        for svc in objects
+        if svc["kind"] == "Service"
+        for template in epp_templates
+        if _selects({"matchLabels": svc["spec"]["selector"]}, template["metadata"]["labels"])
+    ]
 
 
 def _vllm_templates(objects: list[Obj]) -> list[Obj]:
@@ -699,8 +838,9 @@ def test_epp_serves_metrics_where_the_configs_scrape() -> None:
         containers = list(epp_containers(_objects(*patterns)))
         assert containers, setup
         for epp in containers:
-            assert int(epp.flag("metrics-port") or ServerConfig().metrics_port) == \
-                EPP_METRICS_PORT, f"{setup}: {describe(epp.deployment)}"
+            assert (
+                int(epp.flag("metrics-port") or ServerConfig().metrics_port) == EPP_METRICS_PORT
+            ), f"{setup}: {describe(epp.deployment)}"
 
 
 def test_pools_serve_on_the_vllm_port() -> None:
@@ -717,17 +857,17 @@ def test_standalone_prometheus_config() -> None:
     assert jobs.keys() == {"epp", "vllm"}
     for job in jobs.values():
         assert job.get("metrics_path", "/metrics") == METRICS_PATH
-        assert job["static_configs"] and all(group["targets"]
-                                              for group in job["static_configs"])
+        assert job["static_configs"] and all(group["targets"] for group in job["static_configs"])
     epp_targets = [t for group in jobs["epp"]["static_configs"] for t in group["targets"]]
     assert all(t.rsplit(":", 1)[1] == str(EPP_METRICS_PORT) for t in epp_targets)
     for group in jobs["vllm"]["static_configs"]:
         for target in group["targets"]:
-            labels = _relabel({"__address__": target, **group.get("labels", {})},
-                              jobs["vllm"].get("relabel_configs", []))
+            labels = _relabel(
+                {"__address__": target, **group.get("labels", {})},
+                jobs["vllm"].get("relabel_configs", []),
+            )
             assert labels is not None and labels["pod"] == target
-    named = _relabel({"__address__": "h:8000", "pod": "vllm-0"},
-                     jobs["vllm"]["relabel_configs"])
+    named = _relabel({"__address__": "h:8000", "pod": "vllm-0"}, jobs["vllm"]["relabel_configs"])
     assert named is not None and named["pod"] == "vllm-0"
 
 
@@ -740,8 +880,9 @@ def _endpointslice_targets(objects: list[Obj]) -> Iterator[tuple[Obj, dict[str, 
     """What role: endpointslice discovers for each Service port and pod it selects."""
     for svc in (obj for obj in objects if obj["kind"] == "Service"):
         for _, template in _pods(objects):
-            if not _selects({"matchLabels": svc["spec"]["selector"]},
-                            template["metadata"]["labels"]):
+            if not _selects(
+                {"matchLabels": svc["spec"]["selector"]}, template["metadata"]["labels"]
+            ):
                 continue
             for port in svc["spec"]["ports"]:
                 number = _container_port(template, port.get("targetPort", port["port"]))
@@ -802,17 +943,27 @@ def test_kubernetes_sd_scrapes_each_pool_pod_on_the_vllm_port(setup: str) -> Non
     assert [sd["role"] for sd in job["kubernetes_sd_configs"]] == ["pod"]
     # The pools' pods, as their selectors describe them, are kept on the pools' port.
     for pool in _pools(objects):
-        labels = {f"__meta_kubernetes_pod_label_{_label_name(k)}": v
-                  for k, v in _pool_selector(pool).items()}
+        labels = {
+            f"__meta_kubernetes_pod_label_{_label_name(k)}": v
+            for k, v in _pool_selector(pool).items()
+        }
         for port in _pool_ports(pool):
-            result = _relabel({**labels, "__address__": f"10.0.0.3:{port}",
-                               "__meta_kubernetes_pod_container_port_number": str(port),
-                               "__meta_kubernetes_pod_phase": "Running"},
-                              job["relabel_configs"])
+            result = _relabel(
+                {
+                    **labels,
+                    "__address__": f"10.0.0.3:{port}",
+                    "__meta_kubernetes_pod_container_port_number": str(port),
+                    "__meta_kubernetes_pod_phase": "Running",
+                },
+                job["relabel_configs"],
+            )
             assert result is not None, describe(pool)
     # Of the pods here, only the model servers' port 8000 is scraped, never epp.
-    kept = [(template, result) for template, labels in _pod_targets(objects)
-            if (result := _relabel(labels, job["relabel_configs"])) is not None]
+    kept = [
+        (template, result)
+        for template, labels in _pod_targets(objects)
+        if (result := _relabel(labels, job["relabel_configs"])) is not None
+    ]
     assert all(r["__address__"].endswith(f":{VLLM_PORT}") for _, r in kept)
     assert all({"namespace", "pod"} <= r.keys() for _, r in kept)
     vllm = _vllm_templates(objects)
@@ -830,61 +981,132 @@ def _monitor(name: str) -> Obj:
 def test_service_monitor_selects_every_epp_metrics_port(setup: str) -> None:
     monitor = _monitor("servicemonitor-epp.yaml")
     assert schema_problems(monitor) == []
-    assert (monitor["apiVersion"], monitor["kind"]) == ("monitoring.coreos.com/v1",
-                                                        "ServiceMonitor")
+    assert (monitor["apiVersion"], monitor["kind"]) == (
+        "monitoring.coreos.com/v1",
+        "ServiceMonitor",
+    )
     objects = _objects(*SETUPS[setup])
-    selected = [svc for svc in objects if svc["kind"] == "Service"
-                and _selects(monitor["spec"]["selector"], svc["metadata"].get("labels") or {})]
-    assert sorted(describe(svc) for svc in selected) == \
-        sorted(describe(svc) for svc, _ in _epp_services(objects))
+    selected = [
+        svc
+        for svc in objects
+        if svc["kind"] == "Service"
+        and _selects(monitor["spec"]["selector"], svc["metadata"].get("labels") or {})
+    ]
+    assert sorted(describe(svc) for svc in selected) == sorted(
+        describe(svc) for svc, _ in _epp_services(objects)
+    )
     [endpoint] = monitor["spec"]["endpoints"]
     assert endpoint.get("path", "/metrics") == METRICS_PATH
     assert endpoint.get("honorLabels") is True  # keeps epp's `endpoint` label
     for svc, template in _epp_services(objects):
         [port] = [p for p in svc["spec"]["ports"] if p.get("name") == endpoint["port"]]
         assert port["port"] == EPP_METRICS_PORT, describe(svc)
-        assert _container_port(template, port.get("targetPort", port["port"])) == \
-            EPP_METRICS_PORT, describe(svc)
+        assert (
+            _container_port(template, port.get("targetPort", port["port"])) == EPP_METRICS_PORT
+        ), describe(svc)
 
 
 # The part of the Prometheus Operator's PodMonitor CRD (monitoring.coreos.com/v1) used here.
-_RELABEL = {"type": "object", "additionalProperties": False, "properties": {
-    "sourceLabels": {"type": "array", "items": {"type": "string"}},
-    "separator": {"type": "string"}, "targetLabel": {"type": "string"},
-    "regex": {"type": "string"}, "replacement": {"type": "string"},
-    "action": {"enum": ["replace", "keep", "drop", "labelmap", "labeldrop", "labelkeep",
-                        "hashmod", "lowercase", "uppercase", "keepequal", "dropequal",
-                        "Replace", "Keep", "Drop", "LabelMap", "LabelDrop", "LabelKeep",
-                        "HashMod", "Lowercase", "Uppercase", "KeepEqual", "DropEqual"]}}}
-POD_MONITOR_SCHEMA = {
-    "type": "object", "required": ["apiVersion", "kind", "metadata", "spec"],
+_RELABEL = {
+    "type": "object",
     "additionalProperties": False,
     "properties": {
-        "apiVersion": {"const": "monitoring.coreos.com/v1"}, "kind": {"const": "PodMonitor"},
+        "sourceLabels": {"type": "array", "items": {"type": "string"}},
+        "separator": {"type": "string"},
+        "targetLabel": {"type": "string"},
+        "regex": {"type": "string"},
+        "replacement": {"type": "string"},
+        "action": {
+            "enum": [
+                "replace",
+                "keep",
+                "drop",
+                "labelmap",
+                "labeldrop",
+                "labelkeep",
+                "hashmod",
+                "lowercase",
+                "uppercase",
+                "keepequal",
+                "dropequal",
+                "Replace",
+                "Keep",
+                "Drop",
+                "LabelMap",
+                "LabelDrop",
+                "LabelKeep",
+                "HashMod",
+                "Lowercase",
+                "Uppercase",
+                "KeepEqual",
+                "DropEqual",
+            ]
+        },
+    },
+}
+POD_MONITOR_SCHEMA = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "additionalProperties": False,
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "PodMonitor"},
         "metadata": {"type": "object", "required": ["name"]},
-        "spec": {"type": "object", "required": ["selector", "podMetricsEndpoints"],
-                 "additionalProperties": False, "properties": {
-            "selector": {"type": "object", "additionalProperties": False, "properties": {
-                "matchLabels": {"type": "object", "additionalProperties": {"type": "string"}},
-                "matchExpressions": {"type": "array", "items": {
-                    "type": "object", "required": ["key", "operator"],
-                    "additionalProperties": False, "properties": {
-                        "key": {"type": "string"},
-                        "operator": {"enum": ["In", "NotIn", "Exists", "DoesNotExist"]},
-                        "values": {"type": "array", "items": {"type": "string"}}}}}}},
-            "namespaceSelector": {"type": "object", "properties": {
-                "any": {"type": "boolean"},
-                "matchNames": {"type": "array", "items": {"type": "string"}}}},
-            "podMetricsEndpoints": {"type": "array", "minItems": 1, "items": {
-                "type": "object", "additionalProperties": False, "properties": {
-                    "port": {"type": "string"},
-                    "portNumber": {"type": "integer", "minimum": 1, "maximum": 65535},
-                    "path": {"type": "string", "pattern": "^/"},
-                    "scheme": {"enum": ["http", "https"]},
-                    "interval": {"type": "string", "pattern": r"^(0|(\d+(ms|s|m|h))+)$"},
-                    "honorLabels": {"type": "boolean"},
-                    "relabelings": {"type": "array", "items": _RELABEL},
-                    "metricRelabelings": {"type": "array", "items": _RELABEL}}}}}},
+        "spec": {
+            "type": "object",
+            "required": ["selector", "podMetricsEndpoints"],
+            "additionalProperties": False,
+            "properties": {
+                "selector": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "matchLabels": {
+                            "type": "object",
+                            "additionalProperties": {"type": "string"},
+                        },
+                        "matchExpressions": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["key", "operator"],
+                                "additionalProperties": False,
+                                "properties": {
+                                    "key": {"type": "string"},
+                                    "operator": {"enum": ["In", "NotIn", "Exists", "DoesNotExist"]},
+                                    "values": {"type": "array", "items": {"type": "string"}},
+                                },
+                            },
+                        },
+                    },
+                },
+                "namespaceSelector": {
+                    "type": "object",
+                    "properties": {
+                        "any": {"type": "boolean"},
+                        "matchNames": {"type": "array", "items": {"type": "string"}},
+                    },
+                },
+                "podMetricsEndpoints": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {
+                            "port": {"type": "string"},
+                            "portNumber": {"type": "integer", "minimum": 1, "maximum": 65535},
+                            "path": {"type": "string", "pattern": "^/"},
+                            "scheme": {"enum": ["http", "https"]},
+                            "interval": {"type": "string", "pattern": r"^(0|(\d+(ms|s|m|h))+)$"},
+                            "honorLabels": {"type": "boolean"},
+                            "relabelings": {"type": "array", "items": _RELABEL},
+                            "metricRelabelings": {"type": "array", "items": _RELABEL},
+                        },
+                    },
+                },
+            },
+        },
     },
 }
 
@@ -899,8 +1121,11 @@ def test_pod_monitor_selects_the_pool_pods_on_the_vllm_port(setup: str) -> None:
     objects = _objects(*SETUPS[setup])
     for pool in _pools(objects):  # the pods each pool selects are selected here too
         assert _selects(selector, _pool_selector(pool)), describe(pool)
-    selected = [t for t in (template for _, template in _pods(objects))
-                if _selects(selector, t["metadata"]["labels"])]
+    selected = [
+        t
+        for t in (template for _, template in _pods(objects))
+        if _selects(selector, t["metadata"]["labels"])
+    ]
     assert [id(t) for t in selected] == [id(t) for t in _vllm_templates(objects)]
     for template in selected:
         port = endpoint.get("port", endpoint.get("portNumber"))

@@ -50,8 +50,13 @@ def _values(name: str) -> Obj:
     if name == "defaults":
         return {}
     if name == "v1alpha2-pool":  # the defaults, creating an x-k8s.io v1alpha2 pool
-        return {"inferencePool": {"create": True, "group": "inference.networking.x-k8s.io",
-                                  "routingStrategy": "DEFAULT"}}
+        return {
+            "inferencePool": {
+                "create": True,
+                "group": "inference.networking.x-k8s.io",
+                "routingStrategy": "DEFAULT",
+            }
+        }
     return yaml.safe_load((CHART / "ci" / f"{name}-values.yaml").read_text())
 
 
@@ -74,17 +79,27 @@ def _effective_values(name: str) -> Obj:
 
 def _helm_env(tmp_path: Path) -> dict[str, str]:
     home = tmp_path / "helm-home"
-    return {**os.environ, "HELM_DRIVER": "memory", "HELM_CACHE_HOME": str(home / "cache"),
-            "HELM_CONFIG_HOME": str(home / "config"), "HELM_DATA_HOME": str(home / "data"),
-            "KUBECONFIG": str(tmp_path / "no-kubeconfig")}
+    return {
+        **os.environ,
+        "HELM_DRIVER": "memory",
+        "HELM_CACHE_HOME": str(home / "cache"),
+        "HELM_CONFIG_HOME": str(home / "config"),
+        "HELM_DATA_HOME": str(home / "data"),
+        "KUBECONFIG": str(tmp_path / "no-kubeconfig"),
+    }
 
 
 def run_helm(tmp_path: Path, *args: str) -> tuple[Any, str]:
     """(the action's result, Helm's log on stderr); fails the test if the action fails."""
     # helm-sdkpy says Python >= 3.12 but runs on 3.11; `make install` installs it anyway.
     assert importlib.util.find_spec("helm_sdkpy") is not None, "run make install (helm-sdkpy)"
-    result = subprocess.run([sys.executable, str(RUNNER), *args], capture_output=True,
-                            text=True, timeout=90, env=_helm_env(tmp_path))
+    result = subprocess.run(
+        [sys.executable, str(RUNNER), *args],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env=_helm_env(tmp_path),
+    )
     assert result.returncode == 0, f"helm {args[0]} failed:\n{result.stderr[-4000:]}"
     return json.loads(result.stdout), result.stderr
 
@@ -99,8 +114,11 @@ def lint(tmp_path: Path, values: Obj) -> tuple[list[str], str]:
     result, log = run_helm(tmp_path, "lint", str(chart))
     # Helm's lint errors do not survive helm-sdkpy's JSON (they come out as {}): the
     # severity and the file are all there is.
-    problems = [f"severity {m['Severity']} in {m['Path']}" for m in result.get("Messages") or []
-                if m["Severity"] >= LINT_WARNING]
+    problems = [
+        f"severity {m['Severity']} in {m['Path']}"
+        for m in result.get("Messages") or []
+        if m["Severity"] >= LINT_WARNING
+    ]
     return problems, log
 
 
@@ -113,8 +131,10 @@ def test_values_files_match_the_values_schema() -> None:
     jsonschema.Draft202012Validator.check_schema(schema)
     validator = jsonschema.Draft202012Validator(schema)
     for case in CASES:
-        errors = [f"{case}: {'.'.join(map(str, e.absolute_path))}: {e.message}"
-                  for e in validator.iter_errors(_effective_values(case))]
+        errors = [
+            f"{case}: {'.'.join(map(str, e.absolute_path))}: {e.message}"
+            for e in validator.iter_errors(_effective_values(case))
+        ]
         assert errors == []
     assert not validator.is_valid(_effective_values("defaults") | {"replicas": "two"})
     assert not validator.is_valid(_effective_values("defaults") | {"replica": 2})
@@ -122,6 +142,7 @@ def test_values_files_match_the_values_schema() -> None:
 
 def test_all_options_values_set_every_option() -> None:
     """ci/all-options-values.yaml sets every key of values.yaml (to a value of its own)."""
+
     def keys(node: Any, prefix: str = "") -> set[str]:
         if not isinstance(node, dict) or not node:
             return {prefix}
@@ -131,8 +152,12 @@ def test_all_options_values_set_every_option() -> None:
     every = _values("all-options")
     # flags and config are free-form: their keys are epp's, not the chart's.
     given = keys(every)
-    missing = {k for k in keys(defaults) if not k.startswith((".flags.", ".config."))
-               and not any(e == k or e.startswith(f"{k}.") for e in given)}
+    missing = {
+        k
+        for k in keys(defaults)
+        if not k.startswith((".flags.", ".config."))
+        and not any(e == k or e.startswith(f"{k}.") for e in given)
+    }
     assert missing == set()
     changed = [k for k in defaults if k not in ("config", "flags") and defaults[k] == every[k]]
     assert changed == []
@@ -173,14 +198,16 @@ def fake_api() -> Iterator[Any]:
         api.stop()
 
 
-def install(api: Any, tmp_path: Path, values: Obj, *, namespace: str = "default",
-            release: str = "epp") -> tuple[list[Obj], Obj]:
+def install(
+    api: Any, tmp_path: Path, values: Obj, *, namespace: str = "default", release: str = "epp"
+) -> tuple[list[Obj], Obj]:
     """Install the chart into the fake: (every object it created, Helm's release)."""
     kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig", namespace=namespace)
     values_file = tmp_path / "values.json"
     values_file.write_text(json.dumps(values))
-    release_info, _ = run_helm(tmp_path, "install", str(kubeconfig), namespace, release,
-                               str(CHART), str(values_file))
+    release_info, _ = run_helm(
+        tmp_path, "install", str(kubeconfig), namespace, release, str(CHART), str(values_file)
+    )
     objects = []
     for resource in api.table:
         for obj in api.list(resource.api_version, resource.kind):
@@ -190,16 +217,32 @@ def install(api: Any, tmp_path: Path, values: Obj, *, namespace: str = "default"
 
 EXPECTED_KINDS = {
     "defaults": {"ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Deployment", "Service"},
-    "all-options": {"ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Deployment", "Service",
-                    "InferencePool", "ServiceMonitor"},
-    "v1alpha2-pool": {"ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Deployment",
-                      "Service", "InferencePool"},
+    "all-options": {
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "ConfigMap",
+        "Deployment",
+        "Service",
+        "InferencePool",
+        "ServiceMonitor",
+    },
+    "v1alpha2-pool": {
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "ConfigMap",
+        "Deployment",
+        "Service",
+        "InferencePool",
+    },
 }
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_installed_chart_passes_the_manifest_checks(case: str, fake_api: Any,
-                                                    tmp_path: Path) -> None:
+def test_installed_chart_passes_the_manifest_checks(
+    case: str, fake_api: Any, tmp_path: Path
+) -> None:
     values = _values(case)
     namespace = _effective_values(case)["inferencePool"]["namespace"] or "default"
     objects, release = install(fake_api, tmp_path, values, namespace=namespace)
@@ -216,9 +259,11 @@ def test_installed_chart_passes_the_manifest_checks(case: str, fake_api: Any,
     for monitor in monitors:
         (service,) = [obj for obj in objects if obj["kind"] == "Service"]
         assert monitor["spec"]["selector"]["matchLabels"].items() <= (
-            service["metadata"]["labels"].items())
+            service["metadata"]["labels"].items()
+        )
         assert {e["port"] for e in monitor["spec"]["endpoints"]} <= {
-            p["name"] for p in service["spec"]["ports"]}
+            p["name"] for p in service["spec"]["ports"]
+        }
 
 
 def test_flags_become_arguments_epp_accepts(fake_api: Any, tmp_path: Path) -> None:
@@ -247,9 +292,17 @@ def test_flags_become_arguments_epp_accepts(fake_api: Any, tmp_path: Path) -> No
 
 # Options the chart has no use for: it runs epp for one InferencePool, in its cluster.
 NOT_CHART_FLAGS = {"endpoint-selector", "endpoint-target-ports", "kubeconfig"}
-CHART_MANAGED_FLAGS = {"pool-name", "pool-namespace", "pool-group", "grpc-port",
-                       "grpc-health-port", "metrics-port", "secure-serving", "cert-path",
-                       "ha-enable-leader-election"}
+CHART_MANAGED_FLAGS = {
+    "pool-name",
+    "pool-namespace",
+    "pool-group",
+    "grpc-port",
+    "grpc-health-port",
+    "metrics-port",
+    "secure-serving",
+    "cert-path",
+    "ha-enable-leader-election",
+}
 
 
 def test_every_option_has_a_value_in_the_chart() -> None:
@@ -261,11 +314,14 @@ def test_every_option_has_a_value_in_the_chart() -> None:
     assert not missing, f"add to deploy/helm/epp/ci/all-options-values.yaml: {sorted(missing)}"
 
 
-@pytest.mark.parametrize(("replicas", "enabled", "leader"),
-                         [(1, None, False), (2, None, True), (2, False, False), (1, True, True)],
-                         ids=["one", "two", "two-off", "one-on"])
-def test_leader_election_follows_the_replicas(replicas: int, enabled: bool | None, leader: bool,
-                                              fake_api: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("replicas", "enabled", "leader"),
+    [(1, None, False), (2, None, True), (2, False, False), (1, True, True)],
+    ids=["one", "two", "two-off", "one-on"],
+)
+def test_leader_election_follows_the_replicas(
+    replicas: int, enabled: bool | None, leader: bool, fake_api: Any, tmp_path: Path
+) -> None:
     values = {"replicas": replicas, "leaderElection": {"enabled": enabled}}
     objects, _ = install(fake_api, tmp_path, values)
     (epp,) = list(epp_containers(objects))
@@ -275,8 +331,9 @@ def test_leader_election_follows_the_replicas(replicas: int, enabled: bool | Non
     assert bool(leases) == leader
     problems = check_epp_deployments(objects, tmp_path) + check_rbac(objects, tmp_path)
     if replicas > 1 and not leader:
-        assert problems == [f"Deployment/{epp.deployment['metadata']['name']}: 2 replicas "
-                            f"without leader election"]
+        assert problems == [
+            f"Deployment/{epp.deployment['metadata']['name']}: 2 replicas without leader election"
+        ]
     else:
         assert problems == []
 
@@ -297,16 +354,27 @@ def test_chart_defaults_match_the_plain_manifest(fake_api: Any, tmp_path: Path) 
         assert chart_pod[key] == plain_pod[key], key
     (plain_epp,), (chart_epp,) = plain_pod["containers"], chart_pod["containers"]
     assert sorted(chart_epp["args"]) == sorted(
-        arg.replace("$(POD_NAMESPACE)", "default") for arg in plain_epp["args"])
-    for key in ("image", "ports", "livenessProbe", "readinessProbe", "resources",
-                "securityContext", "env"):
+        arg.replace("$(POD_NAMESPACE)", "default") for arg in plain_epp["args"]
+    )
+    for key in (
+        "image",
+        "ports",
+        "livenessProbe",
+        "readinessProbe",
+        "resources",
+        "securityContext",
+        "env",
+    ):
         assert chart_epp[key] == plain_epp[key], key
     assert sorted(m["mountPath"] for m in chart_epp["volumeMounts"]) == sorted(
-        m["mountPath"] for m in plain_epp["volumeMounts"])
+        m["mountPath"] for m in plain_epp["volumeMounts"]
+    )
     assert one(rendered, "Service")["spec"]["ports"] == one(plain, "Service")["spec"]["ports"]
     assert one(rendered, "InferencePool")["spec"] == one(plain, "InferencePool")["spec"]
-    assert (one(rendered, "InferencePool")["metadata"]["annotations"].items()
-            >= one(plain, "InferencePool")["metadata"]["annotations"].items())
+    assert (
+        one(rendered, "InferencePool")["metadata"]["annotations"].items()
+        >= one(plain, "InferencePool")["metadata"]["annotations"].items()
+    )
     plain_config = yaml.safe_load(one(plain, "ConfigMap")["data"]["epp.yaml"])
     chart_config = yaml.safe_load(one(rendered, "ConfigMap")["data"]["epp.yaml"])
     assert chart_config == plain_config

@@ -30,8 +30,14 @@ Obj = dict[str, Any]
 
 DEPLOY = Path(__file__).resolve().parents[3] / "deploy"
 # Files whose documents are not Kubernetes objects.
-NOT_MANIFESTS = ("envoy/*.yaml", "helm/*/Chart.yaml", "helm/*/values.yaml", "helm/*/ci/*.yaml",
-                 "prometheus/prometheus.yml", "prometheus/kubernetes-scrape-configs.yaml")
+NOT_MANIFESTS = (
+    "envoy/*.yaml",
+    "helm/*/Chart.yaml",
+    "helm/*/values.yaml",
+    "helm/*/ci/*.yaml",
+    "prometheus/prometheus.yml",
+    "prometheus/kubernetes-scrape-configs.yaml",
+)
 SETUPS = {
     "kubernetes": ("kubernetes/*.yaml", "prometheus/*monitor-*.yaml"),
     "envoy-gateway": ("gateway/*.yaml", "gateway/envoy-gateway/*.yaml"),
@@ -46,13 +52,17 @@ def _relative(path: Path) -> str:
 
 def yaml_files() -> list[Path]:
     """Every YAML file under deploy/ but the Helm chart's templates (Go templates)."""
-    return sorted(path for path in DEPLOY.rglob("*.y*ml")
-                  if not (path.is_relative_to(DEPLOY / "helm") and "templates" in path.parts))
+    return sorted(
+        path
+        for path in DEPLOY.rglob("*.y*ml")
+        if not (path.is_relative_to(DEPLOY / "helm") and "templates" in path.parts)
+    )
 
 
 def manifest_files() -> list[Path]:
-    return [path for path in yaml_files()
-            if not any(path.match(pattern) for pattern in NOT_MANIFESTS)]
+    return [
+        path for path in yaml_files() if not any(path.match(pattern) for pattern in NOT_MANIFESTS)
+    ]
 
 
 def setup_objects(setup: str) -> list[Obj]:
@@ -63,10 +73,16 @@ def setup_objects(setup: str) -> list[Obj]:
 
 def test_deploy_has_the_expected_files() -> None:
     names = {_relative(path) for path in yaml_files()}
-    assert {"kubernetes/epp.yaml", "gateway/model-servers.yaml", "gateway/httproutes.yaml",
-            "gateway/body-based-router.yaml", "gateway/envoy-gateway/gateway.yaml",
-            "gateway/istio/gateway.yaml", "helm/epp/Chart.yaml",
-            "helm/epp/values.yaml"} <= names
+    assert {
+        "kubernetes/epp.yaml",
+        "gateway/model-servers.yaml",
+        "gateway/httproutes.yaml",
+        "gateway/body-based-router.yaml",
+        "gateway/envoy-gateway/gateway.yaml",
+        "gateway/istio/gateway.yaml",
+        "helm/epp/Chart.yaml",
+        "helm/epp/values.yaml",
+    } <= names
 
 
 @pytest.mark.parametrize("path", yaml_files(), ids=_relative)
@@ -86,8 +102,12 @@ def test_objects_match_their_schemas(path: Path) -> None:
 
 
 def test_every_manifest_belongs_to_a_setup() -> None:
-    covered = {path for patterns in SETUPS.values() for pattern in patterns
-               for path in DEPLOY.glob(pattern)}
+    covered = {
+        path
+        for patterns in SETUPS.values()
+        for pattern in patterns
+        for path in DEPLOY.glob(pattern)
+    }
     assert [_relative(p) for p in manifest_files() if p not in covered] == []
 
 
@@ -138,14 +158,17 @@ def test_routes_send_each_model_to_its_pool(setup: str) -> None:
     objects = setup_objects(setup)
     routes = [obj for obj in objects if obj["kind"] == "HTTPRoute"]
     pools = {obj["metadata"]["name"] for obj in objects if obj["kind"] == "InferencePool"}
-    routed = {ref["name"] for route in routes for rule in route["spec"]["rules"]
-              for ref in rule["backendRefs"]}
+    routed = {
+        ref["name"]
+        for route in routes
+        for rule in route["spec"]["rules"]
+        for ref in rule["backendRefs"]
+    }
     assert routed == pools, "every pool gets a route"
     assert check_routes(objects) == []
 
 
-def _body_based_router(objects: list[Obj], service_name: str, port: int,
-                       tmp: Path) -> list[str]:
+def _body_based_router(objects: list[Obj], service_name: str, port: int, tmp: Path) -> list[str]:
     """The Service is the body-based router: epp in --body-based-routing mode, plaintext
     gRPC on ``port`` (the gateway's ext_proc cluster does not dial TLS)."""
     service = find(objects, "Service", "default", service_name)
@@ -154,17 +177,23 @@ def _body_based_router(objects: list[Obj], service_name: str, port: int,
     problems = []
     if port not in [p["port"] for p in service["spec"]["ports"]]:
         problems.append(f"Service {service_name} has no port {port}")
-    pickers = [epp for epp in epp_containers(objects)
-               if all(epp.deployment["spec"]["template"]["metadata"]["labels"].get(k) == v
-                      for k, v in service["spec"]["selector"].items())]
+    pickers = [
+        epp
+        for epp in epp_containers(objects)
+        if all(
+            epp.deployment["spec"]["template"]["metadata"]["labels"].get(k) == v
+            for k, v in service["spec"]["selector"].items()
+        )
+    ]
     if len(pickers) != 1:
         return [*problems, f"Service {service_name} selects {len(pickers)} epp Deployments"]
     config = serve_config(pickers[0], objects, tmp)
     if not config.server.body_based_routing:
         problems.append(f"{describe(pickers[0].deployment)} is not in --body-based-routing mode")
     if config.secure_serving:
-        problems.append(f"{describe(pickers[0].deployment)} serves TLS; the gateway dials "
-                        f"plaintext")
+        problems.append(
+            f"{describe(pickers[0].deployment)} serves TLS; the gateway dials plaintext"
+        )
     if config.kubernetes.enabled or config.endpoints:
         problems.append(f"{describe(pickers[0].deployment)} also picks endpoints")
     if config.server.grpc_port != port:
@@ -184,8 +213,9 @@ def test_envoy_gateway_runs_the_body_based_router_first(tmp_path: Path) -> None:
     controller = gateway_class["spec"]["controllerName"]
     assert controller == "gateway.envoyproxy.io/gatewayclass-controller"
     (policy,) = [obj for obj in objects if obj["kind"] == "EnvoyExtensionPolicy"]
-    assert [ref["name"] for ref in policy["spec"]["targetRefs"]
-            if ref["kind"] == "Gateway"] == [gateway["metadata"]["name"]]
+    assert [ref["name"] for ref in policy["spec"]["targetRefs"] if ref["kind"] == "Gateway"] == [
+        gateway["metadata"]["name"]
+    ]
     (ext_proc,) = policy["spec"]["extProc"]
     assert ext_proc["processingMode"]["request"]["body"] == "FullDuplexStreamed"
     assert ext_proc["processingMode"]["response"]["body"] == "FullDuplexStreamed"
@@ -218,35 +248,53 @@ def test_istio_reaches_the_pools_epps_with_tls(tmp_path: Path) -> None:
     """Each pool's epp serves TLS, so Istio's gateway needs a DestinationRule saying so;
     the plaintext body-based router must have none."""
     objects = setup_objects("istio")
-    rules = {obj["spec"]["host"].split(".")[0]: obj for obj in objects
-             if obj["kind"] == "DestinationRule"}
+    rules = {
+        obj["spec"]["host"].split(".")[0]: obj
+        for obj in objects
+        if obj["kind"] == "DestinationRule"
+    }
     tls_services = set()
     for pool in (obj for obj in objects if obj["kind"] == "InferencePool"):
         name = pool["spec"]["endpointPickerRef"]["name"]
         service = find(objects, "Service", "default", name)
         assert service is not None
-        (epp,) = [e for e in epp_containers(objects)
-                  if all(e.deployment["spec"]["template"]["metadata"]["labels"].get(k) == v
-                         for k, v in service["spec"]["selector"].items())]
+        (epp,) = [
+            e
+            for e in epp_containers(objects)
+            if all(
+                e.deployment["spec"]["template"]["metadata"]["labels"].get(k) == v
+                for k, v in service["spec"]["selector"].items()
+            )
+        ]
         assert serve_config(epp, objects, tmp_path).secure_serving, name
         tls_services.add(name)
     assert set(rules) == tls_services
     for rule in rules.values():
-        assert rule["spec"]["trafficPolicy"]["tls"] == {"mode": "SIMPLE",
-                                                         "insecureSkipVerify": True}
+        assert rule["spec"]["trafficPolicy"]["tls"] == {
+            "mode": "SIMPLE",
+            "insecureSkipVerify": True,
+        }
 
 
 def test_epp_reads_the_objectives_and_rewrites() -> None:
     """epp's own readers accept the InferenceObjectives and InferenceModelRewrites."""
     from epp.requestcontrol import objectives, rewrite
+
     objects = setup_objects("istio")
     for pool in (obj["metadata"]["name"] for obj in objects if obj["kind"] == "InferencePool"):
-        mine = [obj for obj in objects if obj["kind"] == "InferenceObjective"
-                and obj["spec"]["poolRef"]["name"] == pool]
+        mine = [
+            obj
+            for obj in objects
+            if obj["kind"] == "InferenceObjective" and obj["spec"]["poolRef"]["name"] == pool
+        ]
         assert objectives.priorities_from_objects(mine, pool) == {
-            obj["metadata"]["name"]: obj["spec"]["priority"] for obj in mine}
-        rewrites = [obj for obj in objects if obj["kind"] == "InferenceModelRewrite"
-                    and obj["spec"]["poolRef"]["name"] == pool]
+            obj["metadata"]["name"]: obj["spec"]["priority"] for obj in mine
+        }
+        rewrites = [
+            obj
+            for obj in objects
+            if obj["kind"] == "InferenceModelRewrite" and obj["spec"]["poolRef"]["name"] == pool
+        ]
         rules = rewrite.rules_from_objects(rewrites, pool)
         assert len(rules) == sum(len(obj["spec"]["rules"]) for obj in rewrites)
         table = rewrite.ModelRewrites(rules, seed=1)
@@ -259,9 +307,14 @@ def test_epp_reads_the_objectives_and_rewrites() -> None:
 
 def test_model_servers_are_ready_only_when_serving() -> None:
     objects = setup_objects("istio")
-    servers = [obj for obj in objects if obj["kind"] == "Deployment"
-               and obj["spec"]["template"]["spec"]["containers"][0]["image"].startswith(
-                   "vllm/vllm-openai:")]
+    servers = [
+        obj
+        for obj in objects
+        if obj["kind"] == "Deployment"
+        and obj["spec"]["template"]["spec"]["containers"][0]["image"].startswith(
+            "vllm/vllm-openai:"
+        )
+    ]
     assert len(servers) == 2
     for server in servers:
         (container,) = server["spec"]["template"]["spec"]["containers"]

@@ -17,21 +17,30 @@ BUFFERED = ProcessingMode.BUFFERED
 
 
 def headers_message(
-    *, method: str = "POST", path: str = "/v1/chat/completions", end_of_stream: bool = False,
-    body_mode: int = FULL_DUPLEX, extra: dict[str, str | bytes] | None = None,
-    metadata: Metadata | None = None, response_body_mode: int = ProcessingMode.NONE,
+    *,
+    method: str = "POST",
+    path: str = "/v1/chat/completions",
+    end_of_stream: bool = False,
+    body_mode: int = FULL_DUPLEX,
+    extra: dict[str, str | bytes] | None = None,
+    metadata: Metadata | None = None,
+    response_body_mode: int = ProcessingMode.NONE,
 ) -> ProcessingRequest:
     """Request headers as Envoy sends them; ``extra`` values may be raw bytes."""
     pairs = {":method": method, ":path": path, "x-request-id": "req-1", **(extra or {})}
     return ProcessingRequest(
         request_headers=HttpHeaders(
-            headers=HeaderMap(headers=[
-                HeaderValue(key=k, raw_value=v if isinstance(v, bytes) else v.encode())
-                for k, v in pairs.items()]),
+            headers=HeaderMap(
+                headers=[
+                    HeaderValue(key=k, raw_value=v if isinstance(v, bytes) else v.encode())
+                    for k, v in pairs.items()
+                ]
+            ),
             end_of_stream=end_of_stream,
         ),
-        protocol_config=ProtocolConfiguration(request_body_mode=body_mode,
-                                              response_body_mode=response_body_mode),
+        protocol_config=ProtocolConfiguration(
+            request_body_mode=body_mode, response_body_mode=response_body_mode
+        ),
         metadata_context=metadata,
     )
 
@@ -46,5 +55,8 @@ def set_headers(response: ProcessingResponse, which: str) -> dict[str, str]:
 
 
 def lb_destination(response: ProcessingResponse) -> str:
-    return response.dynamic_metadata.fields["envoy.lb"].struct_value.fields[
-        "x-gateway-destination-endpoint"].string_value
+    return (
+        response.dynamic_metadata.fields["envoy.lb"]
+        .struct_value.fields["x-gateway-destination-endpoint"]
+        .string_value
+    )

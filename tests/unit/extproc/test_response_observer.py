@@ -31,11 +31,12 @@ from epp.scheduling.scheduler import build_scheduler, default_scheduler_config
 from tests.unit.extproc.envoy_messages import FULL_DUPLEX, body_message, headers_message
 
 A, B = "10.0.0.1:8000", "10.0.0.2:8000"
-CHAT = orjson.dumps({"model": "m", "stream": True, "messages": [{"role": "user",
-                                                                 "content": "hi"}]})
+CHAT = orjson.dumps({"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
 TOKEN = b'data: {"choices":[{"delta":{"content":"t"}}]}\n\n'
-USAGE = (b'data: {"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":3,'
-         b'"prompt_tokens_details":{"cached_tokens":4}}}\n\ndata: [DONE]\n\n')
+USAGE = (
+    b'data: {"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":3,'
+    b'"prompt_tokens_details":{"cached_tokens":4}}}\n\ndata: [DONE]\n\n'
+)
 
 
 @pytest.fixture
@@ -56,8 +57,13 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> list[FinishedRequest]:
     return seen
 
 
-def routed(director: Director, observers: ResponseObservers, *, request_id: str = "req-1",
-           response_body_mode: int | None = None) -> RequestStream:
+def routed(
+    director: Director,
+    observers: ResponseObservers,
+    *,
+    request_id: str = "req-1",
+    response_body_mode: int | None = None,
+) -> RequestStream:
     stream = RequestStream(director, max_body_bytes=1 << 20, observers=observers)
     kwargs = {} if response_body_mode is None else {"response_body_mode": response_body_mode}
     stream.handle(headers_message(extra={"x-request-id": request_id}, **kwargs))
@@ -66,8 +72,9 @@ def routed(director: Director, observers: ResponseObservers, *, request_id: str 
     return stream
 
 
-def observer_headers(request_id: str | None, *, status: int = 200,
-                     content_type: str = "text/event-stream") -> ProcessingRequest:
+def observer_headers(
+    request_id: str | None, *, status: int = 200, content_type: str = "text/event-stream"
+) -> ProcessingRequest:
     attributes = {}
     if request_id is not None:
         fields = Struct()
@@ -75,15 +82,24 @@ def observer_headers(request_id: str | None, *, status: int = 200,
         attributes["envoy.filters.http.ext_proc"] = fields
     pairs = {":status": str(status), "content-type": content_type}
     return ProcessingRequest(
-        response_headers=HttpHeaders(headers=HeaderMap(
-            headers=[HeaderValue(key=k, raw_value=v.encode()) for k, v in pairs.items()])),
-        attributes=attributes, observability_mode=True)
+        response_headers=HttpHeaders(
+            headers=HeaderMap(
+                headers=[HeaderValue(key=k, raw_value=v.encode()) for k, v in pairs.items()]
+            )
+        ),
+        attributes=attributes,
+        observability_mode=True,
+    )
 
 
 def chunks(*parts: bytes, end: bool = True) -> list[ProcessingRequest]:
-    return [ProcessingRequest(response_body=HttpBody(
-        body=part, end_of_stream=end and i == len(parts) - 1), observability_mode=True)
-        for i, part in enumerate(parts)]
+    return [
+        ProcessingRequest(
+            response_body=HttpBody(body=part, end_of_stream=end and i == len(parts) - 1),
+            observability_mode=True,
+        )
+        for i, part in enumerate(parts)
+    ]
 
 
 async def _aiter(messages: Iterable[ProcessingRequest]) -> AsyncIterator[ProcessingRequest]:
@@ -91,8 +107,9 @@ async def _aiter(messages: Iterable[ProcessingRequest]) -> AsyncIterator[Process
         yield message
 
 
-def observe(observers: ResponseObservers, first: ProcessingRequest,
-            rest: Iterable[ProcessingRequest] = ()) -> None:
+def observe(
+    observers: ResponseObservers, first: ProcessingRequest, rest: Iterable[ProcessingRequest] = ()
+) -> None:
     asyncio.run(observers.observe(first, _aiter(rest)))
 
 
@@ -102,7 +119,8 @@ def test_request_id_is_read_from_the_attributes() -> None:
 
 
 def test_observed_body_gives_ttft_size_usage_and_completion(
-        director: Director, recorded: list[FinishedRequest]) -> None:
+    director: Director, recorded: list[FinishedRequest]
+) -> None:
     observers = ResponseObservers()
     stream = routed(director, observers)
     assert len(observers) == 1
@@ -119,7 +137,8 @@ def test_observed_body_gives_ttft_size_usage_and_completion(
 
 
 def test_record_waits_for_an_observed_body_that_ends_after_the_routing_stream(
-        director: Director, recorded: list[FinishedRequest]) -> None:
+    director: Director, recorded: list[FinishedRequest]
+) -> None:
     observers = ResponseObservers()
     stream = routed(director, observers)
     messages: asyncio.Queue[ProcessingRequest | None] = asyncio.Queue()
@@ -140,12 +159,15 @@ def test_record_waits_for_an_observed_body_that_ends_after_the_routing_stream(
         await watching
 
     asyncio.run(scenario())
-    assert [r.decision.response.usage for r in recorded  # type: ignore[union-attr]
-            ] == [Usage(7, 3, 4)]
+    assert [
+        r.decision.response.usage
+        for r in recorded  # type: ignore[union-attr]
+    ] == [Usage(7, 3, 4)]
 
 
 def test_observing_stream_that_breaks_off_still_records(
-        director: Director, recorded: list[FinishedRequest]) -> None:
+    director: Director, recorded: list[FinishedRequest]
+) -> None:
     observers = ResponseObservers()
     stream = routed(director, observers)
 
@@ -164,7 +186,8 @@ def test_observing_stream_that_breaks_off_still_records(
 
 
 def test_a_request_id_on_two_streams_matches_neither(
-        director: Director, recorded: list[FinishedRequest]) -> None:
+    director: Director, recorded: list[FinishedRequest]
+) -> None:
     observers = ResponseObservers()
     first, second = routed(director, observers), routed(director, observers)
     observe(observers, observer_headers("req-1"), chunks(TOKEN, USAGE))
@@ -175,13 +198,17 @@ def test_a_request_id_on_two_streams_matches_neither(
     assert len(observers) == 0 and len(recorded) == 2
 
 
-@pytest.mark.parametrize("first", [
-    observer_headers("nobody"),
-    observer_headers(None),
-    chunks(TOKEN)[0],  # not the response headers: not what the observing filter sends
-])
+@pytest.mark.parametrize(
+    "first",
+    [
+        observer_headers("nobody"),
+        observer_headers(None),
+        chunks(TOKEN)[0],  # not the response headers: not what the observing filter sends
+    ],
+)
 def test_an_unmatched_observing_stream_is_ignored(
-        director: Director, recorded: list[FinishedRequest], first: ProcessingRequest) -> None:
+    director: Director, recorded: list[FinishedRequest], first: ProcessingRequest
+) -> None:
     observers = ResponseObservers()
     stream = routed(director, observers)
     observe(observers, first, chunks(TOKEN, USAGE))
@@ -192,9 +219,14 @@ def test_an_unmatched_observing_stream_is_ignored(
 def test_errors_and_trailers_carry_no_usage(director: Director) -> None:
     observers = ResponseObservers()
     stream = routed(director, observers)
-    observe(observers, observer_headers("req-1", status=500, content_type="application/json"),
-            [*chunks(b'{"usage":{"prompt_tokens":1,"completion_tokens":1}}', end=False),
-             ProcessingRequest(response_trailers=HttpTrailers(), observability_mode=True)])
+    observe(
+        observers,
+        observer_headers("req-1", status=500, content_type="application/json"),
+        [
+            *chunks(b'{"usage":{"prompt_tokens":1,"completion_tokens":1}}', end=False),
+            ProcessingRequest(response_trailers=HttpTrailers(), observability_mode=True),
+        ],
+    )
     assert stream.decision.response.usage is None  # type: ignore[union-attr]
 
 
@@ -206,17 +238,24 @@ def test_streams_that_see_the_body_themselves_expect_no_observer(director: Direc
 
 
 def test_a_stream_without_a_body_view_counts_a_begun_response_as_completed(
-        director: Director, recorded: list[FinishedRequest]) -> None:
+    director: Director, recorded: list[FinishedRequest]
+) -> None:
     # response_body_mode NONE with no observing filter: Envoy sends no trailers.
     stream = routed(director, ResponseObservers())
-    stream.handle(ProcessingRequest(response_headers=HttpHeaders(headers=HeaderMap(
-        headers=[HeaderValue(key=":status", raw_value=b"200")]))))
+    stream.handle(
+        ProcessingRequest(
+            response_headers=HttpHeaders(
+                headers=HeaderMap(headers=[HeaderValue(key=":status", raw_value=b"200")])
+            )
+        )
+    )
     stream.close()
     assert recorded[0].decision.response.completed  # type: ignore[union-attr]
 
 
 def test_an_observer_read_after_the_routing_stream_closed_still_counts(
-        director: Director, recorded: list[FinishedRequest]) -> None:
+    director: Director, recorded: list[FinishedRequest]
+) -> None:
     # A short response: Envoy ends the routing stream right after sending the observing
     # stream's messages, and epp may read the close first.
     observers = ResponseObservers(linger_s=60.0)
@@ -224,29 +263,43 @@ def test_an_observer_read_after_the_routing_stream_closed_still_counts(
 
     async def scenario() -> None:
         stream = routed(director, observers)
-        stream.handle(ProcessingRequest(response_headers=HttpHeaders(headers=HeaderMap(
-            headers=[HeaderValue(key=":status", raw_value=b"200")]))))
+        stream.handle(
+            ProcessingRequest(
+                response_headers=HttpHeaders(
+                    headers=HeaderMap(headers=[HeaderValue(key=":status", raw_value=b"200")])
+                )
+            )
+        )
         stream.close()
         assert recorded == [] and len(observers) == 1  # waiting for its observer
-        await observers.observe(observer_headers("req-1", content_type="application/json"),
-                                _aiter(chunks(b'{"usage":{"prompt_tokens":5,'
-                                              b'"completion_tokens":2}}')))
+        await observers.observe(
+            observer_headers("req-1", content_type="application/json"),
+            _aiter(chunks(b'{"usage":{"prompt_tokens":5,"completion_tokens":2}}')),
+        )
 
     asyncio.run(scenario())
-    assert [r.decision.response.usage for r in recorded  # type: ignore[union-attr]
-            ] == [Usage(5, 2)]
+    assert [
+        r.decision.response.usage
+        for r in recorded  # type: ignore[union-attr]
+    ] == [Usage(5, 2)]
     assert len(observers) == 0
 
 
 def test_a_routing_stream_gives_up_on_an_observer_that_never_comes(
-        director: Director, recorded: list[FinishedRequest]) -> None:
+    director: Director, recorded: list[FinishedRequest]
+) -> None:
     observers = ResponseObservers(linger_s=0.0)
     observers.present = True
 
     async def scenario() -> None:
         stream = routed(director, observers)
-        stream.handle(ProcessingRequest(response_headers=HttpHeaders(headers=HeaderMap(
-            headers=[HeaderValue(key=":status", raw_value=b"200")]))))
+        stream.handle(
+            ProcessingRequest(
+                response_headers=HttpHeaders(
+                    headers=HeaderMap(headers=[HeaderValue(key=":status", raw_value=b"200")])
+                )
+            )
+        )
         stream.close()
         assert recorded == []
         await asyncio.sleep(0.05)  # the 0 s linger timer runs on the next loop turn

@@ -56,8 +56,7 @@ async def exchange(channel: grpc.aio.Channel, messages: Sequence[bytes]) -> list
 
 
 def stream_errors(reason: str) -> float:
-    value = metrics.REGISTRY.get_sample_value("epp_extproc_stream_errors_total",
-                                              {"reason": reason})
+    value = metrics.REGISTRY.get_sample_value("epp_extproc_stream_errors_total", {"reason": reason})
     return value or 0.0
 
 
@@ -73,7 +72,9 @@ def stream_errors(reason: str) -> float:
     ids=["garbage", "headers-twice", "body-first", "no-kind"],
 )
 async def test_a_broken_stream_is_invalid_argument_not_an_epp_error(
-    channel: grpc.aio.Channel, messages: list[bytes], caplog: pytest.LogCaptureFixture,
+    channel: grpc.aio.Channel,
+    messages: list[bytes],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     protocol, exception = stream_errors("protocol"), stream_errors("exception")
     with caplog.at_level(logging.WARNING, logger="epp"):
@@ -85,18 +86,24 @@ async def test_a_broken_stream_is_invalid_argument_not_an_epp_error(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
 
     # The next stream, well formed, is routed.
-    answers = await exchange(channel, [
-        headers_message().SerializeToString(),
-        body_message(b'{"model": "m", "prompt": "p"}', end_of_stream=True).SerializeToString()])
+    answers = await exchange(
+        channel,
+        [
+            headers_message().SerializeToString(),
+            body_message(b'{"model": "m", "prompt": "p"}', end_of_stream=True).SerializeToString(),
+        ],
+    )
     head = ProcessingResponse.FromString(answers[0])
     mutation = head.request_headers.response.header_mutation.set_headers
     assert {h.header.key: h.header.raw_value for h in mutation}[
-        "x-gateway-destination-endpoint"] == A.encode()
+        "x-gateway-destination-endpoint"
+    ] == A.encode()
 
 
 @pytest.mark.asyncio
 async def test_a_flood_of_broken_streams_is_logged_once_with_a_count(
-    channel: grpc.aio.Channel, caplog: pytest.LogCaptureFixture,
+    channel: grpc.aio.Channel,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     with caplog.at_level(logging.WARNING, logger="epp"):
         for _ in range(5):

@@ -47,8 +47,7 @@ def director(store: EndpointStore) -> Director:
     return Director(store, build_scheduler(default_scheduler_config(), registry))
 
 
-def test_full_duplex_answers_after_the_whole_body(director: Director,
-                                                  store: EndpointStore) -> None:
+def test_full_duplex_answers_after_the_whole_body(director: Director, store: EndpointStore) -> None:
     stream = RequestStream(director, max_body_bytes=1 << 20)
     body = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "x" * 100}]})
     assert stream.handle(headers_message()) == ()
@@ -85,8 +84,7 @@ def test_buffered_mode_puts_the_mutation_on_the_body_response(director: Director
 
 def test_request_without_body_is_routed_on_headers(director: Director) -> None:
     stream = RequestStream(director, max_body_bytes=1 << 20)
-    (answer,) = stream.handle(headers_message(method="GET", path="/v1/models",
-                                              end_of_stream=True))
+    (answer,) = stream.handle(headers_message(method="GET", path="/v1/models", end_of_stream=True))
     mutation = set_headers(answer, "request_headers")
     assert mutation["x-gateway-destination-endpoint"] in (A, B, C)
     assert "x-gateway-model-name" not in mutation
@@ -121,8 +119,9 @@ def test_large_body_is_streamed_back_in_bounded_chunks(director: Director) -> No
     ],
     ids=["bad-json", "unknown-model"],
 )
-def test_errors_become_immediate_responses(director: Director, body: bytes, status: int,
-                                           code: str) -> None:
+def test_errors_become_immediate_responses(
+    director: Director, body: bytes, status: int, code: str
+) -> None:
     stream = RequestStream(director, max_body_bytes=1 << 20)
     stream.handle(headers_message())
     (answer,) = stream.handle(body_message(body, end_of_stream=True))

@@ -48,8 +48,9 @@ def make_director(*, pick_endpoints: bool = True) -> Director:
     for endpoint in store.all():
         endpoint.metrics = Metrics(updated_at=time.monotonic())
     registry = register_builtin_plugins(PluginRegistry())
-    return Director(store, build_scheduler(default_scheduler_config(), registry),
-                    pick_endpoints=pick_endpoints)
+    return Director(
+        store, build_scheduler(default_scheduler_config(), registry), pick_endpoints=pick_endpoints
+    )
 
 
 @pytest.fixture
@@ -83,19 +84,21 @@ def test_a_header_that_is_not_utf8_does_not_stop_the_request(director: Director)
 def test_a_routing_header_that_is_not_utf8_is_refused(director: Director, header: str) -> None:
     stream = RequestStream(director, max_body_bytes=1 << 20)
     assert error_code(stream.handle(headers_message(extra={header: b"m\xff"}))) == (
-        400, "invalid_header")
+        400,
+        "invalid_header",
+    )
     assert stream.phase is Phase.ANSWERED
     assert stream.handle(body_message(BODY, end_of_stream=True)) == ()  # crossed the answer
     stream.close()
 
 
-def test_a_client_model_header_is_removed_from_a_request_without_body(
-    director: Director
-) -> None:
+def test_a_client_model_header_is_removed_from_a_request_without_body(director: Director) -> None:
     stream = RequestStream(director, max_body_bytes=1 << 20)
-    (answer,) = stream.handle(headers_message(method="GET", path="/v1/models",
-                                              end_of_stream=True,
-                                              extra={MODEL_HEADER: "evil"}))
+    (answer,) = stream.handle(
+        headers_message(
+            method="GET", path="/v1/models", end_of_stream=True, extra={MODEL_HEADER: "evil"}
+        )
+    )
     assert MODEL_HEADER not in set_headers(answer, "request_headers")
     assert removed_headers(answer, "request_headers") == [MODEL_HEADER]
     stream.close()
@@ -124,8 +127,9 @@ def test_the_rewrite_header_is_ignored_unless_trusted(director: Director) -> Non
         stream.handle(headers_message(extra={MODEL_REWRITE_HEADER: "other"}))
         _, *chunks = stream.handle(body_message(BODY, end_of_stream=True))
         stream.close()
-        return b"".join(c.request_body.response.body_mutation.streamed_response.body
-                        for c in chunks)
+        return b"".join(
+            c.request_body.response.body_mutation.streamed_response.body for c in chunks
+        )
 
     assert orjson.loads(routed_model(trusted=False))["model"] == "m"
     assert orjson.loads(routed_model(trusted=True))["model"] == "other"
@@ -134,15 +138,18 @@ def test_the_rewrite_header_is_ignored_unless_trusted(director: Director) -> Non
 # -- bodies ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("chunks", [[b""], [b"", b""], [b"  \r\n"]], ids=["empty", "two-empty",
-                                                                          "blank"])
+@pytest.mark.parametrize(
+    "chunks", [[b""], [b"", b""], [b"  \r\n"]], ids=["empty", "two-empty", "blank"]
+)
 def test_an_empty_body_is_a_missing_body(director: Director, chunks: list[bytes]) -> None:
     stream = RequestStream(director, max_body_bytes=1 << 20)
     stream.handle(headers_message())
     for chunk in chunks[:-1]:
         assert stream.handle(body_message(chunk, end_of_stream=False)) == ()
     assert error_code(stream.handle(body_message(chunks[-1], end_of_stream=True))) == (
-        400, "missing_body")
+        400,
+        "missing_body",
+    )
 
 
 def test_a_model_name_envoy_would_refuse_is_a_bad_request(director: Director) -> None:
@@ -151,7 +158,9 @@ def test_a_model_name_envoy_would_refuse_is_a_bad_request(director: Director) ->
         stream.handle(headers_message())
         body = orjson.dumps({"model": model, "prompt": "p"})
         assert error_code(stream.handle(body_message(body, end_of_stream=True))) == (
-            400, "invalid_model")
+            400,
+            "invalid_model",
+        )
 
 
 def test_the_prompt_kept_for_routing_is_cut_where_scheduling_stops_reading(
@@ -187,8 +196,14 @@ def test_a_body_that_does_not_fit_the_budget_gets_503_and_others_go_on(
     # A body too large for one message is held until its last chunk has gone to Envoy.
     assert budget.held_bytes == len(opening) + 2
     assert set_headers(head, "request_headers")[DESTINATION_HEADER] in (A, B)
-    assert len(b"".join(c.request_body.response.body_mutation.streamed_response.body
-                        for c in responses)) == len(opening) + 2
+    assert (
+        len(
+            b"".join(
+                c.request_body.response.body_mutation.streamed_response.body for c in responses
+            )
+        )
+        == len(opening) + 2
+    )
     assert budget.held_bytes == 0
     first.close()
     second.close()
@@ -243,12 +258,14 @@ def test_a_body_in_many_chunks_reaches_envoy_whole(director: Director) -> None:
     stream = RequestStream(director, max_body_bytes=1 << 22)
     stream.handle(headers_message())
     body = orjson.dumps({"model": "m", "prompt": "z" * 300_000})
-    pieces = [body[i:i + 7_000] for i in range(0, len(body), 7_000)]
+    pieces = [body[i : i + 7_000] for i in range(0, len(body), 7_000)]
     for piece in pieces[:-1]:
         assert stream.handle(body_message(piece, end_of_stream=False)) == ()
     _, *chunks = stream.handle(body_message(pieces[-1], end_of_stream=True))
-    assert b"".join(c.request_body.response.body_mutation.streamed_response.body
-                    for c in chunks) == body
+    assert (
+        b"".join(c.request_body.response.body_mutation.streamed_response.body for c in chunks)
+        == body
+    )
     stream.close()
 
 
@@ -273,8 +290,15 @@ def routed(director: Director) -> RequestStream:
         ("routed", body_message(b"more", end_of_stream=True)),
         ("routed", ProcessingRequest()),
     ],
-    ids=["body-first", "trailers-first", "no-kind-first", "headers-twice",
-         "headers-after-routing", "body-after-routing", "no-kind-after-routing"],
+    ids=[
+        "body-first",
+        "trailers-first",
+        "no-kind-first",
+        "headers-twice",
+        "headers-after-routing",
+        "body-after-routing",
+        "no-kind-after-routing",
+    ],
 )
 def test_messages_out_of_place_fail_the_stream(
     director: Director, setup: str, message: ProcessingRequest
@@ -298,11 +322,14 @@ def test_envoys_own_answer_before_routing_passes_through(
 ) -> None:
     """A 408 for a request too slow to arrive (or a 400/431 for bad headers) is a local
     reply of Envoy's, sent through ext_proc before epp has routed anything."""
-    config = ProtocolConfiguration(request_body_mode=FULL_DUPLEX,
-                                   response_body_mode=response_mode)
+    config = ProtocolConfiguration(request_body_mode=FULL_DUPLEX, response_body_mode=response_mode)
     stream = RequestStream(director, max_body_bytes=1 << 20)
-    first = ProcessingRequest(response_headers=HttpHeaders(headers=HeaderMap(headers=[
-        HeaderValue(key=":status", raw_value=b"408")])), protocol_config=config)
+    first = ProcessingRequest(
+        response_headers=HttpHeaders(
+            headers=HeaderMap(headers=[HeaderValue(key=":status", raw_value=b"408")])
+        ),
+        protocol_config=config,
+    )
     if setup == "gathering":  # the modes came on the request headers
         stream.handle(headers_message(response_body_mode=response_mode))
         stream.handle(body_message(b'{"model"', end_of_stream=False))
@@ -310,8 +337,9 @@ def test_envoys_own_answer_before_routing_passes_through(
     (ack,) = stream.handle(first)
     assert ack.WhichOneof("response") == "response_headers"
     assert not ack.response_headers.response.HasField("header_mutation")
-    (body,) = stream.handle(ProcessingRequest(
-        response_body=HttpBody(body=b"request timeout", end_of_stream=True)))
+    (body,) = stream.handle(
+        ProcessingRequest(response_body=HttpBody(body=b"request timeout", end_of_stream=True))
+    )
     streamed = body.response_body.response.body_mutation.streamed_response
     if response_mode == FULL_DUPLEX:  # the body must be handed back, unchanged
         assert (streamed.body, streamed.end_of_stream) == (b"request timeout", True)
@@ -321,9 +349,12 @@ def test_envoys_own_answer_before_routing_passes_through(
 
 
 def response_headers(status: bytes = b"200", *, end: bool = False) -> ProcessingRequest:
-    return ProcessingRequest(response_headers=HttpHeaders(
-        headers=HeaderMap(headers=[HeaderValue(key=":status", raw_value=status)]),
-        end_of_stream=end))
+    return ProcessingRequest(
+        response_headers=HttpHeaders(
+            headers=HeaderMap(headers=[HeaderValue(key=":status", raw_value=status)]),
+            end_of_stream=end,
+        )
+    )
 
 
 def response_body(data: bytes, *, end: bool) -> ProcessingRequest:
@@ -336,13 +367,22 @@ def response_body(data: bytes, *, end: bool) -> ProcessingRequest:
         [response_headers(), response_headers()],
         [response_headers(end=True), response_body(b"x", end=False)],
         [response_headers(), response_body(b"x", end=True), response_body(b"y", end=False)],
-        [response_headers(), ProcessingRequest(response_trailers=HttpTrailers()),
-         response_body(b"late", end=False)],
+        [
+            response_headers(),
+            ProcessingRequest(response_trailers=HttpTrailers()),
+            response_body(b"late", end=False),
+        ],
         [response_headers(), ProcessingRequest(request_trailers=HttpTrailers())],
         [response_headers(), headers_message()],
     ],
-    ids=["headers-twice", "body-after-headers-ended", "body-after-body-ended",
-         "body-after-trailers", "request-trailers-after-response", "request-after-response"],
+    ids=[
+        "headers-twice",
+        "body-after-headers-ended",
+        "body-after-body-ended",
+        "body-after-trailers",
+        "request-trailers-after-response",
+        "request-after-response",
+    ],
 )
 def test_response_messages_out_of_place_fail_the_stream(
     director: Director, after: list[ProcessingRequest]
@@ -360,9 +400,13 @@ def test_nothing_is_answered_after_epps_own_answer(director: Director) -> None:
     stream = RequestStream(director, max_body_bytes=1 << 20)
     stream.handle(headers_message())
     assert error_code(stream.handle(body_message(b"{", end_of_stream=True)))[0] == 400
-    for message in (response_headers(), response_body(b"x", end=True),
-                    ProcessingRequest(response_trailers=HttpTrailers()),
-                    ProcessingRequest(request_trailers=HttpTrailers()), ProcessingRequest()):
+    for message in (
+        response_headers(),
+        response_body(b"x", end=True),
+        ProcessingRequest(response_trailers=HttpTrailers()),
+        ProcessingRequest(request_trailers=HttpTrailers()),
+        ProcessingRequest(),
+    ):
         assert list(stream.handle(message)) == []
     stream.close()
 

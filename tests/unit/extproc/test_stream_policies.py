@@ -30,16 +30,19 @@ from tests.unit.extproc.envoy_messages import (
 A, B = "10.0.0.1:8000", "10.0.0.2:8000"
 
 
-def make_director(*, waiting: int = 0, pick_endpoints: bool = True,
-                  rewrites: ModelRewrites | None = None) -> tuple[Director, EndpointStore]:
+def make_director(
+    *, waiting: int = 0, pick_endpoints: bool = True, rewrites: ModelRewrites | None = None
+) -> tuple[Director, EndpointStore]:
     store = EndpointStore()
     store.replace([(A, frozenset({"m", "m-v2"})), (B, frozenset({"m", "m-v2"}))])
     for endpoint in store.all():
         endpoint.metrics = Metrics(waiting_requests=waiting, updated_at=time.monotonic())
     registry = register_builtin_plugins(PluginRegistry())
     director = Director(
-        store, build_scheduler(default_scheduler_config(), registry),
-        rewrites=rewrites, objectives=Objectives({"batch": -1, "chat": 5}),
+        store,
+        build_scheduler(default_scheduler_config(), registry),
+        rewrites=rewrites,
+        objectives=Objectives({"batch": -1, "chat": 5}),
         pick_endpoints=pick_endpoints,
     )
     return director, store
@@ -54,18 +57,21 @@ def test_rewrite_changes_the_upstream_body_and_restores_the_response() -> None:
     director, _ = make_director(rewrites=rewrites)
     stream = RequestStream(director, max_body_bytes=1 << 20)
     message = headers_message()
-    message.protocol_config.CopyFrom(ProtocolConfiguration(
-        request_body_mode=FULL_DUPLEX, response_body_mode=FULL_DUPLEX))
+    message.protocol_config.CopyFrom(
+        ProtocolConfiguration(request_body_mode=FULL_DUPLEX, response_body_mode=FULL_DUPLEX)
+    )
     stream.handle(message)
     head, *chunks = stream.handle(
-        body_message(b'{"model": "m", "prompt": "hello"}', end_of_stream=True))
+        body_message(b'{"model": "m", "prompt": "hello"}', end_of_stream=True)
+    )
     assert set_headers(head, "request_headers")["x-gateway-model-name"] == "m"
     sent = b"".join(c.request_body.response.body_mutation.streamed_response.body for c in chunks)
     assert orjson.loads(sent) == {"model": "m-v2", "prompt": "hello"}
 
     (echo,) = stream.handle(response_body(b'data: {"model":"m-v2","choices":[]}\n\n', end=False))
     assert echo.response_body.response.body_mutation.streamed_response.body == (
-        b'data: {"model":"m","choices":[]}\n\n')
+        b'data: {"model":"m","choices":[]}\n\n'
+    )
     stream.close()
 
 
@@ -82,8 +88,12 @@ def test_rewrite_in_buffered_mode_mutates_the_body() -> None:
 
 def test_sheddable_requests_get_429_only_when_the_pool_is_saturated() -> None:
     body = b'{"model": "m", "prompt": "p"}'
-    for waiting, objective, expected in [(10, "batch", 429), (10, "chat", None),
-                                         (0, "batch", None), (10, None, None)]:
+    for waiting, objective, expected in [
+        (10, "batch", 429),
+        (10, "chat", None),
+        (0, "batch", None),
+        (10, None, None),
+    ]:
         director, store = make_director(waiting=waiting)
         stream = RequestStream(director, max_body_bytes=1 << 20)
         stream.handle(headers_message(extra={OBJECTIVE_HEADER: objective} if objective else {}))
@@ -110,8 +120,9 @@ def test_body_based_routing_sets_only_the_model_header() -> None:
     director, store = make_director(pick_endpoints=False)
     stream = RequestStream(director, max_body_bytes=1 << 20)
     stream.handle(headers_message())
-    head, *chunks = stream.handle(body_message(b'{"model": "m", "prompt": "p"}',
-                                               end_of_stream=True))
+    head, *chunks = stream.handle(
+        body_message(b'{"model": "m", "prompt": "p"}', end_of_stream=True)
+    )
     assert set_headers(head, "request_headers") == {"x-gateway-model-name": "m"}
     assert head.request_headers.response.clear_route_cache
     assert not head.HasField("dynamic_metadata")

@@ -26,15 +26,21 @@ def make(**options: object) -> tuple[Director, EndpointStore]:
     for endpoint in store.all():
         endpoint.metrics = Metrics(updated_at=time.monotonic())
     registry = register_builtin_plugins(PluginRegistry())
-    director = Director(store, build_scheduler(default_scheduler_config(), registry),
-                        fallbacks=ModelFallbacks({"big": ["small"]}),
-                        **options)  # type: ignore[arg-type]
+    director = Director(
+        store,
+        build_scheduler(default_scheduler_config(), registry),
+        fallbacks=ModelFallbacks({"big": ["small"]}),
+        **options,
+    )  # type: ignore[arg-type]
     return director, store
 
 
 def response_headers(status: int) -> ProcessingRequest:
-    return ProcessingRequest(response_headers=HttpHeaders(headers=HeaderMap(
-        headers=[HeaderValue(key=":status", raw_value=str(status).encode())])))
+    return ProcessingRequest(
+        response_headers=HttpHeaders(
+            headers=HeaderMap(headers=[HeaderValue(key=":status", raw_value=str(status).encode())])
+        )
+    )
 
 
 def routed_stream(director: Director) -> RequestStream:
@@ -52,8 +58,7 @@ def test_a_fallback_is_named_on_the_response_headers() -> None:
     stream = routed_stream(director)
     assert stream.decision is not None and stream.decision.destination == SMALL
     (answer,) = stream.handle(response_headers(200))
-    assert set_headers(answer, "response_headers") == {"x-gateway-model-fallback":
-                                                       "big -> small"}
+    assert set_headers(answer, "response_headers") == {"x-gateway-model-fallback": "big -> small"}
     stream.close()
 
 
@@ -86,8 +91,7 @@ def test_429_answers_carry_retry_after() -> None:
     (answer,) = stream.handle(body_message(BODY, end_of_stream=True))
     immediate = answer.immediate_response
     assert immediate.status.code == 429
-    headers = {h.header.key: h.header.raw_value.decode()
-               for h in immediate.headers.set_headers}
+    headers = {h.header.key: h.header.raw_value.decode() for h in immediate.headers.set_headers}
     assert headers["retry-after"] == "4"
     assert b"no_capacity" in immediate.body
     stream.close()

@@ -32,10 +32,14 @@ from tests.unit.extproc.envoy_messages import BUFFERED, FULL_DUPLEX, body_messag
 
 A, B = "10.0.0.1:8000", "10.0.0.2:8000"
 MODELS = frozenset({"m", "m-v2", "metrics-model", "m-log"})
-USAGE_EVENT = (b'data: {"id":"c","model":"m","choices":[],"usage":{"prompt_tokens":7,'
-               b'"completion_tokens":3,"prompt_tokens_details":{"cached_tokens":4}}}\n\n')
-TOKEN_EVENTS = [b'data: {"id":"c","model":"m","choices":[{"delta":{"content":"t%d"}}]}\n\n' % i
-                for i in range(3)]
+USAGE_EVENT = (
+    b'data: {"id":"c","model":"m","choices":[],"usage":{"prompt_tokens":7,'
+    b'"completion_tokens":3,"prompt_tokens_details":{"cached_tokens":4}}}\n\n'
+)
+TOKEN_EVENTS = [
+    b'data: {"id":"c","model":"m","choices":[{"delta":{"content":"t%d"}}]}\n\n' % i
+    for i in range(3)
+]
 DONE = b"data: [DONE]\n\n"
 
 
@@ -54,22 +58,36 @@ def director(store: EndpointStore) -> Director:
     return Director(store, build_scheduler(default_scheduler_config(), registry))
 
 
-def request_headers(path: str = "/v1/chat/completions", *, body_mode: int = FULL_DUPLEX,
-                    extra: dict[str, str] | None = None) -> ProcessingRequest:
+def request_headers(
+    path: str = "/v1/chat/completions",
+    *,
+    body_mode: int = FULL_DUPLEX,
+    extra: dict[str, str] | None = None,
+) -> ProcessingRequest:
     pairs = {":method": "POST", ":path": path, "x-request-id": "req-9", **(extra or {})}
     return ProcessingRequest(
-        request_headers=HttpHeaders(headers=HeaderMap(
-            headers=[HeaderValue(key=k, raw_value=v.encode()) for k, v in pairs.items()])),
-        protocol_config=ProtocolConfiguration(request_body_mode=body_mode,
-                                              response_body_mode=FULL_DUPLEX),
+        request_headers=HttpHeaders(
+            headers=HeaderMap(
+                headers=[HeaderValue(key=k, raw_value=v.encode()) for k, v in pairs.items()]
+            )
+        ),
+        protocol_config=ProtocolConfiguration(
+            request_body_mode=body_mode, response_body_mode=FULL_DUPLEX
+        ),
     )
 
 
-def response_headers(status: int = 200, content_type: str = "text/event-stream",
-                     **extra: str) -> ProcessingRequest:
+def response_headers(
+    status: int = 200, content_type: str = "text/event-stream", **extra: str
+) -> ProcessingRequest:
     pairs = {":status": str(status), "content-type": content_type, **extra}
-    return ProcessingRequest(response_headers=HttpHeaders(headers=HeaderMap(
-        headers=[HeaderValue(key=k, raw_value=v.encode()) for k, v in pairs.items()])))
+    return ProcessingRequest(
+        response_headers=HttpHeaders(
+            headers=HeaderMap(
+                headers=[HeaderValue(key=k, raw_value=v.encode()) for k, v in pairs.items()]
+            )
+        )
+    )
 
 
 def response_body(data: bytes, *, end: bool = False) -> ProcessingRequest:
@@ -82,13 +100,21 @@ def echoed(responses: tuple[ProcessingResponse, ...] | list[ProcessingResponse])
 
 
 def sent_body(responses: list[ProcessingResponse] | tuple[ProcessingResponse, ...]) -> bytes:
-    return b"".join(r.request_body.response.body_mutation.streamed_response.body
-                    for r in responses if r.WhichOneof("response") == "request_body")
+    return b"".join(
+        r.request_body.response.body_mutation.streamed_response.body
+        for r in responses
+        if r.WhichOneof("response") == "request_body"
+    )
 
 
-def routed(director: Director, body: dict[str, object], *, path: str = "/v1/chat/completions",
-           inject: bool = False, extra: dict[str, str] | None = None
-           ) -> tuple[RequestStream, bytes]:
+def routed(
+    director: Director,
+    body: dict[str, object],
+    *,
+    path: str = "/v1/chat/completions",
+    inject: bool = False,
+    extra: dict[str, str] | None = None,
+) -> tuple[RequestStream, bytes]:
     stream = RequestStream(director, max_body_bytes=1 << 20, inject_stream_usage=inject)
     assert stream.handle(request_headers(path, extra=extra)) == ()
     responses = stream.handle(body_message(orjson.dumps(body), end_of_stream=True))
@@ -122,8 +148,12 @@ def test_streamed_response_passes_through_and_is_timed(director: Director) -> No
 def test_json_response_usage_is_read_at_the_end(director: Director) -> None:
     stream, _ = routed(director, {"model": "m", "prompt": "p"}, path="/v1/completions")
     stream.handle(response_headers(content_type="application/json"))
-    body = orjson.dumps({"choices": [{"text": "x"}], "usage": {
-        "prompt_tokens": 11, "completion_tokens": 2, "total_tokens": 13}})
+    body = orjson.dumps(
+        {
+            "choices": [{"text": "x"}],
+            "usage": {"prompt_tokens": 11, "completion_tokens": 2, "total_tokens": 13},
+        }
+    )
     stream.handle(response_body(body[:20]))
     stream.handle(response_body(body[20:], end=True))
     assert stream.decision is not None
@@ -132,15 +162,19 @@ def test_json_response_usage_is_read_at_the_end(director: Director) -> None:
 
 
 def test_responses_api_ttft_waits_for_the_first_delta(director: Director) -> None:
-    stream, _ = routed(director, {"model": "m", "input": "hi", "stream": True},
-                       path="/v1/responses")
+    stream, _ = routed(
+        director, {"model": "m", "input": "hi", "stream": True}, path="/v1/responses"
+    )
     stream.handle(response_headers())
-    stream.handle(response_body(b'event: response.created\ndata: {"type":"response.created"}'
-                                b"\n\n"))
+    stream.handle(response_body(b'event: response.created\ndata: {"type":"response.created"}\n\n'))
     assert stream.decision is not None
     assert stream.decision.response.first_token_at is None
-    stream.handle(response_body(b'event: response.output_text.delta\ndata: {"delta":"a",'
-                                b'"type":"response.output_text.delta"}\n\n'))
+    stream.handle(
+        response_body(
+            b'event: response.output_text.delta\ndata: {"delta":"a",'
+            b'"type":"response.output_text.delta"}\n\n'
+        )
+    )
     assert stream.decision.response.first_token_at is not None
 
 
@@ -154,8 +188,7 @@ def test_usage_is_not_read_from_errors_or_compressed_bodies(
 ) -> None:
     stream, _ = routed(director, {"model": "m", "prompt": "p"})
     stream.handle(response_headers(status, "application/json", **headers))
-    stream.handle(response_body(b'{"usage":{"prompt_tokens":1,"completion_tokens":1}}',
-                                end=True))
+    stream.handle(response_body(b'{"usage":{"prompt_tokens":1,"completion_tokens":1}}', end=True))
     assert stream.decision is not None and stream.decision.response.usage is None
 
 
@@ -170,9 +203,11 @@ def test_usage_option_adds_include_usage_and_strips_the_event(director: Director
     assert orjson.loads(sent)["stream_options"] == {"include_usage": True}
     stream.handle(response_headers())
     whole = b"".join(TOKEN_EVENTS) + USAGE_EVENT + DONE
-    pieces = [whole[i:i + 40] for i in range(0, len(whole), 40)]
-    out = b"".join(echoed(stream.handle(response_body(p, end=i == len(pieces) - 1)))
-                   for i, p in enumerate(pieces))
+    pieces = [whole[i : i + 40] for i in range(0, len(whole), 40)]
+    out = b"".join(
+        echoed(stream.handle(response_body(p, end=i == len(pieces) - 1)))
+        for i, p in enumerate(pieces)
+    )
     assert out == b"".join(TOKEN_EVENTS) + DONE
     assert stream.decision is not None
     assert stream.decision.response.usage == Usage(7, 3, 4)  # read before it was stripped
@@ -180,10 +215,19 @@ def test_usage_option_adds_include_usage_and_strips_the_event(director: Director
 
 @pytest.mark.parametrize(
     ("body", "path"),
-    [({"model": "m", "messages": [], "stream": True,
-       "stream_options": {"include_usage": True}}, "/v1/chat/completions"),
-     ({"model": "m", "messages": []}, "/v1/chat/completions"),
-     ({"model": "m", "input": "x", "stream": True}, "/v1/responses")],
+    [
+        (
+            {
+                "model": "m",
+                "messages": [],
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            },
+            "/v1/chat/completions",
+        ),
+        ({"model": "m", "messages": []}, "/v1/chat/completions"),
+        ({"model": "m", "input": "x", "stream": True}, "/v1/responses"),
+    ],
     ids=["client-asked", "not-streamed", "responses-api"],
 )
 def test_usage_option_touches_only_streams_that_lack_it(
@@ -193,28 +237,39 @@ def test_usage_option_touches_only_streams_that_lack_it(
     assert sent == orjson.dumps(body)
     stream.handle(response_headers())
     assert echoed(stream.handle(response_body(USAGE_EVENT + DONE, end=True))) == (
-        USAGE_EVENT + DONE)
+        USAGE_EVENT + DONE
+    )
 
 
 def test_usage_option_composes_with_a_model_rewrite(director: Director) -> None:
     director.rewrites.honour_header = True
-    stream, sent = routed(director, {"model": "m", "messages": [], "stream": True},
-                          inject=True, extra={MODEL_REWRITE_HEADER: "m-v2"})
-    assert orjson.loads(sent) == {"model": "m-v2", "messages": [], "stream": True,
-                                  "stream_options": {"include_usage": True}}
+    stream, sent = routed(
+        director,
+        {"model": "m", "messages": [], "stream": True},
+        inject=True,
+        extra={MODEL_REWRITE_HEADER: "m-v2"},
+    )
+    assert orjson.loads(sent) == {
+        "model": "m-v2",
+        "messages": [],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     stream.handle(response_headers())
     upstream = (TOKEN_EVENTS[0] + USAGE_EVENT + DONE).replace(b'"model":"m"', b'"model":"m-v2"')
-    out = b"".join(echoed(stream.handle(response_body(upstream[i:i + 9],
-                                                      end=i + 9 >= len(upstream))))
-                   for i in range(0, len(upstream), 9))
+    out = b"".join(
+        echoed(stream.handle(response_body(upstream[i : i + 9], end=i + 9 >= len(upstream))))
+        for i in range(0, len(upstream), 9)
+    )
     assert out == TOKEN_EVENTS[0] + DONE
 
 
 def test_usage_option_in_buffered_mode_replaces_the_body(director: Director) -> None:
     stream = RequestStream(director, max_body_bytes=1 << 20, inject_stream_usage=True)
     stream.handle(request_headers(body_mode=BUFFERED))
-    (answer,) = stream.handle(body_message(b'{"model":"m","messages":[],"stream":true}',
-                                           end_of_stream=True))
+    (answer,) = stream.handle(
+        body_message(b'{"model":"m","messages":[],"stream":true}', end_of_stream=True)
+    )
     replaced = orjson.loads(answer.request_body.response.body_mutation.body)
     assert replaced["stream_options"] == {"include_usage": True}
 
@@ -231,13 +286,18 @@ def _finish(director: Director, model: str, *, complete: bool, status: int = 200
 
 def test_metrics_recorded_at_close(director: Director, store: EndpointStore) -> None:
     labels = {"model_name": "metrics-model", "target_model_name": "metrics-model"}
-    before = {name: sample(name, **labels) for name in (
-        "inference_objective_input_tokens_sum", "inference_objective_output_tokens_sum",
-        "inference_objective_prompt_cached_tokens_sum",
-        "inference_objective_request_duration_seconds_count",
-        "inference_objective_request_ttft_seconds_count",
-        "inference_objective_request_tpot_seconds_count",
-        "inference_objective_normalized_time_per_output_token_seconds_count")}
+    before = {
+        name: sample(name, **labels)
+        for name in (
+            "inference_objective_input_tokens_sum",
+            "inference_objective_output_tokens_sum",
+            "inference_objective_prompt_cached_tokens_sum",
+            "inference_objective_request_duration_seconds_count",
+            "inference_objective_request_ttft_seconds_count",
+            "inference_objective_request_tpot_seconds_count",
+            "inference_objective_normalized_time_per_output_token_seconds_count",
+        )
+    }
     _finish(director, "metrics-model", complete=True)
     after = {name: sample(name, **labels) - value for name, value in before.items()}
     assert after == {
@@ -256,13 +316,16 @@ def test_metrics_recorded_at_close(director: Director, store: EndpointStore) -> 
 def test_reset_and_failed_responses(director: Director, store: EndpointStore) -> None:
     labels = {"model_name": "metrics-model", "target_model_name": "metrics-model"}
     durations = sample("inference_objective_request_duration_seconds_count", **labels)
-    errors = sample("inference_objective_request_error_total", error_code="model_server_error",
-                    **labels)
+    errors = sample(
+        "inference_objective_request_error_total", error_code="model_server_error", **labels
+    )
     _finish(director, "metrics-model", complete=False)  # reset mid-stream
     _finish(director, "metrics-model", complete=True, status=503)
     assert sample("inference_objective_request_duration_seconds_count", **labels) == durations
-    assert sample("inference_objective_request_error_total", error_code="model_server_error",
-                  **labels) == errors + 1
+    assert (
+        sample("inference_objective_request_error_total", error_code="model_server_error", **labels)
+        == errors + 1
+    )
     assert sample("inference_objective_running_requests", model_name="metrics-model") == 0
     assert all(ep.inflight_requests == 0 for ep in store.all())
 
@@ -291,10 +354,12 @@ def test_one_log_line_per_request(director: Director, caplog: pytest.LogCaptureF
     assert (error["status"], error["error_code"]) == (404, "model_not_found")
 
 
-@pytest.mark.parametrize(("mode", "outcomes"),
-                         [("errors", ["reset"]), ("off", []), ("all", ["completed", "reset"])])
-def test_request_log_modes(director: Director, caplog: pytest.LogCaptureFixture, mode: str,
-                           outcomes: list[str]) -> None:
+@pytest.mark.parametrize(
+    ("mode", "outcomes"), [("errors", ["reset"]), ("off", []), ("all", ["completed", "reset"])]
+)
+def test_request_log_modes(
+    director: Director, caplog: pytest.LogCaptureFixture, mode: str, outcomes: list[str]
+) -> None:
     caplog.set_level(logging.INFO, logger="epp.requests")
     request_metrics.set_request_log(mode)
     try:

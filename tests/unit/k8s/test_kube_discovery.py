@@ -40,8 +40,9 @@ async def running(
     api.apply(pod("other-namespace", "elsewhere", "10.0.0.5", LABELS))
     store = EndpointStore()
     changes: list[PoolSpec | None] = []
-    discovery = KubernetesDiscovery(store, client, namespace=NS, pool_name="llama",
-                                    on_pool_change=changes.append)
+    discovery = KubernetesDiscovery(
+        store, client, namespace=NS, pool_name="llama", on_pool_change=changes.append
+    )
     await discovery.start()
     assert await discovery.wait_synced(10)
     yield discovery, store, changes
@@ -77,8 +78,15 @@ async def test_pods_come_turn_unready_and_go_within_one_event(
 @pytest.mark.asyncio
 async def test_pool_changing_its_selector_and_ports(running: Any, api: FakeKubeAPI) -> None:
     _, store, changes = running
-    api.apply(inference_pool_v1("llama", NS, {"app": "other"}, target_ports=[9000],
-                                annotations={ROUTING_STRATEGY_ANNOTATION: "prefix_cache"}))
+    api.apply(
+        inference_pool_v1(
+            "llama",
+            NS,
+            {"app": "other"},
+            target_ports=[9000],
+            annotations={ROUTING_STRATEGY_ANNOTATION: "prefix_cache"},
+        )
+    )
     await eventually(lambda: addresses(store) == {"10.0.0.4:9000"})
     assert changes[-1] == PoolSpec({"app": "other"}, (9000,), "PREFIX_CACHE")
     api.delete("inference.networking.k8s.io/v1", "InferencePool", NS, "llama")
@@ -94,8 +102,10 @@ async def test_watch_expiry_relists_and_catches_up(running: Any, api: FakeKubeAP
     api.drop_watches()
     api.apply(pod("new", NS, "10.0.0.6", LABELS))
     await eventually(lambda: "10.0.0.6:8000" in addresses(store))
-    assert any(seen.method == "GET" and "/pods" in seen.path and "watch" not in seen.query
-               for seen in api.requests[-20:])  # it listed again
+    assert any(
+        seen.method == "GET" and "/pods" in seen.path and "watch" not in seen.query
+        for seen in api.requests[-20:]
+    )  # it listed again
 
 
 @pytest.mark.asyncio
@@ -119,8 +129,9 @@ async def test_v1alpha2_pool(api: FakeKubeAPI, client: AsyncClient) -> None:
     api.apply(inference_pool_v1alpha2("old", NS, LABELS, target_port=8080))
     api.apply(pod("p", NS, "10.0.1.1", LABELS))
     store = EndpointStore()
-    discovery = KubernetesDiscovery(store, client, namespace=NS, pool_name="old",
-                                    pool_group="inference.networking.x-k8s.io")
+    discovery = KubernetesDiscovery(
+        store, client, namespace=NS, pool_name="old", pool_group="inference.networking.x-k8s.io"
+    )
     await discovery.start()
     try:
         assert await discovery.wait_synced(10)
@@ -149,8 +160,9 @@ async def test_selector_mode_without_crds(api: FakeKubeAPI, client: AsyncClient)
     api.apply(pod("a", NS, "10.0.3.1", {"app": "vllm", "tier": "gpu"}))
     api.apply(pod("b", NS, "10.0.3.2", {"app": "vllm"}))
     store = EndpointStore()
-    discovery = KubernetesDiscovery(store, client, namespace=NS,
-                                    selector={"app": "vllm", "tier": "gpu"}, target_ports=[8000])
+    discovery = KubernetesDiscovery(
+        store, client, namespace=NS, selector={"app": "vllm", "tier": "gpu"}, target_ports=[8000]
+    )
     await discovery.start()
     try:
         assert await discovery.wait_synced(10)
@@ -160,24 +172,38 @@ async def test_selector_mode_without_crds(api: FakeKubeAPI, client: AsyncClient)
         await discovery.stop()
 
 
-@pytest.mark.parametrize(("pool", "expected"), [
-    ({"spec": {"selector": {"matchLabels": {"a": "b"}}, "targetPorts": [{"number": 80}]}},
-     PoolSpec({"a": "b"}, (80,))),
-    ({"spec": {"selector": {"a": "b"}, "targetPortNumber": 8000},
-      "metadata": {"annotations": {ROUTING_STRATEGY_ANNOTATION: " default "}}},
-     PoolSpec({"a": "b"}, (8000,), "DEFAULT")),
-])
+@pytest.mark.parametrize(
+    ("pool", "expected"),
+    [
+        (
+            {"spec": {"selector": {"matchLabels": {"a": "b"}}, "targetPorts": [{"number": 80}]}},
+            PoolSpec({"a": "b"}, (80,)),
+        ),
+        (
+            {
+                "spec": {"selector": {"a": "b"}, "targetPortNumber": 8000},
+                "metadata": {"annotations": {ROUTING_STRATEGY_ANNOTATION: " default "}},
+            },
+            PoolSpec({"a": "b"}, (8000,), "DEFAULT"),
+        ),
+    ],
+)
 def test_parse_pool(pool: Mapping[str, Any], expected: PoolSpec) -> None:
     assert parse_pool(pool) == expected
 
 
-@pytest.mark.parametrize(("pool", "message"), [
-    ({"spec": {"selector": {}, "targetPortNumber": 1}}, "selects nothing"),
-    ({"spec": {"selector": {"matchExpressions": [{"key": "a"}]}, "targetPorts": []}},
-     "matchExpressions"),
-    ({"spec": {"selector": {"a": "b"}}}, "neither targetPorts"),
-    ({"spec": {"selector": {"a": "b"}, "targetPorts": [{"number": 70000}]}}, "1-65535"),
-])
+@pytest.mark.parametrize(
+    ("pool", "message"),
+    [
+        ({"spec": {"selector": {}, "targetPortNumber": 1}}, "selects nothing"),
+        (
+            {"spec": {"selector": {"matchExpressions": [{"key": "a"}]}, "targetPorts": []}},
+            "matchExpressions",
+        ),
+        ({"spec": {"selector": {"a": "b"}}}, "neither targetPorts"),
+        ({"spec": {"selector": {"a": "b"}, "targetPorts": [{"number": 70000}]}}, "1-65535"),
+    ],
+)
 def test_parse_pool_refuses_malformed_specs(pool: Mapping[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         parse_pool(pool)

@@ -14,15 +14,19 @@ NS = "inference"
 
 def elector(client: AsyncClient, identity: str, changes: list[tuple[str, bool]]) -> LeaderElector:
     return LeaderElector(
-        client, namespace=NS, lease_name="epp-pool", identity=identity,
-        lease_duration_s=1.5, renew_deadline_s=1.0, retry_period_s=0.1,
+        client,
+        namespace=NS,
+        lease_name="epp-pool",
+        identity=identity,
+        lease_duration_s=1.5,
+        renew_deadline_s=1.0,
+        retry_period_s=0.1,
         on_change=lambda leader: changes.append((identity, leader)),
     )
 
 
 @pytest.mark.asyncio
-async def test_one_leader_then_hand_over_on_release(api: FakeKubeAPI,
-                                                    client: AsyncClient) -> None:
+async def test_one_leader_then_hand_over_on_release(api: FakeKubeAPI, client: AsyncClient) -> None:
     changes: list[tuple[str, bool]] = []
     first, second = elector(client, "epp-a", changes), elector(client, "epp-b", changes)
     first.start()
@@ -60,8 +64,9 @@ async def test_a_dead_leaders_lease_is_taken_after_it_expires(
 
 
 @pytest.mark.asyncio
-async def test_leader_steps_down_when_it_cannot_renew(api: FakeKubeAPI,
-                                                      client: AsyncClient) -> None:
+async def test_leader_steps_down_when_it_cannot_renew(
+    api: FakeKubeAPI, client: AsyncClient
+) -> None:
     changes: list[tuple[str, bool]] = []
     leader = elector(client, "epp-a", changes)
     leader.start()
@@ -78,5 +83,12 @@ async def test_leader_steps_down_when_it_cannot_renew(api: FakeKubeAPI,
 
 def test_durations_must_be_ordered(client: AsyncClient) -> None:
     with pytest.raises(ValueError, match="retry period"):
-        LeaderElector(client, namespace=NS, lease_name="l", identity="i",
-                      lease_duration_s=5, renew_deadline_s=10, retry_period_s=2)
+        LeaderElector(
+            client,
+            namespace=NS,
+            lease_name="l",
+            identity="i",
+            lease_duration_s=5,
+            renew_deadline_s=10,
+            retry_period_s=2,
+        )

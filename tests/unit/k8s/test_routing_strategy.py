@@ -17,8 +17,11 @@ from tests.kube_fake import FakeKubeAPI
 
 
 def scorer_types(director: Director) -> set[str]:
-    return {timing.typed_name.type for timing in director.scheduler.timings
-            if timing.extension_point == "scorer"}
+    return {
+        timing.typed_name.type
+        for timing in director.scheduler.timings
+        if timing.extension_point == "scorer"
+    }
 
 
 @pytest.mark.asyncio
@@ -27,14 +30,18 @@ async def test_annotation_swaps_the_profile(api: FakeKubeAPI, tmp_path: Path) ->
     config = Config(kubernetes=KubernetesConfig(pool_name="p", kubeconfig=str(kubeconfig)))
     store = EndpointStore()
     director = Director(store, build_scheduler_from_config(config))
-    parts = _KubernetesParts(config, store, director,
-                             HealthReporter(health.aio.HealthServicer(), needs_leadership=False))
+    parts = _KubernetesParts(
+        config, store, director, HealthReporter(health.aio.HealthServicer(), needs_leadership=False)
+    )
     configured = scorer_types(director)
     assert "prefix-cache-scorer" in configured
 
     parts._on_pool_change(PoolSpec({"a": "b"}, (8000,), "DEFAULT"))
-    assert scorer_types(director) == {"queue-scorer", "kv-cache-utilization-scorer",
-                                      "inflight-load-scorer"}
+    assert scorer_types(director) == {
+        "queue-scorer",
+        "kv-cache-utilization-scorer",
+        "inflight-load-scorer",
+    }
     parts._on_pool_change(PoolSpec({"a": "b"}, (8000,), "PREFIX_CACHE"))
     assert "prefix-cache-scorer" in scorer_types(director)
     parts._on_pool_change(PoolSpec({"a": "b"}, (8000,), "NO_SUCH_STRATEGY"))

@@ -46,9 +46,11 @@ POOLS_V1 = "/apis/inference.networking.k8s.io/v1/namespaces/default/inferencepoo
 REPO = Path(__file__).resolve().parents[3]
 
 InferencePool = create_namespaced_resource(
-    "inference.networking.k8s.io", "v1", "InferencePool", "inferencepools")
+    "inference.networking.k8s.io", "v1", "InferencePool", "inferencepools"
+)
 InferencePoolAlpha = create_namespaced_resource(
-    "inference.networking.x-k8s.io", "v1alpha2", "InferencePool", "inferencepools")
+    "inference.networking.x-k8s.io", "v1alpha2", "InferencePool", "inferencepools"
+)
 
 
 @pytest_asyncio.fixture
@@ -123,8 +125,20 @@ def configmap(name: str, data: dict[str, str], labels: dict[str, str] | None = N
         ("app notin (a)", {"app": "a"}, False),
         ("example.com/role=x, !gone", {"example.com/role": "x"}, True),
     ],
-    ids=["empty", "eq", "double-eq", "neq-absent", "neq", "exists", "not-exists", "in-and",
-         "in-absent", "notin-absent", "notin", "prefixed-key"],
+    ids=[
+        "empty",
+        "eq",
+        "double-eq",
+        "neq-absent",
+        "neq",
+        "exists",
+        "not-exists",
+        "in-and",
+        "in-absent",
+        "notin-absent",
+        "notin",
+        "prefixed-key",
+    ],
 )
 def test_label_selector(selector: str, labels: dict[str, str], matches: bool) -> None:
     assert parse_label_selector(selector)(labels) is matches
@@ -138,22 +152,35 @@ def test_label_selector_rejects_garbage(selector: str) -> None:
 
 def test_merge_and_json_patch() -> None:
     doc = {"a": {"b": 1, "c": 2}, "l": [1, 2]}
-    assert merge_patch(doc, {"a": {"b": None, "d": 3}, "l": [9]}) == {"a": {"c": 2, "d": 3},
-                                                                       "l": [9]}
-    ops = [{"op": "add", "path": "/l/-", "value": 3}, {"op": "replace", "path": "/a/b", "value": 5},
-           {"op": "remove", "path": "/a/c"}, {"op": "test", "path": "/l/0", "value": 1},
-           {"op": "move", "from": "/a/b", "path": "/m"}]
+    assert merge_patch(doc, {"a": {"b": None, "d": 3}, "l": [9]}) == {
+        "a": {"c": 2, "d": 3},
+        "l": [9],
+    }
+    ops = [
+        {"op": "add", "path": "/l/-", "value": 3},
+        {"op": "replace", "path": "/a/b", "value": 5},
+        {"op": "remove", "path": "/a/c"},
+        {"op": "test", "path": "/l/0", "value": 1},
+        {"op": "move", "from": "/a/b", "path": "/m"},
+    ]
     assert json_patch(doc, ops) == {"a": {}, "l": [1, 2, 3], "m": 5}
     assert doc == {"a": {"b": 1, "c": 2}, "l": [1, 2]}  # the input is left alone
 
 
 def test_strategic_merge_patch_merges_keyed_lists() -> None:
-    spec = {"containers": [{"name": "a", "image": "1", "args": ["x"]}, {"name": "b"}],
-            "tolerations": [{"key": "k"}]}
-    patch = {"$setElementOrder/containers": [{"name": "a"}, {"name": "c"}],
-             "containers": [{"name": "a", "image": "2"}, {"name": "b", "$patch": "delete"},
-                            {"name": "c", "image": "3"}],
-             "tolerations": [{"key": "z"}]}
+    spec = {
+        "containers": [{"name": "a", "image": "1", "args": ["x"]}, {"name": "b"}],
+        "tolerations": [{"key": "k"}],
+    }
+    patch = {
+        "$setElementOrder/containers": [{"name": "a"}, {"name": "c"}],
+        "containers": [
+            {"name": "a", "image": "2"},
+            {"name": "b", "$patch": "delete"},
+            {"name": "c", "image": "3"},
+        ],
+        "tolerations": [{"key": "z"}],
+    }
     assert strategic_merge_patch(spec, patch) == {
         "containers": [{"name": "a", "image": "2", "args": ["x"]}, {"name": "c", "image": "3"}],
         "tolerations": [{"key": "z"}],  # no merge key: replaced whole
@@ -173,7 +200,8 @@ async def test_discovery_documents(http: httpx.AsyncClient) -> None:
     assert response.headers["content-type"] == "application/json"
     groups = {g["name"]: g for g in response.json()["groups"]}
     assert groups["coordination.k8s.io"]["preferredVersion"]["groupVersion"] == (
-        "coordination.k8s.io/v1")
+        "coordination.k8s.io/v1"
+    )
     assert "inference.networking.x-k8s.io" in groups
     core = {r["name"]: r for r in (await http.get("/api/v1")).json()["resources"]}
     assert core["pods"]["kind"] == "Pod" and core["pods"]["namespaced"]
@@ -181,17 +209,34 @@ async def test_discovery_documents(http: httpx.AsyncClient) -> None:
     assert "watch" in core["pods"]["verbs"]
     rbac = (await http.get("/apis/rbac.authorization.k8s.io/v1")).json()
     kinds = {r["kind"]: r["namespaced"] for r in rbac["resources"]}
-    assert kinds == {"Role": True, "RoleBinding": True, "ClusterRole": False,
-                     "ClusterRoleBinding": False}
+    assert kinds == {
+        "Role": True,
+        "RoleBinding": True,
+        "ClusterRole": False,
+        "ClusterRoleBinding": False,
+    }
 
 
 @pytest.mark.parametrize(
     "path",
-    ["/apis/example.com/v1/widgets", "/api/v1/namespaces/default/widgets",
-     "/api/v1/pods/p1", "/api/v1/namespaces/default/nodes", "/apis/nope", "/openapi/v2",
-     "/api/v1/namespaces/default/pods/p1/log"],
-    ids=["unknown-group", "unknown-plural", "namespaced-without-namespace",
-         "cluster-scoped-with-namespace", "unknown-group-doc", "openapi-v2", "subresource"],
+    [
+        "/apis/example.com/v1/widgets",
+        "/api/v1/namespaces/default/widgets",
+        "/api/v1/pods/p1",
+        "/api/v1/namespaces/default/nodes",
+        "/apis/nope",
+        "/openapi/v2",
+        "/api/v1/namespaces/default/pods/p1/log",
+    ],
+    ids=[
+        "unknown-group",
+        "unknown-plural",
+        "namespaced-without-namespace",
+        "cluster-scoped-with-namespace",
+        "unknown-group-doc",
+        "openapi-v2",
+        "subresource",
+    ],
 )
 @pytest.mark.asyncio
 async def test_unknown_paths_are_404_status(http: httpx.AsyncClient, path: str) -> None:
@@ -244,9 +289,11 @@ async def test_generation_moves_with_spec_only(api: FakeKubeAPI) -> None:
 
 @pytest.mark.parametrize(
     ("body", "reason"),
-    [({"metadata": {"namespace": "other", "name": "x"}}, "BadRequest"),
-     ({"metadata": {}}, "Invalid"),
-     ({"apiVersion": "v2", "metadata": {"name": "x"}}, "BadRequest")],
+    [
+        ({"metadata": {"namespace": "other", "name": "x"}}, "BadRequest"),
+        ({"metadata": {}}, "Invalid"),
+        ({"apiVersion": "v2", "metadata": {"name": "x"}}, "BadRequest"),
+    ],
     ids=["namespace-mismatch", "no-name", "wrong-api-version"],
 )
 @pytest.mark.asyncio
@@ -302,8 +349,12 @@ async def test_patch_types(api: FakeKubeAPI, http: httpx.AsyncClient) -> None:
     api.apply(configmap("c", {"a": "1", "b": "2"}))
 
     async def patch(body: Any, content_type: str, **params: str) -> httpx.Response:
-        return await http.patch(f"{CONFIGMAPS}/c", content=json.dumps(body), params=params,
-                                headers={"Content-Type": content_type})
+        return await http.patch(
+            f"{CONFIGMAPS}/c",
+            content=json.dumps(body),
+            params=params,
+            headers={"Content-Type": content_type},
+        )
 
     merged = await patch({"data": {"a": None, "c": "3"}}, "application/merge-patch+json")
     assert merged.json()["data"] == {"b": "2", "c": "3"}
@@ -316,16 +367,21 @@ async def test_patch_types(api: FakeKubeAPI, http: httpx.AsyncClient) -> None:
 
     apply = "application/apply-patch+yaml"
     assert (await patch({"data": {}}, apply)).json()["reason"] == "Invalid"  # no fieldManager
-    updated = await patch({"apiVersion": "v1", "kind": "ConfigMap", "data": {"e": "5"}}, apply,
-                          fieldManager="test")
+    updated = await patch(
+        {"apiVersion": "v1", "kind": "ConfigMap", "data": {"e": "5"}}, apply, fieldManager="test"
+    )
     assert updated.status_code == 200 and updated.json()["data"]["e"] == "5"
-    created = await http.patch(f"{CONFIGMAPS}/new", params={"fieldManager": "test"},
-                               content="apiVersion: v1\nkind: ConfigMap\ndata: {k: v}\n",
-                               headers={"Content-Type": apply})
+    created = await http.patch(
+        f"{CONFIGMAPS}/new",
+        params={"fieldManager": "test"},
+        content="apiVersion: v1\nkind: ConfigMap\ndata: {k: v}\n",
+        headers={"Content-Type": apply},
+    )
     assert created.status_code == 201
     assert api.get("v1", "ConfigMap", "default", "new")["data"] == {"k": "v"}
-    missing = await http.patch(f"{CONFIGMAPS}/nope", json={}, headers={
-        "Content-Type": "application/merge-patch+json"})
+    missing = await http.patch(
+        f"{CONFIGMAPS}/nope", json={}, headers={"Content-Type": "application/merge-patch+json"}
+    )
     assert missing.status_code == 404
 
 
@@ -344,11 +400,15 @@ async def test_delete_and_delete_collection(api: FakeKubeAPI, http: httpx.AsyncC
 @pytest.mark.asyncio
 async def test_crd_serves_its_kind(api: FakeKubeAPI, http: httpx.AsyncClient) -> None:
     crd = {
-        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
         "metadata": {"name": "widgets.example.com"},
-        "spec": {"group": "example.com", "scope": "Namespaced",
-                 "names": {"kind": "Widget", "plural": "widgets", "singular": "widget"},
-                 "versions": [{"name": "v1", "served": True, "storage": True}]},
+        "spec": {
+            "group": "example.com",
+            "scope": "Namespaced",
+            "names": {"kind": "Widget", "plural": "widgets", "singular": "widget"},
+            "versions": [{"name": "v1", "served": True, "storage": True}],
+        },
     }
     made = await http.post("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", json=crd)
     conditions = {c["type"]: c["status"] for c in made.json()["status"]["conditions"]}
@@ -463,8 +523,11 @@ async def test_watch_bookmarks(api: FakeKubeAPI, http: httpx.AsyncClient) -> Non
 @pytest.mark.asyncio
 async def test_watch_send_initial_events(api: FakeKubeAPI, http: httpx.AsyncClient) -> None:
     api.apply(pod("p1", "default", "10.0.0.1", {}))
-    params = {"sendInitialEvents": "true", "allowWatchBookmarks": "true",
-              "resourceVersionMatch": "NotOlderThan"}
+    params = {
+        "sendInitialEvents": "true",
+        "allowWatchBookmarks": "true",
+        "resourceVersionMatch": "NotOlderThan",
+    }
     async with watch(http, PODS, **params) as events:
         assert summary(await events.next()) == ("ADDED", "p1")
         end = await events.next()
@@ -535,8 +598,12 @@ async def test_lightkube_list_and_watch(api: FakeKubeAPI, kube: AsyncClient) -> 
     seen: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
 
     async def consume() -> None:
-        stream = kube.watch(Pod, namespace="default", labels={"app": "vllm"},
-                            resource_version=listing.resourceVersion)
+        stream = kube.watch(
+            Pod,
+            namespace="default",
+            labels={"app": "vllm"},
+            resource_version=listing.resourceVersion,
+        )
         async for kind, obj in stream:
             await seen.put((kind, obj.metadata.name))
 
@@ -620,17 +687,25 @@ async def test_lightkube_generic_inference_resources(api: FakeKubeAPI, kube: Asy
     made = await kube.create(InferencePool.from_dict(inference_pool_v1("new", "default", {})))
     assert made.metadata.uid
     objective = api.apply(inference_objective("chat", "default", 10, "pool"))
-    assert objective["spec"] == {"priority": 10, "poolRef": {
-        "name": "pool", "group": "inference.networking.k8s.io"}}
+    assert objective["spec"] == {
+        "priority": 10,
+        "poolRef": {"name": "pool", "group": "inference.networking.k8s.io"},
+    }
     rewrite = api.apply(inference_model_rewrite("r", "default", "pool", [("m", {"m-v2": 100})]))
-    assert rewrite["spec"]["rules"] == [{"matches": [{"model": {"type": "Exact", "value": "m"}}],
-                                         "targets": [{"modelRewrite": "m-v2", "weight": 100}]}]
+    assert rewrite["spec"]["rules"] == [
+        {
+            "matches": [{"model": {"type": "Exact", "value": "m"}}],
+            "targets": [{"modelRewrite": "m-v2", "weight": 100}],
+        }
+    ]
 
 
 @pytest.mark.asyncio
 async def test_lightkube_lease_optimistic_concurrency(api: FakeKubeAPI, kube: AsyncClient) -> None:
-    first = Lease(metadata=ObjectMeta(name="epp", namespace="default"),
-                  spec=LeaseSpec(holderIdentity="a", leaseDurationSeconds=15))
+    first = Lease(
+        metadata=ObjectMeta(name="epp", namespace="default"),
+        spec=LeaseSpec(holderIdentity="a", leaseDurationSeconds=15),
+    )
     held = await kube.create(first)
     with pytest.raises(ApiError) as exists:
         await kube.create(first)
@@ -655,9 +730,12 @@ def test_start_in_thread_from_sync_code(tmp_path: Path) -> None:
         client = Client(config=KubeConfig.from_file(api.write_kubeconfig(tmp_path / "kc")))
         api.apply(pod("a", "default", "10.0.0.1", {"app": "x"}))
         assert [p.metadata.name for p in client.list(Pod, namespace="default")] == ["a"]
-        with httpx.Client(base_url=api.url, timeout=10) as http, http.stream(
-            "GET", PODS, params={"watch": "1", "resourceVersion": str(api.resource_version)}
-        ) as stream:
+        with (
+            httpx.Client(base_url=api.url, timeout=10) as http,
+            http.stream(
+                "GET", PODS, params={"watch": "1", "resourceVersion": str(api.resource_version)}
+            ) as stream,
+        ):
             api.wait_for_watchers_sync(PODS, 1)
             api.delete("v1", "Pod", "default", "a")
             assert json.loads(next(stream.iter_lines()))["type"] == "DELETED"
@@ -688,17 +766,34 @@ def test_kubectl_apply_get_delete(threaded_api: FakeKubeAPI, tmp_path: Path) -> 
     """client-go's discovery, OpenAPI check and strategic merge, as Helm uses them."""
     env = {**os.environ, "KUBECONFIG": str(threaded_api.write_kubeconfig(tmp_path / "kc"))}
     deployment = {
-        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "epp"},
-        "spec": {"selector": {"matchLabels": {"app": "epp"}}, "template": {
-            "metadata": {"labels": {"app": "epp"}},
-            "spec": {"containers": [{"name": "epp", "image": "epp:1", "args": ["--v=2"]},
-                                    {"name": "side", "image": "side:1"}]}}},
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "epp"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "epp"}},
+            "template": {
+                "metadata": {"labels": {"app": "epp"}},
+                "spec": {
+                    "containers": [
+                        {"name": "epp", "image": "epp:1", "args": ["--v=2"]},
+                        {"name": "side", "image": "side:1"},
+                    ]
+                },
+            },
+        },
     }
     docs = [deployment, inference_pool_v1("pool", "default", {"app": "vllm"})]
 
     def kubectl(*args: str, stdin: str | None = None) -> str:
-        done = subprocess.run(["kubectl", *args], input=stdin, env=env, capture_output=True,
-                              text=True, timeout=60, check=False)
+        done = subprocess.run(
+            ["kubectl", *args],
+            input=stdin,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         assert done.returncode == 0, done.stderr
         return done.stdout
 
@@ -709,9 +804,12 @@ def test_kubectl_apply_get_delete(threaded_api: FakeKubeAPI, tmp_path: Path) -> 
     stored = threaded_api.get("apps/v1", "Deployment", "default", "epp")
     assert stored is not None
     assert stored["spec"]["template"]["spec"]["containers"] == [
-        {"name": "epp", "image": "epp:2", "args": ["--v=2"]}, {"name": "other", "image": "side:1"}]
+        {"name": "epp", "image": "epp:2", "args": ["--v=2"]},
+        {"name": "other", "image": "side:1"},
+    ]
     assert kubectl("get", "inferencepools", "-o", "name").split() == [
-        "inferencepool.inference.networking.k8s.io/pool"]
+        "inferencepool.inference.networking.k8s.io/pool"
+    ]
     kubectl("delete", "deployment", "epp")
     assert threaded_api.get("apps/v1", "Deployment", "default", "epp") is None
 
@@ -721,8 +819,19 @@ def test_module_runs_standalone(tmp_path: Path) -> None:
     seed.write_text(yaml.safe_dump_all([pod("p", "default", "10.0.0.1", {})]))
     kubeconfig = tmp_path / "kc"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.kube_fake", "--seed", str(seed), "--kubeconfig",
-         str(kubeconfig)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "tests.kube_fake",
+            "--seed",
+            str(seed),
+            "--kubeconfig",
+            str(kubeconfig),
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout is not None
         url = proc.stdout.readline().split()[-1]

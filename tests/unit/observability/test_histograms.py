@@ -16,9 +16,14 @@ def test_same_exposition_as_prometheus_client() -> None:
     for value in (0.0, 0.005, 0.0051, 0.5, 1, 7.9, 8, 9, 4000):
         fast.labels("q").observe(value)
         slow.labels("q").observe(value)
+
     def lines(registry: CollectorRegistry) -> list[str]:
-        return [line for line in generate_latest(registry).decode().splitlines()
-                if "_created" not in line]
+        return [
+            line
+            for line in generate_latest(registry).decode().splitlines()
+            if "_created" not in line
+        ]
+
     assert lines(ours) == lines(theirs)
 
 

@@ -11,15 +11,18 @@ from epp.observability.logging import JsonFormatter, TextFormatter
 
 def _record(**extra: object) -> logging.LogRecord:
     return logging.getLogger("epp.requests").makeRecord(
-        "epp.requests", logging.INFO, __file__, 1, "request finished", (), None, extra=extra)
+        "epp.requests", logging.INFO, __file__, 1, "request finished", (), None, extra=extra
+    )
 
 
 def test_text_lines_end_with_key_values_quoted_where_needed() -> None:
-    line = TextFormatter().format(_record(request_id="r1", model="my model", stream=True,
-                                          status=200, empty=""))
+    line = TextFormatter().format(
+        _record(request_id="r1", model="my model", stream=True, status=200, empty="")
+    )
     assert line.endswith(
         'epp.requests: request finished request_id=r1 model="my model" stream=true '
-        'status=200 empty=""')
+        'status=200 empty=""'
+    )
 
 
 def test_text_line_without_extras_is_just_the_message() -> None:

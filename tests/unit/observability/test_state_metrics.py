@@ -12,8 +12,9 @@ from epp.scheduling.types import LLMRequest
 
 
 def test_collector_reports_index_entries_age_and_errors() -> None:
-    scheduler = build_scheduler(default_scheduler_config(),
-                                register_builtin_plugins(PluginRegistry()))
+    scheduler = build_scheduler(
+        default_scheduler_config(), register_builtin_plugins(PluginRegistry())
+    )
     fresh, failing = Endpoint("10.0.0.1:8000"), Endpoint("10.0.0.2:8000")
     fresh.metrics = Metrics(updated_at=97.5)
     fresh.scrape_errors_total = 2
@@ -22,8 +23,9 @@ def test_collector_reports_index_entries_age_and_errors() -> None:
     assert prefix_index_entries(object()) == 0
 
     registry = CollectorRegistry()
-    registry.register(StateCollector(lambda: [fresh, failing], lambda: scheduler,
-                                     clock=lambda: 100.0))
+    registry.register(
+        StateCollector(lambda: [fresh, failing], lambda: scheduler, clock=lambda: 100.0)
+    )
     get = registry.get_sample_value
     assert get("inference_extension_prefix_indexer_size") == 3
     assert get("epp_endpoint_metrics_age_seconds", {"endpoint": fresh.address}) == 2.5

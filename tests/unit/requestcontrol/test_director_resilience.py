@@ -23,19 +23,28 @@ BIG, SMALL1, SMALL2, TINY = "10.0.0.1:8000", "10.0.0.2:8000", "10.0.0.3:8000", "
 
 def make_director(**options: object) -> tuple[Director, EndpointStore]:
     store = EndpointStore()
-    store.replace([(BIG, frozenset({"big"})), (SMALL1, frozenset({"small"})),
-                   (SMALL2, frozenset({"small"})), (TINY, frozenset({"tiny"}))])
+    store.replace(
+        [
+            (BIG, frozenset({"big"})),
+            (SMALL1, frozenset({"small"})),
+            (SMALL2, frozenset({"small"})),
+            (TINY, frozenset({"tiny"})),
+        ]
+    )
     for endpoint in store.all():
         endpoint.metrics = Metrics(updated_at=time.monotonic())
     registry = register_builtin_plugins(PluginRegistry())
     options.setdefault("fallbacks", ModelFallbacks({"big": ["small", "tiny"]}))
-    director = Director(store, build_scheduler(default_scheduler_config(), registry),
-                        **options)  # type: ignore[arg-type]
+    director = Director(store, build_scheduler(default_scheduler_config(), registry), **options)  # type: ignore[arg-type]
     return director, store
 
 
-def route(director: Director, model: str, headers: dict[str, str] | None = None,
-          subset: list[str] | None = None) -> RoutingDecision:
+def route(
+    director: Director,
+    model: str,
+    headers: dict[str, str] | None = None,
+    subset: list[str] | None = None,
+) -> RoutingDecision:
     body = orjson.dumps({"model": model, "prompt": "hello"})
     return director.route_body(body, request_id="r", headers=headers or {}, subset=subset)
 
@@ -75,7 +84,10 @@ def test_no_healthy_endpoint_falls_back_to_the_first_model_that_has_one(how: str
     decision = route(director, "big")
     assert decision.destination in (SMALL1, SMALL2)
     assert (decision.model, decision.target_model, decision.fallback_from) == (
-        "big", "small", "big")
+        "big",
+        "small",
+        "big",
+    )
     assert decision.rewritten  # the body is rewritten to the fallback, as for a rewrite
 
 
@@ -118,7 +130,10 @@ def test_a_rewritten_model_uses_its_own_fallbacks_else_the_requested_ones() -> N
     unready(store, BIG)
     decision = route(director, "alias", {MODEL_REWRITE_HEADER: "big"})
     assert (decision.model, decision.fallback_from, decision.target_model) == (
-        "alias", "big", "tiny")
+        "alias",
+        "big",
+        "tiny",
+    )
 
 
 def test_the_subset_hint_bounds_the_fallbacks_too() -> None:
@@ -161,8 +176,9 @@ def test_the_cap_does_not_trigger_a_fallback() -> None:
 
 
 def test_response_headers_feed_passive_health_once() -> None:
-    director, store = make_director(health=PassiveHealth(initial_backoff_s=30.0,
-                                                         max_backoff_s=60.0))
+    director, store = make_director(
+        health=PassiveHealth(initial_backoff_s=30.0, max_backoff_s=60.0)
+    )
     decision = route(director, "big")
     decision.response.status = 503
     director.response_started(decision)

@@ -43,10 +43,19 @@ def backoff_after_failure(health: PassiveHealth, clock: Clock) -> float:
     return clock.now - start
 
 
-@pytest.mark.parametrize(("status", "failure"), [
-    (200, False), (404, False), (429, False), (499, False), (500, True), (503, True),
-    (504, True),
-], ids=str)
+@pytest.mark.parametrize(
+    ("status", "failure"),
+    [
+        (200, False),
+        (404, False),
+        (429, False),
+        (499, False),
+        (500, True),
+        (503, True),
+        (504, True),
+    ],
+    ids=str,
+)
 def test_only_5xx_counts_as_failure(status: int, failure: bool) -> None:
     assert is_failure(status) is failure
 

@@ -14,9 +14,17 @@ def objective(name: str, priority: object, pool: str = "pool") -> dict[str, obje
 
 
 def test_priority_comes_from_the_named_objective() -> None:
-    objectives = Objectives(priorities_from_objects(
-        [objective("batch", -1), objective("chat", 10), objective("elsewhere", 5, "other"),
-         objective("broken", "high")], "pool"))
+    objectives = Objectives(
+        priorities_from_objects(
+            [
+                objective("batch", -1),
+                objective("chat", 10),
+                objective("elsewhere", 5, "other"),
+                objective("broken", "high"),
+            ],
+            "pool",
+        )
+    )
     assert objectives.priority({OBJECTIVE_HEADER: "batch"}) == -1
     assert objectives.priority({OBJECTIVE_HEADER: "chat"}) == 10
     assert objectives.priority({OBJECTIVE_HEADER: "elsewhere"}) == 0
@@ -26,8 +34,9 @@ def test_priority_comes_from_the_named_objective() -> None:
 
 def endpoint(waiting: int, kv: float, *, age_s: float = 0.0) -> Endpoint:
     ep = Endpoint(address="10.0.0.1:8000", models=None)
-    ep.metrics = Metrics(waiting_requests=waiting, kv_cache_usage=kv,
-                         updated_at=time.monotonic() - age_s)
+    ep.metrics = Metrics(
+        waiting_requests=waiting, kv_cache_usage=kv, updated_at=time.monotonic() - age_s
+    )
     return ep
 
 
@@ -45,8 +54,9 @@ def test_saturation_uses_the_reference_thresholds() -> None:
 def test_configured_objectives_stay_under_the_watched_ones() -> None:
     objectives = Objectives({"batch": -1, "chat": 10})
     objectives.replace({"chat": 3, "bulk": -2})  # InferenceObjectives win by name
-    assert [objectives.priority({OBJECTIVE_HEADER: name})
-            for name in ("batch", "chat", "bulk")] == [-1, 3, -2]
+    assert [
+        objectives.priority({OBJECTIVE_HEADER: name}) for name in ("batch", "chat", "bulk")
+    ] == [-1, 3, -2]
     objectives.replace({})
     assert objectives.priority({OBJECTIVE_HEADER: "chat"}) == 10
 

@@ -46,14 +46,32 @@ class Profile:
 
 
 PROFILES = [
-    Profile("default", (("queue-scorer", 1.0, {}), ("prefix-cache-scorer", 3.0, {}),
-                        ("inflight-load-scorer", 4.0, {"gapScale": 128.0}))),
+    Profile(
+        "default",
+        (
+            ("queue-scorer", 1.0, {}),
+            ("prefix-cache-scorer", 3.0, {}),
+            ("inflight-load-scorer", 4.0, {"gapScale": 128.0}),
+        ),
+    ),
     # Small weights and a small gap scale: totals that tie only if summed exactly alike.
-    Profile("mixed", (("kv-cache-utilization-scorer", 0.7, {}),
-                      ("inflight-load-scorer", 0.3, {"gapScale": 7.0}),
-                      ("prefix-cache-scorer", 1.1, {}), ("queue-scorer", 0.9, {}))),
-    Profile("prefix-first", (("prefix-cache-scorer", 3.0, {}),
-                             ("inflight-load-scorer", 2.0, {}), ("queue-scorer", 2.0, {}))),
+    Profile(
+        "mixed",
+        (
+            ("kv-cache-utilization-scorer", 0.7, {}),
+            ("inflight-load-scorer", 0.3, {"gapScale": 7.0}),
+            ("prefix-cache-scorer", 1.1, {}),
+            ("queue-scorer", 0.9, {}),
+        ),
+    ),
+    Profile(
+        "prefix-first",
+        (
+            ("prefix-cache-scorer", 3.0, {}),
+            ("inflight-load-scorer", 2.0, {}),
+            ("queue-scorer", 2.0, {}),
+        ),
+    ),
 ]
 
 
@@ -76,8 +94,11 @@ def fast_scheduler(profile: Profile, seed: int) -> tuple[Scheduler, RecordingPic
     index: PrefixIndex | None = None
     for type_name, weight, params in profile.scorers:
         if type_name == "prefix-cache-scorer":
-            params = {"blockSize": BLOCK_SIZE, "maxPrefixBlocksToMatch": MAX_BLOCKS,
-                      "lruCapacityPerServer": CAPACITY}
+            params = {
+                "blockSize": BLOCK_SIZE,
+                "maxPrefixBlocksToMatch": MAX_BLOCKS,
+                "lruCapacityPerServer": CAPACITY,
+            }
         scorer = registry.create(type_name, type_name, params)
         if isinstance(scorer, PrefixCacheScorer):
             index = scorer.index
@@ -98,23 +119,28 @@ class ReferenceScheduler:
         self.last_totals: list[float] = []
 
     def schedule(self, request: LLMRequest, candidates: list[Endpoint]) -> list[Endpoint]:
-        fresh = [ep for ep in candidates
-                 if ep.metrics.updated_at != 0.0 and NOW - ep.metrics.updated_at <= STALENESS_S]
+        fresh = [
+            ep
+            for ep in candidates
+            if ep.metrics.updated_at != 0.0 and NOW - ep.metrics.updated_at <= STALENESS_S
+        ]
         endpoints = fresh or candidates
         hashes = prompt_block_hashes(request.model, request.prompt, BLOCK_SIZE, MAX_BLOCKS)
         totals = [0.0] * len(endpoints)
         for type_name, weight, params in self.profile.scorers:
             scores = self.scores(type_name, params, endpoints, hashes)
-            totals = [t + weight * min(max(s, 0.0), 1.0)
-                      for t, s in zip(totals, scores, strict=True)]
+            totals = [
+                t + weight * min(max(s, 0.0), 1.0) for t, s in zip(totals, scores, strict=True)
+            ]
         self.last_totals = totals
         picked = self.pick(list(zip(endpoints, totals, strict=True)))
         if hashes:
             self.record(picked[0], hashes)
         return picked
 
-    def scores(self, type_name: str, params: dict[str, Any], endpoints: list[Endpoint],
-               hashes: list[int]) -> list[float]:
+    def scores(
+        self, type_name: str, params: dict[str, Any], endpoints: list[Endpoint], hashes: list[int]
+    ) -> list[float]:
         if type_name == "queue-scorer":
             return self.min_max([ep.metrics.waiting_requests for ep in endpoints])
         if type_name == "kv-cache-utilization-scorer":
@@ -195,7 +221,8 @@ def test_fast_path_picks_and_totals_match_the_plain_formulas(profile: Profile, s
     compared = 0
     for step in range(250):
         prompt = rng.choice(heads)[: rng.randrange(BLOCK_SIZE * 4)] + "".join(
-            rng.choice("ab") for _ in range(rng.randrange(BLOCK_SIZE * (MAX_BLOCKS + 2))))
+            rng.choice("ab") for _ in range(rng.randrange(BLOCK_SIZE * (MAX_BLOCKS + 2)))
+        )
         request = LLMRequest(f"r{step}", rng.choice(["m", "m", "n"]), prompt)
         candidates = [ep for ep in endpoints if rng.random() < 0.9] or endpoints
         got = fast.schedule(request, candidates).endpoints

@@ -51,17 +51,23 @@ SHARED = "You are a helpful assistant. Answer briefly and cite sources. " * 16  
 
 def reference_style_config() -> SchedulerConfig:
     """The reference EPP's weights plus a min-max in-flight scorer (epp's first default)."""
-    weights = [("prefer-fresh-filter", None), ("queue-scorer", 2.0),
-               ("kv-cache-utilization-scorer", 2.0), ("prefix-cache-scorer", 3.0),
-               ("inflight-load-scorer", 2.0), ("max-score-picker", None)]
+    weights = [
+        ("prefer-fresh-filter", None),
+        ("queue-scorer", 2.0),
+        ("kv-cache-utilization-scorer", 2.0),
+        ("prefix-cache-scorer", 3.0),
+        ("inflight-load-scorer", 2.0),
+        ("max-score-picker", None),
+    ]
     return SchedulerConfig(
         [PluginSpec(name) for name, _ in weights],
         [ProfileSpec("default", [ProfilePluginRef(name, w) for name, w in weights])],
     )
 
 
-def scheduler_with(weights: dict[str, float], seed: int = 11,
-                   base: SchedulerConfig | None = None) -> Scheduler:
+def scheduler_with(
+    weights: dict[str, float], seed: int = 11, base: SchedulerConfig | None = None
+) -> Scheduler:
     base = base or reference_style_config()
     (profile,) = base.profiles
     refs = [
@@ -147,6 +153,7 @@ def test_default_profile_keeps_a_full_match_until_the_holder_is_far_busier() -> 
 @pytest.mark.parametrize("seed", range(3))
 def test_default_profile_spreads_distinct_prompts(seed: int) -> None:
     prompts = [f"{i:04d}" + SHARED for i in range(9)]
-    primaries = burst(scheduler_with({}, seed=seed, base=default_scheduler_config()), prompts,
-                      scrape_every=None)
+    primaries = burst(
+        scheduler_with({}, seed=seed, base=default_scheduler_config()), prompts, scrape_every=None
+    )
     assert sorted(Counter(primaries).values()) == [3, 3, 3]

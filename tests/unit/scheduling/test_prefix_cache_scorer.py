@@ -144,9 +144,11 @@ def _hit_samples() -> tuple[float, float, float]:
     from epp.observability.metrics import REGISTRY
 
     get = REGISTRY.get_sample_value
-    return (get("inference_extension_prefix_indexer_hit_ratio_sum") or 0.0,
-            get("inference_extension_prefix_indexer_hit_ratio_count") or 0.0,
-            get("inference_extension_prefix_indexer_hit_bytes_sum") or 0.0)
+    return (
+        get("inference_extension_prefix_indexer_hit_ratio_sum") or 0.0,
+        get("inference_extension_prefix_indexer_hit_ratio_count") or 0.0,
+        get("inference_extension_prefix_indexer_hit_bytes_sum") or 0.0,
+    )
 
 
 def test_pick_after_scoring_records_the_hit_ratio_and_bytes() -> None:
@@ -157,8 +159,7 @@ def test_pick_after_scoring_records_the_hit_ratio_and_bytes() -> None:
     cycle = CycleState()
     s.score(cycle, request(BLOCK * 4), [a, b])
     s.on_pick(cycle, request(BLOCK * 4), a)
-    ratio_sum, ratio_count, hit_bytes = (x - y for x, y in zip(_hit_samples(), before,
-                                                                strict=True))
+    ratio_sum, ratio_count, hit_bytes = (x - y for x, y in zip(_hit_samples(), before, strict=True))
     assert (ratio_sum, ratio_count, hit_bytes) == (0.5, 1.0, 2 * 16)
     record(s, request(BLOCK * 4), b)  # on_pick with no scoring pass: nothing recorded
     assert _hit_samples()[1] == before[1] + 1

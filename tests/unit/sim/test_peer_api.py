@@ -18,9 +18,10 @@ _TOKENIZER_KEYS = {"model_path", "tokenizer_path"}
 @pytest.mark.asyncio
 async def test_sim_pods_answer_sglang_router_registration() -> None:
     spec = PodSpec(models=("m", "lora"), name="pod-a")
-    async with SimFleet([spec], FAST) as fleet, aiohttp.ClientSession(
-        base_url=fleet.pods[0].url
-    ) as session:
+    async with (
+        SimFleet([spec], FAST) as fleet,
+        aiohttp.ClientSession(base_url=fleet.pods[0].url) as session,
+    ):
         for path in ("/server_info", "/get_server_info"):
             async with session.get(path) as r:
                 assert r.status == 200
@@ -46,9 +47,10 @@ async def test_sim_pods_give_vllm_router_the_tokens_they_compute() -> None:
     # tokens): they must count what the pod counts, and equal prefixes must give equal ids.
     system = {"role": "system", "content": "You are a shared system prompt. " * 8}
     chats = [[system, {"role": "user", "content": q}] for q in ("first?", "second question?")]
-    async with SimFleet([PodSpec(models=("m",))], FAST) as fleet, aiohttp.ClientSession(
-        base_url=fleet.pods[0].url
-    ) as session:
+    async with (
+        SimFleet([PodSpec(models=("m",))], FAST) as fleet,
+        aiohttp.ClientSession(base_url=fleet.pods[0].url) as session,
+    ):
         rendered: list[list[int]] = []
         for messages in chats:
             body = {"model": "m", "messages": messages, "max_tokens": 1}

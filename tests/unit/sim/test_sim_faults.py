@@ -39,9 +39,17 @@ async def test_extra_waiting_is_added_to_the_reported_queue() -> None:
             assert await r.json() == {"status": 500, "extra_waiting": 7}  # the rest is kept
 
 
-@pytest.mark.parametrize("document", [
-    [], {"status": 200}, {"status": True}, {"extra_waiting": -1}, {"latency": 5},
-], ids=["not-an-object", "not-an-error", "bool-status", "negative-queue", "unknown-key"])
+@pytest.mark.parametrize(
+    "document",
+    [
+        [],
+        {"status": 200},
+        {"status": True},
+        {"extra_waiting": -1},
+        {"latency": 5},
+    ],
+    ids=["not-an-object", "not-an-error", "bool-status", "negative-queue", "unknown-key"],
+)
 def test_bad_faults_are_refused_whole(document: object) -> None:
     faults = Faults(status=503, extra_waiting=2)
     with pytest.raises(ValueError):

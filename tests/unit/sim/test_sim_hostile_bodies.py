@@ -36,12 +36,14 @@ BAD_BODIES: list[tuple[str, bytes, str | None]] = [
     ("/v1/chat/completions", nested(1000), None),
     ("/v1/chat/completions", b'{"messages": ' + nested(5000) + b"}", None),
     ("/v1/chat/completions", b"[" * 100_000, None),
-    ("/v1/chat/completions", b'{"model": "m", "stream": true, "x": ' + nested(3000) + b"}",
-     None),
+    ("/v1/chat/completions", b'{"model": "m", "stream": true, "x": ' + nested(3000) + b"}", None),
     # A lone UTF-16 surrogate is valid JSON text but no UTF-8 can carry it.
     ("/v1/chat/completions", b'{"messages": [{"content": "a\\ud800b"}], "max_tokens": 1}', None),
-    ("/v1/chat/completions",
-     b'{"messages": [{"content": "\\udfff"}], "max_tokens": 1, "stream": true}', None),
+    (
+        "/v1/chat/completions",
+        b'{"messages": [{"content": "\\udfff"}], "max_tokens": 1, "stream": true}',
+        None,
+    ),
     ("/v1/completions", b'{"prompt": "\\uDC00", "max_tokens": 1}', None),
     ("/v1/embeddings", b'{"input": ["ok", "\\ud83d"]}', None),
     ("/v1/responses", b'{"input": "\\ud800", "max_output_tokens": 1}', None),
@@ -52,29 +54,52 @@ BAD_BODIES: list[tuple[str, bytes, str | None]] = [
     ("/v1/chat/completions", b'{"messages": [{"content": "\xed\xa0\x80"}]}', None),
     ("/v1/chat/completions", b'{"messages": [{"content": "\xff\xfe"}]}', None),
     # Token budgets beyond the context length would run forever, not fail.
-    ("/v1/chat/completions", b'{"messages": [{"content": "x"}], "max_tokens": 1000000000000}',
-     "max_tokens"),
-    ("/v1/completions", b'{"prompt": "x", "max_completion_tokens": 131073}',
-     "max_completion_tokens"),
-    ("/v1/responses", b'{"input": "x", "max_output_tokens": 99999999999999999999}',
-     "max_output_tokens"),
+    (
+        "/v1/chat/completions",
+        b'{"messages": [{"content": "x"}], "max_tokens": 1000000000000}',
+        "max_tokens",
+    ),
+    (
+        "/v1/completions",
+        b'{"prompt": "x", "max_completion_tokens": 131073}',
+        "max_completion_tokens",
+    ),
+    (
+        "/v1/responses",
+        b'{"input": "x", "max_output_tokens": 99999999999999999999}',
+        "max_output_tokens",
+    ),
     # Fields the render endpoints echo back must have vLLM's types.
-    ("/v1/chat/completions/render", b'{"messages": [{"content": "x"}], "priority": "high"}',
-     "priority"),
-    ("/v1/completions/render", b'{"prompt": "x", "priority": ' + nested(900) + b"}",
-     "priority"),
-    ("/v1/chat/completions/render", b'{"messages": [{"content": "x"}], "temperature": "hot"}',
-     "temperature"),
+    (
+        "/v1/chat/completions/render",
+        b'{"messages": [{"content": "x"}], "priority": "high"}',
+        "priority",
+    ),
+    ("/v1/completions/render", b'{"prompt": "x", "priority": ' + nested(900) + b"}", "priority"),
+    (
+        "/v1/chat/completions/render",
+        b'{"messages": [{"content": "x"}], "temperature": "hot"}',
+        "temperature",
+    ),
     ("/v1/chat/completions/render", b'{"messages": [{"content": "x"}], "top_p": NaN}', "top_p"),
     ("/v1/chat/completions/render", b'{"messages": [{"content": "x"}], "seed": 1.5}', "seed"),
-    ("/v1/completions/render", b'{"prompt": "x", "cache_salt": ' + nested(900) + b"}",
-     "cache_salt"),
-    ("/v1/chat/completions/render",
-     b'{"messages": [{"content": "x"}], "stream": true, "stream_options": [1]}',
-     "stream_options"),
-    ("/v1/chat/completions/render",
-     b'{"messages": [{"content": "x"}], "stream": true, "stream_options": {"include_usage": '
-     + nested(900) + b"}}", "stream_options"),
+    (
+        "/v1/completions/render",
+        b'{"prompt": "x", "cache_salt": ' + nested(900) + b"}",
+        "cache_salt",
+    ),
+    (
+        "/v1/chat/completions/render",
+        b'{"messages": [{"content": "x"}], "stream": true, "stream_options": [1]}',
+        "stream_options",
+    ),
+    (
+        "/v1/chat/completions/render",
+        b'{"messages": [{"content": "x"}], "stream": true, "stream_options": {"include_usage": '
+        + nested(900)
+        + b"}}",
+        "stream_options",
+    ),
 ]
 BAD_IDS = [
     "deep-1000", "deep-in-messages", "unclosed-100k", "deep-stream", "surrogate-chat",
@@ -98,8 +123,9 @@ async def test_malformed_body_is_a_json_400_and_the_pod_keeps_serving(
             assert r.headers["content-type"].startswith("application/json")
             assert r.headers["x-sim-pod"] == "pod-a"
             error = (await r.json())["error"]
-        async with session.post("/v1/chat/completions", json=chat_body("x", max_tokens=1),
-                                timeout=TIMEOUT) as r:
+        async with session.post(
+            "/v1/chat/completions", json=chat_body("x", max_tokens=1), timeout=TIMEOUT
+        ) as r:
             assert r.status == 200
     assert error["code"] == 400
     assert error["type"] == "BadRequestError"
@@ -121,8 +147,7 @@ async def test_deep_nesting_is_a_400_on_every_json_route(path: str) -> None:
         # A valid surrogate pair is one character; an escaped backslash is no escape.
         (b'{"messages": [{"content": "\\ud83d\\ude00"}], "max_tokens": 1}', "\U0001f600"),
         (b'{"messages": [{"content": "\\\\ud800"}], "max_tokens": 1}', "\\ud800"),
-        (b'{"messages": [{"content": "x"}], "max_tokens": 1, "extra": ' + nested(64) + b"}",
-         "x"),
+        (b'{"messages": [{"content": "x"}], "max_tokens": 1, "extra": ' + nested(64) + b"}", "x"),
         (b'\xef\xbb\xbf{"messages": [{"content": "bom"}], "max_tokens": 1}', "bom"),
     ],
     ids=["surrogate-pair", "escaped-backslash", "nested-extra-field", "utf8-bom"],
@@ -130,12 +155,17 @@ async def test_deep_nesting_is_a_400_on_every_json_route(path: str) -> None:
 @pytest.mark.asyncio
 async def test_well_formed_bodies_near_the_edges_are_served(payload: bytes, content: str) -> None:
     async with serve() as (_, session):
-        async with session.post("/tokenize", data=payload.replace(b'"max_tokens": 1', b'"m": 1'),
-                                headers=JSON, timeout=TIMEOUT) as r:
+        async with session.post(
+            "/tokenize",
+            data=payload.replace(b'"max_tokens": 1', b'"m": 1'),
+            headers=JSON,
+            timeout=TIMEOUT,
+        ) as r:
             assert r.status == 200
             strs = await r.json()
-        async with session.post("/v1/chat/completions", data=payload, headers=JSON,
-                                timeout=TIMEOUT) as r:
+        async with session.post(
+            "/v1/chat/completions", data=payload, headers=JSON, timeout=TIMEOUT
+        ) as r:
             assert r.status == 200
             body = await r.json()
     assert body["usage"]["prompt_tokens"] == strs["count"]
@@ -148,8 +178,7 @@ async def test_render_echoes_well_typed_sampling_fields() -> None:
                "stream_options": {"include_usage": True}, "priority": -3, "temperature": 0.5,
                "top_p": 1, "seed": 7, "cache_salt": "salt"}  # fmt: skip
     async with serve() as (_, session):
-        async with session.post("/v1/chat/completions/render", json=payload,
-                                timeout=TIMEOUT) as r:
+        async with session.post("/v1/chat/completions/render", json=payload, timeout=TIMEOUT) as r:
             assert r.status == 200
             rendered = await r.json()
     assert rendered["priority"] == -3

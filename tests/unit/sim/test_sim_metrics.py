@@ -120,11 +120,19 @@ def test_name_filter_renders_only_the_asked_families() -> None:
 
     renderer = MetricsRenderer(SimEngine(), ("m",))
     everything = renderer.render()
-    asked = frozenset({"vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
-                       "vllm:time_to_first_token_seconds_bucket"})
+    asked = frozenset(
+        {
+            "vllm:num_requests_waiting",
+            "vllm:kv_cache_usage_perc",
+            "vllm:time_to_first_token_seconds_bucket",
+        }
+    )
     filtered = renderer.render(asked)
     families = {line.split()[2] for line in filtered.splitlines() if line.startswith("# TYPE")}
-    assert families == {"vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
-                        "vllm:time_to_first_token_seconds"}
+    assert families == {
+        "vllm:num_requests_waiting",
+        "vllm:kv_cache_usage_perc",
+        "vllm:time_to_first_token_seconds",
+    }
     assert len(filtered) < len(everything) / 2
     assert renderer.render(frozenset({"no:such_metric"})) == ""

@@ -34,18 +34,29 @@ async def test_plain_response_reports_usage_in_input_output_tokens() -> None:
 
 @pytest.mark.asyncio
 async def test_streamed_response_events_end_with_completed_and_usage() -> None:
-    payload = {"model": "m", "input": [{"role": "user", "content": "abcd"}],
-               "max_output_tokens": 2, "stream": True}
+    payload = {
+        "model": "m",
+        "input": [{"role": "user", "content": "abcd"}],
+        "max_output_tokens": 2,
+        "stream": True,
+    }
     async with serve() as (_, session):
         async with session.post("/v1/responses", json=payload) as r:
             assert r.headers["content-type"].startswith("text/event-stream")
             events = _events(await r.text())
     kinds = [kind for kind, _ in events]
-    assert kinds == ["response.created", "response.in_progress", "response.output_item.added",
-                     "response.content_part.added", "response.output_text.delta",
-                     "response.output_text.delta", "response.output_text.done",
-                     "response.content_part.done", "response.output_item.done",
-                     "response.completed"]
+    assert kinds == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_text.delta",
+        "response.output_text.delta",
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
     assert [data["sequence_number"] for _, data in events] == list(range(len(events)))
     completed = events[-1][1]["response"]
     assert isinstance(completed, dict)
