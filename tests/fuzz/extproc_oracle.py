@@ -26,6 +26,10 @@ Per stream, the properties are:
    right one: routed to a live pod serving the model (and within the subset hint), or
    the right 4xx/503.
 
+7. An observing stream (observability mode: Envoy reads no reply) gets no response at
+   all and ends OK, or with a client-error status when it does not open with response
+   headers; it never fails the routing stream it watches.
+
 Response-side messages while the request body is still arriving are left undecided
 (either way is clean), as are request trailers after the request ended, a response body
 or trailers with no response headers before them (a filter with response_header_mode
@@ -314,6 +318,8 @@ def check_stream(result: StreamResult, pool: Pool) -> list[str]:
         ]
     code = result.code
     status = f"{code.name if code else None} {result.details!r}"
+    if result.case.family == "observing":
+        return problems + _check_observing(result, responses, code, status)
     if code in BUGS:
         # What the stream was still owed after the exception says nothing more.
         return [*problems, f"ended {status}: an exception in epp"]
@@ -329,6 +335,27 @@ def check_stream(result: StreamResult, pool: Pool) -> list[str]:
     if code is grpc.StatusCode.CANCELLED:
         problems.append(f"ended {status} though the client did not cancel it")
     problems += _check_order(result, responses, pool, code)
+    return problems
+
+
+def _check_observing(
+    result: StreamResult,
+    responses: list[ProcessingResponse],
+    code: grpc.StatusCode | None,
+    status: str,
+) -> list[str]:
+    problems: list[str] = []
+    if responses:
+        kinds = [r.WhichOneof("response") for r in responses]
+        problems.append(f"epp answered an observing stream, which Envoy never reads: {kinds}")
+    first = _parsed(result.case.messages[0]) if result.case.messages else None
+    opens_with_headers = first is not None and first.HasField("response_headers")
+    if code in BUGS:
+        problems.append(f"ended {status}: an exception in epp")
+    elif not opens_with_headers and code not in CLIENT_ERRORS:
+        problems.append(f"an observing stream opening with {first!r:.60} ended {status}")
+    elif code not in CLIENT_ERRORS and code is not grpc.StatusCode.OK:
+        problems.append(f"ended {status}: neither OK nor a client-error status")
     return problems
 
 

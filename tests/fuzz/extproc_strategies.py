@@ -12,6 +12,10 @@ bytes sent as they are), and whether the client cancels it midway. Four families
 - ``garbage_streams``: raw bytes as gRPC messages: random, corrupted or truncated
   serializations, other message types; mixed with real messages.
 - ``cancelled_streams``: any of the above, cancelled by the client after k messages.
+- ``observing_streams``: the response observer's streams (Envoy's observability mode):
+  response headers carrying a request id, then body chunks, sometimes out of order;
+  mixed with routing streams (``tagged_streams``) that use the same few ids, so some
+  observers find the request they watch and some find none, or two.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
     ProcessingResponse,
     ProtocolConfiguration,
 )
+from google.protobuf.struct_pb2 import Struct
 from hypothesis import strategies as st
 
 from tests.fuzz.bodies import body_chunks, rare, request_bodies, valid_request_bodies
@@ -46,9 +51,11 @@ __all__ = [
     "describe_payload",
     "disordered_streams",
     "garbage_streams",
+    "observing_streams",
     "ordered_streams",
     "resolve_case",
     "stream_batches",
+    "tagged_streams",
 ]
 
 FULL_DUPLEX = ProcessingMode.FULL_DUPLEX_STREAMED
@@ -594,6 +601,84 @@ def cancelled_streams(draw: st.DrawFn) -> StreamCase:
         cancel_after=draw(st.integers(0, len(base.messages))),
         family=f"cancelled-{base.family}",
     )
+
+
+# The ids routing and observing streams share: few, so that they meet.
+OBSERVED_IDS = ("obs-0", "obs-1", "obs-2")
+_ATTRIBUTES_KEY = "envoy.filters.http.ext_proc"
+
+
+def _observed(message: ProcessingRequest) -> ProcessingRequest:
+    marked = ProcessingRequest()
+    marked.CopyFrom(message)
+    marked.observability_mode = True
+    return marked
+
+
+@st.composite
+def _request_id_attributes(draw: st.DrawFn) -> Struct | None:
+    """The ``request.id`` attribute Envoy attaches, or something else in its place."""
+    kind = draw(st.sampled_from(["id", "id", "id", "none", "other_key", "not_a_string"]))
+    if kind == "none":
+        return None
+    attributes = Struct()
+    if kind == "other_key":
+        attributes.update({"request.path": "/v1/chat/completions"})
+    elif kind == "not_a_string":
+        attributes.update({"request.id": 7})
+    else:
+        request_id = draw(st.one_of(st.sampled_from(OBSERVED_IDS), st.text(max_size=40)))
+        attributes.update({"request.id": request_id})
+    return attributes
+
+
+@st.composite
+def observing_streams(draw: st.DrawFn) -> StreamCase:
+    """What the observing filter sends: response headers with the request id, then the
+    body's chunks; epp answers none of it. Sometimes out of order or cut short."""
+    side = draw(response_side())
+    head = side[0]
+    attributes = draw(_request_id_attributes())
+    if attributes is not None:
+        head.attributes[_ATTRIBUTES_KEY].CopyFrom(attributes)
+    messages: list[ProcessingRequest] = [_observed(m) for m in side]
+    if draw(st.integers(0, 4)) == 0:
+        op = draw(st.sampled_from(["body_first", "headers_twice", "request_side", "unmarked"]))
+        if op == "body_first":
+            messages.insert(0, _observed(body_message(b"data: x\n\n", False, response=True)))
+        elif op == "headers_twice":
+            messages.insert(draw(st.integers(1, len(messages))), messages[0])
+        elif op == "request_side":
+            at = draw(st.integers(1, len(messages)))
+            messages.insert(at, _observed(body_message(b"{}", True)))
+        else:  # only the first message carries the mode, as a peer might
+            messages[1:] = [
+                body_message(m.response_body.body, m.response_body.end_of_stream, response=True)
+                if m.HasField("response_body")
+                else m
+                for m in messages[1:]
+            ]
+    return StreamCase(tuple(messages), family="observing")
+
+
+def _with_request_id(pair: tuple[StreamCase, str]) -> StreamCase:
+    case, request_id = pair
+    first = case.messages[0] if case.messages else None
+    if not isinstance(first, ProcessingRequest) or not first.HasField("request_headers"):
+        return case
+    tagged = ProcessingRequest()
+    tagged.CopyFrom(first)
+    headers = tagged.request_headers.headers.headers
+    kept = [h for h in headers if h.key != "x-request-id"]
+    del headers[:]
+    headers.extend(kept)
+    headers.add(key="x-request-id", raw_value=request_id.encode())
+    return StreamCase((tagged, *case.messages[1:]), case.cancel_after, "tagged")
+
+
+def tagged_streams() -> st.SearchStrategy[StreamCase]:
+    """Ordered routing streams whose request id is one the observing streams use."""
+    return st.tuples(ordered_streams(), st.sampled_from(OBSERVED_IDS)).map(_with_request_id)
 
 
 def resolve_case(case: StreamCase, addresses: dict[str, str]) -> StreamCase:

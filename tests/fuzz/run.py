@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
-EXTPROC_PROPERTIES = 3  # tests in test_extproc_fuzz.py
+EXTPROC_PROPERTIES = 4  # tests in test_extproc_fuzz.py
 HTTP_PROPERTIES = 2  # test_http_through_envoy_full_duplex and _buffered
 
 

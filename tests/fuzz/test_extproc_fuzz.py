@@ -22,9 +22,11 @@ from tests.fuzz.extproc_strategies import (
     cancelled_streams,
     disordered_streams,
     garbage_streams,
+    observing_streams,
     ordered_streams,
     realistic_request_headers,
     resolve_case,
+    tagged_streams,
 )
 from tests.fuzz.harness import FuzzStack, GrpcClient, Vitals
 from tests.fuzz.tally import TALLY
@@ -122,6 +124,19 @@ def test_streams_out_of_order(
 @seed(BUDGET.seed + 2)
 @given(batch=_batches(st.one_of(garbage_streams(), cancelled_streams())), probe=_probes())
 def test_garbage_and_cancelled_streams(
+    batch: list[StreamCase],
+    probe: StreamCase,
+    grpc_client: GrpcClient,
+    fuzz_stack: FuzzStack,
+    vitals: Vitals,
+) -> None:
+    _fuzz(batch, probe, grpc_client, fuzz_stack, vitals)
+
+
+@FUZZ
+@seed(BUDGET.seed + 3)
+@given(batch=_batches(st.one_of(observing_streams(), tagged_streams())), probe=_probes())
+def test_observing_streams_beside_routing_ones(
     batch: list[StreamCase],
     probe: StreamCase,
     grpc_client: GrpcClient,
