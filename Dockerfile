@@ -12,6 +12,8 @@ WORKDIR /src
 # pyproject.toml names README.md as the package's readme, so the build needs it.
 COPY pyproject.toml README.md ./
 COPY epp ./epp
+# epp's CLI imports vllm_sim to build `epp sim`, so even `epp serve` needs it.
+COPY vllm_sim ./vllm_sim
 RUN pip install . && rm -rf /src
 
 # A numeric user, so that Kubernetes' runAsNonRoot can verify it is not root.

@@ -42,8 +42,8 @@ test-integration: $(STAMP)
 	$(PY) -m pytest tests/integration
 
 lint: $(STAMP)
-	$(PY) -m ruff check epp tests benchmarks
-	$(PY) -m ruff format --check epp tests benchmarks
+	$(PY) -m ruff check epp vllm_sim tests benchmarks
+	$(PY) -m ruff format --check epp vllm_sim tests benchmarks
 	$(PY) -m mypy
 
 bench: $(STAMP)

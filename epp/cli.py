@@ -24,7 +24,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_serve_arguments(serve)
 
     sim = commands.add_parser("sim", help="run simulated vLLM model servers")
-    from epp.sim.cli import configure_parser
+    from vllm_sim.cli import configure_parser
 
     configure_parser(sim)
 
@@ -87,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         return _serve(args)
     if args.command == "sim":
-        from epp.sim.cli import run
+        from vllm_sim.cli import run
 
         return run(args)
     if args.command == "demo":

@@ -32,7 +32,7 @@ sglang-router keys its tree on the request's text, per model (from the workers'
 worker for ``POST /v1/chat/completions/render`` (``/tokenize`` if that is missing) and,
 with neither, routes without prefix matching; it never asks for the model.
 
-What the pods must answer (``epp.sim.server`` and ``epp.sim.peer_api``): ``/health``
+What the pods must answer (``vllm_sim.server`` and ``vllm_sim.peer_api``): ``/health``
 (both, at start and every 60 s), ``/server_info`` and ``/model_info`` (sglang-router, once
 per worker), the render endpoints (vllm-router, per request, on every worker). ``start``
 refuses to run vllm-router against pods without render, since its ``cache_aware`` would
@@ -421,7 +421,7 @@ class VllmRouter(PeerRouter):
             raise StackError(
                 f"{self.name}: pod {pods[0]} does not answer POST /v1/chat/completions/render "
                 "with token_ids; vllm-router's cache_aware would route without prefix "
-                "matching (epp.sim.peer_api provides it)"
+                "matching (vllm_sim.peer_api provides it)"
             )
 
 

@@ -1,6 +1,6 @@
 """Deterministic pseudo-text whose simulated token count is exact.
 
-The simulator counts a token per four bytes of UTF-8 (``epp.sim.tokens``). Every piece of
+The simulator counts a token per four bytes of UTF-8 (``vllm_sim.tokens``). Every piece of
 text made here is ASCII and exactly ``4 * tokens`` bytes long, so a system prompt asked to
 be 6000 tokens is 6000 tokens to the simulator, to epp's 64-byte prefix blocks (16 tokens)
 and to this package's oracle alike. Words come from a fixed pseudo-vocabulary (no

@@ -31,7 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from epp.config import DataLayerConfig, ServerConfig
 from epp.observability import metrics as epp_metrics
 from epp.server import Running, serve
-from epp.sim import PodSpec, SimConfig, start_pod
+from vllm_sim import PodSpec, SimConfig, start_pod
 
 from .manifests import (
     describe,

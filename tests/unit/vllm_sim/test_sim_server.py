@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from epp.sim import SimConfig
-from epp.sim.engine import SimEngine
-from epp.sim.server import ENGINE_KEY, REQUEST_LOG_SIZE, create_app
-from epp.sim.tokens import count_tokens
+from vllm_sim import SimConfig
+from vllm_sim.engine import SimEngine
+from vllm_sim.server import ENGINE_KEY, REQUEST_LOG_SIZE, create_app
+from vllm_sim.tokens import count_tokens
 
 from .helpers import FAST, Gate, chat_body, metric_value, serve, sse_events, until
 

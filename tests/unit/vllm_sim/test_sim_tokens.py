@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import xxhash
 
-from epp.sim.tokens import (
+from vllm_sim.tokens import (
     BYTES_PER_TOKEN,
     block_hashes,
     count_tokens,

@@ -1,13 +1,13 @@
 """The HTTP face of one simulated pod: an aiohttp app speaking vLLM's OpenAI-compatible API.
 
 Routes: ``POST /v1/chat/completions``, ``POST /v1/completions`` (JSON, or SSE with
-``"stream": true``), ``POST /v1/responses`` (``epp.sim.responses``),
+``"stream": true``), ``POST /v1/responses`` (``vllm_sim.responses``),
 ``POST /v1/embeddings``, ``GET /v1/models``, ``GET /health``,
 ``GET /metrics``; for routers that ask for tokens ``POST /tokenize`` and
 ``POST /v1/chat/completions/render`` / ``POST /v1/completions/render`` (vLLM's shapes); the
-peer-router routes of ``epp.sim.peer_api``; and for tests ``GET|DELETE /sim/requests``
+peer-router routes of ``vllm_sim.peer_api``; and for tests ``GET|DELETE /sim/requests``
 (the last 256 requests received), ``GET /sim/state`` (the engine's counters as JSON) and
-``/sim/faults`` (injected errors and queue depth: ``epp.sim.faults``).
+``/sim/faults`` (injected errors and queue depth: ``vllm_sim.faults``).
 
 Every response carries ``x-sim-pod`` (the pod's name) and, so tests can check what the
 proxy delivered, ``x-sim-body-sha256`` / ``x-sim-body-bytes`` of the raw request body and
@@ -34,7 +34,7 @@ from typing import Any
 
 from aiohttp import web
 
-from epp.sim.bodies import (
+from vllm_sim.bodies import (
     ApiError,
     chat_prompt,
     completion_prompt,
@@ -50,12 +50,12 @@ from epp.sim.bodies import (
     stream_options,
     usage,
 )
-from epp.sim.engine import SimEngine
-from epp.sim.faults import Faults, fault_routes
-from epp.sim.generation import piece
-from epp.sim.metrics import CONTENT_TYPE, MetricsRenderer
-from epp.sim.responses import responses_handler
-from epp.sim.tokens import token_ids, token_strs
+from vllm_sim.engine import SimEngine
+from vllm_sim.faults import Faults, fault_routes
+from vllm_sim.generation import piece
+from vllm_sim.metrics import CONTENT_TYPE, MetricsRenderer
+from vllm_sim.responses import responses_handler
+from vllm_sim.tokens import token_ids, token_strs
 
 __all__ = ["ENGINE_KEY", "MAX_BODY_BYTES", "REQUEST_LOG_SIZE", "create_app"]
 
@@ -431,7 +431,7 @@ def create_app(engine: SimEngine, *, models: Sequence[str], name: str) -> web.Ap
     app.router.add_post("/v1/chat/completions/render", pod.render_chat)
     app.router.add_post("/v1/completions/render", pod.render_completion)
     # Imported here: peer routes may reach back for ENGINE_KEY.
-    from epp.sim.peer_api import add_peer_routes
+    from vllm_sim.peer_api import add_peer_routes
 
     add_peer_routes(app, models=tuple(models), name=name)
     return app

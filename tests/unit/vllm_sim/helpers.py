@@ -10,7 +10,7 @@ from typing import Any
 
 import aiohttp
 
-from epp.sim import PodSpec, RunningPod, SimConfig, start_pod
+from vllm_sim import PodSpec, RunningPod, SimConfig, start_pod
 
 FAST = SimConfig(time_scale=0)
 

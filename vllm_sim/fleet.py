@@ -17,9 +17,9 @@ from types import TracebackType
 
 from aiohttp import web
 
-from epp.sim.config import SimConfig
-from epp.sim.engine import SimEngine, SleepFn
-from epp.sim.server import create_app
+from vllm_sim.config import SimConfig
+from vllm_sim.engine import SimEngine, SleepFn
+from vllm_sim.server import create_app
 
 __all__ = ["PodSpec", "RunningPod", "SimFleet", "start_pod"]
 

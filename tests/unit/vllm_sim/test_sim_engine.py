@@ -5,8 +5,8 @@ from dataclasses import replace
 
 import pytest
 
-from epp.sim.engine import SimConfig, SimEngine, StepPlan
-from epp.sim.generation import Generation, RequestState
+from vllm_sim.engine import SimConfig, SimEngine, StepPlan
+from vllm_sim.generation import Generation, RequestState
 
 from .helpers import FakeTime, Gate, until
 

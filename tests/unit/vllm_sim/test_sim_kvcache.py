@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from epp.sim.kvcache import KvCache
-from epp.sim.tokens import tokenize
+from vllm_sim.kvcache import KvCache
+from vllm_sim.tokens import tokenize
 
 
 def hashes(fill: str, blocks: int, block_size: int = 4) -> tuple[int, ...]:

@@ -11,7 +11,7 @@ import asyncio
 import enum
 from collections.abc import AsyncIterator
 
-from epp.sim.tokens import TokenizedPrompt
+from vllm_sim.tokens import TokenizedPrompt
 
 __all__ = ["Generation", "RequestState"]
 

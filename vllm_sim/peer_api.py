@@ -4,14 +4,14 @@ Found by pointing each router at simulated pods that logged every request, 404s 
 and by reading the routers' sources. sglang-router 0.3.2 and vllm-router 0.1.17 (policy
 ``cache_aware``, HTTP workers) call:
 
-- ``GET /health``: both, at start and every 60 s (served by ``epp.sim.server``);
+- ``GET /health``: both, at start and every 60 s (served by ``vllm_sim.server``);
 - ``GET /server_info``, then ``/get_server_info`` after a 404: sglang-router, once per
   worker at registration. ``served_model_name`` becomes the worker's model id, which keys
   its cache-aware tree and its ``/v1/models``; without it the model is "unknown";
 - ``GET /model_info``, then ``/get_model_info``: sglang-router, at registration;
 - ``POST /v1/chat/completions/render`` (``/v1/completions/render`` for completions), then
   ``POST /tokenize`` after a 404: vllm-router, for every request on every worker, for the
-  token ids its prefix tree keys on. ``epp.sim.server`` serves these in vLLM's shapes;
+  token ids its prefix tree keys on. ``vllm_sim.server`` serves these in vLLM's shapes;
 - the OpenAI routes themselves, ``/v1/models`` included.
 
 This module adds the SGLang ones, and ``GET /health_generate`` (SGLang's deeper health

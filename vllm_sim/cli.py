@@ -17,12 +17,12 @@ from typing import Any
 
 import uvloop
 
-from epp.sim.config import SimConfig
-from epp.sim.fleet import PodSpec, SimFleet
+from vllm_sim.config import SimConfig
+from vllm_sim.fleet import PodSpec, SimFleet
 
 __all__ = ["config_from_args", "configure_parser", "parse_pod", "run", "specs_from_args"]
 
-log = logging.getLogger("epp.sim")
+log = logging.getLogger("vllm_sim")
 
 _DEFAULTS = SimConfig()
 

@@ -4,7 +4,7 @@ Each simulated pod is a real aiohttp server speaking vLLM's OpenAI-compatible AP
 exposing vLLM's Prometheus metrics, backed by a ``SimEngine`` modelled on vLLM V1's
 scheduler: continuous batching with chunked prefill, a paged KV cache with automatic
 prefix caching and preemption, and a step time that grows with the batch (defaults from
-Llama-3.1-8B on an H100, see ``epp.sim.config``). ``time_scale`` speeds time up; with
+Llama-3.1-8B on an H100, see ``vllm_sim.config``). ``time_scale`` speeds time up; with
 ``time_scale=0`` nothing sleeps, so tests run at loopback speed.
 
 Example::
@@ -15,14 +15,14 @@ Example::
 
 from __future__ import annotations
 
-from epp.sim.config import SimConfig
-from epp.sim.engine import EngineStats, SimEngine, SleepFn, StepPlan
-from epp.sim.fleet import PodSpec, RunningPod, SimFleet, start_pod
-from epp.sim.generation import Generation, RequestState
-from epp.sim.kvcache import KvCache
-from epp.sim.metrics import MetricsRenderer
-from epp.sim.server import create_app
-from epp.sim.tokens import TokenizedPrompt, count_tokens, token_ids, tokenize
+from vllm_sim.config import SimConfig
+from vllm_sim.engine import EngineStats, SimEngine, SleepFn, StepPlan
+from vllm_sim.fleet import PodSpec, RunningPod, SimFleet, start_pod
+from vllm_sim.generation import Generation, RequestState
+from vllm_sim.kvcache import KvCache
+from vllm_sim.metrics import MetricsRenderer
+from vllm_sim.server import create_app
+from vllm_sim.tokens import TokenizedPrompt, count_tokens, token_ids, tokenize
 
 __all__ = [
     "EngineStats",

@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from epp.sim.bodies import ApiError, dumps, positive_int
-from epp.sim.generation import Generation, piece
+from vllm_sim.bodies import ApiError, dumps, positive_int
+from vllm_sim.generation import Generation, piece
 
 if TYPE_CHECKING:
-    from epp.sim.server import _Pod
+    from vllm_sim.server import _Pod
 
 __all__ = ["responses_handler"]
 

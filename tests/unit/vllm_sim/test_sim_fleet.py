@@ -7,8 +7,8 @@ import socket
 import aiohttp
 import pytest
 
-from epp.sim import PodSpec, SimConfig, SimFleet, start_pod
-from epp.sim.cli import config_from_args, configure_parser, parse_pod, run, specs_from_args
+from vllm_sim import PodSpec, SimConfig, SimFleet, start_pod
+from vllm_sim.cli import config_from_args, configure_parser, parse_pod, run, specs_from_args
 
 from .helpers import FAST, chat_body
 

@@ -4,9 +4,9 @@ import re
 
 import pytest
 
-from epp.sim.engine import SimConfig, SimEngine
-from epp.sim.histogram import Histogram
-from epp.sim.metrics import MetricsRenderer
+from vllm_sim.engine import SimConfig, SimEngine
+from vllm_sim.histogram import Histogram
+from vllm_sim.metrics import MetricsRenderer
 
 from .helpers import metric_value
 
@@ -115,8 +115,8 @@ def test_histogram_is_cumulative() -> None:
 
 
 def test_name_filter_renders_only_the_asked_families() -> None:
-    from epp.sim.engine import SimEngine
-    from epp.sim.metrics import MetricsRenderer
+    from vllm_sim.engine import SimEngine
+    from vllm_sim.metrics import MetricsRenderer
 
     renderer = MetricsRenderer(SimEngine(), ("m",))
     everything = renderer.render()

@@ -17,9 +17,9 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from epp.sim.engine import SimEngine
-from epp.sim.faults import Faults
-from epp.sim.histogram import Histogram
+from vllm_sim.engine import SimEngine
+from vllm_sim.faults import Faults
+from vllm_sim.histogram import Histogram
 
 __all__ = ["CONTENT_TYPE", "MetricsRenderer"]
 

@@ -36,17 +36,17 @@ from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from epp.sim.config import SimConfig
-from epp.sim.generation import Generation, RequestState
-from epp.sim.histogram import (
+from vllm_sim.config import SimConfig
+from vllm_sim.generation import Generation, RequestState
+from vllm_sim.histogram import (
     E2E_LATENCY_BUCKETS_S,
     INTER_TOKEN_LATENCY_BUCKETS_S,
     TOKEN_COUNT_BUCKETS,
     TTFT_BUCKETS_S,
     Histogram,
 )
-from epp.sim.kvcache import KvCache
-from epp.sim.tokens import TokenizedPrompt, model_seed, tokenize
+from vllm_sim.kvcache import KvCache
+from vllm_sim.tokens import TokenizedPrompt, model_seed, tokenize
 
 __all__ = [
     "MAX_LAG_S",
@@ -218,7 +218,7 @@ class SimEngine:
         return self._idle_sim_now()
 
     def tokenize(self, prompt: str | Sequence[int], model: str) -> TokenizedPrompt:
-        """Count ``prompt`` and hash its blocks, seeded per model (see ``epp.sim.tokens``)."""
+        """Count ``prompt`` and hash its blocks, seeded per model (see ``vllm_sim.tokens``)."""
         seed = self._seeds.get(model)
         if seed is None:
             seed = self._seeds[model] = model_seed(model)

@@ -7,8 +7,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from epp.sim import PodSpec, SimConfig, SimFleet
-from epp.sim.peer_api import SIM_VERSION, add_peer_routes
+from vllm_sim import PodSpec, SimConfig, SimFleet
+from vllm_sim.peer_api import SIM_VERSION, add_peer_routes
 
 FAST = SimConfig(time_scale=0)
 # What would make sglang-router load a tokenizer (from the hub, for a bare name).

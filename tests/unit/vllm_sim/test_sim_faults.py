@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from epp.sim.faults import Faults
+from vllm_sim.faults import Faults
 
 from .helpers import chat_body, metric_value, serve
 
