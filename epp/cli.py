@@ -24,6 +24,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_serve_arguments(serve)
 
     sim = commands.add_parser("sim", help="run simulated vLLM model servers")
+    # The simulator's own CLI (vllm-sim), so that both commands take the same arguments.
     from vllm_sim.cli import configure_parser
 
     configure_parser(sim)

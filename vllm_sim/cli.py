@@ -1,9 +1,12 @@
-"""``epp sim``: run a fleet of simulated vLLM pods until SIGINT or SIGTERM.
+"""``vllm-sim``: run a fleet of simulated vLLM pods until SIGINT or SIGTERM.
+
+``python -m vllm_sim`` is the same command, and ``epp sim`` builds its subcommand from
+``configure_parser`` and ``run``, so it takes the same arguments.
 
 Example::
 
-    epp sim --pod 127.0.0.1:8001=qwen2-1-5b --pod 127.0.0.1:8002=qwen2-1-5b,lora-a
-    epp sim --pods 16 --first-port 8100 --model llama-3-1-8b --time-scale 0.1
+    vllm-sim --pod 127.0.0.1:8001=qwen2-1-5b --pod 127.0.0.1:8002=qwen2-1-5b,lora-a
+    vllm-sim --pods 16 --first-port 8100 --model llama-3-1-8b --time-scale 0.1
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import argparse
 import asyncio
 import logging
 import signal
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -20,7 +24,14 @@ import uvloop
 from vllm_sim.config import SimConfig
 from vllm_sim.fleet import PodSpec, SimFleet
 
-__all__ = ["config_from_args", "configure_parser", "parse_pod", "run", "specs_from_args"]
+__all__ = [
+    "config_from_args",
+    "configure_parser",
+    "main",
+    "parse_pod",
+    "run",
+    "specs_from_args",
+]
 
 log = logging.getLogger("vllm_sim")
 
@@ -182,3 +193,12 @@ def run(args: argparse.Namespace) -> int:
         log.error("sim: cannot start: %s", exc)
         return 1
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``vllm-sim`` command: parse ``argv`` (default: the process's) and ``run`` it."""
+    parser = argparse.ArgumentParser(
+        prog="vllm-sim", description="Run simulated vLLM model servers until SIGINT or SIGTERM."
+    )
+    configure_parser(parser)
+    return run(parser.parse_args(argv))

@@ -1,13 +1,16 @@
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
 
 from epp.cli import main
+from vllm_sim.cli import main as vllm_sim_main
 
 
 def run_epp(*args: str) -> subprocess.CompletedProcess[str]:
@@ -61,3 +64,20 @@ def test_envoy_config_prints_a_bootstrap(capsys: pytest.CaptureFixture[str]) -> 
     bootstrap = yaml.safe_load(capsys.readouterr().out)
     listener = bootstrap["static_resources"]["listeners"][0]
     assert listener["address"]["socket_address"]["port_value"] == 18080
+
+
+def _help(
+    command: Callable[[list[str]], int], args: list[str], out: pytest.CaptureFixture[str]
+) -> str:
+    with pytest.raises(SystemExit):
+        command(args)
+    return out.readouterr().out
+
+
+def test_epp_sim_takes_the_arguments_of_vllm_sim(capsys: pytest.CaptureFixture[str]) -> None:
+    epp_sim = _help(main, ["sim", "--help"], capsys)
+    vllm_sim = _help(vllm_sim_main, ["--help"], capsys)
+    flags = re.compile(r"--[a-z][a-z-]*")
+    assert {"--pod", "--pods", "--time-scale"} <= set(flags.findall(vllm_sim))
+    assert set(flags.findall(epp_sim)) == set(flags.findall(vllm_sim))
+    assert main(["sim"]) == vllm_sim_main([]) == 2  # no pods: the same refusal

@@ -3,6 +3,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import socket
+import subprocess
+import sys
 
 import aiohttp
 import pytest
@@ -157,3 +159,14 @@ def test_cli_run_reports_a_taken_port() -> None:
         taken.listen()
         port = taken.getsockname()[1]
         assert run(parser.parse_args(["--pod", f"127.0.0.1:{port}=m"])) == 1
+
+
+def test_python_m_vllm_sim_is_the_command() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "vllm_sim", "--pods", "2", "--model", "m"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "--pods N needs N >= 1, --first-port and --model" in result.stderr

@@ -1,0 +1,3 @@
+from vllm_sim.cli import main
+
+raise SystemExit(main())
