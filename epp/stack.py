@@ -40,7 +40,13 @@ class ManagedProcess:
     """A child process with its output in a log file, stopped with SIGTERM then SIGKILL."""
 
     def __init__(
-        self, name: str, argv: Sequence[str], *, log_dir: Path, env: dict[str, str] | None = None
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        log_dir: Path,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
     ) -> None:
         self.name = name
         self.argv = list(argv)
@@ -52,6 +58,7 @@ class ManagedProcess:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env={**os.environ, **(env or {})},
+            cwd=cwd,
         )
 
     def log_tail(self, lines: int = 30) -> str:
@@ -102,10 +109,21 @@ def _http_status(url: str) -> int | None:
 
 
 def start_epp_module(
-    name: str, args: Sequence[str], *, log_dir: Path, env: dict[str, str] | None = None
+    name: str,
+    args: Sequence[str],
+    *,
+    log_dir: Path,
+    env: dict[str, str] | None = None,
+    checkout: Path | None = None,
 ) -> ManagedProcess:
-    """Run ``python -m epp ARGS`` with this interpreter (no reliance on PATH)."""
-    return ManagedProcess(name, [sys.executable, "-m", "epp", *args], log_dir=log_dir, env=env)
+    """Run ``python -m epp ARGS`` with this interpreter (no reliance on PATH).
+
+    With ``checkout``, the epp package of that source tree runs instead of this one
+    (``-m`` puts the working directory first on the import path).
+    """
+    return ManagedProcess(
+        name, [sys.executable, "-m", "epp", *args], log_dir=log_dir, env=env, cwd=checkout
+    )
 
 
 def start_envoy(

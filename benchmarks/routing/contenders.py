@@ -14,22 +14,30 @@ the given pods and returns its base URL once it answers, ``stop`` tears it down.
 | ``epp-load`` | epp, load scorers only: queue, KV, in-flight (``configs/load-only.yaml``) |
 | ``epp-prefix`` | epp, the prefix-cache scorer only (``configs/prefix-only.yaml``) |
 
+``run.py --epp-checkout NAME=DIR`` adds epp as another source tree has it (a previous
+commit in a ``git worktree``), with the Envoy bootstrap that tree's own
+``epp envoy-config`` prints: before and after a change, in one run.
+
 ``benchmarks/routing/peers.py``, when present, adds more through ``PEERS`` (see
 :func:`load_peers`). Envoy runs with one worker thread (``--concurrency 1``): there are
 two cores for everything, and one worker also gives ``LEAST_REQUEST`` a single, complete
-view of the active requests. The three epp rows differ only in Envoy's
+view of the active requests. The first three epp rows differ only in Envoy's
 ``response_body_mode``: ``OBSERVED`` (the default), ``FULL_DUPLEX_STREAMED`` and ``NONE``.
 """
 
 from __future__ import annotations
 
 import importlib
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Protocol, runtime_checkable
+
+import yaml
 
 from epp.envoy_config import EnvoyPorts, envoy_bootstrap
 from epp.stack import ManagedProcess, StackError, free_port, start_envoy, start_epp_module
@@ -143,12 +151,14 @@ class EppContender(_Processes):
         config_file: Path | None = None,
         extra_args: Sequence[str] = (),
         envoy_options: dict[str, Any] | None = None,
+        checkout: Path | None = None,
     ) -> None:
         super().__init__()
         self.name = name
         self.config_file = config_file
         self.extra_args = list(extra_args)
         self.envoy_options = dict(envoy_options or {})
+        self.checkout = checkout
 
     def start(self, pods: Sequence[str], model: str, workdir: Path) -> str:
         grpc, metrics = free_port(), free_port()
@@ -172,7 +182,7 @@ class EppContender(_Processes):
             args += ["--config-file", str(self.config_file)]
         for pod in pods:
             args += ["--endpoint", f"{pod}={model}"]
-        epp = start_epp_module("epp", args, log_dir=workdir)
+        epp = start_epp_module("epp", args, log_dir=workdir, checkout=self.checkout)
         self.started.append(epp)
         epp.wait_until(
             lambda: _ready_pods(metrics) >= len(pods),
@@ -180,11 +190,38 @@ class EppContender(_Processes):
             what=f"all {len(pods)} pods ready in epp",
         )
         listen, admin = free_port(), free_port()
-        bootstrap = envoy_bootstrap(
-            EnvoyPorts(listen_port=listen, admin_port=admin, epp_port=grpc), **self.envoy_options
-        )
+        ports = EnvoyPorts(listen_port=listen, admin_port=admin, epp_port=grpc)
+        if self.checkout is not None:
+            bootstrap = _checkout_bootstrap(self.checkout, ports)
+        else:
+            bootstrap = envoy_bootstrap(ports, **self.envoy_options)
         self.started.append(start_envoy(bootstrap, admin_port=admin, log_dir=workdir))
         return f"http://127.0.0.1:{listen}"
+
+
+def _checkout_bootstrap(checkout: Path, ports: EnvoyPorts) -> dict[str, Any]:
+    """The Envoy bootstrap ``epp envoy-config`` of another source tree prints."""
+    printed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "epp",
+            "envoy-config",
+            "--listen-port",
+            str(ports.listen_port),
+            "--admin-port",
+            str(ports.admin_port),
+            "--epp-port",
+            str(ports.epp_port),
+        ],
+        cwd=checkout,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    bootstrap: dict[str, Any] = yaml.safe_load(printed)
+    return bootstrap
 
 
 def descendants(pid: int) -> list[int]:

@@ -293,6 +293,9 @@ def _contenders(args: argparse.Namespace) -> list[Contender]:
     for spec in args.epp_config or []:
         name, _, path = spec.partition("=")
         contenders.append(EppContender(name, Path(path), epp_args))
+    for spec in args.epp_checkout or []:
+        name, _, path = spec.partition("=")
+        contenders.append(EppContender(name, None, epp_args, checkout=Path(path).resolve()))
     if not args.no_peers:
         peers, note = load_peers()
         if note:
@@ -380,6 +383,13 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         metavar="NAME=PATH",
         help="also run epp with this EndpointPickerConfig, as contender NAME",
+    )
+    parser.add_argument(
+        "--epp-checkout",
+        action="append",
+        metavar="NAME=DIR",
+        help="also run epp from another source tree (e.g. a worktree of an earlier commit), "
+        "with the Envoy bootstrap its own `epp envoy-config` prints, as contender NAME",
     )
     parser.add_argument(
         "--max-concurrency", type=int, default=512, help="client cap on requests in flight"

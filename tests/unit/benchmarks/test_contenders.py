@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 from pathlib import Path
 from types import ModuleType
 
@@ -9,11 +10,13 @@ import pytest
 from benchmarks.routing.contenders import (
     CONFIGS,
     Contender,
+    _checkout_bootstrap,
     builtin_contenders,
     load_peers,
     static_cluster_bootstrap,
 )
 from epp.config import load_config
+from epp.envoy_config import EnvoyPorts, envoy_bootstrap
 from epp.scheduling.scheduler import build_scheduler
 
 
@@ -101,3 +104,27 @@ def test_load_peers_explains_an_absent_module() -> None:
     assert peers == [] and note is not None and "skipped" in note
     peers, note = load_peers(lambda name: ModuleType("peers"))
     assert peers == [] and note is not None and "PEERS" in note
+
+
+def test_a_checkout_contender_takes_the_envoy_bootstrap_that_tree_prints(tmp_path: Path) -> None:
+    # A copy of this tree whose envoy-config answers on its own listener port: the
+    # bootstrap must come from the checkout's code, not from the running benchmark's.
+    root = Path(__file__).resolve().parents[3]
+    checkout = tmp_path / "checkout"
+    shutil.copytree(root / "epp", checkout / "epp", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        root / "vllm_sim", checkout / "vllm_sim", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    marked = checkout / "epp" / "envoy_config.py"
+    marked.write_text(
+        marked.read_text().replace('"name": "epp.response_observer"', '"name": "from.checkout"')
+    )
+    ports = EnvoyPorts(listen_port=18080, admin_port=19901, epp_port=19002)
+
+    bootstrap = _checkout_bootstrap(checkout, ports)
+
+    listener = bootstrap["static_resources"]["listeners"][0]
+    assert listener["address"]["socket_address"]["port_value"] == 18080
+    filters = listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
+    assert "from.checkout" in [f["name"] for f in filters]
+    assert "from.checkout" not in str(envoy_bootstrap(ports))
