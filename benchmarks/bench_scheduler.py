@@ -256,7 +256,10 @@ def main() -> None:
     )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    selected = [(int(n), int(c), m) for n, c, m in (o.split(":") for o in args.only)] or cases()
+    # Annotated: mypy cannot star-unpack the union it would infer (args.only is Any).
+    selected: list[tuple[int, int, str]] = [
+        (int(n), int(c), m) for n, c, m in (o.split(":") for o in args.only)
+    ] or cases()
     if args.child:
         print(json.dumps(time_case(*selected[0], args.runs, args.gc)))
         return

@@ -297,7 +297,7 @@ def scrape_child(client: str, addresses: list[str], warmup_s: float, window_s: f
         scraper = MetricsScraper(store, interval_s=INTERVAL_S, timeout_s=1.0, **extra)
 
         def count() -> int:
-            return int(scraper.polls_total) if counted else polls  # type: ignore[attr-defined]
+            return int(scraper.polls_total) if counted else polls
 
         await scraper.start()
         await asyncio.sleep(warmup_s)
@@ -624,7 +624,7 @@ def print_request_table(rows: list[dict[str, Any]]) -> None:
     )
     print(header)
     print("-" * len(header))
-    fewest = {}
+    fewest: dict[str, dict[str, Any]] = {}
     for r in rows:
         if r["epp"] not in fewest or r["pods"] < fewest[r["epp"]]["pods"]:
             fewest[r["epp"]] = r

@@ -27,6 +27,7 @@ request) unless --epp-log-level says otherwise. Needs `wrk` (apt-get install wrk
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
 import shutil
@@ -187,7 +188,7 @@ def start_stack(
     ):
         baseline = ManagedProcess(name, [sys.executable, script, str(port), *extra], log_dir=work)
         processes.append(baseline)
-        baseline.wait_until(lambda port=port: port_open(port), timeout_s=20, what=name)
+        baseline.wait_until(functools.partial(port_open, port), timeout_s=20, what=name)
 
     admin = free_port()
     listen = {target: free_port() for target in TARGETS if target != "direct"}
