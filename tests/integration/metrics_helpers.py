@@ -28,10 +28,12 @@ def metric(url: str, name: str, **labels: str) -> float:
 
 
 def wait_for_metric(
-    url: str, name: str, expected: float, timeout_s: float = 10.0, **labels: str
+    url: str, name: str, expected: float, timeout_s: float = 10.0, /, **labels: str
 ) -> float:
     """Poll until the metric reaches ``expected`` (epp records a request when its ext_proc
-    stream closes, a moment after the client has its response); the last value read."""
+    stream closes, a moment after the client has its response); the last value read.
+
+    Positional-only, so that no label (``**labels``) can be taken for ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while True:
         value = metric(url, name, **labels)

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from epp.config import ConfigError, add_serve_arguments, load_config, parse_duration_s
+from epp.config import Config, ConfigError, add_serve_arguments, load_config, parse_duration_s
 
 
-def parse(argv: list[str], env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+def parse(argv: list[str], env: dict[str, str] | None = None) -> Config:
     parser = argparse.ArgumentParser()
     add_serve_arguments(parser)
     return load_config(parser.parse_args(argv), environ=env or {})

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -23,7 +24,7 @@ def test_deploy_file_is_the_rendered_default() -> None:
     assert DEPLOYED.read_text() == render_bootstrap(envoy_bootstrap(EnvoyPorts()))
 
 
-def _ext_proc(bootstrap: dict) -> dict:  # type: ignore[type-arg]
+def _ext_proc(bootstrap: dict[str, Any]) -> dict[str, Any]:
     manager = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
     filters = manager["typed_config"]["http_filters"]
     return next(f for f in filters if f["name"] == "envoy.filters.http.ext_proc")["typed_config"]
@@ -43,8 +44,8 @@ def test_rejects_unknown_mode() -> None:
         envoy_bootstrap(body_mode="STREAMED")
 
 
-def _filters(bootstrap: dict) -> list[dict]:  # type: ignore[type-arg]
-    return _manager(bootstrap)["http_filters"]  # type: ignore[no-any-return]
+def _filters(bootstrap: dict[str, Any]) -> list[dict[str, Any]]:
+    return _manager(bootstrap)["http_filters"]
 
 
 def test_response_bodies_are_observed_by_default() -> None:
@@ -85,20 +86,20 @@ def test_rejects_unknown_response_mode() -> None:
         envoy_bootstrap(response_body_mode="BUFFERED")
 
 
-def _manager(bootstrap: dict) -> dict:  # type: ignore[type-arg]
+def _manager(bootstrap: dict[str, Any]) -> dict[str, Any]:
     listener = bootstrap["static_resources"]["listeners"][0]
-    return listener["filter_chains"][0]["filters"][0]["typed_config"]  # type: ignore[no-any-return]
+    return listener["filter_chains"][0]["filters"][0]["typed_config"]
 
 
-def _epp_tls(bootstrap: dict) -> dict | None:  # type: ignore[type-arg]
+def _epp_tls(bootstrap: dict[str, Any]) -> dict[str, Any] | None:
     epp = next(c for c in bootstrap["static_resources"]["clusters"] if c["name"] == "epp")
     socket = epp.get("transport_socket")
-    return None if socket is None else socket["typed_config"]  # type: ignore[no-any-return]
+    return None if socket is None else socket["typed_config"]
 
 
-def _cli(capsys: pytest.CaptureFixture[str], *flags: str) -> dict:  # type: ignore[type-arg]
+def _cli(capsys: pytest.CaptureFixture[str], *flags: str) -> dict[str, Any]:
     assert main(["envoy-config", *flags]) == 0
-    return yaml.safe_load(capsys.readouterr().out)  # type: ignore[no-any-return]
+    return yaml.safe_load(capsys.readouterr().out)
 
 
 def test_the_cli_prints_the_deploy_file(capsys: pytest.CaptureFixture[str]) -> None:

@@ -441,10 +441,10 @@ def check_pool_references(objects: list[Obj], *, model_servers: bool, tmp: Path)
     for obj in objects:
         if obj.get("kind") in ("InferenceObjective", "InferenceModelRewrite"):
             ref = obj["spec"]["poolRef"]
-            pool = find(objects, "InferencePool", namespace_of(obj), ref["name"])
-            if pool is None:
+            referenced = find(objects, "InferencePool", namespace_of(obj), ref["name"])
+            if referenced is None:
                 problems.append(f"{describe(obj)}: no InferencePool {ref['name']} here")
-            elif pool["apiVersion"].split("/")[0] != ref.get("group", GIE_GROUPS[0]):
+            elif referenced["apiVersion"].split("/")[0] != ref.get("group", GIE_GROUPS[0]):
                 problems.append(
                     f"{describe(obj)}: poolRef group {ref.get('group')} is not the pool's"
                 )
@@ -492,10 +492,13 @@ def check_routes(objects: list[Obj]) -> list[str]:
                         f"{where}: backendRef group {ref.get('group')} is not "
                         f"the pool's ({pool['apiVersion']})"
                     )
+                # A pod whose model is not recognized serves none by name (and a None
+                # among the names would break sorting them for the message below).
                 served = {
-                    _served_model(t)
+                    model
                     for _, t in _pod_templates(objects, namespace)
                     if _selects(_pool_selector(pool), t["metadata"].get("labels") or {})
+                    and (model := _served_model(t)) is not None
                 }
                 aliases = {
                     match["model"]["value"]

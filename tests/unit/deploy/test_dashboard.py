@@ -731,19 +731,24 @@ def test_variable_labels_exist(
 # -- Prometheus scrape configs --------------------------------------------------------
 
 
+def _spelled(rule: Obj, snake: str, camel: str, default: Any = None) -> Any:
+    """A relabel rule's field, under its Prometheus or its operator spelling."""
+    return rule[snake] if snake in rule else rule.get(camel, default)
+
+
 def _relabel(labels: Mapping[str, str], rules: list[Obj]) -> dict[str, str] | None:
     """Prometheus relabeling (keep, drop, replace) of one target; None when dropped.
     Accepts the Prometheus (snake_case) and the operator (camelCase) spellings."""
     out = dict(labels)
     for rule in rules:
         action = rule.get("action", "replace").lower()
-        sources = rule.get("source_labels", rule.get("sourceLabels", []))
+        sources = _spelled(rule, "source_labels", "sourceLabels", [])
         value = rule.get("separator", ";").join(out.get(name, "") for name in sources)
         match = re.fullmatch(rule.get("regex", "(.*)"), value)
         if (action == "keep" and match is None) or (action == "drop" and match is not None):
             return None
         if action == "replace" and match is not None:
-            target = rule.get("target_label", rule.get("targetLabel"))
+            target = _spelled(rule, "target_label", "targetLabel")
             replacement = re.sub(r"\$\{?(\w+)\}?", r"\\g<\1>", rule.get("replacement", "$1"))
             result = match.expand(replacement)
             if result:

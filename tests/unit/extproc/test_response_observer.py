@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Iterable
 import orjson
 import pytest
 from envoy.config.core.v3.base_pb2 import HeaderMap, HeaderValue
+from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
 from envoy.service.ext_proc.v3.external_processor_pb2 import (
     HttpBody,
     HttpHeaders,
@@ -22,9 +23,9 @@ from epp.api.usage import Usage
 from epp.datalayer.endpoint import Metrics
 from epp.datalayer.store import EndpointStore
 from epp.director import Director
-from epp.extproc import stream as stream_module
 from epp.extproc.response_observer import ResponseObservers, request_id_of
 from epp.extproc.stream import RequestStream
+from epp.observability import request_metrics
 from epp.observability.request_metrics import FinishedRequest
 from epp.scheduling.registry import PluginRegistry, register_builtin_plugins
 from epp.scheduling.scheduler import build_scheduler, default_scheduler_config
@@ -53,7 +54,8 @@ def director() -> Director:
 def recorded(monkeypatch: pytest.MonkeyPatch) -> list[FinishedRequest]:
     """Every request whose metrics and log line were recorded."""
     seen: list[FinishedRequest] = []
-    monkeypatch.setattr(stream_module.request_metrics, "record_finished", seen.append)
+    # epp.extproc.stream looks record_finished up on this module at every call.
+    monkeypatch.setattr(request_metrics, "record_finished", seen.append)
     return seen
 
 
@@ -62,11 +64,12 @@ def routed(
     observers: ResponseObservers,
     *,
     request_id: str = "req-1",
-    response_body_mode: int | None = None,
+    response_body_mode: int = ProcessingMode.NONE,
 ) -> RequestStream:
     stream = RequestStream(director, max_body_bytes=1 << 20, observers=observers)
-    kwargs = {} if response_body_mode is None else {"response_body_mode": response_body_mode}
-    stream.handle(headers_message(extra={"x-request-id": request_id}, **kwargs))
+    stream.handle(
+        headers_message(extra={"x-request-id": request_id}, response_body_mode=response_body_mode)
+    )
     stream.handle(body_message(CHAT, end_of_stream=True))
     assert stream.decision is not None
     return stream
@@ -159,10 +162,9 @@ def test_record_waits_for_an_observed_body_that_ends_after_the_routing_stream(
         await watching
 
     asyncio.run(scenario())
-    assert [
-        r.decision.response.usage
-        for r in recorded  # type: ignore[union-attr]
-    ] == [Usage(7, 3, 4)]
+    (finished,) = recorded
+    assert finished.decision is not None
+    assert finished.decision.response.usage == Usage(7, 3, 4)
 
 
 def test_observing_stream_that_breaks_off_still_records(
@@ -278,10 +280,9 @@ def test_an_observer_read_after_the_routing_stream_closed_still_counts(
         )
 
     asyncio.run(scenario())
-    assert [
-        r.decision.response.usage
-        for r in recorded  # type: ignore[union-attr]
-    ] == [Usage(5, 2)]
+    (finished,) = recorded
+    assert finished.decision is not None
+    assert finished.decision.response.usage == Usage(5, 2)
     assert len(observers) == 0
 
 

@@ -95,7 +95,7 @@ def test_body_ending_in_trailers(director: Director) -> None:
     stream = RequestStream(director, max_body_bytes=1 << 20)
     stream.handle(headers_message())
     stream.handle(body_message(b'{"model": "m"}', end_of_stream=False))
-    responses = stream.handle(ProcessingRequest(request_trailers=HttpTrailers()))
+    responses = list(stream.handle(ProcessingRequest(request_trailers=HttpTrailers())))
     kinds = [r.WhichOneof("response") for r in responses]
     assert kinds == ["request_headers", "request_body", "request_trailers"]
     assert not responses[1].request_body.response.body_mutation.streamed_response.end_of_stream

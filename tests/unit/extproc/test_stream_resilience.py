@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from envoy.config.core.v3.base_pb2 import HeaderMap, HeaderValue
 from envoy.service.ext_proc.v3.external_processor_pb2 import HttpHeaders, ProcessingRequest
@@ -20,7 +21,7 @@ BIG, SMALL = "10.0.0.1:8000", "10.0.0.2:8000"
 BODY = b'{"model": "big", "prompt": "p"}'
 
 
-def make(**options: object) -> tuple[Director, EndpointStore]:
+def make(**options: Any) -> tuple[Director, EndpointStore]:
     store = EndpointStore()
     store.replace([(BIG, frozenset({"big"})), (SMALL, frozenset({"small"}))])
     for endpoint in store.all():
@@ -31,7 +32,7 @@ def make(**options: object) -> tuple[Director, EndpointStore]:
         build_scheduler(default_scheduler_config(), registry),
         fallbacks=ModelFallbacks({"big": ["small"]}),
         **options,
-    )  # type: ignore[arg-type]
+    )
     return director, store
 
 

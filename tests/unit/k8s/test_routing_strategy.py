@@ -12,15 +12,16 @@ from epp.datalayer.kube_discovery import PoolSpec
 from epp.datalayer.store import EndpointStore
 from epp.director import Director
 from epp.observability.health import HealthReporter
+from epp.scheduling.scheduler import Scheduler
 from epp.server import _KubernetesParts, build_scheduler_from_config
 from tests.kube_fake import FakeKubeAPI
 
 
 def scorer_types(director: Director) -> set[str]:
+    scheduler = director.scheduler
+    assert isinstance(scheduler, Scheduler)  # the director sees only its protocol
     return {
-        timing.typed_name.type
-        for timing in director.scheduler.timings
-        if timing.extension_point == "scorer"
+        timing.typed_name.type for timing in scheduler.timings if timing.extension_point == "scorer"
     }
 
 

@@ -9,7 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterator
 from contextlib import aclosing, asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,19 @@ InferencePool = create_namespaced_resource(
 InferencePoolAlpha = create_namespaced_resource(
     "inference.networking.x-k8s.io", "v1alpha2", "InferencePool", "inferencepools"
 )
+
+
+def _name(obj: Pod) -> str:
+    """lightkube types metadata and its name as optional; the fake always sets both."""
+    assert obj.metadata is not None and obj.metadata.name is not None
+    return obj.metadata.name
+
+
+def _generator(stream: AsyncIterable[tuple[str, Pod]]) -> AsyncGenerator[tuple[str, Pod], None]:
+    """lightkube annotates watch() as an AsyncIterable; it is an async generator, which
+    aclosing() can close."""
+    assert isinstance(stream, AsyncGenerator)
+    return stream
 
 
 @pytest_asyncio.fixture
@@ -378,7 +391,8 @@ async def test_patch_types(api: FakeKubeAPI, http: httpx.AsyncClient) -> None:
         headers={"Content-Type": apply},
     )
     assert created.status_code == 201
-    assert api.get("v1", "ConfigMap", "default", "new")["data"] == {"k": "v"}
+    stored = api.get("v1", "ConfigMap", "default", "new")
+    assert stored is not None and stored["data"] == {"k": "v"}
     missing = await http.patch(
         f"{CONFIGMAPS}/nope", json={}, headers={"Content-Type": "application/merge-patch+json"}
     )
@@ -594,7 +608,7 @@ async def test_lightkube_list_and_watch(api: FakeKubeAPI, kube: AsyncClient) -> 
     api.apply(pod("a", "default", "10.0.0.1", {"app": "vllm"}))
     api.apply(pod("b", "default", "10.0.0.2", {"app": "other"}))
     listing = kube.list(Pod, namespace="default", labels={"app": "vllm"})
-    assert [p.metadata.name async for p in listing] == ["a"]
+    assert [_name(p) async for p in listing] == ["a"]
     seen: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
 
     async def consume() -> None:
@@ -605,7 +619,7 @@ async def test_lightkube_list_and_watch(api: FakeKubeAPI, kube: AsyncClient) -> 
             resource_version=listing.resourceVersion,
         )
         async for kind, obj in stream:
-            await seen.put((kind, obj.metadata.name))
+            await seen.put((kind, _name(obj)))
 
     task = asyncio.create_task(consume())
     try:
@@ -633,15 +647,17 @@ async def test_lightkube_watch_expired_raises_api_error_410(
                 pass
     assert (caught.value.status.code, caught.value.status.reason) == (410, "Expired")
     # With on_error_retry lightkube restarts without a resourceVersion: current state again.
-    retrying = kube.watch(Pod, namespace="default", resource_version=old, on_error=on_error_retry)
+    retrying = _generator(
+        kube.watch(Pod, namespace="default", resource_version=old, on_error=on_error_retry)
+    )
     async with asyncio.timeout(5), aclosing(retrying):
         kind, obj = await anext(aiter(retrying))
-    assert (kind, obj.metadata.name) == ("ADDED", "a")
+    assert (kind, _name(obj)) == ("ADDED", "a")
 
 
 @pytest.mark.asyncio
 async def test_lightkube_dropped_watch(api: FakeKubeAPI, kube: AsyncClient) -> None:
-    stream = kube.watch(Pod, namespace="default")
+    stream = _generator(kube.watch(Pod, namespace="default"))
     api.apply(pod("a", "default", "10.0.0.1", {}))
     async with asyncio.timeout(5), aclosing(stream):
         assert (await anext(aiter(stream)))[0] == "ADDED"
@@ -649,26 +665,26 @@ async def test_lightkube_dropped_watch(api: FakeKubeAPI, kube: AsyncClient) -> N
         with pytest.raises(httpx2.RemoteProtocolError):  # lightkube 1.0 is built on httpx2
             await anext(aiter(stream))
     # on_error_retry re-opens the watch from the last version it saw: no repeats, no gaps.
-    retrying = kube.watch(Pod, namespace="default", on_error=on_error_retry)
+    retrying = _generator(kube.watch(Pod, namespace="default", on_error=on_error_retry))
     async with asyncio.timeout(5), aclosing(retrying):
         assert (await anext(aiter(retrying)))[0] == "ADDED"
         await api.wait_for_watchers(PODS)
         api.drop_watches()
         api.apply(pod("b", "default", "10.0.0.2", {}))
         kind, obj = await anext(aiter(retrying))
-    assert (kind, obj.metadata.name) == ("ADDED", "b")
+    assert (kind, _name(obj)) == ("ADDED", "b")
 
 
 @pytest.mark.asyncio
 async def test_lightkube_resumes_after_clean_end(api: FakeKubeAPI, kube: AsyncClient) -> None:
-    stream = kube.watch(Pod, namespace="default")
+    stream = _generator(kube.watch(Pod, namespace="default"))
     api.apply(pod("a", "default", "10.0.0.1", {}))
     async with asyncio.timeout(5), aclosing(stream):
         assert (await anext(aiter(stream)))[0] == "ADDED"
         api.end_watches()
         api.apply(pod("b", "default", "10.0.0.2", {}))  # before lightkube is back: replayed
         kind, obj = await anext(aiter(stream))
-    assert (kind, obj.metadata.name) == ("ADDED", "b")
+    assert (kind, _name(obj)) == ("ADDED", "b")
     reopened = [q for q in api.requests if q.query.get("watch") == "true"][-1]
     assert reopened.query["resourceVersion"] == str(api.resource_version - 1)
 
@@ -717,7 +733,9 @@ async def test_lightkube_lease_optimistic_concurrency(api: FakeKubeAPI, kube: As
         await kube.replace(held)  # still carries the resourceVersion "b" replaced
     assert (stale.value.status.code, stale.value.status.reason) == (409, "Conflict")
     assert taken.spec is not None and taken.spec.holderIdentity == "b"
-    applied = await kube.apply(Lease.from_dict(lease("other", "default", "c")), field_manager="t")
+    other = Lease.from_dict(lease("other", "default", "c"))
+    assert isinstance(other, Lease)  # lightkube types from_dict() as returning its base class
+    applied = await kube.apply(other, field_manager="t")
     assert applied.spec is not None and applied.spec.holderIdentity == "c"
 
 
@@ -729,7 +747,7 @@ def test_start_in_thread_from_sync_code(tmp_path: Path) -> None:
     try:
         client = Client(config=KubeConfig.from_file(api.write_kubeconfig(tmp_path / "kc")))
         api.apply(pod("a", "default", "10.0.0.1", {"app": "x"}))
-        assert [p.metadata.name for p in client.list(Pod, namespace="default")] == ["a"]
+        assert [_name(p) for p in client.list(Pod, namespace="default")] == ["a"]
         with (
             httpx.Client(base_url=api.url, timeout=10) as http,
             http.stream(
@@ -765,7 +783,7 @@ def threaded_api() -> Iterator[FakeKubeAPI]:
 def test_kubectl_apply_get_delete(threaded_api: FakeKubeAPI, tmp_path: Path) -> None:
     """client-go's discovery, OpenAPI check and strategic merge, as Helm uses them."""
     env = {**os.environ, "KUBECONFIG": str(threaded_api.write_kubeconfig(tmp_path / "kc"))}
-    deployment = {
+    deployment: Obj = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {"name": "epp"},
@@ -832,8 +850,8 @@ def test_module_runs_standalone(tmp_path: Path) -> None:
         stdout=subprocess.PIPE,
         text=True,
     )
+    assert proc.stdout is not None  # stdout=PIPE
     try:
-        assert proc.stdout is not None
         url = proc.stdout.readline().split()[-1]
         assert yaml.safe_load(kubeconfig.read_text())["clusters"][0]["cluster"]["server"] == url
         items = httpx.get(f"{url}{PODS}", timeout=10).json()["items"]
