@@ -44,9 +44,9 @@ from epp.requestcontrol.fallback import ModelFallbacks
 from epp.requestcontrol.health import PassiveHealth
 from epp.requestcontrol.objectives import Objectives
 from epp.requestcontrol.rewrite import ModelRewrites
-from epp.scheduling.config import default_scheduler_config, load_only_scheduler_config
 from epp.scheduling.registry import PluginRegistry, register_builtin_plugins
 from epp.scheduling.scheduler import Scheduler, build_scheduler
+from epp.scheduling.spec import default_scheduler_config, load_only_scheduler_config
 from epp.tls import load_certificate, reloading_credentials, self_signed_certificate
 
 __all__ = ["Running", "serve"]

@@ -4,18 +4,18 @@ Nothing here knows gRPC or Envoy. Plugins are small classes registered by type n
 (see :mod:`epp.scheduling.registry`), so a config file can name them.
 """
 
-from epp.scheduling.config import (
+from epp.scheduling.errors import NoCandidates, SchedulerConfigError
+from epp.scheduling.prefix_index import PrefixIndex
+from epp.scheduling.profile import PluginTiming, SchedulerProfile, WeightedScorer
+from epp.scheduling.registry import PluginFactory, PluginRegistry, register_builtin_plugins
+from epp.scheduling.scheduler import Scheduler, build_scheduler
+from epp.scheduling.spec import (
     PluginSpec,
     ProfilePluginRef,
     ProfileSpec,
     SchedulerConfig,
     default_scheduler_config,
 )
-from epp.scheduling.errors import NoCandidates, SchedulerConfigError
-from epp.scheduling.prefix_index import PrefixIndex
-from epp.scheduling.profile import PluginTiming, SchedulerProfile, WeightedScorer
-from epp.scheduling.registry import PluginFactory, PluginRegistry, register_builtin_plugins
-from epp.scheduling.scheduler import Scheduler, build_scheduler
 from epp.scheduling.types import (
     CycleState,
     EndpointRemovalHook,

@@ -6,7 +6,10 @@ import math
 from collections.abc import Sequence
 
 from epp.datalayer.endpoint import Endpoint
-from epp.scheduling.config import (
+from epp.scheduling.errors import NoCandidates, SchedulerConfigError
+from epp.scheduling.profile import PluginTiming, SchedulerProfile, WeightedScorer
+from epp.scheduling.registry import PluginRegistry, register_builtin_plugins
+from epp.scheduling.spec import (
     DEFAULT_PROFILE_NAME,
     PluginSpec,
     ProfilePluginRef,
@@ -14,9 +17,6 @@ from epp.scheduling.config import (
     SchedulerConfig,
     default_scheduler_config,
 )
-from epp.scheduling.errors import NoCandidates, SchedulerConfigError
-from epp.scheduling.profile import PluginTiming, SchedulerProfile, WeightedScorer
-from epp.scheduling.registry import PluginRegistry, register_builtin_plugins
 from epp.scheduling.types import (
     Filter,
     LLMRequest,
