@@ -1,7 +1,8 @@
 """The scheduler's typed configuration, shaped like the reference EndpointPickerConfig.
 
-The YAML loader (``epp.config``) fills these; :func:`epp.scheduling.scheduler.
-build_scheduler` validates references and weights and builds the plugins::
+The config file's loader (:mod:`epp.config.profiles`) fills these;
+:func:`epp.scheduling.scheduler.build_scheduler` validates references and weights and
+builds the plugins::
 
     plugins:
       - {type: prefix-cache-scorer, parameters: {blockSize: 64}}

@@ -1,0 +1,61 @@
+"""Configuration: one typed ``Config``, filled from defaults, a YAML file, env and flags.
+
+Precedence, lowest first: built-in defaults, the config file (``--config-file``), then
+each option's environment variable (``EPP_`` + the flag in upper snake case, e.g.
+``EPP_GRPC_PORT``), then the flag itself. One module per concern:
+
+- ``settings``: the ``Config`` dataclasses and every default;
+- ``options``: the option table, each setting's flag, variable, file key and parser
+  (``values`` holds the parsers);
+- ``flags``: ``epp serve``'s arguments and the ``EPP_*`` environment;
+- ``file``: the YAML file; ``profiles``: its ``plugins`` and ``schedulingProfiles``;
+- ``load``: ``load_config``, which merges them and checks the whole.
+
+The file is shaped like the reference EPP's ``EndpointPickerConfig`` (``plugins`` and
+``schedulingProfiles``), with epp's own sections beside them::
+
+    apiVersion: epp.dev/v1alpha1
+    kind: EndpointPickerConfig
+    server: {grpcPort: 9002, metricsPort: 9090}
+    dataLayer: {refreshMetricsInterval: 50ms, metricsStalenessThreshold: 2s}
+    endpoints:
+      - {address: 127.0.0.1:8001, models: [qwen2-1-5b]}
+    saturationDetector: {queueDepthThreshold: 5, kvCacheUtilThreshold: 0.8}
+    admission: {retryAfter: 1s, endpointMaxInflight: 0}
+    passiveHealth: {backoff: 1s, maxBackoff: 30s}
+    modelFallbacks: {qwen2-7b: [qwen2-1-5b]}
+    objectives: {batch: -1, chat: 10}
+    plugins:
+      - {type: queue-scorer}
+      - {type: max-score-picker}
+    schedulingProfiles:
+      - name: default
+        plugins: [{pluginRef: queue-scorer, weight: 2}, {pluginRef: max-score-picker}]
+"""
+
+from epp.config.flags import add_serve_arguments
+from epp.config.load import check_endpoint_source, load_config
+from epp.config.options import OPTIONS
+from epp.config.settings import (
+    Config,
+    ConfigError,
+    DataLayerConfig,
+    KubernetesConfig,
+    RequestControlConfig,
+    ServerConfig,
+)
+from epp.config.values import parse_duration_s
+
+__all__ = [
+    "OPTIONS",
+    "Config",
+    "ConfigError",
+    "DataLayerConfig",
+    "KubernetesConfig",
+    "RequestControlConfig",
+    "ServerConfig",
+    "add_serve_arguments",
+    "check_endpoint_source",
+    "load_config",
+    "parse_duration_s",
+]

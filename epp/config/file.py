@@ -1,0 +1,113 @@
+"""The config file: an ``EndpointPickerConfig``-shaped YAML document, and what it gives.
+
+The file holds the options of the table (``options``) under their file keys, the
+endpoint list, the name-to-value mappings, and the scheduling profiles (read by
+``profiles``). Like ``flags``, this module only collects raw values with their source.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from epp.config.options import OPTIONS, MappingOption
+from epp.config.settings import ConfigError
+from epp.config.values import Given, parsed
+from epp.datalayer.static_discovery import parse_endpoint_flag
+from epp.datalayer.store import EndpointSpec
+
+__all__ = ["ConfigDocument", "read_document"]
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigDocument:
+    """A loaded file (empty without one) and how errors name it: its path, or
+    ``--config-text``."""
+
+    content: Mapping[str, Any] = field(default_factory=dict)
+    where: str | None = None
+
+    def option_values(self) -> dict[str, Given]:
+        """Each option the file sets, by ``Option.dest``."""
+        given: dict[str, Given] = {}
+        for option in OPTIONS:
+            raw = _lookup(self.content, option.file_key)
+            if raw is not None:
+                given[option.dest] = (raw, f"{self.where}: {'.'.join(option.file_key)}")
+        return given
+
+    def mapping_entries(self, option: MappingOption) -> list[tuple[str, Any, str]]:
+        """(name, raw value, source) of each entry of ``option``'s mapping."""
+        entries = self.content.get(option.file_key) or {}
+        if not isinstance(entries, Mapping):
+            raise ConfigError(f"{self.where}: {option.file_key} must be a mapping of names")
+        return [
+            (str(name), value, f"{self.where}: {option.file_key}.{name}")
+            for name, value in entries.items()
+        ]
+
+    def endpoints(self) -> tuple[EndpointSpec, ...]:
+        """The ``endpoints`` list: ``ADDR[=MODEL,...]`` texts or ``{address, models}``."""
+        entries = self.content.get("endpoints") or []
+        if not isinstance(entries, list):
+            raise ConfigError(f"{self.where}: endpoints must be a list")
+        specs: list[EndpointSpec] = []
+        for index, entry in enumerate(entries):
+            where = f"{self.where}: endpoints[{index}]"
+            if isinstance(entry, str):
+                specs.append(parsed(parse_endpoint_flag, (entry, where)))
+                continue
+            if not isinstance(entry, Mapping) or "address" not in entry:
+                raise ConfigError(f"{where}: expected {{address: HOST:PORT, models: [...]}}")
+            address, _ = parsed(parse_endpoint_flag, (str(entry["address"]), where))
+            models = entry.get("models")
+            if models is not None and (
+                not isinstance(models, list) or not all(isinstance(m, str) for m in models)
+            ):
+                raise ConfigError(f"{where}: models must be a list of model names")
+            specs.append((address, frozenset(models) if models else None))
+        return tuple(specs)
+
+
+def read_document(config_file: str | None, config_text: str | None) -> ConfigDocument:
+    """The document of ``--config-file`` or ``--config-text`` (an empty one without)."""
+    if config_file and config_text:
+        raise ConfigError("give --config-file or --config-text, not both")
+    if config_file:
+        path = Path(config_file)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        return ConfigDocument(_parse(text, f"config file {path}"), config_file)
+    if config_text:
+        return ConfigDocument(_parse(config_text, "--config-text"), "--config-text")
+    return ConfigDocument()
+
+
+def _parse(text: str, where: str) -> dict[str, Any]:
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where} is not valid YAML: {exc}") from exc
+    if document is None:
+        return {}
+    if not isinstance(document, dict):
+        raise ConfigError(f"{where} must hold a mapping at the top level")
+    kind = document.get("kind", "EndpointPickerConfig")
+    if kind != "EndpointPickerConfig":
+        raise ConfigError(f"{where}: kind must be EndpointPickerConfig, not {kind!r}")
+    return document
+
+
+def _lookup(document: Mapping[str, Any], keys: Sequence[str]) -> Any:
+    node: Any = document
+    for key in keys:
+        if not isinstance(node, Mapping) or key not in node:
+            return None
+        node = node[key]
+    return node

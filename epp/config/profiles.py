@@ -1,0 +1,96 @@
+"""The scheduling part of the config file: ``plugins`` and ``schedulingProfiles``.
+
+They become the scheduler's typed input (:mod:`epp.scheduling.spec`); the plugins'
+parameters are read by the plugins themselves when the scheduler is built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+from epp.config.file import ConfigDocument
+from epp.config.settings import ConfigError
+from epp.scheduling.spec import (
+    PluginSpec,
+    ProfilePluginRef,
+    ProfileSpec,
+    SchedulerConfig,
+    default_scheduler_config,
+)
+
+__all__ = ["apply_weight_overrides", "scheduler_config"]
+
+
+def scheduler_config(document: ConfigDocument) -> SchedulerConfig:
+    """The file's plugins and profiles; epp's default profile when it has neither."""
+    content, where = document.content, document.where
+    if "plugins" not in content and "schedulingProfiles" not in content:
+        return default_scheduler_config()
+    plugins_doc = content.get("plugins") or []
+    profiles_doc = content.get("schedulingProfiles") or []
+    if not isinstance(plugins_doc, list) or not isinstance(profiles_doc, list):
+        raise ConfigError(f"{where}: plugins and schedulingProfiles must be lists")
+    plugins: list[PluginSpec] = []
+    for index, entry in enumerate(plugins_doc):
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("type"), str):
+            raise ConfigError(f"{where}: plugins[{index}] needs a 'type'")
+        parameters = entry.get("parameters") or {}
+        if not isinstance(parameters, Mapping):
+            raise ConfigError(f"{where}: plugins[{index}].parameters must be a mapping")
+        plugins.append(
+            PluginSpec(
+                type=entry["type"],
+                name=str(entry.get("name") or entry["type"]),
+                parameters=dict(parameters),
+            )
+        )
+    profiles: list[ProfileSpec] = []
+    for index, entry in enumerate(profiles_doc):
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("plugins"), list):
+            raise ConfigError(f"{where}: schedulingProfiles[{index}] needs 'plugins'")
+        refs = []
+        for ref_index, ref in enumerate(entry["plugins"]):
+            if not isinstance(ref, Mapping) or not isinstance(ref.get("pluginRef"), str):
+                raise ConfigError(
+                    f"{where}: schedulingProfiles[{index}].plugins[{ref_index}] needs a 'pluginRef'"
+                )
+            weight = ref.get("weight")
+            if weight is not None and (
+                isinstance(weight, bool) or not isinstance(weight, int | float)
+            ):
+                raise ConfigError(
+                    f"{where}: schedulingProfiles[{index}].plugins[{ref_index}]"
+                    ".weight must be a number"
+                )
+            refs.append(
+                ProfilePluginRef(
+                    plugin_ref=ref["pluginRef"], weight=None if weight is None else float(weight)
+                )
+            )
+        profiles.append(ProfileSpec(name=str(entry.get("name", "default")), plugins=refs))
+    return SchedulerConfig(plugins=plugins, profiles=profiles)
+
+
+def apply_weight_overrides(
+    scheduler: SchedulerConfig, weights: Mapping[str, float]
+) -> SchedulerConfig:
+    """``scheduler`` with the weights ``--scorer-weight`` gives, in every profile."""
+    if not weights:
+        return scheduler
+    profiles = []
+    seen: set[str] = set()
+    for profile in scheduler.profiles:
+        refs = []
+        for ref in profile.plugins:
+            if ref.plugin_ref in weights:
+                seen.add(ref.plugin_ref)
+                ref = dataclasses.replace(ref, weight=weights[ref.plugin_ref])
+            refs.append(ref)
+        profiles.append(dataclasses.replace(profile, plugins=refs))
+    unknown = sorted(set(weights) - seen)
+    if unknown:
+        raise ConfigError(
+            f"flag --scorer-weight: no scorer named {', '.join(unknown)} in the profile"
+        )
+    return dataclasses.replace(scheduler, profiles=profiles)
