@@ -152,10 +152,15 @@ def _serve(args: argparse.Namespace) -> int:
 
     import uvloop
 
-    from epp.config import ConfigError, check_endpoint_source, load_config
+    from epp.config import (
+        ConfigError,
+        build_scheduler_from_config,
+        check_endpoint_source,
+        load_config,
+    )
     from epp.observability.logging import configure_logging
     from epp.scheduling.errors import SchedulerConfigError
-    from epp.server import build_scheduler_from_config, serve
+    from epp.server import serve
 
     try:
         config = load_config(args)

@@ -24,7 +24,7 @@ from aiohttp import web
 from grpc_health.v1 import health
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from epp.config import Config
+from epp.config import ROUTING_STRATEGIES, Config, build_scheduler_from_config
 from epp.datalayer.kube_discovery import KubernetesDiscovery, PoolSpec
 from epp.datalayer.scraper import MetricsScraper, default_max_backoff_s
 from epp.datalayer.static_discovery import StaticDiscovery
@@ -44,9 +44,7 @@ from epp.requestcontrol.fallback import ModelFallbacks
 from epp.requestcontrol.health import PassiveHealth
 from epp.requestcontrol.objectives import Objectives
 from epp.requestcontrol.rewrite import ModelRewrites
-from epp.scheduling.registry import PluginRegistry, register_builtin_plugins
-from epp.scheduling.scheduler import Scheduler, build_scheduler
-from epp.scheduling.spec import default_scheduler_config, load_only_scheduler_config
+from epp.scheduling.scheduler import Scheduler
 from epp.tls import load_certificate, reloading_credentials, self_signed_certificate
 
 __all__ = ["Running", "serve"]
@@ -64,12 +62,6 @@ class Running:
     store: EndpointStore
     director: Director
     health_port: int | None = None
-
-
-def build_scheduler_from_config(config: Config) -> Scheduler:
-    registry = PluginRegistry()
-    register_builtin_plugins(registry)
-    return build_scheduler(config.scheduler, registry)
 
 
 async def serve(
@@ -322,25 +314,16 @@ class _KubernetesParts:
         if pool is None or strategy == self._strategy:
             return
         self._strategy = strategy
-        configs = {
-            "DEFAULT": load_only_scheduler_config,
-            "PREFIX_CACHE": default_scheduler_config,
-        }
-        if strategy is None:
-            scheduler_config = self._config.scheduler
-        elif strategy in configs:
-            scheduler_config = configs[strategy]()
-        else:
+        known = strategy
+        if strategy is not None and strategy not in ROUTING_STRATEGIES:
             log.error(
-                "%s: unknown routing strategy %r (expected DEFAULT or PREFIX_CACHE); "
-                "keeping the configured profile",
+                "%s: unknown routing strategy %r (expected %s); keeping the configured profile",
                 self.discovery.what,
                 strategy,
+                " or ".join(ROUTING_STRATEGIES),
             )
-            scheduler_config = self._config.scheduler
-        registry = PluginRegistry()
-        register_builtin_plugins(registry)
-        self._director.set_scheduler(build_scheduler(scheduler_config, registry))
+            known = None
+        self._director.set_scheduler(build_scheduler_from_config(self._config, known))
         log.info("%s: routing strategy %s", self.discovery.what, strategy or "(configured)")
 
 

@@ -8,7 +8,8 @@ each option's environment variable (``EPP_`` + the flag in upper snake case, e.g
 - ``options``: the option table, each setting's flag, variable, file key and parser
   (``values`` holds the parsers);
 - ``flags``: ``epp serve``'s arguments and the ``EPP_*`` environment;
-- ``file``: the YAML file; ``profiles``: its ``plugins`` and ``schedulingProfiles``;
+- ``file``: the YAML file; ``profiles``: its ``plugins`` and ``schedulingProfiles``, the
+  routing strategies' profiles, and ``build_scheduler_from_config``;
 - ``load``: ``load_config``, which merges them and checks the whole.
 
 The file is shaped like the reference EPP's ``EndpointPickerConfig`` (``plugins`` and
@@ -36,6 +37,7 @@ The file is shaped like the reference EPP's ``EndpointPickerConfig`` (``plugins`
 from epp.config.flags import add_serve_arguments
 from epp.config.load import check_endpoint_source, load_config
 from epp.config.options import OPTIONS
+from epp.config.profiles import ROUTING_STRATEGIES, build_scheduler_from_config
 from epp.config.settings import (
     Config,
     ConfigError,
@@ -48,6 +50,7 @@ from epp.config.values import parse_duration_s
 
 __all__ = [
     "OPTIONS",
+    "ROUTING_STRATEGIES",
     "Config",
     "ConfigError",
     "DataLayerConfig",
@@ -55,6 +58,7 @@ __all__ = [
     "RequestControlConfig",
     "ServerConfig",
     "add_serve_arguments",
+    "build_scheduler_from_config",
     "check_endpoint_source",
     "load_config",
     "parse_duration_s",

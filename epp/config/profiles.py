@@ -1,25 +1,53 @@
-"""The scheduling part of the config file: ``plugins`` and ``schedulingProfiles``.
+"""Scheduling profiles: the file's ``plugins`` and ``schedulingProfiles``, the built-in
+profiles a pool's routing strategy picks, and the one way to build the scheduler.
 
-They become the scheduler's typed input (:mod:`epp.scheduling.spec`); the plugins'
-parameters are read by the plugins themselves when the scheduler is built.
+The file's profiles become the scheduler's typed input (:mod:`epp.scheduling.spec`); the
+plugins' parameters are read by the plugins themselves when the scheduler is built.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from epp.config.file import ConfigDocument
-from epp.config.settings import ConfigError
+from epp.config.settings import Config, ConfigError
+from epp.scheduling.scheduler import Scheduler, build_scheduler
 from epp.scheduling.spec import (
     PluginSpec,
     ProfilePluginRef,
     ProfileSpec,
     SchedulerConfig,
     default_scheduler_config,
+    load_only_scheduler_config,
 )
 
-__all__ = ["apply_weight_overrides", "scheduler_config"]
+__all__ = [
+    "ROUTING_STRATEGIES",
+    "apply_weight_overrides",
+    "build_scheduler_from_config",
+    "scheduler_config",
+]
+
+# The profiles an InferencePool's routing-strategy annotation names; without one, the
+# configured profile is used.
+ROUTING_STRATEGIES: Mapping[str, Callable[[], SchedulerConfig]] = {
+    "DEFAULT": load_only_scheduler_config,
+    "PREFIX_CACHE": default_scheduler_config,
+}
+
+
+def build_scheduler_from_config(config: Config, routing_strategy: str | None = None) -> Scheduler:
+    """The scheduler of ``config``'s profile, or of ``routing_strategy``'s when given (a
+    key of ``ROUTING_STRATEGIES``).
+
+    Raises ``SchedulerConfigError`` when the profile does not build.
+    """
+    if routing_strategy is None:
+        scheduler = config.scheduler
+    else:
+        scheduler = ROUTING_STRATEGIES[routing_strategy]()
+    return build_scheduler(scheduler)
 
 
 def scheduler_config(document: ConfigDocument) -> SchedulerConfig:

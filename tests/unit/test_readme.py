@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from epp.config import Config, add_serve_arguments, load_config
-from epp.server import build_scheduler_from_config
+from epp.config import Config, add_serve_arguments, build_scheduler_from_config, load_config
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 YAML_BLOCKS = re.findall(r"```yaml\n(.*?)```", README.read_text(), flags=re.DOTALL)

@@ -15,9 +15,8 @@ from benchmarks.routing.contenders import (
     load_peers,
     static_cluster_bootstrap,
 )
-from epp.config import load_config
+from epp.config import build_scheduler_from_config, load_config
 from epp.envoy_config import EnvoyPorts, envoy_bootstrap
-from epp.scheduling.scheduler import build_scheduler
 
 
 def test_builtin_contenders_implement_the_protocol_with_unique_names() -> None:
@@ -55,7 +54,7 @@ def test_static_cluster_holds_every_pod(policy: str) -> None:
 @pytest.mark.parametrize("name", ["load-only.yaml", "prefix-only.yaml"])
 def test_config_files_build_a_scheduler(name: str) -> None:
     config = load_config(argparse.Namespace(config_file=str(CONFIGS / name)), environ={})
-    build_scheduler(config.scheduler)
+    build_scheduler_from_config(config)
 
 
 def test_config_files_hold_the_scorers_they_are_named_for() -> None:

@@ -18,9 +18,15 @@ import jsonschema
 import kubernetes_validate
 import yaml
 
-from epp.config import Config, ConfigError, add_serve_arguments, check_endpoint_source, load_config
+from epp.config import (
+    Config,
+    ConfigError,
+    add_serve_arguments,
+    build_scheduler_from_config,
+    check_endpoint_source,
+    load_config,
+)
 from epp.scheduling.errors import SchedulerConfigError
-from epp.server import build_scheduler_from_config
 
 from .schemas import CRD_SCHEMAS
 

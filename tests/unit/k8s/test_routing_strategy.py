@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 from grpc_health.v1 import health
 
-from epp.config import Config, KubernetesConfig
+from epp.config import Config, KubernetesConfig, build_scheduler_from_config
 from epp.datalayer.kube_discovery import PoolSpec
 from epp.datalayer.store import EndpointStore
 from epp.director import Director
 from epp.observability.health import HealthReporter
 from epp.scheduling.scheduler import Scheduler
-from epp.server import _KubernetesParts, build_scheduler_from_config
+from epp.server import _KubernetesParts
 from tests.kube_fake import FakeKubeAPI
 
 
