@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 
 from epp.config.file import ConfigDocument
 from epp.config.settings import Config, ConfigError
+from epp.scheduling.filters import prefer_fresh
 from epp.scheduling.scheduler import Scheduler, build_scheduler
 from epp.scheduling.spec import (
     PluginSpec,
@@ -41,13 +42,27 @@ def build_scheduler_from_config(config: Config, routing_strategy: str | None = N
     """The scheduler of ``config``'s profile, or of ``routing_strategy``'s when given (a
     key of ``ROUTING_STRATEGIES``).
 
-    Raises ``SchedulerConfigError`` when the profile does not build.
+    A prefer-fresh-filter without its own ``stalenessSeconds`` gets
+    ``--metrics-staleness-threshold``, so it calls stale what admission and the pool
+    metrics call stale. Raises ``SchedulerConfigError`` when the profile does not build.
     """
     if routing_strategy is None:
         scheduler = config.scheduler
     else:
         scheduler = ROUTING_STRATEGIES[routing_strategy]()
-    return build_scheduler(scheduler)
+    return build_scheduler(_with_staleness(scheduler, config.data_layer.metrics_staleness_s))
+
+
+def _with_staleness(scheduler: SchedulerConfig, staleness_s: float) -> SchedulerConfig:
+    plugins = [
+        dataclasses.replace(
+            spec, parameters={prefer_fresh.STALENESS_PARAMETER: staleness_s, **spec.parameters}
+        )
+        if spec.type == prefer_fresh.TYPE
+        else spec
+        for spec in scheduler.plugins
+    ]
+    return dataclasses.replace(scheduler, plugins=plugins)
 
 
 def scheduler_config(document: ConfigDocument) -> SchedulerConfig:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from epp.datalayer.endpoint import DEFAULT_STALENESS_S
 from epp.datalayer.store import EndpointSpec
 from epp.scheduling.spec import SchedulerConfig, default_scheduler_config
 
@@ -60,7 +61,7 @@ class ServerConfig:
 class DataLayerConfig:
     refresh_metrics_interval_s: float = 0.05  # the reference EPP polls every 50 ms
     scrape_timeout_s: float = 1.0
-    metrics_staleness_s: float = 2.0  # older metrics count as stale
+    metrics_staleness_s: float = DEFAULT_STALENESS_S  # older metrics count as stale
     metrics_path: str = "/metrics"
     engine: str = "auto"  # vllm | sglang | auto
     unready_after_failures: int = 3  # consecutive failed scrapes before an endpoint leaves

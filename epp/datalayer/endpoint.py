@@ -5,7 +5,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-__all__ = ["Endpoint", "Metrics"]
+__all__ = ["DEFAULT_STALENESS_S", "Endpoint", "Metrics"]
+
+# How old metrics may be before they count as stale (the reference EPP's threshold):
+# the default of --metrics-staleness-threshold, which admission, the prefer-fresh
+# filter, the pool metrics and the scraper's back-off all follow.
+DEFAULT_STALENESS_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)

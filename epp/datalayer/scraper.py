@@ -86,7 +86,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from epp.datalayer.endpoint import Endpoint, Metrics
+from epp.datalayer.endpoint import DEFAULT_STALENESS_S, Endpoint, Metrics
 from epp.datalayer.errors import DataLayerError, MetricsExtractError, ScrapeError
 from epp.datalayer.extract import detect_mapping, extract_metrics
 from epp.datalayer.http1_client import ConnectionDropped, Http1Client, Response
@@ -99,7 +99,6 @@ __all__ = [
     "DEFAULT_INTERVAL_S",
     "DEFAULT_MAX_BODY_BYTES",
     "DEFAULT_MAX_SAMPLES",
-    "DEFAULT_STALENESS_S",
     "MetricsScraper",
     "default_max_backoff_s",
     "default_max_idle_interval_s",
@@ -109,7 +108,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEFAULT_INTERVAL_S = 0.05  # the reference EPP's refresh interval
-DEFAULT_STALENESS_S = 2.0  # what readers should pass to Endpoint.is_fresh
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024  # see the module docstring for the sizes
 DEFAULT_MAX_SAMPLES = 1000
 DEFAULT_STOP_TIMEOUT_S = 5.0

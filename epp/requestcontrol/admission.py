@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from epp.datalayer.endpoint import Endpoint
+from epp.datalayer.endpoint import DEFAULT_STALENESS_S, Endpoint
 
 __all__ = ["SaturationDetector"]
 
@@ -20,7 +20,7 @@ __all__ = ["SaturationDetector"]
 class SaturationDetector:
     queue_threshold: float = 5.0
     kv_threshold: float = 0.8
-    staleness_s: float = 2.0
+    staleness_s: float = DEFAULT_STALENESS_S
 
     def saturated(self, endpoints: Sequence[Endpoint]) -> bool:
         if not endpoints:

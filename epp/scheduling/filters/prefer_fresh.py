@@ -1,4 +1,8 @@
-"""``prefer-fresh-filter``: drop endpoints with stale metrics, unless all are stale."""
+"""``prefer-fresh-filter``: drop endpoints with stale metrics, unless all are stale.
+
+Its ``stalenessSeconds`` parameter defaults to ``DEFAULT_STALENESS_S``; built from epp's
+configuration, to ``--metrics-staleness-threshold`` (:mod:`epp.config.profiles`).
+"""
 
 from __future__ import annotations
 
@@ -6,14 +10,14 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from epp.datalayer.endpoint import Endpoint
+from epp.datalayer.endpoint import DEFAULT_STALENESS_S, Endpoint
 from epp.scheduling.plugin import NamedPlugin, Params
 from epp.scheduling.types import CycleState, Filter, LLMRequest, TypedName
 
-__all__ = ["DEFAULT_STALENESS_S", "TYPE", "PreferFreshFilter", "factory"]
+__all__ = ["STALENESS_PARAMETER", "TYPE", "PreferFreshFilter", "factory"]
 
 TYPE = "prefer-fresh-filter"
-DEFAULT_STALENESS_S = 2.0  # the reference EPP's staleness threshold
+STALENESS_PARAMETER = "stalenessSeconds"
 
 
 class PreferFreshFilter(NamedPlugin):
@@ -56,7 +60,7 @@ class PreferFreshFilter(NamedPlugin):
 
 def factory(name: str, parameters: Mapping[str, Any]) -> PreferFreshFilter:
     params = Params(TypedName(TYPE, name), parameters)
-    staleness_s = params.get_float("stalenessSeconds", DEFAULT_STALENESS_S, positive=True)
+    staleness_s = params.get_float(STALENESS_PARAMETER, DEFAULT_STALENESS_S, positive=True)
     params.finish()
     return PreferFreshFilter(name, staleness_s=staleness_s)
 
