@@ -98,19 +98,8 @@ def scheduler_config(document: ConfigDocument) -> SchedulerConfig:
                 raise ConfigError(
                     f"{where}: schedulingProfiles[{index}].plugins[{ref_index}] needs a 'pluginRef'"
                 )
-            weight = ref.get("weight")
-            if weight is not None and (
-                isinstance(weight, bool) or not isinstance(weight, int | float)
-            ):
-                raise ConfigError(
-                    f"{where}: schedulingProfiles[{index}].plugins[{ref_index}]"
-                    ".weight must be a number"
-                )
-            refs.append(
-                ProfilePluginRef(
-                    plugin_ref=ref["pluginRef"], weight=None if weight is None else float(weight)
-                )
-            )
+            # As written: build_scheduler checks weights, wherever the profile came from.
+            refs.append(ProfilePluginRef(plugin_ref=ref["pluginRef"], weight=ref.get("weight")))
         profiles.append(ProfileSpec(name=str(entry.get("name", "default")), plugins=refs))
     return SchedulerConfig(plugins=plugins, profiles=profiles)
 

@@ -8,7 +8,6 @@ extension point, plugin type and name); nothing here imports a metrics library.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from time import perf_counter_ns
@@ -36,7 +35,8 @@ __all__ = ["PluginTiming", "SchedulerProfile", "WeightedScorer"]
 
 @dataclass(frozen=True, slots=True)
 class WeightedScorer:
-    """A scorer and its weight in the profile's sum; the weight is finite and >= 0.
+    """A scorer and its weight in the profile's sum: a finite number >= 0, which
+    :func:`~epp.scheduling.scheduler.build_scheduler` has checked.
 
     A weight of 0 disables the scorer's scoring (it is not called); if it is also a
     PostPick it still hears about picks.
@@ -44,13 +44,6 @@ class WeightedScorer:
 
     scorer: Scorer
     weight: float
-
-    def __post_init__(self) -> None:
-        w = self.weight
-        if isinstance(w, bool) or not isinstance(w, int | float) or not math.isfinite(w) or w < 0:
-            raise SchedulerConfigError(
-                f"scorer {self.scorer.typed_name}: weight must be a finite number >= 0, got {w!r}"
-            )
 
 
 @dataclass(slots=True)

@@ -85,9 +85,11 @@ def build_scheduler(config: SchedulerConfig, registry: PluginRegistry | None = N
     """Validate ``config`` and build the plugins and the profile.
 
     Raises :class:`SchedulerConfigError` for a duplicate plugin name, an unknown type or
-    parameter, an unknown ``pluginRef``, a scorer without a weight, a weight on a plugin
-    that is not a scorer, or a profile without exactly one picker. Every profile is
-    validated; the one named ``default`` (else the first) is used.
+    parameter, an unknown ``pluginRef``, a scorer without a weight or with one that is
+    not a finite number >= 0, a weight on a plugin that is not a scorer, or a profile
+    without exactly one picker. This is the one place weights are checked, whether they
+    come from the file, ``--scorer-weight`` or code. Every profile is validated; the one
+    named ``default`` (else the first) is used.
     """
     if registry is None:
         registry = register_builtin_plugins(PluginRegistry())

@@ -58,7 +58,11 @@ class PluginSpec:
 
 @dataclass(frozen=True, slots=True)
 class ProfilePluginRef:
-    """A profile's use of a plugin; scorers need a ``weight``, other plugins have none."""
+    """A profile's use of a plugin; scorers need a ``weight``, other plugins have none.
+
+    The weight is as configured: :func:`~epp.scheduling.scheduler.build_scheduler` is
+    where it is checked (a finite number >= 0), for every source of profiles alike.
+    """
 
     plugin_ref: str
     weight: float | None = None

@@ -1,14 +1,17 @@
-"""build_scheduler_from_config: the scheduler the settings describe, staleness included."""
+"""build_scheduler_from_config: the scheduler the settings describe, staleness and
+weights included."""
 
 from __future__ import annotations
 
 import argparse
+import re
 import time
 
 import pytest
 
 from epp.config import Config, add_serve_arguments, build_scheduler_from_config, load_config
 from epp.datalayer.endpoint import Endpoint, Metrics
+from epp.scheduling.errors import SchedulerConfigError
 from epp.scheduling.types import LLMRequest
 
 STRATEGIES = [None, "DEFAULT", "PREFIX_CACHE"]
@@ -62,3 +65,35 @@ def test_the_filters_own_parameter_overrides_the_flag() -> None:
     assert routable(config) == {"fresh:8000", "older:8000"}
     # The configured parameters are kept as given; the flag fills in only where none is.
     assert config.scheduler.plugins[0].parameters == {"stalenessSeconds": 5}
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            [
+                "--config-text",
+                "plugins: [{type: queue-scorer}, {type: max-score-picker}]\n"
+                "schedulingProfiles:\n"
+                "  - plugins: [{pluginRef: queue-scorer, weight: heavy}, "
+                "{pluginRef: max-score-picker}]\n",
+            ],
+            "scorer 'queue-scorer' weight must be a finite number >= 0, got 'heavy'",
+        ),
+        (
+            ["--scorer-weight", "queue-scorer=-1"],
+            "scorer 'queue-scorer' weight must be a finite number >= 0, got -1.0",
+        ),
+        (
+            ["--scorer-weight", "queue-scorer=nan"],
+            "scorer 'queue-scorer' weight must be a finite number >= 0, got nan",
+        ),
+    ],
+    ids=["file-text", "flag-negative", "flag-nan"],
+)
+def test_weights_from_the_file_and_flags_are_checked_where_the_scheduler_is_built(
+    argv: list[str], message: str
+) -> None:
+    config = load(*argv)
+    with pytest.raises(SchedulerConfigError, match=re.escape(message)):
+        build_scheduler_from_config(config)

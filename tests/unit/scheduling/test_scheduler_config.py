@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import pytest
@@ -119,6 +120,26 @@ def test_profile_named_default_wins_else_first() -> None:
             config(ref("queue-scorer", -1), ref("max-score-picker")),
             r"scorer 'queue-scorer' weight must be a finite number >= 0, got -1",
             id="negative-weight",
+        ),
+        pytest.param(
+            config(ref("queue-scorer", math.nan), ref("max-score-picker")),
+            r"scorer 'queue-scorer' weight must be a finite number >= 0, got nan",
+            id="nan-weight",
+        ),
+        pytest.param(
+            config(ref("queue-scorer", math.inf), ref("max-score-picker")),
+            r"scorer 'queue-scorer' weight must be a finite number >= 0, got inf",
+            id="infinite-weight",
+        ),
+        pytest.param(
+            config(ref("queue-scorer", "2"), ref("max-score-picker")),  # type: ignore[arg-type]
+            r"scorer 'queue-scorer' weight must be a finite number >= 0, got '2'",
+            id="text-weight",
+        ),
+        pytest.param(
+            config(ref("queue-scorer", True), ref("max-score-picker")),
+            r"scorer 'queue-scorer' weight must be a finite number >= 0, got True",
+            id="boolean-weight",
         ),
         pytest.param(
             config(ref("prefer-fresh-filter", 1), ref("max-score-picker")),

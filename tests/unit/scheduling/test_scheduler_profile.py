@@ -189,19 +189,6 @@ def test_scorer_returning_wrong_count_is_a_bug() -> None:
         profile.run(REQUEST, EPS)
 
 
-@pytest.mark.parametrize(
-    "weight",
-    [
-        pytest.param(-1.0, id="negative"),
-        pytest.param(math.nan, id="nan"),
-        pytest.param(math.inf, id="inf"),
-    ],
-)
-def test_bad_weight_rejected(weight: float) -> None:
-    with pytest.raises(SchedulerConfigError, match="weight"):
-        WeightedScorer(FixedScorer("s", []), weight)
-
-
 def test_picker_must_be_a_picker() -> None:
     with pytest.raises(SchedulerConfigError, match="not a picker"):
         SchedulerProfile("p", [], [], FixedScorer("s", []))  # type: ignore[arg-type]
