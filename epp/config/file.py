@@ -3,24 +3,30 @@
 The file holds the options of the table (``options``) under their file keys, the
 endpoint list, the name-to-value mappings, and the scheduling profiles (read by
 ``profiles``). Like ``flags``, this module only collects raw values with their source.
+A key epp does not know is an error, so a typo (``grpcport``) fails at start instead
+of leaving the default in force.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from epp.config.options import OPTIONS, MappingOption
+from epp.config.options import MAPPINGS, OPTIONS, MappingOption
 from epp.config.settings import ConfigError
 from epp.config.values import Given, parsed
 from epp.datalayer.static_discovery import parse_endpoint_flag
 from epp.datalayer.store import EndpointSpec
 
-__all__ = ["ConfigDocument", "read_document"]
+__all__ = ["ConfigDocument", "check_keys", "read_document"]
+
+# The top-level keys that are not sections of the option table or mappings.
+_DOCUMENT_KEYS = ("apiVersion", "kind", "endpoints", "plugins", "schedulingProfiles")
+_ENDPOINT_KEYS = ("address", "models")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +69,7 @@ class ConfigDocument:
                 continue
             if not isinstance(entry, Mapping) or "address" not in entry:
                 raise ConfigError(f"{where}: expected {{address: HOST:PORT, models: [...]}}")
+            check_keys(entry, _ENDPOINT_KEYS, where)
             address, _ = parsed(parse_endpoint_flag, (str(entry["address"]), where))
             models = entry.get("models")
             if models is not None and (
@@ -83,10 +90,37 @@ def read_document(config_file: str | None, config_text: str | None) -> ConfigDoc
             text = path.read_text()
         except OSError as exc:
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
-        return ConfigDocument(_parse(text, f"config file {path}"), config_file)
+        content = _parse(text, f"config file {path}")
+        _check_sections(content, config_file)
+        return ConfigDocument(content, config_file)
     if config_text:
-        return ConfigDocument(_parse(config_text, "--config-text"), "--config-text")
+        content = _parse(config_text, "--config-text")
+        _check_sections(content, "--config-text")
+        return ConfigDocument(content, "--config-text")
     return ConfigDocument()
+
+
+def check_keys(node: Mapping[str, Any], known: Iterable[str], where: str) -> None:
+    """Raise a ``ConfigError`` naming the first key of ``node`` not in ``known``."""
+    allowed = set(known)
+    for key in node:
+        if key not in allowed:
+            raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(allowed))})")
+
+
+def _check_sections(document: Mapping[str, Any], where: str) -> None:
+    sections: dict[str, set[str]] = {}
+    for option in OPTIONS:
+        section, key = option.file_key
+        sections.setdefault(section, set()).add(key)
+    check_keys(document, [*_DOCUMENT_KEYS, *sections, *(m.file_key for m in MAPPINGS)], where)
+    for section, keys in sections.items():
+        node = document.get(section)
+        if node is None:
+            continue
+        if not isinstance(node, Mapping):
+            raise ConfigError(f"{where}: {section} must be a mapping")
+        check_keys(node, keys, f"{where}: {section}")
 
 
 def _parse(text: str, where: str) -> dict[str, Any]:

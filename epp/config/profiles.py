@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping
 
-from epp.config.file import ConfigDocument
+from epp.config.file import ConfigDocument, check_keys
 from epp.config.settings import Config, ConfigError
 from epp.scheduling.filters import prefer_fresh
 from epp.scheduling.scheduler import Scheduler, build_scheduler
@@ -78,6 +78,7 @@ def scheduler_config(document: ConfigDocument) -> SchedulerConfig:
     for index, entry in enumerate(plugins_doc):
         if not isinstance(entry, Mapping) or not isinstance(entry.get("type"), str):
             raise ConfigError(f"{where}: plugins[{index}] needs a 'type'")
+        check_keys(entry, ("type", "name", "parameters"), f"{where}: plugins[{index}]")
         parameters = entry.get("parameters") or {}
         if not isinstance(parameters, Mapping):
             raise ConfigError(f"{where}: plugins[{index}].parameters must be a mapping")
@@ -92,12 +93,13 @@ def scheduler_config(document: ConfigDocument) -> SchedulerConfig:
     for index, entry in enumerate(profiles_doc):
         if not isinstance(entry, Mapping) or not isinstance(entry.get("plugins"), list):
             raise ConfigError(f"{where}: schedulingProfiles[{index}] needs 'plugins'")
+        check_keys(entry, ("name", "plugins"), f"{where}: schedulingProfiles[{index}]")
         refs = []
         for ref_index, ref in enumerate(entry["plugins"]):
+            ref_where = f"{where}: schedulingProfiles[{index}].plugins[{ref_index}]"
             if not isinstance(ref, Mapping) or not isinstance(ref.get("pluginRef"), str):
-                raise ConfigError(
-                    f"{where}: schedulingProfiles[{index}].plugins[{ref_index}] needs a 'pluginRef'"
-                )
+                raise ConfigError(f"{ref_where} needs a 'pluginRef'")
+            check_keys(ref, ("pluginRef", "weight"), ref_where)
             # As written: build_scheduler checks weights, wherever the profile came from.
             refs.append(ProfilePluginRef(plugin_ref=ref["pluginRef"], weight=ref.get("weight")))
         profiles.append(ProfileSpec(name=str(entry.get("name", "default")), plugins=refs))

@@ -264,3 +264,41 @@ def test_hostile_client_limits_and_their_checks() -> None:
         parse(["--max-buffered-body-bytes", "1000", "--max-body-bytes", "2000"])
     with pytest.raises(ConfigError, match="at least 1"):
         parse(["--max-model-series", "0"])
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("grpcPort: 7000\n", r"--config-text: unknown key 'grpcPort' \(known: admission, "),
+        ("server: {grpcport: 7000}\n", r"--config-text: server: unknown key 'grpcport'"),
+        ("server: 7000\n", "--config-text: server must be a mapping"),
+        (
+            "endpoints: [{address: '10.0.0.1:8000', model: [x]}]\n",
+            r"endpoints\[0\]: unknown key 'model' \(known: address, models\)",
+        ),
+        (
+            "plugins: [{type: queue-scorer, params: {}}]\nschedulingProfiles: []\n",
+            r"plugins\[0\]: unknown key 'params' \(known: name, parameters, type\)",
+        ),
+        (
+            "plugins: []\nschedulingProfiles: [{name: a, plugins: [], handler: x}]\n",
+            r"schedulingProfiles\[0\]: unknown key 'handler'",
+        ),
+        (
+            "plugins: []\nschedulingProfiles: [{plugins: [{pluginRef: q, wieght: 1}]}]\n",
+            r"schedulingProfiles\[0\]\.plugins\[0\]: unknown key 'wieght'",
+        ),
+    ],
+    ids=[
+        "top-level",
+        "in-section",
+        "section-not-a-mapping",
+        "endpoint",
+        "plugin",
+        "profile",
+        "ref",
+    ],
+)
+def test_unknown_keys_in_the_file_are_errors(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse(["--config-text", text])
