@@ -6,7 +6,7 @@ each option's environment variable (``EPP_`` + the flag in upper snake case, e.g
 
 - ``settings``: the ``Config`` dataclasses and every default;
 - ``options``: the option table, each setting's flag, variable, file key and parser
-  (``values`` holds the parsers);
+  (``mappings``: the settings that map names to values; ``values``: the parsers);
 - ``flags``: ``epp serve``'s arguments and the ``EPP_*`` environment;
 - ``file``: the YAML file; ``profiles``: its ``plugins`` and ``schedulingProfiles``, the
   routing strategies' profiles, and ``build_scheduler_from_config``;

@@ -16,7 +16,8 @@ from typing import Any
 
 import yaml
 
-from epp.config.options import MAPPINGS, OPTIONS, MappingOption
+from epp.config.mappings import MAPPINGS, MappingOption
+from epp.config.options import OPTIONS
 from epp.config.settings import ConfigError
 from epp.config.values import Given, parsed
 from epp.datalayer.static_discovery import parse_endpoint_flag

@@ -13,7 +13,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from epp.config import values as v
-from epp.config.options import MAPPINGS, OPTIONS, MappingOption
+from epp.config.mappings import MAPPINGS, MappingOption
+from epp.config.options import OPTIONS
 from epp.config.settings import ConfigError
 from epp.config.values import Given
 from epp.datalayer.static_discovery import parse_endpoint_flag

@@ -16,7 +16,8 @@ from typing import Any
 
 from epp.config import flags
 from epp.config.file import ConfigDocument, read_document
-from epp.config.options import MAPPINGS, OPTIONS, MappingOption
+from epp.config.mappings import MAPPINGS, MappingOption
+from epp.config.options import OPTIONS
 from epp.config.profiles import apply_weight_overrides, scheduler_config
 from epp.config.settings import Config, ConfigError
 from epp.config.values import parsed

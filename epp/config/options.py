@@ -2,6 +2,7 @@
 
 Flags (``flags``), the environment and the config file (``file``) all read this table,
 so a setting is declared once and has the same meaning, and the same checks, in each.
+The settings that map names to values are in ``mappings``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 
 from epp.config import values as v
 
-__all__ = ["MAPPINGS", "OPTIONS", "MappingOption", "Option"]
+__all__ = ["OPTIONS", "Option"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -374,51 +375,5 @@ OPTIONS: tuple[Option, ...] = (
         v.positive_int,
         "distinct model names with metric series of their own; the rest "
         "count as __other__ (each costs ~240 lines of /metrics)",
-    ),
-)
-
-
-@dataclass(frozen=True, slots=True)
-class MappingOption:
-    """A setting that maps names to values: a repeatable ``--flag NAME=VALUE``, an env
-    variable of space-separated ``NAME=VALUE`` pairs, and a mapping in the file. They
-    merge by name: the file's entries, then the environment's, then the flags'."""
-
-    flag: str
-    path: tuple[str, ...]
-    file_key: str
-    parse: Callable[[Any], Any]  # one value, as text (flag, env) or YAML (file)
-    metavar: str
-    help: str
-
-    @property
-    def env(self) -> str:
-        return "EPP_" + self.path[-1].upper()
-
-    @property
-    def dest(self) -> str:
-        return "_".join(self.path)
-
-
-MAPPINGS: tuple[MappingOption, ...] = (
-    MappingOption(
-        "--model-fallback",
-        ("request_control", "model_fallbacks"),
-        "modelFallbacks",
-        v.fallback_chain,
-        "MODEL=FALLBACK[,FALLBACK...]",
-        "models to serve MODEL's requests with, in order, when no ready, healthy "
-        "endpoint serves it; repeat for more models (env EPP_MODEL_FALLBACKS, "
-        "space-separated)",
-    ),
-    MappingOption(
-        "--objective",
-        ("request_control", "objectives"),
-        "objectives",
-        v.integer,
-        "NAME=PRIORITY",
-        "the priority of requests naming objective NAME in "
-        "x-gateway-inference-objective (negative: sheddable), for deployments "
-        "without InferenceObjectives; repeatable (env EPP_OBJECTIVES)",
     ),
 )

@@ -1,7 +1,9 @@
 """The settings epp runs with: one typed ``Config`` and its defaults.
 
 Every default lives here (the flags, the environment and the file only override them),
-so this module is what to read to learn what epp does when told nothing.
+so this module is what to read to learn what epp does when told nothing. The metrics
+staleness threshold is named from the data layer (``DEFAULT_STALENESS_S``), where the
+scraper, admission and the prefer-fresh filter use the same value when built alone.
 """
 
 from __future__ import annotations
