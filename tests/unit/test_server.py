@@ -1,4 +1,4 @@
-"""``epp.server.serve`` in-process: what it says at start about where ext_proc listens."""
+"""``epp.server.serve`` in-process: where ext_proc listens, and what the settings reach."""
 
 from __future__ import annotations
 
@@ -6,10 +6,13 @@ import argparse
 import asyncio
 import gc
 import logging
+import time
 
 import pytest
 
 from epp.config import add_serve_arguments, load_config
+from epp.datalayer.endpoint import Endpoint, Metrics
+from epp.scheduling.types import LLMRequest
 from epp.server import Running, serve
 
 
@@ -61,3 +64,21 @@ def test_plaintext_ext_proc_open_to_other_hosts_is_warned_about(
         asyncio.run(_start_and_stop(*flags))
     warnings = [r.getMessage() for r in caplog.records if "without TLS" in r.getMessage()]
     assert bool(warnings) is warned, warnings
+
+
+@pytest.mark.parametrize(
+    ("flags", "one_second_is_fresh"),
+    [((), True), (("--metrics-staleness-threshold=500ms",), False)],
+    ids=["default-2s", "500ms"],
+)
+def test_one_staleness_threshold_for_health_and_the_prefer_fresh_filter(
+    flags: tuple[str, ...], one_second_is_fresh: bool
+) -> None:
+    director = asyncio.run(_start_and_stop(*flags)).director
+    now = time.monotonic()
+    fresh = Endpoint("10.0.0.1:8000", metrics=Metrics(updated_at=now - 0.1))
+    older = Endpoint("10.0.0.2:8000", metrics=Metrics(updated_at=now - 1.0))
+    # Health reads the saturation detector's threshold, the one admission uses.
+    assert director.is_healthy(older) is one_second_is_fresh
+    result = director.scheduler.schedule(LLMRequest("r", "m", "hi"), [fresh, older])
+    assert (older in result.endpoints) is one_second_is_fresh
