@@ -2,9 +2,9 @@
 
 The file holds the options of the table (``options``) under their file keys, the
 endpoint list, the name-to-value mappings, and the scheduling profiles (read by
-``profiles``). Like ``flags``, this module only collects raw values with their source.
-A key epp does not know is an error, so a typo (``grpcport``) fails at start instead
-of leaving the default in force.
+``profiles``). As from ``flags``, options and mappings come back raw with their
+source, for ``load`` to parse. A key epp does not know is an error, so a typo
+(``grpcport``) fails at start instead of leaving the default in force.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """``epp serve``'s flags and the ``EPP_*`` environment: what each gives, and from where.
 
 Every option of the table (``options``) becomes a flag and reads its environment
-variable; where both are given the flag wins. This module only collects the raw text
-with its source; ``load`` parses it and merges it over the file.
+variable; where both are given the flag wins. Options and mappings come back as raw
+text with their source, for ``load`` to parse and merge over the file.
 """
 
 from __future__ import annotations
