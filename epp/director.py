@@ -18,11 +18,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Protocol
 
 from epp.api.openai import parse_request_body
-from epp.api.usage import Usage
 from epp.datalayer.endpoint import Endpoint
 from epp.datalayer.store import EndpointStore
 from epp.errors import BadRequest, ModelNotFound, ServiceUnavailable, TooManyRequests
@@ -32,9 +31,10 @@ from epp.requestcontrol.fallback import ModelFallbacks
 from epp.requestcontrol.health import PassiveHealth
 from epp.requestcontrol.objectives import Objectives
 from epp.requestcontrol.rewrite import ModelRewrites
+from epp.routing import RoutingDecision
 from epp.scheduling.types import LLMRequest, SchedulingResult
 
-__all__ = ["Director", "ResponseOutcome", "RoutingDecision", "SchedulerLike"]
+__all__ = ["Director", "SchedulerLike"]
 
 log = logging.getLogger(__name__)
 
@@ -50,54 +50,9 @@ class SchedulerLike(Protocol):
     def on_endpoints_removed(self, endpoints: Sequence[Endpoint]) -> None: ...
 
 
-@dataclass(slots=True)
-class ResponseOutcome:
-    """What the response side of the stream showed; read when the request finishes."""
-
-    status: int | None = None  # the upstream's HTTP status; None if no response headers came
-    completed: bool = False  # the response reached its end (not reset, client still there)
-    # time.monotonic() readings: the first token (the first response body byte; in a
-    # Responses API stream, the first ".delta" event), and the response's end
-    # (None: not seen; the body is seen only with response_body_mode FULL_DUPLEX_STREAMED).
-    first_token_at: float | None = None
-    ended_at: float | None = None
-    streamed: bool = False  # an SSE response (content-type text/event-stream)
-    body_bytes: int = 0  # response body bytes seen
-    usage: Usage | None = None  # token counts, when the response reported them
-
-
-@dataclass(slots=True)
-class RoutingDecision:
-    """Where one request goes. ``finish()`` must be called exactly once when it ends."""
-
-    request: LLMRequest  # its model is the one sent upstream, after any rewrite
-    endpoints: list[Endpoint]  # primary first, then fallbacks; empty: no endpoint picked
-    destination: str  # the x-gateway-destination-endpoint value; "" when none picked
-    candidates: int  # how many endpoints were eligible
-    requested_model: str = ""  # the client's model; differs from request.model if rewritten
-    priority: int = 0
-    response: ResponseOutcome = field(default_factory=ResponseOutcome)
-    finished: bool = False
-    fallback_from: str = ""  # the model that had no healthy endpoint; "" if none was needed
-    health_generation: int = 0  # the primary endpoint's passive-health ticket at routing
-    health_recorded: bool = False
-
-    @property
-    def model(self) -> str:
-        """The model the client asked for (routes match on it; responses report it)."""
-        return self.requested_model or self.request.model
-
-    @property
-    def target_model(self) -> str:
-        return self.request.model
-
-    @property
-    def rewritten(self) -> bool:
-        return bool(self.requested_model) and self.requested_model != self.request.model
-
-
 class Director:
-    """Routes requests over the endpoints in ``store`` with ``scheduler``.
+    """Routes requests over the endpoints in ``store`` with ``scheduler``: the
+    :class:`~epp.routing.Router` of the ext_proc streams.
 
     ``unready_after_failures``: consecutive failed scrapes after which an endpoint stops
     being a candidate (in static mode the scrape is the only health signal there is).

@@ -19,13 +19,13 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingRequest, 
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2_grpc
 
-from epp.director import Director
 from epp.extproc.body_budget import BodyBudget
 from epp.extproc.messages import RoutingResponses
 from epp.extproc.response_observer import ResponseObservers
 from epp.extproc.stream import ProtocolViolation, RequestStream
 from epp.observability import metrics
 from epp.observability.logging import clip
+from epp.routing import Router
 
 __all__ = ["ExternalProcessor", "create_grpc_server", "create_health_server"]
 
@@ -39,7 +39,7 @@ class ExternalProcessor(external_processor_pb2_grpc.ExternalProcessorServicer): 
 
     def __init__(
         self,
-        director: Director,
+        director: Router,
         *,
         max_body_bytes: int,
         inject_stream_usage: bool = False,
@@ -122,7 +122,7 @@ class ExternalProcessor(external_processor_pb2_grpc.ExternalProcessorServicer): 
 
 
 def create_grpc_server(
-    director: Director,
+    director: Router,
     *,
     address: str,
     max_body_bytes: int,

@@ -36,7 +36,6 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
 from epp.api.model_restore import ModelNameRestorer
 from epp.api.usage import UsageReader
 from epp.api.usage_injection import UsageEventStripper, rewrite_request_body, wants_usage_option
-from epp.director import Director, ResponseOutcome, RoutingDecision
 from epp.errors import BadRequest, EppError, Overloaded, RequestTooLarge
 from epp.extproc import messages
 from epp.extproc.body_budget import BodyBudget
@@ -45,6 +44,7 @@ from epp.observability import metrics, request_metrics
 from epp.observability.logging import clip
 from epp.requestcontrol.objectives import OBJECTIVE_HEADER
 from epp.requestcontrol.rewrite import MODEL_REWRITE_HEADER
+from epp.routing import ResponseOutcome, Router, RoutingDecision
 
 __all__ = ["Phase", "ProtocolViolation", "RequestStream", "ResponsePhase"]
 
@@ -91,7 +91,7 @@ class RequestStream:
 
     def __init__(
         self,
-        director: Director,
+        director: Router,
         *,
         max_body_bytes: int,
         routing_responses: messages.RoutingResponses | None = None,

@@ -21,11 +21,11 @@ from dataclasses import dataclass
 
 from prometheus_client import Gauge
 
-from epp.director import RoutingDecision
 from epp.errors import EppError
 from epp.observability.histograms import FastHistogramVec
 from epp.observability.logging import clip
 from epp.observability.metrics import REGISTRY, REQUEST_ERRORS, model_label, model_labels
+from epp.routing import RoutingDecision
 
 __all__ = [
     "INPUT_TOKENS",

@@ -9,12 +9,13 @@ import pytest
 
 from epp.datalayer.endpoint import Endpoint, Metrics
 from epp.datalayer.store import EndpointStore
-from epp.director import Director, RoutingDecision
+from epp.director import Director
 from epp.errors import ModelNotFound, ServiceUnavailable, TooManyRequests
 from epp.requestcontrol.fallback import ModelFallbacks
 from epp.requestcontrol.health import PassiveHealth
 from epp.requestcontrol.objectives import OBJECTIVE_HEADER, Objectives
 from epp.requestcontrol.rewrite import MODEL_REWRITE_HEADER
+from epp.routing import RoutingDecision
 from epp.scheduling.registry import PluginRegistry, register_builtin_plugins
 from epp.scheduling.scheduler import build_scheduler, default_scheduler_config
 

@@ -1,0 +1,103 @@
+"""The contract between the ext_proc layer and request control.
+
+A routed request carries a :class:`RoutingDecision` from the director to the stream that
+asked for it, which fills in its :class:`ResponseOutcome` as the response passes and
+hands it back when the stream ends; observability reads both. :class:`Router` is what
+the stream needs of the director, so ``epp.extproc`` depends on this module, not on
+``epp.director``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from epp.api.usage import Usage
+from epp.datalayer.endpoint import Endpoint
+from epp.scheduling.types import LLMRequest
+
+__all__ = ["ResponseOutcome", "Router", "RoutingDecision"]
+
+
+@dataclass(slots=True)
+class ResponseOutcome:
+    """What the response side of the stream showed; read when the request finishes."""
+
+    status: int | None = None  # the upstream's HTTP status; None if no response headers came
+    completed: bool = False  # the response reached its end (not reset, client still there)
+    # time.monotonic() readings: the first token (the first response body byte; in a
+    # Responses API stream, the first ".delta" event), and the response's end
+    # (None: not seen; the body is seen only with response_body_mode FULL_DUPLEX_STREAMED).
+    first_token_at: float | None = None
+    ended_at: float | None = None
+    streamed: bool = False  # an SSE response (content-type text/event-stream)
+    body_bytes: int = 0  # response body bytes seen
+    usage: Usage | None = None  # token counts, when the response reported them
+
+
+@dataclass(slots=True)
+class RoutingDecision:
+    """Where one request goes. ``Router.finish()`` must be called exactly once when it ends."""
+
+    request: LLMRequest  # its model is the one sent upstream, after any rewrite
+    endpoints: list[Endpoint]  # primary first, then fallbacks; empty: no endpoint picked
+    destination: str  # the x-gateway-destination-endpoint value; "" when none picked
+    candidates: int  # how many endpoints were eligible
+    requested_model: str = ""  # the client's model; differs from request.model if rewritten
+    priority: int = 0
+    response: ResponseOutcome = field(default_factory=ResponseOutcome)
+    finished: bool = False
+    fallback_from: str = ""  # the model that had no healthy endpoint; "" if none was needed
+    health_generation: int = 0  # the primary endpoint's passive-health ticket at routing
+    health_recorded: bool = False
+
+    @property
+    def model(self) -> str:
+        """The model the client asked for (routes match on it; responses report it)."""
+        return self.requested_model or self.request.model
+
+    @property
+    def target_model(self) -> str:
+        return self.request.model
+
+    @property
+    def rewritten(self) -> bool:
+        return bool(self.requested_model) and self.requested_model != self.request.model
+
+
+class Router(Protocol):
+    """What an ext_proc stream asks of request control (``epp.director.Director``).
+
+    The routing calls raise an ``EppError`` the client should see.
+    """
+
+    def route_body(
+        self,
+        body: bytes | bytearray,
+        *,
+        request_id: str,
+        headers: dict[str, str],
+        subset: Sequence[str] | None = None,
+    ) -> RoutingDecision:
+        """Route a request with a JSON body."""
+        ...
+
+    def route_without_body(
+        self,
+        *,
+        method: str,
+        request_id: str,
+        headers: dict[str, str],
+        subset: Sequence[str] | None = None,
+    ) -> RoutingDecision:
+        """Route a request that has no body (GET /v1/models, /health)."""
+        ...
+
+    def response_started(self, decision: RoutingDecision) -> None:
+        """The response's headers came (``decision.response.status`` is set)."""
+        ...
+
+    def finish(self, decision: RoutingDecision) -> None:
+        """The request's stream ended, however it ended; a second call does nothing."""
+        ...
