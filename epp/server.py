@@ -34,7 +34,6 @@ from epp.extproc.body_budget import BodyBudget
 from epp.extproc.service import create_grpc_server, create_health_server
 from epp.k8s.client import make_client
 from epp.k8s.leader import LeaderElector
-from epp.k8s.pool_policies import PoolPolicies
 from epp.observability import metrics, request_metrics
 from epp.observability.exposition import MetricsPage
 from epp.observability.health import HealthReporter
@@ -43,6 +42,7 @@ from epp.requestcontrol.admission import SaturationDetector
 from epp.requestcontrol.fallback import ModelFallbacks
 from epp.requestcontrol.health import PassiveHealth
 from epp.requestcontrol.objectives import Objectives
+from epp.requestcontrol.pool_policies import PoolPolicies
 from epp.requestcontrol.rewrite import ModelRewrites
 from epp.scheduling.scheduler import Scheduler
 from epp.tls import load_certificate, reloading_credentials, self_signed_certificate

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from lightkube import AsyncClient
 
-from epp.k8s.pool_policies import PoolPolicies
 from epp.requestcontrol.objectives import OBJECTIVE_HEADER, Objectives
+from epp.requestcontrol.pool_policies import PoolPolicies
 from epp.requestcontrol.rewrite import ModelRewrites
 from tests.kube_fake import FakeKubeAPI, inference_model_rewrite, inference_objective
 from tests.unit.k8s.conftest import eventually

@@ -1,5 +1,8 @@
 """Keeps a pool's InferenceObjectives and InferenceModelRewrites applied to the director.
 
+``epp.k8s`` watches the resources; turning them into priorities and rewrite rules is
+request control's, so this lives here and ``epp.k8s`` knows nothing of requests.
+
 Both are optional CRDs (inference.networking.x-k8s.io/v1alpha2): when they are not
 installed the informers log it and keep retrying slowly, and requests route with no
 rewrites and priority 0.
