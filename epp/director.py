@@ -2,8 +2,8 @@
 
 The director sits between the ext_proc layer (which knows Envoy) and the scheduler
 (which knows scores). It owns the rules that are neither: which endpoints may serve a
-model at all, which errors a client sees, and the count of requests epp has in flight
-on each endpoint.
+model at all, which errors a client sees, and when a request starts and stops counting
+as in flight on its endpoint (the endpoint keeps the count).
 
 Candidates for a model, in order of preference: its ready, healthy endpoints (healthy:
 fresh metrics and no passive-health back-off); else those of its first fallback model
@@ -226,7 +226,7 @@ class Director:
         result = self._scheduler.schedule(request, candidates)
         metrics.SCHEDULER_DURATION.observe(time.perf_counter() - started)
         chosen = result.endpoints[: 1 + self._destination_fallbacks]
-        chosen[0].inflight_requests += 1
+        chosen[0].request_routed()
         return RoutingDecision(
             request=request,
             endpoints=chosen,
@@ -260,7 +260,7 @@ class Director:
             return
         decision.finished = True
         if decision.endpoints:
-            decision.endpoints[0].inflight_requests -= 1
+            decision.endpoints[0].request_finished()
         self.response_started(decision)  # a no-op unless the stream skipped telling it
 
 

@@ -44,11 +44,21 @@ class Endpoint:
     metrics: Metrics = field(default_factory=Metrics)
     # Requests epp routed here whose ext_proc stream has not yet ended. Scraped queue
     # depth lags by a scrape interval; this does not, so a burst cannot pile onto one pod.
+    # A plain field because scorers read it for every candidate; request control changes
+    # it through request_routed() and request_finished() only.
     inflight_requests: int = 0
     # Consecutive failed scrapes, and the last error text (logged only when it changes).
     scrape_failures: int = 0
     last_scrape_error: str | None = None
     scrape_errors_total: int = 0  # every failed scrape since the endpoint appeared
+
+    def request_routed(self) -> None:
+        """epp sent a request here: it counts as in flight until :meth:`request_finished`."""
+        self.inflight_requests += 1
+
+    def request_finished(self) -> None:
+        """A request counted by :meth:`request_routed` ended (completed, failed or reset)."""
+        self.inflight_requests -= 1
 
     def serves(self, model: str) -> bool:
         return self.models is None or model in self.models

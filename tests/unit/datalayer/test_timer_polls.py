@@ -199,7 +199,7 @@ async def test_an_idle_pod_epp_sends_work_to_is_polled_at_once(pods: Any, wait_u
     assert poller.timer is not None
     due = poller.timer.when()
     seen = pod.requests
-    endpoint.inflight_requests = 1  # what the director does when it routes a request here
+    endpoint.request_routed()  # what the director does when it routes a request here
     loop = asyncio.get_running_loop()
     await wait_until(lambda: pod.requests > seen, "the wake-up poll")
     woken_at = loop.time()

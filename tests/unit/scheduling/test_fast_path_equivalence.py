@@ -230,7 +230,7 @@ def test_fast_path_picks_and_totals_match_the_plain_formulas(profile: Profile, s
         assert picker.last_scores == reference.last_totals, f"step {step}"
         assert got == want, f"step {step}"
         compared += 1
-        got[0].inflight_requests += 1  # what the director does
+        got[0].request_routed()  # what the director does
         for ep in rng.sample(endpoints, k=min(len(endpoints), 3)):  # scrapes and finishes
             ep.metrics = random_metrics(rng, spread)
             ep.inflight_requests = max(0, ep.inflight_requests - rng.randrange(2))

@@ -93,7 +93,7 @@ def burst(scheduler: Scheduler, prompts: list[str], *, scrape_every: int | None)
     primaries = []
     for n, prompt in enumerate(prompts, start=1):
         chosen = scheduler.schedule(LLMRequest(f"r{n}", "m", prompt), eps).primary
-        chosen.inflight_requests += 1
+        chosen.request_routed()
         primaries.append(chosen.address)
         if scrape_every and n % scrape_every == 0:
             for ep in eps:
