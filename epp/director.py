@@ -19,7 +19,6 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Protocol
 
 from epp.api.openai import parse_request_body
 from epp.datalayer.endpoint import Endpoint
@@ -32,22 +31,12 @@ from epp.requestcontrol.health import PassiveHealth
 from epp.requestcontrol.objectives import Objectives
 from epp.requestcontrol.rewrite import ModelRewrites
 from epp.routing import RoutingDecision
-from epp.scheduling.types import LLMRequest, SchedulingResult
+from epp.scheduling.scheduler import Scheduler
+from epp.scheduling.types import LLMRequest
 
-__all__ = ["Director", "SchedulerLike"]
+__all__ = ["Director"]
 
 log = logging.getLogger(__name__)
-
-
-class SchedulerLike(Protocol):
-    def schedule(self, request: LLMRequest, candidates: Sequence[Endpoint]) -> SchedulingResult: ...
-
-    @property
-    def prompt_chars(self) -> int:
-        """How many leading characters of a prompt scheduling reads."""
-        ...
-
-    def on_endpoints_removed(self, endpoints: Sequence[Endpoint]) -> None: ...
 
 
 class Director:
@@ -66,7 +55,7 @@ class Director:
     def __init__(
         self,
         store: EndpointStore,
-        scheduler: SchedulerLike,
+        scheduler: Scheduler,
         *,
         unready_after_failures: int = 3,
         destination_fallbacks: int = 0,
@@ -95,10 +84,10 @@ class Director:
         self._pick_endpoints = pick_endpoints
 
     @property
-    def scheduler(self) -> SchedulerLike:
+    def scheduler(self) -> Scheduler:
         return self._scheduler
 
-    def set_scheduler(self, scheduler: SchedulerLike) -> None:
+    def set_scheduler(self, scheduler: Scheduler) -> None:
         """Swap the scheduling profile (a pool's routing-strategy changed)."""
         self._scheduler = scheduler
 
