@@ -1,7 +1,8 @@
 """epp's own Prometheus metrics, named like the reference EPP's where one exists.
 
 Names, labels and buckets of the reference's follow GIE v1.5.0 ``pkg/epp/metrics/
-metrics.go``; the per-request ones are in :mod:`epp.observability.request_metrics`.
+metrics.go``; the per-request ones are in :mod:`epp.observability.request_metrics`, the
+scheduler's plugins' in :mod:`epp.observability.scheduler_metrics`.
 """
 
 from __future__ import annotations
@@ -13,15 +14,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from epp.datalayer.endpoint import Endpoint
-from epp.observability.histograms import FastHistogramVec
 
 __all__ = [
     "ENDPOINT_EJECTIONS",
     "MODEL_FALLBACKS",
     "MODEL_LABELS",
     "OTHER_MODELS",
-    "PREFIX_HIT_BYTES",
-    "PREFIX_HIT_RATIO",
     "REGISTRY",
     "REQUESTS",
     "REQUEST_ERRORS",
@@ -72,21 +70,6 @@ SCHEDULER_DURATION = Histogram(
     ),
     registry=REGISTRY,
 )
-# Observed on every pick: the request path's cheaper histogram (one unlabelled child).
-PREFIX_HIT_RATIO = FastHistogramVec(
-    "inference_extension_prefix_indexer_hit_ratio",
-    "Share of the prompt's prefix blocks the chosen endpoint was found to hold.",
-    [],
-    (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
-    registry=REGISTRY,
-).labels()
-PREFIX_HIT_BYTES = FastHistogramVec(
-    "inference_extension_prefix_indexer_hit_bytes",
-    "Length in bytes of the prompt prefix the chosen endpoint was found to hold.",
-    [],
-    (0, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536),
-    registry=REGISTRY,
-).labels()
 
 
 class ModelLabels:

@@ -1,5 +1,5 @@
-"""Gauges and counters read at scrape time from live state: the prefix index of the
-scheduler in use, and how fresh each endpoint's metrics are."""
+"""Metrics read at scrape time from live state: the scheduler in use (its plugins'
+statistics), and how fresh each endpoint's metrics are."""
 
 from __future__ import annotations
 
@@ -10,39 +10,26 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from epp.datalayer.endpoint import Endpoint
-from epp.scheduling.scorers.prefix_cache import PrefixCacheScorer
+from epp.observability.scheduler_metrics import SchedulerMetrics, SchedulerView
 
-__all__ = ["StateCollector", "prefix_index_entries"]
-
-
-def prefix_index_entries(scheduler: object) -> int:
-    """Entries in the prefix indexes of ``scheduler``'s profile (0 without a prefix scorer)."""
-    profile = getattr(scheduler, "profile", None)
-    hooks = getattr(profile, "removal_hooks", ())
-    return sum(hook.index.size() for hook in hooks if isinstance(hook, PrefixCacheScorer))
+__all__ = ["StateCollector"]
 
 
 class StateCollector(Collector):
-    """``inference_extension_prefix_indexer_size`` (the reference's name: entries, all
-    endpoints together), ``epp_endpoint_metrics_age_seconds`` and
-    ``epp_endpoint_scrape_errors_total``."""
+    """The scheduler's families (:mod:`epp.observability.scheduler_metrics`),
+    ``epp_endpoint_metrics_age_seconds`` and ``epp_endpoint_scrape_errors_total``."""
 
     def __init__(
         self,
         endpoints: Callable[[], Iterable[Endpoint]],
-        scheduler: Callable[[], object],
+        scheduler: Callable[[], SchedulerView],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._endpoints = endpoints
-        self._scheduler = scheduler
+        self._scheduler = SchedulerMetrics(scheduler)
         self._clock = clock
 
     def collect(self) -> Iterable[Metric]:
-        size = GaugeMetricFamily(
-            "inference_extension_prefix_indexer_size",
-            "Entries (endpoint, prefix block) in the prefix index.",
-        )
-        size.add_metric([], prefix_index_entries(self._scheduler()))
         labels = ["endpoint"]
         age = GaugeMetricFamily(
             "epp_endpoint_metrics_age_seconds",
@@ -61,4 +48,4 @@ class StateCollector(Collector):
             if updated_at > 0.0:
                 age.add_metric([endpoint.address], max(0.0, now - updated_at))
             errors.add_metric([endpoint.address], endpoint.scrape_errors_total)
-        return [size, age, errors]
+        return [*self._scheduler.collect(), age, errors]

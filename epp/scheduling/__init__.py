@@ -1,7 +1,9 @@
 """Choosing the endpoint for one request: filters, weighted scorers, one picker.
 
-Nothing here knows gRPC or Envoy. Plugins are small classes registered by type name
-(see :mod:`epp.scheduling.registry`), so a config file can name them.
+Nothing here knows gRPC, Envoy or Prometheus: what scheduling measures about itself is
+plain data (:mod:`epp.scheduling.stats`) that ``epp.observability`` exports. Plugins are
+small classes registered by type name (see :mod:`epp.scheduling.registry`), so a config
+file can name them.
 """
 
 from epp.scheduling.errors import NoCandidates, SchedulerConfigError
@@ -16,6 +18,7 @@ from epp.scheduling.spec import (
     SchedulerConfig,
     default_scheduler_config,
 )
+from epp.scheduling.stats import PrefixStats
 from epp.scheduling.types import (
     CycleState,
     EndpointRemovalHook,
@@ -46,6 +49,7 @@ __all__ = [
     "PluginTiming",
     "PostPick",
     "PrefixIndex",
+    "PrefixStats",
     "ProfilePluginRef",
     "ProfileSpec",
     "Scheduler",

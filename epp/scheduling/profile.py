@@ -74,6 +74,7 @@ class SchedulerProfile:
         "_pick_scores",
         "_picker",
         "_picker_timing",
+        "_plugins",
         "_post_picks",
         "_prompt_chars",
         "_removal_hooks",
@@ -126,23 +127,22 @@ class SchedulerProfile:
         if post_picks is None:
             post_picks = [p for p in plugins if isinstance(p, PostPick)]
         self._post_picks = tuple((p, timing(p, "post_pick")) for p in post_picks)
-        self._removal_hooks = tuple(
-            p for p in self._unique([*plugins, *post_picks]) if isinstance(p, EndpointRemovalHook)
-        )
+        self._plugins = tuple(self._unique([*plugins, *post_picks]))
+        self._removal_hooks = tuple(p for p in self._plugins if isinstance(p, EndpointRemovalHook))
         self._timings = tuple(timings)
         self._prompt_chars = max(
-            (
-                p.prompt_chars
-                for p in self._unique([*plugins, *post_picks])
-                if isinstance(p, PromptReader)
-            ),
-            default=0,
+            (p.prompt_chars for p in self._plugins if isinstance(p, PromptReader)), default=0
         )
 
     @property
     def prompt_chars(self) -> int:
         """How much of a prompt this profile's plugins read (0: none of it)."""
         return self._prompt_chars
+
+    @property
+    def plugins(self) -> tuple[Plugin, ...]:
+        """Every plugin of the profile, each once."""
+        return self._plugins
 
     @property
     def timings(self) -> tuple[PluginTiming, ...]:

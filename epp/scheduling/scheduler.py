@@ -56,6 +56,10 @@ class Scheduler:
         return self._profile
 
     @property
+    def plugins(self) -> tuple[Plugin, ...]:
+        return self._profile.plugins
+
+    @property
     def timings(self) -> tuple[PluginTiming, ...]:
         return self._profile.timings
 

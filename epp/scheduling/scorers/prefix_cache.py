@@ -27,9 +27,10 @@ from typing import Any
 import xxhash
 
 from epp.datalayer.endpoint import Endpoint
-from epp.observability.metrics import PREFIX_HIT_BYTES, PREFIX_HIT_RATIO
+from epp.distribution import Distribution
 from epp.scheduling.plugin import NamedPlugin, Params
 from epp.scheduling.prefix_index import DEFAULT_CAPACITY_PER_ENDPOINT, PrefixIndex
+from epp.scheduling.stats import PREFIX_HIT_BYTES_BOUNDS, PREFIX_HIT_RATIO_BOUNDS, PrefixStats
 from epp.scheduling.types import (
     CycleState,
     EndpointRemovalHook,
@@ -84,10 +85,20 @@ class PrefixCacheScorer(NamedPlugin):
     """Scores prefix affinity and, as a PostPick, records the chosen endpoint's prefix.
 
     The hashes are computed once per cycle and left in the :class:`CycleState` for
-    ``on_pick``. ``on_endpoints_removed`` drops removed endpoints from the index.
+    ``on_pick``, which also counts how much the chosen endpoint was found to hold
+    (:class:`PrefixStats`). ``on_endpoints_removed`` drops removed endpoints from the
+    index.
     """
 
-    __slots__ = ("_block_size", "_index", "_match_key", "_max_blocks", "_state_key")
+    __slots__ = (
+        "_block_size",
+        "_hit_bytes",
+        "_hit_ratios",
+        "_index",
+        "_match_key",
+        "_max_blocks",
+        "_state_key",
+    )
 
     TYPE = TYPE
 
@@ -108,10 +119,23 @@ class PrefixCacheScorer(NamedPlugin):
         self._index = index if index is not None else PrefixIndex(lru_capacity_per_server)
         self._state_key = f"{self._typed_name}/block-hashes"
         self._match_key = f"{self._typed_name}/matched"
+        self._hit_ratios = Distribution(PREFIX_HIT_RATIO_BOUNDS)
+        self._hit_bytes = Distribution(PREFIX_HIT_BYTES_BOUNDS)
 
     @property
     def index(self) -> PrefixIndex:
         return self._index
+
+    def index_entries(self) -> int:
+        return self._index.size()
+
+    @property
+    def hit_ratios(self) -> Distribution:
+        return self._hit_ratios
+
+    @property
+    def hit_bytes(self) -> Distribution:
+        return self._hit_bytes
 
     @property
     def prompt_chars(self) -> int:
@@ -183,9 +207,9 @@ class PrefixCacheScorer(NamedPlugin):
         if self._match_key in cycle:  # scored in this cycle: record how much was found
             matched = cycle[self._match_key]
             blocks = matched.get(chosen, 0) if matched else 0
-            PREFIX_HIT_BYTES.observe(blocks * self._block_size)
+            self._hit_bytes.observe(blocks * self._block_size)
             if hashes:
-                PREFIX_HIT_RATIO.observe(blocks / len(hashes))
+                self._hit_ratios.observe(blocks / len(hashes))
         self._index.add(chosen, hashes)
 
     def on_endpoints_removed(self, endpoints: Sequence[Endpoint]) -> None:
@@ -208,3 +232,4 @@ _scorer: type[Scorer] = PrefixCacheScorer
 _adder: type[ScoreAdder] = PrefixCacheScorer
 _post_pick: type[PostPick] = PrefixCacheScorer
 _removal: type[EndpointRemovalHook] = PrefixCacheScorer
+_stats: type[PrefixStats] = PrefixCacheScorer

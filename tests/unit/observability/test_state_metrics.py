@@ -1,11 +1,11 @@
-"""Gauges read at scrape time: prefix index size, metrics age, scrape errors."""
+"""Read at scrape time: the scheduler's prefix index size, metrics age, scrape errors."""
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry
 
 from epp.datalayer.endpoint import Endpoint, Metrics
-from epp.observability.state_metrics import StateCollector, prefix_index_entries
+from epp.observability.state_metrics import StateCollector
 from epp.scheduling.registry import PluginRegistry, register_builtin_plugins
 from epp.scheduling.scheduler import build_scheduler, default_scheduler_config
 from epp.scheduling.types import LLMRequest
@@ -19,8 +19,6 @@ def test_collector_reports_index_entries_age_and_errors() -> None:
     fresh.metrics = Metrics(updated_at=97.5)
     fresh.scrape_errors_total = 2
     scheduler.schedule(LLMRequest("r", "m", "x" * 64 * 3), [fresh])  # 3 blocks of 64 bytes
-    assert prefix_index_entries(scheduler) == 3
-    assert prefix_index_entries(object()) == 0
 
     registry = CollectorRegistry()
     registry.register(

@@ -139,27 +139,17 @@ def test_factory_reads_gie_parameter_names() -> None:
     assert str(s.typed_name) == "prefix-cache-scorer/prefix"
 
 
-def _hit_samples() -> tuple[float, float, float]:
-    """(ratio sum, ratio count, bytes sum) of the prefix hit histograms."""
-    from epp.observability.metrics import REGISTRY
-
-    get = REGISTRY.get_sample_value
-    return (
-        get("inference_extension_prefix_indexer_hit_ratio_sum") or 0.0,
-        get("inference_extension_prefix_indexer_hit_ratio_count") or 0.0,
-        get("inference_extension_prefix_indexer_hit_bytes_sum") or 0.0,
-    )
-
-
-def test_pick_after_scoring_records_the_hit_ratio_and_bytes() -> None:
+def test_pick_after_scoring_counts_the_hit_ratio_and_bytes() -> None:
     s = scorer()
     a, b = endpoints(2)
     record(s, request(BLOCK * 2), a)  # a holds 2 of the 4 blocks asked next
-    before = _hit_samples()
+    assert (s.hit_ratios.count, s.hit_bytes.count) == (0, 0)
     cycle = CycleState()
     s.score(cycle, request(BLOCK * 4), [a, b])
     s.on_pick(cycle, request(BLOCK * 4), a)
-    ratio_sum, ratio_count, hit_bytes = (x - y for x, y in zip(_hit_samples(), before, strict=True))
-    assert (ratio_sum, ratio_count, hit_bytes) == (0.5, 1.0, 2 * 16)
-    record(s, request(BLOCK * 4), b)  # on_pick with no scoring pass: nothing recorded
-    assert _hit_samples()[1] == before[1] + 1
+    assert (s.hit_ratios.count, s.hit_ratios.sum) == (1, 0.5)
+    assert (s.hit_bytes.count, s.hit_bytes.sum) == (1, 2 * 16)
+    assert s.hit_ratios.counts[s.hit_ratios.bounds.index(0.5)] == 1  # the bucket le="0.5"
+    record(s, request(BLOCK * 4), b)  # on_pick with no scoring pass: nothing counted
+    assert (s.hit_ratios.count, s.hit_bytes.count) == (1, 1)
+    assert s.index_entries() == 8  # a and b each hold the 4 blocks now

@@ -1,0 +1,107 @@
+"""The scheduler's own statistics as Prometheus families, built when ``/metrics`` is read.
+
+``epp.scheduling`` keeps them as plain data (:mod:`epp.scheduling.stats`). They are found
+here through the scheduler's plugins and the protocols those implement, never by class,
+and exported under the reference EPP's names: ``inference_extension_prefix_indexer_size``
+(entries now), ``…_prefix_indexer_hit_ratio`` and ``…_prefix_indexer_hit_bytes`` (what
+the chosen endpoint held, per pick).
+
+A pool's routing-strategy annotation can swap the scheduler for one whose plugins count
+from zero. What the plugins swapped out had counted is carried over, so the histograms
+stay cumulative, as Prometheus expects.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol
+
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+from epp.distribution import Distribution
+from epp.observability.histograms import histogram_family
+from epp.scheduling.stats import PREFIX_HIT_BYTES_BOUNDS, PREFIX_HIT_RATIO_BOUNDS, PrefixStats
+from epp.scheduling.types import Plugin
+
+__all__ = ["SchedulerMetrics", "SchedulerView"]
+
+_HIT_RATIO = "inference_extension_prefix_indexer_hit_ratio"
+_HIT_BYTES = "inference_extension_prefix_indexer_hit_bytes"
+# Each histogram family: its help, label names, and what one of its units is in the data.
+_HISTOGRAMS: dict[str, tuple[str, tuple[str, ...], float]] = {
+    _HIT_RATIO: (
+        "Share of the prompt's prefix blocks the chosen endpoint was found to hold.",
+        (),
+        1.0,
+    ),
+    _HIT_BYTES: (
+        "Length in bytes of the prompt prefix the chosen endpoint was found to hold.",
+        (),
+        1.0,
+    ),
+}
+
+_Series = tuple[str, tuple[str, ...]]  # a histogram family's name, one series' label values
+
+
+class SchedulerView(Protocol):
+    """What is read of the scheduler in use (an ``epp.scheduling.Scheduler``)."""
+
+    @property
+    def plugins(self) -> Sequence[Plugin]: ...
+
+
+class SchedulerMetrics:
+    """The families of the scheduler ``scheduler()`` returns at each scrape."""
+
+    def __init__(self, scheduler: Callable[[], SchedulerView]) -> None:
+        self._scheduler = scheduler
+        self._lock = threading.Lock()
+        # The distributions the last scrape read, by id (held, so no id is reused).
+        self._read: dict[int, tuple[_Series, Distribution]] = {}
+        # What distributions no longer in use had counted. The prefix histograms are
+        # exported even before a prefix plugin has counted anything.
+        self._retired: dict[_Series, Distribution] = {
+            (_HIT_RATIO, ()): Distribution(PREFIX_HIT_RATIO_BOUNDS),
+            (_HIT_BYTES, ()): Distribution(PREFIX_HIT_BYTES_BOUNDS),
+        }
+
+    def collect(self) -> list[Metric]:
+        scheduler = self._scheduler()
+        live = list(_series(scheduler))
+        with self._lock:
+            read, self._read = self._read, {id(d): (series, d) for series, d in live}
+            _add(self._retired, (gone for key, gone in read.items() if key not in self._read))
+            totals = {series: d.copy() for series, d in self._retired.items()}
+        _add(totals, live)
+        size = GaugeMetricFamily(
+            "inference_extension_prefix_indexer_size",
+            "Entries (endpoint, prefix block) in the prefix index.",
+        )
+        size.add_metric(
+            [],
+            sum(p.index_entries() for p in scheduler.plugins if isinstance(p, PrefixStats)),
+        )
+        families: list[Metric] = [size]
+        for name, (documentation, labelnames, unit) in _HISTOGRAMS.items():
+            series = [(values, d) for (family, values), d in totals.items() if family == name]
+            families.append(histogram_family(name, documentation, labelnames, series, unit))
+        return families
+
+
+def _series(scheduler: SchedulerView) -> Iterable[tuple[_Series, Distribution]]:
+    for plugin in scheduler.plugins:
+        if isinstance(plugin, PrefixStats):
+            yield (_HIT_RATIO, ()), plugin.hit_ratios
+            yield (_HIT_BYTES, ()), plugin.hit_bytes
+
+
+def _add(totals: dict[_Series, Distribution], more: Iterable[tuple[_Series, Distribution]]) -> None:
+    """Add each distribution of ``more`` to the total of its series (copied, not shared)."""
+    for series, distribution in more:
+        total = totals.get(series)
+        if total is None:
+            totals[series] = distribution.copy()
+        else:
+            total.add(distribution)
