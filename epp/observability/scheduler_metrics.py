@@ -1,10 +1,11 @@
 """The scheduler's own statistics as Prometheus families, built when ``/metrics`` is read.
 
 ``epp.scheduling`` keeps them as plain data (:mod:`epp.scheduling.stats`). They are found
-here through the scheduler's plugins and the protocols those implement, never by class,
-and exported under the reference EPP's names: ``inference_extension_prefix_indexer_size``
-(entries now), ``…_prefix_indexer_hit_ratio`` and ``…_prefix_indexer_hit_bytes`` (what
-the chosen endpoint held, per pick).
+here through the scheduler's timings, plugins and the protocols those implement, never by
+class, and exported under the reference EPP's names and labels:
+``inference_extension_plugin_duration_seconds{extension_point, plugin_type, plugin_name}``,
+``…_prefix_indexer_size`` (entries now), ``…_prefix_indexer_hit_ratio`` and
+``…_prefix_indexer_hit_bytes`` (what the chosen endpoint held, per pick).
 
 A pool's routing-strategy annotation can swap the scheduler for one whose plugins count
 from zero. What the plugins swapped out had counted is carried over, so the histograms
@@ -21,15 +22,26 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from epp.distribution import Distribution
 from epp.observability.histograms import histogram_family
-from epp.scheduling.stats import PREFIX_HIT_BYTES_BOUNDS, PREFIX_HIT_RATIO_BOUNDS, PrefixStats
+from epp.scheduling.stats import (
+    PREFIX_HIT_BYTES_BOUNDS,
+    PREFIX_HIT_RATIO_BOUNDS,
+    PluginTiming,
+    PrefixStats,
+)
 from epp.scheduling.types import Plugin
 
 __all__ = ["SchedulerMetrics", "SchedulerView"]
 
+_PLUGIN_DURATION = "inference_extension_plugin_duration_seconds"
 _HIT_RATIO = "inference_extension_prefix_indexer_hit_ratio"
 _HIT_BYTES = "inference_extension_prefix_indexer_hit_bytes"
 # Each histogram family: its help, label names, and what one of its units is in the data.
 _HISTOGRAMS: dict[str, tuple[str, tuple[str, ...], float]] = {
+    _PLUGIN_DURATION: (
+        "Time one plugin call took, by extension point, plugin type and plugin name.",
+        ("extension_point", "plugin_type", "plugin_name"),
+        1e9,  # nanoseconds
+    ),
     _HIT_RATIO: (
         "Share of the prompt's prefix blocks the chosen endpoint was found to hold.",
         (),
@@ -42,6 +54,15 @@ _HISTOGRAMS: dict[str, tuple[str, tuple[str, ...], float]] = {
     ),
 }
 
+# The reference's names of the extension points. epp's post-pick hook is where the prefix
+# scorer records the pick, which the reference's does at PreRequest.
+_EXTENSION_POINTS = {
+    "filter": "Filter",
+    "scorer": "Scorer",
+    "picker": "Picker",
+    "post_pick": "PreRequest",
+}
+
 _Series = tuple[str, tuple[str, ...]]  # a histogram family's name, one series' label values
 
 
@@ -50,6 +71,9 @@ class SchedulerView(Protocol):
 
     @property
     def plugins(self) -> Sequence[Plugin]: ...
+
+    @property
+    def timings(self) -> Sequence[PluginTiming]: ...
 
 
 class SchedulerMetrics:
@@ -91,6 +115,9 @@ class SchedulerMetrics:
 
 
 def _series(scheduler: SchedulerView) -> Iterable[tuple[_Series, Distribution]]:
+    for timing in scheduler.timings:
+        point, name = _EXTENSION_POINTS[timing.extension_point], timing.typed_name
+        yield (_PLUGIN_DURATION, (point, name.type, name.name)), timing.durations_ns
     for plugin in scheduler.plugins:
         if isinstance(plugin, PrefixStats):
             yield (_HIT_RATIO, ()), plugin.hit_ratios

@@ -8,7 +8,7 @@ file can name them.
 
 from epp.scheduling.errors import NoCandidates, SchedulerConfigError
 from epp.scheduling.prefix_index import PrefixIndex
-from epp.scheduling.profile import PluginTiming, SchedulerProfile, WeightedScorer
+from epp.scheduling.profile import SchedulerProfile, WeightedScorer
 from epp.scheduling.registry import PluginFactory, PluginRegistry, register_builtin_plugins
 from epp.scheduling.scheduler import Scheduler, build_scheduler
 from epp.scheduling.spec import (
@@ -18,7 +18,7 @@ from epp.scheduling.spec import (
     SchedulerConfig,
     default_scheduler_config,
 )
-from epp.scheduling.stats import PrefixStats
+from epp.scheduling.stats import PluginTiming, PrefixStats
 from epp.scheduling.types import (
     CycleState,
     EndpointRemovalHook,

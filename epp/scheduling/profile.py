@@ -1,19 +1,20 @@
 """A scheduler profile: filters, then weighted scorers, then one picker, then post-pick hooks.
 
-Every plugin call is timed (``time.perf_counter_ns``) into a :class:`PluginTiming`, a
-pair of plain counters that the observability layer can export (for instance as
-``epp_plugin_duration_seconds_total`` and ``epp_plugin_calls_total``, labelled by
-extension point, plugin type and name); nothing here imports a metrics library.
+Every plugin call is timed (``time.perf_counter_ns``) into the distribution of a
+:class:`~epp.scheduling.stats.PluginTiming`, plain data that the observability layer
+exports as ``inference_extension_plugin_duration_seconds{extension_point, plugin_type,
+plugin_name}``; nothing here imports a metrics library.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from time import perf_counter_ns
 
 from epp.datalayer.endpoint import Endpoint
 from epp.scheduling.errors import NoCandidates, SchedulerConfigError
+from epp.scheduling.stats import PluginTiming
 from epp.scheduling.types import (
     CycleState,
     EndpointRemovalHook,
@@ -27,10 +28,9 @@ from epp.scheduling.types import (
     ScoreAdder,
     Scorer,
     ScoresPicker,
-    TypedName,
 )
 
-__all__ = ["PluginTiming", "SchedulerProfile", "WeightedScorer"]
+__all__ = ["SchedulerProfile", "WeightedScorer"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,16 +44,6 @@ class WeightedScorer:
 
     scorer: Scorer
     weight: float
-
-
-@dataclass(slots=True)
-class PluginTiming:
-    """Cumulative calls and time of one plugin at one extension point."""
-
-    typed_name: TypedName
-    extension_point: str  # "filter", "scorer", "picker" or "post_pick"
-    calls: int = 0
-    total_ns: int = 0
 
 
 class SchedulerProfile:
@@ -73,7 +63,7 @@ class SchedulerProfile:
         "_filters",
         "_pick_scores",
         "_picker",
-        "_picker_timing",
+        "_picker_observe",
         "_plugins",
         "_post_picks",
         "_prompt_chars",
@@ -104,10 +94,11 @@ class SchedulerProfile:
         self.name = name
         timings: list[PluginTiming] = []
 
-        def timing(plugin: Plugin, point: str) -> PluginTiming:
+        def timing(plugin: Plugin, point: str) -> Callable[[float], None]:
+            """A new PluginTiming's observe (one call per plugin call on the hot path)."""
             t = PluginTiming(plugin.typed_name, point)
             timings.append(t)
-            return t
+            return t.durations_ns.observe
 
         self._filters = tuple((f, timing(f, "filter")) for f in filters)
         self._scorers = tuple(
@@ -122,7 +113,7 @@ class SchedulerProfile:
         )
         self._picker = picker
         self._pick_scores = picker.pick_scores if isinstance(picker, ScoresPicker) else None
-        self._picker_timing = timing(picker, "picker")
+        self._picker_observe = timing(picker, "picker")
         plugins = self._unique([*filters, *(ws.scorer for ws in weighted_scorers), picker])
         if post_picks is None:
             post_picks = [p for p in plugins if isinstance(p, PostPick)]
@@ -146,7 +137,7 @@ class SchedulerProfile:
 
     @property
     def timings(self) -> tuple[PluginTiming, ...]:
-        """Live counters, one per (plugin, extension point); read them, do not reset."""
+        """Live timings, one per (plugin, extension point); read them, do not reset."""
         return self._timings
 
     @property
@@ -157,11 +148,10 @@ class SchedulerProfile:
         cycle = CycleState()
         endpoints = candidates
         clock = perf_counter_ns
-        for flt, t in self._filters:
+        for flt, observe in self._filters:
             start = clock()
             endpoints = flt.filter(cycle, request, endpoints)
-            t.total_ns += clock() - start
-            t.calls += 1
+            observe(clock() - start)
             if not endpoints:
                 raise NoCandidates(
                     f"no endpoint for model {request.model!r} passed {flt.typed_name}"
@@ -169,12 +159,11 @@ class SchedulerProfile:
 
         n = len(endpoints)
         totals: list[float] | None = None  # None: all 0.0 so far
-        for scorer, weight, t, add_scores in self._scorers:
+        for scorer, weight, observe, add_scores in self._scorers:
             start = clock()
             if add_scores is not None:
                 totals = add_scores(cycle, request, endpoints, weight, totals)
-                t.total_ns += clock() - start
-                t.calls += 1
+                observe(clock() - start)
                 if len(totals) != n:
                     raise RuntimeError(
                         f"scorer {scorer.typed_name} returned {len(totals)} totals "
@@ -182,8 +171,7 @@ class SchedulerProfile:
                     )
                 continue
             scores = scorer.score(cycle, request, endpoints)
-            t.total_ns += clock() - start
-            t.calls += 1
+            observe(clock() - start)
             if len(scores) != n:
                 raise RuntimeError(
                     f"scorer {scorer.typed_name} returned {len(scores)} scores for {n} endpoints"
@@ -196,23 +184,20 @@ class SchedulerProfile:
         if totals is None:
             totals = [0.0] * n
 
-        t = self._picker_timing
         start = clock()
         if self._pick_scores is not None:
             picked = self._pick_scores(cycle, endpoints, totals)
         else:
             picked = self._picker.pick(cycle, list(zip(endpoints, totals, strict=True)))
-        t.total_ns += clock() - start
-        t.calls += 1
+        self._picker_observe(clock() - start)
         if not picked:
             raise NoCandidates(f"picker {self._picker.typed_name} chose no endpoint")
 
         primary = picked[0]
-        for post_pick, t in self._post_picks:
+        for post_pick, observe in self._post_picks:
             start = clock()
             post_pick.on_pick(cycle, request, primary)
-            t.total_ns += clock() - start
-            t.calls += 1
+            observe(clock() - start)
         return SchedulingResult(picked)
 
     def on_endpoints_removed(self, endpoints: Sequence[Endpoint]) -> None:

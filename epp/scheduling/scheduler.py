@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from epp.datalayer.endpoint import Endpoint
 from epp.scheduling.errors import NoCandidates, SchedulerConfigError
-from epp.scheduling.profile import PluginTiming, SchedulerProfile, WeightedScorer
+from epp.scheduling.profile import SchedulerProfile, WeightedScorer
 from epp.scheduling.registry import PluginRegistry, register_builtin_plugins
 from epp.scheduling.spec import (
     DEFAULT_PROFILE_NAME,
@@ -17,6 +17,7 @@ from epp.scheduling.spec import (
     SchedulerConfig,
     default_scheduler_config,
 )
+from epp.scheduling.stats import PluginTiming
 from epp.scheduling.types import (
     Filter,
     LLMRequest,

@@ -13,7 +13,7 @@ from epp.observability.scheduler_metrics import SchedulerView
 from epp.observability.state_metrics import StateCollector
 from epp.scheduling.config import default_scheduler_config, load_only_scheduler_config
 from epp.scheduling.scheduler import Scheduler, build_scheduler
-from epp.scheduling.stats import PREFIX_HIT_BYTES_BOUNDS, PREFIX_HIT_RATIO_BOUNDS
+from epp.scheduling.stats import PREFIX_HIT_BYTES_BOUNDS, PREFIX_HIT_RATIO_BOUNDS, PluginTiming
 from epp.scheduling.types import LLMRequest, Plugin, TypedName
 
 RATIO = "inference_extension_prefix_indexer_hit_ratio"
@@ -64,6 +64,7 @@ class _PrefixStatsPlugin:
 class _View:
     def __init__(self, *plugins: Plugin) -> None:
         self.plugins = plugins
+        self.timings: tuple[PluginTiming, ...] = ()
 
 
 def test_any_plugin_with_prefix_stats_is_exported_and_several_add_up() -> None:
@@ -91,3 +92,55 @@ def test_counts_carry_over_when_the_scheduler_is_swapped() -> None:
     schedulers[-1].schedule(LLMRequest("r3", "m", "y" * 128), eps)
     assert get(f"{RATIO}_count") == 3
     assert get(f"{RATIO}_sum") == 1.0  # r2 found all of r1's prefix; r1 and r3 nothing
+
+
+DURATION = "inference_extension_plugin_duration_seconds"
+
+
+def test_every_plugin_call_is_in_the_duration_histogram() -> None:
+    scheduler = build_scheduler(default_scheduler_config())
+    registry = registry_of(lambda: scheduler)
+    eps = fresh_endpoints(3)
+    for n in range(5):
+        scheduler.schedule(LLMRequest(f"r{n}", "m", "z" * 200), eps)
+    counts = {
+        (s.labels["extension_point"], s.labels["plugin_type"], s.labels["plugin_name"]): s.value
+        for family in registry.collect()
+        if family.name == DURATION
+        for s in family.samples
+        if s.name == f"{DURATION}_count"
+    }
+    assert counts == {
+        ("Filter", "prefer-fresh-filter", "prefer-fresh-filter"): 5,
+        ("Scorer", "queue-scorer", "queue-scorer"): 5,
+        ("Scorer", "prefix-cache-scorer", "prefix-cache-scorer"): 5,
+        ("Scorer", "inflight-load-scorer", "inflight-load-scorer"): 5,
+        ("Picker", "max-score-picker", "max-score-picker"): 5,
+        ("PreRequest", "prefix-cache-scorer", "prefix-cache-scorer"): 5,
+    }
+    labels = {
+        "extension_point": "Scorer",
+        "plugin_type": "queue-scorer",
+        "plugin_name": "queue-scorer",
+    }
+    get = registry.get_sample_value
+    assert get(f"{DURATION}_bucket", {**labels, "le": "+Inf"}) == 5
+    assert get(f"{DURATION}_bucket", {**labels, "le": "1e-06"}) is not None  # 1 us, in seconds
+    assert get(f"{DURATION}_bucket", {**labels, "le": "0.1"}) is not None  # the reference's last
+    assert 0 < get(f"{DURATION}_sum", labels) < 5  # seconds, not nanoseconds
+
+
+def test_durations_carry_over_a_swap_to_plugins_of_the_same_names() -> None:
+    schedulers = [build_scheduler(default_scheduler_config())]
+    registry = registry_of(lambda: schedulers[-1])
+    eps = fresh_endpoints(2)
+    labels = {
+        "extension_point": "Picker",
+        "plugin_type": "max-score-picker",
+        "plugin_name": "max-score-picker",
+    }
+    schedulers[-1].schedule(LLMRequest("r1", "m", ""), eps)
+    assert registry.get_sample_value(f"{DURATION}_count", labels) == 1
+    schedulers.append(build_scheduler(default_scheduler_config()))
+    schedulers[-1].schedule(LLMRequest("r2", "m", ""), eps)
+    assert registry.get_sample_value(f"{DURATION}_count", labels) == 2
