@@ -11,8 +11,8 @@ from epp.datalayer.endpoint import Endpoint, Metrics
 from epp.distribution import Distribution
 from epp.observability.scheduler_metrics import SchedulerView
 from epp.observability.state_metrics import StateCollector
-from epp.scheduling.config import default_scheduler_config, load_only_scheduler_config
 from epp.scheduling.scheduler import Scheduler, build_scheduler
+from epp.scheduling.spec import default_scheduler_config, load_only_scheduler_config
 from epp.scheduling.stats import PREFIX_HIT_BYTES_BOUNDS, PREFIX_HIT_RATIO_BOUNDS, PluginTiming
 from epp.scheduling.types import LLMRequest, Plugin, TypedName
 
@@ -127,7 +127,8 @@ def test_every_plugin_call_is_in_the_duration_histogram() -> None:
     assert get(f"{DURATION}_bucket", {**labels, "le": "+Inf"}) == 5
     assert get(f"{DURATION}_bucket", {**labels, "le": "1e-06"}) is not None  # 1 us, in seconds
     assert get(f"{DURATION}_bucket", {**labels, "le": "0.1"}) is not None  # the reference's last
-    assert 0 < get(f"{DURATION}_sum", labels) < 5  # seconds, not nanoseconds
+    total = get(f"{DURATION}_sum", labels)
+    assert total is not None and 0 < total < 5  # seconds, not nanoseconds
 
 
 def test_durations_carry_over_a_swap_to_plugins_of_the_same_names() -> None:
