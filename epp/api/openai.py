@@ -2,7 +2,8 @@
 
 Only three things matter for routing: the ``model``, the text that prefix-cache affinity
 is computed over, and whether the response streams. The body reaches the model server
-byte for byte unless a model rewrite applies (``rewrite_model``).
+byte for byte unless a model rewrite applies (:mod:`epp.api.usage_injection`'s
+``rewrite_request_body``).
 
 A model name becomes a request header (``x-gateway-model-name``), a metric label and a
 log field, so :func:`model_name_problem` bounds what a client may put there: Envoy
@@ -25,7 +26,6 @@ __all__ = [
     "model_name_problem",
     "parse_request_body",
     "prompt_text",
-    "rewrite_model",
 ]
 
 # Far above real names (Hugging Face ids are at most 96 + 1 + 96 characters; vLLM's
@@ -104,13 +104,6 @@ def model_name_problem(name: str) -> str | None:
     if _CONTROL.search(name):
         return "contains a control character (CR, LF, NUL, tab, ...)"
     return None
-
-
-def rewrite_model(body: bytes, model: str) -> bytes:
-    """``body`` with its ``model`` replaced; the rest keeps its keys, order and values."""
-    document = orjson.loads(body)
-    document["model"] = model
-    return orjson.dumps(document)
 
 
 def prompt_text(document: dict[str, Any], max_chars: int | None = None) -> str:
