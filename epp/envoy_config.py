@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from epp.envoy_response_meter import LUA_SOURCE, RESPONSE_READINGS_METADATA
+
 __all__ = [
     "EPP_TIMEOUT_ERROR",
     "EPP_UNAVAILABLE_ERROR",
@@ -27,10 +29,15 @@ __all__ = [
 
 BODY_MODES = ("FULL_DUPLEX_STREAMED", "BUFFERED")
 # How response bodies reach epp: OBSERVED (a second ext_proc filter in observability
-# mode sends them and never waits for epp), FULL_DUPLEX_STREAMED (through the routing
-# stream, each chunk echoed back: what model-name restoring and usage stripping need),
-# or NONE (not at all).
-RESPONSE_BODY_MODES = ("OBSERVED", "FULL_DUPLEX_STREAMED", "NONE")
+# mode sends them and never waits for epp), LOGGED (Envoy measures them itself, with a
+# Lua script, and its gRPC access log brings the readings to epp in batches),
+# FULL_DUPLEX_STREAMED (through the routing stream, each chunk echoed back: what
+# model-name restoring and usage stripping need), or NONE (not at all).
+RESPONSE_BODY_MODES = ("OBSERVED", "LOGGED", "FULL_DUPLEX_STREAMED", "NONE")
+# The log_name epp's access log receiver answers to, and how often Envoy sends a batch:
+# a routing stream waits up to a second for its entry.
+ACCESS_LOG_NAME = "epp.response_meter"
+ACCESS_LOG_FLUSH_S = 0.1
 # The CEL attribute that carries a request's x-request-id to the response observer.
 REQUEST_ID_ATTRIBUTE = "request.id"
 
@@ -133,8 +140,11 @@ def envoy_bootstrap(
     in observability mode: epp reads their usage and time to first token, and Envoy never
     waits for it; FULL_DUPLEX_STREAMED streams them through the routing stream, each chunk
     answered by epp, which also restores a rewritten model name in the body and strips a
-    usage event epp asked for (``--inject-stream-usage``), at about twice the CPU; NONE
-    keeps them away from epp (status and latency are still seen, tokens and TTFT are not).
+    usage event epp asked for (``--inject-stream-usage``), at about twice the CPU; LOGGED
+    has Envoy measure time to first token and read usage itself
+    (:mod:`epp.envoy_response_meter`) and send them with its gRPC access log, many
+    requests per message: the cheapest mode that still sees tokens and TTFT; NONE keeps
+    them away from epp (status and latency are still seen, tokens and TTFT are not).
 
     ``epp_tls`` dials epp with TLS. With ``epp_ca_file`` (a PEM bundle; implies TLS)
     Envoy verifies epp's certificate against it, and with ``epp_server_name`` also sends
@@ -159,10 +169,14 @@ def envoy_bootstrap(
             "which needs epp_ca_file to verify it"
         )
     http_filters: list[dict[str, Any]] = []
+    access_logs: list[dict[str, Any]] = []
     if ext_proc:
         http_filters.append(_ext_proc_filter(body_mode, response_body_mode, timeouts))
         if response_body_mode == "OBSERVED":
             http_filters.append(_response_observer_filter())
+        elif response_body_mode == "LOGGED":
+            http_filters.append(_response_meter_filter())
+            access_logs.append(_response_meter_access_log())
     http_filters.append(
         {
             "name": "envoy.filters.http.router",
@@ -182,7 +196,9 @@ def envoy_bootstrap(
                 server_name=epp_server_name,
             )
         )
-    manager = _http_connection_manager(_route_config(upstream_cluster), http_filters, timeouts)
+    manager = _http_connection_manager(
+        _route_config(upstream_cluster), http_filters, timeouts, access_logs
+    )
     return {
         "admin": {
             "address": {"socket_address": {"address": "127.0.0.1", "port_value": ports.admin_port}}
@@ -220,9 +236,12 @@ def _duration(seconds: float) -> str:
 
 
 def _http_connection_manager(
-    route_config: dict[str, Any], http_filters: list[dict[str, Any]], timeouts: EnvoyTimeouts
+    route_config: dict[str, Any],
+    http_filters: list[dict[str, Any]],
+    timeouts: EnvoyTimeouts,
+    access_logs: list[dict[str, Any]],
 ) -> dict[str, Any]:
-    return {
+    manager: dict[str, Any] = {
         "name": "envoy.filters.network.http_connection_manager",
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters"
@@ -247,6 +266,9 @@ def _http_connection_manager(
             "http_filters": http_filters,
         },
     }
+    if access_logs:
+        manager["typed_config"]["access_log"] = access_logs
+    return manager
 
 
 def _local_reply_config() -> dict[str, Any]:
@@ -308,12 +330,17 @@ def _route_config(cluster: str) -> dict[str, Any]:
 def _ext_proc_filter(
     body_mode: str, response_body_mode: str, timeouts: EnvoyTimeouts
 ) -> dict[str, Any]:
+    grpc_service: dict[str, Any] = {"envoy_grpc": {"cluster_name": "epp"}, "timeout": "10s"}
+    if response_body_mode in ("OBSERVED", "LOGGED"):
+        grpc_service["initial_metadata"] = [
+            {"key": RESPONSE_READINGS_METADATA, "value": response_body_mode.lower()}
+        ]
     return {
         "name": "envoy.filters.http.ext_proc",
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3"
             ".ExternalProcessor",
-            "grpc_service": {"envoy_grpc": {"cluster_name": "epp"}, "timeout": "10s"},
+            "grpc_service": grpc_service,
             "processing_mode": {
                 "request_header_mode": "SEND",
                 "request_body_mode": body_mode,
@@ -321,7 +348,7 @@ def _ext_proc_filter(
                 "request_trailer_mode": "SEND" if body_mode == "FULL_DUPLEX_STREAMED" else "SKIP",
                 "response_header_mode": "SEND",
                 "response_body_mode": (
-                    "NONE" if response_body_mode == "OBSERVED" else response_body_mode
+                    "NONE" if response_body_mode in ("OBSERVED", "LOGGED") else response_body_mode
                 ),
                 # Asking for response trailers keeps the ext_proc stream open until the
                 # response ends (verified with Envoy 1.40), at no per-chunk cost: its end is
@@ -366,6 +393,44 @@ def _response_observer_filter() -> dict[str, Any]:
                 "response_trailer_mode": "SKIP",
             },
             "response_attributes": [REQUEST_ID_ATTRIBUTE],
+        },
+    }
+
+
+def _response_meter_filter() -> dict[str, Any]:
+    """The Lua filter that measures each response's first token and usage in Envoy.
+
+    After the routing filter, like the observer, so it sees a response first. It never
+    buffers or changes a chunk; its readings go into the request's dynamic metadata.
+    """
+    return {
+        "name": "epp.response_meter",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+            "default_source_code": {"inline_string": LUA_SOURCE},
+        },
+    }
+
+
+def _response_meter_access_log() -> dict[str, Any]:
+    """Envoy's gRPC access log to epp: one entry per request, many per message.
+
+    Each entry carries the request id, the status, the body size and when the last byte
+    went to the client, and the response meter's readings (dynamic metadata). A lost
+    batch costs metrics, never a request.
+    """
+    return {
+        "name": "envoy.access_loggers.http_grpc",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.grpc.v3"
+            ".HttpGrpcAccessLogConfig",
+            "common_config": {
+                "log_name": ACCESS_LOG_NAME,
+                "transport_api_version": "V3",
+                "grpc_service": {"envoy_grpc": {"cluster_name": "epp"}, "timeout": "10s"},
+                "buffer_flush_interval": _duration(ACCESS_LOG_FLUSH_S),
+                "buffer_size_bytes": 65536,
+            },
         },
     }
 

@@ -9,6 +9,10 @@ carry the request's x-request-id (the ``request.id`` attribute); :class:`Respons
 matches it to the routing stream that is waiting for that response, and a
 :class:`BodyWatcher` reads the chunks for time to first token, size and usage.
 
+In LOGGED mode Envoy reads the body itself and its access log brings the readings
+(:mod:`epp.extproc.access_log`): :meth:`ResponseObservers.logged` hands them to the
+routing stream the same way, by request id.
+
 A request id seen on two routing streams at once (a client can send its own) matches
 neither: their bodies go unobserved rather than to the wrong request.
 """
@@ -17,11 +21,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 from envoy.service.ext_proc.v3.external_processor_pb2 import HttpHeaders, ProcessingRequest
 
-__all__ = ["BodyWatcher", "ObservedStream", "ResponseObservers", "request_id_of"]
+from epp.api.usage import Usage
+
+__all__ = [
+    "BodyWatcher",
+    "LoggedResponse",
+    "ObservedStream",
+    "ResponseObservers",
+    "request_id_of",
+]
 
 _ATTRIBUTES_KEY = "envoy.filters.http.ext_proc"  # Envoy's key for the filter's attributes
 _REQUEST_ID = "request.id"
@@ -35,9 +48,24 @@ class BodyWatcher(Protocol):
         """No more chunks will come (the body ended, or the observing stream did)."""
 
 
+@dataclass(frozen=True, slots=True)
+class LoggedResponse:
+    """What Envoy measured of one response (LOGGED mode); times count from the moment
+    Envoy received the request."""
+
+    first_token_s: float | None
+    ended_s: float | None  # the last byte sent to the client
+    body_bytes: int
+    usage: Usage | None
+    completed: bool  # neither side reset the stream or went away before its end
+
+
 class ObservedStream(Protocol):
     def watch_response(self, headers: HttpHeaders) -> BodyWatcher | None:
         """A watcher for the body of the response these headers start (None: not wanted)."""
+
+    def accept_logged(self, logged: LoggedResponse) -> None:
+        """Envoy's readings of the response, from its access log."""
 
 
 def request_id_of(message: ProcessingRequest) -> str:
@@ -87,6 +115,15 @@ class ResponseObservers:
 
     def __len__(self) -> int:
         return len(self._waiting)
+
+    def logged(self, request_id: str, logged: LoggedResponse) -> None:
+        """Hand Envoy's readings to the one routing stream waiting for ``request_id``."""
+        self.present = True
+        waiting = self._waiting.get(request_id)
+        if waiting is None or len(waiting) != 1:
+            self.unmatched += 1
+            return
+        waiting[0].accept_logged(logged)
 
     async def observe(
         self, first: ProcessingRequest, messages: AsyncIterator[ProcessingRequest]

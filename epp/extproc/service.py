@@ -14,11 +14,14 @@ import time
 from collections.abc import AsyncIterator
 
 import grpc
+from envoy.service.accesslog.v3 import als_pb2_grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
 from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingRequest, ProcessingResponse
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2_grpc
 
+from epp.envoy_response_meter import RESPONSE_READINGS_METADATA
+from epp.extproc.access_log import AccessLogReceiver
 from epp.extproc.body_budget import BodyBudget
 from epp.extproc.messages import RoutingResponses
 from epp.extproc.response_observer import ResponseObservers
@@ -71,6 +74,8 @@ class ExternalProcessor(external_processor_pb2_grpc.ExternalProcessorServicer): 
                     raise ProtocolViolation("an observing stream must open with response headers")
                 await self.observers.observe(first, messages)
                 return
+            if not self.observers.present:
+                self._note_response_readings(context)
             stream = RequestStream(
                 self._director,
                 max_body_bytes=self._max_body_bytes,
@@ -102,6 +107,16 @@ class ExternalProcessor(external_processor_pb2_grpc.ExternalProcessorServicer): 
             if stream is not None:
                 stream.close()
 
+    def _note_response_readings(
+        self, context: grpc.aio.ServicerContext[ProcessingRequest, ProcessingResponse]
+    ) -> None:
+        # Once set, never read again: this costs the first streams only (all of them
+        # when Envoy sends response bodies nowhere else).
+        for key, _ in context.invocation_metadata() or ():
+            if key == RESPONSE_READINGS_METADATA:
+                self.observers.present = True
+                return
+
     def _log_protocol_violation(self, stream: RequestStream | None, exc: Exception) -> None:
         now = time.monotonic()
         if now - self._protocol_logged_at < _PROTOCOL_LOG_INTERVAL_S:
@@ -131,7 +146,8 @@ def create_grpc_server(
     inject_stream_usage: bool = False,
     body_budget: BodyBudget | None = None,
 ) -> tuple[grpc.aio.Server, int]:
-    """A grpc.aio server with ext_proc (and gRPC health) bound to ``address``.
+    """A grpc.aio server with ext_proc, Envoy's access log receiver (the channel of
+    ``--response-body-mode LOGGED``) and gRPC health, bound to ``address``.
 
     With ``tls`` credentials it serves TLS. Returns the server and the port bound
     (``address`` may end in ``:0``).
@@ -148,14 +164,15 @@ def create_grpc_server(
             ("grpc.keepalive_permit_without_calls", 1),
         ]
     )
-    external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(
-        ExternalProcessor(
-            director,
-            max_body_bytes=max_body_bytes,
-            inject_stream_usage=inject_stream_usage,
-            body_budget=body_budget,
-        ),
-        server,
+    processor = ExternalProcessor(
+        director,
+        max_body_bytes=max_body_bytes,
+        inject_stream_usage=inject_stream_usage,
+        body_budget=body_budget,
+    )
+    external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(processor, server)
+    als_pb2_grpc.add_AccessLogServiceServicer_to_server(
+        AccessLogReceiver(processor.observers), server
     )
     if health_servicer is not None:
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -39,7 +39,7 @@ from epp.api.usage_injection import UsageEventStripper, rewrite_request_body, wa
 from epp.errors import BadRequest, EppError, Overloaded, RequestTooLarge
 from epp.extproc import messages
 from epp.extproc.body_budget import BodyBudget
-from epp.extproc.response_observer import BodyWatcher, ResponseObservers
+from epp.extproc.response_observer import BodyWatcher, LoggedResponse, ResponseObservers
 from epp.observability import metrics, request_metrics
 from epp.observability.logging import clip
 from epp.requestcontrol.objectives import OBJECTIVE_HEADER
@@ -105,6 +105,7 @@ class RequestStream:
         self._expecting = False  # registered with the observers, awaiting its response
         self._watcher: _ObservedBody | None = None  # the observing stream's, once matched
         self._record_pending = False  # closed before the observed body ended
+        self._logged = False  # Envoy's access log told this response's readings
         self._linger: asyncio.TimerHandle | None = None  # closed, observer not read yet
         self._closed_at = 0.0
         self._budget = body_budget
@@ -216,7 +217,8 @@ class RequestStream:
     def _body_may_be_observed(self) -> bool:
         decision = self.decision
         return (
-            decision is not None
+            not self._logged
+            and decision is not None
             and decision.response.status is not None
             and not decision.response.completed
             and self._observers is not None
@@ -233,6 +235,7 @@ class RequestStream:
         decision = self.decision
         if (
             self._response_body_mode == ProcessingMode.NONE
+            and not self._logged
             and decision is not None
             and decision.response.status is not None
             and not decision.response.completed
@@ -520,6 +523,24 @@ class RequestStream:
             UsageReader(sse=head.streamed) if head.has_usage else None,
         )
         return self._watcher
+
+    def accept_logged(self, logged: LoggedResponse) -> None:
+        """Envoy measured the response itself (LOGGED mode): take its readings."""
+        if self.decision is None or self._watcher is not None or self._logged:
+            return
+        self._logged = True
+        response = self.decision.response
+        # Envoy counts from when it received the request, a moment before epp did.
+        if logged.first_token_s is not None and response.first_token_at is None:
+            response.first_token_at = self._received_at + logged.first_token_s
+        response.body_bytes = max(response.body_bytes, logged.body_bytes)
+        if logged.usage is not None:
+            response.usage = logged.usage
+        if logged.completed and not response.completed:
+            response.completed = True
+            if logged.ended_s is not None:
+                response.ended_at = self._received_at + logged.ended_s
+        self._observed_body_done()
 
     def _response_ended(self, decision: RoutingDecision) -> None:
         response = decision.response

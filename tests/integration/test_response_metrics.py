@@ -1,5 +1,7 @@
 """Responses through Envoy and epp to simulated pods: what the client gets is what the pod
-sent, and epp's per-request metrics and log lines match the usage the pod reported."""
+sent, and epp's per-request metrics and log lines match the usage the pod reported, both
+when an observing filter copies response bodies to epp (OBSERVED, with each request body
+mode) and when Envoy measures them itself and its access log tells epp (LOGGED)."""
 
 from __future__ import annotations
 
@@ -33,6 +35,41 @@ SERIES = {
     "ntpot": "inference_objective_normalized_time_per_output_token_seconds_count",
     "outputs": "inference_objective_output_tokens_count",
 }
+
+
+@pytest.fixture(
+    scope="module",
+    params=[
+        ("FULL_DUPLEX_STREAMED", "OBSERVED"),
+        ("BUFFERED", "OBSERVED"),
+        ("FULL_DUPLEX_STREAMED", "LOGGED"),
+    ],
+    ids=lambda modes: "-".join(mode.lower() for mode in modes),
+)
+def stack(
+    request: pytest.FixtureRequest,
+    fleet: Fleet,
+    epp_process: tuple[ManagedProcess, int, int],
+    log_dir: Path,
+) -> Iterator[Stack]:
+    body_mode, response_body_mode = request.param
+    _, grpc_port, metrics_port = epp_process
+    ports = EnvoyPorts(listen_port=free_port(), admin_port=free_port(), epp_port=grpc_port)
+    envoy = start_envoy(
+        envoy_bootstrap(ports, body_mode=body_mode, response_body_mode=response_body_mode),
+        admin_port=ports.admin_port,
+        log_dir=log_dir,
+        name=f"envoy-{body_mode.lower()}-{response_body_mode.lower()}",
+    )
+    try:
+        yield Stack(
+            body_mode,
+            f"http://127.0.0.1:{ports.listen_port}",
+            fleet,
+            f"http://127.0.0.1:{metrics_port}/metrics",
+        )
+    finally:
+        envoy.stop()
 
 
 def snapshot(metrics_url: str) -> dict[str, float]:
@@ -172,8 +209,9 @@ class InjectingStack:
     epp: ManagedProcess
 
 
-@pytest.fixture(scope="module")
-def injecting(fleet: Fleet, log_dir: Path) -> Iterator[InjectingStack]:
+def _own_epp(
+    name: str, fleet: Fleet, log_dir: Path, *extra: str
+) -> tuple[ManagedProcess, int, int]:
     grpc_port, metrics_port = free_port(), free_port()
     args = [
         "serve",
@@ -187,18 +225,65 @@ def injecting(fleet: Fleet, log_dir: Path) -> Iterator[InjectingStack]:
         "127.0.0.1",
         "--metrics-port",
         str(metrics_port),
-        "--inject-stream-usage",
         "--log-format",
         "json",
         "--request-log",
         "all",
+        *extra,
     ]
     for address in fleet.qwen_pods:
         args += ["--endpoint", f"{address}={QWEN}"]
-    epp = start_epp_module("epp-inject", args, log_dir=log_dir)
+    epp = start_epp_module(name, args, log_dir=log_dir)
+    epp.wait_http(f"http://127.0.0.1:{metrics_port}/readyz")
+    return epp, grpc_port, metrics_port
+
+
+def test_a_fresh_epp_takes_envoys_readings_from_its_first_request(
+    fleet: Fleet, log_dir: Path
+) -> None:
+    # No observing stream or access log has reached this epp yet: the routing filter's
+    # stream metadata must tell it to wait for the access log entry.
+    epp, grpc_port, metrics_port = _own_epp("epp-logged", fleet, log_dir)
+    ports = EnvoyPorts(listen_port=free_port(), admin_port=free_port(), epp_port=grpc_port)
+    envoy = start_envoy(
+        envoy_bootstrap(ports, response_body_mode="LOGGED"),
+        admin_port=ports.admin_port,
+        log_dir=log_dir,
+        name="envoy-logged-fresh",
+    )
+    try:
+        metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+        request_id = uuid.uuid4().hex
+        body = chat(
+            QWEN,
+            f"first {request_id}",
+            max_tokens=5,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        with httpx.Client(base_url=f"http://127.0.0.1:{ports.listen_port}", timeout=30) as http:
+            with http.stream(
+                "POST", "/v1/chat/completions", json=body, headers={"x-request-id": request_id}
+            ) as response:
+                events = sse_data(response.read().decode())
+        usage = json.loads(events[-2])["usage"]
+        fields = log_line(epp.log_path, request_id, json_format=True)
+        assert fields["outcome"] == "completed"
+        assert int(fields["prompt_tokens"]) == usage["prompt_tokens"]
+        assert int(fields["completion_tokens"]) == 5
+        assert float(fields["ttft_ms"]) >= 0
+        assert metric(metrics_url, SERIES["ttft"], **LABELS) == 1
+        assert metric(metrics_url, SERIES["output"], **LABELS) == 5
+    finally:
+        envoy.stop()
+        assert epp.stop() == 0, epp.log_tail()
+
+
+@pytest.fixture(scope="module")
+def injecting(fleet: Fleet, log_dir: Path) -> Iterator[InjectingStack]:
+    epp, grpc_port, metrics_port = _own_epp("epp-inject", fleet, log_dir, "--inject-stream-usage")
     envoy: ManagedProcess | None = None
     try:
-        epp.wait_http(f"http://127.0.0.1:{metrics_port}/readyz")
         ports = EnvoyPorts(listen_port=free_port(), admin_port=free_port(), epp_port=grpc_port)
         # Stripping the added usage event needs the body on the routing stream.
         envoy = start_envoy(

@@ -66,7 +66,36 @@ def test_response_bodies_are_observed_by_default() -> None:
     assert observer["response_attributes"] == ["request.id"]
     assert observer["processing_mode"]["response_body_mode"] == "STREAMED"
     assert observer["processing_mode"]["request_header_mode"] == "SKIP"
-    assert observer["grpc_service"] == _ext_proc(bootstrap)["grpc_service"]
+    assert observer["grpc_service"]["envoy_grpc"] == {"cluster_name": "epp"}
+    # The routing streams tell epp that readings come from the observer.
+    assert _ext_proc(bootstrap)["grpc_service"]["initial_metadata"] == [
+        {"key": "x-epp-response-readings", "value": "observed"}
+    ]
+    assert "access_log" not in _manager(bootstrap)
+
+
+def test_logged_responses_are_measured_by_envoy_and_sent_with_its_access_log() -> None:
+    bootstrap = envoy_bootstrap(response_body_mode="LOGGED")
+    filters = _filters(bootstrap)
+    assert [f["name"] for f in filters] == [
+        "envoy.filters.http.ext_proc",
+        "epp.response_meter",
+        "envoy.filters.http.router",
+    ]
+    assert (
+        "function envoy_on_response"
+        in filters[1]["typed_config"]["default_source_code"]["inline_string"]
+    )
+    routing = _ext_proc(bootstrap)
+    assert routing["processing_mode"]["response_body_mode"] == "NONE"
+    assert routing["grpc_service"]["initial_metadata"] == [
+        {"key": "x-epp-response-readings", "value": "logged"}
+    ]
+    (access_log,) = _manager(bootstrap)["access_log"]
+    common = access_log["typed_config"]["common_config"]
+    assert common["grpc_service"]["envoy_grpc"] == {"cluster_name": "epp"}
+    assert common["transport_api_version"] == "V3"
+    assert common["buffer_flush_interval"] == "0.1s"
 
 
 @pytest.mark.parametrize("mode", ["FULL_DUPLEX_STREAMED", "NONE"])
@@ -79,6 +108,8 @@ def test_other_response_modes_have_no_observer(mode: str) -> None:
     routing = _ext_proc(bootstrap)["processing_mode"]
     assert routing["response_body_mode"] == mode
     assert routing["response_trailer_mode"] == "SEND"  # Envoy requires it in full duplex
+    assert "initial_metadata" not in _ext_proc(bootstrap)["grpc_service"]
+    assert "access_log" not in _manager(bootstrap)
 
 
 def test_rejects_unknown_response_mode() -> None:

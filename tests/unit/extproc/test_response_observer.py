@@ -4,13 +4,10 @@ stream by request id; fed Envoy's messages in memory (no gRPC)."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Iterable
 
-import orjson
 import pytest
 from envoy.config.core.v3.base_pb2 import HeaderMap, HeaderValue
-from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
 from envoy.service.ext_proc.v3.external_processor_pb2 import (
     HttpBody,
     HttpHeaders,
@@ -20,59 +17,17 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
 from google.protobuf.struct_pb2 import Struct
 
 from epp.api.usage import Usage
-from epp.datalayer.endpoint import Metrics
-from epp.datalayer.store import EndpointStore
 from epp.director import Director
 from epp.extproc.response_observer import ResponseObservers, request_id_of
-from epp.extproc.stream import RequestStream
-from epp.observability import request_metrics
 from epp.observability.request_metrics import FinishedRequest
-from epp.scheduling.registry import PluginRegistry, register_builtin_plugins
-from epp.scheduling.scheduler import build_scheduler, default_scheduler_config
-from tests.unit.extproc.envoy_messages import FULL_DUPLEX, body_message, headers_message
+from tests.unit.extproc.envoy_messages import FULL_DUPLEX
+from tests.unit.extproc.observed_streams import routed
 
-A, B = "10.0.0.1:8000", "10.0.0.2:8000"
-CHAT = orjson.dumps({"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
 TOKEN = b'data: {"choices":[{"delta":{"content":"t"}}]}\n\n'
 USAGE = (
     b'data: {"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":3,'
     b'"prompt_tokens_details":{"cached_tokens":4}}}\n\ndata: [DONE]\n\n'
 )
-
-
-@pytest.fixture
-def director() -> Director:
-    store = EndpointStore()
-    store.replace([(A, frozenset({"m"})), (B, frozenset({"m"}))])
-    for endpoint in store.all():
-        endpoint.metrics = Metrics(updated_at=time.monotonic())
-    registry = register_builtin_plugins(PluginRegistry())
-    return Director(store, build_scheduler(default_scheduler_config(), registry))
-
-
-@pytest.fixture
-def recorded(monkeypatch: pytest.MonkeyPatch) -> list[FinishedRequest]:
-    """Every request whose metrics and log line were recorded."""
-    seen: list[FinishedRequest] = []
-    # epp.extproc.stream looks record_finished up on this module at every call.
-    monkeypatch.setattr(request_metrics, "record_finished", seen.append)
-    return seen
-
-
-def routed(
-    director: Director,
-    observers: ResponseObservers,
-    *,
-    request_id: str = "req-1",
-    response_body_mode: int = ProcessingMode.NONE,
-) -> RequestStream:
-    stream = RequestStream(director, max_body_bytes=1 << 20, observers=observers)
-    stream.handle(
-        headers_message(extra={"x-request-id": request_id}, response_body_mode=response_body_mode)
-    )
-    stream.handle(body_message(CHAT, end_of_stream=True))
-    assert stream.decision is not None
-    return stream
 
 
 def observer_headers(

@@ -1,0 +1,96 @@
+"""The Lua script Envoy runs, in ``--response-body-mode LOGGED``, to measure responses.
+
+Sending every response chunk to epp costs a gRPC message each, most of epp's CPU per
+request. In LOGGED mode Envoy measures what epp wants from the body itself, as it
+passes: the time of the first token (the first body byte; in a Responses API stream, the
+first ``.delta`` event) and the ``usage`` object near the body's end. The script puts
+both in the request's dynamic metadata, and Envoy's gRPC access log, which batches many
+requests into one message, brings them to epp with the status, the body size and the
+request id (:mod:`epp.extproc.access_log`).
+
+The script copies no more of a chunk than it keeps: it searches each chunk for the key
+``"usage"`` (a JSON string cannot hold those bytes unescaped, so generated text never
+matches) and keeps at most :data:`USAGE_MAX_BYTES` from the last match on. Envoy's Lua
+clock has millisecond resolution, so time to first token is measured to the millisecond.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "FIRST_TOKEN_MS_KEY",
+    "LUA_SOURCE",
+    "METADATA_NAMESPACE",
+    "RESPONSE_READINGS_METADATA",
+    "USAGE_KEY",
+    "USAGE_MAX_BYTES",
+]
+
+# gRPC metadata on the routing filter's streams (OBSERVED and LOGGED modes) that says
+# the response's readings come later from elsewhere (the observer or the access log),
+# so a routing stream that ends first waits for them, from the very first request.
+RESPONSE_READINGS_METADATA = "x-epp-response-readings"
+
+# Where the script leaves its readings, in the request's dynamic metadata.
+METADATA_NAMESPACE = "epp.response"
+FIRST_TOKEN_MS_KEY = "first_token_ms"  # Unix time in ms of the first token
+USAGE_KEY = "usage"  # the body from its last "usage" key on, cut at USAGE_MAX_BYTES
+USAGE_MAX_BYTES = 4096  # a usage object is a few hundred bytes
+
+LUA_SOURCE = f"""\
+local NAMESPACE = "{METADATA_NAMESPACE}"
+local KEY = '"usage"'
+local DELTA = '.delta"'
+local CAP = {USAGE_MAX_BYTES}
+-- Bytes kept from the end of one chunk so a key split across two is still found.
+local CARRY = 6
+
+function envoy_on_request(handle)
+  local path = handle:headers():get(":path")
+  if path ~= nil and path:sub(1, 13) == "/v1/responses" then
+    handle:streamInfo():dynamicMetadata():set(NAMESPACE, "responses_api", true)
+  end
+end
+
+function envoy_on_response(handle)
+  local marker = nil
+  local content_type = handle:headers():get("content-type") or ""
+  local request = handle:streamInfo():dynamicMetadata():get(NAMESPACE)
+  if request ~= nil and request["responses_api"] and content_type:find("event-stream", 1, true) then
+    -- response.created and .in_progress come before any token is generated
+    marker = DELTA
+  end
+  local first, usage, carry = nil, nil, ""
+  for chunk in handle:bodyChunks() do
+    local length = chunk:length()
+    if length > 0 then
+      local data = chunk:getBytes(0, length)
+      -- The few bytes around the chunk boundary, for a key or marker split across it;
+      -- the chunk itself is searched in place, never copied again.
+      local edge = carry .. data:sub(1, CARRY)
+      if first == nil and (marker == nil or data:find(marker, 1, true) or edge:find(marker, 1, true)) then
+        first = handle:timestamp()
+      end
+      local last, at = nil, 0
+      repeat
+        at = data:find(KEY, at + 1, true)
+        if at then last = at end
+      until not at
+      if last then
+        usage = data:sub(last, last + CAP - 1)
+      else
+        local split = edge:find(KEY, 1, true)
+        if split then
+          usage = (edge:sub(split) .. data:sub(CARRY + 1, CAP)):sub(1, CAP)
+        elseif usage ~= nil and #usage < CAP then
+          usage = usage .. data:sub(1, CAP - #usage)
+        end
+      end
+      if length >= CARRY then carry = data:sub(-CARRY) else carry = (carry .. data):sub(-CARRY) end
+    end
+  end
+  -- Objects taken before the chunks were read are out of scope by now: ask again.
+  local metadata = handle:streamInfo():dynamicMetadata()
+  if first ~= nil then metadata:set(NAMESPACE, "{FIRST_TOKEN_MS_KEY}", first) end
+  if usage ~= nil then metadata:set(NAMESPACE, "{USAGE_KEY}", usage) end
+end
+"""

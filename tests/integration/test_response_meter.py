@@ -1,0 +1,223 @@
+"""LOGGED mode's response meter (Envoy's Lua script) against a pod that dribbles its body.
+
+The pod writes each response a few bytes at a time, so Envoy hands the script many small
+chunks and the ``"usage"`` key, the usage object and the Responses API's ``.delta``
+marker all arrive split across chunks. What epp reports must not depend on where the
+chunks broke.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+
+from epp.envoy_config import EnvoyPorts, envoy_bootstrap
+from epp.stack import ManagedProcess, free_port, start_envoy, start_epp_module
+from tests.integration.helpers import QWEN, chat
+from tests.integration.metrics_helpers import metric
+
+pytestmark = pytest.mark.integration
+
+METRICS_PAGE = (
+    f'vllm:num_requests_running{{model_name="{QWEN}"}} 0.0\n'
+    f'vllm:num_requests_waiting{{model_name="{QWEN}"}} 0.0\n'
+    f'vllm:kv_cache_usage_perc{{model_name="{QWEN}"}} 0.0\n'
+).encode()
+USAGE = {
+    "prompt_tokens": 17,
+    "completion_tokens": 4,
+    "prompt_tokens_details": {"cached_tokens": 16},
+}
+# How many bytes the pod writes at a time (the x-piece-bytes request header says): 3
+# spans the key over three chunks; 11 and 64 split it at every offset as the body goes.
+PIECES = (3, 11, 64)
+FIRST_TOKEN_AFTER_S = 0.15
+
+
+def chat_stream(include_usage: bool) -> bytes:
+    events: list[dict[str, object]] = [
+        {"choices": [{"delta": {"content": f"t{i}"}}]} for i in range(4)
+    ]
+    if include_usage:
+        events.append({"choices": [], "usage": USAGE})
+    return b"".join(b"data: %s\n\n" % json.dumps(e).encode() for e in events) + b"data: [DONE]\n\n"
+
+
+def responses_stream() -> bytes:
+    events = [
+        {"type": "response.created", "response": {"usage": None}},
+        {"type": "response.output_text.delta", "delta": "x"},
+        {
+            "type": "response.completed",
+            "response": {"usage": {"input_tokens": 9, "output_tokens": 2}, "user": None},
+        },
+    ]
+    return b"".join(b"data: %s\n\n" % json.dumps(e).encode() for e in events)
+
+
+class DribblingPod(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.0"  # the body ends when the connection closes
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def _request_body(self) -> bytes:
+        if "Content-Length" in self.headers:
+            return self.rfile.read(int(self.headers["Content-Length"]))
+        # Envoy streams a body it has from ext_proc in full duplex mode chunked.
+        body = b""
+        while size := int(self.rfile.readline().split(b";")[0], 16):
+            body += self.rfile.read(size)
+            self.rfile.readline()
+        self.rfile.readline()
+        return body
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(METRICS_PAGE)))
+        self.end_headers()
+        self.wfile.write(METRICS_PAGE)
+
+    def do_POST(self) -> None:
+        request = json.loads(self._request_body())
+        include_usage = bool((request.get("stream_options") or {}).get("include_usage"))
+        responses_api = self.path.startswith("/v1/responses")
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        self.wfile.flush()
+        body = responses_stream() if responses_api else chat_stream(include_usage)
+        if responses_api:
+            # response.created goes out at once; the first token comes later.
+            created_end = body.index(b"\n\n") + 2
+            self.wfile.write(body[:created_end])
+            self.wfile.flush()
+            body = body[created_end:]
+        time.sleep(FIRST_TOKEN_AFTER_S)
+        piece = int(self.headers.get("x-piece-bytes", "3"))
+        for at in range(0, len(body), piece):
+            self.wfile.write(body[at : at + piece])
+            self.wfile.flush()
+            time.sleep(0.002)
+
+
+@dataclass(frozen=True)
+class MeteredStack:
+    url: str
+    metrics_url: str
+    epp: ManagedProcess
+
+
+@pytest.fixture(scope="module")
+def metered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeteredStack]:
+    log_dir = tmp_path_factory.mktemp("meter")
+    pod = ThreadingHTTPServer(("127.0.0.1", 0), DribblingPod)
+    threading.Thread(target=pod.serve_forever, daemon=True).start()
+    grpc_port, metrics_port = free_port(), free_port()
+    epp = start_epp_module(
+        "epp-meter",
+        [
+            "serve",
+            "--grpc-host",
+            "127.0.0.1",
+            "--grpc-port",
+            str(grpc_port),
+            "--grpc-health-port",
+            "0",
+            "--metrics-host",
+            "127.0.0.1",
+            "--metrics-port",
+            str(metrics_port),
+            "--log-format",
+            "json",
+            "--request-log",
+            "all",
+            "--endpoint",
+            f"127.0.0.1:{pod.server_address[1]}={QWEN}",
+        ],
+        log_dir=log_dir,
+    )
+    envoy: ManagedProcess | None = None
+    try:
+        epp.wait_http(f"http://127.0.0.1:{metrics_port}/readyz")
+        ports = EnvoyPorts(listen_port=free_port(), admin_port=free_port(), epp_port=grpc_port)
+        envoy = start_envoy(
+            envoy_bootstrap(ports, response_body_mode="LOGGED"),
+            admin_port=ports.admin_port,
+            log_dir=log_dir,
+            name="envoy-meter",
+        )
+        yield MeteredStack(
+            f"http://127.0.0.1:{ports.listen_port}", f"http://127.0.0.1:{metrics_port}/metrics", epp
+        )
+    finally:
+        if envoy is not None:
+            envoy.stop()
+        pod.shutdown()
+        pod.server_close()
+        assert epp.stop() == 0, epp.log_tail()
+
+
+def finished_line(epp: ManagedProcess, request_id: str) -> dict[str, object]:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        for line in epp.log_path.read_text().splitlines():
+            if request_id in line and "request finished" in line:
+                fields: dict[str, object] = json.loads(line)
+                return fields
+        time.sleep(0.02)
+    raise AssertionError(f"no log line for {request_id}:\n{epp.log_tail()}")
+
+
+@pytest.mark.parametrize("piece", PIECES)
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/responses"])
+def test_usage_and_first_token_survive_any_chunking(
+    metered: MeteredStack, path: str, piece: int
+) -> None:
+    request_id = uuid.uuid4().hex
+    if path == "/v1/responses":
+        body: dict[str, object] = {"model": QWEN, "input": "hi", "stream": True}
+        expected = (9, 2, None)
+    else:
+        body = chat(QWEN, "hi", stream=True, stream_options={"include_usage": True})
+        expected = (17, 4, 16)
+    with httpx.Client(timeout=30) as http:
+        response = http.post(
+            metered.url + path,
+            json=body,
+            headers={"x-request-id": request_id, "x-piece-bytes": str(piece)},
+        )
+    assert response.status_code == 200
+    fields = finished_line(metered.epp, request_id)
+    cached = fields.get("cached_tokens")
+    assert (fields["prompt_tokens"], fields["completion_tokens"], cached) == expected
+    assert fields["outcome"] == "completed"
+    # The first token, not response.created nor the headers: the pod waited before it.
+    ttft_ms = fields["ttft_ms"]
+    assert isinstance(ttft_ms, (int, float)) and ttft_ms >= FIRST_TOKEN_AFTER_S * 1000 - 1
+    assert metric(metered.metrics_url, "inference_objective_output_tokens_sum") >= expected[1]
+
+
+def test_a_stream_without_usage_is_timed_and_counts_no_tokens(metered: MeteredStack) -> None:
+    request_id = uuid.uuid4().hex
+    with httpx.Client(timeout=30) as http:
+        response = http.post(
+            metered.url + "/v1/chat/completions",
+            json=chat(QWEN, "no usage", stream=True),
+            headers={"x-request-id": request_id},
+        )
+    assert response.status_code == 200 and b'"usage"' not in response.content
+    fields = finished_line(metered.epp, request_id)
+    assert fields["outcome"] == "completed"
+    assert "prompt_tokens" not in fields and "completion_tokens" not in fields
+    ttft_ms = fields["ttft_ms"]
+    assert isinstance(ttft_ms, (int, float)) and ttft_ms >= FIRST_TOKEN_AFTER_S * 1000 - 1

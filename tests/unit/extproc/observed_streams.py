@@ -1,0 +1,31 @@
+"""Routing streams whose response is read elsewhere (an observer, Envoy's access log)."""
+
+from __future__ import annotations
+
+import orjson
+from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
+
+from epp.director import Director
+from epp.extproc.response_observer import ResponseObservers
+from epp.extproc.stream import RequestStream
+from tests.unit.extproc.envoy_messages import body_message, headers_message
+
+POD_A, POD_B = "10.0.0.1:8000", "10.0.0.2:8000"
+CHAT = orjson.dumps({"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
+
+
+def routed(
+    director: Director,
+    observers: ResponseObservers,
+    *,
+    request_id: str = "req-1",
+    response_body_mode: int = ProcessingMode.NONE,
+) -> RequestStream:
+    """A stream that routed a streamed chat request and waits for its response."""
+    stream = RequestStream(director, max_body_bytes=1 << 20, observers=observers)
+    stream.handle(
+        headers_message(extra={"x-request-id": request_id}, response_body_mode=response_body_mode)
+    )
+    stream.handle(body_message(CHAT, end_of_stream=True))
+    assert stream.decision is not None
+    return stream

@@ -1,0 +1,162 @@
+"""LOGGED mode: Envoy's access log entries read into a LoggedResponse, and handed to the
+routing stream that waits for them (in memory, no gRPC)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from envoy.config.core.v3.base_pb2 import HeaderMap, HeaderValue, Metadata
+from envoy.data.accesslog.v3.accesslog_pb2 import HTTPAccessLogEntry, ResponseFlags
+from envoy.service.ext_proc.v3.external_processor_pb2 import HttpHeaders, ProcessingRequest
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.struct_pb2 import Struct
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from epp.api.usage import Usage
+from epp.director import Director
+from epp.envoy_response_meter import FIRST_TOKEN_MS_KEY, METADATA_NAMESPACE, USAGE_KEY
+from epp.extproc.access_log import logged_response
+from epp.extproc.response_observer import LoggedResponse, ResponseObservers
+from epp.observability.request_metrics import FinishedRequest
+from tests.unit.extproc.observed_streams import routed
+
+STARTED_MS = 1_800_000_000_123
+
+
+def entry(
+    *,
+    first_token_ms: float | None = STARTED_MS + 250,
+    usage: str | None = '"usage":{"prompt_tokens":7,"completion_tokens":3}}',
+    ended_s: float | None = 1.5,
+    flags: ResponseFlags | None = None,
+    body_bytes: int = 900,
+) -> HTTPAccessLogEntry:
+    log = HTTPAccessLogEntry()
+    log.request.request_id = "req-1"
+    log.response.response_body_bytes = body_bytes
+    common = log.common_properties
+    common.start_time.CopyFrom(Timestamp(seconds=STARTED_MS // 1000, nanos=123_000_000))
+    if ended_s is not None:
+        common.time_to_last_downstream_tx_byte.CopyFrom(Duration(nanos=int(ended_s * 1e9)))
+    readings = Struct()
+    if first_token_ms is not None:
+        readings.update({FIRST_TOKEN_MS_KEY: first_token_ms})
+    if usage is not None:
+        readings.update({USAGE_KEY: usage})
+    common.metadata.CopyFrom(Metadata(filter_metadata={METADATA_NAMESPACE: readings}))
+    if flags is not None:
+        common.response_flags.CopyFrom(flags)
+    return log
+
+
+def test_an_entry_gives_first_token_usage_size_and_completion() -> None:
+    logged = logged_response(entry())
+    assert logged == LoggedResponse(
+        first_token_s=pytest.approx(0.25),  # type: ignore[arg-type]
+        ended_s=pytest.approx(1.5),  # type: ignore[arg-type]
+        body_bytes=900,
+        usage=Usage(7, 3),
+        completed=True,
+    )
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ResponseFlags(downstream_connection_termination=True),
+        ResponseFlags(upstream_remote_reset=True),
+        ResponseFlags(stream_idle_timeout=True),
+    ],
+)
+def test_a_reset_or_a_client_gone_is_not_completed(flags: ResponseFlags) -> None:
+    assert logged_response(entry(flags=flags)).completed is False
+
+
+def test_readings_out_of_range_or_absent_are_dropped() -> None:
+    before_start = logged_response(entry(first_token_ms=STARTED_MS - 5_000))
+    assert before_start.first_token_s is None
+    forged = logged_response(entry(first_token_ms=1e18, usage='"usage":"many"'))
+    assert (forged.first_token_s, forged.usage) == (None, None)
+    bare = logged_response(entry(first_token_ms=None, usage=None, ended_s=None))
+    assert (bare.first_token_s, bare.usage, bare.completed) == (None, None, False)
+    wrong_type = HTTPAccessLogEntry()
+    wrong_type.common_properties.metadata.filter_metadata[METADATA_NAMESPACE].update(
+        {FIRST_TOKEN_MS_KEY: "soon", USAGE_KEY: 7}
+    )
+    assert logged_response(wrong_type).usage is None
+
+
+def _response_headers(stream_handle: object) -> None:
+    assert callable(stream_handle)
+    stream_handle(
+        ProcessingRequest(
+            response_headers=HttpHeaders(
+                headers=HeaderMap(headers=[HeaderValue(key=":status", raw_value=b"200")])
+            )
+        )
+    )
+
+
+def test_a_routing_stream_records_with_the_readings_its_entry_brings(
+    director: Director, recorded: list[FinishedRequest]
+) -> None:
+    observers = ResponseObservers(linger_s=60.0)
+    observers.present = True  # the routing filter's stream metadata said so
+
+    async def scenario() -> None:
+        stream = routed(director, observers)
+        _response_headers(stream.handle)
+        stream.close()
+        assert recorded == []  # the entry comes after the stream ends
+        observers.logged("req-1", logged_response(entry()))
+
+    asyncio.run(scenario())
+    (finished,) = recorded
+    response = finished.decision.response  # type: ignore[union-attr]
+    assert response.usage == Usage(7, 3) and response.completed
+    assert response.first_token_at is not None
+    assert response.first_token_at - finished.received_at == pytest.approx(0.25)
+    assert response.body_bytes == 900
+    assert len(observers) == 0
+
+
+def test_an_entry_read_before_the_routing_stream_closed_is_kept(
+    director: Director, recorded: list[FinishedRequest]
+) -> None:
+    observers = ResponseObservers(linger_s=60.0)
+    observers.present = True
+
+    async def scenario() -> None:
+        stream = routed(director, observers)
+        _response_headers(stream.handle)
+        observers.logged("req-1", logged_response(entry()))
+        assert recorded == []
+        started = time.monotonic()
+        stream.close()  # records at once: nothing more to wait for
+        assert time.monotonic() - started < 60
+
+    asyncio.run(scenario())
+    (finished,) = recorded
+    assert finished.decision.response.usage == Usage(7, 3)  # type: ignore[union-attr]
+
+
+def test_an_entry_for_no_waiting_stream_or_two_is_counted_unmatched(
+    director: Director, recorded: list[FinishedRequest]
+) -> None:
+    observers = ResponseObservers(linger_s=60.0)
+    observers.logged("nobody", logged_response(entry()))
+    assert observers.unmatched == 1 and observers.present
+
+    async def scenario() -> None:
+        first = routed(director, observers, request_id="twice")
+        second = routed(director, observers, request_id="twice")
+        for stream in (first, second):
+            _response_headers(stream.handle)
+        observers.logged("twice", logged_response(entry()))
+        for stream in (first, second):
+            assert stream.decision is not None and stream.decision.response.usage is None
+
+    asyncio.run(scenario())
+    assert observers.unmatched == 2
