@@ -67,8 +67,10 @@ function envoy_on_response(handle)
       -- The few bytes around the chunk boundary, for a key or marker split across it;
       -- the chunk itself is searched in place, never copied again.
       local edge = carry .. data:sub(1, CARRY)
-      if first == nil and (marker == nil or data:find(marker, 1, true) or edge:find(marker, 1, true)) then
-        first = handle:timestamp()
+      if first == nil then
+        if marker == nil or data:find(marker, 1, true) or edge:find(marker, 1, true) then
+          first = handle:timestamp()
+        end
       end
       local last, at = nil, 0
       repeat

@@ -186,7 +186,7 @@ def test_usage_and_first_token_survive_any_chunking(
     request_id = uuid.uuid4().hex
     if path == "/v1/responses":
         body: dict[str, object] = {"model": QWEN, "input": "hi", "stream": True}
-        expected = (9, 2, None)
+        expected: tuple[int, int, int | None] = (9, 2, None)
     else:
         body = chat(QWEN, "hi", stream=True, stream_options={"include_usage": True})
         expected = (17, 4, 16)
