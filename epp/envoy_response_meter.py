@@ -2,11 +2,12 @@
 
 Sending every response chunk to epp costs a gRPC message each, most of epp's CPU per
 request. In LOGGED mode Envoy measures what epp wants from the body itself, as it
-passes: the time of the first token (the first body byte; in a Responses API stream, the
-first ``.delta`` event) and the ``usage`` object near the body's end. The script puts
-both in the request's dynamic metadata, and Envoy's gRPC access log, which batches many
-requests into one message, brings them to epp with the status, the body size and the
-request id (:mod:`epp.extproc.access_log`).
+passes: the time of the first token (the first body byte; in a Responses API stream,
+which opens with ``event: response.created``, the first ``.delta`` event) and the
+``usage`` object near the body's end. The script puts both in the request's dynamic
+metadata, and Envoy's gRPC access log, which batches many requests into one message,
+brings them to epp with the status, the body size and the request id
+(:mod:`epp.extproc.access_log`). It hooks responses only: no work on the request path.
 
 The script copies no more of a chunk than it keeps: it searches each chunk for the key
 ``"usage"`` (a JSON string cannot hold those bytes unescaped, so generated text never
@@ -40,25 +41,15 @@ LUA_SOURCE = f"""\
 local NAMESPACE = "{METADATA_NAMESPACE}"
 local KEY = '"usage"'
 local DELTA = '.delta"'
+local RESPONSES_STREAM = "event: response."
 local CAP = {USAGE_MAX_BYTES}
 -- Bytes kept from the end of one chunk so a key split across two is still found.
 local CARRY = 6
 
-function envoy_on_request(handle)
-  local path = handle:headers():get(":path")
-  if path ~= nil and path:sub(1, 13) == "/v1/responses" then
-    handle:streamInfo():dynamicMetadata():set(NAMESPACE, "responses_api", true)
-  end
-end
-
 function envoy_on_response(handle)
-  local marker = nil
   local content_type = handle:headers():get("content-type") or ""
-  local request = handle:streamInfo():dynamicMetadata():get(NAMESPACE)
-  if request ~= nil and request["responses_api"] and content_type:find("event-stream", 1, true) then
-    -- response.created and .in_progress come before any token is generated
-    marker = DELTA
-  end
+  local streamed = content_type:find("event-stream", 1, true) ~= nil
+  local marker, decided = nil, false
   local first, usage, carry = nil, nil, ""
   for chunk in handle:bodyChunks() do
     local length = chunk:length()
@@ -67,6 +58,12 @@ function envoy_on_response(handle)
       -- The few bytes around the chunk boundary, for a key or marker split across it;
       -- the chunk itself is searched in place, never copied again.
       local edge = carry .. data:sub(1, CARRY)
+      if not decided then
+        decided = true
+        -- A Responses API stream opens with response.created (then .in_progress),
+        -- sent before any token is generated: its first token is the first .delta.
+        if streamed and data:sub(1, #RESPONSES_STREAM) == RESPONSES_STREAM then marker = DELTA end
+      end
       if first == nil then
         if marker == nil or data:find(marker, 1, true) or edge:find(marker, 1, true) then
           first = handle:timestamp()

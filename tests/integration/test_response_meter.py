@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import httpx
 import pytest
@@ -52,7 +53,7 @@ def chat_stream(include_usage: bool) -> bytes:
 
 
 def responses_stream() -> bytes:
-    events = [
+    events: list[dict[str, Any]] = [
         {"type": "response.created", "response": {"usage": None}},
         {"type": "response.output_text.delta", "delta": "x"},
         {
@@ -60,7 +61,9 @@ def responses_stream() -> bytes:
             "response": {"usage": {"input_tokens": 9, "output_tokens": 2}, "user": None},
         },
     ]
-    return b"".join(b"data: %s\n\n" % json.dumps(e).encode() for e in events)
+    return b"".join(
+        b"event: %s\ndata: %s\n\n" % (e["type"].encode(), json.dumps(e).encode()) for e in events
+    )
 
 
 class DribblingPod(BaseHTTPRequestHandler):
