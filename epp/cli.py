@@ -51,13 +51,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     envoy.add_argument(
         "--response-body-mode",
         choices=RESPONSE_BODY_MODES,
-        default="OBSERVED",
-        help="OBSERVED: a second, observing ext_proc filter copies response "
-        "bodies to epp (usage and TTFT metrics; Envoy never waits for it); "
+        default="LOGGED",
+        help="LOGGED: Envoy measures time to first token and reads usage itself "
+        "(a Lua filter) and its gRPC access log tells epp, many requests per "
+        "message; OBSERVED: a second, observing ext_proc filter copies response "
+        "bodies to epp (Envoy never waits for it; ~1.5x LOGGED's CPU); "
         "FULL_DUPLEX_STREAMED: responses stream through epp's routing stream "
         "(also restores rewritten model names, strips --inject-stream-usage's "
-        "event; about twice the CPU); NONE: bodies never reach epp (cheapest; "
-        "no usage or TTFT)",
+        "event; ~2x LOGGED's CPU); NONE: bodies never reach epp (no usage or TTFT)",
     )
     envoy.add_argument(
         "--epp-tls",

@@ -124,7 +124,7 @@ def envoy_bootstrap(
     ext_proc: bool = True,
     static_upstream: str | None = None,
     max_request_bytes: int = 64 * 1024 * 1024,
-    response_body_mode: str = "OBSERVED",
+    response_body_mode: str = "LOGGED",
     epp_tls: bool = False,
     epp_ca_file: str | None = None,
     epp_server_name: str | None = None,
@@ -136,15 +136,15 @@ def envoy_bootstrap(
     ``static_upstream`` ("host:port") replaces the ORIGINAL_DST cluster. ``body_mode``
     is the ext_proc request body mode: FULL_DUPLEX_STREAMED (what Gateway API
     implementations configure for an InferencePool) or BUFFERED. ``response_body_mode``
-    OBSERVED (the default) copies response bodies to epp through a second ext_proc filter
+    LOGGED (the default) has Envoy measure time to first token and read usage itself
+    (:mod:`epp.envoy_response_meter`) and send them with its gRPC access log, many
+    requests per message: the cheapest mode that still sees tokens and TTFT. OBSERVED
+    copies response bodies to epp through a second ext_proc filter
     in observability mode: epp reads their usage and time to first token, and Envoy never
     waits for it; FULL_DUPLEX_STREAMED streams them through the routing stream, each chunk
     answered by epp, which also restores a rewritten model name in the body and strips a
-    usage event epp asked for (``--inject-stream-usage``), at about twice the CPU; LOGGED
-    has Envoy measure time to first token and read usage itself
-    (:mod:`epp.envoy_response_meter`) and send them with its gRPC access log, many
-    requests per message: the cheapest mode that still sees tokens and TTFT; NONE keeps
-    them away from epp (status and latency are still seen, tokens and TTFT are not).
+    usage event epp asked for (``--inject-stream-usage``), at about twice the CPU; NONE
+    keeps them away from epp (status and latency are still seen, tokens and TTFT are not).
 
     ``epp_tls`` dials epp with TLS. With ``epp_ca_file`` (a PEM bundle; implies TLS)
     Envoy verifies epp's certificate against it, and with ``epp_server_name`` also sends

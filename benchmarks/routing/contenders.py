@@ -9,7 +9,7 @@ the given pods and returns its base URL once it answers, ``stop`` tears it down.
 | ``envoy-lr`` | the same, ``LEAST_REQUEST`` (Envoy's: the less busy of 2 random pods) |
 | ``epp`` | Envoy + epp, its default profile (``epp serve --endpoint`` per pod) |
 | ``epp-full-duplex`` | the same, response bodies through the routing stream (the old path) |
-| ``epp-logged`` | the same, responses measured by Envoy and told in its access log |
+| ``epp-observed`` | the same, response bodies copied to epp by an observing filter |
 | ``epp-lean`` | the same, no response bodies (no TTFT or token metrics) |
 | ``epp-reference`` | epp, the reference EPP's weights (``configs/reference.yaml``) |
 | ``epp-load`` | epp, load scorers only: queue, KV, in-flight (``configs/load-only.yaml``) |
@@ -23,7 +23,7 @@ commit in a ``git worktree``), with the Envoy bootstrap that tree's own
 :func:`load_peers`). Envoy runs with one worker thread (``--concurrency 1``): there are
 two cores for everything, and one worker also gives ``LEAST_REQUEST`` a single, complete
 view of the active requests. The first four epp rows differ only in Envoy's
-``response_body_mode``: ``OBSERVED`` (the default), ``FULL_DUPLEX_STREAMED``, ``LOGGED``
+``response_body_mode``: ``LOGGED`` (the default), ``FULL_DUPLEX_STREAMED``, ``OBSERVED``
 and ``NONE``.
 """
 
@@ -268,7 +268,7 @@ def builtin_contenders(epp_args: Sequence[str] = ()) -> list[Contender]:
         EppContender(
             "epp-full-duplex", None, epp_args, {"response_body_mode": "FULL_DUPLEX_STREAMED"}
         ),
-        EppContender("epp-logged", None, epp_args, {"response_body_mode": "LOGGED"}),
+        EppContender("epp-observed", None, epp_args, {"response_body_mode": "OBSERVED"}),
         EppContender("epp-lean", None, epp_args, {"response_body_mode": "NONE"}),
         EppContender("epp-reference", CONFIGS / "reference.yaml", epp_args),
         EppContender("epp-load", CONFIGS / "load-only.yaml", epp_args),

@@ -48,8 +48,12 @@ def _filters(bootstrap: dict[str, Any]) -> list[dict[str, Any]]:
     return _manager(bootstrap)["http_filters"]
 
 
-def test_response_bodies_are_observed_by_default() -> None:
-    bootstrap = envoy_bootstrap()
+def test_response_bodies_are_measured_by_envoy_by_default() -> None:
+    assert envoy_bootstrap() == envoy_bootstrap(response_body_mode="LOGGED")
+
+
+def test_observed_response_bodies_go_to_an_observing_filter() -> None:
+    bootstrap = envoy_bootstrap(response_body_mode="OBSERVED")
     names = [f["name"] for f in _filters(bootstrap)]
     # The observer comes after the routing filter, so it sees each response first.
     assert names == [

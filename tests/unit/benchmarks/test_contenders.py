@@ -28,7 +28,7 @@ def test_builtin_contenders_implement_the_protocol_with_unique_names() -> None:
         "envoy-lr",
         "epp",
         "epp-full-duplex",
-        "epp-logged",
+        "epp-observed",
         "epp-lean",
         "epp-reference",
         "epp-load",
