@@ -16,13 +16,12 @@ same: a value of the wrong type or out of range is dropped, never raised.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
-from envoy.data.accesslog.v3.accesslog_pb2 import HTTPAccessLogEntry
-from envoy.service.accesslog.v3 import als_pb2_grpc
-from envoy.service.accesslog.v3.als_pb2 import StreamAccessLogsMessage, StreamAccessLogsResponse
+from envoy.service.accesslog.v3.als_pb2 import StreamAccessLogsResponse
+from google.protobuf.message import DecodeError
 
 from epp.api.usage import find_usage
 from epp.envoy_response_meter import (
@@ -31,29 +30,37 @@ from epp.envoy_response_meter import (
     USAGE_KEY,
     USAGE_MAX_BYTES,
 )
+from epp.extproc.lenient_access_log import LenientAccessLogs
 from epp.extproc.response_observer import LoggedResponse, ResponseObservers
 
-__all__ = ["AccessLogReceiver", "logged_response"]
+__all__ = ["AccessLogReceiver", "access_log_handler", "logged_response"]
 
 log = logging.getLogger(__name__)
 
+SERVICE = "envoy.service.accesslog.v3.AccessLogService"
 _MAX_SECONDS = 86_400.0  # a reading past a day is not a response time
+_NAMESPACE = METADATA_NAMESPACE.encode()
+_FIRST_TOKEN_MS = FIRST_TOKEN_MS_KEY.encode()
+_USAGE = USAGE_KEY.encode()
 
 
-def logged_response(entry: HTTPAccessLogEntry) -> LoggedResponse:
-    """What one access log entry says of its response."""
+def logged_response(entry: Any) -> LoggedResponse:
+    """What one access log entry (a ``LenientAccessLogs`` entry) says of its response."""
     common = entry.common_properties
-    readings = common.metadata.filter_metadata.get(METADATA_NAMESPACE)
-    first_token_s = None
+    first_token_ms = None
     usage = None
-    if readings is not None:
-        fields = readings.fields
-        if FIRST_TOKEN_MS_KEY in fields and common.HasField("start_time"):
-            started_ms = common.start_time.ToMicroseconds() / 1000
-            first_token_s = _seconds((fields[FIRST_TOKEN_MS_KEY].number_value - started_ms) / 1000)
-        if USAGE_KEY in fields:
-            text = fields[USAGE_KEY].string_value[:USAGE_MAX_BYTES]
-            usage = find_usage(text.encode("utf-8", "replace"))
+    for namespace in common.metadata.filter_metadata:
+        if namespace.key != _NAMESPACE:
+            continue
+        for field in namespace.value.fields:
+            if field.key == _FIRST_TOKEN_MS:
+                first_token_ms = field.value.number_value
+            elif field.key == _USAGE:
+                usage = find_usage(field.value.string_value[:USAGE_MAX_BYTES])
+    first_token_s = None
+    if first_token_ms is not None and common.HasField("start_time"):
+        started_ms = common.start_time.ToMicroseconds() / 1000
+        first_token_s = _seconds((first_token_ms - started_ms) / 1000)
     ended_s = (
         _seconds(common.time_to_last_downstream_tx_byte.ToNanoseconds() / 1e9)
         if common.HasField("time_to_last_downstream_tx_byte")
@@ -73,7 +80,7 @@ def logged_response(entry: HTTPAccessLogEntry) -> LoggedResponse:
     return LoggedResponse(
         first_token_s=first_token_s,
         ended_s=ended_s,
-        body_bytes=max(0, entry.response.response_body_bytes),
+        body_bytes=entry.response.response_body_bytes,
         usage=usage,
         completed=ended_s is not None and not reset,
     )
@@ -84,21 +91,50 @@ def _seconds(value: float) -> float | None:
     return value if 0.0 <= value <= _MAX_SECONDS else None
 
 
-class AccessLogReceiver(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[misc]
-    """Receives Envoy's access log streams and hands each entry to its routing stream."""
+class AccessLogReceiver:
+    """Receives Envoy's access log streams and hands each entry to its routing stream.
 
-    def __init__(self, observers: ResponseObservers) -> None:
+    ``on_protocol_violation`` hears of a peer whose bytes are no access log message (the
+    ext_proc service counts and logs those); the stream then ends INVALID_ARGUMENT.
+    """
+
+    def __init__(
+        self,
+        observers: ResponseObservers,
+        on_protocol_violation: Callable[[Exception], None] | None = None,
+    ) -> None:
         self._observers = observers
-        self.entries = 0  # HTTP entries read, for tests and the debug log
+        self._on_protocol_violation = on_protocol_violation
+        self.entries = 0  # HTTP entries read
 
     async def StreamAccessLogs(
-        self,
-        request_iterator: AsyncIterator[StreamAccessLogsMessage],
-        context: grpc.aio.ServicerContext[Any, Any],
+        self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
     ) -> StreamAccessLogsResponse:
         observers = self._observers
-        async for message in request_iterator:
-            for entry in message.http_logs.log_entry:
-                self.entries += 1
-                observers.logged(entry.request.request_id, logged_response(entry))
+        try:
+            async for message in request_iterator:
+                for entry in message.http_logs.log_entry:
+                    self.entries += 1
+                    request_id = entry.request.request_id.decode(errors="replace")
+                    observers.logged(request_id, logged_response(entry))
+        except DecodeError as exc:
+            if self._on_protocol_violation is not None:
+                self._on_protocol_violation(exc)
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"not an access log stream epp can read: {exc}"
+            )
         return StreamAccessLogsResponse()
+
+
+def access_log_handler(receiver: AccessLogReceiver) -> grpc.GenericRpcHandler:
+    """The AccessLogService, reading messages with :data:`LenientAccessLogs`."""
+    return grpc.method_handlers_generic_handler(
+        SERVICE,
+        {
+            "StreamAccessLogs": grpc.stream_unary_rpc_method_handler(
+                receiver.StreamAccessLogs,
+                request_deserializer=LenientAccessLogs.FromString,
+                response_serializer=StreamAccessLogsResponse.SerializeToString,
+            )
+        },
+    )

@@ -14,14 +14,13 @@ import time
 from collections.abc import AsyncIterator
 
 import grpc
-from envoy.service.accesslog.v3 import als_pb2_grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
 from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingRequest, ProcessingResponse
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2_grpc
 
 from epp.envoy_response_meter import RESPONSE_READINGS_METADATA
-from epp.extproc.access_log import AccessLogReceiver
+from epp.extproc.access_log import AccessLogReceiver, access_log_handler
 from epp.extproc.body_budget import BodyBudget
 from epp.extproc.messages import RoutingResponses
 from epp.extproc.response_observer import ResponseObservers
@@ -90,8 +89,11 @@ class ExternalProcessor(external_processor_pb2_grpc.ExternalProcessorServicer): 
                 for response in stream.handle(message):
                     yield response
         except (ProtocolViolation, DecodeError) as exc:
-            metrics.STREAM_ERRORS.labels("protocol").inc()
-            self._log_protocol_violation(stream, exc)
+            self._protocol_violation(
+                "ext_proc stream for request "
+                + clip(stream.headers.get("x-request-id", "-") if stream else "-"),
+                exc,
+            )
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, f"not an ext_proc stream epp can follow: {exc}"
             )
@@ -117,7 +119,12 @@ class ExternalProcessor(external_processor_pb2_grpc.ExternalProcessorServicer): 
                 self.observers.present = True
                 return
 
-    def _log_protocol_violation(self, stream: RequestStream | None, exc: Exception) -> None:
+    def protocol_violation(self, exc: Exception) -> None:
+        """A peer on another of epp's gRPC services (Envoy's access log) broke its protocol."""
+        self._protocol_violation("access log stream", exc)
+
+    def _protocol_violation(self, what: str, exc: Exception) -> None:
+        metrics.STREAM_ERRORS.labels("protocol").inc()
         now = time.monotonic()
         if now - self._protocol_logged_at < _PROTOCOL_LOG_INTERVAL_S:
             self._protocol_unlogged += 1
@@ -128,12 +135,7 @@ class ExternalProcessor(external_processor_pb2_grpc.ExternalProcessorServicer): 
             else ""
         )
         self._protocol_logged_at, self._protocol_unlogged = now, 0
-        log.warning(
-            "ext_proc stream for request %s broke the protocol and was failed: %s%s",
-            clip(stream.headers.get("x-request-id", "-") if stream else "-"),
-            clip(str(exc)),
-            since,
-        )
+        log.warning("%s broke the protocol and was failed: %s%s", what, clip(str(exc)), since)
 
 
 def create_grpc_server(
@@ -171,8 +173,8 @@ def create_grpc_server(
         body_budget=body_budget,
     )
     external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(processor, server)
-    als_pb2_grpc.add_AccessLogServiceServicer_to_server(
-        AccessLogReceiver(processor.observers), server
+    server.add_generic_rpc_handlers(
+        (access_log_handler(AccessLogReceiver(processor.observers, processor.protocol_violation)),)
     )
     if health_servicer is not None:
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

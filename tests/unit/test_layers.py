@@ -46,10 +46,15 @@ LAYERS: dict[str, frozenset[str] | None] = {
     ),
     # Reads every layer's state for /metrics and logs; never the director or extproc.
     "observability": frozenset({"datalayer", "distribution", "errors", "routing", "scheduling"}),
-    # Envoy's side: routes through epp.routing.Router, not the director module.
-    "extproc": frozenset({"api", "errors", "observability", "requestcontrol", "routing"}),
+    # Envoy's side: routes through epp.routing.Router, not the director module. It reads
+    # what the response meter leaves in Envoy's access log by the meter's own names.
+    "extproc": frozenset(
+        {"api", "envoy_response_meter", "errors", "observability", "requestcontrol", "routing"}
+    ),
     "tls": frozenset(),
-    "envoy_config": frozenset(),
+    # The Lua script Envoy runs in LOGGED mode, and the names it writes under.
+    "envoy_response_meter": frozenset(),
+    "envoy_config": frozenset({"envoy_response_meter"}),
     "stack": frozenset({"envoy_config"}),
     "demo": frozenset({"envoy_config", "stack"}),
     "__init__": frozenset(),

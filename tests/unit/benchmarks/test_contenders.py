@@ -117,7 +117,9 @@ def test_a_checkout_contender_takes_the_envoy_bootstrap_that_tree_prints(tmp_pat
     )
     marked = checkout / "epp" / "envoy_config.py"
     marked.write_text(
-        marked.read_text().replace('"name": "epp.response_observer"', '"name": "from.checkout"')
+        marked.read_text().replace(
+            '"stat_prefix": "inference_gateway"', '"stat_prefix": "from_checkout"'
+        )
     )
     ports = EnvoyPorts(listen_port=18080, admin_port=19901, epp_port=19002)
 
@@ -125,6 +127,6 @@ def test_a_checkout_contender_takes_the_envoy_bootstrap_that_tree_prints(tmp_pat
 
     listener = bootstrap["static_resources"]["listeners"][0]
     assert listener["address"]["socket_address"]["port_value"] == 18080
-    filters = listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
-    assert "from.checkout" in [f["name"] for f in filters]
-    assert "from.checkout" not in str(envoy_bootstrap(ports))
+    manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    assert manager["stat_prefix"] == "from_checkout"
+    assert "from_checkout" not in str(envoy_bootstrap(ports))

@@ -9,15 +9,18 @@ import time
 import pytest
 from envoy.config.core.v3.base_pb2 import HeaderMap, HeaderValue, Metadata
 from envoy.data.accesslog.v3.accesslog_pb2 import HTTPAccessLogEntry, ResponseFlags
+from envoy.service.accesslog.v3.als_pb2 import StreamAccessLogsMessage
 from envoy.service.ext_proc.v3.external_processor_pb2 import HttpHeaders, ProcessingRequest
 from google.protobuf.duration_pb2 import Duration
+from google.protobuf.message import DecodeError
 from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from epp.api.usage import Usage
 from epp.director import Director
 from epp.envoy_response_meter import FIRST_TOKEN_MS_KEY, METADATA_NAMESPACE, USAGE_KEY
-from epp.extproc.access_log import logged_response
+from epp.extproc.access_log import logged_response as read_entry
+from epp.extproc.lenient_access_log import LenientAccessLogs
 from epp.extproc.response_observer import LoggedResponse, ResponseObservers
 from epp.observability.request_metrics import FinishedRequest
 from tests.unit.extproc.observed_streams import routed
@@ -49,6 +52,31 @@ def entry(
     if flags is not None:
         common.response_flags.CopyFrom(flags)
     return log
+
+
+def wire(*entries: HTTPAccessLogEntry) -> bytes:
+    message = StreamAccessLogsMessage()
+    message.http_logs.log_entry.extend(entries)
+    return message.SerializeToString()
+
+
+def logged_response(log: HTTPAccessLogEntry) -> LoggedResponse:
+    """What epp reads of ``log`` once it went over the wire."""
+    return read_entry(LenientAccessLogs.FromString(wire(log)).http_logs.log_entry[0])
+
+
+def test_bytes_that_are_not_utf8_in_any_string_lose_nothing() -> None:
+    # Envoy copies the client's path as sent; Python's protobuf refuses the message.
+    log = entry(usage='"usage":{"prompt_tokens":7,"completion_tokens":3}} PLACEHOLD')
+    log.request.path = "/v1/PLACEHOLD"
+    log.request.user_agent = "PLACEHOLD"
+    raw = wire(log).replace(b"PLACEHOLD", b"\xff\xfe\xc3(\x80\xa0\xe2\x82(")
+    with pytest.raises(DecodeError):
+        StreamAccessLogsMessage.FromString(raw)
+    (lenient,) = LenientAccessLogs.FromString(raw).http_logs.log_entry
+    assert lenient.request.request_id == b"req-1"
+    logged = read_entry(lenient)
+    assert logged.usage == Usage(7, 3) and logged.first_token_s == pytest.approx(0.25)
 
 
 def test_an_entry_gives_first_token_usage_size_and_completion() -> None:

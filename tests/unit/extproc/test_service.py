@@ -111,3 +111,31 @@ async def test_a_flood_of_broken_streams_is_logged_once_with_a_count(
                 await exchange(channel, [b"\x00garbage"])
     warnings = [r for r in caplog.records if "broke the protocol" in r.getMessage()]
     assert len(warnings) == 1  # the first; the rest wait for the interval to pass
+
+
+@pytest.mark.asyncio
+async def test_bytes_that_are_no_access_log_message_are_invalid_argument(
+    channel: grpc.aio.Channel, caplog: pytest.LogCaptureFixture
+) -> None:
+    call = channel.stream_unary(
+        "/envoy.service.accesslog.v3.AccessLogService/StreamAccessLogs",
+        request_serializer=None,
+        response_deserializer=None,
+    )
+
+    async def garbage() -> AsyncIterator[bytes]:
+        yield b"\xff\xff\xff\xff not a protobuf"
+
+    protocol, exception = stream_errors("protocol"), stream_errors("exception")
+    with caplog.at_level(logging.WARNING):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call(garbage(), timeout=30)
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert stream_errors("protocol") == protocol + 1
+    assert stream_errors("exception") == exception
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+    async def empty_batch() -> AsyncIterator[bytes]:
+        yield b""  # a message with no entries: read, nothing to hand on
+
+    assert await call(empty_batch(), timeout=30) == b""
