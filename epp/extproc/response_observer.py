@@ -27,6 +27,7 @@ from typing import Protocol
 from envoy.service.ext_proc.v3.external_processor_pb2 import HttpHeaders, ProcessingRequest
 
 from epp.api.usage import Usage
+from epp.observability.metrics import UNMATCHED_READINGS
 
 __all__ = [
     "BodyWatcher",
@@ -36,6 +37,8 @@ __all__ = [
     "request_id_of",
 ]
 
+_UNMATCHED_LOGS = UNMATCHED_READINGS.labels("access_log")
+_UNMATCHED_OBSERVERS = UNMATCHED_READINGS.labels("observer")
 _ATTRIBUTES_KEY = "envoy.filters.http.ext_proc"  # Envoy's key for the filter's attributes
 _REQUEST_ID = "request.id"
 
@@ -122,6 +125,7 @@ class ResponseObservers:
         waiting = self._waiting.get(request_id)
         if waiting is None or len(waiting) != 1:
             self.unmatched += 1
+            _UNMATCHED_LOGS.inc()
             return
         waiting[0].accept_logged(logged)
 
@@ -132,10 +136,12 @@ class ResponseObservers:
         self.present = True
         if first.WhichOneof("request") != "response_headers":
             self.unmatched += 1
+            _UNMATCHED_OBSERVERS.inc()
             return
         waiting = self._waiting.get(request_id_of(first))
         if waiting is None or len(waiting) != 1:
             self.unmatched += 1
+            _UNMATCHED_OBSERVERS.inc()
             return
         watcher = waiting[0].watch_response(first.response_headers)
         if watcher is None:

@@ -165,6 +165,16 @@ STREAM_ERRORS = Counter(
     registry=REGISTRY,
 )
 
+UNMATCHED_READINGS = Counter(
+    "epp_response_readings_unmatched_total",
+    "Response readings (source access_log: an Envoy access log entry; observer: an "
+    "observing stream) that found no single routing stream waiting for their request id: "
+    "requests epp answered itself, a request id two requests in flight share, or readings "
+    "that came more than a second after their response ended.",
+    ["source"],
+    registry=REGISTRY,
+)
+
 
 class PoolCollector(Collector):
     """Gauges computed at scrape time from the endpoint table (nothing to keep in sync)."""

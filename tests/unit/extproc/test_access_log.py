@@ -22,6 +22,7 @@ from epp.envoy_response_meter import FIRST_TOKEN_MS_KEY, METADATA_NAMESPACE, USA
 from epp.extproc.access_log import logged_response as read_entry
 from epp.extproc.lenient_access_log import LenientAccessLogs
 from epp.extproc.response_observer import LoggedResponse, ResponseObservers
+from epp.observability.metrics import REGISTRY
 from epp.observability.request_metrics import FinishedRequest
 from tests.unit.extproc.observed_streams import routed
 
@@ -174,8 +175,15 @@ def test_an_entry_for_no_waiting_stream_or_two_is_counted_unmatched(
     director: Director, recorded: list[FinishedRequest]
 ) -> None:
     observers = ResponseObservers(linger_s=60.0)
+    counted = REGISTRY.get_sample_value(
+        "epp_response_readings_unmatched_total", {"source": "access_log"}
+    )
     observers.logged("nobody", logged_response(entry()))
     assert observers.unmatched == 1 and observers.present
+    assert (
+        REGISTRY.get_sample_value("epp_response_readings_unmatched_total", {"source": "access_log"})
+        == (counted or 0) + 1
+    )
 
     async def scenario() -> None:
         first = routed(director, observers, request_id="twice")
