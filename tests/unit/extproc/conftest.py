@@ -1,31 +1,30 @@
-"""Fixtures the ext_proc unit tests share: a director over two pods, and the requests
-whose metrics and log line were recorded."""
+"""Fixtures the ext_proc unit tests share: a director over a store of two pods, and the
+requests whose metrics and log line were recorded.
+
+A module that needs another fleet overrides ``store``; ``director`` routes over it.
+"""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
-from epp.datalayer.endpoint import Metrics
 from epp.datalayer.store import EndpointStore
 from epp.director import Director
 from epp.observability import request_metrics
 from epp.observability.request_metrics import FinishedRequest
-from epp.scheduling.registry import PluginRegistry, register_builtin_plugins
-from epp.scheduling.scheduler import build_scheduler, default_scheduler_config
-from tests.unit.extproc.observed_streams import POD_A, POD_B
+from tests.unit.directors import POD_A, POD_B, director_over, fresh_store
 
 
 @pytest.fixture
-def director() -> Director:
-    """Two fresh pods serving model "m", the default profile."""
-    store = EndpointStore()
-    store.replace([(POD_A, frozenset({"m"})), (POD_B, frozenset({"m"}))])
-    for endpoint in store.all():
-        endpoint.metrics = Metrics(updated_at=time.monotonic())
-    registry = register_builtin_plugins(PluginRegistry())
-    return Director(store, build_scheduler(default_scheduler_config(), registry))
+def store() -> EndpointStore:
+    """Two fresh pods serving model "m"."""
+    return fresh_store({POD_A: {"m"}, POD_B: {"m"}})
+
+
+@pytest.fixture
+def director(store: EndpointStore) -> Director:
+    """The default profile over ``store``."""
+    return director_over(store)
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from epp.extproc.response_observer import ResponseObservers
 from epp.extproc.stream import RequestStream
 from tests.unit.extproc.envoy_messages import body_message, headers_message
 
-POD_A, POD_B = "10.0.0.1:8000", "10.0.0.2:8000"
 CHAT = orjson.dumps({"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
 
 
