@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import orjson
 import pytest
 from envoy.config.core.v3.base_pb2 import Metadata
@@ -14,13 +12,11 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
 )
 from google.protobuf.struct_pb2 import Struct
 
-from epp.datalayer.endpoint import Metrics
 from epp.datalayer.store import EndpointStore
 from epp.director import Director
 from epp.extproc.messages import MAX_STREAMED_CHUNK_BYTES
 from epp.extproc.stream import Phase, RequestStream
-from epp.scheduling.registry import PluginRegistry, register_builtin_plugins
-from epp.scheduling.scheduler import build_scheduler, default_scheduler_config
+from tests.unit.directors import POD_A, POD_B, POD_C, fresh_store
 from tests.unit.extproc.envoy_messages import (
     BUFFERED,
     body_message,
@@ -29,22 +25,11 @@ from tests.unit.extproc.envoy_messages import (
     set_headers,
 )
 
-A, B, C = "10.0.0.1:8000", "10.0.0.2:8000", "10.0.0.3:8000"
-
 
 @pytest.fixture
 def store() -> EndpointStore:
-    store = EndpointStore()
-    store.replace([(A, frozenset({"m"})), (B, frozenset({"m"})), (C, frozenset({"other"}))])
-    for endpoint in store.all():
-        endpoint.metrics = Metrics(updated_at=time.monotonic())
-    return store
-
-
-@pytest.fixture
-def director(store: EndpointStore) -> Director:
-    registry = register_builtin_plugins(PluginRegistry())
-    return Director(store, build_scheduler(default_scheduler_config(), registry))
+    """POD_A and POD_B serve "m", POD_C another model."""
+    return fresh_store({POD_A: {"m"}, POD_B: {"m"}, POD_C: {"other"}})
 
 
 def test_full_duplex_answers_after_the_whole_body(director: Director, store: EndpointStore) -> None:
@@ -59,7 +44,7 @@ def test_full_duplex_answers_after_the_whole_body(director: Director, store: End
     assert head.request_headers.response.clear_route_cache
     mutation = set_headers(head, "request_headers")
     assert mutation["x-gateway-model-name"] == "m"
-    assert mutation["x-gateway-destination-endpoint"] in (A, B)
+    assert mutation["x-gateway-destination-endpoint"] in (POD_A, POD_B)
     assert lb_destination(head) == mutation["x-gateway-destination-endpoint"]
     streamed = [c.request_body.response.body_mutation.streamed_response for c in chunks]
     assert b"".join(s.body for s in streamed) == body
@@ -78,7 +63,7 @@ def test_buffered_mode_puts_the_mutation_on_the_body_response(director: Director
     assert not head.request_headers.response.HasField("header_mutation")
     (answer,) = stream.handle(body_message(b'{"model": "m", "prompt": "p"}', end_of_stream=True))
     assert answer.WhichOneof("response") == "request_body"
-    assert set_headers(answer, "request_body")["x-gateway-destination-endpoint"] in (A, B)
+    assert set_headers(answer, "request_body")["x-gateway-destination-endpoint"] in (POD_A, POD_B)
     assert not answer.request_body.response.HasField("body_mutation")  # body untouched
 
 
@@ -86,7 +71,7 @@ def test_request_without_body_is_routed_on_headers(director: Director) -> None:
     stream = RequestStream(director, max_body_bytes=1 << 20)
     (answer,) = stream.handle(headers_message(method="GET", path="/v1/models", end_of_stream=True))
     mutation = set_headers(answer, "request_headers")
-    assert mutation["x-gateway-destination-endpoint"] in (A, B, C)
+    assert mutation["x-gateway-destination-endpoint"] in (POD_A, POD_B, POD_C)
     assert "x-gateway-model-name" not in mutation
     assert stream.phase is Phase.ROUTED
 
@@ -160,12 +145,12 @@ def _subset_metadata(addresses: list[str]) -> Metadata:
 def test_subset_hint_limits_the_choice(director: Director) -> None:
     for _ in range(5):
         stream = RequestStream(director, max_body_bytes=1 << 20)
-        stream.handle(headers_message(metadata=_subset_metadata([B])))
+        stream.handle(headers_message(metadata=_subset_metadata([POD_B])))
         head, *_ = stream.handle(body_message(b'{"model": "m"}', end_of_stream=True))
-        assert set_headers(head, "request_headers")["x-gateway-destination-endpoint"] == B
+        assert set_headers(head, "request_headers")["x-gateway-destination-endpoint"] == POD_B
         stream.close()
     stream = RequestStream(director, max_body_bytes=1 << 20)
-    stream.handle(headers_message(metadata=_subset_metadata([C])))  # C does not serve m
+    stream.handle(headers_message(metadata=_subset_metadata([POD_C])))  # POD_C does not serve m
     (answer,) = stream.handle(body_message(b'{"model": "m"}', end_of_stream=True))
     assert answer.immediate_response.status.code == 503
 

@@ -4,7 +4,6 @@ more body bytes than epp will hold."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 
 import orjson
@@ -20,7 +19,6 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
     ProtocolConfiguration,
 )
 
-from epp.datalayer.endpoint import Metrics
 from epp.datalayer.store import EndpointStore
 from epp.director import Director
 from epp.extproc.body_budget import BodyBudget
@@ -28,8 +26,7 @@ from epp.extproc.messages import DESTINATION_HEADER, MODEL_HEADER
 from epp.extproc.stream import Phase, ProtocolViolation, RequestStream
 from epp.requestcontrol.objectives import OBJECTIVE_HEADER
 from epp.requestcontrol.rewrite import MODEL_REWRITE_HEADER
-from epp.scheduling.registry import PluginRegistry, register_builtin_plugins
-from epp.scheduling.scheduler import build_scheduler, default_scheduler_config
+from tests.unit.directors import POD_A, POD_B, POD_C, director_over, fresh_store
 from tests.unit.extproc.envoy_messages import (
     BUFFERED,
     FULL_DUPLEX,
@@ -38,24 +35,13 @@ from tests.unit.extproc.envoy_messages import (
     set_headers,
 )
 
-A, B, C = "10.0.0.1:8000", "10.0.0.2:8000", "10.0.0.3:8000"
 BODY = b'{"model": "m", "prompt": "hello"}'
 
 
-def make_director(*, pick_endpoints: bool = True) -> Director:
-    store = EndpointStore()
-    store.replace([(A, frozenset({"m"})), (B, frozenset({"m"})), (C, frozenset({"other"}))])
-    for endpoint in store.all():
-        endpoint.metrics = Metrics(updated_at=time.monotonic())
-    registry = register_builtin_plugins(PluginRegistry())
-    return Director(
-        store, build_scheduler(default_scheduler_config(), registry), pick_endpoints=pick_endpoints
-    )
-
-
 @pytest.fixture
-def director() -> Director:
-    return make_director()
+def store() -> EndpointStore:
+    """POD_A and POD_B serve "m", POD_C another model."""
+    return fresh_store({POD_A: {"m"}, POD_B: {"m"}, POD_C: {"other"}})
 
 
 def error_code(responses: Iterable[ProcessingResponse]) -> tuple[int, str]:
@@ -75,7 +61,7 @@ def test_a_header_that_is_not_utf8_does_not_stop_the_request(director: Director)
     stream = RequestStream(director, max_body_bytes=1 << 20)
     assert stream.handle(headers_message(extra={"x-a": b"\xff\xfe caf\xe9"})) == ()
     head, *_ = stream.handle(body_message(BODY, end_of_stream=True))
-    assert set_headers(head, "request_headers")[DESTINATION_HEADER] in (A, B)
+    assert set_headers(head, "request_headers")[DESTINATION_HEADER] in (POD_A, POD_B)
     assert stream.headers["x-a"] == "\ufffd\ufffd caf\ufffd"  # read for logs only
     stream.close()
 
@@ -104,8 +90,8 @@ def test_a_client_model_header_is_removed_from_a_request_without_body(director: 
     stream.close()
 
 
-def test_body_based_routing_removes_a_client_destination() -> None:
-    stream = RequestStream(make_director(pick_endpoints=False), max_body_bytes=1 << 20)
+def test_body_based_routing_removes_a_client_destination(store: EndpointStore) -> None:
+    stream = RequestStream(director_over(store, pick_endpoints=False), max_body_bytes=1 << 20)
     stream.handle(headers_message(extra={DESTINATION_HEADER: "6.6.6.6:80"}))
     head, *_ = stream.handle(body_message(BODY, end_of_stream=True))
     assert set_headers(head, "request_headers") == {MODEL_HEADER: "m"}
@@ -195,7 +181,7 @@ def test_a_body_that_does_not_fit_the_budget_gets_503_and_others_go_on(
     head = next(responses)
     # A body too large for one message is held until its last chunk has gone to Envoy.
     assert budget.held_bytes == len(opening) + 2
-    assert set_headers(head, "request_headers")[DESTINATION_HEADER] in (A, B)
+    assert set_headers(head, "request_headers")[DESTINATION_HEADER] in (POD_A, POD_B)
     assert (
         len(
             b"".join(
@@ -249,7 +235,7 @@ def test_buffered_mode_releases_the_body_once_answered(director: Director) -> No
     stream = RequestStream(director, max_body_bytes=1 << 20, body_budget=budget)
     stream.handle(headers_message(body_mode=BUFFERED))
     (answer,) = stream.handle(body_message(BODY, end_of_stream=True))
-    assert set_headers(answer, "request_body")[DESTINATION_HEADER] in (A, B)
+    assert set_headers(answer, "request_body")[DESTINATION_HEADER] in (POD_A, POD_B)
     assert budget.held_bytes == 0
     stream.close()
 

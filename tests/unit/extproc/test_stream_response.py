@@ -4,7 +4,6 @@ metrics and the request's log line; fed Envoy's messages in memory."""
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterable
 
 import orjson
@@ -20,18 +19,15 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
 )
 
 from epp.api.usage import Usage
-from epp.datalayer.endpoint import Metrics
 from epp.datalayer.store import EndpointStore
 from epp.director import Director
 from epp.extproc.stream import RequestStream
 from epp.observability import request_metrics
 from epp.observability.metrics import REGISTRY
 from epp.requestcontrol.rewrite import MODEL_REWRITE_HEADER
-from epp.scheduling.registry import PluginRegistry, register_builtin_plugins
-from epp.scheduling.scheduler import build_scheduler, default_scheduler_config
+from tests.unit.directors import POD_A, POD_B, fresh_store
 from tests.unit.extproc.envoy_messages import BUFFERED, FULL_DUPLEX, body_message
 
-A, B = "10.0.0.1:8000", "10.0.0.2:8000"
 MODELS = frozenset({"m", "m-v2", "metrics-model", "m-log"})
 USAGE_EVENT = (
     b'data: {"id":"c","model":"m","choices":[],"usage":{"prompt_tokens":7,'
@@ -46,17 +42,8 @@ DONE = b"data: [DONE]\n\n"
 
 @pytest.fixture
 def store() -> EndpointStore:
-    store = EndpointStore()
-    store.replace([(A, MODELS), (B, MODELS)])
-    for endpoint in store.all():
-        endpoint.metrics = Metrics(updated_at=time.monotonic())
-    return store
-
-
-@pytest.fixture
-def director(store: EndpointStore) -> Director:
-    registry = register_builtin_plugins(PluginRegistry())
-    return Director(store, build_scheduler(default_scheduler_config(), registry))
+    """POD_A and POD_B serve every model of MODELS."""
+    return fresh_store({POD_A: MODELS, POD_B: MODELS})
 
 
 def request_headers(
@@ -349,7 +336,7 @@ def test_one_log_line_per_request(director: Director, caplog: pytest.LogCaptureF
     assert [r.__dict__["outcome"] for r in records] == ["completed", "reset", "error"]
     done = records[0].__dict__
     assert done["request_id"] == "req-9" and done["model"] == "m-log"
-    assert done["endpoint"] in (A, B) and done["status"] == 200 and done["stream"] is True
+    assert done["endpoint"] in (POD_A, POD_B) and done["status"] == 200 and done["stream"] is True
     assert (done["prompt_tokens"], done["completion_tokens"], done["cached_tokens"]) == (7, 3, 4)
     assert done["decision_ms"] >= 0 and done["ttft_ms"] <= done["duration_ms"]
     error = records[2].__dict__
