@@ -4,7 +4,6 @@ gets INVALID_ARGUMENT and a warning, not an INTERNAL error and a traceback."""
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import AsyncIterator, Sequence
 
 import grpc
@@ -15,26 +14,17 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
     ProcessingResponse,
 )
 
-from epp.datalayer.endpoint import Metrics
-from epp.datalayer.store import EndpointStore
-from epp.director import Director
 from epp.extproc.service import create_grpc_server
 from epp.observability import metrics
-from epp.scheduling.registry import PluginRegistry, register_builtin_plugins
-from epp.scheduling.scheduler import build_scheduler, default_scheduler_config
+from tests.unit.directors import POD_A, director_over, fresh_store
 from tests.unit.extproc.envoy_messages import body_message, headers_message
 
 METHOD = "/envoy.service.ext_proc.v3.ExternalProcessor/Process"
-A = "10.0.0.1:8000"
 
 
 @pytest_asyncio.fixture
 async def channel() -> AsyncIterator[grpc.aio.Channel]:
-    store = EndpointStore()
-    store.replace([(A, frozenset({"m"}))])
-    store.all()[0].metrics = Metrics(updated_at=time.monotonic())
-    registry = register_builtin_plugins(PluginRegistry())
-    director = Director(store, build_scheduler(default_scheduler_config(), registry))
+    director = director_over(fresh_store({POD_A: {"m"}}))
     server, port = create_grpc_server(director, address="127.0.0.1:0", max_body_bytes=1 << 20)
     await server.start()
     try:
@@ -97,7 +87,7 @@ async def test_a_broken_stream_is_invalid_argument_not_an_epp_error(
     mutation = head.request_headers.response.header_mutation.set_headers
     assert {h.header.key: h.header.raw_value for h in mutation}[
         "x-gateway-destination-endpoint"
-    ] == A.encode()
+    ] == POD_A.encode()
 
 
 @pytest.mark.asyncio

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import orjson
 from envoy.service.ext_proc.v3.external_processor_pb2 import (
     HttpBody,
@@ -11,14 +9,12 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
     ProtocolConfiguration,
 )
 
-from epp.datalayer.endpoint import Metrics
 from epp.datalayer.store import EndpointStore
 from epp.director import Director
 from epp.extproc.stream import RequestStream
 from epp.requestcontrol.objectives import OBJECTIVE_HEADER, Objectives
 from epp.requestcontrol.rewrite import MODEL_REWRITE_HEADER, ModelRewrites, RewriteRule
-from epp.scheduling.registry import PluginRegistry, register_builtin_plugins
-from epp.scheduling.scheduler import build_scheduler, default_scheduler_config
+from tests.unit.directors import POD_A, POD_B, director_over, fresh_store
 from tests.unit.extproc.envoy_messages import (
     BUFFERED,
     FULL_DUPLEX,
@@ -27,20 +23,13 @@ from tests.unit.extproc.envoy_messages import (
     set_headers,
 )
 
-A, B = "10.0.0.1:8000", "10.0.0.2:8000"
-
 
 def make_director(
     *, waiting: int = 0, pick_endpoints: bool = True, rewrites: ModelRewrites | None = None
 ) -> tuple[Director, EndpointStore]:
-    store = EndpointStore()
-    store.replace([(A, frozenset({"m", "m-v2"})), (B, frozenset({"m", "m-v2"}))])
-    for endpoint in store.all():
-        endpoint.metrics = Metrics(waiting_requests=waiting, updated_at=time.monotonic())
-    registry = register_builtin_plugins(PluginRegistry())
-    director = Director(
+    store = fresh_store({POD_A: {"m", "m-v2"}, POD_B: {"m", "m-v2"}}, waiting_requests=waiting)
+    director = director_over(
         store,
-        build_scheduler(default_scheduler_config(), registry),
         rewrites=rewrites,
         objectives=Objectives({"batch": -1, "chat": 5}),
         pick_endpoints=pick_endpoints,

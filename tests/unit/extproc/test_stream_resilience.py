@@ -2,37 +2,25 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from envoy.config.core.v3.base_pb2 import HeaderMap, HeaderValue
 from envoy.service.ext_proc.v3.external_processor_pb2 import HttpHeaders, ProcessingRequest
 
-from epp.datalayer.endpoint import Metrics
 from epp.datalayer.store import EndpointStore
 from epp.director import Director
 from epp.extproc.stream import RequestStream
 from epp.requestcontrol.fallback import ModelFallbacks
-from epp.scheduling.registry import PluginRegistry, register_builtin_plugins
-from epp.scheduling.scheduler import build_scheduler, default_scheduler_config
+from tests.unit.directors import POD_A, POD_B, director_over, fresh_store
 from tests.unit.extproc.envoy_messages import body_message, headers_message, set_headers
 
-BIG, SMALL = "10.0.0.1:8000", "10.0.0.2:8000"
+BIG, SMALL = POD_A, POD_B
 BODY = b'{"model": "big", "prompt": "p"}'
 
 
 def make(**options: Any) -> tuple[Director, EndpointStore]:
-    store = EndpointStore()
-    store.replace([(BIG, frozenset({"big"})), (SMALL, frozenset({"small"}))])
-    for endpoint in store.all():
-        endpoint.metrics = Metrics(updated_at=time.monotonic())
-    registry = register_builtin_plugins(PluginRegistry())
-    director = Director(
-        store,
-        build_scheduler(default_scheduler_config(), registry),
-        fallbacks=ModelFallbacks({"big": ["small"]}),
-        **options,
-    )
+    store = fresh_store({BIG: {"big"}, SMALL: {"small"}})
+    director = director_over(store, fallbacks=ModelFallbacks({"big": ["small"]}), **options)
     return director, store
 
 

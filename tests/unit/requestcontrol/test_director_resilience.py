@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import orjson
 import pytest
@@ -16,28 +17,15 @@ from epp.requestcontrol.health import PassiveHealth
 from epp.requestcontrol.objectives import OBJECTIVE_HEADER, Objectives
 from epp.requestcontrol.rewrite import MODEL_REWRITE_HEADER
 from epp.routing import RoutingDecision
-from epp.scheduling.registry import PluginRegistry, register_builtin_plugins
-from epp.scheduling.scheduler import build_scheduler, default_scheduler_config
+from tests.unit.directors import POD_A, POD_B, POD_C, POD_D, director_over, fresh_store
 
-BIG, SMALL1, SMALL2, TINY = "10.0.0.1:8000", "10.0.0.2:8000", "10.0.0.3:8000", "10.0.0.4:8000"
+BIG, SMALL1, SMALL2, TINY = POD_A, POD_B, POD_C, POD_D
 
 
-def make_director(**options: object) -> tuple[Director, EndpointStore]:
-    store = EndpointStore()
-    store.replace(
-        [
-            (BIG, frozenset({"big"})),
-            (SMALL1, frozenset({"small"})),
-            (SMALL2, frozenset({"small"})),
-            (TINY, frozenset({"tiny"})),
-        ]
-    )
-    for endpoint in store.all():
-        endpoint.metrics = Metrics(updated_at=time.monotonic())
-    registry = register_builtin_plugins(PluginRegistry())
+def make_director(**options: Any) -> tuple[Director, EndpointStore]:
+    store = fresh_store({BIG: {"big"}, SMALL1: {"small"}, SMALL2: {"small"}, TINY: {"tiny"}})
     options.setdefault("fallbacks", ModelFallbacks({"big": ["small", "tiny"]}))
-    director = Director(store, build_scheduler(default_scheduler_config(), registry), **options)  # type: ignore[arg-type]
-    return director, store
+    return director_over(store, **options), store
 
 
 def route(
