@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from . import manifests
-from .test_manifests import setup_objects
+from .setups import setup_objects
 
 Obj = dict[str, Any]
 PICKER = "vllm-llama3-8b-instruct-epp"

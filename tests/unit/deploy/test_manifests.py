@@ -25,10 +25,10 @@ from .manifests import (
     schema_problems,
     serve_config,
 )
+from .setups import DEPLOY, GATEWAY_SETUPS, SETUPS, setup_objects
 
 Obj = dict[str, Any]
 
-DEPLOY = Path(__file__).resolve().parents[3] / "deploy"
 # Files whose documents are not Kubernetes objects.
 NOT_MANIFESTS = (
     "envoy/*.yaml",
@@ -38,12 +38,6 @@ NOT_MANIFESTS = (
     "prometheus/prometheus.yml",
     "prometheus/kubernetes-scrape-configs.yaml",
 )
-SETUPS = {
-    "kubernetes": ("kubernetes/*.yaml", "prometheus/*monitor-*.yaml"),
-    "envoy-gateway": ("gateway/*.yaml", "gateway/envoy-gateway/*.yaml"),
-    "istio": ("gateway/*.yaml", "gateway/istio/*.yaml"),
-}
-GATEWAY_SETUPS = ("envoy-gateway", "istio")
 
 
 def _relative(path: Path) -> str:
@@ -63,12 +57,6 @@ def manifest_files() -> list[Path]:
     return [
         path for path in yaml_files() if not any(path.match(pattern) for pattern in NOT_MANIFESTS)
     ]
-
-
-def setup_objects(setup: str) -> list[Obj]:
-    paths = sorted({path for pattern in SETUPS[setup] for path in DEPLOY.glob(pattern)})
-    assert paths, f"no files for {setup}"
-    return [obj for path in paths for obj in load_documents(path)]
 
 
 def test_deploy_has_the_expected_files() -> None:
