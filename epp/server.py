@@ -26,7 +26,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from epp.config import ROUTING_STRATEGIES, Config, build_scheduler_from_config
 from epp.datalayer.kube_discovery import KubernetesDiscovery, PoolSpec
-from epp.datalayer.scraper import MetricsScraper, default_max_backoff_s
+from epp.datalayer.scrape_pace import default_max_backoff_s
+from epp.datalayer.scraper import MetricsScraper
 from epp.datalayer.static_discovery import StaticDiscovery
 from epp.datalayer.store import EndpointStore
 from epp.director import Director

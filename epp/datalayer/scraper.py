@@ -38,16 +38,8 @@ What one pod can make epp spend is bounded, per scrape and over time:
   average). Unwanted lines cost under 1 ns a byte to skip; each wanted line is parsed
   in Python for a few µs. A real page has 3-4 wanted series per engine (about 260 for 64
   engines) plus one info line; more is refused before any line is parsed.
-- **Back-off.** After the n-th failure in a row the next poll starts
-  ``interval_s * 2**(n-1)`` after the last one began, capped at ``max_backoff_s``: after
-  1, 2, 3, 4, 5 failures 50, 100, 200, 400, 800 ms, then 1 s. So a pod whose every
-  scrape fails costs one scrape a second, not twenty. The first retry keeps the normal
-  pace: one lost poll is usually a blip, and readiness (``unready_after_failures``)
-  counts on prompt retries; three failures take 150 ms instead of 100. The cap is how
-  late a recovered pod can be noticed, since its first successful scrape makes it ready
-  again: by default the smaller of 1 s and half the staleness threshold
-  (:func:`default_max_backoff_s`), so a recovered pod is back within a second and every
-  staleness window holds at least two polls. A success resets the pace at once.
+- **Back-off.** A pod whose scrapes keep failing is polled less often, up to once a
+  second (:mod:`~epp.datalayer.scrape_pace`).
 
 Pacing. A poll is not a task: a timer (``loop.call_at``) sends the request on the
 endpoint's idle connection, and the answer is read, parsed and recorded in the
@@ -58,15 +50,9 @@ other numbers (a busy pod's page) is read without the parser
 (:mod:`~epp.datalayer.page_shape`). With tests' ``sleep`` seam, one task per endpoint
 sleeps between polls instead, with the same delays.
 
-An endpoint that is idle (nothing waiting or running, no request from epp in flight, and
-the same KV-cache use as last time) is polled less often: ``interval_s`` apart twice,
-then doubling up to ``max_idle_interval_s`` (by default twice the interval, 100 ms; up to
-the back-off cap is reasonable). Any sign of work puts it back on ``interval_s`` at the
-next poll; epp routing a request to it does so within one interval, since a watcher
-looks at the slowed endpoints' in-flight counts every ``interval_s``. The cap is how late
-epp notices work that reaches an idle pod past it (another epp replica, a client that
-calls the pod directly): 100 ms by default, so an idle fleet of 256 pods costs about half
-the polls without routing on a picture older than two intervals.
+An endpoint that is idle is polled less often too, and back at the full pace at the
+first sign of work (:mod:`~epp.datalayer.scrape_pace`): a watcher looks at the slowed
+endpoints' in-flight counts every ``interval_s``.
 
 Example::
 
@@ -86,13 +72,19 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from epp.datalayer.endpoint import DEFAULT_STALENESS_S, Endpoint, Metrics
+from epp.datalayer.endpoint import Endpoint, Metrics
 from epp.datalayer.errors import DataLayerError, MetricsExtractError, ScrapeError
 from epp.datalayer.extract import detect_mapping, extract_metrics
 from epp.datalayer.http1_client import ConnectionDropped, Http1Client, Response
 from epp.datalayer.metric_mappings import AUTO, MetricMapping, mappings_for, wanted_names
 from epp.datalayer.page_shape import PageShape
 from epp.datalayer.prometheus_text import Sample, parse_samples
+from epp.datalayer.scrape_pace import (
+    ScrapePace,
+    default_max_backoff_s,
+    default_max_idle_interval_s,
+    default_timeout_s,
+)
 from epp.datalayer.store import EndpointStore
 
 __all__ = [
@@ -100,9 +92,6 @@ __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
     "DEFAULT_MAX_SAMPLES",
     "MetricsScraper",
-    "default_max_backoff_s",
-    "default_max_idle_interval_s",
-    "default_timeout_s",
 ]
 
 logger = logging.getLogger(__name__)
@@ -132,33 +121,6 @@ _PATH_SAFE = "/?&=%:@!$'()*+,;~-._[]"
 _LastPage = tuple[bytes, Metrics, PageShape | None, MetricMapping]
 
 
-def default_timeout_s(interval_s: float) -> float:
-    """The per-poll timeout used when none is given: ``min(1.0, max(0.5, interval_s))``.
-
-    At least 0.5 s, because a busy model server answers ``/metrics`` from the same event
-    loop that streams tokens and can be 100+ ms late without being unhealthy. At most 1 s,
-    so a hung server counts as failing (and is logged) well before its data goes stale at
-    2 s. Between the two it follows the interval.
-    """
-    return min(1.0, max(0.5, interval_s))
-
-
-def default_max_idle_interval_s(interval_s: float) -> float:
-    """The longest pause between polls of an idle endpoint when none is given:
-    ``2 * interval_s`` (see "Pacing" in the module docstring)."""
-    return 2 * interval_s
-
-
-def default_max_backoff_s(staleness_s: float = DEFAULT_STALENESS_S) -> float:
-    """The longest pause between polls of a failing endpoint: ``min(1.0, staleness_s / 2)``.
-
-    It is also the longest a pod that recovers waits to be noticed. One second is well
-    under what a client would notice; half the staleness threshold keeps at least two
-    polls in every window after which metrics count as stale.
-    """
-    return min(1.0, staleness_s / 2)
-
-
 class MetricsScraper:
     """Keeps the metrics of every endpoint in ``store`` fresh.
 
@@ -166,11 +128,9 @@ class MetricsScraper:
     an engine name from ``MAPPINGS``, or a custom :class:`MetricMapping`.
 
     ``max_body_bytes`` and ``max_samples`` bound the work of one scrape (0: no limit);
-    ``max_backoff_s`` caps the back-off of a failing endpoint (default
-    :func:`default_max_backoff_s`; a value at or below ``interval_s`` turns it off);
-    ``max_idle_interval_s`` the pause between polls of an idle one (default
-    :func:`default_max_idle_interval_s`; a value at or below ``interval_s`` turns the
-    slower pace off).
+    ``max_backoff_s`` caps the back-off of a failing endpoint and ``max_idle_interval_s``
+    the pause between polls of an idle one (defaults and meaning:
+    :mod:`~epp.datalayer.scrape_pace`).
     See the module docstring for why each default is what it is.
 
     ``sleep`` and ``clock`` are the test seams: ``sleep`` paces a polling task per
@@ -247,6 +207,7 @@ class MetricsScraper:
             if max_idle_interval_s is None
             else max_idle_interval_s
         )
+        self.pace = ScrapePace(interval_s, self.max_backoff_s, self.max_idle_interval_s)
         # Timer-driven polls (see "Pacing" in the module docstring) unless a test paces
         # the loop through ``sleep``; then one task per endpoint sleeps between polls.
         self._timers = sleep is asyncio.sleep
@@ -505,27 +466,16 @@ class MetricsScraper:
 
     def poll_delay_s(self, failures: int) -> float:
         """Seconds from the start of one poll to the start of the next, after ``failures``
-        failed scrapes in a row (see "Back-off" in the module docstring)."""
-        if failures <= 1:
-            return self.interval_s
-        backoff = self.interval_s * 2.0 ** min(failures - 1, 32)
-        return max(self.interval_s, min(self.max_backoff_s, backoff))
-
-    def idle_delay_s(self, idle_polls: int) -> float:
-        """Seconds from the start of one poll to the start of the next, after
-        ``idle_polls`` successful polls in a row found the endpoint idle (see "Pacing")."""
-        if idle_polls <= 1:
-            return self.interval_s
-        slower = self.interval_s * 2.0 ** min(idle_polls - 1, 32)
-        return max(self.interval_s, min(self.max_idle_interval_s, slower))
+        failed scrapes in a row."""
+        return self.pace.after_failures(failures)
 
     def _next_delay_s(self, poller: _Poller, busy: bool) -> float:
         failures = poller.endpoint.scrape_failures
         if failures or busy:
             poller.idle_polls = 0
-            return self.poll_delay_s(failures)
+            return self.pace.after_failures(failures)
         poller.idle_polls += 1
-        return self.idle_delay_s(poller.idle_polls)
+        return self.pace.while_idle(poller.idle_polls)
 
     def _start_polling(self, endpoint: Endpoint, first_delay_s: float) -> None:
         if endpoint.scrape_failures > 1:  # a failing endpoint keeps its back-off

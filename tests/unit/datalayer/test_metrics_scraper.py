@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from epp.datalayer.endpoint import Endpoint, Metrics
-from epp.datalayer.scraper import MetricsScraper, default_timeout_s
+from epp.datalayer.scrape_pace import default_timeout_s
+from epp.datalayer.scraper import MetricsScraper
 from epp.datalayer.store import EndpointStore
 
 LOGGER = "epp.datalayer.scraper"

@@ -11,12 +11,8 @@ import pytest
 
 from epp.config import DataLayerConfig, load_config
 from epp.datalayer.endpoint import Endpoint
-from epp.datalayer.scraper import (
-    DEFAULT_MAX_BODY_BYTES,
-    DEFAULT_MAX_SAMPLES,
-    MetricsScraper,
-    default_max_backoff_s,
-)
+from epp.datalayer.scrape_pace import default_max_backoff_s
+from epp.datalayer.scraper import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_SAMPLES, MetricsScraper
 from epp.datalayer.store import EndpointStore
 
 MiB = 1024 * 1024
