@@ -525,24 +525,14 @@ def run_epp(
     settle_s: float,
     extra_args: list[str],
 ) -> dict[str, Any]:
-    from epp.stack import free_port
+    from epp.stack import free_port, loopback_serve_args
 
     grpc_port, metrics_port = free_port(), free_port()
     argv = [
         sys.executable,
         "-m",
         "epp",
-        "serve",
-        "--grpc-host",
-        "127.0.0.1",
-        "--grpc-port",
-        str(grpc_port),
-        "--grpc-health-port",
-        "0",
-        "--metrics-host",
-        "127.0.0.1",
-        "--metrics-port",
-        str(metrics_port),
+        *loopback_serve_args(grpc_port, metrics_port),
         "--log-level",
         "warning",
         *extra_args,

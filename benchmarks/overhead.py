@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from epp.envoy_config import EnvoyPorts, envoy_bootstrap
-from epp.stack import ManagedProcess, free_port, start_envoy, start_epp_module
+from epp.stack import ManagedProcess, free_port, loopback_serve_args, start_envoy, start_epp_module
 
 RESULTS = Path(__file__).resolve().parent / "results" / "overhead.json"
 MODEL = "bench-model"
@@ -162,17 +162,7 @@ def start_stack(
 
     epp_port, epp_metrics = free_port(), free_port()
     epp_args = [
-        "serve",
-        "--grpc-host",
-        "127.0.0.1",
-        "--grpc-port",
-        str(epp_port),
-        "--grpc-health-port",
-        "0",
-        "--metrics-host",
-        "127.0.0.1",
-        "--metrics-port",
-        str(epp_metrics),
+        *loopback_serve_args(epp_port, epp_metrics),
         "--log-level",
         epp_log_level,
     ]

@@ -48,7 +48,14 @@ import uvloop
 from benchmarks.soak_report import Event, RequestRecord, RssSample, markdown, summarize
 from benchmarks.workloads.text import BYTES_PER_TOKEN, pseudo_text
 from epp.envoy_config import EnvoyPorts, envoy_bootstrap
-from epp.stack import ManagedProcess, StackError, free_port, start_envoy, start_epp_module
+from epp.stack import (
+    ManagedProcess,
+    StackError,
+    free_port,
+    loopback_serve_args,
+    start_envoy,
+    start_epp_module,
+)
 
 __all__ = ["PlannedFault", "SoakConfig", "main", "parse_duration", "plan"]
 
@@ -188,17 +195,7 @@ class Stack:
         self._pod_starts = [0] * config.pods
         self.grpc_port, self.metrics_port = stable_port(), stable_port()
         self.epp_argv = [
-            "serve",
-            "--grpc-host",
-            "127.0.0.1",
-            "--grpc-port",
-            str(self.grpc_port),
-            "--grpc-health-port",
-            "0",
-            "--metrics-host",
-            "127.0.0.1",
-            "--metrics-port",
-            str(self.metrics_port),
+            *loopback_serve_args(self.grpc_port, self.metrics_port),
             "--log-format",
             "json",
             *epp_args,

@@ -21,7 +21,14 @@ from typing import IO, Any
 
 from epp.envoy_config import envoy_binary, render_bootstrap
 
-__all__ = ["ManagedProcess", "StackError", "free_port", "start_envoy", "start_epp_module"]
+__all__ = [
+    "ManagedProcess",
+    "StackError",
+    "free_port",
+    "loopback_serve_args",
+    "start_envoy",
+    "start_epp_module",
+]
 
 
 class StackError(RuntimeError):
@@ -106,6 +113,25 @@ def _http_status(url: str) -> int | None:
         return exc.code
     except (OSError, ValueError):
         return None
+
+
+def loopback_serve_args(grpc_port: int, metrics_port: int) -> list[str]:
+    """``epp serve`` arguments for a local stack: ext_proc (and gRPC health) on
+    127.0.0.1:``grpc_port``, metrics on 127.0.0.1:``metrics_port``, no separate health
+    port. Append the rest (endpoints, flags)."""
+    return [
+        "serve",
+        "--grpc-host",
+        "127.0.0.1",
+        "--grpc-port",
+        str(grpc_port),
+        "--grpc-health-port",
+        "0",
+        "--metrics-host",
+        "127.0.0.1",
+        "--metrics-port",
+        str(metrics_port),
+    ]
 
 
 def start_epp_module(

@@ -42,7 +42,14 @@ from typing import Any, Protocol, runtime_checkable
 import yaml
 
 from epp.envoy_config import EnvoyPorts, envoy_bootstrap
-from epp.stack import ManagedProcess, StackError, free_port, start_envoy, start_epp_module
+from epp.stack import (
+    ManagedProcess,
+    StackError,
+    free_port,
+    loopback_serve_args,
+    start_envoy,
+    start_epp_module,
+)
 
 __all__ = [
     "CONFIGS",
@@ -165,17 +172,7 @@ class EppContender(_Processes):
     def start(self, pods: Sequence[str], model: str, workdir: Path) -> str:
         grpc, metrics = free_port(), free_port()
         args = [
-            "serve",
-            "--grpc-host",
-            "127.0.0.1",
-            "--grpc-port",
-            str(grpc),
-            "--grpc-health-port",
-            "0",
-            "--metrics-host",
-            "127.0.0.1",
-            "--metrics-port",
-            str(metrics),
+            *loopback_serve_args(grpc, metrics),
             "--log-level",
             "warning",
             *self.extra_args,

@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 
 from epp.envoy_config import EnvoyPorts, envoy_bootstrap
-from epp.stack import ManagedProcess, free_port, start_envoy, start_epp_module
+from epp.stack import ManagedProcess, free_port, loopback_serve_args, start_envoy, start_epp_module
 
 __all__ = [
     "EXCEPTION_METRIC",
@@ -179,17 +179,7 @@ class FuzzStack:
         self.pool = Pool(pods, {f"127.0.0.1:{free_port()}": GHOST})
         grpc_port, metrics_port = free_port(), free_port()
         args = [
-            "serve",
-            "--grpc-host",
-            "127.0.0.1",
-            "--grpc-port",
-            str(grpc_port),
-            "--grpc-health-port",
-            "0",
-            "--metrics-host",
-            "127.0.0.1",
-            "--metrics-port",
-            str(metrics_port),
+            *loopback_serve_args(grpc_port, metrics_port),
             "--refresh-metrics-interval",
             "50ms",
             "--request-log",

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from epp.envoy_config import EnvoyPorts, envoy_bootstrap
-from epp.stack import ManagedProcess, free_port, start_envoy, start_epp_module
+from epp.stack import ManagedProcess, free_port, loopback_serve_args, start_envoy, start_epp_module
 from tests.integration.helpers import GEMMA, GHOST, QWEN
 from tests.integration.resilience import Rig
 
@@ -75,19 +75,9 @@ def fleet(log_dir: Path) -> Iterator[Fleet]:
 def epp_process(fleet: Fleet, log_dir: Path) -> Iterator[tuple[ManagedProcess, int, int]]:
     grpc_port, metrics_port = free_port(), free_port()
     args = [
-        "serve",
-        "--grpc-host",
-        "127.0.0.1",
-        "--grpc-port",
-        str(grpc_port),
-        "--grpc-health-port",
-        "0",
+        *loopback_serve_args(grpc_port, metrics_port),
         "--request-log",
         "all",
-        "--metrics-host",
-        "127.0.0.1",
-        "--metrics-port",
-        str(metrics_port),
         "--log-level",
         "debug",
     ]

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from epp.envoy_config import EnvoyPorts, envoy_bootstrap
-from epp.stack import ManagedProcess, free_port, start_envoy, start_epp_module
+from epp.stack import ManagedProcess, free_port, loopback_serve_args, start_envoy, start_epp_module
 from tests.integration.helpers import chat
 
 # Fast pods: a request of a few tokens takes milliseconds.
@@ -60,17 +60,7 @@ class Rig:
         ext_proc port."""
         grpc_port, metrics_port = free_port(), free_port()
         args = [
-            "serve",
-            "--grpc-host",
-            "127.0.0.1",
-            "--grpc-port",
-            str(grpc_port),
-            "--grpc-health-port",
-            "0",
-            "--metrics-host",
-            "127.0.0.1",
-            "--metrics-port",
-            str(metrics_port),
+            *loopback_serve_args(grpc_port, metrics_port),
             "--refresh-metrics-interval",
             "50ms",
             "--log-level",

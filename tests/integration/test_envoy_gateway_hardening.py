@@ -27,7 +27,7 @@ from epp.envoy_config import (
     EnvoyTimeouts,
     envoy_bootstrap,
 )
-from epp.stack import free_port, start_envoy, start_epp_module
+from epp.stack import free_port, loopback_serve_args, start_envoy, start_epp_module
 from tests.integration.helpers import chat, pod_metric, pod_requests
 from tests.integration.resilience import Rig, wait_until
 
@@ -135,17 +135,7 @@ def test_epps_own_503_and_envoys_503_for_a_dead_pod_are_left_alone(rig: Rig) -> 
     rig.epp = start_epp_module(
         "epp",
         [
-            "serve",
-            "--grpc-host",
-            "127.0.0.1",
-            "--grpc-port",
-            str(grpc_port),
-            "--grpc-health-port",
-            "0",
-            "--metrics-host",
-            "127.0.0.1",
-            "--metrics-port",
-            str(metrics_port),
+            *loopback_serve_args(grpc_port, metrics_port),
             "--unready-after-failures",
             "1000000",
             "--metrics-staleness-threshold",

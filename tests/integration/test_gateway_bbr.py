@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from epp.envoy_config import EnvoyPorts, envoy_bootstrap
-from epp.stack import ManagedProcess, free_port, start_envoy, start_epp_module
+from epp.stack import ManagedProcess, free_port, loopback_serve_args, start_envoy, start_epp_module
 from tests.integration.helpers import chat
 
 MODEL_A, MODEL_B = "llama-3-8b", "qwen-2-7b"
@@ -77,17 +77,7 @@ def start_picker(name: str, log_dir: Path, *args: str) -> tuple[ManagedProcess, 
     process = start_epp_module(
         name,
         [
-            "serve",
-            "--grpc-host",
-            "127.0.0.1",
-            "--grpc-port",
-            str(grpc_port),
-            "--grpc-health-port",
-            "0",
-            "--metrics-host",
-            "127.0.0.1",
-            "--metrics-port",
-            str(metrics_port),
+            *loopback_serve_args(grpc_port, metrics_port),
             *args,
         ],
         log_dir=log_dir,

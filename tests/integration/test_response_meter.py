@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from epp.envoy_config import EnvoyPorts, envoy_bootstrap
-from epp.stack import ManagedProcess, free_port, start_envoy, start_epp_module
+from epp.stack import ManagedProcess, free_port, loopback_serve_args, start_envoy, start_epp_module
 from tests.integration.helpers import QWEN, chat
 from tests.integration.metrics_helpers import metric
 
@@ -129,17 +129,7 @@ def metered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeteredStack]:
     epp = start_epp_module(
         "epp-meter",
         [
-            "serve",
-            "--grpc-host",
-            "127.0.0.1",
-            "--grpc-port",
-            str(grpc_port),
-            "--grpc-health-port",
-            "0",
-            "--metrics-host",
-            "127.0.0.1",
-            "--metrics-port",
-            str(metrics_port),
+            *loopback_serve_args(grpc_port, metrics_port),
             "--log-format",
             "json",
             "--request-log",

@@ -19,7 +19,7 @@ import orjson
 import pytest
 
 from epp.envoy_config import EnvoyPorts, envoy_bootstrap
-from epp.stack import ManagedProcess, free_port, start_envoy, start_epp_module
+from epp.stack import ManagedProcess, free_port, loopback_serve_args, start_envoy, start_epp_module
 from tests.integration.conftest import Fleet, Stack
 from tests.integration.helpers import QWEN, chat
 from tests.integration.metrics_helpers import metric, wait_for_metric
@@ -214,17 +214,7 @@ def _own_epp(
 ) -> tuple[ManagedProcess, int, int]:
     grpc_port, metrics_port = free_port(), free_port()
     args = [
-        "serve",
-        "--grpc-host",
-        "127.0.0.1",
-        "--grpc-port",
-        str(grpc_port),
-        "--grpc-health-port",
-        "0",
-        "--metrics-host",
-        "127.0.0.1",
-        "--metrics-port",
-        str(metrics_port),
+        *loopback_serve_args(grpc_port, metrics_port),
         "--log-format",
         "json",
         "--request-log",
