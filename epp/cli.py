@@ -11,7 +11,15 @@ from epp import __version__
 __all__ = ["main"]
 
 
+_TOP_LEVEL_OPTIONS = frozenset({"-h", "--help", "--version"})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments and arguments[0].startswith("-") and arguments[0] not in _TOP_LEVEL_OPTIONS:
+        # The reference EPP's image runs the picker with flags alone, and its Helm chart
+        # passes them so (--pool-name ...): without a command, epp serves.
+        arguments.insert(0, "serve")
     parser = argparse.ArgumentParser(
         prog="epp", description="Endpoint Picker for LLM inference (Envoy ext_proc)."
     )
@@ -85,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "dial the picker's self-signed one; implies --epp-tls",
     )
 
-    args = parser.parse_args(argv)
+    args = parser.parse_args(arguments)
     if args.command == "serve":
         return _serve(args)
     if args.command == "sim":

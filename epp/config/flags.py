@@ -29,6 +29,7 @@ __all__ = [
     "option_values",
     "verbosity_log_level",
     "weight_overrides",
+    "zap_logging",
 ]
 
 # Flags of the reference EPP that epp accepts so its manifests and charts work unchanged,
@@ -47,8 +48,23 @@ REFERENCE_ONLY_FLAGS: dict[str, str] = {
     "--kv-cache-usage-percentage-metric": "metric names follow --engine (vllm, sglang, auto)",
     "--lora-info-metric": "metric names follow --engine (vllm, sglang, auto)",
     "--cache-info-metric": "metric names follow --engine (vllm, sglang, auto)",
-    "--zap-encoder": "use --log-format",
-    "--zap-log-level": "use --log-level",
+    "--allow-experimental-plugins": "epp has no experimental plugins to allow",
+    "--enable-grpc-stream-metrics": "epp counts stream errors in epp_extproc_stream_errors_total",
+    "--metrics-client-ca-file": "/metrics serves plaintext; restrict it with a NetworkPolicy",
+    "--metrics-cert-dir": "/metrics serves plaintext; restrict it with a NetworkPolicy",
+    "--disable-endpoint-subset-filter": "epp always keeps to Envoy's endpoint subset hint",
+}
+
+# The reference's zap logging flags, which epp maps onto its own (see zap_logging).
+_ZAP_ENCODERS = {"json": "json", "console": "text"}
+_ZAP_LEVELS = {
+    "debug": "debug",
+    "info": "info",
+    "warn": "warning",
+    "error": "error",
+    "dpanic": "error",
+    "panic": "error",
+    "fatal": "error",
 }
 
 # `epp serve --help` groups the options by the part of Config they set.
@@ -93,6 +109,21 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         default=None,
         help="the reference EPP's log verbosity: 4 or more is --log-level debug",
+    )
+    parser.add_argument(
+        "--zap-encoder",
+        dest="zap_encoder",
+        metavar="json|console",
+        default=None,
+        help="the reference EPP's log encoding: json is --log-format json, console is text",
+    )
+    parser.add_argument(
+        "--zap-log-level",
+        dest="zap_log_level",
+        metavar="LEVEL",
+        default=None,
+        help="the reference EPP's log level: debug, info, warn, error (or an integer "
+        "verbosity, 1 or more: debug)",
     )
     reference = parser.add_argument_group(
         "accepted for compatibility with the reference EPP, not acted on (logged at start)"
@@ -212,6 +243,32 @@ def verbosity_log_level(args: argparse.Namespace) -> str | None:
     if verbosity is None or getattr(args, "log_level", None) is not None:
         return None
     return "debug" if verbosity >= 4 else "info"
+
+
+def zap_logging(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """(log format, log level) the reference's ``--zap-encoder`` and ``--zap-log-level``
+    ask for, each None when not given or when epp's own flag is.
+
+    Raises ConfigError for a value zap would refuse too.
+    """
+    log_format = log_level = None
+    encoder = getattr(args, "zap_encoder", None)
+    if encoder is not None and getattr(args, "log_format", None) is None:
+        if encoder not in _ZAP_ENCODERS:
+            raise ConfigError(f"--zap-encoder must be json or console, got {encoder!r}")
+        log_format = _ZAP_ENCODERS[encoder]
+    level = getattr(args, "zap_log_level", None)
+    if level is not None and getattr(args, "log_level", None) is None:
+        if level.isdigit() and int(level) > 0:
+            log_level = "debug"  # zap: an integer above 0 is a verbosity, more than debug
+        elif level in _ZAP_LEVELS:
+            log_level = _ZAP_LEVELS[level]
+        else:
+            raise ConfigError(
+                f"--zap-log-level must be debug, info, warn, error, dpanic, panic, fatal "
+                f"or an integer > 0, got {level!r}"
+            )
+    return log_format, log_level
 
 
 def ignored_flags(args: argparse.Namespace) -> tuple[tuple[str, str, str], ...]:

@@ -46,12 +46,18 @@ def load_config(args: argparse.Namespace, environ: Mapping[str, str] | None = No
         config = _replace_path(config, path, value)
     if (log_level := flags.verbosity_log_level(args)) is not None:
         config = dataclasses.replace(config, log_level=log_level)
+    zap_format, zap_level = flags.zap_logging(args)
+    if zap_format is not None:
+        config = dataclasses.replace(config, log_format=zap_format)
+    if zap_level is not None:
+        config = dataclasses.replace(config, log_level=zap_level)
     if ignored := flags.ignored_flags(args):
         config = dataclasses.replace(config, ignored_flags=ignored)
     if config.kubernetes.pool_namespace is None:
-        config = _replace_path(
-            config, ("kubernetes", "pool_namespace"), env.get("POD_NAMESPACE") or "default"
-        )
+        # NAMESPACE is what the reference EPP and its chart set; POD_NAMESPACE, epp's own
+        # manifests (the downward API's usual name).
+        namespace = env.get("NAMESPACE") or env.get("POD_NAMESPACE") or "default"
+        config = _replace_path(config, ("kubernetes", "pool_namespace"), namespace)
     _check_modes(config)
     return config
 

@@ -81,3 +81,13 @@ def test_epp_sim_takes_the_arguments_of_vllm_sim(capsys: pytest.CaptureFixture[s
     assert {"--pod", "--pods", "--time-scale"} <= set(flags.findall(vllm_sim))
     assert set(flags.findall(epp_sim)) == set(flags.findall(vllm_sim))
     assert main(["sim"]) == vllm_sim_main([]) == 2  # no pods: the same refusal
+
+
+def test_flags_without_a_command_mean_serve(capsys: pytest.CaptureFixture[str]) -> None:
+    # The reference EPP's chart runs the image with flags alone (--pool-name ...).
+    assert main(["--grpc-port", "99999", "--pool-name", "p"]) == 2
+    assert "flag --grpc-port: port out of range" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as version:
+        main(["--version"])
+    assert version.value.code == 0
+    assert capsys.readouterr().out.startswith("epp ")
