@@ -146,6 +146,8 @@ async def serve(
         tls=_tls_credentials(config),
         inject_stream_usage=config.server.inject_stream_usage,
         body_budget=budget,
+        max_receive_message_bytes=config.server.grpc_max_recv_msg_bytes,
+        max_send_message_bytes=config.server.grpc_max_send_msg_bytes,
     )
     if not config.secure_serving and not _is_loopback(grpc_host):
         log.warning(
@@ -209,6 +211,13 @@ async def serve(
         await reporter.publish()
         if parts is not None:
             await parts.stop_leading()
+        if config.server.drain_timeout_s > 0:
+            # NOT_SERVING now, but a gateway may send here until it sees the pod leave.
+            log.info(
+                "still accepting ext_proc streams for %.1fs (--drain-timeout)",
+                config.server.drain_timeout_s,
+            )
+            await asyncio.sleep(config.server.drain_timeout_s)
     finally:
         await server.stop(config.server.graceful_timeout_s)
         if health_server is not None:

@@ -74,6 +74,21 @@ OPTIONS: tuple[Option, ...] = (
         "largest request body epp gathers; larger ones get 413",
     ),
     Option(
+        "--grpc-max-recv-msg-size",
+        ("server", "grpc_max_recv_msg_bytes"),
+        ("server", "grpcMaxRecvMsgSize"),
+        v.byte_size,
+        "largest gRPC message the ext_proc port accepts (4194304, 10Mi, 25MB; default: "
+        "--max-body-bytes plus 1 MiB, at least 4 MiB)",
+    ),
+    Option(
+        "--grpc-max-send-msg-size",
+        ("server", "grpc_max_send_msg_bytes"),
+        ("server", "grpcMaxSendMsgSize"),
+        v.byte_size,
+        "largest gRPC message the ext_proc port sends (default as the receive limit)",
+    ),
+    Option(
         "--max-buffered-body-bytes",
         ("server", "max_buffered_body_bytes"),
         ("server", "maxBufferedBodyBytes"),
@@ -87,6 +102,15 @@ OPTIONS: tuple[Option, ...] = (
         ("server", "gracefulTimeout"),
         v.parse_duration_s,
         "how long in-flight requests may finish on SIGTERM (e.g. 10s)",
+    ),
+    Option(
+        "--drain-timeout",
+        ("server", "drain_timeout_s"),
+        ("server", "drainTimeout"),
+        v.parse_duration_s,
+        "after SIGTERM, keep accepting ext_proc streams this long while reporting NOT_SERVING "
+        "(the reference EPP's drain window; default 0: stop accepting at once), then give "
+        "in-flight ones --graceful-timeout",
     ),
     Option(
         "--destination-fallbacks",
@@ -221,7 +245,7 @@ OPTIONS: tuple[Option, ...] = (
         ("kubernetes", "pool_namespace"),
         ("kubernetes", "poolNamespace"),
         v.optional_text,
-        "namespace of the InferencePool (default: $POD_NAMESPACE, else default)",
+        "namespace of the InferencePool (default: $NAMESPACE, else $POD_NAMESPACE, else default)",
     ),
     Option(
         "--pool-group",

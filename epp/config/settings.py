@@ -46,6 +46,14 @@ class ServerConfig:
     # parsers hold a long string twice while building it): ~300 MB with the defaults.
     max_buffered_body_bytes: int = 96 * MiB
     graceful_timeout_s: float = 10.0  # in-flight streams get this long on SIGTERM
+    # After SIGTERM (NotServing, leadership released), new streams are still accepted
+    # this long, for gateways that have not yet seen the pod leave (the reference's 30 s
+    # drain window; 0: stop accepting at once).
+    drain_timeout_s: float = 0.0
+    # gRPC message limits of the ext_proc port. None: the largest body plus 1 MiB, at
+    # least 4 MiB (Envoy sends a buffered body as one message).
+    grpc_max_recv_msg_bytes: int | None = None
+    grpc_max_send_msg_bytes: int | None = None
     destination_fallbacks: int = 0  # endpoints listed after the primary
     grpc_health_port: int = 9003  # grpc.health.v1 for probes; 0 turns it off
     # TLS on the ext_proc port. None: on in the Kubernetes modes (as the reference EPP,
@@ -81,7 +89,7 @@ class KubernetesConfig:
     """Discovery on Kubernetes: an InferencePool (``pool_name``) or a label selector."""
 
     pool_name: str | None = None
-    pool_namespace: str | None = None  # None: $POD_NAMESPACE, else "default"
+    pool_namespace: str | None = None  # None: $NAMESPACE, else $POD_NAMESPACE, else "default"
     pool_group: str = "inference.networking.k8s.io"
     endpoint_selector: tuple[tuple[str, str], ...] = ()
     endpoint_target_ports: tuple[int, ...] = ()

@@ -170,6 +170,40 @@ def non_negative_int(value: Any) -> int:
     return number
 
 
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKMGT]i?)?[bB]?\s*$")
+_SIZE_UNITS = {
+    None: 1,
+    "k": 10**3,
+    "K": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+}
+
+
+def byte_size(value: Any) -> int:
+    """A positive size in bytes: a number, or a Kubernetes-style quantity as the
+    reference EPP takes (``4194304``, ``10Mi``, ``10MiB``, ``25MB``, ``1.5Gi``).
+
+    >>> byte_size("10MiB"), byte_size("25MB"), byte_size(4096)
+    (10485760, 25000000, 4096)
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"not a size: {value!r}")
+    match = _SIZE.match(str(value))
+    if match is None:
+        raise ValueError(f"not a size (like 4194304, 10Mi, 25MB): {value!r}")
+    number, unit = match.groups()
+    size = int(float(number) * _SIZE_UNITS[unit])
+    if size < 1:
+        raise ValueError(f"must be at least 1 byte, got {value!r}")
+    return size
+
+
 def fallback_chain(value: Any) -> tuple[str, ...]:
     """``small,tiny`` or a list of model names."""
     parts = value if isinstance(value, list | tuple) else str(value).split(",")

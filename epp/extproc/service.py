@@ -147,19 +147,22 @@ def create_grpc_server(
     tls: grpc.ServerCredentials | None = None,
     inject_stream_usage: bool = False,
     body_budget: BodyBudget | None = None,
+    max_receive_message_bytes: int | None = None,
+    max_send_message_bytes: int | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """A grpc.aio server with ext_proc, Envoy's access log receiver (the channel of
     ``--response-body-mode LOGGED``) and gRPC health, bound to ``address``.
 
     With ``tls`` credentials it serves TLS. Returns the server and the port bound
-    (``address`` may end in ``:0``).
+    (``address`` may end in ``:0``). The message limits default to the largest body
+    plus 1 MiB, at least 4 MiB.
     """
     # Envoy sends each body chunk (and a buffered body whole) as one gRPC message.
     max_message = max(4 * 1024 * 1024, max_body_bytes + 1024 * 1024)
     server = grpc.aio.server(
         options=[
-            ("grpc.max_receive_message_length", max_message),
-            ("grpc.max_send_message_length", max_message),
+            ("grpc.max_receive_message_length", max_receive_message_bytes or max_message),
+            ("grpc.max_send_message_length", max_send_message_bytes or max_message),
             ("grpc.so_reuseport", 0),
             # Envoy keeps one HTTP/2 connection open; answer its keepalive pings.
             ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),

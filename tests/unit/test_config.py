@@ -209,6 +209,70 @@ def test_reference_epp_command_lines_are_accepted() -> None:
         parse(["--config-text", text, "--config-file", "/x.yaml"])
 
 
+def test_the_reference_charts_namespace_variable_is_honoured() -> None:
+    # The reference chart sets NAMESPACE; epp's own manifests set POD_NAMESPACE.
+    assert parse(["--pool-name", "p"], env={"NAMESPACE": "ml"}).kubernetes.namespace == "ml"
+    both = {"NAMESPACE": "ml", "POD_NAMESPACE": "other"}
+    assert parse(["--pool-name", "p"], env=both).kubernetes.namespace == "ml"
+    flagged = parse(["--pool-name", "p", "--pool-namespace", "given"], env=both)
+    assert flagged.kubernetes.namespace == "given"
+
+
+@pytest.mark.parametrize(
+    ("argv", "log_format", "log_level"),
+    [
+        (["--zap-encoder", "json"], "json", "info"),
+        (["--zap-encoder=console"], "text", "info"),
+        (["--zap-log-level", "debug"], "text", "debug"),
+        (["--zap-log-level", "warn"], "text", "warning"),
+        (["--zap-log-level", "3"], "text", "debug"),
+        (["--zap-encoder", "json", "--log-format", "text"], "text", "info"),
+        (["--zap-log-level", "debug", "--log-level", "error"], "text", "error"),
+    ],
+)
+def test_zap_logging_flags_map_onto_epps(argv: list[str], log_format: str, log_level: str) -> None:
+    config = parse(argv)
+    assert (config.log_format, config.log_level) == (log_format, log_level)
+    assert config.ignored_flags == ()
+
+
+@pytest.mark.parametrize(
+    "argv", [["--zap-encoder", "yaml"], ["--zap-log-level", "loud"], ["--zap-log-level", "0"]]
+)
+def test_zap_values_zap_would_refuse_are_errors(argv: list[str]) -> None:
+    with pytest.raises(ConfigError, match="--zap-"):
+        parse(argv)
+
+
+def test_grpc_message_limits_take_the_references_sizes() -> None:
+    server = parse(["--grpc-max-recv-msg-size", "10MiB", "--grpc-max-send-msg-size", "25MB"]).server
+    assert (server.grpc_max_recv_msg_bytes, server.grpc_max_send_msg_bytes) == (
+        10 * 2**20,
+        25 * 10**6,
+    )
+    assert parse([]).server.grpc_max_recv_msg_bytes is None
+    text = "kind: EndpointPickerConfig\nserver: {grpcMaxRecvMsgSize: 8Mi}\n"
+    assert parse(["--config-text", text]).server.grpc_max_recv_msg_bytes == 8 * 2**20
+    for bad in ("lots", "0", "-1Mi", "10XB"):
+        with pytest.raises(ConfigError, match="--grpc-max-recv-msg-size"):
+            parse([f"--grpc-max-recv-msg-size={bad}"])
+
+
+def test_newer_reference_flags_are_accepted_and_reported() -> None:
+    config = parse(
+        [
+            "--allow-experimental-plugins",
+            "--enable-grpc-stream-metrics=true",
+            "--disable-endpoint-subset-filter",
+        ]
+    )
+    assert [flag for flag, _, _ in config.ignored_flags] == [
+        "--allow-experimental-plugins",
+        "--enable-grpc-stream-metrics",
+        "--disable-endpoint-subset-filter",
+    ]
+
+
 def test_stream_usage_injection_is_off_unless_asked(tmp_path: Path) -> None:
     assert not parse([]).server.inject_stream_usage
     assert parse(["--inject-stream-usage"]).server.inject_stream_usage

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import logging
 import time
+from collections.abc import AsyncIterator
 
+import grpc
 import pytest
+from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingResponse
 
 from epp.config import add_serve_arguments, load_config
 from epp.datalayer.endpoint import Endpoint, Metrics
@@ -82,3 +86,76 @@ def test_one_staleness_threshold_for_health_and_the_prefer_fresh_filter(
     assert director.is_healthy(older) is one_second_is_fresh
     result = director.scheduler.schedule(LLMRequest("r", "m", "hi"), [fresh, older])
     assert (older in result.endpoints) is one_second_is_fresh
+
+
+def test_a_drain_timeout_keeps_accepting_streams_after_shutdown_begins() -> None:
+    # The reference EPP's --drain-timeout: NOT_SERVING at once, but a gateway that has not
+    # yet seen the pod leave still gets its requests routed for that long.
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from tests.unit.datalayer.scripted_pod import ScriptedPod, always, with_length
+    from tests.unit.extproc.envoy_messages import body_message, headers_message
+
+    async def scenario() -> tuple[list[bytes], str]:
+        pod = ScriptedPod(always([with_length()]))  # a model server's /metrics page
+        await pod.start()
+        parser = argparse.ArgumentParser()
+        add_serve_arguments(parser)
+        config = load_config(
+            parser.parse_args(
+                [
+                    "--grpc-port=0",
+                    "--grpc-health-port=0",
+                    "--metrics-port=0",
+                    f"--endpoint={pod.address}=m",
+                    "--drain-timeout=60s",
+                    "--graceful-timeout=0",
+                ]
+            ),
+            environ={},
+        )
+        stop = asyncio.Event()
+        ready: asyncio.Future[Running] = asyncio.get_running_loop().create_future()
+        server = asyncio.create_task(
+            serve(config, shutdown_trigger=stop.wait, on_ready=ready.set_result)
+        )
+        running = await asyncio.wait_for(ready, timeout=60)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.grpc_port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            stop.set()
+            while True:  # shutdown has begun once health says so
+                answer = await health.Check(health_pb2.HealthCheckRequest(service=""))
+                if answer.status == health_pb2.HealthCheckResponse.NOT_SERVING:
+                    break
+                await asyncio.sleep(0.01)
+            call = channel.stream_stream(
+                "/envoy.service.ext_proc.v3.ExternalProcessor/Process",
+                request_serializer=None,
+                response_deserializer=None,
+            )
+            messages = [
+                headers_message().SerializeToString(),
+                body_message(
+                    b'{"model": "m", "prompt": "p"}', end_of_stream=True
+                ).SerializeToString(),
+            ]
+
+            async def requests() -> AsyncIterator[bytes]:
+                for message in messages:
+                    yield message
+
+            answers = [answer async for answer in call(requests(), timeout=30)]
+        server.cancel()  # the drain would last a minute: the point is made
+        with contextlib.suppress(asyncio.CancelledError):
+            await server
+        await pod.close()
+        return answers, pod.address
+
+    try:
+        answers, address = asyncio.run(scenario())
+    finally:
+        gc.unfreeze()
+    head = ProcessingResponse.FromString(answers[0])
+    mutation = head.request_headers.response.header_mutation.set_headers
+    destination = {h.header.key: h.header.raw_value for h in mutation}
+    assert destination["x-gateway-destination-endpoint"] == address.encode()

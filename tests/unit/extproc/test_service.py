@@ -129,3 +129,26 @@ async def test_bytes_that_are_no_access_log_message_are_invalid_argument(
         yield b""  # a message with no entries: read, nothing to hand on
 
     assert await call(empty_batch(), timeout=30) == b""
+
+
+@pytest.mark.asyncio
+async def test_a_message_over_the_configured_limit_is_refused() -> None:
+    store = fresh_store({POD_A: ["m"]})
+    server, port = create_grpc_server(
+        director_over(store),
+        address="127.0.0.1:0",
+        max_body_bytes=1 << 20,
+        max_receive_message_bytes=64 * 1024,
+    )
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            big = body_message(b"x" * (100 * 1024), end_of_stream=True).SerializeToString()
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await exchange(channel, [headers_message().SerializeToString(), big])
+            assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+            small = body_message(b"{}", end_of_stream=True).SerializeToString()
+            answers = await exchange(channel, [headers_message().SerializeToString(), small])
+            assert answers  # under the limit: answered (an error for this body, but answered)
+    finally:
+        await server.stop(None)
