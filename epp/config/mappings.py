@@ -50,8 +50,8 @@ MAPPINGS: tuple[MappingOption, ...] = (
         "objectives",
         v.integer,
         "NAME=PRIORITY",
-        "the priority of requests naming objective NAME in "
-        "x-gateway-inference-objective (negative: sheddable), for deployments "
+        "the priority of requests naming objective NAME in x-llm-d-inference-objective "
+        "(or x-gateway-inference-objective; negative: sheddable), for deployments "
         "without InferenceObjectives; repeatable (env EPP_OBJECTIVES)",
     ),
 )

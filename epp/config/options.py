@@ -352,8 +352,9 @@ OPTIONS: tuple[Option, ...] = (
         ("request_control", "trust_model_rewrite_header"),
         ("modelRewrite", "trustHeader"),
         v.boolean,
-        "honour x-gateway-model-name-rewrite on requests (it overrides every rewrite "
-        "rule); only if your gateway sets it and removes clients' copies",
+        "honour x-llm-d-model-name-rewrite (or x-gateway-model-name-rewrite) on requests "
+        "(it overrides every rewrite rule); only if your gateway sets it and removes "
+        "clients' copies",
     ),
     Option(
         "--failure-backoff",

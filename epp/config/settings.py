@@ -123,8 +123,9 @@ class RequestControlConfig:
     failure_max_backoff_s: float = 30.0  # the back-off doubles up to this
     model_fallbacks: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     objectives: Mapping[str, int] = field(default_factory=dict)  # name -> priority
-    # Honour x-gateway-model-name-rewrite from the request: only where the gateway sets
-    # it and strips clients' copies, or any client picks the model it is served by.
+    # Honour x-llm-d-model-name-rewrite (or x-gateway-model-name-rewrite) from the request:
+    # only where the gateway sets it and strips clients' copies, or any client picks the
+    # model it is served by.
     trust_model_rewrite_header: bool = False
 
 

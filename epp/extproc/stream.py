@@ -42,8 +42,8 @@ from epp.extproc.body_budget import BodyBudget
 from epp.extproc.response_observer import BodyWatcher, LoggedResponse, ResponseObservers
 from epp.observability import metrics, request_metrics
 from epp.observability.logging import clip
-from epp.requestcontrol.objectives import OBJECTIVE_HEADER
-from epp.requestcontrol.rewrite import MODEL_REWRITE_HEADER
+from epp.requestcontrol.objectives import OBJECTIVE_HEADERS
+from epp.requestcontrol.rewrite import MODEL_REWRITE_HEADERS
 from epp.routing import ResponseOutcome, Router, RoutingDecision
 
 __all__ = ["Phase", "ProtocolViolation", "RequestStream", "ResponsePhase"]
@@ -59,7 +59,7 @@ _RESPONSES_TOKEN_MARKER = b'.delta"'
 # Request headers whose value steers routing: one that is not UTF-8 is refused rather
 # than read as something the client did not send. Other headers are opaque to epp (RFC
 # 9110 lets obs-text through) and reach the model server untouched.
-_STEERING_HEADERS = frozenset({MODEL_REWRITE_HEADER, OBJECTIVE_HEADER})
+_STEERING_HEADERS = frozenset({*MODEL_REWRITE_HEADERS, *OBJECTIVE_HEADERS})
 _UNLIMITED = BodyBudget(0)
 
 

@@ -1,7 +1,7 @@
-"""InferenceObjectives: a request names one in ``x-gateway-inference-objective`` and gets
-its priority. Negative priorities are sheddable: they are the first refused when the pool
-is saturated. A request without the header, or naming an unknown objective, has
-priority 0.
+"""InferenceObjectives: a request names one in ``x-llm-d-inference-objective`` (or the
+legacy ``x-gateway-inference-objective``) and gets its priority. Negative priorities are
+sheddable: they are the first refused when the pool is saturated. A request without the
+header, or naming an unknown objective, has priority 0.
 """
 
 from __future__ import annotations
@@ -10,11 +10,14 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["OBJECTIVE_HEADER", "Objectives", "priorities_from_objects"]
+__all__ = ["OBJECTIVE_HEADER", "OBJECTIVE_HEADERS", "Objectives", "priorities_from_objects"]
 
 log = logging.getLogger(__name__)
 
-OBJECTIVE_HEADER = "x-gateway-inference-objective"
+# The reference EPP's current name, then the Gateway API Inference Extension's, which it
+# still reads: the first present wins.
+OBJECTIVE_HEADER = "x-llm-d-inference-objective"
+OBJECTIVE_HEADERS = (OBJECTIVE_HEADER, "x-gateway-inference-objective")
 
 
 def priorities_from_objects(objects: Iterable[Mapping[str, Any]], pool_name: str) -> dict[str, int]:
@@ -48,5 +51,5 @@ class Objectives:
         self._priorities = {**self._configured, **priorities}
 
     def priority(self, headers: Mapping[str, str]) -> int:
-        name = headers.get(OBJECTIVE_HEADER)
+        name = headers.get(OBJECTIVE_HEADER) or headers.get(OBJECTIVE_HEADERS[1])
         return self._priorities.get(name, 0) if name else 0

@@ -4,9 +4,10 @@ A rule maps an exact model name (or, with no ``matches``, every model) to weight
 models; each request draws one target by weight. Across rewrites for the same pool, an
 exact match beats a catch-all, then the oldest resource wins, then the first rule in it,
 as the Gateway API Inference Extension specifies. The request header
-``x-gateway-model-name-rewrite`` overrides every rule, but only where the operator says
-the gateway sets it (``honour_header``): a header a client can send must not choose the
-model its request is served by, past the operator's rules.
+``x-llm-d-model-name-rewrite`` (or the legacy ``x-gateway-model-name-rewrite``) overrides
+every rule, but only where the operator says the gateway sets it (``honour_header``): a
+header a client can send must not choose the model its request is served by, past the
+operator's rules.
 """
 
 from __future__ import annotations
@@ -22,11 +23,19 @@ from typing import Any
 from epp.api.openai import model_name_problem
 from epp.errors import BadRequest
 
-__all__ = ["MODEL_REWRITE_HEADER", "ModelRewrites", "RewriteRule", "rules_from_objects"]
+__all__ = [
+    "MODEL_REWRITE_HEADER",
+    "MODEL_REWRITE_HEADERS",
+    "ModelRewrites",
+    "RewriteRule",
+    "rules_from_objects",
+]
 
 log = logging.getLogger(__name__)
 
-MODEL_REWRITE_HEADER = "x-gateway-model-name-rewrite"
+# The reference EPP's current name, then the legacy one it still reads (first present wins).
+MODEL_REWRITE_HEADER = "x-llm-d-model-name-rewrite"
+MODEL_REWRITE_HEADERS = (MODEL_REWRITE_HEADER, "x-gateway-model-name-rewrite")
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,13 +127,12 @@ class ModelRewrites:
         """The model to send to: the header's (when honoured), a rule's draw, or ``model``
         unchanged. Raises ``BadRequest`` for a header that is no model name."""
         if self.honour_header:
-            override = headers.get(MODEL_REWRITE_HEADER)
-            if override:
-                problem = model_name_problem(override)
-                if problem is not None:
-                    raise BadRequest(
-                        f"the model in {MODEL_REWRITE_HEADER} {problem}", code="invalid_model"
-                    )
-                return override
+            for name in MODEL_REWRITE_HEADERS:
+                override = headers.get(name)
+                if override:
+                    problem = model_name_problem(override)
+                    if problem is not None:
+                        raise BadRequest(f"the model in {name} {problem}", code="invalid_model")
+                    return override
         rule = self._exact.get(model) or self._catch_all
         return model if rule is None else rule.draw(self._rng)

@@ -24,8 +24,8 @@ from epp.director import Director
 from epp.extproc.body_budget import BodyBudget
 from epp.extproc.messages import DESTINATION_HEADER, MODEL_HEADER
 from epp.extproc.stream import Phase, ProtocolViolation, RequestStream
-from epp.requestcontrol.objectives import OBJECTIVE_HEADER
-from epp.requestcontrol.rewrite import MODEL_REWRITE_HEADER
+from epp.requestcontrol.objectives import OBJECTIVE_HEADERS
+from epp.requestcontrol.rewrite import MODEL_REWRITE_HEADER, MODEL_REWRITE_HEADERS
 from tests.unit.directors import POD_A, POD_B, POD_C, director_over, fresh_store
 from tests.unit.extproc.envoy_messages import (
     BUFFERED,
@@ -66,7 +66,7 @@ def test_a_header_that_is_not_utf8_does_not_stop_the_request(director: Director)
     stream.close()
 
 
-@pytest.mark.parametrize("header", [MODEL_REWRITE_HEADER, OBJECTIVE_HEADER])
+@pytest.mark.parametrize("header", [*MODEL_REWRITE_HEADERS, *OBJECTIVE_HEADERS])
 def test_a_routing_header_that_is_not_utf8_is_refused(director: Director, header: str) -> None:
     stream = RequestStream(director, max_body_bytes=1 << 20)
     assert error_code(stream.handle(headers_message(extra={header: b"m\xff"}))) == (

@@ -6,7 +6,12 @@ import time
 
 from epp.datalayer.endpoint import Endpoint, Metrics
 from epp.requestcontrol.admission import SaturationDetector
-from epp.requestcontrol.objectives import OBJECTIVE_HEADER, Objectives, priorities_from_objects
+from epp.requestcontrol.objectives import (
+    OBJECTIVE_HEADER,
+    OBJECTIVE_HEADERS,
+    Objectives,
+    priorities_from_objects,
+)
 
 
 def objective(name: str, priority: object, pool: str = "pool") -> dict[str, object]:
@@ -38,6 +43,15 @@ def endpoint(waiting: int, kv: float, *, age_s: float = 0.0) -> Endpoint:
         waiting_requests=waiting, kv_cache_usage=kv, updated_at=time.monotonic() - age_s
     )
     return ep
+
+
+def test_the_current_and_the_legacy_objective_headers_are_read() -> None:
+    objectives = Objectives({"batch": -1, "chat": 10})
+    assert OBJECTIVE_HEADERS == ("x-llm-d-inference-objective", "x-gateway-inference-objective")
+    assert objectives.priority({"x-llm-d-inference-objective": "chat"}) == 10
+    assert objectives.priority({"x-gateway-inference-objective": "batch"}) == -1
+    both = {"x-gateway-inference-objective": "batch", "x-llm-d-inference-objective": "chat"}
+    assert objectives.priority(both) == 10  # the current name first, as the reference
 
 
 def test_saturation_uses_the_reference_thresholds() -> None:

@@ -8,7 +8,12 @@ from typing import Any
 import pytest
 
 from epp.errors import BadRequest
-from epp.requestcontrol.rewrite import MODEL_REWRITE_HEADER, ModelRewrites, rules_from_objects
+from epp.requestcontrol.rewrite import (
+    MODEL_REWRITE_HEADER,
+    MODEL_REWRITE_HEADERS,
+    ModelRewrites,
+    rules_from_objects,
+)
 
 
 def rewrite(
@@ -74,6 +79,15 @@ def test_header_overrides_every_rule_only_when_trusted() -> None:
     assert ModelRewrites(rules).target("m", {MODEL_REWRITE_HEADER: "pinned"}) == "v2"
     trusted = ModelRewrites(rules, honour_header=True)
     assert trusted.target("m", {MODEL_REWRITE_HEADER: "pinned"}) == "pinned"
+
+
+def test_the_current_and_the_legacy_header_names_both_override() -> None:
+    trusted = ModelRewrites(honour_header=True)
+    assert MODEL_REWRITE_HEADERS == ("x-llm-d-model-name-rewrite", "x-gateway-model-name-rewrite")
+    assert trusted.target("m", {"x-llm-d-model-name-rewrite": "new"}) == "new"
+    assert trusted.target("m", {"x-gateway-model-name-rewrite": "old"}) == "old"
+    both = {"x-gateway-model-name-rewrite": "old", "x-llm-d-model-name-rewrite": "new"}
+    assert trusted.target("m", both) == "new"  # the reference reads the current name first
 
 
 @pytest.mark.parametrize("value", ["a\r\nb", "nul\x00", "x" * 1025])
