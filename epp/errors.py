@@ -32,6 +32,10 @@ class EppError(Exception):
     status: int = 500
     error_type: str = "internal_error"  # OpenAI's error.type
     code: str = "internal_error"  # OpenAI's error.code
+    # For a request refused for want of capacity or endpoints (not for what it asked):
+    # the reference EPP's x-llm-d-request-dropped-reason value, which clients and
+    # gateways branch on.
+    dropped_reason: str | None = None
 
     def __init__(
         self, message: str, *, code: str | None = None, retry_after_s: int | None = None
@@ -75,6 +79,7 @@ class TooManyRequests(EppError):
     status = 429
     error_type = "rate_limit_error"
     code = "no_capacity"
+    dropped_reason = "rejected-saturated"
 
 
 class ServiceUnavailable(EppError):
@@ -83,6 +88,7 @@ class ServiceUnavailable(EppError):
     status = 503
     error_type = "service_unavailable"
     code = "no_ready_endpoint"
+    dropped_reason = "rejected-no-endpoints"
 
 
 class Overloaded(EppError):
@@ -91,3 +97,4 @@ class Overloaded(EppError):
     status = 503
     error_type = "service_unavailable"
     code = "overloaded"
+    dropped_reason = "rejected-saturated"

@@ -216,6 +216,10 @@ def response_body_replaced(body: bytes) -> ProcessingResponse:
     return response
 
 
+# Why epp refused a request it could not place (the reference EPP's header and values).
+DROPPED_REASON_HEADER = "x-llm-d-request-dropped-reason"
+
+
 def error_response(error: EppError) -> ProcessingResponse:
     """An ``ImmediateResponse`` carrying an OpenAI-style JSON error body."""
     body = orjson.dumps(
@@ -224,6 +228,8 @@ def error_response(error: EppError) -> ProcessingResponse:
     headers = [("content-type", "application/json")]
     if error.retry_after_s is not None:
         headers.append(("retry-after", str(error.retry_after_s)))
+    if error.dropped_reason is not None:
+        headers.append((DROPPED_REASON_HEADER, error.dropped_reason))
     return ProcessingResponse(
         immediate_response=ImmediateResponse(
             status=HttpStatus(code=error.status),

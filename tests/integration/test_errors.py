@@ -39,6 +39,9 @@ def test_error_answers(client: httpx.Client, body: bytes, status: int, code: str
     assert error["code"] == code
     assert error["type"]
     assert error["message"]
+    # Only a request epp could not place says why it was dropped (the reference's header).
+    dropped = response.headers.get("x-llm-d-request-dropped-reason")
+    assert dropped == ("rejected-no-endpoints" if code == "no_ready_endpoint" else None)
 
 
 def test_empty_post_is_a_bad_request(client: httpx.Client) -> None:

@@ -132,6 +132,21 @@ def test_no_ready_endpoint_is_503(director: Director, store: EndpointStore) -> N
     stream.handle(headers_message())
     (answer,) = stream.handle(body_message(b'{"model": "m"}', end_of_stream=True))
     assert answer.immediate_response.status.code == 503
+    headers = {
+        h.header.key: h.header.raw_value for h in answer.immediate_response.headers.set_headers
+    }
+    assert headers["x-llm-d-request-dropped-reason"] == b"rejected-no-endpoints"
+
+
+def test_a_request_epp_refuses_for_what_it_asked_names_no_dropped_reason(
+    director: Director,
+) -> None:
+    stream = RequestStream(director, max_body_bytes=1 << 20)
+    stream.handle(headers_message())
+    (answer,) = stream.handle(body_message(b'{"model": "nobody-serves-this"}', end_of_stream=True))
+    assert answer.immediate_response.status.code == 404
+    keys = [h.header.key for h in answer.immediate_response.headers.set_headers]
+    assert "x-llm-d-request-dropped-reason" not in keys
 
 
 def _subset_metadata(addresses: list[str]) -> Metadata:

@@ -82,6 +82,7 @@ def test_429_answers_carry_retry_after() -> None:
     assert immediate.status.code == 429
     headers = {h.header.key: h.header.raw_value.decode() for h in immediate.headers.set_headers}
     assert headers["retry-after"] == "4"
+    assert headers["x-llm-d-request-dropped-reason"] == "rejected-saturated"
     assert b"no_capacity" in immediate.body
     stream.close()
     holding.close()

@@ -140,6 +140,7 @@ def test_shedding_looks_at_the_candidates_actually_used() -> None:
     with pytest.raises(TooManyRequests) as shed:
         route(director, "big", {OBJECTIVE_HEADER: "batch"})
     assert (shed.value.code, shed.value.retry_after_s) == ("pool_saturated", 7)
+    assert shed.value.dropped_reason == "rejected-saturated"  # the reference's header value
     assert route(director, "big").destination == BIG  # priority 0 still routes
     # With the big pod gone the fallback's (idle) pods are the candidates: no shedding.
     unready(store, BIG)
