@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from epp.datalayer.endpoint import Endpoint
 from epp.scheduling.errors import NoCandidates, SchedulerConfigError
+from epp.scheduling.pickers.max_score import TYPE as MAX_SCORE_PICKER
 from epp.scheduling.profile import SchedulerProfile, WeightedScorer
 from epp.scheduling.registry import PluginRegistry, register_builtin_plugins
 from epp.scheduling.spec import (
@@ -38,6 +39,8 @@ __all__ = [
     "build_scheduler",
     "default_scheduler_config",
 ]
+
+DEFAULT_WEIGHT = 1.0  # a scorer listed without a weight, as in the reference EPP
 
 
 class Scheduler:
@@ -89,12 +92,14 @@ class Scheduler:
 def build_scheduler(config: SchedulerConfig, registry: PluginRegistry | None = None) -> Scheduler:
     """Validate ``config`` and build the plugins and the profile.
 
-    Raises :class:`SchedulerConfigError` for a duplicate plugin name, an unknown type or
-    parameter, an unknown ``pluginRef``, a scorer without a weight or with one that is
-    not a finite number >= 0, a weight on a plugin that is not a scorer, or a profile
-    without exactly one picker. This is the one place weights are checked, whether they
-    come from the file, ``--scorer-weight`` or code. Every profile is validated; the one
-    named ``default`` (else the first) is used.
+    As the reference EPP does, a scorer listed without a weight weighs 1, and a profile
+    that names no picker gets a ``max-score-picker``. Raises
+    :class:`SchedulerConfigError` for a duplicate plugin name, an unknown type or
+    parameter, an unknown ``pluginRef``, a weight that is not a finite number >= 0, a
+    weight on a plugin that is not a scorer, or a profile with two pickers. This is the
+    one place weights are checked, whether they come from the file, ``--scorer-weight``
+    or code. Every profile is validated; the one named ``default`` (else the first) is
+    used.
     """
     if registry is None:
         registry = register_builtin_plugins(PluginRegistry())
@@ -110,12 +115,16 @@ def build_scheduler(config: SchedulerConfig, registry: PluginRegistry | None = N
     for profile_spec in config.profiles:
         if profile_spec.name in profiles:
             raise SchedulerConfigError(f"profile {profile_spec.name!r} is defined twice")
-        profiles[profile_spec.name] = _build_profile(profile_spec, plugins)
+        profiles[profile_spec.name] = _build_profile(
+            profile_spec, plugins, lambda: registry.create(MAX_SCORE_PICKER, MAX_SCORE_PICKER, {})
+        )
     chosen = profiles.get(DEFAULT_PROFILE_NAME) or profiles[config.profiles[0].name]
     return Scheduler(chosen)
 
 
-def _build_profile(spec: ProfileSpec, plugins: dict[str, Plugin]) -> SchedulerProfile:
+def _build_profile(
+    spec: ProfileSpec, plugins: dict[str, Plugin], default_picker: Callable[[], Plugin]
+) -> SchedulerProfile:
     where = f"profile {spec.name!r}"
     filters: list[Filter] = []
     scorers: list[WeightedScorer] = []
@@ -135,9 +144,7 @@ def _build_profile(spec: ProfileSpec, plugins: dict[str, Plugin]) -> SchedulerPr
         has_role = False
         if isinstance(plugin, Scorer):
             has_role = True
-            if ref.weight is None:
-                raise SchedulerConfigError(f"{where}: scorer {ref.plugin_ref!r} needs a weight")
-            weight = ref.weight
+            weight = DEFAULT_WEIGHT if ref.weight is None else ref.weight
             if (
                 isinstance(weight, bool)
                 or not isinstance(weight, int | float)
@@ -166,7 +173,11 @@ def _build_profile(spec: ProfileSpec, plugins: dict[str, Plugin]) -> SchedulerPr
             raise SchedulerConfigError(
                 f"{where}: plugin {ref.plugin_ref!r} is no filter, scorer, picker or post-pick"
             )
+    if not pickers:
+        picker = default_picker()
+        assert isinstance(picker, Picker)
+        pickers.append(picker)
     if len(pickers) != 1:
-        names = ", ".join(repr(str(p.typed_name.name)) for p in pickers) or "none"
+        names = ", ".join(repr(str(p.typed_name.name)) for p in pickers)
         raise SchedulerConfigError(f"{where}: needs exactly one picker, got {names}")
     return SchedulerProfile(spec.name, filters, scorers, pickers[0], post_picks)

@@ -102,6 +102,20 @@ def test_profile_named_default_wins_else_first() -> None:
     assert build_scheduler(SchedulerConfig(PLUGINS, profiles[:1])).profile.name == "other"
 
 
+def test_the_references_defaults_a_weight_of_1_and_a_max_score_picker() -> None:
+    # The GIE chart's default profile lists its scorers without weights and no picker.
+    profile = build_scheduler(config(ref("prefer-fresh-filter"), ref("queue-scorer"))).profile
+    points = {(t.extension_point, t.typed_name.type) for t in profile.timings}
+    assert ("picker", "max-score-picker") in points
+    assert ("scorer", "queue-scorer") in points
+    # Weight 1, not 0: the queue decides (a 0-weight scorer would leave a coin toss).
+    busy, idle = Endpoint("10.0.0.1:8000"), Endpoint("10.0.0.2:8000")
+    busy.metrics = Metrics(waiting_requests=9, updated_at=time.monotonic())
+    idle.metrics = Metrics(waiting_requests=0, updated_at=time.monotonic())
+    picks = {profile.run(LLMRequest("r", "m", ""), [busy, idle]).primary for _ in range(20)}
+    assert picks == {idle}
+
+
 @pytest.mark.parametrize(
     ("cfg", "message"),
     [
@@ -110,11 +124,6 @@ def test_profile_named_default_wins_else_first() -> None:
             r"profile 'default': pluginRef 'nope' names no plugin \(defined: "
             r"max-score-picker, prefer-fresh-filter, queue-scorer, random-picker\)",
             id="unknown-ref",
-        ),
-        pytest.param(
-            config(ref("queue-scorer"), ref("max-score-picker")),
-            r"scorer 'queue-scorer' needs a weight",
-            id="scorer-without-weight",
         ),
         pytest.param(
             config(ref("queue-scorer", -1), ref("max-score-picker")),
@@ -150,9 +159,6 @@ def test_profile_named_default_wins_else_first() -> None:
             config(ref("max-score-picker", 1)),
             r"'max-score-picker' is not a scorer and takes no weight",
             id="weight-on-picker",
-        ),
-        pytest.param(
-            config(ref("queue-scorer", 1)), r"needs exactly one picker, got none", id="no-picker"
         ),
         pytest.param(
             config(ref("max-score-picker"), ref("random-picker")),
@@ -194,10 +200,10 @@ def test_profile_named_default_wins_else_first() -> None:
                 PLUGINS,
                 [
                     ProfileSpec("default", [ref("max-score-picker")]),
-                    ProfileSpec("spare", [ref("queue-scorer", 1)]),
+                    ProfileSpec("spare", [ref("queue-scorer", -1)]),
                 ],
             ),
-            r"profile 'spare': needs exactly one picker",
+            r"profile 'spare': scorer 'queue-scorer' weight must be",
             id="unused-profile-validated",
         ),
     ],
