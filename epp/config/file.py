@@ -25,6 +25,12 @@ from epp.datalayer.store import EndpointSpec
 
 __all__ = ["ConfigDocument", "check_keys", "read_document"]
 
+# epp's own, llm-d-router's, and the Gateway API Inference Extension's (the same shape).
+API_VERSIONS = (
+    "epp.dev/v1alpha1",
+    "llm-d.ai/v1alpha1",
+    "inference.networking.x-k8s.io/v1alpha1",
+)
 # The top-level keys that are not sections of the option table or mappings.
 _DOCUMENT_KEYS = ("apiVersion", "kind", "endpoints", "plugins", "schedulingProfiles")
 _ENDPOINT_KEYS = ("address", "models")
@@ -136,6 +142,11 @@ def _parse(text: str, where: str) -> dict[str, Any]:
     kind = document.get("kind", "EndpointPickerConfig")
     if kind != "EndpointPickerConfig":
         raise ConfigError(f"{where}: kind must be EndpointPickerConfig, not {kind!r}")
+    api_version = document.get("apiVersion")
+    if api_version is not None and api_version not in API_VERSIONS:
+        raise ConfigError(
+            f"{where}: apiVersion must be one of {', '.join(API_VERSIONS)}, not {api_version!r}"
+        )
     return document
 
 

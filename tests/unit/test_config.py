@@ -114,6 +114,21 @@ def test_file_must_be_an_endpoint_picker_config(tmp_path: Path) -> None:
         parse(["--config-file", str(path)])
 
 
+@pytest.mark.parametrize(
+    "api_version",
+    ["epp.dev/v1alpha1", "llm-d.ai/v1alpha1", "inference.networking.x-k8s.io/v1alpha1"],
+)
+def test_the_references_api_versions_load(api_version: str) -> None:
+    text = f"apiVersion: {api_version}\nkind: EndpointPickerConfig\nserver: {{grpcPort: 9100}}\n"
+    assert parse(["--config-text", text]).server.grpc_port == 9100
+
+
+def test_an_unknown_api_version_is_an_error() -> None:
+    text = "apiVersion: inference.networking.x-k8s.io/v1\nkind: EndpointPickerConfig\n"
+    with pytest.raises(ConfigError, match="apiVersion must be one of"):
+        parse(["--config-text", text])
+
+
 def test_pool_mode_flags_match_the_reference_epp() -> None:
     config = parse(
         ["--pool-name", "llama", "--ha-enable-leader-election", "--cert-path", "/c"],
