@@ -42,14 +42,16 @@ ACCESS_LOG_FLUSH_S = 0.1
 REQUEST_ID_ATTRIBUTE = "request.id"
 
 # What clients get, in epp's own OpenAI-style error shape, when Envoy answers for epp.
-EPP_UNAVAILABLE_ERROR = {
+EPP_UNAVAILABLE_ERROR: dict[str, str | None] = {
     "message": "the endpoint picker (epp) is unavailable",
     "type": "service_unavailable",
+    "param": None,
     "code": "epp_unavailable",
 }
-EPP_TIMEOUT_ERROR = {
+EPP_TIMEOUT_ERROR: dict[str, str | None] = {
     "message": "the endpoint picker (epp) did not answer in time",
     "type": "gateway_timeout",
+    "param": None,
     "code": "epp_timeout",
 }
 
@@ -248,6 +250,9 @@ def _http_connection_manager(
             ".network.http_connection_manager.v3.HttpConnectionManager",
             "stat_prefix": "inference_gateway",
             "codec_type": "AUTO",
+            # Every answer names its request (x-request-id, the client's or Envoy's), the
+            # id epp's log lines and metrics carry.
+            "always_set_request_id_in_response": True,
             # Without these a half-sent header block holds its connection open for as
             # long as the client likes, and an idle connection for an hour.
             "request_headers_timeout": _duration(timeouts.request_headers_s),
@@ -287,7 +292,9 @@ def _local_reply_config() -> dict[str, Any]:
     }
 
 
-def _json_error_mapper(expression: str, status: int, error: dict[str, str]) -> dict[str, Any]:
+def _json_error_mapper(
+    expression: str, status: int, error: dict[str, str | None]
+) -> dict[str, Any]:
     return {
         # ext_proc failures set no response flag, so a response_flag_filter cannot tell
         # them apart; the CEL access-log filter reads the response code details. It is

@@ -223,7 +223,15 @@ DROPPED_REASON_HEADER = "x-llm-d-request-dropped-reason"
 def error_response(error: EppError) -> ProcessingResponse:
     """An ``ImmediateResponse`` carrying an OpenAI-style JSON error body."""
     body = orjson.dumps(
-        {"error": {"message": error.message, "type": error.error_type, "code": error.code}}
+        # OpenAI's shape exactly: param is null where no one parameter is at fault.
+        {
+            "error": {
+                "message": error.message,
+                "type": error.error_type,
+                "param": None,
+                "code": error.code,
+            }
+        }
     )
     headers = [("content-type", "application/json")]
     if error.retry_after_s is not None:

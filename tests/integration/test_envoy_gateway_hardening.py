@@ -54,7 +54,7 @@ def post(url: str, body: dict[str, object]) -> httpx.Response:
     return httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)
 
 
-def assert_json_error(response: httpx.Response, status: int, error: dict[str, str]) -> None:
+def assert_json_error(response: httpx.Response, status: int, error: dict[str, str | None]) -> None:
     assert response.status_code == status, response.text
     assert response.headers["content-type"] == "application/json"
     assert response.json() == {"error": error}

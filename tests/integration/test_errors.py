@@ -39,9 +39,20 @@ def test_error_answers(client: httpx.Client, body: bytes, status: int, code: str
     assert error["code"] == code
     assert error["type"]
     assert error["message"]
+    assert "param" in error and error["param"] is None  # OpenAI's shape, every key
+    assert response.headers["x-request-id"]  # the id epp's log line for it carries
     # Only a request epp could not place says why it was dropped (the reference's header).
     dropped = response.headers.get("x-llm-d-request-dropped-reason")
     assert dropped == ("rejected-no-endpoints" if code == "no_ready_endpoint" else None)
+
+
+def test_every_answer_names_its_request(stack: Stack, client: httpx.Client) -> None:
+    mine = client.post(
+        "/v1/chat/completions", json=chat(QWEN, "hi"), headers={"x-request-id": "req-42"}
+    )
+    assert mine.status_code == 200 and mine.headers["x-request-id"] == "req-42"
+    generated = client.post("/v1/chat/completions", json=chat(QWEN, "hi"))
+    assert len(generated.headers["x-request-id"]) >= 16  # Envoy made one up
 
 
 def test_empty_post_is_a_bad_request(client: httpx.Client) -> None:
