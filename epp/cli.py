@@ -54,7 +54,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     envoy.add_argument("--epp-host", default="127.0.0.1")
     envoy.add_argument("--epp-port", type=int, default=9002)
     envoy.add_argument(
-        "--body-mode", choices=("FULL_DUPLEX_STREAMED", "BUFFERED"), default="FULL_DUPLEX_STREAMED"
+        "--body-mode",
+        choices=("FULL_DUPLEX_STREAMED", "BUFFERED"),
+        default=None,
+        help="how request bodies reach epp (default FULL_DUPLEX_STREAMED; BUFFERED with "
+        "--fail-open, which Envoy cannot do in full duplex)",
     )
     envoy.add_argument(
         "--response-body-mode",
@@ -67,6 +71,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "FULL_DUPLEX_STREAMED: responses stream through epp's routing stream "
         "(also restores rewritten model names, strips --inject-stream-usage's "
         "event; ~2x LOGGED's CPU); NONE: bodies never reach epp (no usage or TTFT)",
+    )
+    envoy.add_argument(
+        "--fail-open",
+        action="append",
+        default=[],
+        metavar="HOST:PORT[,HOST:PORT...]",
+        help="when epp is down or fails, route round-robin over these model servers "
+        "(the pool) instead of answering 503; repeatable",
     )
     envoy.add_argument(
         "--epp-tls",
@@ -121,14 +133,20 @@ def _envoy_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         epp_host=args.epp_host,
         epp_port=args.epp_port,
     )
-    bootstrap = envoy_bootstrap(
-        ports,
-        body_mode=args.body_mode,
-        response_body_mode=args.response_body_mode,
-        epp_tls=args.epp_tls or args.epp_tls_insecure_skip_verify,
-        epp_ca_file=args.epp_ca_file,
-        epp_server_name=args.epp_server_name,
-    )
+    fail_open = [part for given in args.fail_open for part in given.split(",") if part]
+    body_mode = args.body_mode or ("BUFFERED" if fail_open else "FULL_DUPLEX_STREAMED")
+    try:
+        bootstrap = envoy_bootstrap(
+            ports,
+            body_mode=body_mode,
+            response_body_mode=args.response_body_mode,
+            epp_tls=args.epp_tls or args.epp_tls_insecure_skip_verify,
+            epp_ca_file=args.epp_ca_file,
+            epp_server_name=args.epp_server_name,
+            fail_open=fail_open,
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
     sys.stdout.write(render_bootstrap(bootstrap))
     return 0
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import shutil
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,8 @@ RESPONSE_BODY_MODES = ("OBSERVED", "LOGGED", "FULL_DUPLEX_STREAMED", "NONE")
 # a routing stream waits up to a second for its entry.
 ACCESS_LOG_NAME = "epp.response_meter"
 ACCESS_LOG_FLUSH_S = 0.1
+DESTINATION_HEADER = "x-gateway-destination-endpoint"
+FAIL_OPEN_CLUSTER = "pool_fail_open"
 # The CEL attribute that carries a request's x-request-id to the response observer.
 REQUEST_ID_ATTRIBUTE = "request.id"
 
@@ -131,6 +134,7 @@ def envoy_bootstrap(
     epp_ca_file: str | None = None,
     epp_server_name: str | None = None,
     timeouts: EnvoyTimeouts = EnvoyTimeouts(),
+    fail_open: Sequence[str] = (),
 ) -> dict[str, Any]:
     """An Envoy bootstrap as a dict.
 
@@ -154,7 +158,13 @@ def envoy_bootstrap(
     ``epp_tls`` alone does not verify, as gateways dial an InferencePool's picker and its
     self-signed certificate (``epp envoy-config`` makes that an explicit choice).
 
-    When epp cannot be reached or fails, clients get 503 with an OpenAI-style JSON error
+    ``fail_open`` ("host:port" of the pool's model servers) makes Envoy route on its own
+    when epp cannot be reached or fails: a request epp did not place goes round-robin to
+    those servers (no prefix affinity, no load signals, no rewrites), as an
+    InferencePool's ``failureMode: FailOpen`` asks; it needs ``body_mode="BUFFERED"``, as
+    Envoy 1.40 cannot fail open once it streams a body in full duplex. Without it (fail
+    closed), when epp
+    cannot be reached or fails, clients get 503 with an OpenAI-style JSON error
     whose code is ``epp_unavailable`` (504 ``epp_timeout`` when epp does not answer in
     time); epp's own errors and Envoy's other answers pass unchanged. ``timeouts``
     bounds slow clients and idle connections.
@@ -170,10 +180,22 @@ def envoy_bootstrap(
             "epp_server_name is checked against epp's certificate, "
             "which needs epp_ca_file to verify it"
         )
+    if fail_open and not ext_proc:
+        raise ValueError("fail_open is what Envoy does when epp fails: it needs ext_proc")
+    if fail_open and body_mode != "BUFFERED":
+        # Verified with Envoy 1.40: with request bodies in FULL_DUPLEX_STREAMED, a failed
+        # ext_proc stream ends the request with 503 even when failure_mode_allow is set.
+        raise ValueError(
+            "fail_open needs body_mode BUFFERED: Envoy cannot fail open in full duplex"
+        )
     http_filters: list[dict[str, Any]] = []
     access_logs: list[dict[str, Any]] = []
+    if fail_open:
+        http_filters.append(_drop_client_destination_filter())
     if ext_proc:
-        http_filters.append(_ext_proc_filter(body_mode, response_body_mode, timeouts))
+        http_filters.append(
+            _ext_proc_filter(body_mode, response_body_mode, timeouts, fail_open=bool(fail_open))
+        )
         if response_body_mode == "OBSERVED":
             http_filters.append(_response_observer_filter())
         elif response_body_mode == "LOGGED":
@@ -189,6 +211,8 @@ def envoy_bootstrap(
     )
     upstream_cluster = "model_servers" if static_upstream else "original_destination"
     clusters = [_upstream_cluster(static_upstream)]
+    if fail_open:
+        clusters.append(_fail_open_cluster(fail_open))
     if ext_proc:
         clusters.append(
             _epp_cluster(
@@ -199,7 +223,10 @@ def envoy_bootstrap(
             )
         )
     manager = _http_connection_manager(
-        _route_config(upstream_cluster), http_filters, timeouts, access_logs
+        _route_config(upstream_cluster, fail_open=bool(fail_open)),
+        http_filters,
+        timeouts,
+        access_logs,
     )
     return {
         "admin": {
@@ -315,27 +342,74 @@ def _json_error_mapper(
     }
 
 
-def _route_config(cluster: str) -> dict[str, Any]:
+def _route_config(cluster: str, *, fail_open: bool = False) -> dict[str, Any]:
+    # Generation can take minutes; idle streams are cut by stream_idle.
+    routes: list[dict[str, Any]] = [
+        {"match": {"prefix": "/"}, "route": {"cluster": cluster, "timeout": "600s"}}
+    ]
+    if fail_open:
+        # A request epp placed carries its pick in the destination header (a client's
+        # copy is dropped first); one epp did not answer has none, and goes to the pool
+        # round-robin.
+        routes = [
+            {
+                "match": {
+                    "prefix": "/",
+                    "headers": [{"name": DESTINATION_HEADER, "present_match": True}],
+                },
+                "route": {"cluster": cluster, "timeout": "600s"},
+            },
+            {"match": {"prefix": "/"}, "route": {"cluster": FAIL_OPEN_CLUSTER, "timeout": "600s"}},
+        ]
     return {
         "name": "inference",
-        "virtual_hosts": [
+        "virtual_hosts": [{"name": "inference", "domains": ["*"], "routes": routes}],
+    }
+
+
+def _drop_client_destination_filter() -> dict[str, Any]:
+    """Removes a destination header the client sent, before anything routes on it.
+
+    epp overwrites it on every request it places; but with epp down and Envoy failing
+    open, a client's copy would pick the route that follows it, and the pod.
+    """
+    return {
+        "name": "epp.drop_client_destination",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3"
+            ".HeaderMutation",
+            "mutations": {"request_mutations": [{"remove": DESTINATION_HEADER}]},
+        },
+    }
+
+
+def _fail_open_cluster(addresses: Sequence[str]) -> dict[str, Any]:
+    endpoints = []
+    for address in addresses:
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"fail_open addresses are host:port, not {address!r}")
+        endpoints.append(
             {
-                "name": "inference",
-                "domains": ["*"],
-                "routes": [
-                    {
-                        "match": {"prefix": "/"},
-                        # Generation can take minutes; idle streams are cut by stream_idle.
-                        "route": {"cluster": cluster, "timeout": "600s"},
-                    }
-                ],
+                "endpoint": {
+                    "address": {"socket_address": {"address": host, "port_value": int(port)}}
+                }
             }
-        ],
+        )
+    return {
+        "name": FAIL_OPEN_CLUSTER,
+        "type": "STATIC",
+        "lb_policy": "ROUND_ROBIN",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": FAIL_OPEN_CLUSTER,
+            "endpoints": [{"lb_endpoints": endpoints}],
+        },
     }
 
 
 def _ext_proc_filter(
-    body_mode: str, response_body_mode: str, timeouts: EnvoyTimeouts
+    body_mode: str, response_body_mode: str, timeouts: EnvoyTimeouts, *, fail_open: bool
 ) -> dict[str, Any]:
     grpc_service: dict[str, Any] = {"envoy_grpc": {"cluster_name": "epp"}, "timeout": "10s"}
     if response_body_mode in ("OBSERVED", "LOGGED"):
@@ -363,8 +437,12 @@ def _ext_proc_filter(
                 "response_trailer_mode": "SEND",
             },
             "message_timeout": _duration(timeouts.epp_message_s),
-            # epp is on the request path by design: no pick, no request.
-            "failure_mode_allow": False,
+            # Fail closed (no pick, no request) unless the operator chose to fall back on
+            # round-robin over the pool when epp is down.
+            "failure_mode_allow": fail_open,
+            # Failing open routes on epp's pick (its envoy.lb metadata): the route must
+            # be matched again once epp has answered.
+            **({"route_cache_action": "CLEAR"} if fail_open else {}),
             # Fail closed with 503 (retry later), not Envoy's default 500 (our bug); the
             # local reply config gives it a JSON body.
             "status_on_error": {"code": 503},
@@ -487,7 +565,7 @@ def _upstream_cluster(static_upstream: str | None) -> dict[str, Any]:
         "lb_policy": "CLUSTER_PROVIDED",
         "original_dst_lb_config": {
             "use_http_header": True,
-            "http_header_name": "x-gateway-destination-endpoint",
+            "http_header_name": DESTINATION_HEADER,
         },
         **common,
     }

@@ -246,3 +246,44 @@ def test_tls_flags_that_do_not_say_how_to_trust_epp_are_refused(
 def test_a_server_name_needs_a_ca_in_the_python_api_too() -> None:
     with pytest.raises(ValueError, match="epp_ca_file"):
         envoy_bootstrap(epp_tls=True, epp_server_name="epp")
+
+
+def test_fail_open_routes_on_epps_pick_else_round_robin_over_the_pool(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    bootstrap = _cli(capsys, "--fail-open", "10.0.0.1:8000,10.0.0.2:8000")
+    ext_proc = _ext_proc(bootstrap)
+    assert ext_proc["failure_mode_allow"] is True
+    assert ext_proc["route_cache_action"] == "CLEAR"  # routes see epp's answer
+    assert ext_proc["processing_mode"]["request_body_mode"] == "BUFFERED"
+    assert _filters(bootstrap)[0]["name"] == "epp.drop_client_destination"
+    routes = _manager(bootstrap)["route_config"]["virtual_hosts"][0]["routes"]
+    assert routes[0]["match"]["headers"] == [
+        {"name": "x-gateway-destination-endpoint", "present_match": True}
+    ]
+    assert [r["route"]["cluster"] for r in routes] == ["original_destination", "pool_fail_open"]
+    pool = next(
+        c for c in bootstrap["static_resources"]["clusters"] if c["name"] == "pool_fail_open"
+    )
+    hosts = [
+        e["endpoint"]["address"]["socket_address"]
+        for e in pool["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    ]
+    assert hosts == [
+        {"address": "10.0.0.1", "port_value": 8000},
+        {"address": "10.0.0.2", "port_value": 8000},
+    ]
+    closed = envoy_bootstrap()
+    assert _ext_proc(closed)["failure_mode_allow"] is False
+    assert "route_cache_action" not in _ext_proc(closed)
+
+
+def test_fail_open_cannot_stream_bodies_in_full_duplex() -> None:
+    with pytest.raises(ValueError, match="BUFFERED"):
+        envoy_bootstrap(fail_open=["10.0.0.1:8000"])
+    with pytest.raises(SystemExit):
+        main(
+            ["envoy-config", "--fail-open", "10.0.0.1:8000", "--body-mode", "FULL_DUPLEX_STREAMED"]
+        )
+    with pytest.raises(SystemExit):
+        main(["envoy-config", "--fail-open", "no-port"])
