@@ -23,7 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from epp.cli import main
 from epp.envoy_config import EPP_UNAVAILABLE_ERROR
-from epp.stack import ManagedProcess, free_port, start_envoy, start_epp_module
+from epp.stack import ManagedProcess, free_port, loopback_serve_args, start_envoy, start_epp_module
 from epp.tls import self_signed_certificate
 from tests.integration.helpers import chat
 from tests.integration.resilience import Rig
@@ -69,23 +69,13 @@ def test_a_rotated_certificate_is_served_to_new_connections(tmp_path: Path) -> N
     epp: ManagedProcess = start_epp_module(
         "epp-tls",
         [
-            "serve",
+            *loopback_serve_args(grpc_port, metrics_port),
             "--endpoint",
             f"127.0.0.1:{free_port()}",
             "--secure-serving",
             "--cert-path",
             str(certs),
             "--enable-cert-reload",
-            "--grpc-host",
-            "127.0.0.1",
-            "--grpc-port",
-            str(grpc_port),
-            "--grpc-health-port",
-            "0",
-            "--metrics-host",
-            "127.0.0.1",
-            "--metrics-port",
-            str(metrics_port),
         ],
         log_dir=tmp_path,
     )
