@@ -66,12 +66,16 @@ class LeaderElector:
         self._observed_at = 0.0  # monotonic time it was first seen
         self._last_renewal = 0.0
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"leader election {self._lease_name}")
 
     async def stop(self) -> None:
         """Stop campaigning; a leader releases the Lease for a quick hand-over."""
+        # Python 3.11's wait_for can swallow a cancel that lands as the call it waits on
+        # completes; the loop then ends at its next turn, on this flag, instead of never.
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
             try:
@@ -84,7 +88,7 @@ class LeaderElector:
             self._set_leader(False)
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 acquired = await asyncio.wait_for(
                     self._try_acquire_or_renew(), timeout=self._retry_period_s * 2
