@@ -105,7 +105,6 @@ class AccessLogReceiver:
     ) -> None:
         self._observers = observers
         self._on_protocol_violation = on_protocol_violation
-        self.entries = 0  # HTTP entries read
 
     async def StreamAccessLogs(
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
@@ -114,7 +113,6 @@ class AccessLogReceiver:
         try:
             async for message in request_iterator:
                 for entry in message.http_logs.log_entry:
-                    self.entries += 1
                     request_id = entry.request.request_id.decode(errors="replace")
                     observers.logged(request_id, logged_response(entry))
         except DecodeError as exc:

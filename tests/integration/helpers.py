@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import time
+from pathlib import Path
 
 import httpx
 
@@ -34,3 +36,18 @@ def chat(model: str, content: str, **extra: object) -> dict[str, object]:
 
 def dumps(document: object) -> bytes:
     return json.dumps(document).encode()
+
+
+def finished_lines(log_path: Path, request_id: str, timeout_s: float = 10.0) -> list[str]:
+    """epp's "request finished" lines for ``request_id``, waiting until one is written
+    (a line is logged once the response's readings are in, after the stream ends)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        lines = [
+            line
+            for line in log_path.read_text().splitlines()
+            if "request finished" in line and request_id in line
+        ]
+        if lines or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.02)

@@ -22,7 +22,7 @@ import pytest
 
 from epp.envoy_config import EnvoyPorts, envoy_bootstrap
 from epp.stack import ManagedProcess, free_port, loopback_serve_args, start_envoy, start_epp_module
-from tests.integration.helpers import QWEN, chat
+from tests.integration.helpers import QWEN, chat, finished_lines
 from tests.integration.metrics_helpers import metric
 
 pytestmark = pytest.mark.integration
@@ -161,14 +161,10 @@ def metered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeteredStack]:
 
 
 def finished_line(epp: ManagedProcess, request_id: str) -> dict[str, object]:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        for line in epp.log_path.read_text().splitlines():
-            if request_id in line and "request finished" in line:
-                fields: dict[str, object] = json.loads(line)
-                return fields
-        time.sleep(0.02)
-    raise AssertionError(f"no log line for {request_id}:\n{epp.log_tail()}")
+    lines = finished_lines(epp.log_path, request_id)
+    assert lines, f"no log line for {request_id}:\n{epp.log_tail()}"
+    fields: dict[str, object] = json.loads(lines[0])
+    return fields
 
 
 @pytest.mark.parametrize("piece", PIECES)

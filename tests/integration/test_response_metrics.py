@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shlex
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ import pytest
 from epp.envoy_config import EnvoyPorts, envoy_bootstrap
 from epp.stack import ManagedProcess, free_port, loopback_serve_args, start_envoy, start_epp_module
 from tests.integration.conftest import Fleet, Stack
-from tests.integration.helpers import QWEN, chat
+from tests.integration.helpers import QWEN, chat, finished_lines
 from tests.integration.metrics_helpers import metric, wait_for_metric
 
 LABELS = {"model_name": QWEN, "target_model_name": QWEN}
@@ -89,16 +88,7 @@ def sse_data(text: str) -> list[str]:
 
 def log_line(log_path: Path, request_id: str, *, json_format: bool) -> dict[str, str]:
     """The fields of epp's one log line for ``request_id`` (waiting for it to be written)."""
-    deadline = time.monotonic() + 10
-    while True:
-        lines = [
-            line
-            for line in log_path.read_text().splitlines()
-            if "request finished" in line and request_id in line
-        ]
-        if lines or time.monotonic() > deadline:
-            break
-        time.sleep(0.02)
+    lines = finished_lines(log_path, request_id)
     assert len(lines) == 1, lines
     if json_format:
         return {k: str(v) for k, v in json.loads(lines[0]).items()}
