@@ -48,10 +48,11 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
 )
 from google.protobuf.message import DecodeError
 
+from epp.requestcontrol.objectives import OBJECTIVE_HEADERS
+from epp.requestcontrol.rewrite import MODEL_REWRITE_HEADERS
 from tests.fuzz.bodies import Expectation, expect_for_body, judge_body
 from tests.fuzz.extproc_client import (
     DESTINATION,
-    REWRITE_HEADER,
     StreamResult,
     destination_of,
     metadata_destination,
@@ -64,7 +65,8 @@ __all__ = ["check_stream", "sanity"]
 
 BUFFERED = 2
 MODEL_HEADER = "x-gateway-model-name"
-STEERING_HEADERS = (REWRITE_HEADER, "x-gateway-inference-objective")
+# epp's own names (current and legacy), so the oracle follows them when they change.
+STEERING_HEADERS = (*MODEL_REWRITE_HEADERS, *OBJECTIVE_HEADERS)
 ENVOY_MAX_HEADER_BYTES = 60 * 1024
 CLIENT_ERRORS = frozenset(
     {
@@ -186,8 +188,16 @@ def _request_facts(message: ProcessingRequest, honour_rewrite: bool) -> _Request
             except UnicodeDecodeError:
                 steering_clear = False
     rewrite = ""
-    if honour_rewrite and steering_clear and values.get(REWRITE_HEADER):
-        rewrite = values[REWRITE_HEADER][0].decode()
+    if honour_rewrite and steering_clear:
+        # The first name that holds a value wins, as in epp.requestcontrol.rewrite.
+        rewrite = next(
+            (
+                values[name][0].decode()
+                for name in MODEL_REWRITE_HEADERS
+                if values.get(name, [b""])[0]
+            ),
+            "",
+        )
     subset, subset_clear = None, True
     if message.HasField("metadata_context"):
         namespaces = message.metadata_context.filter_metadata

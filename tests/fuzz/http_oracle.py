@@ -23,6 +23,8 @@ import socket
 import time
 from dataclasses import dataclass, field
 
+from epp.requestcontrol.objectives import OBJECTIVE_HEADERS
+from epp.requestcontrol.rewrite import MODEL_REWRITE_HEADERS
 from tests.fuzz.bodies import Expectation, expect_for_body
 from tests.fuzz.harness import Pool
 from tests.fuzz.http_strategies import HttpCase
@@ -275,9 +277,7 @@ def _check_answer(
             )
         return problems
     steering = [
-        v
-        for name in ("x-gateway-inference-objective", "x-gateway-model-name-rewrite")
-        for v in headers.get(name, [])
+        v for name in (*OBJECTIVE_HEADERS, *MODEL_REWRITE_HEADERS) for v in headers.get(name, [])
     ]
     if case.framing == "lenient":
         if pod is not None or error is None:

@@ -13,6 +13,8 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
     ProcessingResponse,
 )
 
+from epp.errors import BadRequest
+from epp.extproc.messages import error_response
 from tests.fuzz.bodies import judge_body
 from tests.fuzz.extproc_client import StreamResult
 from tests.fuzz.extproc_oracle import check_stream
@@ -150,3 +152,21 @@ def test_headers_twice_must_fail_the_stream() -> None:
     problems = _stream(twice, [], grpc.StatusCode.OK)
     assert {problem_class(p) for p in problems} == {"protocol_not_enforced"}
     assert _stream(twice, [], grpc.StatusCode.INVALID_ARGUMENT) == []
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "x-llm-d-inference-objective",
+        "x-gateway-inference-objective",
+        "x-llm-d-model-name-rewrite",
+        "x-gateway-model-name-rewrite",
+    ],
+)
+def test_a_steering_header_that_is_not_utf8_may_be_refused(header: str) -> None:
+    # Found by the fuzz suite when epp learnt the x-llm-d-* names and the oracle had not.
+    request = (
+        _headers({":method": b"POST", ":path": b"/v1/chat/completions", header: b"\x80"}, eos=True),
+    )
+    refused = error_response(BadRequest("header is not valid UTF-8", code="invalid_header"))
+    assert _stream(request, [refused.SerializeToString()], grpc.StatusCode.OK) == []
