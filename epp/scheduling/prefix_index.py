@@ -5,10 +5,15 @@ The hashes are chained (each one covers the whole prompt up to and including its
 see :func:`epp.scheduling.scorers.prefix_cache.prompt_block_hashes`), so "endpoint E
 holds the i-th hash" means "E was sent a prompt sharing the first i+1 blocks".
 
-Matching walks the request's hashes in order and intersects the set of endpoints still
-matching with the holders of each hash, stopping when that set is empty: the cost is
-O(blocks matched), whatever the number of endpoints or entries. Endpoint sets are int
-bitmasks (one bit per endpoint slot), so an intersection is a single ``&``.
+What an endpoint holds of a chain is always a leading run of it: every prompt that
+gave ``h_i`` gave ``h_0 .. h_{i-1}`` too, so a hash is refreshed whenever a later one is,
+and within one :meth:`PrefixIndex.add` the leading hashes are made the more recent; LRU
+eviction therefore takes a chain's tail before its head. (A 64-bit collision could break
+the run; it would cost a slightly wrong score, nothing more.) Matching relies on it: the
+holders of ``h_i`` include the holders of every later hash, so the depth at which each
+endpoint stops matching is found by bisection, in O(endpoints matched x log(blocks))
+lookups, whatever the number of endpoints or entries. Endpoint sets are int bitmasks
+(one bit per endpoint slot), so an intersection is a single ``&``.
 
 Memory bound: at most ``capacity_per_endpoint`` entries per endpoint in the index, so
 ``capacity_per_endpoint * endpoints`` entries in all (``size()``); an endpoint leaves the
@@ -132,33 +137,47 @@ class PrefixIndex:
         """How many leading hashes each endpoint holds; endpoints with none are absent.
 
         Read-only: matching does not refresh recency (recording a pick does).
+
+        Found by bisection, in O(endpoints matched x log(hashes)) lookups rather than one
+        per hash, because what an endpoint holds of a chain is always a leading run of it
+        (see the module docstring): the holders of ``hashes[i]`` include those of
+        every later hash, so wherever two positions have the same holders, every position
+        between them has them too.
         """
-        if not hashes:
+        count = len(hashes)
+        if not count:
             return {}
-        reverse = self._reverse
-        active = reverse.get(hashes[0], 0)
-        if not active:
-            return {}
-        endpoint_at = self._endpoint_at
+        get = self._reverse.get
+        first = get(hashes[0], 0)
+        if not first:
+            return {}  # a miss, the common case for a new prompt: one lookup
         result: dict[Endpoint, int] = {}
-        depth = 1
-        for i in range(1, len(hashes)):
-            still = active & reverse.get(hashes[i], 0)
-            if still != active:
-                dropped = active ^ still
-                while dropped:
-                    low = dropped & -dropped
-                    endpoint = endpoint_at[low.bit_length() - 1]
-                    assert endpoint is not None
-                    result[endpoint] = depth
-                    dropped ^= low
-                if not still:
-                    return result
-                active = still
-            depth += 1
-        for endpoint in self._endpoints_in(active):
-            result[endpoint] = depth
+        last = get(hashes[-1], 0) & first if count > 1 else first
+        if last:
+            self._set_depth(result, last, count)
+        # Segments [lo, hi] whose end holders differ; each change is found in log steps.
+        pending = [(0, first, count - 1, last)] if first != last else []
+        while pending:
+            lo, lo_mask, hi, hi_mask = pending.pop()
+            if hi - lo == 1:  # the endpoints lost between lo and hi hold lo + 1 hashes
+                self._set_depth(result, lo_mask & ~hi_mask, lo + 1)
+                continue
+            mid = (lo + hi) // 2
+            mid_mask = get(hashes[mid], 0) & lo_mask
+            if mid_mask != lo_mask:
+                pending.append((lo, lo_mask, mid, mid_mask))
+            if mid_mask != hi_mask:
+                pending.append((mid, mid_mask, hi, hi_mask))
         return result
+
+    def _set_depth(self, result: dict[Endpoint, int], mask: int, depth: int) -> None:
+        endpoint_at = self._endpoint_at
+        while mask:
+            low = mask & -mask
+            endpoint = endpoint_at[low.bit_length() - 1]
+            assert endpoint is not None
+            result[endpoint] = depth
+            mask ^= low
 
     def remove_endpoint(self, endpoint: Endpoint) -> None:
         """Drop every entry of ``endpoint``; a no-op for an endpoint the index never saw."""
