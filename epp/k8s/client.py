@@ -1,7 +1,7 @@
 """The Kubernetes API client and the custom resources epp reads.
 
 epp uses lightkube's async client: typed core resources, generic classes for the
-Gateway API Inference Extension CRDs, and in-cluster / kubeconfig loading.
+Gateway API Inference Extension and llm-d CRDs, and in-cluster / kubeconfig loading.
 """
 
 from __future__ import annotations
@@ -10,10 +10,15 @@ from lightkube import AsyncClient, KubeConfig
 from lightkube.generic_resource import create_namespaced_resource
 
 __all__ = [
+    "LLMD_GROUP",
+    "MODEL_REWRITE_RESOURCES",
+    "OBJECTIVE_RESOURCES",
     "POOL_GROUP_V1",
     "POOL_GROUP_X",
     "InferenceModelRewrite",
+    "InferenceModelRewriteX",
     "InferenceObjective",
+    "InferenceObjectiveX",
     "InferencePoolV1",
     "InferencePoolV1Alpha2",
     "make_client",
@@ -21,18 +26,29 @@ __all__ = [
 ]
 
 POOL_GROUP_V1 = "inference.networking.k8s.io"  # InferencePool v1 (GA)
-POOL_GROUP_X = "inference.networking.x-k8s.io"  # v1alpha2 pools, objectives and rewrites
+POOL_GROUP_X = "inference.networking.x-k8s.io"  # v1alpha2 pools; the older objectives, rewrites
+LLMD_GROUP = "llm-d.ai"  # where llm-d moved InferenceObjective and InferenceModelRewrite
 
 InferencePoolV1 = create_namespaced_resource(POOL_GROUP_V1, "v1", "InferencePool", "inferencepools")
 InferencePoolV1Alpha2 = create_namespaced_resource(
     POOL_GROUP_X, "v1alpha2", "InferencePool", "inferencepools"
 )
 InferenceObjective = create_namespaced_resource(
-    POOL_GROUP_X, "v1alpha2", "InferenceObjective", "inferenceobjectives"
+    LLMD_GROUP, "v1alpha2", "InferenceObjective", "inferenceobjectives"
 )
 InferenceModelRewrite = create_namespaced_resource(
+    LLMD_GROUP, "v1alpha2", "InferenceModelRewrite", "inferencemodelrewrites"
+)
+InferenceObjectiveX = create_namespaced_resource(
+    POOL_GROUP_X, "v1alpha2", "InferenceObjective", "inferenceobjectives"
+)
+InferenceModelRewriteX = create_namespaced_resource(
     POOL_GROUP_X, "v1alpha2", "InferenceModelRewrite", "inferencemodelrewrites"
 )
+# Each kind in both of its groups, the current one first: where the two hold an object of
+# the same name, the current group's wins.
+OBJECTIVE_RESOURCES = (InferenceObjective, InferenceObjectiveX)
+MODEL_REWRITE_RESOURCES = (InferenceModelRewrite, InferenceModelRewriteX)
 
 
 def pool_resource(group: str) -> type:

@@ -33,6 +33,12 @@ def object_key(obj: Any) -> str:
     return f"{metadata.namespace or ''}/{metadata.name}"
 
 
+def _kind_name(resource: type) -> str:
+    """``Pod``, or ``InferenceObjective.llm-d.ai``: a kind can live in two groups."""
+    definition = resource._api_info.resource  # type: ignore[attr-defined]
+    return f"{definition.kind}.{definition.group}" if definition.group else definition.kind
+
+
 class Informer:
     """Keeps ``objects`` in sync with the API server; see the module docstring.
 
@@ -66,7 +72,7 @@ class Informer:
         self.objects: dict[str, Any] = {}
         self.synced = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self.description = resource.__name__ + (f" in {namespace}" if namespace else "")
+        self.description = _kind_name(resource) + (f" in {namespace}" if namespace else "")
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"informer {self.description}")
@@ -82,6 +88,7 @@ class Informer:
 
     async def _run(self) -> None:
         backoff = self._backoff_initial_s
+        said_missing = False
         while True:
             try:
                 version = await self._list()
@@ -95,13 +102,14 @@ class Informer:
                     continue
                 if exc.status.code == 404 and not self.synced.is_set():
                     # An optional CRD that is not installed: say so once, retry slowly.
-                    if backoff < self._backoff_max_s:
+                    if not said_missing:
                         log.info(
                             "%s: not found on the API server (CRD not installed?); "
-                            "retrying every %.0fs",
+                            "retrying every %gs",
                             self.description,
                             self._backoff_max_s,
                         )
+                        said_missing = True
                     backoff = self._backoff_max_s
                     await asyncio.sleep(backoff)
                     continue

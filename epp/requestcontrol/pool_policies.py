@@ -3,19 +3,23 @@
 ``epp.k8s`` watches the resources; turning them into priorities and rewrite rules is
 request control's, so this lives here and ``epp.k8s`` knows nothing of requests.
 
-Both are optional CRDs (inference.networking.x-k8s.io/v1alpha2): when they are not
-installed the informers log it and keep retrying slowly, and requests route with no
-rewrites and priority 0.
+Both kinds live in two groups: ``llm-d.ai/v1alpha2``, where llm-d moved them, and the
+older ``inference.networking.x-k8s.io/v1alpha2``. epp watches both and merges them, so
+a cluster half-way through moving its objects loses none; an object whose name is in
+both groups counts once, as the ``llm-d.ai`` one. (The reference picker instead picks
+one group at start: ``llm-d.ai`` when its CRD is installed, ignoring the older group's
+objects.) Every CRD is optional: one that is not installed is logged once and retried
+slowly, and requests route as if it held no objects.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from lightkube import AsyncClient
 
-from epp.k8s.client import InferenceModelRewrite, InferenceObjective
+from epp.k8s.client import MODEL_REWRITE_RESOURCES, OBJECTIVE_RESOURCES
 from epp.k8s.informer import Informer
 from epp.requestcontrol.objectives import Objectives, priorities_from_objects
 from epp.requestcontrol.rewrite import ModelRewrites, rules_from_objects
@@ -24,6 +28,8 @@ __all__ = ["PoolPolicies"]
 
 
 class PoolPolicies:
+    """``retry_max_s`` is how often a missing CRD is looked for again."""
+
     def __init__(
         self,
         client: AsyncClient,
@@ -32,16 +38,40 @@ class PoolPolicies:
         pool_name: str,
         objectives: Objectives,
         rewrites: ModelRewrites,
+        retry_max_s: float = 10.0,
     ) -> None:
-        def on_objectives(objects: Mapping[str, Any]) -> None:
-            objectives.replace(priorities_from_objects(objects.values(), pool_name))
+        def watch_merged(
+            resources: Sequence[type], apply: Callable[[list[Any]], None]
+        ) -> list[Informer]:
+            informers: list[Informer] = []
 
-        def on_rewrites(objects: Mapping[str, Any]) -> None:
-            rewrites.replace(rules_from_objects(objects.values(), pool_name))
+            def on_change(_changed: Mapping[str, Any]) -> None:
+                merged: dict[str, Any] = {}
+                for informer in reversed(informers):  # the first group's objects win
+                    merged.update(informer.objects)
+                apply(list(merged.values()))
+
+            informers.extend(
+                Informer(
+                    client,
+                    resource,
+                    namespace=namespace,
+                    on_change=on_change,
+                    backoff_max_s=retry_max_s,
+                )
+                for resource in resources
+            )
+            return informers
 
         self._informers = [
-            Informer(client, InferenceObjective, namespace=namespace, on_change=on_objectives),
-            Informer(client, InferenceModelRewrite, namespace=namespace, on_change=on_rewrites),
+            *watch_merged(
+                OBJECTIVE_RESOURCES,
+                lambda objects: objectives.replace(priorities_from_objects(objects, pool_name)),
+            ),
+            *watch_merged(
+                MODEL_REWRITE_RESOURCES,
+                lambda objects: rewrites.replace(rules_from_objects(objects, pool_name)),
+            ),
         ]
 
     async def start(self) -> None:

@@ -19,6 +19,7 @@ Obj = dict[str, Any]
 
 GIE_GROUP = "inference.networking.k8s.io"
 GIE_X_GROUP = "inference.networking.x-k8s.io"
+LLMD_GROUP = "llm-d.ai"
 STARTED = "2025-01-01T00:00:00Z"
 STARTED_MICRO = "2025-01-01T00:00:00.000000Z"  # Lease times are MicroTime
 
@@ -138,13 +139,20 @@ def inference_pool_v1alpha2(
     }
 
 
-def inference_objective(name: str, namespace: str, priority: int | None, pool_name: str) -> Obj:
-    """An InferenceObjective; `priority=None` leaves it unset (the API's default)."""
+def inference_objective(
+    name: str,
+    namespace: str,
+    priority: int | None,
+    pool_name: str,
+    group: str = GIE_X_GROUP,
+) -> Obj:
+    """An InferenceObjective (`group` also `llm-d.ai`); `priority=None` leaves it unset
+    (the API's default)."""
     spec: Obj = {"poolRef": {"name": pool_name, "group": GIE_GROUP}}
     if priority is not None:
         spec["priority"] = priority
     return {
-        "apiVersion": f"{GIE_X_GROUP}/v1alpha2",
+        "apiVersion": f"{group}/v1alpha2",
         "kind": "InferenceObjective",
         "metadata": _meta(name, namespace),
         "spec": spec,
@@ -156,13 +164,15 @@ def inference_model_rewrite(
     namespace: str,
     pool_name: str,
     rules: Iterable[tuple[str, Mapping[str, int]]],
+    group: str = GIE_X_GROUP,
 ) -> Obj:
-    """An InferenceModelRewrite. Each rule is (model to match exactly, {target: weight}):
+    """An InferenceModelRewrite (`group` also `llm-d.ai`). Each rule is (model to match
+    exactly, {target: weight}):
 
     inference_model_rewrite("r", "ns", "pool", [("llama", {"llama-v1": 90, "llama-v2": 10})])
     """
     return {
-        "apiVersion": f"{GIE_X_GROUP}/v1alpha2",
+        "apiVersion": f"{group}/v1alpha2",
         "kind": "InferenceModelRewrite",
         "metadata": _meta(name, namespace),
         "spec": {

@@ -86,6 +86,7 @@ def _r(
 
 GIE = "inference.networking.k8s.io/v1"
 GIE_X = "inference.networking.x-k8s.io/v1alpha2"
+LLMD = "llm-d.ai/v1alpha2"  # where llm-d moved InferenceObjective and InferenceModelRewrite
 
 BUILTIN_RESOURCES: tuple[ResourceType, ...] = (
     _r("v1", "pods", "Pod", short="po"),
@@ -124,6 +125,8 @@ BUILTIN_RESOURCES: tuple[ResourceType, ...] = (
     _r(GIE_X, "inferenceobjectives", "InferenceObjective"),
     _r(GIE_X, "inferencemodelrewrites", "InferenceModelRewrite"),
     _r(GIE_X, "inferencemodels", "InferenceModel"),
+    _r(LLMD, "inferenceobjectives", "InferenceObjective"),
+    _r(LLMD, "inferencemodelrewrites", "InferenceModelRewrite"),
     _r("gateway.networking.k8s.io/v1", "gatewayclasses", "GatewayClass", namespaced=False),
     _r("gateway.networking.k8s.io/v1", "gateways", "Gateway"),
     _r("gateway.networking.k8s.io/v1", "httproutes", "HTTPRoute"),

@@ -26,6 +26,7 @@ from epp.config import (
     check_endpoint_source,
     load_config,
 )
+from epp.k8s.client import MODEL_REWRITE_RESOURCES, OBJECTIVE_RESOURCES
 from epp.scheduling.errors import SchedulerConfigError
 
 from .schemas import CRD_SCHEMAS
@@ -536,10 +537,13 @@ def check_routes(objects: list[Obj]) -> list[str]:
 
 
 _RULES_NEEDED = {
-    # (group, resource): verbs epp needs on it in the pool's namespace
+    # (group, resource): verbs epp needs on it in the pool's namespace; the policy kinds
+    # in every group epp watches them in.
     ("", "pods"): {"get", "list", "watch"},
-    ("inference.networking.x-k8s.io", "inferenceobjectives"): {"get", "list", "watch"},
-    ("inference.networking.x-k8s.io", "inferencemodelrewrites"): {"get", "list", "watch"},
+    **{
+        (resource._api_info.resource.group, resource._api_info.plural): {"get", "list", "watch"}
+        for resource in (*OBJECTIVE_RESOURCES, *MODEL_REWRITE_RESOURCES)
+    },
 }
 
 

@@ -701,6 +701,9 @@ CRD_SCHEMAS: dict[tuple[str, str], Schema] = {
     ("inference.networking.x-k8s.io/v1alpha2", "InferencePool"): INFERENCE_POOL_V1ALPHA2,
     ("inference.networking.x-k8s.io/v1alpha2", "InferenceObjective"): INFERENCE_OBJECTIVE,
     ("inference.networking.x-k8s.io/v1alpha2", "InferenceModelRewrite"): INFERENCE_MODEL_REWRITE,
+    # llm-d-router v0.10's CRDs: the same two kinds, moved to llm-d.ai.
+    ("llm-d.ai/v1alpha2", "InferenceObjective"): INFERENCE_OBJECTIVE,
+    ("llm-d.ai/v1alpha2", "InferenceModelRewrite"): INFERENCE_MODEL_REWRITE,
     ("gateway.networking.k8s.io/v1", "HTTPRoute"): HTTP_ROUTE,
     ("gateway.networking.k8s.io/v1", "Gateway"): GATEWAY,
     ("gateway.networking.k8s.io/v1", "GatewayClass"): GATEWAY_CLASS,
