@@ -142,6 +142,13 @@ def test_the_cli_prints_the_deploy_file(capsys: pytest.CaptureFixture[str]) -> N
     assert capsys.readouterr().out == DEPLOYED.read_text()
 
 
+def test_the_cli_prints_the_fail_open_deploy_file(capsys: pytest.CaptureFixture[str]) -> None:
+    # deploy/envoy/envoy-fail-open.yaml: `make run`'s layout, failing open over the pool of
+    # its qwen pods (deploy/README.md shows this command).
+    assert main(["envoy-config", "--fail-open", "127.0.0.1:8001,127.0.0.1:8002"]) == 0
+    assert capsys.readouterr().out == DEPLOYED.with_name("envoy-fail-open.yaml").read_text()
+
+
 def test_epp_failures_fail_closed_with_503() -> None:
     ext_proc = _ext_proc(envoy_bootstrap())
     assert ext_proc["failure_mode_allow"] is False
