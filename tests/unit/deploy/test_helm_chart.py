@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -60,7 +61,8 @@ def _values(name: str) -> Obj:
     return yaml.safe_load((CHART / "ci" / f"{name}-values.yaml").read_text())
 
 
-CASES = ["defaults", "all-options", "v1alpha2-pool"]
+# The last two are values files written for the reference charts (ci/*-values.yaml).
+CASES = ["defaults", "all-options", "v1alpha2-pool", "gie-inferencepool", "llm-d-router"]
 
 
 def _merge(base: Obj, override: Obj) -> Obj:
@@ -218,6 +220,7 @@ def install(
 EXPECTED_KINDS = {
     "defaults": {"ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Deployment", "Service"},
     "all-options": {
+        "InferenceObjective",
         "ServiceAccount",
         "Role",
         "RoleBinding",
@@ -235,6 +238,27 @@ EXPECTED_KINDS = {
         "Deployment",
         "Service",
         "InferencePool",
+    },
+    "gie-inferencepool": {
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "ConfigMap",
+        "Deployment",
+        "Service",
+        "InferencePool",
+        "InferenceObjective",
+        "ServiceMonitor",
+    },
+    "llm-d-router": {
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "ConfigMap",
+        "Deployment",
+        "Service",
+        "InferencePool",
+        "InferenceObjective",
     },
 }
 
@@ -380,3 +404,209 @@ def test_chart_defaults_match_the_plain_manifest(fake_api: Any, tmp_path: Path) 
     assert chart_config == plain_config
     plain_rules = [r for r in one(plain, "Role")["rules"] if "leases" not in r["resources"]]
     assert one(rendered, "Role")["rules"] == plain_rules
+
+
+# -- values written for the reference charts ----------------------------------------------
+
+
+def _one(objects: list[Obj], kind: str) -> Obj:
+    (obj,) = [o for o in objects if o["kind"] == kind]
+    return obj
+
+
+def test_gie_inferencepool_values_map_onto_epp(fake_api: Any, tmp_path: Path) -> None:
+    """A values file for GIE's inferencepool chart: each of its keys reaches what epp reads,
+    as deploy/README.md's map says."""
+    objects, _ = install(fake_api, tmp_path, _values("gie-inferencepool"), release="qwen3")
+    (epp,) = list(epp_containers(objects))
+    config = serve_config(epp, objects, tmp_path)
+    deployment = epp.deployment
+    assert deployment["spec"]["replicas"] == 2
+    assert epp.container["image"] == "registry.example.com/ml/epp:0.1.0"
+    assert epp.container["imagePullPolicy"] == "Always"
+    # Two replicas: leader election, as the reference chart does.
+    assert config.kubernetes.leader_election
+    assert (config.kubernetes.pool_name, config.kubernetes.pool_group) == (
+        "qwen3",
+        "inference.networking.k8s.io",
+    )
+    assert config.server.grpc_port == 9002
+    assert epp.flag("v") == "4" and config.log_level == "debug"
+    assert config.data_layer.refresh_metrics_interval_s == 0.1
+    assert (config.data_layer.engine, config.data_layer.metrics_path) == ("vllm", "/metrics")
+    assert epp.env()["EPP_REQUEST_LOG"] == "all" and config.request_log == "all"
+    # pluginsConfigFile names the pluginsCustomConfig entry epp loads: the reference's
+    # default weights (the picker, which it leaves out, is epp's to add).
+    (profile,) = config.scheduler.profiles
+    weights = {ref.plugin_ref: ref.weight for ref in profile.plugins}
+    assert {name: weight for name, weight in weights.items() if weight is not None} == {
+        "queue-scorer": 2,
+        "kv-cache-utilization-scorer": 2,
+        "prefix-cache-scorer": 3,
+    }
+    assert {"name": "debug", "containerPort": 8081, "protocol": "TCP"} in epp.container["ports"]
+    assert epp.pod_spec["tolerations"] == [
+        {"key": "dedicated", "operator": "Equal", "value": "routing", "effect": "NoSchedule"}
+    ]
+    assert epp.container["resources"]["requests"] == {"cpu": "4", "memory": "8Gi"}
+    service = _one(objects, "Service")
+    assert {"name": "debug", "port": 8081, "protocol": "TCP", "targetPort": 8081} in service[
+        "spec"
+    ]["ports"]
+    pool = _one(objects, "InferencePool")
+    assert pool["metadata"]["name"] == "qwen3"
+    assert pool["spec"]["endpointPickerRef"]["failureMode"] == "FailOpen"
+    assert pool["spec"]["selector"]["matchLabels"] == {"app": "vllm-qwen3-32b"}
+    monitor = _one(objects, "ServiceMonitor")
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    assert [e["interval"] for e in monitor["spec"]["endpoints"]] == ["30s"]
+    objectives = {
+        o["metadata"]["name"]: (
+            o["apiVersion"],
+            o["spec"]["priority"],
+            o["spec"]["poolRef"]["name"],
+        )
+        for o in objects
+        if o["kind"] == "InferenceObjective"
+    }
+    assert objectives == {
+        "high-priority": ("llm-d.ai/v1alpha2", 5, "qwen3"),
+        "batch": ("llm-d.ai/v1alpha2", -1, "qwen3"),
+    }
+
+
+def test_llm_d_router_values_map_onto_epp(fake_api: Any, tmp_path: Path) -> None:
+    objects, _ = install(fake_api, tmp_path, _values("llm-d-router"), release="llama")
+    (epp,) = list(epp_containers(objects))
+    config = serve_config(epp, objects, tmp_path)
+    assert epp.container["image"] == "registry.example.com/ml/epp:0.1.0"
+    assert not config.kubernetes.leader_election
+    assert config.server.grpc_health_port == 9013
+    assert {p["containerPort"] for p in epp.container["ports"]} >= {9002, 9013}
+    assert config.log_level == "debug"  # --zap-log-level debug
+    assert (config.data_layer.engine, config.data_layer.metrics_path) == ("sglang", "/v1/metrics")
+    assert epp.flag("tracing") == "true"  # accepted, and named in a warning at start
+    assert config.request_log == "all"
+    assert (
+        epp.deployment["spec"]["template"]["metadata"]["annotations"]["prometheus.io/scrape"]
+        == "true"
+    )
+    # default-plugins.yaml stands for this chart's own default config.
+    chart_default = yaml.safe_load((CHART / "values.yaml").read_text())["config"]
+    assert yaml.safe_load(_one(objects, "ConfigMap")["data"]["epp.yaml"]) == chart_default
+    pool = _one(objects, "InferencePool")
+    assert pool["spec"]["targetPorts"] == [{"number": 30000}]
+    assert pool["spec"]["selector"]["matchLabels"] == {"app": "sglang-llama"}
+    assert pool["spec"]["endpointPickerRef"]["failureMode"] == "FailOpen"
+    assert [o["metadata"]["name"] for o in objects if o["kind"] == "InferenceObjective"] == [
+        "interactive"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (
+            {"inferenceExtension": {"latencyPredictor": {"enabled": True}}},
+            "inferenceExtension.latencyPredictor.enabled: epp has no latencyPredictor",
+        ),
+        (
+            {"router": {"inferencePool": {"create": False}}},
+            "router.inferencePool.create: false is llm-d-router's standalone mode",
+        ),
+        (
+            {"inferenceExtension": {"pluginsConfigFile": "mine.yaml"}},
+            "inferenceExtension.pluginsConfigFile: mine.yaml is not a key of pluginsCustomConfig",
+        ),
+        (
+            {"router": {"modelServers": {"type": "triton-tensorrt-llm"}}},
+            "model server type triton-tensorrt-llm",
+        ),
+        ({"provider": {"name": "gke"}}, "provider.name gke"),
+        (
+            {"inferenceExtension": {"replicas": 1}, "router": {"epp": {"replicas": 1}}},
+            "give the values in one shape",
+        ),
+    ],
+    ids=["latency-predictor", "standalone", "missing-config", "triton", "gke", "both-shapes"],
+)
+def test_reference_features_epp_lacks_fail_the_render(
+    values: Obj, message: str, tmp_path: Path
+) -> None:
+    _, log = lint(tmp_path, values)
+    assert message in log
+
+
+def _reference_map() -> tuple[str, list[list[str]]]:
+    """deploy/README.md's section on the reference charts' values: (its text, the cells
+    of its table)."""
+    text = (DEPLOY / "README.md").read_text()
+    section = text.split("### Values written for the reference charts", 1)[1].split("\n## ", 1)[0]
+    rows = [
+        [cell.strip() for cell in line.strip("|").split("|")]
+        for line in section.splitlines()
+        if line.startswith("| `")
+    ]
+    return section, rows
+
+
+_SHORTHANDS = {
+    "E": ("inferenceExtension", "router.epp"),
+    "M": ("inferenceExtension.monitoring", "router.monitoring"),
+    "T": ("inferenceExtension.tracing", "router.tracing"),
+}
+
+
+def _resolve(root: Obj, node: Obj) -> Obj:
+    while "$ref" in node:
+        target: Any = root
+        for part in node["$ref"].removeprefix("#/").split("/"):
+            target = target[part]
+        node = target
+    return node
+
+
+def _schema_has(schema: Obj, path: str) -> bool:
+    node = schema
+    for key in path.split("."):
+        properties = _resolve(schema, node).get("properties") or {}
+        if key not in properties:
+            return False
+        node = properties[key]
+    return True
+
+
+def _keys(cell: str) -> list[str]:
+    """The value paths a cell names, shorthands expanded."""
+    keys = []
+    for key in re.findall(r"`([A-Za-z][\w.-]*)`", cell):
+        head, _, rest = key.partition(".")
+        keys += [f"{full}.{rest}" for full in _SHORTHANDS[head]] if head in _SHORTHANDS else [key]
+    return keys
+
+
+def test_the_reference_values_map_is_the_charts() -> None:
+    """Every key the README's map names is one the schema accepts, on both sides (an epp
+    flag for `flags.*`), and every key of the reference shapes is in the map."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    section, rows = _reference_map()
+    assert len(rows) >= 20
+    flags = {option.flag.removeprefix("--") for option in OPTIONS}
+    for reference, ours, _ in rows:
+        for key in _keys(reference):
+            assert _schema_has(schema, key), f"the schema has no {key}"
+        for key in _keys(ours):
+            if key.startswith("flags."):
+                assert key.removeprefix("flags.") in flags | {"tracing"}, key
+            else:
+                assert _schema_has(schema, key), f"the schema has no {key}"
+    named = set(_keys(section))
+    for shape, node in (("inferenceExtension", schema["$defs"]["referenceEpp"]),):
+        for key in node["properties"]:
+            assert any(n == f"{shape}.{key}" or n.startswith(f"{shape}.{key}.") for n in named), (
+                f"deploy/README.md does not say what becomes of {shape}.{key}"
+            )
+    for key in schema["properties"]["router"]["properties"]:
+        assert any(n == f"router.{key}" or n.startswith(f"router.{key}.") for n in named), (
+            f"deploy/README.md does not say what becomes of router.{key}"
+        )

@@ -1,6 +1,7 @@
-{{/* The InferencePool's name; every object is named after it. */}}
+{{/* The InferencePool's name (default: the release's, as in the reference charts);
+every object is named after it. */}}
 {{- define "epp.poolName" -}}
-{{- required "inferencePool.name is required" .Values.inferencePool.name -}}
+{{- .Values.inferencePool.name | default .Release.Name -}}
 {{- end -}}
 
 {{/* The namespace of the pool, and of every object of the chart. */}}
