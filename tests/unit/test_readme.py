@@ -31,9 +31,23 @@ def test_every_yaml_example_is_a_valid_config(block: str) -> None:
 
 
 def test_the_main_example_is_the_default_profile() -> None:
-    (main,) = [b for b in YAML_BLOCKS if "schedulingProfiles" in b]
+    (main,) = [b for b in YAML_BLOCKS if "schedulingProfiles" in b and "epp.dev" in b]
     config = load(main)
     default = load("kind: EndpointPickerConfig\n").scheduler
     assert config.scheduler.profiles == default.profiles  # same plugins, same weights
     assert [p.type for p in config.scheduler.plugins] == [p.type for p in default.plugins]
     assert [address for address, _ in config.endpoints] == ["10.0.0.5:8000", "10.0.0.6:8000"]
+
+
+def test_the_migration_example_is_the_reference_profile() -> None:
+    """The reference-shaped file of "Migrating from the reference picker" loads with its
+    weights, and builds (with the picker the reference adds itself)."""
+    (reference,) = [b for b in YAML_BLOCKS if "inference.networking.x-k8s.io/v1alpha1" in b]
+    config = load(reference)
+    (profile,) = config.scheduler.profiles
+    assert {ref.plugin_ref: ref.weight for ref in profile.plugins} == {
+        "queue-scorer": 2,
+        "kv-cache-utilization-scorer": 2,
+        "prefix-cache-scorer": 3,
+    }
+    build_scheduler_from_config(config)
