@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
-__all__ = ["DEFAULT_STALENESS_S", "Endpoint", "Metrics"]
+__all__ = ["DEFAULT_STALENESS_S", "NO_LABELS", "Endpoint", "Metrics"]
 
 # How old metrics may be before they count as stale (the reference EPP's threshold):
 # the default of --metrics-staleness-threshold, which admission, the prefer-fresh
 # filter, the pool metrics and the scraper's back-off all follow.
 DEFAULT_STALENESS_S = 2.0
+NO_LABELS: Mapping[str, str] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +28,12 @@ class Metrics:
     kv_cache_usage: float = 0.0  # fraction of KV-cache blocks in use, 0..1
     kv_block_size: int | None = None  # tokens per KV block, from cache_config_info
     kv_num_blocks: int | None = None
+    # LoRA adapters from vllm:lora_requests_info (its newest series): those loaded and
+    # running, those waiting to load, and how many may be loaded at once (None: the
+    # server reports no LoRA info, as vLLM does until an adapter is first used).
+    lora_running: frozenset[str] = frozenset()
+    lora_waiting: frozenset[str] = frozenset()
+    max_lora: int | None = None
     updated_at: float = 0.0
 
 
@@ -37,11 +46,18 @@ class Endpoint:
 
     ``models`` is the set of model names the endpoint serves; ``None`` means it serves
     whatever it is asked for (pool mode, where every pod runs the pool's model).
+
+    ``labels`` are the pod's Kubernetes labels (none for static endpoints), which label
+    filters select on. ``name`` identifies the endpoint the way the reference EPP does,
+    ``namespace/pod-rank-N`` (N: the target port's index in the pool) on Kubernetes;
+    empty for static endpoints, whose :attr:`identity` is then their address.
     """
 
     address: str  # "ip:port", exactly what goes into x-gateway-destination-endpoint
     models: frozenset[str] | None = None
     metrics: Metrics = field(default_factory=Metrics)
+    labels: Mapping[str, str] = field(default_factory=lambda: NO_LABELS)
+    name: str = ""
     # Requests epp routed here whose ext_proc stream has not yet ended. Scraped queue
     # depth lags by a scrape interval; this does not, so a burst cannot pile onto one pod.
     # A plain field because scorers read it for every candidate; request control changes
@@ -59,6 +75,11 @@ class Endpoint:
     def request_finished(self) -> None:
         """A request counted by :meth:`request_routed` ended (completed, failed or reset)."""
         self.inflight_requests -= 1
+
+    @property
+    def identity(self) -> str:
+        """``name`` when discovery gave one, else the address: what session tokens carry."""
+        return self.name or self.address
 
     def serves(self, model: str) -> bool:
         return self.models is None or model in self.models

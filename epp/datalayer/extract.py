@@ -14,6 +14,9 @@ KV-cache use   MAX          lie in 0..1       the fullest cache decides when the
                                               preempts
 cache config   first        (labels only)     an info metric; its labels, not its
                                               value, matter
+LoRA info      newest       (labels only)     an info metric whose value is when
+                                              the series was made: the series with
+                                              the largest value is the current one
 =============  ===========  ================  ======================================
 
 A series out of range makes the whole scrape fail with :class:`MetricsExtractError`
@@ -26,7 +29,9 @@ Counts are rounded to the nearest integer.
 
 Non-finite samples (``NaN``, ``±Inf``) carry no usable reading and are skipped, before
 the range check. A required signal (waiting, running, KV use) with no finite sample
-raises :class:`MetricsExtractError`; the cache config is optional.
+raises :class:`MetricsExtractError`; the cache config and the LoRA info are optional
+(vLLM reports the latter only once an adapter has been used). A ``max_lora`` label that
+is not a non-negative integer reads as unknown, as a malformed cache config does.
 """
 
 from __future__ import annotations
@@ -48,10 +53,14 @@ __all__ = [
     "detect_mapping",
     "extract_metrics",
     "fold_values",
+    "lora_info",
     "required_names",
 ]
 
 Samples = Mapping[str, Sequence[Sample]]
+# Adapters running, adapters waiting, and the most that may be loaded (None: unknown).
+LoraInfo = tuple[frozenset[str], frozenset[str], int | None]
+NO_LORA: LoraInfo = (frozenset(), frozenset(), None)
 
 # How far over 1 a KV-cache use may be and still count as "full": room for the float
 # noise of a used/total division, nothing more.
@@ -98,7 +107,8 @@ def extract_metrics(samples: Samples, mapping: MetricMapping, *, updated_at: flo
     running = _required(samples, mapping.running, Aggregation.SUM, _check_count)
     kv_usage = _required(samples, mapping.kv_usage, Aggregation.MAX, _check_fraction)
     block_size, num_blocks = _cache_config(samples, mapping)
-    return _metrics(waiting, running, kv_usage, block_size, num_blocks, updated_at)
+    lora = lora_info(samples, mapping)
+    return _metrics(waiting, running, kv_usage, block_size, num_blocks, lora, updated_at)
 
 
 def _metrics(
@@ -107,6 +117,7 @@ def _metrics(
     kv_usage: float,
     block_size: int | None,
     num_blocks: int | None,
+    lora: LoraInfo,
     updated_at: float,
 ) -> Metrics:
     return Metrics(
@@ -115,6 +126,9 @@ def _metrics(
         kv_cache_usage=min(1.0, kv_usage),  # only float noise can be over 1 here
         kv_block_size=block_size,
         kv_num_blocks=num_blocks,
+        lora_running=lora[0],
+        lora_waiting=lora[1],
+        max_lora=lora[2],
         updated_at=updated_at,
     )
 
@@ -137,16 +151,18 @@ def fold_values(
     cache_config: tuple[int | None, int | None],
     *,
     updated_at: float,
+    lora: LoraInfo = NO_LORA,
 ) -> Metrics | None:
     """What :func:`extract_metrics` returns for samples with these values (under the
-    names :func:`required_names` gave, and ``cache_config`` from its block size and
-    count), or ``None`` where it would raise: the caller then runs it for the error."""
+    names :func:`required_names` gave, ``cache_config`` from its block size and count,
+    ``lora`` from :func:`lora_info`), or ``None`` where it would raise: the caller then
+    runs it for the error."""
     waiting_sum = _fold(waiting, Aggregation.SUM, _check_count)
     running_sum = _fold(running, Aggregation.SUM, _check_count)
     kv_max = _fold(kv_usage, Aggregation.MAX, _check_fraction)
     if waiting_sum is None or running_sum is None or kv_max is None:
         return None
-    return _metrics(waiting_sum, running_sum, kv_max, *cache_config, updated_at)
+    return _metrics(waiting_sum, running_sum, kv_max, *cache_config, lora, updated_at)
 
 
 def _fold(
@@ -243,3 +259,30 @@ def _positive_int(text: str | None) -> int | None:
     except (ValueError, OverflowError):
         return None
     return value if value > 0 else None
+
+
+def lora_info(samples: Samples, mapping: MetricMapping) -> LoraInfo:
+    """The LoRA adapters running and waiting, and ``max_lora``, from the newest series
+    (largest finite value) of the mapping's LoRA info metric; nothing when absent."""
+    present = _first_present(samples, mapping.lora_info)
+    if present is None:
+        return NO_LORA
+    newest: Sample | None = None
+    for sample in present[1]:
+        if math.isfinite(sample.value) and (newest is None or sample.value > newest.value):
+            newest = sample
+    if newest is None:
+        return NO_LORA
+    labels = newest.labels
+    max_lora = labels.get(mapping.max_lora_label)
+    return (
+        _adapters(labels.get(mapping.lora_running_label)),
+        _adapters(labels.get(mapping.lora_waiting_label)),
+        0 if max_lora is not None and max_lora.strip() == "0" else _positive_int(max_lora),
+    )
+
+
+def _adapters(text: str | None) -> frozenset[str]:
+    if not text:
+        return frozenset()
+    return frozenset(name for name in (part.strip() for part in text.split(",")) if name)

@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from lightkube import AsyncClient
 from lightkube.resources.core_v1 import Pod
 
 from epp.datalayer.static_discovery import format_address
-from epp.datalayer.store import EndpointSpec, EndpointStore
+from epp.datalayer.store import EndpointMeta, EndpointSpec, EndpointStore
 from epp.k8s.client import pool_resource
 from epp.k8s.informer import Informer
 
@@ -33,6 +34,7 @@ __all__ = [
     "ROUTING_STRATEGY_ANNOTATION",
     "KubernetesDiscovery",
     "PoolSpec",
+    "endpoint_meta",
     "endpoints_from_pods",
     "parse_pool",
 ]
@@ -82,19 +84,36 @@ def endpoints_from_pods(
     pods: Iterable[Pod], selector: Mapping[str, str], target_ports: Iterable[int]
 ) -> list[EndpointSpec]:
     """Ready, not-terminating pods that ``selector`` matches, times ``target_ports``."""
+    return sorted(spec for spec, _ in _endpoints(pods, selector, target_ports))
+
+
+def endpoint_meta(
+    pods: Iterable[Pod], selector: Mapping[str, str], target_ports: Iterable[int]
+) -> dict[str, EndpointMeta]:
+    """By address, the name and labels of each endpoint :func:`endpoints_from_pods`
+    gives: ``namespace/pod-rank-N`` for the N-th target port, as the reference EPP
+    names endpoints (its session tokens carry that name)."""
+    return {spec[0]: meta for spec, meta in _endpoints(pods, selector, target_ports)}
+
+
+def _endpoints(
+    pods: Iterable[Pod], selector: Mapping[str, str], target_ports: Iterable[int]
+) -> Iterator[tuple[EndpointSpec, EndpointMeta]]:
     ports = tuple(target_ports)
-    specs: list[EndpointSpec] = []
     for pod in pods:
         labels = pod.metadata.labels or {} if pod.metadata else {}
         if any(labels.get(key) != value for key, value in selector.items()):
             continue
         if not _serving(pod):
             continue
+        metadata = pod.metadata
+        assert metadata is not None  # _serving checked it
+        frozen_labels = MappingProxyType({str(k): str(v) for k, v in labels.items()})
         ip = str(pod.status.podIP)  # type: ignore[union-attr]  # _serving checked it
-        for port in ports:
-            specs.append((format_address(f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"), None))
-    specs.sort()
-    return specs
+        for rank, port in enumerate(ports):
+            address = format_address(f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}")
+            name = f"{metadata.namespace or ''}/{metadata.name or ''}-rank-{rank}"
+            yield (address, None), EndpointMeta(name, frozen_labels)
 
 
 def _serving(pod: Pod) -> bool:
@@ -160,6 +179,7 @@ class KubernetesDiscovery:
         )
         self._pods: list[Pod] = []
         self._published: list[EndpointSpec] | None = None
+        self._published_meta: dict[str, EndpointMeta] = {}
         self._synced = asyncio.Event()
 
     @property
@@ -233,15 +253,18 @@ class KubernetesDiscovery:
         if self.synced():
             self._synced.set()
         if self._pool is None:
-            specs: list[EndpointSpec] = []
+            found: dict[str, EndpointMeta] = {}
         else:
-            specs = endpoints_from_pods(self._pods, self._pool.selector, self._pool.target_ports)
-        if specs == self._published:
+            found = endpoint_meta(self._pods, self._pool.selector, self._pool.target_ports)
+        specs: list[EndpointSpec] = sorted((address, None) for address in found)
+        # A pod whose labels changed is republished with the same addresses.
+        if specs == self._published and found == self._published_meta:
             return
         before = {address for address, _ in self._published or ()}
         after = {address for address, _ in specs}
         self._published = specs
-        self._store.replace(specs)
+        self._published_meta = found
+        self._store.replace(specs, found)
         log.info(
             "%s: %d endpoints (+%s -%s)",
             self.what,

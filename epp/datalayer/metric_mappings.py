@@ -30,6 +30,9 @@ class MetricMapping:
 
     ``cache_config`` is an info-style metric (value 1) whose labels carry the KV block size
     and block count; ``block_size_label`` and ``num_blocks_label`` name those labels.
+    ``lora_info`` is one too: its labels list the LoRA adapters running and waiting
+    (comma-separated) and the most that may be loaded; each change of them is a new
+    series whose value is when it was made, so the newest series is the current one.
     """
 
     waiting: tuple[str, ...]
@@ -38,10 +41,14 @@ class MetricMapping:
     cache_config: tuple[str, ...] = ()
     block_size_label: str = "block_size"
     num_blocks_label: str = "num_gpu_blocks"
+    lora_info: tuple[str, ...] = ()
+    lora_running_label: str = "running_lora_adapters"
+    lora_waiting_label: str = "waiting_lora_adapters"
+    max_lora_label: str = "max_lora"
     engine: str = "custom"  # shown in logs
 
     def __post_init__(self) -> None:
-        for field_name in ("waiting", "running", "kv_usage", "cache_config"):
+        for field_name in ("waiting", "running", "kv_usage", "cache_config", "lora_info"):
             names = getattr(self, field_name)
             if not isinstance(names, tuple) or not all(isinstance(n, str) and n for n in names):
                 raise TypeError(f"MetricMapping.{field_name} must be a tuple of names: {names!r}")
@@ -51,7 +58,9 @@ class MetricMapping:
 
     def names(self) -> frozenset[str]:
         """Every metric name this mapping reads."""
-        return frozenset(self.waiting + self.running + self.kv_usage + self.cache_config)
+        return frozenset(
+            self.waiting + self.running + self.kv_usage + self.cache_config + self.lora_info
+        )
 
     def required_names(self) -> tuple[str, ...]:
         """The names whose presence identifies this engine (waiting, running, KV use)."""
@@ -66,6 +75,7 @@ VLLM = MetricMapping(
     cache_config=("vllm:cache_config_info",),
     block_size_label="block_size",
     num_blocks_label="num_gpu_blocks",
+    lora_info=("vllm:lora_requests_info",),
     engine="vllm",
 )
 

@@ -23,9 +23,10 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Collection
+from dataclasses import replace
 
 from epp.datalayer.endpoint import Metrics
-from epp.datalayer.extract import cache_config, fold_values, required_names
+from epp.datalayer.extract import cache_config, fold_values, lora_info, required_names
 from epp.datalayer.metric_mappings import MetricMapping
 from epp.datalayer.prometheus_text import Sample, _parse_float
 
@@ -42,7 +43,7 @@ MAX_VALUE_CHARS = 64
 class PageShape:
     """The text of one accepted page around the values of its wanted samples."""
 
-    __slots__ = ("_cache_config", "_roles", "_segments", "_tail")
+    __slots__ = ("_cache_config", "_lora", "_mapping", "_roles", "_segments", "_tail")
 
     def __init__(
         self,
@@ -50,12 +51,17 @@ class PageShape:
         tail: str,
         roles: tuple[list[int], list[int], list[int]],
         cache: tuple[int | None, int | None],
+        mapping: MetricMapping,
+        lora: list[int],
     ) -> None:
         # (text since the previous value, name, labels) per wanted value, in text order.
         self._segments = segments
         self._tail = tail  # the text after the last value
         self._roles = roles  # which values are waiting, running and KV use
         self._cache_config = cache  # from labels, which the shape keeps as they were
+        # The LoRA info series: which one is current depends on their values.
+        self._mapping = mapping
+        self._lora = lora
 
     @classmethod
     def of(
@@ -99,8 +105,15 @@ class PageShape:
         waiting, running, kv_usage = (
             [i for i, segment in enumerate(segments) if segment[1] == name] for name in required
         )
+        lora_names = set(mapping.lora_info)
+        lora = [i for i, segment in enumerate(segments) if segment[1] in lora_names]
         return cls(
-            segments, text[end:], (waiting, running, kv_usage), cache_config(samples, mapping)
+            segments,
+            text[end:],
+            (waiting, running, kv_usage),
+            cache_config(samples, mapping),
+            mapping,
+            lora,
         )
 
     def read(self, text: str) -> dict[str, list[Sample]] | None:
@@ -121,13 +134,23 @@ class PageShape:
         if values is None:
             return None
         waiting, running, kv_usage = self._roles
-        return fold_values(
+        lora = None
+        if self._lora:
+            found: dict[str, list[Sample]] = {}
+            for i in self._lora:
+                _, name, labels = self._segments[i]
+                found.setdefault(name, []).append(Sample(labels, values[i]))
+            lora = lora_info(found, self._mapping)
+        metrics = fold_values(
             [values[i] for i in waiting],
             [values[i] for i in running],
             [values[i] for i in kv_usage],
             self._cache_config,
             updated_at=updated_at,
         )
+        if metrics is None or lora is None:
+            return metrics
+        return replace(metrics, lora_running=lora[0], lora_waiting=lora[1], max_lora=lora[2])
 
     def _values(self, text: str) -> list[float] | None:
         values: list[float] = []

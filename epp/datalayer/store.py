@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 
-from epp.datalayer.endpoint import Endpoint
+from epp.datalayer.endpoint import NO_LABELS, Endpoint
 
-__all__ = ["EndpointSpec", "EndpointStore"]
+__all__ = ["EndpointMeta", "EndpointSpec", "EndpointStore"]
 
 # What discovery reports: an address and the models served there (None = any model).
 EndpointSpec = tuple[str, frozenset[str] | None]
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointMeta:
+    """What Kubernetes discovery knows of an endpoint beside its address: the reference
+    EPP's name for it (``namespace/pod-rank-N``) and its pod's labels."""
+
+    name: str = ""
+    labels: Mapping[str, str] = field(default_factory=lambda: NO_LABELS)
+
+
+_NO_META = EndpointMeta()
 
 
 class EndpointStore:
@@ -27,17 +40,28 @@ class EndpointStore:
         self._serve_any: list[Endpoint] = []
         self._listeners: list[Callable[[list[Endpoint], list[Endpoint]], None]] = []
 
-    def replace(self, specs: Iterable[EndpointSpec]) -> None:
-        """Make the table hold exactly ``specs``; tell listeners what came and went."""
+    def replace(
+        self, specs: Iterable[EndpointSpec], meta: Mapping[str, EndpointMeta] | None = None
+    ) -> None:
+        """Make the table hold exactly ``specs``; tell listeners what came and went.
+
+        ``meta`` gives, by address, each endpoint's name and labels (none: no name, no
+        labels); an endpoint that stays takes on its new ones.
+        """
         new_by_address: dict[str, Endpoint] = {}
         added: list[Endpoint] = []
         for address, models in specs:
+            about = meta.get(address, _NO_META) if meta else _NO_META
             endpoint = self._by_address.get(address)
             if endpoint is None:
-                endpoint = Endpoint(address=address, models=models)
+                endpoint = Endpoint(
+                    address=address, models=models, labels=about.labels, name=about.name
+                )
                 added.append(endpoint)
             else:
                 endpoint.models = models
+                endpoint.labels = about.labels
+                endpoint.name = about.name
             new_by_address[address] = endpoint
         removed = [ep for addr, ep in self._by_address.items() if addr not in new_by_address]
         self._by_address = new_by_address

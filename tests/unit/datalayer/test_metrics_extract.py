@@ -346,3 +346,48 @@ def test_dunder_all_is_complete(module: ModuleType) -> None:
         and (callable(value) or isinstance(value, type))
     }
     assert public <= set(exported)  # the order is ruff's (RUF022)
+
+
+LORA_PAGE = """\
+vllm:num_requests_waiting{model_name="m"} 0.0
+vllm:num_requests_running{model_name="m"} 1.0
+vllm:kv_cache_usage_perc{model_name="m"} 0.1
+vllm:lora_requests_info{max_lora="2",running_lora_adapters="sql-lora",waiting_lora_adapters=""} 1700000001.0
+vllm:lora_requests_info{max_lora="2",running_lora_adapters="sql-lora, tweet-lora",waiting_lora_adapters="chat"} 1700000009.5
+vllm:lora_requests_info{max_lora="2",running_lora_adapters="",waiting_lora_adapters=""} 1700000005.0
+"""
+
+
+def test_vllm_lora_info_comes_from_the_newest_series() -> None:
+    metrics = metrics_of(LORA_PAGE)
+    assert metrics.lora_running == frozenset({"sql-lora", "tweet-lora"})
+    assert metrics.lora_waiting == frozenset({"chat"})
+    assert metrics.max_lora == 2
+
+
+@pytest.mark.parametrize(
+    ("series", "expected"),
+    [
+        ("", (frozenset(), frozenset(), None)),
+        (
+            'vllm:lora_requests_info{max_lora="0",running_lora_adapters="",'
+            'waiting_lora_adapters=""} 5.0\n',
+            (frozenset(), frozenset(), 0),
+        ),
+        (
+            'vllm:lora_requests_info{max_lora="many",running_lora_adapters="a,,b,",'
+            'waiting_lora_adapters=""} 5.0\n',
+            (frozenset({"a", "b"}), frozenset(), None),
+        ),
+        (  # a series with no finite value says nothing
+            'vllm:lora_requests_info{max_lora="4",running_lora_adapters="a"} NaN\n',
+            (frozenset(), frozenset(), None),
+        ),
+    ],
+    ids=["absent", "zero-slots", "malformed-max-and-blank-names", "only-nan"],
+)
+def test_vllm_lora_info_edge_cases(
+    series: str, expected: tuple[frozenset[str], frozenset[str], int | None]
+) -> None:
+    metrics = metrics_of(LORA_PAGE.split("vllm:lora_requests_info")[0] + series)
+    assert (metrics.lora_running, metrics.lora_waiting, metrics.max_lora) == expected

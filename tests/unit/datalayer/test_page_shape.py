@@ -132,3 +132,26 @@ async def test_the_scraper_reads_moving_numbers_and_still_refuses_bad_ones(
     await scraper.scrape_once(endpoint)
     assert "bad number 'x'" in (endpoint.last_scrape_error or "")
     assert endpoint.metrics.kv_cache_usage == 0.75
+
+
+LORA = (
+    'vllm:lora_requests_info{{max_lora="2",running_lora_adapters="a",'
+    'waiting_lora_adapters=""}} {old}\n'
+    'vllm:lora_requests_info{{max_lora="2",running_lora_adapters="a,b",'
+    'waiting_lora_adapters="c"}} {new}\n'
+)
+
+
+@pytest.mark.parametrize(
+    ("old", "new"), [("5.0", "9.0"), ("9.0", "5.0")], ids=["second-newer", "first-newer"]
+)
+def test_the_lora_series_that_is_newest_by_value_wins_on_the_fast_path(
+    old: str, new: str
+) -> None:
+    shape = shape_of(page() + LORA.format(old="5.0", new="9.0"))
+    text = page() + LORA.format(old=old, new=new)
+    expected = extract_metrics(parse_samples(text, NAMES), VLLM, updated_at=1.0)
+    read = shape.read_metrics(text, updated_at=1.0)
+    assert read == expected
+    assert read is not None
+    assert read.lora_running == (frozenset({"a", "b"}) if new == "9.0" else frozenset({"a"}))

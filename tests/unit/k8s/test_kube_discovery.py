@@ -76,6 +76,20 @@ async def test_pods_come_turn_unready_and_go_within_one_event(
 
 
 @pytest.mark.asyncio
+async def test_endpoints_carry_pod_labels_and_the_reference_name(
+    running: Any, api: FakeKubeAPI
+) -> None:
+    _, store, _ = running
+    first, second = store.get("10.0.0.1:8000"), store.get("10.0.0.1:8001")
+    assert (first.name, second.name) == (f"{NS}/ready-rank-0", f"{NS}/ready-rank-1")
+    assert dict(first.labels) == LABELS
+    # A relabelled pod keeps its endpoints (and their state) and shows the new labels.
+    api.apply(pod("ready", NS, "10.0.0.1", {**LABELS, "llm-d.ai/role": "decode"}))
+    await eventually(lambda: store.get("10.0.0.1:8000").labels.get("llm-d.ai/role") == "decode")
+    assert store.get("10.0.0.1:8000") is first
+
+
+@pytest.mark.asyncio
 async def test_pool_changing_its_selector_and_ports(running: Any, api: FakeKubeAPI) -> None:
     _, store, changes = running
     api.apply(
