@@ -222,6 +222,7 @@ class Director:
             destination=",".join(ep.address for ep in chosen),
             candidates=len(candidates),
             health_generation=self.health.generation(chosen[0]),
+            response_headers=result.response_headers,
         )
 
     def response_started(self, decision: RoutingDecision) -> None:

@@ -51,6 +51,8 @@ class RoutingDecision:
     fallback_from: str = ""  # the model that had no healthy endpoint; "" if none was needed
     health_generation: int = 0  # the primary endpoint's passive-health ticket at routing
     health_recorded: bool = False
+    # Set on the client's response (a session token); plugins' text, never a client's.
+    response_headers: tuple[tuple[str, str], ...] = ()
 
     @property
     def model(self) -> str:

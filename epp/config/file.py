@@ -18,6 +18,7 @@ import yaml
 
 from epp.config.mappings import MAPPINGS, MappingOption
 from epp.config.options import OPTIONS
+from epp.config.reference import DATA_LAYER_KEYS, DOCUMENT_KEYS, read_reference_plugins
 from epp.config.settings import ConfigError
 from epp.config.values import Given, parsed
 from epp.datalayer.static_discovery import parse_endpoint_flag
@@ -32,7 +33,16 @@ API_VERSIONS = (
     "inference.networking.x-k8s.io/v1alpha1",
 )
 # The top-level keys that are not sections of the option table or mappings.
-_DOCUMENT_KEYS = ("apiVersion", "kind", "endpoints", "plugins", "schedulingProfiles")
+_DOCUMENT_KEYS = (
+    "apiVersion",
+    "kind",
+    "endpoints",
+    "plugins",
+    "schedulingProfiles",
+    *DOCUMENT_KEYS,
+)
+# Keys of a section beside epp's options there: the reference's own (epp.config.reference).
+_SECTION_KEYS = {"dataLayer": DATA_LAYER_KEYS}
 _ENDPOINT_KEYS = ("address", "models")
 
 
@@ -45,12 +55,19 @@ class ConfigDocument:
     where: str | None = None
 
     def option_values(self) -> dict[str, Given]:
-        """Each option the file sets, by ``Option.dest``."""
+        """Each option the file sets, by ``Option.dest``: under its own key, or through a
+        reference plugin's parameter (``metrics-data-source``'s ``path``); both at once
+        must agree."""
         given: dict[str, Given] = {}
         for option in OPTIONS:
             raw = _lookup(self.content, option.file_key)
             if raw is not None:
                 given[option.dest] = (raw, f"{self.where}: {'.'.join(option.file_key)}")
+        fed = read_reference_plugins(self.content, self.where).option_values
+        for dest, (raw, source) in fed.items():
+            if dest in given and given[dest][0] != raw:
+                raise ConfigError(f"{source} ({raw!r}) contradicts {given[dest][1]}")
+            given.setdefault(dest, (raw, source))
         return given
 
     def mapping_entries(self, option: MappingOption) -> list[tuple[str, Any, str]]:
@@ -127,7 +144,7 @@ def _check_sections(document: Mapping[str, Any], where: str) -> None:
             continue
         if not isinstance(node, Mapping):
             raise ConfigError(f"{where}: {section} must be a mapping")
-        check_keys(node, keys, f"{where}: {section}")
+        check_keys(node, [*keys, *_SECTION_KEYS.get(section, ())], f"{where}: {section}")
 
 
 def _parse(text: str, where: str) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import dataclasses
 from collections.abc import Callable, Mapping
 
 from epp.config.file import ConfigDocument, check_keys
+from epp.config.reference import read_reference_plugins
 from epp.config.settings import Config, ConfigError
 from epp.scheduling.filters import prefer_fresh
 from epp.scheduling.scheduler import Scheduler, build_scheduler
@@ -66,16 +67,18 @@ def _with_staleness(scheduler: SchedulerConfig, staleness_s: float) -> Scheduler
 
 
 def scheduler_config(document: ConfigDocument) -> SchedulerConfig:
-    """The file's plugins and profiles; epp's default profile when it has neither."""
+    """The file's scheduling plugins and profiles; epp's default profile when it has
+    neither (a file whose plugins are all data-layer or parser ones has none)."""
     content, where = document.content, document.where
-    if "plugins" not in content and "schedulingProfiles" not in content:
+    # Data-layer and parser plugins are checked (and their settings taken) there.
+    plugins_doc = read_reference_plugins(content, where).scheduling
+    if not plugins_doc and "schedulingProfiles" not in content:
         return default_scheduler_config()
-    plugins_doc = content.get("plugins") or []
     profiles_doc = content.get("schedulingProfiles") or []
-    if not isinstance(plugins_doc, list) or not isinstance(profiles_doc, list):
+    if not isinstance(profiles_doc, list):
         raise ConfigError(f"{where}: plugins and schedulingProfiles must be lists")
     plugins: list[PluginSpec] = []
-    for index, entry in enumerate(plugins_doc):
+    for index, entry in plugins_doc:
         if not isinstance(entry, Mapping) or not isinstance(entry.get("type"), str):
             raise ConfigError(f"{where}: plugins[{index}] needs a 'type'")
         check_keys(entry, ("type", "name", "parameters"), f"{where}: plugins[{index}]")

@@ -463,17 +463,16 @@ class RequestStream:
                 if self._usage_added and head.streamed:
                     self._stripper = UsageEventStripper()
             self._director.response_started(decision)
+            headers = list(decision.response_headers)
             if decision.fallback_from:
-                return (
-                    messages.response_headers_response(
-                        [
-                            (
-                                messages.MODEL_FALLBACK_HEADER,
-                                f"{decision.fallback_from} -> {decision.target_model}",
-                            )
-                        ]
-                    ),
+                headers.append(
+                    (
+                        messages.MODEL_FALLBACK_HEADER,
+                        f"{decision.fallback_from} -> {decision.target_model}",
+                    )
                 )
+            if headers:
+                return (messages.response_headers_response(headers),)
         return (messages.empty_response_headers_response(),)
 
     def _on_response_body(self, message: ProcessingRequest) -> Sequence[ProcessingResponse]:

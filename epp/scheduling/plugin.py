@@ -9,7 +9,7 @@ from typing import Any, NoReturn
 from epp.scheduling.errors import SchedulerConfigError
 from epp.scheduling.types import TypedName
 
-__all__ = ["NamedPlugin", "Params"]
+__all__ = ["NamedPlugin", "Params", "SettingsPlugin"]
 
 
 class NamedPlugin:
@@ -28,6 +28,14 @@ class NamedPlugin:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._typed_name})"
+
+
+class SettingsPlugin(NamedPlugin):
+    """A plugin with no role in a profile: settings other plugins take up when bound
+    (``approx-prefix-cache-producer``), or a reference plugin whose job epp does
+    anyway (``single-profile-handler``). A profile may list it; it is then skipped."""
+
+    __slots__ = ()
 
 
 class Params:
@@ -75,6 +83,31 @@ class Params:
         if min_value is not None and value < min_value:
             self.fail(key, f"must be >= {min_value}, got {value!r}")
         return value
+
+    def get_bool(self, key: str, default: bool) -> bool:
+        self._seen.add(key)
+        value = self._raw.get(key, default)
+        if not isinstance(value, bool):
+            self.fail(key, f"must be true or false, got {value!r}")
+        return value
+
+    def get_str(self, key: str, default: str = "") -> str:
+        self._seen.add(key)
+        value = self._raw.get(key, default)
+        if value is None:
+            return default
+        if not isinstance(value, str):
+            self.fail(key, f"must be a string, got {value!r}")
+        return value
+
+    def get_raw(self, key: str) -> Any:
+        """The value as written (None when absent), for a parameter with a shape of its
+        own (a mapping, a list); the caller checks it."""
+        self._seen.add(key)
+        return self._raw.get(key)
+
+    def has(self, key: str) -> bool:
+        return key in self._raw
 
     def get_int(self, key: str, default: int, *, min_value: int | None = None) -> int:
         value = self.get_optional_int(key, min_value=min_value)

@@ -26,6 +26,7 @@ from epp.scheduling.types import (
     Plugin,
     PostPick,
     PromptReader,
+    ResponseHeaderWriter,
     SchedulingResult,
     ScoreAdder,
     Scorer,
@@ -70,6 +71,7 @@ class SchedulerProfile:
         "_post_picks",
         "_prompt_chars",
         "_removal_hooks",
+        "_response_headers",
         "_scorers",
         "_timings",
         "name",
@@ -121,6 +123,9 @@ class SchedulerProfile:
         self._post_picks = tuple((p, timing(p, "post_pick")) for p in post_picks)
         self._plugins = tuple(self._unique([*plugins, *post_picks]))
         self._removal_hooks = tuple(p for p in self._plugins if isinstance(p, EndpointRemovalHook))
+        self._response_headers = tuple(
+            p for p in self._plugins if isinstance(p, ResponseHeaderWriter)
+        )
         self._timings = tuple(timings)
         self._prompt_chars = max(
             (p.prompt_chars for p in self._plugins if isinstance(p, PromptReader)), default=0
@@ -212,6 +217,13 @@ class SchedulerProfile:
             elapsed = clock() - start
             durations.counts[bisect_left(durations.bounds, elapsed)] += 1
             durations.sum += elapsed
+        if self._response_headers:
+            headers = tuple(
+                header
+                for writer in self._response_headers
+                for header in writer.response_headers(cycle, request, primary)
+            )
+            return SchedulingResult(picked, headers)
         return SchedulingResult(picked)
 
     def on_endpoints_removed(self, endpoints: Sequence[Endpoint]) -> None:

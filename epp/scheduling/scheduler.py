@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from epp.datalayer.endpoint import Endpoint
 from epp.scheduling.errors import NoCandidates, SchedulerConfigError
 from epp.scheduling.pickers.max_score import TYPE as MAX_SCORE_PICKER
+from epp.scheduling.plugin import SettingsPlugin
 from epp.scheduling.profile import SchedulerProfile, WeightedScorer
 from epp.scheduling.registry import PluginRegistry, register_builtin_plugins
 from epp.scheduling.spec import (
@@ -22,6 +23,7 @@ from epp.scheduling.stats import PluginTiming
 from epp.scheduling.types import (
     Filter,
     LLMRequest,
+    PeerAware,
     Picker,
     Plugin,
     PostPick,
@@ -92,8 +94,12 @@ class Scheduler:
 def build_scheduler(config: SchedulerConfig, registry: PluginRegistry | None = None) -> Scheduler:
     """Validate ``config`` and build the plugins and the profile.
 
-    As the reference EPP does, a scorer listed without a weight weighs 1, and a profile
-    that names no picker gets a ``max-score-picker``. Raises
+    As the reference EPP does, a scorer listed without a weight weighs 1, a profile
+    that names no picker gets a ``max-score-picker``, and a config without profiles
+    gets one profile of all its filters, scorers and pickers. Plugins that work with
+    another (:class:`~epp.scheduling.types.PeerAware`) are bound before any profile is
+    built; a profile may list a :class:`~epp.scheduling.plugin.SettingsPlugin`, which
+    has no role there. Raises
     :class:`SchedulerConfigError` for a duplicate plugin name, an unknown type or
     parameter, an unknown ``pluginRef``, a weight that is not a finite number >= 0, a
     weight on a plugin that is not a scorer, or a profile with two pickers. This is the
@@ -109,16 +115,33 @@ def build_scheduler(config: SchedulerConfig, registry: PluginRegistry | None = N
         if name in plugins:
             raise SchedulerConfigError(f"plugin name {name!r} is defined twice")
         plugins[name] = registry.create(spec.type, name, spec.parameters)
-    if not config.profiles:
-        raise SchedulerConfigError("no scheduling profile is configured")
+    for plugin in plugins.values():
+        if isinstance(plugin, PeerAware):
+            plugin.bind(plugins)
+    profile_specs = config.profiles
+    if not profile_specs:
+        # As the reference does: one profile of every filter, scorer and picker, in order.
+        profile_specs = [
+            ProfileSpec(
+                DEFAULT_PROFILE_NAME,
+                [
+                    ProfilePluginRef(name)
+                    for name, plugin in plugins.items()
+                    if not isinstance(plugin, SettingsPlugin)
+                    and isinstance(plugin, Filter | Scorer | Picker)
+                ],
+            )
+        ]
+        if not plugins:
+            raise SchedulerConfigError("no scheduling profile is configured")
     profiles: dict[str, SchedulerProfile] = {}
-    for profile_spec in config.profiles:
+    for profile_spec in profile_specs:
         if profile_spec.name in profiles:
             raise SchedulerConfigError(f"profile {profile_spec.name!r} is defined twice")
         profiles[profile_spec.name] = _build_profile(
             profile_spec, plugins, lambda: registry.create(MAX_SCORE_PICKER, MAX_SCORE_PICKER, {})
         )
-    chosen = profiles.get(DEFAULT_PROFILE_NAME) or profiles[config.profiles[0].name]
+    chosen = profiles.get(DEFAULT_PROFILE_NAME) or profiles[profile_specs[0].name]
     return Scheduler(chosen)
 
 
@@ -141,6 +164,13 @@ def _build_profile(
         if ref.plugin_ref in seen:
             raise SchedulerConfigError(f"{where}: pluginRef {ref.plugin_ref!r} is listed twice")
         seen.add(ref.plugin_ref)
+        if isinstance(plugin, SettingsPlugin):
+            if ref.weight is not None:
+                raise SchedulerConfigError(
+                    f"{where}: {ref.plugin_ref!r} is not a scorer and takes no weight "
+                    f"(got {ref.weight!r})"
+                )
+            continue
         has_role = False
         if isinstance(plugin, Scorer):
             has_role = True

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -13,10 +13,12 @@ __all__ = [
     "EndpointRemovalHook",
     "Filter",
     "LLMRequest",
+    "PeerAware",
     "Picker",
     "Plugin",
     "PostPick",
     "PromptReader",
+    "ResponseHeaderWriter",
     "SchedulingResult",
     "ScoreAdder",
     "ScoredEndpoint",
@@ -161,6 +163,25 @@ class PromptReader(Plugin, Protocol):
 
 
 @runtime_checkable
+class ResponseHeaderWriter(Plugin, Protocol):
+    def response_headers(
+        self, cycle: CycleState, request: LLMRequest, chosen: Endpoint
+    ) -> Sequence[tuple[str, str]]:
+        """Headers to set on the response the client gets (a session token), after the
+        pick. Names lower-case; values are the plugin's own text, never a client's."""
+        ...
+
+
+@runtime_checkable
+class PeerAware(Plugin, Protocol):
+    def bind(self, peers: Mapping[str, Plugin]) -> None:
+        """Called once, before any scheduling, with every configured plugin by name: a
+        plugin that works with another (a scorer and its producer) finds it here.
+        Raises ``SchedulerConfigError`` when the one it needs is missing or wrong."""
+        ...
+
+
+@runtime_checkable
 class EndpointRemovalHook(Plugin, Protocol):
     def on_endpoints_removed(self, endpoints: Sequence[Endpoint]) -> None:
         """Forget per-endpoint state (the prefix index) for endpoints discovery dropped."""
@@ -169,9 +190,11 @@ class EndpointRemovalHook(Plugin, Protocol):
 
 @dataclass(frozen=True, slots=True)
 class SchedulingResult:
-    """The endpoints to try, best first; never empty."""
+    """The endpoints to try, best first; never empty. ``response_headers``: what the
+    profile's plugins ask to set on the client's response."""
 
     endpoints: list[Endpoint]
+    response_headers: tuple[tuple[str, str], ...] = ()
 
     @property
     def primary(self) -> Endpoint:

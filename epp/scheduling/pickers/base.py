@@ -38,9 +38,18 @@ class FallbackPicker(NamedPlugin):
 def build_picker(
     cls: type[_PickerT], type_name: str, name: str, parameters: Mapping[str, Any]
 ) -> _PickerT:
-    """A picker from config parameters ``fallbacks`` and ``seed`` (for reproducible runs)."""
+    """A picker from config parameters ``fallbacks`` and ``seed`` (for reproducible runs).
+
+    The reference's ``maxNumOfEndpoints`` (how many endpoints to return, primary
+    included) is ``fallbacks + 1``; give one or the other.
+    """
     params = Params(TypedName(type_name, name), parameters)
+    if params.has("fallbacks") and params.has("maxNumOfEndpoints"):
+        params.fail("maxNumOfEndpoints", "and fallbacks say the same thing; give one")
     fallbacks = params.get_int("fallbacks", DEFAULT_FALLBACKS, min_value=0)
+    most = params.get_optional_int("maxNumOfEndpoints", min_value=1)
+    if most is not None:
+        fallbacks = most - 1
     seed = params.get_optional_int("seed")
     params.finish()
     return cls(name, fallbacks=fallbacks, rng=random.Random(seed) if seed is not None else None)

@@ -13,6 +13,18 @@ so ``h_i`` stands for the whole prefix up to block ``i``, and one model's prefix
 match another's. The score of an endpoint is the number of leading hashes it holds over
 the number of hashes; 0 for every endpoint when the prompt has no full block.
 
+Parameters: ``blockSize`` (bytes) or ``blockSizeTokens`` (the reference's, in tokens of
+:data:`~epp.scheduling.producers.approx_prefix_cache.CHARS_PER_TOKEN` = 4 bytes, its
+``averageCharactersPerToken``: 16 tokens are 64 bytes); ``maxPrefixBlocksToMatch`` or
+``maxPrefixTokensToMatch`` (tokens, which decide when both are given, as in the
+reference); ``lruCapacityPerServer``; ``autoTune`` (accepted; epp always uses the
+configured sizes). With an ``approx-prefix-cache-producer`` configured (the reference's
+layout since it moved hashing there), the producer's settings are used instead:
+``prefixMatchInfoProducerName`` names it, else the one named after its type; sizes on
+the scorer as well are an error. ``matchLengthWeight`` w (0) and
+``matchLengthScaleTokens`` L (8192) blend in the matched length, as the reference does:
+``w * min(1, matched tokens / L) ** 2 + (1 - w) * matched / total``.
+
 As in the reference EPP the pick is recorded at routing time (``on_pick``), not when the
 server reports a hit: a burst of one prefix sees the first pick at once, and it is the
 load scorers that must spread such a burst (see ``tests/unit/scheduling/
@@ -28,13 +40,22 @@ import xxhash
 
 from epp.datalayer.endpoint import Endpoint
 from epp.distribution import Distribution
+from epp.scheduling.errors import SchedulerConfigError
 from epp.scheduling.plugin import NamedPlugin, Params
 from epp.scheduling.prefix_index import DEFAULT_CAPACITY_PER_ENDPOINT, PrefixIndex
+from epp.scheduling.producers.approx_prefix_cache import (
+    CHARS_PER_TOKEN,
+    ApproxPrefixCacheProducer,
+    PrefixSettings,
+)
+from epp.scheduling.producers.approx_prefix_cache import TYPE as PRODUCER_TYPE
 from epp.scheduling.stats import PREFIX_HIT_BYTES_BOUNDS, PREFIX_HIT_RATIO_BOUNDS, PrefixStats
 from epp.scheduling.types import (
     CycleState,
     EndpointRemovalHook,
     LLMRequest,
+    PeerAware,
+    Plugin,
     PostPick,
     ScoreAdder,
     Scorer,
@@ -55,6 +76,7 @@ TYPE = "prefix-cache-scorer"
 DEFAULT_BLOCK_SIZE = 64  # bytes; about 16 tokens
 DEFAULT_MAX_PREFIX_BLOCKS = 256
 DEFAULT_LRU_CAPACITY_PER_SERVER = DEFAULT_CAPACITY_PER_ENDPOINT
+DEFAULT_MATCH_LENGTH_SCALE_TOKENS = 8192
 
 _xxh64 = xxhash.xxh64_intdigest
 
@@ -95,8 +117,11 @@ class PrefixCacheScorer(NamedPlugin):
         "_hit_bytes",
         "_hit_ratios",
         "_index",
+        "_length_scale_bytes",
+        "_length_weight",
         "_match_key",
         "_max_blocks",
+        "_producer",
         "_state_key",
     )
 
@@ -110,13 +135,22 @@ class PrefixCacheScorer(NamedPlugin):
         max_prefix_blocks: int = DEFAULT_MAX_PREFIX_BLOCKS,
         lru_capacity_per_server: int = DEFAULT_LRU_CAPACITY_PER_SERVER,
         index: PrefixIndex | None = None,
+        producer: str | None = None,
+        match_length_weight: float = 0.0,
+        match_length_scale_tokens: int = DEFAULT_MATCH_LENGTH_SCALE_TOKENS,
     ) -> None:
         super().__init__(name)
         if block_size < 1 or max_prefix_blocks < 1:
             raise ValueError("block_size and max_prefix_blocks must be >= 1")
+        if not 0.0 <= match_length_weight <= 1.0 or match_length_scale_tokens < 1:
+            raise ValueError("match_length_weight must lie in [0, 1], the scale be >= 1")
         self._block_size = block_size
         self._max_blocks = max_prefix_blocks
         self._index = index if index is not None else PrefixIndex(lru_capacity_per_server)
+        # The producer to take settings from: a name, "" for the default one if any.
+        self._producer = producer
+        self._length_weight = match_length_weight
+        self._length_scale_bytes = match_length_scale_tokens * CHARS_PER_TOKEN
         self._state_key = f"{self._typed_name}/block-hashes"
         self._match_key = f"{self._typed_name}/matched"
         self._hit_ratios = Distribution(PREFIX_HIT_RATIO_BOUNDS)
@@ -125,6 +159,53 @@ class PrefixCacheScorer(NamedPlugin):
     @property
     def index(self) -> PrefixIndex:
         return self._index
+
+    @property
+    def settings(self) -> PrefixSettings:
+        return PrefixSettings(self._block_size, self._max_blocks, self._index.capacity_per_endpoint)
+
+    @property
+    def producer_name(self) -> str | None:
+        """The producer this scorer takes its settings from, when it has one."""
+        if self._producer is None:
+            return None
+        return self._producer or PRODUCER_TYPE
+
+    def bind(self, peers: Mapping[str, Plugin]) -> None:
+        """Take the settings of the ``approx-prefix-cache-producer`` this scorer reads
+        (see the module docstring); without one, keep its own."""
+        if self._producer is None:
+            return
+        name = self._producer or PRODUCER_TYPE
+        producer = peers.get(name)
+        if producer is None and not self._producer:
+            return
+        if not isinstance(producer, ApproxPrefixCacheProducer):
+            raise SchedulerConfigError(
+                f"plugin {self._typed_name.name!r} (type {TYPE!r}): "
+                f"prefixMatchInfoProducerName {name!r} names no {PRODUCER_TYPE}"
+            )
+        settings = producer.settings
+        self._block_size = settings.block_size
+        self._max_blocks = settings.max_blocks
+        self._index = PrefixIndex(settings.lru_capacity_per_server)
+
+    def matched(self, cycle: CycleState, request: LLMRequest) -> dict[Endpoint, int] | None:
+        """Leading blocks each endpoint holds of this request's prompt (None: none
+        does), computed once per cycle, for this scorer and for plugins that ask."""
+        if self._match_key in cycle:
+            found: dict[Endpoint, int] | None = cycle[self._match_key]
+            return found
+        hashes = self.block_hashes(cycle, request)
+        matched = self._index.match(hashes) if hashes else None
+        cycle[self._match_key] = matched
+        return matched
+
+    def _blend(self, blocks: int, total: int) -> float:
+        ratio = blocks / total
+        weight = self._length_weight
+        length = min(1.0, blocks * self._block_size / self._length_scale_bytes)
+        return weight * length * length + (1.0 - weight) * ratio
 
     def index_entries(self) -> int:
         return self._index.size()
@@ -155,13 +236,13 @@ class PrefixCacheScorer(NamedPlugin):
     def score(
         self, cycle: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint]
     ) -> list[float]:
-        hashes = self.block_hashes(cycle, request)
-        matched = self._index.match(hashes) if hashes else None
-        cycle[self._match_key] = matched
+        matched = self.matched(cycle, request)
         if not matched:
             return [0.0] * len(endpoints)
-        total = len(hashes)
+        total = len(self.block_hashes(cycle, request))
         get = matched.get
+        if self._length_weight:
+            return [self._blend(get(ep, 0), total) for ep in endpoints]
         return [get(ep, 0) / total for ep in endpoints]
 
     def add_scores(
@@ -176,15 +257,18 @@ class PrefixCacheScorer(NamedPlugin):
         score is 0 and adding ``weight * 0.0`` changes nothing. O(endpoints matched),
         plus a C-level ``index`` scan per matched endpoint, instead of a dict lookup per
         candidate."""
-        hashes = self.block_hashes(cycle, request)
-        matched = self._index.match(hashes) if hashes else None
-        cycle[self._match_key] = matched
+        matched = self.matched(cycle, request)
         n = len(endpoints)
         if totals is None:
             totals = [0.0] * n
         if not matched:
             return totals
-        total = len(hashes)
+        total = len(self.block_hashes(cycle, request))
+        if self._length_weight:  # an endpoint holding nothing scores 0 here too
+            return [
+                t + weight * self._blend(matched.get(ep, 0), total)
+                for t, ep in zip(totals, endpoints, strict=True)
+            ]
         if len(matched) * 16 > n:  # a prefix most candidates hold: one pass is cheaper
             get = matched.get
             return [
@@ -217,14 +301,47 @@ class PrefixCacheScorer(NamedPlugin):
             self._index.remove_endpoint(endpoint)
 
 
+_SIZE_PARAMETERS = (
+    "blockSize",
+    "blockSizeTokens",
+    "maxPrefixBlocksToMatch",
+    "maxPrefixTokensToMatch",
+    "lruCapacityPerServer",
+)
+
+
 def factory(name: str, parameters: Mapping[str, Any]) -> PrefixCacheScorer:
     params = Params(TypedName(TYPE, name), parameters)
-    block_size = params.get_int("blockSize", DEFAULT_BLOCK_SIZE, min_value=1)
+    if params.has("blockSize") and params.has("blockSizeTokens"):
+        params.fail("blockSize", "and blockSizeTokens are two ways to say one thing; give one")
+    tokens = params.get_optional_int("blockSizeTokens", min_value=1)
+    default_size = DEFAULT_BLOCK_SIZE if tokens is None else tokens * CHARS_PER_TOKEN
+    block_size = params.get_int("blockSize", default_size, min_value=1)
     max_blocks = params.get_int("maxPrefixBlocksToMatch", DEFAULT_MAX_PREFIX_BLOCKS, min_value=1)
+    max_tokens = params.get_optional_int("maxPrefixTokensToMatch", min_value=1)
+    if max_tokens is not None:  # as in the reference, the token cap wins
+        max_blocks = max(1, max_tokens * CHARS_PER_TOKEN // block_size)
     capacity = params.get_int("lruCapacityPerServer", DEFAULT_LRU_CAPACITY_PER_SERVER, min_value=1)
+    params.get_bool("autoTune", True)
+    producer = params.get_str("prefixMatchInfoProducerName")
+    if producer and any(params.has(key) for key in _SIZE_PARAMETERS):
+        given = next(key for key in _SIZE_PARAMETERS if params.has(key))
+        params.fail(given, f"is set on the producer {producer!r}, not here")
+    weight = params.get_float("matchLengthWeight", 0.0, min_value=0.0)
+    if weight > 1.0:
+        params.fail("matchLengthWeight", f"must be at most 1.0, got {weight!r}")
+    scale = params.get_int("matchLengthScaleTokens", DEFAULT_MATCH_LENGTH_SCALE_TOKENS, min_value=1)
     params.finish()
+    own_sizes = any(params.has(key) for key in _SIZE_PARAMETERS)
     return PrefixCacheScorer(
-        name, block_size=block_size, max_prefix_blocks=max_blocks, lru_capacity_per_server=capacity
+        name,
+        block_size=block_size,
+        max_prefix_blocks=max_blocks,
+        lru_capacity_per_server=capacity,
+        # None: sizes of its own, bind to no producer; "": the default producer, if any.
+        producer=producer or (None if own_sizes else ""),
+        match_length_weight=weight,
+        match_length_scale_tokens=scale,
     )
 
 
@@ -232,4 +349,5 @@ _scorer: type[Scorer] = PrefixCacheScorer
 _adder: type[ScoreAdder] = PrefixCacheScorer
 _post_pick: type[PostPick] = PrefixCacheScorer
 _removal: type[EndpointRemovalHook] = PrefixCacheScorer
+_peer: type[PeerAware] = PrefixCacheScorer
 _stats: type[PrefixStats] = PrefixCacheScorer

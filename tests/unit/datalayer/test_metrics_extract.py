@@ -348,14 +348,18 @@ def test_dunder_all_is_complete(module: ModuleType) -> None:
     assert public <= set(exported)  # the order is ruff's (RUF022)
 
 
-LORA_PAGE = """\
-vllm:num_requests_waiting{model_name="m"} 0.0
-vllm:num_requests_running{model_name="m"} 1.0
-vllm:kv_cache_usage_perc{model_name="m"} 0.1
-vllm:lora_requests_info{max_lora="2",running_lora_adapters="sql-lora",waiting_lora_adapters=""} 1700000001.0
-vllm:lora_requests_info{max_lora="2",running_lora_adapters="sql-lora, tweet-lora",waiting_lora_adapters="chat"} 1700000009.5
-vllm:lora_requests_info{max_lora="2",running_lora_adapters="",waiting_lora_adapters=""} 1700000005.0
-"""
+LORA_SERIES = (
+    'vllm:lora_requests_info{{max_lora="2",'
+    'running_lora_adapters="{}",waiting_lora_adapters="{}"}} {}\n'
+)
+LORA_PAGE = (
+    'vllm:num_requests_waiting{model_name="m"} 0.0\n'
+    'vllm:num_requests_running{model_name="m"} 1.0\n'
+    'vllm:kv_cache_usage_perc{model_name="m"} 0.1\n'
+    + LORA_SERIES.format("sql-lora", "", "1700000001.0")
+    + LORA_SERIES.format("sql-lora, tweet-lora", "chat", "1700000009.5")
+    + LORA_SERIES.format("", "", "1700000005.0")
+)
 
 
 def test_vllm_lora_info_comes_from_the_newest_series() -> None:

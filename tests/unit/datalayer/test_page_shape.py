@@ -145,9 +145,7 @@ LORA = (
 @pytest.mark.parametrize(
     ("old", "new"), [("5.0", "9.0"), ("9.0", "5.0")], ids=["second-newer", "first-newer"]
 )
-def test_the_lora_series_that_is_newest_by_value_wins_on_the_fast_path(
-    old: str, new: str
-) -> None:
+def test_the_lora_series_that_is_newest_by_value_wins_on_the_fast_path(old: str, new: str) -> None:
     shape = shape_of(page() + LORA.format(old="5.0", new="9.0"))
     text = page() + LORA.format(old=old, new=new)
     expected = extract_metrics(parse_samples(text, NAMES), VLLM, updated_at=1.0)

@@ -8,18 +8,35 @@ from typing import Any
 import pytest
 
 from epp.scheduling.errors import SchedulerConfigError
-from epp.scheduling.registry import PluginRegistry, register_builtin_plugins
+from epp.scheduling.plugin import SettingsPlugin
+from epp.scheduling.registry import NOT_IMPLEMENTED, PluginRegistry, register_builtin_plugins
 from epp.scheduling.scorers import queue
 from epp.scheduling.types import Filter, Picker, Plugin, PostPick, Scorer
 
 BUILTIN_TYPES = {
     "prefer-fresh-filter",
+    "label-selector-filter",
+    "by-label-selector",
+    "by-label",
+    "decode-filter",
     "queue-scorer",
     "kv-cache-utilization-scorer",
     "inflight-load-scorer",
     "prefix-cache-scorer",
+    "active-request-scorer",
+    "running-requests-size-scorer",
+    "lora-affinity-scorer",
+    "session-affinity-scorer",
+    "no-hit-lru-scorer",
     "max-score-picker",
     "random-picker",
+    "weighted-random-picker",
+    "approx-prefix-cache-producer",
+    "single-profile-handler",
+}
+# Types that need parameters to build at all.
+REQUIRED_PARAMETERS: dict[str, dict[str, Any]] = {
+    "by-label": {"label": "tier", "validValues": ["gold"]},
 }
 
 
@@ -36,11 +53,26 @@ def test_builtin_types_are_registered_sorted() -> None:
 
 @pytest.mark.parametrize("type_name", sorted(BUILTIN_TYPES))
 def test_every_builtin_builds_from_default_parameters(type_name: str) -> None:
-    plugin = builtins().create(type_name, f"my-{type_name}", {})
+    parameters = REQUIRED_PARAMETERS.get(type_name, {})
+    plugin = builtins().create(type_name, f"my-{type_name}", parameters)
     assert isinstance(plugin, Plugin)
-    assert (plugin.typed_name.type, plugin.typed_name.name) == (type_name, f"my-{type_name}")
+    # by-label-selector is label-selector-filter under its deprecated name.
+    expected = "label-selector-filter" if type_name == "by-label-selector" else type_name
+    assert (plugin.typed_name.type, plugin.typed_name.name) == (expected, f"my-{type_name}")
     roles = [role for role in (Filter, Scorer, Picker, PostPick) if isinstance(plugin, role)]
-    assert roles, f"{type_name} has no scheduling role"
+    assert roles or isinstance(plugin, SettingsPlugin), f"{type_name} has no scheduling role"
+
+
+@pytest.mark.parametrize("type_name", sorted(NOT_IMPLEMENTED))
+def test_reference_plugins_epp_lacks_fail_naming_the_plugin_and_the_way_out(
+    type_name: str,
+) -> None:
+    with pytest.raises(SchedulerConfigError) as caught:
+        builtins().create(type_name, "mine", {})
+    message = str(caught.value)
+    assert f"'{type_name}' of the reference EPP is not implemented" in message
+    assert NOT_IMPLEMENTED[type_name] in message
+    assert type_name not in builtins()
 
 
 def test_parameters_may_be_omitted() -> None:
@@ -85,7 +117,7 @@ def test_unknown_type_lists_known_types() -> None:
         pytest.param(
             "prefix-cache-scorer",
             {"blocksize": 64},
-            r"'blocksize' is not known \(known parameters: blockSize, ",
+            r"'blocksize' is not known \(known parameters: autoTune, blockSize, ",
             id="typo",
         ),
         pytest.param(

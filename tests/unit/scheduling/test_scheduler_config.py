@@ -116,6 +116,24 @@ def test_the_references_defaults_a_weight_of_1_and_a_max_score_picker() -> None:
     assert picks == {idle}
 
 
+def test_without_profiles_one_profile_holds_every_filter_scorer_and_picker() -> None:
+    plugins = [
+        PluginSpec("single-profile-handler"),
+        PluginSpec("queue-scorer"),
+        PluginSpec("approx-prefix-cache-producer"),
+        PluginSpec("prefix-cache-scorer"),
+        PluginSpec("decode-filter"),
+    ]
+    profile = build_scheduler(SchedulerConfig(plugins, [])).profile
+    assert profile.name == "default"
+    assert sorted(p.typed_name.type for p in profile.plugins) == [
+        "decode-filter",
+        "max-score-picker",
+        "prefix-cache-scorer",
+        "queue-scorer",
+    ]
+
+
 @pytest.mark.parametrize(
     ("cfg", "message"),
     [
@@ -189,7 +207,10 @@ def test_the_references_defaults_a_weight_of_1_and_a_max_score_picker() -> None:
             r"not known",
             id="bad-parameter",
         ),
-        pytest.param(SchedulerConfig(PLUGINS, []), r"no scheduling profile", id="no-profiles"),
+        pytest.param(SchedulerConfig([], []), r"no scheduling profile", id="nothing-at-all"),
+        pytest.param(  # the reference's profile of everything has two pickers here
+            SchedulerConfig(PLUGINS, []), r"needs exactly one picker", id="no-profiles"
+        ),
         pytest.param(
             SchedulerConfig(PLUGINS, [ProfileSpec("a", [ref("max-score-picker")])] * 2),
             r"profile 'a' is defined twice",
