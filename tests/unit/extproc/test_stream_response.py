@@ -3,6 +3,7 @@ metrics and the request's log line; fed Envoy's messages in memory."""
 
 from __future__ import annotations
 
+import base64
 import logging
 from collections.abc import Iterable
 
@@ -25,8 +26,15 @@ from epp.extproc.stream import RequestStream
 from epp.observability import request_metrics
 from epp.observability.metrics import REGISTRY
 from epp.requestcontrol.rewrite import MODEL_REWRITE_HEADER
+from epp.scheduling.scheduler import (
+    PluginSpec,
+    ProfilePluginRef,
+    ProfileSpec,
+    SchedulerConfig,
+    build_scheduler,
+)
 from tests.unit.directors import POD_A, POD_B, fresh_store
-from tests.unit.extproc.envoy_messages import BUFFERED, FULL_DUPLEX, body_message
+from tests.unit.extproc.envoy_messages import BUFFERED, FULL_DUPLEX, body_message, set_headers
 
 MODELS = frozenset({"m", "m-v2", "metrics-model", "m-log"})
 USAGE_EVENT = (
@@ -357,3 +365,26 @@ def test_request_log_modes(
     finally:
         request_metrics.set_request_log("errors")
     assert [r.__dict__["outcome"] for r in caplog.records if r.name == "epp.requests"] == outcomes
+
+
+def test_the_session_token_reaches_the_client_and_steers_its_next_request(
+    store: EndpointStore,
+) -> None:
+    profile = ProfileSpec(
+        "default",
+        [ProfilePluginRef("session-affinity-scorer", 5), ProfilePluginRef("inflight-load-scorer")],
+    )
+    plugins = [PluginSpec("session-affinity-scorer"), PluginSpec("inflight-load-scorer")]
+    director = Director(store, build_scheduler(SchedulerConfig(plugins, [profile])))
+    stream, _ = routed(director, {"model": "m", "messages": []})
+    assert stream.decision is not None
+    first = stream.decision.endpoints[0]
+    (reply,) = stream.handle(response_headers())
+    token = set_headers(reply, "response_headers")["x-session-token"]
+    assert token == base64.b64encode(first.address.encode()).decode()
+    # The first request is still in flight there, so only the token can bring the next
+    # one back to the busier pod.
+    again, _ = routed(director, {"model": "m", "messages": []}, extra={"x-session-token": token})
+    assert again.decision is not None and again.decision.endpoints[0] is first
+    without, _ = routed(director, {"model": "m", "messages": []})
+    assert without.decision is not None and without.decision.endpoints[0] is not first
