@@ -11,8 +11,13 @@ import pytest
 from epp.datalayer.endpoint import Endpoint, Metrics
 from epp.scheduling.errors import SchedulerConfigError
 from epp.scheduling.registry import PluginRegistry, register_builtin_plugins
-from epp.scheduling.scheduler import PluginSpec, ProfilePluginRef, ProfileSpec, SchedulerConfig
-from epp.scheduling.scheduler import build_scheduler
+from epp.scheduling.scheduler import (
+    PluginSpec,
+    ProfilePluginRef,
+    ProfileSpec,
+    SchedulerConfig,
+    build_scheduler,
+)
 from epp.scheduling.scorers.no_hit_lru import NoHitLruScorer
 from epp.scheduling.scorers.prefix_cache import PrefixCacheScorer
 from epp.scheduling.types import CycleState, LLMRequest, Plugin, Scorer
@@ -61,7 +66,7 @@ def test_active_request_scorer(
 
 
 def test_active_request_scorer_refuses_a_gap_out_of_range() -> None:
-    with pytest.raises(SchedulerConfigError, match="'maxBusyScore' must be at most 1.0"):
+    with pytest.raises(SchedulerConfigError, match=r"'maxBusyScore' must be at most 1\.0"):
         create("active-request-scorer", {"maxBusyScore": 1.5})
 
 
@@ -152,9 +157,7 @@ def test_a_prefix_scorer_naming_a_missing_producer_fails() -> None:
 
 
 def test_prefix_scorer_blends_in_the_match_length() -> None:
-    scorer = create(
-        "prefix-cache-scorer", {"matchLengthWeight": 0.5, "matchLengthScaleTokens": 64}
-    )
+    scorer = create("prefix-cache-scorer", {"matchLengthWeight": 0.5, "matchLengthScaleTokens": 64})
     assert isinstance(scorer, PrefixCacheScorer)
     holder, other = pods(2)
     prompt = "x" * (64 * 4)  # four 64-byte blocks: 64 tokens, the scale
