@@ -37,6 +37,7 @@ NOT_MANIFESTS = (
     "helm/*/ci/*.yaml",
     "prometheus/prometheus.yml",
     "prometheus/kubernetes-scrape-configs.yaml",
+    "reference-configs/*.yaml",  # EndpointPickerConfig files (tests/unit/test_reference_configs.py)
 )
 
 
