@@ -31,12 +31,18 @@ from epp.requestcontrol.health import PassiveHealth
 from epp.requestcontrol.objectives import Objectives
 from epp.requestcontrol.rewrite import ModelRewrites
 from epp.routing import RoutingDecision
+from epp.scheduling.errors import NoCandidates
 from epp.scheduling.scheduler import Scheduler
 from epp.scheduling.types import LLMRequest
 
-__all__ = ["Director"]
+__all__ = ["FAIRNESS_HEADERS", "Director"]
 
 log = logging.getLogger(__name__)
+
+# The reference EPP's current name, then the legacy one (the first present wins). epp
+# has no flow control: the id only labels the request's metrics.
+FAIRNESS_HEADERS = ("x-llm-d-inference-fairness-id", "x-gateway-inference-fairness-id")
+_MAX_FAIRNESS_ID_CHARS = 128  # longer ids are cut: they become no label anyway
 
 
 class Director:
@@ -67,6 +73,7 @@ class Director:
         health: PassiveHealth | None = None,
         max_inflight: int = 0,
         retry_after_s: int = 1,
+        namespace: str = "",
     ) -> None:
         self._store = store
         self._scheduler = scheduler
@@ -79,6 +86,7 @@ class Director:
         self.health = health or PassiveHealth()
         self._max_inflight = max_inflight
         self._retry_after_s = retry_after_s
+        self.namespace = namespace  # the pool's, for metric labels ("" for static endpoints)
         # False in body-based-routing mode: epp names the model for route matching and a
         # per-pool picker further on chooses the endpoint.
         self._pick_endpoints = pick_endpoints
@@ -117,7 +125,9 @@ class Director:
     ) -> RoutingDecision:
         """Route a request with a JSON body; raises an ``EppError`` the client should see."""
         parsed = parse_request_body(body, max_prompt_chars=self._scheduler.prompt_chars)
-        target = self.rewrites.target(parsed.model, headers)
+        target, rule = self.rewrites.decide(parsed.model, headers)
+        if rule is not None:
+            metrics.rewrite_decided(rule.name, parsed.model, target)
         request = LLMRequest(
             request_id=request_id,
             model=target,
@@ -126,9 +136,16 @@ class Director:
             headers=headers,
         )
         priority = self.objectives.priority(headers) if headers else 0
+        fairness_id = _fairness_id(headers)
         if not self._pick_endpoints:
             return RoutingDecision(
-                request, [], "", 0, requested_model=parsed.model, priority=priority
+                request,
+                [],
+                "",
+                0,
+                requested_model=parsed.model,
+                priority=priority,
+                fairness_id=fairness_id,
             )
         model, candidates = self._model_and_candidates(target, parsed.model, subset)
         if model != target:
@@ -144,6 +161,7 @@ class Director:
         decision = self._schedule(request, candidates)
         decision.requested_model = parsed.model
         decision.priority = priority
+        decision.fairness_id = fairness_id
         if model != target:
             decision.fallback_from = target
         return decision
@@ -212,9 +230,14 @@ class Director:
                     retry_after_s=self._retry_after_s,
                 )
         started = time.perf_counter()
-        result = self._scheduler.schedule(request, candidates)
-        metrics.SCHEDULER_DURATION.observe(time.perf_counter() - started)
+        try:
+            result = self._scheduler.schedule(request, candidates)
+        except NoCandidates:
+            metrics.scheduler_attempt(request.model, None)
+            raise
+        metrics.SCHEDULER_DURATION.labels().observe(time.perf_counter() - started)
         chosen = result.endpoints[: 1 + self._destination_fallbacks]
+        metrics.scheduler_attempt(request.model, chosen[0], self.namespace)
         chosen[0].request_routed()
         return RoutingDecision(
             request=request,
@@ -252,6 +275,14 @@ class Director:
         if decision.endpoints:
             decision.endpoints[0].request_finished()
         self.response_started(decision)  # a no-op unless the stream skipped telling it
+
+
+def _fairness_id(headers: dict[str, str]) -> str:
+    for name in FAIRNESS_HEADERS:
+        value = headers.get(name)
+        if value:
+            return value[:_MAX_FAIRNESS_ID_CHARS]
+    return ""
 
 
 def _allowed(endpoints: Sequence[Endpoint], subset: Sequence[str] | None) -> Sequence[Endpoint]:

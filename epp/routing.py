@@ -46,6 +46,8 @@ class RoutingDecision:
     candidates: int  # how many endpoints were eligible
     requested_model: str = ""  # the client's model; differs from request.model if rewritten
     priority: int = 0
+    # x-llm-d-inference-fairness-id, as sent (bounded); "" when the request named none.
+    fairness_id: str = ""
     response: ResponseOutcome = field(default_factory=ResponseOutcome)
     finished: bool = False
     fallback_from: str = ""  # the model that had no healthy endpoint; "" if none was needed

@@ -24,6 +24,7 @@ from aiohttp import web
 from grpc_health.v1 import health
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from epp import __version__
 from epp.config import ROUTING_STRATEGIES, Config, build_scheduler_from_config
 from epp.datalayer.kube_discovery import KubernetesDiscovery, PoolSpec
 from epp.datalayer.scrape_pace import default_max_backoff_s
@@ -35,7 +36,7 @@ from epp.extproc.body_budget import BodyBudget
 from epp.extproc.service import create_grpc_server, create_health_server
 from epp.k8s.client import make_client
 from epp.k8s.leader import LeaderElector
-from epp.observability import metrics, request_metrics
+from epp.observability import metrics, naming, request_metrics
 from epp.observability.exposition import MetricsPage
 from epp.observability.health import HealthReporter
 from epp.observability.state_metrics import StateCollector
@@ -100,6 +101,7 @@ async def serve(
         ),
         max_inflight=control.endpoint_max_inflight,
         retry_after_s=control.retry_after_s,
+        namespace=config.kubernetes.namespace if config.kubernetes.enabled else "",
     )
     store.subscribe(lambda _added, removed: director.scheduler.on_endpoints_removed(removed))
     store.subscribe(lambda _added, removed: director.health.forget(removed))
@@ -125,6 +127,7 @@ async def serve(
         store.all,
         director.is_ready,
         data.metrics_staleness_s,
+        pool_name=kube.pool_name or "static",
         in_backoff=director.health.in_backoff,
     )
     metrics.REGISTRY.register(pool)
@@ -132,11 +135,14 @@ async def serve(
     request_metrics.set_request_log(config.request_log)
     metrics.REGISTRY.register(state)
     metrics.MODEL_LABELS.max_series = config.max_model_series
+    naming.set_legacy_names(config.legacy_metric_names)
     budget = BodyBudget(config.server.max_buffered_body_bytes)
     body_memory = metrics.BodyMemoryCollector(
         lambda: budget.held_bytes, lambda: budget.refused, budget.limit_bytes
     )
     metrics.REGISTRY.register(body_memory)
+    info = metrics.InfoCollector(__version__)
+    metrics.REGISTRY.register(info)
     grpc_host = config.grpc_host
     server, grpc_port = create_grpc_server(
         director,
@@ -231,6 +237,7 @@ async def serve(
         metrics.REGISTRY.unregister(pool)
         metrics.REGISTRY.unregister(state)
         metrics.REGISTRY.unregister(body_memory)
+        metrics.REGISTRY.unregister(info)
         log.info("epp stopped")
 
 

@@ -401,4 +401,12 @@ OPTIONS: tuple[Option, ...] = (
         "distinct model names with metric series of their own; the rest "
         "count as __other__ (each costs ~240 lines of /metrics)",
     ),
+    Option(
+        "--legacy-metric-names",
+        ("legacy_metric_names",),
+        ("metrics", "legacyNames"),
+        v.boolean,
+        "also export the deprecated metric names (inference_objective_*, inference_pool_*, "
+        "inference_extension_*) beside the llm_d_epp_* ones; kept until epp 1.0",
+    ),
 )

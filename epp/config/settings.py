@@ -145,6 +145,9 @@ class Config:
     # Distinct model names (and model/target pairs) with metric series of their own;
     # the rest are counted as __other__. Each pair is ~240 lines of /metrics.
     max_model_series: int = 64
+    # Export the deprecated metric names (inference_objective_*, inference_pool_*,
+    # inference_extension_*) beside the current llm_d_epp_* ones; until epp 1.0.
+    legacy_metric_names: bool = True
     # Reference-EPP flags given that epp accepts but does not act on: (flag, value, why).
     ignored_flags: tuple[tuple[str, str, str], ...] = ()
 

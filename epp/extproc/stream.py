@@ -429,7 +429,9 @@ class RequestStream:
     def _routing_response(self, *, on_body: bool) -> ProcessingResponse:
         decision = self.decision
         assert decision is not None
-        metrics.requests_for(decision.model, decision.target_model, decision.priority).inc()
+        metrics.requests_for(
+            decision.model, decision.target_model, decision.priority, decision.fairness_id
+        ).inc()
         request_metrics.request_started(decision)
         if self._observers is not None and self._response_body_mode == ProcessingMode.NONE:
             # The body, if any, comes on the observing filter's stream.
@@ -555,8 +557,17 @@ class RequestStream:
         self.phase = _ANSWERED
         self._drop_body()
         self._error = error
-        model = self.decision.model if self.decision else ""
-        metrics.REQUEST_ERRORS.labels(*metrics.model_labels(model, model), error.code).inc()
+        decision = self.decision
+        if decision is None:
+            metrics.errors_for("", "", error.code).inc()
+        else:
+            metrics.errors_for(
+                decision.model,
+                decision.target_model,
+                error.code,
+                decision.priority,
+                decision.fairness_id,
+            ).inc()
         log.debug(
             "request %s: %s", clip(self.headers.get("x-request-id", "-")), clip(error.message)
         )

@@ -1,56 +1,87 @@
 """epp's own Prometheus metrics, named like the reference EPP's where one exists.
 
-Names, labels and buckets of the reference's follow GIE v1.5.0 ``pkg/epp/metrics/
-metrics.go``; the per-request ones are in :mod:`epp.observability.request_metrics`, the
-scheduler's plugins' in :mod:`epp.observability.scheduler_metrics`.
+Names, labels and buckets of the reference's follow llm-d-router v0.10 (``pkg/epp/
+metrics/``, ``docs/metrics.md``): the current ``llm_d_epp_*`` names, and the deprecated
+``inference_objective_*`` / ``inference_pool_*`` / ``inference_extension_*`` ones exported
+beside them until epp 1.0 (:mod:`epp.observability.naming`). The per-request ones are in
+:mod:`epp.observability.request_metrics`, the scheduler's plugins' in
+:mod:`epp.observability.scheduler_metrics`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import math
+import os
+from collections.abc import Callable, Iterable, Mapping
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from epp.datalayer.endpoint import Endpoint
+from epp.observability.histograms import FastCounterVec, FastHistogramVec, Legacy, Value
+from epp.observability.naming import DEFAULT_FAIRNESS_ID, legacy_names
 
 __all__ = [
     "ENDPOINT_EJECTIONS",
     "MODEL_FALLBACKS",
     "MODEL_LABELS",
+    "MODEL_REWRITES",
     "OTHER_MODELS",
     "REGISTRY",
     "REQUESTS",
     "REQUEST_ERRORS",
+    "SCHEDULER_ATTEMPTS",
     "SCHEDULER_DURATION",
     "STREAM_ERRORS",
     "BodyMemoryCollector",
+    "InfoCollector",
     "ModelLabels",
     "PoolCollector",
+    "errors_for",
     "model_label",
     "model_labels",
+    "request_labels",
     "requests_for",
+    "rewrite_decided",
+    "scheduler_attempt",
 ]
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
-REQUESTS = Counter(
-    "inference_objective_request_total",
-    "Requests routed, by the model asked for, the model served and the objective priority.",
-    ["model_name", "target_model_name", "priority"],
+# The labels of the reference's request metrics: the model asked for, the model served,
+# the fairness id (x-llm-d-inference-fairness-id) and the objective's priority.
+REQUEST_LABELS = ("model_name", "target_model_name", "fairness_id", "priority")
+
+REQUESTS = FastCounterVec(
+    "llm_d_epp_request_total",
+    "Requests routed, by the model asked for, the model served, fairness id and priority.",
+    REQUEST_LABELS,
     registry=REGISTRY,
+    legacy=Legacy(
+        "inference_objective_request_total",
+        "[Deprecated: use llm_d_epp_request_total] Requests routed, by model, target "
+        "model and priority.",
+        ("model_name", "target_model_name", "priority"),
+    ),
 )
-REQUEST_ERRORS = Counter(
-    "inference_objective_request_error_total",
+REQUEST_ERRORS = FastCounterVec(
+    "llm_d_epp_request_error_total",
     "Requests that failed, by model and error code: epp's own answers (the code it "
     "sent) and model-server responses >= 400 (model_server_error).",
-    ["model_name", "target_model_name", "error_code"],
+    (*REQUEST_LABELS, "error_code"),
     registry=REGISTRY,
+    legacy=Legacy(
+        "inference_objective_request_error_total",
+        "[Deprecated: use llm_d_epp_request_error_total] Requests that failed, by model, "
+        "target model and error code.",
+        ("model_name", "target_model_name", "error_code"),
+    ),
 )
-SCHEDULER_DURATION = Histogram(
-    "inference_extension_scheduler_e2e_duration_seconds",
+SCHEDULER_DURATION = FastHistogramVec(
+    "llm_d_epp_scheduler_e2e_duration_seconds",
     "Time to choose an endpoint for one request.",
+    (),
     # The reference's buckets (100 us to 100 ms) and finer ones below: epp's scheduling
     # takes tens of microseconds.
     buckets=(
@@ -69,26 +100,56 @@ SCHEDULER_DURATION = Histogram(
         0.1,
     ),
     registry=REGISTRY,
+    legacy=Legacy(
+        "inference_extension_scheduler_e2e_duration_seconds",
+        "[Deprecated: use llm_d_epp_scheduler_e2e_duration_seconds] Time to choose an "
+        "endpoint for one request.",
+    ),
+)
+# Scheduling attempts, by outcome and the endpoint picked. epp knows endpoints by address:
+# endpoint_name is its host (a pod's IP), port its port, namespace the pool's ("" with
+# static endpoints). The legacy family names the endpoint pod_name.
+SCHEDULER_ATTEMPTS = FastCounterVec(
+    "llm_d_epp_scheduler_attempts_total",
+    "Scheduling attempts: status success (an endpoint was picked) or failure (none "
+    "could be), by target model and the endpoint picked.",
+    ("status", "target_model_name", "endpoint_name", "namespace", "port"),
+    registry=REGISTRY,
+)
+_LEGACY_SCHEDULER_ATTEMPTS = "inference_extension_scheduler_attempts_total"
+MODEL_REWRITES = FastCounterVec(
+    "llm_d_epp_model_rewrite_decisions_total",
+    "Requests whose model a rewrite rule changed, by rule, the model asked for and the "
+    "model chosen.",
+    ("model_rewrite_name", "model_name", "target_model"),
+    registry=REGISTRY,
+    legacy=Legacy(
+        "inference_extension_model_rewrite_decisions_total",
+        "[Deprecated: use llm_d_epp_model_rewrite_decisions_total] Model rewrite decisions.",
+        ("model_rewrite_name", "model_name", "target_model"),
+    ),
 )
 
 
 class ModelLabels:
-    """Which model names get metric series of their own.
+    """Which model names (and other client-chosen label values) get series of their own.
 
     Model names come from clients, and each (model, target model) pair costs about 240
     lines of ``/metrics`` (the per-request histograms). So a name longer than
-    ``max_chars`` never becomes a label, and past ``max_series`` distinct names (and
-    pairs), new ones are counted under ``OTHER_MODELS``: whatever clients send, the page
-    stays bounded (about ``max_series`` x 240 lines), and so does epp's memory.
+    ``max_chars`` never becomes a label, and past ``max_series`` distinct names (pairs,
+    request label sets), new ones are counted under ``OTHER_MODELS``: whatever clients
+    send, the page stays bounded (about ``max_series`` x 240 lines), and so does epp's
+    memory.
     """
 
-    __slots__ = ("_names", "_pairs", "max_chars", "max_series")
+    __slots__ = ("_names", "_pairs", "_sets", "max_chars", "max_series")
 
     def __init__(self, max_series: int = 64, max_chars: int = 128) -> None:
         self.max_series = max_series
         self.max_chars = max_chars
         self._names: set[str] = set()
         self._pairs: set[tuple[str, str]] = set()
+        self._sets: set[tuple[str, ...]] = set()
 
     def name(self, model: str) -> str:
         """``model`` as a label value: itself, or OTHER_MODELS."""
@@ -115,6 +176,18 @@ class ModelLabels:
             return key
         return OTHER_MODELS, OTHER_MODELS
 
+    def label_set(self, values: tuple[str, ...]) -> tuple[str, ...]:
+        """A request's label values (model, target, fairness id, priority): themselves,
+        or every one OTHER_MODELS. Bounded as a whole, so the fairness ids clients send
+        cannot multiply the series of the models they name."""
+        sets = self._sets
+        if values in sets:
+            return values
+        if len(sets) < self.max_series and all(len(v) <= self.max_chars for v in values):
+            sets.add(values)
+            return values
+        return (OTHER_MODELS,) * len(values)
+
 
 OTHER_MODELS = "__other__"
 MODEL_LABELS = ModelLabels()
@@ -130,20 +203,103 @@ def model_labels(model: str, target: str) -> tuple[str, str]:
     return MODEL_LABELS.pair(model, target)
 
 
-_requests_by_model: dict[tuple[str, str, int], Counter] = {}
+def request_labels(
+    model: str, target: str, fairness_id: str, priority: int
+) -> tuple[str, str, str, str]:
+    """The label values of a request's series (see :class:`ModelLabels`)."""
+    values = MODEL_LABELS.label_set(
+        (model, target, fairness_id or DEFAULT_FAIRNESS_ID, str(priority))
+    )
+    return values[0], values[1], values[2], values[3]
 
 
-def requests_for(model: str, target_model: str, priority: int = 0) -> Counter:
-    """The request counter's child for a model pair (``labels()`` costs a lock and a tuple)."""
-    model, target_model = model_labels(model, target_model)
-    key = (model, target_model, priority)
-    child = _requests_by_model.get(key)
+_requests_by_labels: dict[tuple[str, str, str, int], Value] = {}
+
+
+def requests_for(model: str, target_model: str, priority: int = 0, fairness_id: str = "") -> Value:
+    """The request counter's child for a request's labels (kept: a lookup is cheaper)."""
+    key = (model, target_model, fairness_id, priority)
+    child = _requests_by_labels.get(key)
     if child is None:
-        if len(_requests_by_model) >= 1024:  # priorities come from the operator, but bound it
-            _requests_by_model.clear()
-        child = _requests_by_model[key] = REQUESTS.labels(model, target_model, str(priority))
+        if len(_requests_by_labels) >= 1024:  # bounded, whatever clients send
+            _requests_by_labels.clear()
+        child = _requests_by_labels[key] = REQUESTS.labels(
+            *request_labels(model, target_model, fairness_id, priority)
+        )
     return child
 
+
+def errors_for(
+    model: str, target_model: str, code: str, priority: int = 0, fairness_id: str = ""
+) -> Value:
+    """The error counter's child for a request's labels and an error code."""
+    return REQUEST_ERRORS.labels(*request_labels(model, target_model, fairness_id, priority), code)
+
+
+def scheduler_attempt(target_model: str, endpoint: Endpoint | None, namespace: str = "") -> None:
+    """Count one scheduling attempt: ``endpoint`` the pick, ``None`` a failure."""
+    target = model_label(target_model)
+    if endpoint is None:
+        SCHEDULER_ATTEMPTS.labels("failure", target, "", "", "").inc()
+        return
+    host, _, port = endpoint.address.rpartition(":")
+    SCHEDULER_ATTEMPTS.labels("success", target, host.strip("[]"), namespace, port).inc()
+
+
+def rewrite_decided(rule: str, model: str, target: str) -> None:
+    """A rewrite rule sent a request for ``model`` to ``target``."""
+    # The rule and its targets are the operator's; the model asked for is the client's.
+    MODEL_REWRITES.labels(rule, model_label(model), target).inc()
+
+
+class InfoCollector(Collector):
+    """``llm_d_epp_info`` (and its legacy twin): 1, labelled with what is running.
+
+    ``commit`` and ``build_ref`` are the reference's labels, read from ``EPP_COMMIT`` and
+    ``EPP_BUILD_REF`` (set when the image is built; "unknown" otherwise); ``version`` is
+    epp's.
+    """
+
+    def __init__(self, version: str, environ: Mapping[str, str] = os.environ) -> None:
+        self._labels = (
+            environ.get("EPP_COMMIT", "unknown")[:64],
+            environ.get("EPP_BUILD_REF", "unknown")[:128],
+            version,
+        )
+
+    def collect(self) -> Iterable[Metric]:
+        names = [("llm_d_epp_info", "")]
+        if legacy_names():
+            names.append(("inference_extension_info", "[Deprecated: use llm_d_epp_info] "))
+        families: list[Metric] = []
+        for name, deprecated in names:
+            family = GaugeMetricFamily(
+                name,
+                deprecated + "Build information of the running epp; always 1.",
+                labels=["commit", "build_ref", "version"],
+            )
+            family.add_metric(list(self._labels), 1)
+            families.append(family)
+        return families
+
+
+class _LegacySchedulerAttempts(Collector):
+    """The attempts counter under its legacy name, whose endpoint label is pod_name."""
+
+    def collect(self) -> Iterable[Metric]:
+        if not legacy_names():
+            return []
+        family = CounterMetricFamily(
+            _LEGACY_SCHEDULER_ATTEMPTS,
+            "[Deprecated: use llm_d_epp_scheduler_attempts_total] Scheduling attempts.",
+            labels=["status", "target_model_name", "pod_name", "namespace", "port"],
+        )
+        for values, child in SCHEDULER_ATTEMPTS._children.copy().items():
+            family.add_metric(list(values), child.value)
+        return [family]
+
+
+REGISTRY.register(_LegacySchedulerAttempts())
 
 MODEL_FALLBACKS = Counter(
     "epp_model_fallback_total",
@@ -177,7 +333,11 @@ UNMATCHED_READINGS = Counter(
 
 
 class PoolCollector(Collector):
-    """Gauges computed at scrape time from the endpoint table (nothing to keep in sync)."""
+    """Gauges computed at scrape time from the endpoint table (nothing to keep in sync).
+
+    The pool averages and spreads are over ready endpoints, as the reference's are over
+    pods with fresh metrics; running requests are what the model servers report.
+    """
 
     def __init__(
         self,
@@ -196,26 +356,78 @@ class PoolCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         endpoints = list(self._endpoints())
         ready = [ep for ep in endpoints if self._is_ready(ep)]
-        labels = ["name"]
-        ready_pods = GaugeMetricFamily(
-            "inference_pool_ready_pods", "Endpoints that are candidates for routing.", labels=labels
+        legacy = legacy_names()
+        pool = [self._pool]
+        families: list[Metric] = []
+
+        def gauge(name: str, help_text: str, value: float | None, old: str = "") -> None:
+            names = [(name, help_text)]
+            if old and legacy:
+                names.append((old, f"[Deprecated: use {name}] {help_text}"))
+            for family_name, text in names:
+                family = GaugeMetricFamily(family_name, text, labels=["name"])
+                if value is not None:
+                    family.add_metric(pool, value)
+                families.append(family)
+
+        gauge(
+            "llm_d_epp_ready_endpoints",
+            "Endpoints that are candidates for routing.",
+            len(ready),
+            "inference_pool_ready_pods",
         )
-        ready_pods.add_metric([self._pool], len(ready))
-        kv = GaugeMetricFamily(
-            "inference_pool_average_kv_cache_utilization",
-            "Mean KV-cache utilization over ready endpoints.",
-            labels=labels,
+        signals: tuple[tuple[str, str, Callable[[Endpoint], float], str], ...] = (
+            (
+                "kv_cache_utilization",
+                "KV-cache utilization",
+                lambda ep: ep.metrics.kv_cache_usage,
+                "inference_pool_average_kv_cache_utilization",
+            ),
+            (
+                "queue_size",
+                "waiting requests",
+                lambda ep: ep.metrics.waiting_requests,
+                "inference_pool_average_queue_size",
+            ),
+            (
+                "running_requests",
+                "running requests (as the model servers report them)",
+                lambda ep: ep.metrics.running_requests,
+                "inference_pool_average_running_requests",
+            ),
         )
-        queue = GaugeMetricFamily(
-            "inference_pool_average_queue_size",
-            "Mean waiting requests over ready endpoints.",
-            labels=labels,
-        )
-        if ready:
-            kv.add_metric([self._pool], sum(ep.metrics.kv_cache_usage for ep in ready) / len(ready))
-            queue.add_metric(
-                [self._pool], sum(ep.metrics.waiting_requests for ep in ready) / len(ready)
+        for signal, what, read, old in signals:
+            mean = spread = None
+            if ready:
+                values = [float(read(ep)) for ep in ready]
+                mean = math.fsum(values) / len(values)
+                spread = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / len(values))
+            gauge(f"llm_d_epp_average_{signal}", f"Mean {what} over ready endpoints.", mean, old)
+            gauge(
+                f"llm_d_epp_std_dev_{signal}",
+                f"Standard deviation of {what} over ready endpoints.",
+                spread,
             )
+        per_endpoint_queue = [
+            ("llm_d_epp_per_endpoint_queue_size", "model_server_endpoint", ""),
+        ]
+        if legacy:
+            per_endpoint_queue.append(
+                (
+                    "inference_pool_per_pod_queue_size",
+                    "model_server_pod",
+                    "[Deprecated: use llm_d_epp_per_endpoint_queue_size] ",
+                )
+            )
+        for name, label, deprecated in per_endpoint_queue:
+            family = GaugeMetricFamily(
+                name,
+                deprecated + "Waiting requests of each endpoint, as last scraped.",
+                labels=["name", label],
+            )
+            for ep in endpoints:
+                family.add_metric([self._pool, ep.address], ep.metrics.waiting_requests)
+            families.append(family)
         per_endpoint = ["endpoint"]
         inflight = GaugeMetricFamily(
             "epp_endpoint_inflight_requests",
@@ -243,7 +455,7 @@ class PoolCollector(Collector):
             stale.add_metric([ep.address], 0 if ep.is_fresh(self._staleness_s) else 1)
             if self._in_backoff is not None:
                 unhealthy.add_metric([ep.address], 1 if self._in_backoff(ep) else 0)
-        return [ready_pods, kv, queue, inflight, failures, stale, unhealthy]
+        return [*families, inflight, failures, stale, unhealthy]
 
 
 class BodyMemoryCollector(Collector):

@@ -1,7 +1,9 @@
 """Per-request metrics and the one log line of every finished request.
 
-Names, labels and buckets are the reference EPP's (GIE v1.5.0 ``pkg/epp/metrics/
-metrics.go``); so are the definitions: latency runs from the request headers reaching epp
+Names, labels and buckets are the reference EPP's (llm-d-router v0.10 ``pkg/epp/metrics/``:
+``llm_d_epp_request_*`` labelled by model, target model, fairness id and priority, and
+the deprecated ``inference_objective_*`` names, by model and target model only, exported
+too until epp 1.0); so are the definitions: latency runs from the request headers reaching epp
 to the response's end, and the normalized time per output token (NTPOT) is that latency
 over the completion tokens. Two things the reference leaves to its latency predictor are
 measured here from the stream itself: TTFT (request headers to the first response body
@@ -19,12 +21,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from prometheus_client import Gauge
-
 from epp.errors import EppError
-from epp.observability.histograms import FastHistogramVec
+from epp.observability.histograms import FastGaugeVec, FastHistogramVec, Legacy
 from epp.observability.logging import clip
-from epp.observability.metrics import REGISTRY, REQUEST_ERRORS, model_label, model_labels
+from epp.observability.metrics import REGISTRY, REQUEST_ERRORS, REQUEST_LABELS, request_labels
 from epp.routing import RoutingDecision
 
 __all__ = [
@@ -192,79 +192,122 @@ _RESPONSE_SIZE_BUCKETS = (
     65536,
 )
 
-REQUEST_DURATION = FastHistogramVec(
+_LEGACY_LABELS = ("model_name", "target_model_name")
+_STREAMING_LABELS = (*REQUEST_LABELS, "streaming")
+# The reference's TTFT and TPOT buckets are the first of epp's (which its legacy names
+# keep): the same distributions, exported with fewer bounds under the current names.
+_TTFT_EXPORT_BUCKETS = _LATENCY_BUCKETS[: _LATENCY_BUCKETS.index(120) + 1]
+_TPOT_EXPORT_BUCKETS = (*_TPOT_BUCKETS[: _TPOT_BUCKETS.index(1) + 1], 2)
+
+
+def _legacy(name: str, current: str, help_text: str, **more: object) -> Legacy:
+    return Legacy(
+        name,
+        f"[Deprecated: use {current}] {help_text}",
+        _LEGACY_LABELS,
+        **more,  # type: ignore[arg-type]
+    )
+
+
+def _histogram(
+    name: str,
+    help_text: str,
+    buckets: tuple[float, ...],
+    legacy_name: str,
+    **more: object,
+) -> FastHistogramVec:
+    return FastHistogramVec(
+        name,
+        help_text,
+        REQUEST_LABELS,
+        buckets=buckets,
+        registry=REGISTRY,
+        legacy=_legacy(legacy_name, name, help_text),
+        **more,  # type: ignore[arg-type]
+    )
+
+
+REQUEST_DURATION = _histogram(
+    "llm_d_epp_request_duration_seconds",
+    "Time from the request reaching epp to the end of its response.",
+    _LATENCY_BUCKETS,
     "inference_objective_request_duration_seconds",
-    "Time from the request reaching epp to the end of its response, by model and target.",
-    _MODEL_LABELS,
-    buckets=_LATENCY_BUCKETS,
-    registry=REGISTRY,
 )
 REQUEST_TTFT = FastHistogramVec(
-    "inference_objective_request_ttft_seconds",
-    "Time from the request reaching epp to the first byte of its streamed response.",
-    _MODEL_LABELS,
+    "llm_d_epp_request_ttft_seconds",
+    "Time from the request reaching epp to the first byte of its response (streaming "
+    "false: the whole body's first byte).",
+    _STREAMING_LABELS,
     buckets=_LATENCY_BUCKETS,
     registry=REGISTRY,
+    export_buckets=_TTFT_EXPORT_BUCKETS,
+    legacy=Legacy(
+        "inference_objective_request_ttft_seconds",
+        '[Deprecated: use llm_d_epp_request_ttft_seconds{streaming="true"}] Time from '
+        "the request reaching epp to the first byte of its streamed response.",
+        _LEGACY_LABELS,
+        where=(("streaming", "true"),),
+    ),
 )
-REQUEST_TPOT = FastHistogramVec(
-    "inference_objective_request_tpot_seconds",
+REQUEST_TPOT = _histogram(
+    "llm_d_epp_request_streaming_tpot_seconds",
     "Time per output token after the first, of streamed responses.",
-    _MODEL_LABELS,
-    buckets=_TPOT_BUCKETS,
-    registry=REGISTRY,
+    _TPOT_BUCKETS,
+    "inference_objective_request_tpot_seconds",
+    export_buckets=_TPOT_EXPORT_BUCKETS,
 )
-NTPOT = FastHistogramVec(
-    "inference_objective_normalized_time_per_output_token_seconds",
+NTPOT = _histogram(
+    "llm_d_epp_request_ntpot_seconds",
     "Request latency divided by the number of output tokens.",
-    _MODEL_LABELS,
-    buckets=_NTPOT_BUCKETS,
-    registry=REGISTRY,
+    _NTPOT_BUCKETS,
+    "inference_objective_normalized_time_per_output_token_seconds",
 )
-INPUT_TOKENS = FastHistogramVec(
-    "inference_objective_input_tokens",
+INPUT_TOKENS = _histogram(
+    "llm_d_epp_request_input_tokens",
     "Prompt tokens per request, as the model server reported them.",
-    _MODEL_LABELS,
-    buckets=_INPUT_TOKEN_BUCKETS,
-    registry=REGISTRY,
+    _INPUT_TOKEN_BUCKETS,
+    "inference_objective_input_tokens",
 )
-OUTPUT_TOKENS = FastHistogramVec(
-    "inference_objective_output_tokens",
+OUTPUT_TOKENS = _histogram(
+    "llm_d_epp_request_output_tokens",
     "Completion tokens per request, as the model server reported them.",
-    _MODEL_LABELS,
-    buckets=_OUTPUT_TOKEN_BUCKETS,
-    registry=REGISTRY,
+    _OUTPUT_TOKEN_BUCKETS,
+    "inference_objective_output_tokens",
 )
-PROMPT_CACHED_TOKENS = FastHistogramVec(
-    "inference_objective_prompt_cached_tokens",
+PROMPT_CACHED_TOKENS = _histogram(
+    "llm_d_epp_request_cached_tokens",
     "Prompt tokens the model server found in its prefix cache, per request.",
-    _MODEL_LABELS,
-    buckets=_INPUT_TOKEN_BUCKETS,
-    registry=REGISTRY,
+    _INPUT_TOKEN_BUCKETS,
+    "inference_objective_prompt_cached_tokens",
 )
-REQUEST_SIZES = FastHistogramVec(
-    "inference_objective_request_sizes",
+REQUEST_SIZES = _histogram(
+    "llm_d_epp_request_size_bytes",
     "Request body size in bytes.",
-    _MODEL_LABELS,
-    buckets=_REQUEST_SIZE_BUCKETS,
-    registry=REGISTRY,
+    _REQUEST_SIZE_BUCKETS,
+    "inference_objective_request_sizes",
 )
-RESPONSE_SIZES = FastHistogramVec(
-    "inference_objective_response_sizes",
+RESPONSE_SIZES = _histogram(
+    "llm_d_epp_response_size_bytes",
     "Response body size in bytes (seen only when responses stream through epp).",
-    _MODEL_LABELS,
-    buckets=_RESPONSE_SIZE_BUCKETS,
-    registry=REGISTRY,
+    _RESPONSE_SIZE_BUCKETS,
+    "inference_objective_response_sizes",
 )
-RUNNING_REQUESTS = Gauge(
-    "inference_objective_running_requests",
-    "Requests routed and not yet finished, by the model asked for.",
-    ["model_name"],
+RUNNING_REQUESTS = FastGaugeVec(
+    "llm_d_epp_request_running",
+    "Requests routed and not yet finished.",
+    REQUEST_LABELS,
     registry=REGISTRY,
+    legacy=Legacy(
+        "inference_objective_running_requests",
+        "[Deprecated: use llm_d_epp_request_running] Requests routed and not yet "
+        "finished, by the model asked for.",
+        ("model_name",),
+    ),
 )
 
 
 class _Series:
-    """The children of every per-model metric for one (model, target) pair."""
+    """The children of every per-request metric for one request label set."""
 
     __slots__ = (
         "cached",
@@ -274,48 +317,46 @@ class _Series:
         "output",
         "request_size",
         "response_size",
+        "running",
         "server_errors",
         "tpot",
         "ttft",
+        "ttft_whole",
     )
 
-    def __init__(self, model: str, target: str) -> None:
-        self.duration = REQUEST_DURATION.labels(model, target)
-        self.ttft = REQUEST_TTFT.labels(model, target)
-        self.tpot = REQUEST_TPOT.labels(model, target)
-        self.ntpot = NTPOT.labels(model, target)
-        self.input = INPUT_TOKENS.labels(model, target)
-        self.output = OUTPUT_TOKENS.labels(model, target)
-        self.cached = PROMPT_CACHED_TOKENS.labels(model, target)
-        self.request_size = REQUEST_SIZES.labels(model, target)
-        self.response_size = RESPONSE_SIZES.labels(model, target)
-        self.server_errors = REQUEST_ERRORS.labels(model, target, MODEL_SERVER_ERROR)
+    def __init__(self, labels: tuple[str, str, str, str]) -> None:
+        self.duration = REQUEST_DURATION.labels(*labels)
+        self.ttft = REQUEST_TTFT.labels(*labels, "true")
+        self.ttft_whole = REQUEST_TTFT.labels(*labels, "false")
+        self.tpot = REQUEST_TPOT.labels(*labels)
+        self.ntpot = NTPOT.labels(*labels)
+        self.input = INPUT_TOKENS.labels(*labels)
+        self.output = OUTPUT_TOKENS.labels(*labels)
+        self.cached = PROMPT_CACHED_TOKENS.labels(*labels)
+        self.request_size = REQUEST_SIZES.labels(*labels)
+        self.response_size = RESPONSE_SIZES.labels(*labels)
+        self.running = RUNNING_REQUESTS.labels(*labels)
+        self.server_errors = REQUEST_ERRORS.labels(*labels, MODEL_SERVER_ERROR)
 
 
 MODEL_SERVER_ERROR = "model_server_error"  # error_code of upstream responses >= 400
 _MAX_SERIES = 1024  # bounded, whatever clients put in "model"
-_series_by_model: dict[tuple[str, str], _Series] = {}
-_running_by_model: dict[str, Gauge] = {}
+_series_by_labels: dict[tuple[str, str, str, int], _Series] = {}
 
 
-def _series(model: str, target: str) -> _Series:
-    key = model_labels(model, target)
-    series = _series_by_model.get(key)
+def _series(model: str, target: str, fairness_id: str = "", priority: int = 0) -> _Series:
+    key = (model, target, fairness_id, priority)
+    series = _series_by_labels.get(key)
     if series is None:
-        if len(_series_by_model) >= _MAX_SERIES:
-            _series_by_model.clear()
-        series = _series_by_model[key] = _Series(*key)
+        if len(_series_by_labels) >= _MAX_SERIES:
+            _series_by_labels.clear()
+        labels = request_labels(model, target, fairness_id, priority)
+        series = _series_by_labels[key] = _Series(labels)
     return series
 
 
-def _running(model: str) -> Gauge:
-    model = model_label(model)
-    gauge = _running_by_model.get(model)
-    if gauge is None:
-        if len(_running_by_model) >= _MAX_SERIES:
-            _running_by_model.clear()
-        gauge = _running_by_model[model] = RUNNING_REQUESTS.labels(model)
-    return gauge
+def _series_of(decision: RoutingDecision) -> _Series:
+    return _series(decision.model, decision.target_model, decision.fairness_id, decision.priority)
 
 
 _request_log = "errors"  # all | errors | off
@@ -333,7 +374,7 @@ def set_request_log(mode: str) -> None:
 def request_started(decision: RoutingDecision) -> None:
     """A request was routed: count it as running until :func:`record_finished`."""
     if decision.model:
-        _running(decision.model).inc()
+        _series_of(decision).running.inc()
 
 
 @dataclass(slots=True)
@@ -376,8 +417,9 @@ def record_finished(finished: FinishedRequest) -> None:
     """Record the metrics of a finished request and log its line (``epp.requests``)."""
     decision = finished.decision
     if decision is not None and decision.model:
-        _running(decision.model).dec()
-        _observe(finished, decision)
+        series = _series_of(decision)
+        series.running.dec()
+        _observe(finished, decision, series)
     if _request_log == "off" or not log.isEnabledFor(logging.INFO):
         return
     outcome = outcome_of(finished)
@@ -399,8 +441,7 @@ def record_finished(finished: FinishedRequest) -> None:
     )
 
 
-def _observe(finished: FinishedRequest, decision: RoutingDecision) -> None:
-    series = _series(decision.model, decision.target_model)
+def _observe(finished: FinishedRequest, decision: RoutingDecision, series: _Series) -> None:
     response = decision.response
     if finished.request_bytes:
         series.request_size.observe(finished.request_bytes)
@@ -421,6 +462,8 @@ def _observe(finished: FinishedRequest, decision: RoutingDecision) -> None:
         return
     latency = end - start
     series.duration.observe(latency)
+    if not response.streamed and first is not None:
+        series.ttft_whole.observe(first - start)
     if response.body_bytes:
         series.response_size.observe(response.body_bytes)
     usage = response.usage

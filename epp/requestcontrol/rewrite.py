@@ -43,6 +43,7 @@ class RewriteRule:
     models: frozenset[str]  # exact matches; empty = every model
     targets: tuple[str, ...]
     cumulative_weights: tuple[int, ...]
+    name: str = ""  # the InferenceModelRewrite's (its metric counts decisions by it)
 
     def draw(self, rng: random.Random) -> str:
         if len(self.targets) == 1:
@@ -71,13 +72,13 @@ def rules_from_objects(objects: Iterable[Mapping[str, Any]], pool_name: str) -> 
     for obj in mine:
         name = (obj.get("metadata") or {}).get("name")
         try:
-            rules.extend(_parse_rules(obj["spec"].get("rules") or []))
+            rules.extend(_parse_rules(obj["spec"].get("rules") or [], str(name or "")))
         except (KeyError, TypeError, ValueError) as exc:
             log.error("InferenceModelRewrite %s is invalid and ignored: %s", name, exc)
     return rules
 
 
-def _parse_rules(documents: list[Mapping[str, Any]]) -> list[RewriteRule]:
+def _parse_rules(documents: list[Mapping[str, Any]], name: str = "") -> list[RewriteRule]:
     rules = []
     for document in documents:
         models = frozenset(str(match["model"]["value"]) for match in document.get("matches") or ())
@@ -94,7 +95,7 @@ def _parse_rules(documents: list[Mapping[str, Any]]) -> list[RewriteRule]:
             weights = [1] * len(targets)
         if any(not isinstance(w, int) or isinstance(w, bool) or w < 1 for w in weights):
             raise ValueError(f"weights must all be set and at least 1, got {weights}")
-        rules.append(RewriteRule(models, names, tuple(accumulate(weights))))
+        rules.append(RewriteRule(models, names, tuple(accumulate(weights)), name))
     return rules
 
 
@@ -126,6 +127,10 @@ class ModelRewrites:
     def target(self, model: str, headers: Mapping[str, str]) -> str:
         """The model to send to: the header's (when honoured), a rule's draw, or ``model``
         unchanged. Raises ``BadRequest`` for a header that is no model name."""
+        return self.decide(model, headers)[0]
+
+    def decide(self, model: str, headers: Mapping[str, str]) -> tuple[str, RewriteRule | None]:
+        """:meth:`target`, and the rule that chose it (``None``: no rule did)."""
         if self.honour_header:
             for name in MODEL_REWRITE_HEADERS:
                 override = headers.get(name)
@@ -133,6 +138,6 @@ class ModelRewrites:
                     problem = model_name_problem(override)
                     if problem is not None:
                         raise BadRequest(f"the model in {name} {problem}", code="invalid_model")
-                    return override
+                    return override, None
         rule = self._exact.get(model) or self._catch_all
-        return model if rule is None else rule.draw(self._rng)
+        return (model, None) if rule is None else (rule.draw(self._rng), rule)
