@@ -19,12 +19,14 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import NamedTuple
 
 from epp.api.openai import parse_request_body
 from epp.datalayer.endpoint import Endpoint
 from epp.datalayer.store import EndpointStore
 from epp.errors import BadRequest, ModelNotFound, ServiceUnavailable, TooManyRequests
 from epp.observability import metrics
+from epp.requestcontrol import conformance
 from epp.requestcontrol.admission import SaturationDetector
 from epp.requestcontrol.fallback import ModelFallbacks
 from epp.requestcontrol.health import PassiveHealth
@@ -74,6 +76,7 @@ class Director:
         max_inflight: int = 0,
         retry_after_s: int = 1,
         namespace: str = "",
+        conformance_hooks: bool = False,
     ) -> None:
         self._store = store
         self._scheduler = scheduler
@@ -87,6 +90,8 @@ class Director:
         self._max_inflight = max_inflight
         self._retry_after_s = retry_after_s
         self.namespace = namespace  # the pool's, for metric labels ("" for static endpoints)
+        # Honour test-epp-endpoint-selection and echo the served endpoint (conformance.py).
+        self._conformance_hooks = conformance_hooks
         # False in body-based-routing mode: epp names the model for route matching and a
         # per-pool picker further on chooses the endpoint.
         self._pick_endpoints = pick_endpoints
@@ -147,7 +152,9 @@ class Director:
                 priority=priority,
                 fairness_id=fairness_id,
             )
-        model, candidates = self._model_and_candidates(target, parsed.model, subset)
+        model, candidates = self._model_and_candidates(
+            target, parsed.model, self._narrowing(subset, headers)
+        )
         if model != target:
             request = replace(request, model=model)
             metrics.MODEL_FALLBACKS.labels(*metrics.model_labels(target, model)).inc()
@@ -167,7 +174,7 @@ class Director:
         return decision
 
     def _model_and_candidates(
-        self, target: str, requested: str, subset: Sequence[str] | None
+        self, target: str, requested: str, narrowing: _Narrowing
     ) -> tuple[str, list[Endpoint]]:
         """The model to send the request to and its candidates (see the module docstring).
 
@@ -175,14 +182,14 @@ class Director:
         and ``ServiceUnavailable`` when no endpoint of it is ready.
         """
         now = time.monotonic()
-        serving = _allowed(self._store.serving(target), subset)
+        serving = _allowed(self._store.serving(target), narrowing)
         healthy = [ep for ep in serving if self.is_healthy(ep, now)]
         if healthy:
             return target, healthy
         for fallback in self.fallbacks.of(target, requested):
             candidates = [
                 ep
-                for ep in _allowed(self._store.serving(fallback), subset)
+                for ep in _allowed(self._store.serving(fallback), narrowing)
                 if self.is_healthy(ep, now)
             ]
             if candidates:
@@ -193,7 +200,7 @@ class Director:
         # No endpoints at all is a pool that is empty for now (503), not an unknown model.
         if self._store.all() and not self._store.knows_model(target):
             raise ModelNotFound(f"model '{target}' is not served here")
-        raise _no_ready_endpoint(f"model '{target}'", subset)
+        raise _no_ready_endpoint(f"model '{target}'", narrowing)
 
     def route_without_body(
         self,
@@ -212,12 +219,13 @@ class Director:
         if not self._pick_endpoints:
             return RoutingDecision(request, [], "", 0)
         now = time.monotonic()
-        serving = _allowed(self._store.all(), subset)
+        narrowing = self._narrowing(subset, headers)
+        serving = _allowed(self._store.all(), narrowing)
         candidates = [ep for ep in serving if self.is_healthy(ep, now)] or [
             ep for ep in serving if self.is_ready(ep)
         ]
         if not candidates:
-            raise _no_ready_endpoint("this request", subset)
+            raise _no_ready_endpoint("this request", narrowing)
         return self._schedule(request, candidates)
 
     def _schedule(self, request: LLMRequest, candidates: Sequence[Endpoint]) -> RoutingDecision:
@@ -262,6 +270,18 @@ class Director:
         decision.health_recorded = True
         self.health.record(decision.endpoints[0], decision.health_generation, status)
 
+    def response_headers(self, decision: RoutingDecision) -> list[tuple[str, str]]:
+        """Headers for the client: with the conformance hooks, the served endpoint."""
+        if not self._conformance_hooks:
+            return []
+        served = conformance.served_header_value(decision.response.served_endpoint)
+        return [(conformance.SERVED_HEADER, served)]
+
+    def _narrowing(self, subset: Sequence[str] | None, headers: dict[str, str]) -> _Narrowing:
+        """The proxy's subset hint, and with the conformance hooks the test selection."""
+        selection = headers.get(conformance.SELECTION_HEADER) if self._conformance_hooks else None
+        return _Narrowing(subset, selection)
+
     def finish(self, decision: RoutingDecision) -> None:
         """The request's stream ended (completed, failed or reset): release its load.
 
@@ -285,14 +305,29 @@ def _fairness_id(headers: dict[str, str]) -> str:
     return ""
 
 
-def _allowed(endpoints: Sequence[Endpoint], subset: Sequence[str] | None) -> Sequence[Endpoint]:
-    """``endpoints`` narrowed to the proxy's subset hint, if it sent one."""
-    if subset is None:
-        return endpoints
-    allowed = set(subset)
-    return [ep for ep in endpoints if ep.address in allowed]
+class _Narrowing(NamedTuple):
+    """What may narrow a request's candidates: the proxy's subset hint (the endpoint-
+    picker protocol's), and the conformance suite's selection header."""
+
+    subset: Sequence[str] | None
+    selection: str | None  # the test-epp-endpoint-selection value, hooks on
 
 
-def _no_ready_endpoint(what: str, subset: Sequence[str] | None) -> ServiceUnavailable:
-    where = " in the subset hint" if subset is not None else ""
+def _allowed(endpoints: Sequence[Endpoint], narrowing: _Narrowing) -> Sequence[Endpoint]:
+    """``endpoints`` narrowed to the subset hint and the test selection, if any."""
+    subset, selection = narrowing
+    if subset is not None:
+        allowed = set(subset)
+        endpoints = [ep for ep in endpoints if ep.address in allowed]
+    if selection is not None:
+        endpoints = conformance.selected_endpoints(selection, endpoints)
+    return endpoints
+
+
+def _no_ready_endpoint(what: str, narrowing: _Narrowing) -> ServiceUnavailable:
+    where = ""
+    if narrowing.subset is not None:
+        where = " in the subset hint"
+    if narrowing.selection is not None:
+        where += f" among those {conformance.SELECTION_HEADER} names"
     return ServiceUnavailable(f"no ready endpoint for {what}{where}")

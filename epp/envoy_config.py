@@ -41,6 +41,9 @@ ACCESS_LOG_NAME = "epp.response_meter"
 ACCESS_LOG_FLUSH_S = 0.1
 DESTINATION_HEADER = "x-gateway-destination-endpoint"
 FAIL_OPEN_CLUSTER = "pool_fail_open"
+# Where the data plane reports the endpoint that served a request (endpoint-picker
+# protocol): this key in the envoy.lb metadata namespace.
+SERVED_ENDPOINT_KEY = "x-gateway-destination-endpoint-served"
 # The CEL attribute that carries a request's x-request-id to the response observer.
 REQUEST_ID_ATTRIBUTE = "request.id"
 
@@ -135,6 +138,7 @@ def envoy_bootstrap(
     epp_server_name: str | None = None,
     timeouts: EnvoyTimeouts = EnvoyTimeouts(),
     fail_open: Sequence[str] = (),
+    report_served_endpoint: bool = True,
 ) -> dict[str, Any]:
     """An Envoy bootstrap as a dict.
 
@@ -168,6 +172,11 @@ def envoy_bootstrap(
     whose code is ``epp_unavailable`` (504 ``epp_timeout`` when epp does not answer in
     time); epp's own errors and Envoy's other answers pass unchanged. ``timeouts``
     bounds slow clients and idle connections.
+
+    ``report_served_endpoint`` tells epp which endpoint served each response, as the
+    endpoint-picker protocol asks of the data plane: the upstream's address goes into
+    the request's ``envoy.lb`` / ``x-gateway-destination-endpoint-served`` metadata,
+    which the routing filter forwards with the response headers.
     """
     if body_mode not in BODY_MODES:
         raise ValueError(f"body_mode must be one of {BODY_MODES}, not {body_mode!r}")
@@ -192,15 +201,24 @@ def envoy_bootstrap(
     access_logs: list[dict[str, Any]] = []
     if fail_open:
         http_filters.append(_drop_client_destination_filter())
+    report_served_endpoint = report_served_endpoint and ext_proc
     if ext_proc:
         http_filters.append(
-            _ext_proc_filter(body_mode, response_body_mode, timeouts, fail_open=bool(fail_open))
+            _ext_proc_filter(
+                body_mode,
+                response_body_mode,
+                timeouts,
+                fail_open=bool(fail_open),
+                forward_lb_metadata=report_served_endpoint,
+            )
         )
         if response_body_mode == "OBSERVED":
             http_filters.append(_response_observer_filter())
         elif response_body_mode == "LOGGED":
             http_filters.append(_response_meter_filter())
             access_logs.append(_response_meter_access_log())
+    if report_served_endpoint:
+        http_filters.append(_served_endpoint_filter())
     http_filters.append(
         {
             "name": "envoy.filters.http.router",
@@ -222,8 +240,17 @@ def envoy_bootstrap(
                 server_name=epp_server_name,
             )
         )
+    route_config = _route_config(upstream_cluster, fail_open=bool(fail_open))
+    if report_served_endpoint:
+        route_config["response_headers_to_add"] = [
+            {
+                "header": {"key": SERVED_ENDPOINT_KEY, "value": "%UPSTREAM_REMOTE_ADDRESS%"},
+                # A model server's own copy must not pass for the gateway's report.
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            }
+        ]
     manager = _http_connection_manager(
-        _route_config(upstream_cluster, fail_open=bool(fail_open)),
+        route_config,
         http_filters,
         timeouts,
         access_logs,
@@ -408,8 +435,40 @@ def _fail_open_cluster(addresses: Sequence[str]) -> dict[str, Any]:
     }
 
 
+def _served_endpoint_filter() -> dict[str, Any]:
+    """Moves the served endpoint from the header the route adds into ``envoy.lb`` metadata.
+
+    Last before the router, so it sees the response right after the route added the
+    header, and before the routing filter, which forwards ``envoy.lb`` to epp; the
+    header is removed, so the client never sees it.
+    """
+    return {
+        "name": "epp.served_endpoint",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.header_to_metadata.v3"
+            ".Config",
+            "response_rules": [
+                {
+                    "header": SERVED_ENDPOINT_KEY,
+                    "on_header_present": {
+                        "metadata_namespace": "envoy.lb",
+                        "key": SERVED_ENDPOINT_KEY,
+                        "type": "STRING",
+                    },
+                    "remove": True,
+                }
+            ],
+        },
+    }
+
+
 def _ext_proc_filter(
-    body_mode: str, response_body_mode: str, timeouts: EnvoyTimeouts, *, fail_open: bool
+    body_mode: str,
+    response_body_mode: str,
+    timeouts: EnvoyTimeouts,
+    *,
+    fail_open: bool,
+    forward_lb_metadata: bool = False,
 ) -> dict[str, Any]:
     grpc_service: dict[str, Any] = {"envoy_grpc": {"cluster_name": "epp"}, "timeout": "10s"}
     if response_body_mode in ("OBSERVED", "LOGGED"):
@@ -448,6 +507,12 @@ def _ext_proc_filter(
             "status_on_error": {"code": 503},
             # Let epp set x-gateway-destination-endpoint and other routing headers.
             "mutation_rules": {"allow_all_routing": True},
+            # The served endpoint reaches epp in envoy.lb metadata with the response.
+            **(
+                {"metadata_options": {"forwarding_namespaces": {"untyped": ["envoy.lb"]}}}
+                if forward_lb_metadata
+                else {}
+            ),
         },
     }
 

@@ -34,6 +34,10 @@ class ResponseOutcome:
     streamed: bool = False  # an SSE response (content-type text/event-stream)
     body_bytes: int = 0  # response body bytes seen
     usage: Usage | None = None  # token counts, when the response reported them
+    # The endpoint the gateway says served the response (ext_proc metadata envoy.lb /
+    # x-gateway-destination-endpoint-served), at most 256 characters: None when the
+    # response headers carried no envoy.lb metadata, "" when it named no endpoint.
+    served_endpoint: str | None = None
 
 
 @dataclass(slots=True)
@@ -100,6 +104,10 @@ class Router(Protocol):
 
     def response_started(self, decision: RoutingDecision) -> None:
         """The response's headers came (``decision.response.status`` is set)."""
+        ...
+
+    def response_headers(self, decision: RoutingDecision) -> Sequence[tuple[str, str]]:
+        """Headers to add to the response the client gets (after ``response_started``)."""
         ...
 
     def finish(self, decision: RoutingDecision) -> None:

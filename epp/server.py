@@ -102,6 +102,7 @@ async def serve(
         max_inflight=control.endpoint_max_inflight,
         retry_after_s=control.retry_after_s,
         namespace=config.kubernetes.namespace if config.kubernetes.enabled else "",
+        conformance_hooks=config.server.conformance_hooks,
     )
     store.subscribe(lambda _added, removed: director.scheduler.on_endpoints_removed(removed))
     store.subscribe(lambda _added, removed: director.health.forget(removed))
@@ -155,6 +156,11 @@ async def serve(
         max_receive_message_bytes=config.server.grpc_max_recv_msg_bytes,
         max_send_message_bytes=config.server.grpc_max_send_msg_bytes,
     )
+    if config.server.conformance_hooks:
+        log.warning(
+            "conformance hooks are on (--enable-conformance-hooks): any client can choose "
+            "its endpoint with test-epp-endpoint-selection; for conformance tests only"
+        )
     if not config.secure_serving and not _is_loopback(grpc_host):
         log.warning(
             "ext_proc is served without TLS on %s:%d: whoever can reach it can read "

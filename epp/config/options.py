@@ -234,6 +234,15 @@ OPTIONS: tuple[Option, ...] = (
         "so token metrics cover them; the extra usage event is kept from the client",
     ),
     Option(
+        "--enable-conformance-hooks",
+        ("server", "conformance_hooks"),
+        ("server", "enableConformanceHooks"),
+        v.boolean,
+        "for the Gateway API Inference Extension conformance suite only: route to the "
+        "endpoints the test-epp-endpoint-selection header names and echo the served "
+        "endpoint in x-conformance-test-served-endpoint (any client could pick its pod)",
+    ),
+    Option(
         "--pool-name",
         ("kubernetes", "pool_name"),
         ("kubernetes", "poolName"),

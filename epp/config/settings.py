@@ -65,6 +65,10 @@ class ServerConfig:
     # Add stream_options.include_usage to streamed chat/completions requests without it
     # (so their usage is measured) and remove the extra usage event from the response.
     inject_stream_usage: bool = False
+    # Gateway API Inference Extension conformance hooks: honour test-epp-endpoint-selection
+    # and echo x-conformance-test-served-endpoint (epp/requestcontrol/conformance.py).
+    # Test setups only: any client could pick its pod.
+    conformance_hooks: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,6 +53,9 @@ log = logging.getLogger(__name__)
 _FULL_DUPLEX = ProcessingMode.FULL_DUPLEX_STREAMED
 _SUBSET_NAMESPACE = "envoy.lb.subset_hint"
 _SUBSET_KEY = "x-gateway-destination-endpoint-subset"
+_SERVED_NAMESPACE = "envoy.lb"
+_SERVED_KEY = "x-gateway-destination-endpoint-served"
+_MAX_SERVED_CHARS = 256
 # In a Responses API stream, the "type" of the events that carry generated text
 # (response.output_text.delta, response.reasoning_text.delta, ...).
 _RESPONSES_TOKEN_MARKER = b'.delta"'
@@ -457,6 +460,7 @@ class RequestStream:
             head = _ResponseHead.read(message.response_headers)
             response.status = head.status
             response.streamed = head.streamed
+            response.served_endpoint = _served_endpoint(message)
             self._first_token_marker = self._token_marker(head)
             if message.response_headers.end_of_stream:
                 self._response_ended(decision)
@@ -465,7 +469,7 @@ class RequestStream:
                 if self._usage_added and head.streamed:
                     self._stripper = UsageEventStripper()
             self._director.response_started(decision)
-            headers = list(decision.response_headers)
+            headers = [*decision.response_headers, *self._director.response_headers(decision)]
             if decision.fallback_from:
                 headers.append(
                     (
@@ -653,6 +657,21 @@ class _ObservedBody:
         if not self.finished:
             self.finished = True
             self._stream._observed_body_done()
+
+
+def _served_endpoint(message: ProcessingRequest) -> str | None:
+    """The gateway's ``envoy.lb`` / ``x-gateway-destination-endpoint-served`` report:
+    ``None`` without ``envoy.lb`` metadata, ``""`` when it names no endpoint."""
+    if not message.HasField("metadata_context"):
+        return None
+    namespaces = message.metadata_context.filter_metadata
+    if _SERVED_NAMESPACE not in namespaces:
+        return None
+    fields = namespaces[_SERVED_NAMESPACE].fields
+    if _SERVED_KEY not in fields:
+        return ""
+    served: str = fields[_SERVED_KEY].string_value
+    return served[:_MAX_SERVED_CHARS]
 
 
 def _subset_hint(message: ProcessingRequest) -> list[str] | None:

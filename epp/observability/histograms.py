@@ -148,6 +148,14 @@ class _Vec(Collector):
         if registry is not None:
             registry.register(self)
 
+    def declared_labels(self) -> dict[str, tuple[str, ...]]:
+        """The label names of each family exported (families' names as collected: a
+        counter's without ``_total``), known before any series exists."""
+        names = {self._name.removesuffix("_total"): self._labelnames}
+        if self._legacy is not None:
+            names[self._legacy.name.removesuffix("_total")] = self._legacy.labelnames
+        return names
+
     def _check(self, values: tuple[str, ...]) -> None:
         if len(values) != len(self._labelnames):
             raise ValueError(f"{self._name}: expected labels {self._labelnames}")

@@ -494,6 +494,9 @@ def _log_fields(finished: FinishedRequest, outcome: str) -> dict[str, object]:
         if decision.rewritten:
             fields["target_model"] = clip(decision.target_model)
         fields["endpoint"] = decision.destination
+        served = decision.response.served_endpoint
+        if served and served != decision.destination.partition(",")[0]:
+            fields["served_endpoint"] = clip(served)  # the gateway went elsewhere (retry)
     if finished.decision_s is not None:
         fields["decision_ms"] = round(finished.decision_s * 1000, 3)
     fields["outcome"] = outcome

@@ -52,6 +52,28 @@ def test_response_bodies_are_measured_by_envoy_by_default() -> None:
     assert envoy_bootstrap() == envoy_bootstrap(response_body_mode="LOGGED")
 
 
+def test_the_served_endpoint_reaches_epp_in_envoy_lb_metadata() -> None:
+    bootstrap = envoy_bootstrap()
+    route_config = _manager(bootstrap)["route_config"]
+    (added,) = route_config["response_headers_to_add"]
+    assert added["header"] == {
+        "key": "x-gateway-destination-endpoint-served",
+        "value": "%UPSTREAM_REMOTE_ADDRESS%",
+    }
+    assert added["append_action"] == "OVERWRITE_IF_EXISTS_OR_ADD"  # not a pod's own copy
+    filters = _filters(bootstrap)
+    assert filters[-2]["name"] == "epp.served_endpoint"  # right before the router
+    (rule,) = filters[-2]["typed_config"]["response_rules"]
+    assert rule["on_header_present"]["metadata_namespace"] == "envoy.lb"
+    assert rule["remove"] is True  # the client never sees the header
+    forwarded = _ext_proc(bootstrap)["metadata_options"]["forwarding_namespaces"]
+    assert forwarded == {"untyped": ["envoy.lb"]}
+    quiet = envoy_bootstrap(report_served_endpoint=False)
+    assert "response_headers_to_add" not in _manager(quiet)["route_config"]
+    assert "metadata_options" not in _ext_proc(quiet)
+    assert "epp.served_endpoint" not in [f["name"] for f in _filters(quiet)]
+
+
 def test_observed_response_bodies_go_to_an_observing_filter() -> None:
     bootstrap = envoy_bootstrap(response_body_mode="OBSERVED")
     names = [f["name"] for f in _filters(bootstrap)]
@@ -59,6 +81,7 @@ def test_observed_response_bodies_go_to_an_observing_filter() -> None:
     assert names == [
         "envoy.filters.http.ext_proc",
         "epp.response_observer",
+        "epp.served_endpoint",
         "envoy.filters.http.router",
     ]
     routing = _ext_proc(bootstrap)["processing_mode"]
@@ -84,6 +107,7 @@ def test_logged_responses_are_measured_by_envoy_and_sent_with_its_access_log() -
     assert [f["name"] for f in filters] == [
         "envoy.filters.http.ext_proc",
         "epp.response_meter",
+        "epp.served_endpoint",
         "envoy.filters.http.router",
     ]
     assert (
@@ -107,6 +131,7 @@ def test_other_response_modes_have_no_observer(mode: str) -> None:
     bootstrap = envoy_bootstrap(response_body_mode=mode)
     assert [f["name"] for f in _filters(bootstrap)] == [
         "envoy.filters.http.ext_proc",
+        "epp.served_endpoint",
         "envoy.filters.http.router",
     ]
     routing = _ext_proc(bootstrap)["processing_mode"]

@@ -576,14 +576,22 @@ def live() -> Live:
 def _declared_labels() -> dict[str, frozenset[str]]:
     """Label names of epp's metric objects, by family name: collect() shows labels only
     on samples, and a labelled metric has none until a child is made (prometheus_client
-    keeps the names on the object)."""
-    return {
-        obj._name: frozenset(obj._labelnames)
+    keeps the names on the object, and epp's own vecs declare theirs)."""
+    objects = [
+        obj
         for name, module in list(sys.modules.items())
         if name == "epp" or name.startswith("epp.")
         for obj in list(vars(module).values())
+    ]
+    declared = {
+        obj._name: frozenset(obj._labelnames)
+        for obj in objects
         if isinstance(obj, MetricWrapperBase)
     }
+    for obj in objects:
+        if not isinstance(obj, type) and hasattr(obj, "declared_labels"):
+            declared.update({k: frozenset(v) for k, v in obj.declared_labels().items()})
+    return declared
 
 
 @pytest.fixture(scope="module")
