@@ -11,6 +11,7 @@ the given pods and returns its base URL once it answers, ``stop`` tears it down.
 | ``epp-full-duplex`` | the same, response bodies through the routing stream (the old path) |
 | ``epp-observed`` | the same, response bodies copied to epp by an observing filter |
 | ``epp-lean`` | the same, no response bodies (no TTFT or token metrics) |
+| ``epp-buffered`` | the same as ``epp``, request bodies ``BUFFERED``: epp reads them, no echo |
 | ``epp-reference`` | epp, the reference EPP's weights (``configs/reference.yaml``) |
 | ``epp-load`` | epp, load scorers only: queue, KV, in-flight (``configs/load-only.yaml``) |
 | ``epp-prefix`` | epp, the prefix-cache scorer only (``configs/prefix-only.yaml``) |
@@ -267,6 +268,7 @@ def builtin_contenders(epp_args: Sequence[str] = ()) -> list[Contender]:
         ),
         EppContender("epp-observed", None, epp_args, {"response_body_mode": "OBSERVED"}),
         EppContender("epp-lean", None, epp_args, {"response_body_mode": "NONE"}),
+        EppContender("epp-buffered", None, epp_args, {"body_mode": "BUFFERED"}),
         EppContender("epp-reference", CONFIGS / "reference.yaml", epp_args),
         EppContender("epp-load", CONFIGS / "load-only.yaml", epp_args),
         EppContender("epp-prefix", CONFIGS / "prefix-only.yaml", epp_args),

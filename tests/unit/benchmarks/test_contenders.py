@@ -30,6 +30,7 @@ def test_builtin_contenders_implement_the_protocol_with_unique_names() -> None:
         "epp-full-duplex",
         "epp-observed",
         "epp-lean",
+        "epp-buffered",
         "epp-reference",
         "epp-load",
         "epp-prefix",
