@@ -34,6 +34,9 @@ class Metrics:
     lora_running: frozenset[str] = frozenset()
     lora_waiting: frozenset[str] = frozenset()
     max_lora: int | None = None
+    # The model names the waiting/running/KV series carry (vLLM's model_name label: its
+    # first served model name); empty when the server labels none.
+    models: frozenset[str] = frozenset()
     updated_at: float = 0.0
 
 
@@ -83,6 +86,21 @@ class Endpoint:
 
     def serves(self, model: str) -> bool:
         return self.models is None or model in self.models
+
+    def served_models(self) -> frozenset[str] | None:
+        """The models clients may ask this endpoint for, as far as epp knows: the
+        configured ones; else those its last scrape named (the engine's model, and the
+        LoRA adapters it reported running or waiting); ``None`` when neither says.
+
+        vLLM reports an adapter only while requests use it, so an idle adapter is
+        missing here though the server would serve it.
+        """
+        if self.models is not None:
+            return self.models
+        metrics = self.metrics
+        if not metrics.models:
+            return None
+        return metrics.models | metrics.lora_running | metrics.lora_waiting
 
     def is_fresh(self, staleness_s: float, now: float | None = None) -> bool:
         """True when the last successful scrape is younger than ``staleness_s``."""

@@ -17,6 +17,8 @@ cache config   first        (labels only)     an info metric; its labels, not it
 LoRA info      newest       (labels only)     an info metric whose value is when
                                               the series was made: the series with
                                               the largest value is the current one
+models         union        (labels only)     the ``model_name`` label of the
+                                              waiting, running and KV series
 =============  ===========  ================  ======================================
 
 A series out of range makes the whole scrape fail with :class:`MetricsExtractError`
@@ -32,6 +34,10 @@ the range check. A required signal (waiting, running, KV use) with no finite sam
 raises :class:`MetricsExtractError`; the cache config and the LoRA info are optional
 (vLLM reports the latter only once an adapter has been used). A ``max_lora`` label that
 is not a non-negative integer reads as unknown, as a malformed cache config does.
+Model names are what ``/v1/models`` lists: one that is longer than
+``MAX_MODEL_NAME_CHARS`` or holds an unprintable character is left out, and an endpoint
+names at most ``MAX_MODELS_PER_ENDPOINT`` (the first in sorted order), so a hostile
+page cannot grow the list.
 """
 
 from __future__ import annotations
@@ -47,6 +53,8 @@ from epp.datalayer.prometheus_text import Sample
 
 __all__ = [
     "KV_USAGE_TOLERANCE",
+    "MAX_MODELS_PER_ENDPOINT",
+    "MAX_MODEL_NAME_CHARS",
     "Aggregation",
     "aggregate",
     "cache_config",
@@ -55,6 +63,7 @@ __all__ = [
     "fold_values",
     "lora_info",
     "required_names",
+    "served_models",
 ]
 
 Samples = Mapping[str, Sequence[Sample]]
@@ -67,6 +76,12 @@ NO_LORA: LoraInfo = (frozenset(), frozenset(), None)
 KV_USAGE_TOLERANCE = 1e-6
 # Error texts quote a series' labels up to this length (a hostile pod may send long ones).
 _MAX_LABELS_CHARS = 120
+# A server labels its series with one model (vLLM: the first served name), a few with
+# data-parallel engines of different models: room for that, not for a page's whim.
+MAX_MODELS_PER_ENDPOINT = 16
+# The longest model name a request may carry (epp.api.openai.MAX_MODEL_NAME_BYTES): a
+# longer one could never be asked for.
+MAX_MODEL_NAME_CHARS = 1024
 
 
 class Aggregation(enum.Enum):
@@ -108,7 +123,8 @@ def extract_metrics(samples: Samples, mapping: MetricMapping, *, updated_at: flo
     kv_usage = _required(samples, mapping.kv_usage, Aggregation.MAX, _check_fraction)
     block_size, num_blocks = _cache_config(samples, mapping)
     lora = lora_info(samples, mapping)
-    return _metrics(waiting, running, kv_usage, block_size, num_blocks, lora, updated_at)
+    models = served_models(samples, mapping)
+    return _metrics(waiting, running, kv_usage, block_size, num_blocks, lora, models, updated_at)
 
 
 def _metrics(
@@ -118,6 +134,7 @@ def _metrics(
     block_size: int | None,
     num_blocks: int | None,
     lora: LoraInfo,
+    models: frozenset[str],
     updated_at: float,
 ) -> Metrics:
     return Metrics(
@@ -129,6 +146,7 @@ def _metrics(
         lora_running=lora[0],
         lora_waiting=lora[1],
         max_lora=lora[2],
+        models=models,
         updated_at=updated_at,
     )
 
@@ -152,17 +170,18 @@ def fold_values(
     *,
     updated_at: float,
     lora: LoraInfo = NO_LORA,
+    models: frozenset[str] = frozenset(),
 ) -> Metrics | None:
     """What :func:`extract_metrics` returns for samples with these values (under the
     names :func:`required_names` gave, ``cache_config`` from its block size and count,
-    ``lora`` from :func:`lora_info`), or ``None`` where it would raise: the caller then
-    runs it for the error."""
+    ``lora`` from :func:`lora_info`, ``models`` from :func:`served_models`), or ``None``
+    where it would raise: the caller then runs it for the error."""
     waiting_sum = _fold(waiting, Aggregation.SUM, _check_count)
     running_sum = _fold(running, Aggregation.SUM, _check_count)
     kv_max = _fold(kv_usage, Aggregation.MAX, _check_fraction)
     if waiting_sum is None or running_sum is None or kv_max is None:
         return None
-    return _metrics(waiting_sum, running_sum, kv_max, *cache_config, lora, updated_at)
+    return _metrics(waiting_sum, running_sum, kv_max, *cache_config, lora, models, updated_at)
 
 
 def _fold(
@@ -286,3 +305,21 @@ def _adapters(text: str | None) -> frozenset[str]:
     if not text:
         return frozenset()
     return frozenset(name for name in (part.strip() for part in text.split(",")) if name)
+
+
+def served_models(samples: Samples, mapping: MetricMapping) -> frozenset[str]:
+    """The values of the mapping's model label on the waiting, running and KV series
+    (those :func:`required_names` picks), bounded as the module docstring says."""
+    names: set[str] = set()
+    label = mapping.model_label
+    for signal in (mapping.waiting, mapping.running, mapping.kv_usage):
+        present = _first_present(samples, signal)
+        if present is None:
+            continue
+        for sample in present[1]:
+            name = sample.labels.get(label)
+            if name and len(name) <= MAX_MODEL_NAME_CHARS and name.isprintable():
+                names.add(name)
+    if len(names) > MAX_MODELS_PER_ENDPOINT:
+        return frozenset(sorted(names)[:MAX_MODELS_PER_ENDPOINT])
+    return frozenset(names)

@@ -33,6 +33,8 @@ class MetricMapping:
     ``lora_info`` is one too: its labels list the LoRA adapters running and waiting
     (comma-separated) and the most that may be loaded; each change of them is a new
     series whose value is when it was made, so the newest series is the current one.
+    ``model_label`` is the label on the waiting/running/KV series that names the model
+    the server serves (vLLM: its first served model name).
     """
 
     waiting: tuple[str, ...]
@@ -45,6 +47,7 @@ class MetricMapping:
     lora_running_label: str = "running_lora_adapters"
     lora_waiting_label: str = "waiting_lora_adapters"
     max_lora_label: str = "max_lora"
+    model_label: str = "model_name"
     engine: str = "custom"  # shown in logs
 
     def __post_init__(self) -> None:

@@ -26,7 +26,13 @@ from collections.abc import Collection
 from dataclasses import replace
 
 from epp.datalayer.endpoint import Metrics
-from epp.datalayer.extract import cache_config, fold_values, lora_info, required_names
+from epp.datalayer.extract import (
+    cache_config,
+    fold_values,
+    lora_info,
+    required_names,
+    served_models,
+)
 from epp.datalayer.metric_mappings import MetricMapping
 from epp.datalayer.prometheus_text import Sample, _parse_float
 
@@ -43,7 +49,7 @@ MAX_VALUE_CHARS = 64
 class PageShape:
     """The text of one accepted page around the values of its wanted samples."""
 
-    __slots__ = ("_cache_config", "_lora", "_mapping", "_roles", "_segments", "_tail")
+    __slots__ = ("_cache_config", "_lora", "_mapping", "_models", "_roles", "_segments", "_tail")
 
     def __init__(
         self,
@@ -53,12 +59,14 @@ class PageShape:
         cache: tuple[int | None, int | None],
         mapping: MetricMapping,
         lora: list[int],
+        models: frozenset[str],
     ) -> None:
         # (text since the previous value, name, labels) per wanted value, in text order.
         self._segments = segments
         self._tail = tail  # the text after the last value
         self._roles = roles  # which values are waiting, running and KV use
         self._cache_config = cache  # from labels, which the shape keeps as they were
+        self._models = models  # likewise
         # The LoRA info series: which one is current depends on their values.
         self._mapping = mapping
         self._lora = lora
@@ -114,6 +122,7 @@ class PageShape:
             cache_config(samples, mapping),
             mapping,
             lora,
+            served_models(samples, mapping),
         )
 
     def read(self, text: str) -> dict[str, list[Sample]] | None:
@@ -147,6 +156,7 @@ class PageShape:
             [values[i] for i in kv_usage],
             self._cache_config,
             updated_at=updated_at,
+            models=self._models,
         )
         if metrics is None or lora is None:
             return metrics

@@ -69,6 +69,7 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import replace
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -305,15 +306,7 @@ class MetricsScraper:
             last = self._last_good.get(endpoint)
             if last is not None and last[0] == body:
                 # The same bytes parsed and passed every check last time.
-                old = last[1]
-                metrics = Metrics(
-                    old.waiting_requests,
-                    old.running_requests,
-                    old.kv_cache_usage,
-                    old.kv_block_size,
-                    old.kv_num_blocks,
-                    updated_at=self._clock(),
-                )
+                metrics = replace(last[1], updated_at=self._clock())
                 mapping = None
             else:
                 text = body.decode("utf-8", errors="replace")

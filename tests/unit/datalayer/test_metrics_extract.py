@@ -52,6 +52,7 @@ def test_vllm(payloads: dict[str, str]) -> None:
         kv_cache_usage=0.25,
         kv_block_size=16,
         kv_num_blocks=27000,
+        models=frozenset({"m"}),
         updated_at=42.0,
     )
 
@@ -78,6 +79,7 @@ def test_sglang(payloads: dict[str, str]) -> None:
         kv_cache_usage=0.5,
         kv_block_size=1,
         kv_num_blocks=120000,
+        models=frozenset({"m"}),
         updated_at=42.0,
     )
 
@@ -395,3 +397,29 @@ def test_vllm_lora_info_edge_cases(
 ) -> None:
     metrics = metrics_of(LORA_PAGE.split("vllm:lora_requests_info")[0] + series)
     assert (metrics.lora_running, metrics.lora_waiting, metrics.max_lora) == expected
+
+
+def test_served_models_are_the_model_labels_of_the_load_series() -> None:
+    text = (
+        'vllm:num_requests_waiting{model_name="base-a",engine="0"} 0\n'
+        'vllm:num_requests_waiting{model_name="base-b",engine="1"} 0\n'
+        'vllm:num_requests_running{model_name="base-a",engine="0"} 1\n'
+        'vllm:num_requests_running{engine="1"} 0\n'  # no label: names nothing
+        'vllm:kv_cache_usage_perc{model_name="base-a"} 0.1\n'
+        'vllm:cache_config_info{model_name="not-a-load-series",block_size="16"} 1\n'
+    )
+    assert metrics_of(text).models == frozenset({"base-a", "base-b"})
+
+
+def test_served_models_are_bounded_in_count_and_length() -> None:
+    names = [f"model-{i:03}" for i in range(extract.MAX_MODELS_PER_ENDPOINT + 5)]
+    junk = ["x" * (extract.MAX_MODEL_NAME_CHARS + 1), "bad\\nname", ""]
+    lines = [f'vllm:num_requests_waiting{{model_name="{name}"}} 0\n' for name in names + junk]
+    text = "".join(lines) + "vllm:num_requests_running 0\nvllm:kv_cache_usage_perc 0\n"
+    # The first in sorted order; the too long, the unprintable and the empty left out.
+    assert metrics_of(text).models == frozenset(names[: extract.MAX_MODELS_PER_ENDPOINT])
+
+
+def test_a_page_without_model_labels_names_no_model() -> None:
+    text = "vllm:num_requests_waiting 0\nvllm:num_requests_running 0\nvllm:kv_cache_usage_perc 0\n"
+    assert metrics_of(text).models == frozenset()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from epp.datalayer.scraper import MetricsScraper
 from epp.datalayer.store import EndpointStore
 
 LOGGER = "epp.datalayer.scraper"
+M = frozenset({"m"})  # the model_name label of every test page
 
 
 def endpoint_for(address: str) -> Endpoint:
@@ -26,9 +28,9 @@ def endpoint_for(address: str) -> Endpoint:
 @pytest.mark.parametrize(
     ("payload", "expected"),
     [
-        ("vllm", Metrics(5, 3, 0.25, 16, 27000, updated_at=1000.0)),
-        ("vllm-legacy", Metrics(0, 1, 0.75, None, None, updated_at=1000.0)),
-        ("sglang", Metrics(2, 8, 0.5, 1, 120000, updated_at=1000.0)),
+        ("vllm", Metrics(5, 3, 0.25, 16, 27000, models=M, updated_at=1000.0)),
+        ("vllm-legacy", Metrics(0, 1, 0.75, None, None, models=M, updated_at=1000.0)),
+        ("sglang", Metrics(2, 8, 0.5, 1, 120000, models=M, updated_at=1000.0)),
     ],
     ids=["vllm", "vllm-legacy-kv-name", "sglang"],
 )
@@ -343,12 +345,31 @@ async def test_an_unchanged_page_gives_the_same_metrics_at_the_new_time(
     first = endpoint.metrics
     clock.now = 1001.0
     await scraper.scrape_once(endpoint)  # the same bytes: not parsed again
-    assert endpoint.metrics == Metrics(5, 3, 0.25, 16, 27000, updated_at=1001.0)
+    assert endpoint.metrics == Metrics(5, 3, 0.25, 16, 27000, models=M, updated_at=1001.0)
     model_server.body = model_server.body.replace("} 5.0", "} 7.0")
     clock.now = 1002.0
     await scraper.scrape_once(endpoint)
     assert endpoint.metrics.waiting_requests == 7 and endpoint.metrics.updated_at == 1002.0
     assert first.updated_at == 1000.0
+
+
+@pytest.mark.asyncio
+async def test_an_unchanged_page_keeps_its_lora_adapters(
+    model_server: Any, scrapers: Any, clock: Any
+) -> None:
+    model_server.body += (
+        'vllm:lora_requests_info{max_lora="2",running_lora_adapters="sql",'
+        'waiting_lora_adapters="chat"} 1700000000.0\n'
+    )
+    scraper = scrapers(clock=clock)
+    endpoint = endpoint_for(model_server.address)
+    await scraper.scrape_once(endpoint)
+    first = endpoint.metrics
+    assert first.lora_running == frozenset({"sql"})
+    clock.now = 1001.0
+    await scraper.scrape_once(endpoint)  # the same bytes: the last Metrics, restamped
+    assert endpoint.metrics == replace(first, updated_at=1001.0)
+    assert endpoint.served_models() == frozenset({"m", "sql", "chat"})
 
 
 @pytest.mark.asyncio
