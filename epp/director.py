@@ -11,6 +11,11 @@ that has some (the request is rewritten to that model); else its ready endpoints
 regardless of health, since a back-off is a guess and serving beats refusing. Then
 sheddable requests are refused while those candidates are saturated, and endpoints at
 the in-flight cap are left out.
+
+``GET /v1/models`` and ``/v1/models/{id}`` are answered here, for the pool: each pod
+lists only its own models, and vLLM has no ``/v1/models/{id}`` at all. The pool's
+models are those its ready endpoints serve (``catalog``); when none of them says what
+it serves, one of them answers, as any bodiless request is routed.
 """
 
 from __future__ import annotations
@@ -21,18 +26,19 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import NamedTuple
 
+from epp.api.models import model_body, models_list_body, models_query
 from epp.api.openai import parse_request_body
 from epp.datalayer.endpoint import Endpoint
 from epp.datalayer.store import EndpointStore
 from epp.errors import BadRequest, ModelNotFound, ServiceUnavailable, TooManyRequests
 from epp.observability import metrics
-from epp.requestcontrol import conformance
+from epp.requestcontrol import catalog, conformance
 from epp.requestcontrol.admission import SaturationDetector
 from epp.requestcontrol.fallback import ModelFallbacks
 from epp.requestcontrol.health import PassiveHealth
 from epp.requestcontrol.objectives import Objectives
 from epp.requestcontrol.rewrite import ModelRewrites
-from epp.routing import RoutingDecision
+from epp.routing import LocalAnswer, RoutingDecision
 from epp.scheduling.errors import NoCandidates
 from epp.scheduling.scheduler import Scheduler
 from epp.scheduling.types import LLMRequest
@@ -202,6 +208,34 @@ class Director:
             raise ModelNotFound(f"model '{target}' is not served here")
         raise _no_ready_endpoint(f"model '{target}'", narrowing)
 
+    def local_answer(
+        self, *, method: str, headers: dict[str, str], subset: Sequence[str] | None = None
+    ) -> LocalAnswer | None:
+        """The pool's answer to a GET of the models API (see the module docstring), or
+        ``None`` for a request to route. Raises ``ModelNotFound`` for a model no endpoint
+        serves and ``ServiceUnavailable`` for one no ready endpoint serves."""
+        if method != "GET" or not self._pick_endpoints:
+            return None
+        query = models_query(headers.get(":path", ""))
+        if query is None:
+            return None
+        narrowing = self._narrowing(subset, headers)
+        if narrowing.selection is not None:
+            return None  # the conformance suite names the pod that must answer
+        endpoints = _allowed(self._store.all(), narrowing)
+        models = catalog.pool_models(ep for ep in endpoints if self.is_ready(ep))
+        if models is None:
+            return None
+        created = int(time.time())
+        model = query.model
+        if model is None:
+            return LocalAnswer(200, models_list_body(catalog.listed(models), created=created))
+        if model in models:
+            return LocalAnswer(200, model_body(model, created=created))
+        if any(model in (ep.served_models() or ()) for ep in endpoints):
+            raise _no_ready_endpoint(f"model '{model}'", narrowing)
+        raise ModelNotFound(f"The model '{model}' does not exist")
+
     def route_without_body(
         self,
         *,
@@ -210,7 +244,8 @@ class Director:
         headers: dict[str, str],
         subset: Sequence[str] | None = None,
     ) -> RoutingDecision:
-        """Route a request that has no body (GET /v1/models, /health): any ready endpoint."""
+        """Route a request that has no body (GET /health, a model list :meth:`local_answer`
+        left to the pods): any ready endpoint."""
         if method == "POST":
             raise BadRequest(
                 "request body is empty; expected a JSON object with 'model'", code="missing_body"

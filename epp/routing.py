@@ -2,7 +2,8 @@
 
 A routed request carries a :class:`RoutingDecision` from the director to the stream that
 asked for it, which fills in its :class:`ResponseOutcome` as the response passes and
-hands it back when the stream ends; observability reads both. :class:`Router` is what
+hands it back when the stream ends; observability reads both. A request epp answers
+itself (``GET /v1/models``) gets a :class:`LocalAnswer` instead. :class:`Router` is what
 the stream needs of the director, so ``epp.extproc`` depends on this module, not on
 ``epp.director``.
 """
@@ -17,7 +18,7 @@ from epp.api.usage import Usage
 from epp.datalayer.endpoint import Endpoint
 from epp.scheduling.types import LLMRequest
 
-__all__ = ["ResponseOutcome", "Router", "RoutingDecision"]
+__all__ = ["LocalAnswer", "ResponseOutcome", "Router", "RoutingDecision"]
 
 
 @dataclass(slots=True)
@@ -74,6 +75,16 @@ class RoutingDecision:
         return bool(self.requested_model) and self.requested_model != self.request.model
 
 
+@dataclass(frozen=True, slots=True)
+class LocalAnswer:
+    """A successful response epp gives itself, no endpoint involved (errors are
+    ``EppError``s)."""
+
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+
+
 class Router(Protocol):
     """What an ext_proc stream asks of request control (``epp.director.Director``).
 
@@ -91,6 +102,13 @@ class Router(Protocol):
         """Route a request with a JSON body."""
         ...
 
+    def local_answer(
+        self, *, method: str, headers: dict[str, str], subset: Sequence[str] | None = None
+    ) -> LocalAnswer | None:
+        """The answer to a request that has no body, when request control gives it
+        itself (the pool's models); ``None``: route it with :meth:`route_without_body`."""
+        ...
+
     def route_without_body(
         self,
         *,
@@ -99,7 +117,7 @@ class Router(Protocol):
         headers: dict[str, str],
         subset: Sequence[str] | None = None,
     ) -> RoutingDecision:
-        """Route a request that has no body (GET /v1/models, /health)."""
+        """Route a request that has no body (GET /health, a model list epp cannot give)."""
         ...
 
     def response_started(self, decision: RoutingDecision) -> None:

@@ -32,6 +32,7 @@ __all__ = [
     "error_response",
     "header_mutation",
     "headers_response",
+    "local_response",
     "response_body_replaced",
     "response_headers_response",
     "routing_response",
@@ -218,6 +219,18 @@ def response_body_replaced(body: bytes) -> ProcessingResponse:
 
 # Why epp refused a request it could not place (the reference EPP's header and values).
 DROPPED_REASON_HEADER = "x-llm-d-request-dropped-reason"
+
+
+def local_response(status: int, body: bytes, content_type: str) -> ProcessingResponse:
+    """An ``ImmediateResponse`` with epp's own answer (not an error)."""
+    return ProcessingResponse(
+        immediate_response=ImmediateResponse(
+            status=HttpStatus(code=status),
+            headers=header_mutation([("content-type", content_type)]),
+            body=body,
+            details="epp_answered",
+        )
+    )
 
 
 def error_response(error: EppError) -> ProcessingResponse:

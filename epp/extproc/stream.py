@@ -131,6 +131,7 @@ class RequestStream:
         self._received_at = 0.0  # time.monotonic() at the request headers
         self._decision_s: float | None = None  # time spent routing (parse and schedule)
         self._error: EppError | None = None  # what epp answered the request with
+        self._local_status: int | None = None  # epp's own answer's status, not an error
         self._usage_added = False  # include_usage was injected: strip the usage event
         self._usage_reader: UsageReader | None = None
         self._stripper: UsageEventStripper | None = None
@@ -278,6 +279,7 @@ class RequestStream:
                 request_bytes=self._body_bytes,
                 decision_s=self._decision_s,
                 closed_at=self._closed_at,
+                answered_status=self._local_status,
             )
         )
 
@@ -307,8 +309,16 @@ class RequestStream:
         if undecodable is not None:
             raise BadRequest(f"header {undecodable} is not valid UTF-8", code="invalid_header")
         if message.request_headers.end_of_stream:
-            self.phase = _ROUTED
             started = time.perf_counter()
+            answer = self._director.local_answer(
+                method=headers.get(":method", "GET"), headers=headers, subset=self._subset
+            )
+            if answer is not None:
+                self.phase = _ANSWERED
+                self._decision_s = time.perf_counter() - started
+                self._local_status = answer.status
+                return (messages.local_response(answer.status, answer.body, answer.content_type),)
+            self.phase = _ROUTED
             self.decision = self._director.route_without_body(
                 method=headers.get(":method", "GET"),
                 request_id=self.request_id,

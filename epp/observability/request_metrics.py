@@ -386,7 +386,8 @@ class FinishedRequest:
     method: str = ""
     path: str = ""
     decision: RoutingDecision | None = None
-    error: EppError | None = None  # epp answered the request itself
+    error: EppError | None = None  # epp answered the request itself, with an error
+    answered_status: int | None = None  # epp answered it itself, not with an error
     request_bytes: int = 0
     decision_s: float | None = None  # time spent parsing and scheduling
     closed_at: float | None = None  # time.monotonic() when the stream closed
@@ -396,12 +397,15 @@ def outcome_of(finished: FinishedRequest) -> str:
     """One word for how the request ended.
 
     ``completed`` (status < 400), ``upstream_error`` (the model server answered >= 400),
-    ``error`` (epp answered it), ``reset`` (the response began but never ended: the
+    ``error`` (epp answered it with an error), ``answered`` (epp answered it itself, as
+    it does ``GET /v1/models``), ``reset`` (the response began but never ended: the
     client went away or the stream was reset), ``no_response`` (routed, but the stream
     ended before any response headers), ``abandoned`` (the stream ended before routing).
     """
     if finished.error is not None:
         return "error"
+    if finished.answered_status is not None:
+        return "answered"
     decision = finished.decision
     if decision is None:
         return "abandoned"
@@ -423,7 +427,7 @@ def record_finished(finished: FinishedRequest) -> None:
     if _request_log == "off" or not log.isEnabledFor(logging.INFO):
         return
     outcome = outcome_of(finished)
-    if _request_log == "errors" and outcome == "completed":
+    if _request_log == "errors" and outcome in ("completed", "answered"):
         return
     # makeRecord and handle, not info(): info() looks up its caller's file and line in the
     # stack, a third of the cost of the line, for a place that never changes.
@@ -505,6 +509,8 @@ def _log_fields(finished: FinishedRequest, outcome: str) -> dict[str, object]:
         fields["error_code"] = finished.error.code
         fields["error_message"] = clip(finished.error.message)
         return fields
+    if finished.answered_status is not None:
+        fields["status"] = finished.answered_status
     if decision is None:
         return fields
     response = decision.response

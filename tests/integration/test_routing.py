@@ -9,7 +9,7 @@ import uuid
 import httpx
 
 from tests.integration.conftest import Stack
-from tests.integration.helpers import GEMMA, QWEN, chat, pod_metric, pod_requests
+from tests.integration.helpers import GEMMA, GHOST, QWEN, chat, pod_metric, pod_requests
 
 
 def _served_by(response: httpx.Response) -> str:
@@ -99,12 +99,18 @@ def test_pod_with_a_long_queue_is_avoided(stack: Stack, client: httpx.Client) ->
     assert served == [idle] * 5
 
 
-def test_get_models_passes_through(stack: Stack, client: httpx.Client) -> None:
+def test_get_models_lists_the_models_of_the_ready_pods(client: httpx.Client) -> None:
     response = client.get("/v1/models")
-    assert response.status_code == 200
-    assert response.headers["x-sim-pod"] in stack.fleet.all_pods
-    assert response.json()["object"] == "list"
-    assert response.json()["data"]
+    assert response.status_code == 200, response.text
+    assert "x-sim-pod" not in response.headers  # epp answered for the pool
+    document = response.json()
+    assert document["object"] == "list"
+    # Not GHOST: nothing listens at the one endpoint that serves it.
+    assert sorted(model["id"] for model in document["data"]) == sorted([GEMMA, QWEN])
+    assert client.get(f"/v1/models/{GEMMA}").json()["id"] == GEMMA
+    ghost = client.get(f"/v1/models/{GHOST}")
+    assert ghost.status_code == 503, ghost.text
+    assert ghost.json()["error"]["code"] == "no_ready_endpoint"
 
 
 def test_spoofed_destination_header_is_ignored(stack: Stack, client: httpx.Client) -> None:

@@ -16,6 +16,8 @@ from epp.datalayer.store import EndpointStore
 from epp.director import Director
 from epp.extproc.messages import MAX_STREAMED_CHUNK_BYTES
 from epp.extproc.stream import Phase, RequestStream
+from epp.observability import request_metrics
+from epp.observability.request_metrics import FinishedRequest
 from tests.unit.directors import POD_A, POD_B, POD_C, fresh_store
 from tests.unit.extproc.envoy_messages import (
     BUFFERED,
@@ -69,11 +71,40 @@ def test_buffered_mode_puts_the_mutation_on_the_body_response(director: Director
 
 def test_request_without_body_is_routed_on_headers(director: Director) -> None:
     stream = RequestStream(director, max_body_bytes=1 << 20)
-    (answer,) = stream.handle(headers_message(method="GET", path="/v1/models", end_of_stream=True))
+    (answer,) = stream.handle(headers_message(method="GET", path="/health", end_of_stream=True))
     mutation = set_headers(answer, "request_headers")
     assert mutation["x-gateway-destination-endpoint"] in (POD_A, POD_B, POD_C)
     assert "x-gateway-model-name" not in mutation
     assert stream.phase is Phase.ROUTED
+
+
+def test_the_pools_models_are_answered_on_the_headers(
+    director: Director, recorded: list[FinishedRequest]
+) -> None:
+    stream = RequestStream(director, max_body_bytes=1 << 20)
+    (answer,) = stream.handle(headers_message(method="GET", path="/v1/models", end_of_stream=True))
+    assert answer.WhichOneof("response") == "immediate_response"
+    immediate = answer.immediate_response
+    assert immediate.status.code == 200
+    document = orjson.loads(immediate.body)
+    assert [m["id"] for m in document["data"]] == ["m", "other"]
+    headers = {h.header.key: h.header.raw_value for h in immediate.headers.set_headers}
+    assert headers["content-type"] == b"application/json"
+    assert stream.phase is Phase.ANSWERED
+    stream.close()
+    (finished,) = recorded
+    assert request_metrics.outcome_of(finished) == "answered"
+    assert finished.answered_status == 200
+
+
+def test_an_unknown_model_id_is_a_404_on_the_headers(director: Director) -> None:
+    stream = RequestStream(director, max_body_bytes=1 << 20)
+    (answer,) = stream.handle(
+        headers_message(method="GET", path="/v1/models/nope", end_of_stream=True)
+    )
+    assert answer.immediate_response.status.code == 404
+    error = orjson.loads(answer.immediate_response.body)["error"]
+    assert error["code"] == "model_not_found"
 
 
 def test_body_ending_in_trailers(director: Director) -> None:
