@@ -44,24 +44,25 @@ from .manifests import (
 Obj = dict[str, Any]
 
 # The epp metrics the dashboard uses: counters with ``_total``, histograms by family name.
-# Names from the reference EPP (Gateway API Inference Extension v1.5.0,
-# pkg/epp/metrics/metrics.go) where it has one; ``epp_*`` names are epp's own.
+# The reference EPP's current names (llm-d-router v0.10, ``llm_d_epp_*``; the deprecated
+# ``inference_*`` ones are exported beside them until epp 1.0, and
+# test_the_dashboard_uses_no_deprecated_name keeps them out); ``epp_*`` names are epp's own.
 EPP_METRICS = frozenset(
     {
-        "inference_objective_request_total",
-        "inference_objective_request_error_total",
-        "inference_objective_request_duration_seconds",
-        "inference_objective_request_ttft_seconds",
-        "inference_objective_normalized_time_per_output_token_seconds",
-        "inference_objective_input_tokens",
-        "inference_objective_output_tokens",
-        "inference_objective_running_requests",
-        "inference_extension_scheduler_e2e_duration_seconds",
-        "inference_extension_prefix_indexer_size",
-        "inference_extension_prefix_indexer_hit_ratio",
-        "inference_pool_ready_pods",
-        "inference_pool_average_kv_cache_utilization",
-        "inference_pool_average_queue_size",
+        "llm_d_epp_request_total",
+        "llm_d_epp_request_error_total",
+        "llm_d_epp_request_duration_seconds",
+        "llm_d_epp_request_ttft_seconds",
+        "llm_d_epp_request_ntpot_seconds",
+        "llm_d_epp_request_input_tokens",
+        "llm_d_epp_request_output_tokens",
+        "llm_d_epp_request_running",
+        "llm_d_epp_scheduler_e2e_duration_seconds",
+        "llm_d_epp_prefix_indexer_size",
+        "llm_d_epp_prefix_indexer_hit_ratio",
+        "llm_d_epp_ready_endpoints",
+        "llm_d_epp_average_kv_cache_utilization",
+        "llm_d_epp_average_queue_size",
         "epp_endpoint_inflight_requests",
         "epp_endpoint_metrics_stale",
         "epp_endpoint_metrics_age_seconds",
@@ -662,6 +663,18 @@ def test_epp_metrics_exist(dashboard: Obj, epp_families: dict[str, Family]) -> N
         else:
             problems += _label_problems(where, selector, family)
     assert problems == []
+
+
+def test_the_dashboard_uses_no_deprecated_name(dashboard: Obj, live: Live) -> None:
+    deprecated = {m.name for m in live.epp if m.documentation.startswith("[Deprecated")}
+    assert deprecated  # epp exports the legacy names while serving (the default)
+    families = {f.name: f for f in live.epp}
+    used = set()
+    for _, selector in _epp_selectors(dashboard):
+        name = selector.name
+        family = name if name in families else re.sub(r"_(bucket|sum|count|total)$", "", name)
+        used.add(family)
+    assert sorted(used & deprecated) == []
 
 
 def test_pending_epp_metrics_are_still_missing(epp_families: dict[str, Family]) -> None:
