@@ -71,7 +71,8 @@ def scheduler_config(document: ConfigDocument) -> SchedulerConfig:
     neither (a file whose plugins are all data-layer or parser ones has none)."""
     content, where = document.content, document.where
     # Data-layer and parser plugins are checked (and their settings taken) there.
-    plugins_doc = read_reference_plugins(content, where).scheduling
+    reference = read_reference_plugins(content, where)
+    plugins_doc = reference.scheduling
     if not plugins_doc and "schedulingProfiles" not in content:
         return default_scheduler_config()
     profiles_doc = content.get("schedulingProfiles") or []
@@ -103,6 +104,8 @@ def scheduler_config(document: ConfigDocument) -> SchedulerConfig:
             if not isinstance(ref, Mapping) or not isinstance(ref.get("pluginRef"), str):
                 raise ConfigError(f"{ref_where} needs a 'pluginRef'")
             check_keys(ref, ("pluginRef", "weight"), ref_where)
+            if ref["pluginRef"] in reference.conformance:
+                continue  # the conformance hooks do its work before any profile runs
             # As written: build_scheduler checks weights, wherever the profile came from.
             refs.append(ProfilePluginRef(plugin_ref=ref["pluginRef"], weight=ref.get("weight")))
         profiles.append(ProfileSpec(name=str(entry.get("name", "default")), plugins=refs))

@@ -21,6 +21,14 @@ refreshMetricsInterval``). Where they ask for something else (HTTPS scraping, an
 engine's metric names, a gRPC or pass-through parser) start-up fails, naming the plugin
 and what to do instead. Every other plugin goes to the scheduler, whose registry knows
 the rest (and names the reference's scheduling plugins epp lacks).
+
+The reference's conformance plugins, ``header-based-testing-filter`` (a filter that
+keeps the endpoints ``test-epp-endpoint-selection`` names) and
+``destination-endpoint-served-verifier`` (which echoes the served endpoint), are what
+GIE's conformance suite configures. Naming either turns on epp's conformance hooks
+(``server.enableConformanceHooks``), which do both for every profile; their references
+in ``schedulingProfiles`` are dropped, since the hooks narrow the candidates before any
+profile runs.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from epp.config.settings import ConfigError
 from epp.config.values import Given
 
 __all__ = [
+    "CONFORMANCE_PLUGINS",
     "DATA_LAYER_KEYS",
     "DOCUMENT_KEYS",
     "ReferencePlugins",
@@ -42,6 +51,9 @@ __all__ = [
 METRICS_SOURCE = "metrics-data-source"
 METRICS_EXTRACTOR = "core-metrics-extractor"
 OPENAI_PARSER = "openai-parser"
+# GIE's test-only plugins (its conformance/resources/base.yaml names both).
+CONFORMANCE_PLUGINS = ("header-based-testing-filter", "destination-endpoint-served-verifier")
+_HANDLED_HERE = frozenset({METRICS_SOURCE, METRICS_EXTRACTOR, OPENAI_PARSER, *CONFORMANCE_PLUGINS})
 # Top-level keys of the reference's config that this module reads.
 DOCUMENT_KEYS = ("parser", "requestHandler", "featureGates")
 # Keys of the reference's dataLayer section (beside epp's own option keys there).
@@ -51,6 +63,10 @@ _OPENAI_ONLY = (
     "epp parses OpenAI-style JSON bodies (openai-parser) and speaks HTTP to model servers; "
     "use openai-parser or leave the parser out"
 )
+_MODELS_FROM_METRICS = (
+    "epp reads a pod's models from its metrics (the model_name label, vLLM's LoRA info), "
+    "not from its /v1/models; leave it out"
+)
 # Reference plugins outside scheduling that epp does not implement, and what to do.
 NOT_IMPLEMENTED: Mapping[str, str] = {
     "vllmgrpc-parser": _OPENAI_ONLY,
@@ -58,8 +74,8 @@ NOT_IMPLEMENTED: Mapping[str, str] = {
     "passthrough-parser": _OPENAI_ONLY,
     "anthropic-parser": _OPENAI_ONLY,
     "vertexai-parser": _OPENAI_ONLY,
-    "models-data-source": "epp learns a pod's models from the InferencePool, not /v1/models",
-    "models-extractor": "epp learns a pod's models from the InferencePool, not /v1/models",
+    "models-data-source": _MODELS_FROM_METRICS,
+    "models-extractor": _MODELS_FROM_METRICS,
     "file-discovery": "use epp's endpoints list (--endpoint, or endpoints: in this file)",
     "endpoint-notification-source": "leave it out: epp watches the pool's pods itself",
     "k8s-notification-source": "leave it out: epp watches the pool's pods itself",
@@ -75,10 +91,12 @@ _GATES_REFUSED = {"flowControl": "epp has no flow-control queue; its admission s
 class ReferencePlugins:
     """The file's plugins split: ``scheduling`` entries (with their index in the file's
     list) go to the scheduler; ``option_values`` are the settings the others feed (by
-    ``Option.dest``)."""
+    ``Option.dest``); ``conformance`` names the conformance plugins, whose references
+    profiles drop."""
 
     scheduling: list[tuple[int, Mapping[str, Any]]] = field(default_factory=list)
     option_values: dict[str, Given] = field(default_factory=dict)
+    conformance: frozenset[str] = frozenset()
 
 
 def read_reference_plugins(document: Mapping[str, Any], where: str | None) -> ReferencePlugins:
@@ -99,7 +117,7 @@ def read_reference_plugins(document: Mapping[str, Any], where: str | None) -> Re
                 f"{here}: the reference EPP's {kind!r} is not implemented by epp; "
                 f"{NOT_IMPLEMENTED[kind]}"
             )
-        if kind not in (METRICS_SOURCE, METRICS_EXTRACTOR, OPENAI_PARSER):
+        if kind not in _HANDLED_HERE:
             scheduling.append((index, entry))
             continue
         extra = sorted(set(entry) - {"type", "name", "parameters"})
@@ -114,11 +132,14 @@ def read_reference_plugins(document: Mapping[str, Any], where: str | None) -> Re
             _metrics_extractor(parameters, here)
         elif parameters:
             raise ConfigError(f"{here}: takes no parameters")
+        if kind in CONFORMANCE_PLUGINS:
+            values["server_conformance_hooks"] = (True, here)
         others[str(entry.get("name") or kind)] = kind
     _check_parsers(document, others, where)
     _check_data_layer(document, others, where)
     _check_feature_gates(document.get("featureGates"), where)
-    return ReferencePlugins(scheduling, values)
+    conformance = frozenset(name for name, kind in others.items() if kind in CONFORMANCE_PLUGINS)
+    return ReferencePlugins(scheduling, values, conformance)
 
 
 def _metrics_source(parameters: Mapping[str, Any], where: str) -> dict[str, Given]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
@@ -34,11 +35,22 @@ class Conformance:
     grpc_port: int
 
 
-@pytest.fixture
-def conformance(rig: Rig) -> Iterator[Conformance]:
+# The hooks turned on by the flag, or by the config the suite itself deploys (its two
+# test-only plugins, in deploy/reference-configs/).
+HOOKS = {
+    "flag": ("--enable-conformance-hooks",),
+    "suite-config": (
+        "--config-file",
+        str(Path(__file__).resolve().parents[2] / "deploy/reference-configs/gie-conformance.yaml"),
+    ),
+}
+
+
+@pytest.fixture(params=sorted(HOOKS))
+def conformance(rig: Rig, request: pytest.FixtureRequest) -> Iterator[Conformance]:
     pods = rig.sims("pods", [MODEL] * 3)
     # As in the suite: one pool, every pod serving its model (no model lists).
-    grpc_port = rig.start_epp(dict.fromkeys(pods), "--enable-conformance-hooks")
+    grpc_port = rig.start_epp(dict.fromkeys(pods), *HOOKS[request.param])
     yield Conformance(rig.start_envoy(grpc_port), pods, grpc_port)
 
 

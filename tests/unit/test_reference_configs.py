@@ -86,6 +86,8 @@ PROFILES = {
         "running-requests-size-scorer",
         "max-score-picker",
     },
+    # The filter's work is the conformance hooks', before the profile runs.
+    "gie-conformance.yaml": {"max-score-picker"},
 }
 
 
@@ -147,6 +149,22 @@ def test_the_data_layer_plugins_feed_epps_settings() -> None:
     # The same setting under epp's own key must agree.
     with pytest.raises(ConfigError, match=r"'/stats'\) contradicts .*dataLayer.metricsPath"):
         load("--config-text", text + "dataLayer: {metricsPath: /metrics}\n")
+
+
+def test_the_conformance_plugins_turn_the_hooks_on() -> None:
+    assert not load().server.conformance_hooks
+    config = load("--config-file", str(CONFIGS / "gie-conformance.yaml"))
+    assert config.server.conformance_hooks
+    for kind in ("header-based-testing-filter", "destination-endpoint-served-verifier"):
+        assert load("--config-text", f"plugins:\n- {{type: {kind}}}\n").server.conformance_hooks
+        with pytest.raises(ConfigError, match=rf"\({kind}\): takes no parameters"):
+            load("--config-text", f"plugins:\n- {{type: {kind}, parameters: {{a: 1}}}}\n")
+    with pytest.raises(ConfigError, match=r"contradicts .*enableConformanceHooks"):
+        load(
+            "--config-text",
+            "plugins:\n- {type: header-based-testing-filter}\n"
+            "server: {enableConformanceHooks: false}\n",
+        )
 
 
 def test_prefix_token_sizes_become_bytes() -> None:
