@@ -8,7 +8,8 @@ Per stream, the properties are:
    not OK or a client-side protocol error (INVALID_ARGUMENT, FAILED_PRECONDITION,
    RESOURCE_EXHAUSTED, OUT_OF_RANGE, UNIMPLEMENTED).
 3. Every response is sane: exactly one ``response`` set; an ``immediate_response`` has a
-   4xx/5xx status and an OpenAI-style JSON error body; a header epp sets is one Envoy
+   4xx/5xx status and an OpenAI-style JSON error body, or status 200 and OpenAI's model
+   list or model object (epp answers ``GET /v1/models`` itself); a header epp sets is one Envoy
    accepts (no CR, LF or NUL, under 60 KiB); a destination (header or ``envoy.lb``
    metadata) names only live pods of the pool.
 4. Order: a message Envoy would never send at that point (a second request_headers, a
@@ -119,6 +120,8 @@ def _immediate_problems(response: ProcessingResponse) -> list[str]:
     immediate = response.immediate_response
     problems = []
     status = immediate.status.code
+    if status == 200:
+        return _models_answer_problems(response)
     if not 400 <= status <= 599:
         problems.append(f"immediate_response with status {status}, not 4xx/5xx")
     try:
@@ -133,6 +136,22 @@ def _immediate_problems(response: ProcessingResponse) -> list[str]:
     if not content_type.startswith(b"application/json"):
         problems.append(f"immediate_response {status} content-type {content_type!r}")
     return problems
+
+
+def _models_answer_problems(response: ProcessingResponse) -> list[str]:
+    """epp's own 200: OpenAI's list of models or one model, as JSON."""
+    body = response.immediate_response.body
+    try:
+        document = json.loads(body)
+        models = document["data"] if document.get("object") == "list" else [document]
+        if not all(m["object"] == "model" and isinstance(m["id"], str) for m in models):
+            raise TypeError
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return [f"immediate_response 200 is no OpenAI model list or model: {body[:120]!r}"]
+    content_type = set_headers(response).get("content-type", b"")
+    if content_type != b"application/json":
+        return [f"immediate_response 200 content-type {content_type!r}"]
+    return []
 
 
 def _immediate_code(response: ProcessingResponse) -> str | None:
@@ -160,6 +179,7 @@ class _RequestFacts:
     """What the request headers settle about the answer; None fields: not settled."""
 
     method: str | None
+    path: str | None  # the one :path, decoded (None: absent, repeated or not UTF-8)
     rewrite: str  # the rewrite header's value, where epp honours it ("": none)
     steering_clear: bool  # steering headers (rewrite, objective) single and UTF-8
     subset: frozenset[str] | None
@@ -177,6 +197,12 @@ def _request_facts(message: ProcessingRequest, honour_rewrite: bool) -> _Request
         method = values[":method"][0].decode(errors="replace")
     elif ":method" not in values:
         method = ""
+    path = None
+    if len(values.get(":path", [])) == 1:
+        try:
+            path = values[":path"][0].decode()
+        except UnicodeDecodeError:
+            path = None
     steering_clear = True
     for name in STEERING_HEADERS:
         found = values.get(name, [])
@@ -215,7 +241,7 @@ def _request_facts(message: ProcessingRequest, honour_rewrite: bool) -> _Request
         request_mode = message.protocol_config.request_body_mode
         response_mode = message.protocol_config.response_body_mode
     return _RequestFacts(
-        method, rewrite, steering_clear, subset, subset_clear, request_mode, response_mode
+        method, path, rewrite, steering_clear, subset, subset_clear, request_mode, response_mode
     )
 
 
@@ -538,6 +564,11 @@ def _on_headers(walk: _Walk, facts: _RequestFacts, eos: bool, where: str) -> Non
     if facts.steering_clear and facts.subset_clear:
         if facts.method == "POST":
             expected = Expectation(statuses=frozenset({400}), code="missing_body")
+        elif facts.method == "GET" and (facts.path is None or _models_api(facts.path)):
+            # The pool's models, from epp itself: 503 only while no pod is ready yet. A
+            # model by its id (anything the fuzzer made) is left undecided.
+            if facts.path is not None and _models_api(facts.path) == "list":
+                expected = Expectation(statuses=frozenset({200, 503}))
         elif facts.method in ("GET", "HEAD"):
             live = frozenset(walk.pool.pods)
             if facts.subset is not None:
@@ -547,6 +578,14 @@ def _on_headers(walk: _Walk, facts: _RequestFacts, eos: bool, where: str) -> Non
             )
     answer = walk.immediate_first() or walk.take("request_headers", where)
     walk.check_answer(answer, expected, f"{where} (request without a body)", None)
+
+
+def _models_api(path: str) -> str | None:
+    """``"list"`` for OpenAI's model list, ``"model"`` for one model by its id, else None."""
+    path = path.partition("?")[0].partition("#")[0]
+    if path in ("/v1/models", "/v1/models/"):
+        return "list"
+    return "model" if path.startswith("/v1/models/") else None
 
 
 def _on_body_end(

@@ -12,7 +12,8 @@ Per request, the properties are:
 4. A well-formed request is answered as its body asks (``bodies.expect_for_body``):
    valid requests get 200 from a pod serving their model, with the body the client sent
    (``x-sim-body-sha256``) and the model header epp set (not the client's); the rest get
-   the right 4xx/503 from epp, or reach a pod serving their model.
+   the right 4xx/503 from epp, or reach a pod serving their model. ``GET /v1/models``
+   gets 200 from epp itself: OpenAI's list of the models of the live pods.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ class HttpResult:
         source = (
             "pod"
             if first.header("x-sim-pod")
-            else ("epp" if _openai_error(first.body) else "envoy")
+            else ("epp" if _openai_error(first.body) or _is_model_list(first.body) else "envoy")
         )
         return f"{first.status} from {source}"
 
@@ -240,6 +241,33 @@ def check_http(result: HttpResult, pool: Pool) -> list[str]:
     return problems + _check_answer(case, first, pod, error, pool)
 
 
+def _is_model_list(body: bytes) -> bool:
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(document, dict) and document.get("object") == "list"
+
+
+def _model_list_problems(first: HttpResponse, pod: str | None, pool: Pool) -> list[str]:
+    """epp's answer to ``GET /v1/models``: 200, not from a pod, the live pods' models."""
+    if first.status != 200 or pod is not None:
+        return [
+            f"GET /v1/models got {first.status} from {pod or 'epp'}, expected 200 from epp: "
+            f"{first.body[:200]!r}"
+        ]
+    try:
+        document = json.loads(first.body)
+        ids = {model["id"] for model in document["data"]}
+    except (ValueError, KeyError, TypeError):
+        return [f"GET /v1/models got no OpenAI model list: {first.body[:200]!r}"]
+    live = set(pool.pods.values())
+    if document.get("object") != "list" or not ids or not ids <= live:
+        # A live pod may be missing while its scrape is late; the dead one's model never.
+        return [f"GET /v1/models listed {sorted(ids)}, expected some of {sorted(live)}"]
+    return []
+
+
 def _check_answer(
     case: HttpCase,
     first: HttpResponse,
@@ -256,6 +284,8 @@ def _check_answer(
         and code in ("no_ready_endpoint", "overloaded")
     ):
         return []  # epp found no pod ready for now (late scrapes under load): clean
+    if case.family == "valid-get":
+        return _model_list_problems(first, pod, pool)
     if case.valid_model:
         serving = pool.pods if case.valid_model == "*" else pool.serving(case.valid_model)
         if first.status != 200 or pod not in serving:

@@ -116,7 +116,7 @@ def _request(
 
 @st.composite
 def valid_cases(draw: st.DrawFn) -> HttpCase:
-    """Requests a pod must answer with 200: a served model, or GET /v1/models."""
+    """Requests that must get 200: from a pod, a served model; GET /v1/models, from epp."""
     headers = draw(_benign_headers)
     if draw(st.integers(0, 5)) == 0:
         data = _request(b"GET", b"/v1/models", headers, None, "", [])

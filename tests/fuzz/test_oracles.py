@@ -14,7 +14,7 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
 )
 
 from epp.errors import BadRequest
-from epp.extproc.messages import error_response
+from epp.extproc.messages import error_response, local_response
 from tests.fuzz.bodies import judge_body
 from tests.fuzz.extproc_client import StreamResult
 from tests.fuzz.extproc_oracle import check_stream
@@ -170,3 +170,32 @@ def test_a_steering_header_that_is_not_utf8_may_be_refused(header: str) -> None:
     )
     refused = error_response(BadRequest("header is not valid UTF-8", code="invalid_header"))
     assert _stream(request, [refused.SerializeToString()], grpc.StatusCode.OK) == []
+
+
+MODELS_REQUEST = (_headers({":method": b"GET", ":path": b"/v1/models"}, eos=True),)
+
+
+def _local(status: int, body: bytes, content_type: str = "application/json") -> bytes:
+    return bytes(local_response(status, body, content_type).SerializeToString())
+
+
+def test_epps_own_model_list_passes() -> None:
+    listed = b'{"object":"list","data":[{"id":"qwen2-1-5b","object":"model"}]}'
+    assert _stream(MODELS_REQUEST, [_local(200, listed)], grpc.StatusCode.OK) == []
+    one = (_headers({":method": b"GET", ":path": b"/v1/models/qwen2-1-5b"}, eos=True),)
+    model = b'{"id":"qwen2-1-5b","object":"model","created":1,"owned_by":"epp"}'
+    assert _stream(one, [_local(200, model)], grpc.StatusCode.OK) == []
+
+
+@pytest.mark.parametrize(
+    "responses",
+    [
+        [_local(200, b"hello")],
+        [_local(200, b'{"object":"list","data":[{"id":3}]}')],
+        [_local(200, b'{"object":"list","data":[]}', "text/plain")],
+        [_routing("10.0.0.1:8000")],  # epp answers the list itself
+    ],
+    ids=["not-json", "bad-model", "content-type", "routed"],
+)
+def test_a_wrong_model_list_is_caught(responses: list[bytes]) -> None:
+    assert _stream(MODELS_REQUEST, responses, grpc.StatusCode.OK) != []
