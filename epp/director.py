@@ -146,7 +146,7 @@ class Director:
             stream=parsed.stream,
             headers=headers,
         )
-        priority = self.objectives.priority(headers) if headers else 0
+        priority = self.objectives.priority(headers, parsed.model)
         fairness_id = _fairness_id(headers)
         if not self._pick_endpoints:
             return RoutingDecision(
@@ -167,7 +167,7 @@ class Director:
         if priority < 0 and self._saturation.saturated(candidates):
             raise TooManyRequests(
                 f"the pool serving '{model}' is saturated and this request is sheddable "
-                f"(objective priority {priority}); retry later",
+                f"(priority {priority}); retry later",
                 code="pool_saturated",
                 retry_after_s=self._retry_after_s,
             )

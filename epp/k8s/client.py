@@ -10,6 +10,7 @@ from lightkube import AsyncClient, KubeConfig
 from lightkube.generic_resource import create_namespaced_resource
 
 __all__ = [
+    "INFERENCE_MODEL_RESOURCES",
     "LLMD_GROUP",
     "MODEL_REWRITE_RESOURCES",
     "OBJECTIVE_RESOURCES",
@@ -17,6 +18,7 @@ __all__ = [
     "POOL_GROUP_X",
     "InferenceModelRewrite",
     "InferenceModelRewriteX",
+    "InferenceModelX",
     "InferenceObjective",
     "InferenceObjectiveX",
     "InferencePoolV1",
@@ -26,7 +28,7 @@ __all__ = [
 ]
 
 POOL_GROUP_V1 = "inference.networking.k8s.io"  # InferencePool v1 (GA)
-POOL_GROUP_X = "inference.networking.x-k8s.io"  # v1alpha2 pools; the older objectives, rewrites
+POOL_GROUP_X = "inference.networking.x-k8s.io"  # v1alpha2 pools, InferenceModel, older policies
 LLMD_GROUP = "llm-d.ai"  # where llm-d moved InferenceObjective and InferenceModelRewrite
 
 InferencePoolV1 = create_namespaced_resource(POOL_GROUP_V1, "v1", "InferencePool", "inferencepools")
@@ -45,10 +47,16 @@ InferenceObjectiveX = create_namespaced_resource(
 InferenceModelRewriteX = create_namespaced_resource(
     POOL_GROUP_X, "v1alpha2", "InferenceModelRewrite", "inferencemodelrewrites"
 )
+# InferenceModel lives only in the older group (GIE v0.3-v0.5; Alibaba ACK still uses it):
+# InferenceObjective and InferenceModelRewrite replaced it.
+InferenceModelX = create_namespaced_resource(
+    POOL_GROUP_X, "v1alpha2", "InferenceModel", "inferencemodels"
+)
 # Each kind in both of its groups, the current one first: where the two hold an object of
 # the same name, the current group's wins.
 OBJECTIVE_RESOURCES = (InferenceObjective, InferenceObjectiveX)
 MODEL_REWRITE_RESOURCES = (InferenceModelRewrite, InferenceModelRewriteX)
+INFERENCE_MODEL_RESOURCES = (InferenceModelX,)
 
 
 def pool_resource(group: str) -> type:

@@ -14,7 +14,7 @@ import math
 import os
 from collections.abc import Callable, Iterable, Mapping
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -24,6 +24,7 @@ from epp.observability.naming import DEFAULT_FAIRNESS_ID, legacy_names
 
 __all__ = [
     "ENDPOINT_EJECTIONS",
+    "INFERENCE_MODELS_IGNORED",
     "MODEL_FALLBACKS",
     "MODEL_LABELS",
     "MODEL_REWRITES",
@@ -305,6 +306,15 @@ MODEL_FALLBACKS = Counter(
     "epp_model_fallback_total",
     "Requests served by a fallback model because their model had no ready, healthy endpoint.",
     ["model_name", "fallback_model_name"],
+    registry=REGISTRY,
+)
+# A gauge, not a counter: every change of any InferenceModel re-reads them all, and what
+# an operator needs is how many are ignored now (the log says which and why).
+INFERENCE_MODELS_IGNORED = Gauge(
+    "epp_inference_models_ignored",
+    "InferenceModels naming epp's pool that epp ignores: reason invalid (a field it cannot "
+    "use) or duplicate (an older InferenceModel of the pool has the same modelName).",
+    ["reason"],
     registry=REGISTRY,
 )
 ENDPOINT_EJECTIONS = Counter(

@@ -1,7 +1,9 @@
 """InferenceObjectives: a request names one in ``x-llm-d-inference-objective`` (or the
 legacy ``x-gateway-inference-objective``) and gets its priority. Negative priorities are
 sheddable: they are the first refused when the pool is saturated. A request without the
-header, or naming an unknown objective, has priority 0.
+header, or naming an unknown objective, has the priority of its model's InferenceModel
+criticality (:mod:`epp.requestcontrol.inference_models`), else 0: an objective the
+request names is the current API and more specific than its model's, so it wins.
 """
 
 from __future__ import annotations
@@ -46,10 +48,21 @@ class Objectives:
     def __init__(self, configured: Mapping[str, int] | None = None) -> None:
         self._configured = dict(configured or {})
         self._priorities = dict(self._configured)
+        self._by_model: dict[str, int] = {}
 
     def replace(self, priorities: Mapping[str, int]) -> None:
         self._priorities = {**self._configured, **priorities}
 
-    def priority(self, headers: Mapping[str, str]) -> int:
+    def replace_model_priorities(self, priorities: Mapping[str, int]) -> None:
+        """Priorities by the model a request asks for (InferenceModel criticalities)."""
+        self._by_model = dict(priorities)
+
+    def priority(self, headers: Mapping[str, str], model: str = "") -> int:
+        """The priority of the objective ``headers`` name, else of ``model`` (the one
+        the client asked for), else 0."""
         name = headers.get(OBJECTIVE_HEADER) or headers.get(OBJECTIVE_HEADERS[1])
-        return self._priorities.get(name, 0) if name else 0
+        if name:
+            priority = self._priorities.get(name)
+            if priority is not None:
+                return priority
+        return self._by_model.get(model, 0)

@@ -1,4 +1,5 @@
-"""Keeps a pool's InferenceObjectives and InferenceModelRewrites applied to the director.
+"""Keeps a pool's InferenceObjectives, InferenceModelRewrites and InferenceModels applied
+to the director.
 
 ``epp.k8s`` watches the resources; turning them into priorities and rewrite rules is
 request control's, so this lives here and ``epp.k8s`` knows nothing of requests.
@@ -8,8 +9,10 @@ older ``inference.networking.x-k8s.io/v1alpha2``. epp watches both and merges th
 a cluster half-way through moving its objects loses none; an object whose name is in
 both groups counts once, as the ``llm-d.ai`` one. (The reference picker instead picks
 one group at start: ``llm-d.ai`` when its CRD is installed, ignoring the older group's
-objects.) Every CRD is optional: one that is not installed is logged once and retried
-slowly, and requests route as if it held no objects.
+objects.) InferenceModel lives only in the older group (see
+:mod:`epp.requestcontrol.inference_models` for how it combines with the other two). Every
+CRD is optional: one that is not installed is logged once and retried slowly, and
+requests route as if it held no objects.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ from typing import Any
 
 from lightkube import AsyncClient
 
-from epp.k8s.client import MODEL_REWRITE_RESOURCES, OBJECTIVE_RESOURCES
+from epp.k8s.client import INFERENCE_MODEL_RESOURCES, MODEL_REWRITE_RESOURCES, OBJECTIVE_RESOURCES
 from epp.k8s.informer import Informer
+from epp.requestcontrol.inference_models import InferenceModels
 from epp.requestcontrol.objectives import Objectives, priorities_from_objects
 from epp.requestcontrol.rewrite import ModelRewrites, rules_from_objects
 
@@ -63,6 +67,7 @@ class PoolPolicies:
             )
             return informers
 
+        models = InferenceModels(pool_name, rewrites=rewrites, objectives=objectives)
         self._informers = [
             *watch_merged(
                 OBJECTIVE_RESOURCES,
@@ -72,6 +77,7 @@ class PoolPolicies:
                 MODEL_REWRITE_RESOURCES,
                 lambda objects: rewrites.replace(rules_from_objects(objects, pool_name)),
             ),
+            *watch_merged(INFERENCE_MODEL_RESOURCES, models.apply),
         ]
 
     async def start(self) -> None:

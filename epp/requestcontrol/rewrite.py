@@ -3,7 +3,11 @@
 A rule maps an exact model name (or, with no ``matches``, every model) to weighted target
 models; each request draws one target by weight. Across rewrites for the same pool, an
 exact match beats a catch-all, then the oldest resource wins, then the first rule in it,
-as the Gateway API Inference Extension specifies. The request header
+as the Gateway API Inference Extension specifies. The older InferenceModels
+(:mod:`epp.requestcontrol.inference_models`) add exact rules of their own, installed
+with :meth:`ModelRewrites.replace_inference_models`: an InferenceModelRewrite's exact rule
+for a model beats an InferenceModel's (the current API over the one it replaced), which
+beats an InferenceModelRewrite's catch-all (exact over catch-all). The request header
 ``x-llm-d-model-name-rewrite`` (or the legacy ``x-gateway-model-name-rewrite``) overrides
 every rule, but only where the operator says the gateway sets it (``honour_header``): a
 header a client can send must not choose the model its request is served by, past the
@@ -111,12 +115,25 @@ class ModelRewrites:
     ) -> None:
         self._rng = random.Random(seed)
         self.honour_header = honour_header
+        self._rewrite_rules: list[RewriteRule] = []
+        self._model_rules: list[RewriteRule] = []
         self.replace(rules)
 
     def replace(self, rules: Iterable[RewriteRule]) -> None:
+        """Install the InferenceModelRewrites' rules, oldest resource first."""
+        self._rewrite_rules = list(rules)
+        self._rebuild()
+
+    def replace_inference_models(self, rules: Iterable[RewriteRule]) -> None:
+        """Install the InferenceModels' rules (exact ones, one per model name)."""
+        self._model_rules = [rule for rule in rules if rule.models]
+        self._rebuild()
+
+    def _rebuild(self) -> None:
         exact: dict[str, RewriteRule] = {}
         catch_all: RewriteRule | None = None
-        for rule in rules:  # oldest resource first, rules in order: first one wins
+        # Oldest resource first, rules in order: the first one wins; InferenceModels last.
+        for rule in [*self._rewrite_rules, *self._model_rules]:
             if not rule.models:
                 catch_all = catch_all or rule
             for model in rule.models:

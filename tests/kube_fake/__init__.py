@@ -1,6 +1,7 @@
 """An HTTP fake of the Kubernetes API server for epp's tests; see `server.py`."""
 
 from .objects import (
+    inference_model,
     inference_model_rewrite,
     inference_objective,
     inference_pool_v1,
@@ -15,6 +16,7 @@ __all__ = [
     "FakeKubeAPI",
     "ResourceType",
     "SeenRequest",
+    "inference_model",
     "inference_model_rewrite",
     "inference_objective",
     "inference_pool_v1",

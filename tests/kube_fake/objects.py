@@ -7,6 +7,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 __all__ = [
+    "inference_model",
     "inference_model_rewrite",
     "inference_objective",
     "inference_pool_v1",
@@ -185,6 +186,38 @@ def inference_model_rewrite(
                 for model, targets in rules
             ],
         },
+    }
+
+
+def inference_model(
+    name: str,
+    namespace: str,
+    pool_name: str,
+    model_name: str,
+    criticality: str | None = None,
+    targets: Mapping[str, int | None] | None = None,
+) -> Obj:
+    """An `inference.networking.x-k8s.io/v1alpha2` InferenceModel (GIE v0.3-v0.5, Alibaba
+    ACK); `targets` is {target model: weight, or None to leave the weight unset}:
+
+    inference_model("m", "ns", "pool", "chat", "Standard", {"chat-v1": 90, "chat-v2": 10})
+    """
+    spec: Obj = {
+        "modelName": model_name,
+        "poolRef": {"group": GIE_X_GROUP, "kind": "InferencePool", "name": pool_name},
+    }
+    if criticality is not None:
+        spec["criticality"] = criticality
+    if targets is not None:
+        spec["targetModels"] = [
+            {"name": target, **({"weight": weight} if weight is not None else {})}
+            for target, weight in targets.items()
+        ]
+    return {
+        "apiVersion": f"{GIE_X_GROUP}/v1alpha2",
+        "kind": "InferenceModel",
+        "metadata": _meta(name, namespace),
+        "spec": spec,
     }
 
 

@@ -1,4 +1,5 @@
-"""InferenceObjectives and InferenceModelRewrites from the API server reach the director."""
+"""InferenceObjectives, InferenceModelRewrites and InferenceModels from the API server reach
+the director."""
 
 from __future__ import annotations
 
@@ -12,7 +13,12 @@ from epp.k8s.client import make_client
 from epp.requestcontrol.objectives import OBJECTIVE_HEADER, Objectives
 from epp.requestcontrol.pool_policies import PoolPolicies
 from epp.requestcontrol.rewrite import ModelRewrites
-from tests.kube_fake import FakeKubeAPI, inference_model_rewrite, inference_objective
+from tests.kube_fake import (
+    FakeKubeAPI,
+    inference_model,
+    inference_model_rewrite,
+    inference_objective,
+)
 from tests.unit.k8s.conftest import eventually
 
 NS = "inference"
@@ -129,3 +135,31 @@ async def test_a_group_whose_crds_are_missing_is_retried_quietly(
         for kind in ("InferenceModelRewrite", "InferenceObjective")
     ]
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+GIE_X = "inference.networking.x-k8s.io/v1alpha2"
+
+
+@pytest.mark.asyncio
+async def test_inference_models_follow_the_api(api: FakeKubeAPI, client: AsyncClient) -> None:
+    """An InferenceModel's targets and criticality apply, change and go with the object;
+    one that the API server stores but epp cannot use is reported and the others apply."""
+    api.apply(inference_model("travel", NS, "pool", "travel", "Standard", {"travel-v2": 1}))
+    api.apply(inference_model("batch", NS, "pool", "batch", "Sheddable"))
+    api.apply(inference_model("elsewhere", NS, "other-pool", "batch-x", "Sheddable"))
+    api.apply(inference_model("broken", NS, "pool", "broken", "Sheddable", {"a": 0}))
+    policies, objectives, rewrites = _policies(client)
+    await policies.start()
+    try:
+        await eventually(lambda: rewrites.target("travel", {}) == "travel-v2")
+        await eventually(lambda: objectives.priority({}, "batch") == -1)
+        assert objectives.priority({}, "batch-x") == 0
+        assert (rewrites.target("broken", {}), objectives.priority({}, "broken")) == ("broken", 0)
+        assert objectives.priority({OBJECTIVE_HEADER: "batch"}, "travel") == 0
+
+        api.apply(inference_model("batch", NS, "pool", "batch", "Critical"))
+        api.delete(GIE_X, "InferenceModel", NS, "travel")
+        await eventually(lambda: objectives.priority({}, "batch") == 1)
+        await eventually(lambda: rewrites.target("travel", {}) == "travel")
+    finally:
+        await policies.stop()
