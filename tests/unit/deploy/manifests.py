@@ -26,7 +26,7 @@ from epp.config import (
     check_endpoint_source,
     load_config,
 )
-from epp.k8s.client import MODEL_REWRITE_RESOURCES, OBJECTIVE_RESOURCES
+from epp.k8s.client import INFERENCE_MODEL_RESOURCES, MODEL_REWRITE_RESOURCES, OBJECTIVE_RESOURCES
 from epp.scheduling.errors import SchedulerConfigError
 
 from .schemas import CRD_SCHEMAS
@@ -44,10 +44,12 @@ __all__ = [
     "epp_containers",
     "find",
     "load_documents",
+    "lora_adapters",
     "parse_serve_args",
     "schema_problems",
     "serve_config",
     "serve_parser",
+    "served_models",
 ]
 
 Obj = dict[str, Any]
@@ -446,12 +448,14 @@ def check_pool_references(objects: list[Obj], *, model_servers: bool, tmp: Path)
                 if missing:
                     problems.append(f"{where}: its pods do not serve on {missing}")
     for obj in objects:
-        if obj.get("kind") in ("InferenceObjective", "InferenceModelRewrite"):
+        if obj.get("kind") in ("InferenceObjective", "InferenceModelRewrite", "InferenceModel"):
             ref = obj["spec"]["poolRef"]
+            # The CRDs' default group: an InferenceModel's is the older one, where it lives.
+            default_group = GIE_GROUPS[1 if obj["kind"] == "InferenceModel" else 0]
             referenced = find(objects, "InferencePool", namespace_of(obj), ref["name"])
             if referenced is None:
                 problems.append(f"{describe(obj)}: no InferencePool {ref['name']} here")
-            elif referenced["apiVersion"].split("/")[0] != ref.get("group", GIE_GROUPS[0]):
+            elif referenced["apiVersion"].split("/")[0] != ref.get("group", default_group):
                 problems.append(
                     f"{describe(obj)}: poolRef group {ref.get('group')} is not the pool's"
                 )
@@ -461,7 +465,7 @@ def check_pool_references(objects: list[Obj], *, model_servers: bool, tmp: Path)
 def _served_model(template: Obj) -> str | None:
     """The model a vLLM pod serves: `vllm serve MODEL` or --model / --served-model-name."""
     for container in template["spec"]["containers"]:
-        words = [str(w) for w in (container.get("command") or []) + (container.get("args") or [])]
+        words = _words(container)
         for word in words:
             if word.startswith("--served-model-name="):
                 return word.split("=", 1)[1]
@@ -473,10 +477,73 @@ def _served_model(template: Obj) -> str | None:
     return None
 
 
+def _words(container: Obj) -> list[str]:
+    return [str(w) for w in (container.get("command") or []) + (container.get("args") or [])]
+
+
+def lora_adapters(template: Obj) -> set[str]:
+    """The LoRA adapters a vLLM pod names in --lora-modules (NAME=PATH, or vLLM's JSON
+    form with "name"), each word after the flag until the next flag."""
+    adapters: set[str] = set()
+    for container in template["spec"]["containers"]:
+        words = _words(container)
+        for i, word in enumerate(words):
+            if word.startswith("--lora-modules="):
+                values = [word.split("=", 1)[1]]
+            elif word == "--lora-modules":
+                values = []
+                for value in words[i + 1 :]:
+                    if value.startswith("-"):
+                        break
+                    values.append(value)
+            else:
+                continue
+            for value in values:
+                if value.startswith("{"):
+                    adapters.add(str(yaml.safe_load(value)["name"]))
+                else:
+                    adapters.add(value.split("=", 1)[0])
+    return adapters
+
+
+def served_models(objects: list[Obj], pool: Obj) -> set[str]:
+    """The models and LoRA adapters the pods ``pool`` selects here serve by name."""
+    served: set[str] = set()
+    for _, template in _pod_templates(objects, namespace_of(pool)):
+        if _selects(_pool_selector(pool), template["metadata"].get("labels") or {}):
+            model = _served_model(template)
+            # A pod whose model is not recognized serves none by name.
+            if model is not None:
+                served |= {model, *lora_adapters(template)}
+    return served
+
+
+def _aliases(objects: list[Obj], pool_name: str, served: set[str]) -> set[str]:
+    """Model names the pool's epp sends on to models in ``served``: InferenceModelRewrite
+    matches and InferenceModel modelNames whose every target is served."""
+    aliases = {
+        match["model"]["value"]
+        for rewrite in objects
+        if rewrite.get("kind") == "InferenceModelRewrite"
+        and rewrite["spec"]["poolRef"]["name"] == pool_name
+        for r in rewrite["spec"]["rules"]
+        if {t["modelRewrite"] for t in r["targets"]} <= served
+        for match in r.get("matches") or []
+    }
+    for model in objects:
+        if model.get("kind") == "InferenceModel" and model["spec"]["poolRef"]["name"] == pool_name:
+            spec = model["spec"]
+            targets = {t["name"] for t in spec.get("targetModels") or []} or {spec["modelName"]}
+            if targets <= served:
+                aliases.add(spec["modelName"])
+    return aliases
+
+
 def check_routes(objects: list[Obj]) -> list[str]:
     """HTTPRoutes hang off a Gateway here and send each model, matched on the
-    X-Gateway-Model-Name header, to an existing pool whose pods serve that model (directly
-    or through an InferenceModelRewrite of that pool)."""
+    X-Gateway-Model-Name header, to an existing pool whose pods serve that model (directly,
+    as a LoRA adapter, or through an InferenceModelRewrite or InferenceModel of that
+    pool)."""
     problems = []
     gateways = {
         (namespace_of(o), o["metadata"]["name"]) for o in objects if o.get("kind") == "Gateway"
@@ -499,23 +566,8 @@ def check_routes(objects: list[Obj]) -> list[str]:
                         f"{where}: backendRef group {ref.get('group')} is not "
                         f"the pool's ({pool['apiVersion']})"
                     )
-                # A pod whose model is not recognized serves none by name (and a None
-                # among the names would break sorting them for the message below).
-                served = {
-                    model
-                    for _, t in _pod_templates(objects, namespace)
-                    if _selects(_pool_selector(pool), t["metadata"].get("labels") or {})
-                    and (model := _served_model(t)) is not None
-                }
-                aliases = {
-                    match["model"]["value"]
-                    for rewrite in objects
-                    if rewrite.get("kind") == "InferenceModelRewrite"
-                    and rewrite["spec"]["poolRef"]["name"] == ref["name"]
-                    for r in rewrite["spec"]["rules"]
-                    if {t["modelRewrite"] for t in r["targets"]} <= served
-                    for match in r.get("matches") or []
-                }
+                served = served_models(objects, pool)
+                aliases = _aliases(objects, ref["name"], served)
                 for match in rule.get("matches") or []:
                     models = [
                         h["value"]
@@ -542,7 +594,7 @@ _RULES_NEEDED = {
     ("", "pods"): {"get", "list", "watch"},
     **{
         (resource._api_info.resource.group, resource._api_info.plural): {"get", "list", "watch"}
-        for resource in (*OBJECTIVE_RESOURCES, *MODEL_REWRITE_RESOURCES)
+        for resource in (*OBJECTIVE_RESOURCES, *MODEL_REWRITE_RESOURCES, *INFERENCE_MODEL_RESOURCES)
     },
 }
 

@@ -1,10 +1,11 @@
 """Small JSON schemas for the custom resources in deploy/, covering what epp and the
 gateways read from them (the Kubernetes OpenAPI schemas cover only the built-in kinds).
 
-Each follows the resource's published CRD (Gateway API Inference Extension v1.0-v1.5,
-Gateway API v1, Envoy Gateway v1.6, Istio's API reference, Prometheus Operator), leaving out
-the CEL rules, and is narrowed where deploy/ makes a choice the gateways depend on: an
-ext_proc filter for epp must use the processing modes epp is built for.
+Each follows the resource's published CRD (Gateway API Inference Extension v1.0-v1.5, and
+v0.3-v0.5 for InferenceModel; Gateway API v1, Envoy Gateway v1.6, Istio's API reference,
+Prometheus Operator), leaving out the CEL rules, and is narrowed where deploy/ makes a
+choice the gateways depend on: an ext_proc filter for epp must use the processing modes epp
+is built for.
 """
 
 from __future__ import annotations
@@ -200,6 +201,34 @@ INFERENCE_MODEL_REWRITE = _resource(
                                 },
                             },
                         },
+                    },
+                },
+            },
+        },
+    }
+)
+
+# GIE v0.3-v0.5 api/v1alpha2/inferencemodel_types.go; its poolRef group defaults to the
+# older group, where the kind lives.
+INFERENCE_MODEL = _resource(
+    {
+        "type": "object",
+        "required": ["modelName", "poolRef"],
+        "additionalProperties": False,
+        "properties": {
+            "modelName": {"type": "string", "minLength": 1, "maxLength": 256},
+            "criticality": {"enum": ["Critical", "Standard", "Sheddable"]},
+            "poolRef": _POOL_REF,
+            "targetModels": {
+                "type": "array",
+                "maxItems": 10,
+                "items": {
+                    "type": "object",
+                    "required": ["name"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "name": {"type": "string", "minLength": 1, "maxLength": 253},
+                        "weight": {"type": "integer", "minimum": 0, "maximum": 1000000},
                     },
                 },
             },
@@ -701,6 +730,7 @@ CRD_SCHEMAS: dict[tuple[str, str], Schema] = {
     ("inference.networking.x-k8s.io/v1alpha2", "InferencePool"): INFERENCE_POOL_V1ALPHA2,
     ("inference.networking.x-k8s.io/v1alpha2", "InferenceObjective"): INFERENCE_OBJECTIVE,
     ("inference.networking.x-k8s.io/v1alpha2", "InferenceModelRewrite"): INFERENCE_MODEL_REWRITE,
+    ("inference.networking.x-k8s.io/v1alpha2", "InferenceModel"): INFERENCE_MODEL,
     # llm-d-router v0.10's CRDs: the same two kinds, moved to llm-d.ai.
     ("llm-d.ai/v1alpha2", "InferenceObjective"): INFERENCE_OBJECTIVE,
     ("llm-d.ai/v1alpha2", "InferenceModelRewrite"): INFERENCE_MODEL_REWRITE,

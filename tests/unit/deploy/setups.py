@@ -11,8 +11,11 @@ SETUPS = {
     "kubernetes": ("kubernetes/*.yaml", "prometheus/*monitor-*.yaml"),
     "envoy-gateway": ("gateway/*.yaml", "gateway/envoy-gateway/*.yaml"),
     "istio": ("gateway/*.yaml", "gateway/istio/*.yaml"),
+    # The ACK-style example: a v1alpha2 pool with InferenceModels behind the Envoy Gateway
+    # setup's Gateway and body-based router.
+    "ack": ("ack/*.yaml", "gateway/body-based-router.yaml", "gateway/envoy-gateway/*.yaml"),
 }
-GATEWAY_SETUPS = ("envoy-gateway", "istio")
+GATEWAY_SETUPS = ("envoy-gateway", "istio", "ack")
 
 
 def setup_objects(setup: str) -> list[Obj]:

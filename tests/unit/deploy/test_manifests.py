@@ -22,8 +22,10 @@ from .manifests import (
     epp_containers,
     find,
     load_documents,
+    lora_adapters,
     schema_problems,
     serve_config,
+    served_models,
 )
 from .setups import DEPLOY, GATEWAY_SETUPS, SETUPS, setup_objects
 
@@ -69,6 +71,10 @@ def test_deploy_has_the_expected_files() -> None:
         "gateway/body-based-router.yaml",
         "gateway/envoy-gateway/gateway.yaml",
         "gateway/istio/gateway.yaml",
+        "ack/pool.yaml",
+        "ack/inference-models.yaml",
+        "ack/model-server.yaml",
+        "ack/httproutes.yaml",
         "helm/epp/Chart.yaml",
         "helm/epp/values.yaml",
     } <= names
@@ -311,3 +317,43 @@ def test_model_servers_are_ready_only_when_serving() -> None:
             assert container[probe]["httpGet"]["path"] == "/health", (describe(server), probe)
         assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
         assert "--port=8000" in container["args"]
+
+
+def test_the_ack_example_reads_as_its_user_means_it(tmp_path: Path) -> None:
+    """epp accepts every InferenceModel of deploy/ack/ (none ignored) with the priorities
+    and the 90/10 canary the files describe, every target is a model or adapter the vLLM
+    pods serve, and those pods run with the LoRA flags the example is about."""
+    from epp.requestcontrol.inference_models import policies_from_objects
+
+    objects = setup_objects("ack")
+    (pool,) = [obj for obj in objects if obj["kind"] == "InferencePool"]
+    assert pool["apiVersion"] == "inference.networking.x-k8s.io/v1alpha2"
+    (epp,) = [
+        e for e in epp_containers(objects) if serve_config(e, objects, tmp_path).kubernetes.enabled
+    ]
+    assert (
+        serve_config(epp, objects, tmp_path).kubernetes.pool_group
+        == "inference.networking.x-k8s.io"
+    )
+    models = [obj for obj in objects if obj["kind"] == "InferenceModel"]
+    policies = policies_from_objects(models, pool["metadata"]["name"])
+    assert policies.ignored == {}
+    assert policies.priorities == {"qwen": 1, "travel-helper": 0, "qwen-batch": -1}
+    rules = {next(iter(rule.models)): rule for rule in policies.rules}
+    assert set(rules) == {"travel-helper", "qwen-batch"}  # `qwen` keeps its name
+    assert (rules["travel-helper"].targets, rules["travel-helper"].cumulative_weights) == (
+        ("travel-helper-v1", "travel-helper-v2"),
+        (90, 100),
+    )
+    served = served_models(objects, pool)
+    assert served == {"qwen", "travel-helper-v1", "travel-helper-v2"}
+    assert {t["name"] for m in models for t in m["spec"]["targetModels"]} <= served
+
+    (server,) = [
+        obj
+        for obj in objects
+        if obj["kind"] == "Deployment" and obj["metadata"]["name"] == "vllm-qwen"
+    ]
+    (container,) = server["spec"]["template"]["spec"]["containers"]
+    assert {"--enable-lora", "--max-loras=2", "--max-cpu-loras=4"} <= set(container["args"])
+    assert lora_adapters(server["spec"]["template"]) == {"travel-helper-v1", "travel-helper-v2"}
