@@ -37,14 +37,16 @@ class Cluster:
     port: int  # every pod's serving port, as an InferencePool's targetPort
     pods: dict[str, ManagedProcess] = field(default_factory=dict)  # ip -> process
 
-    def start_pod(self, ip: str) -> str:
+    def start_pod(self, ip: str, models: str = SERVED) -> str:
+        """A simulated pod on ``ip``; ``models`` as ``epp sim --pod`` takes them (a
+        comma-separated list: the base model, then LoRA adapters)."""
         address = f"{ip}:{self.port}"
         process = start_epp_module(
             f"pod-{ip}",
             [
                 "sim",
                 "--pod",
-                f"{address}={SERVED}",
+                f"{address}={models}",
                 "--decode-ms-per-token",
                 "2",
                 "--prefill-ms-per-token",
@@ -85,14 +87,16 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         api.stop()
 
 
-def start_picker(cluster: Cluster, name: str, *extra: str) -> tuple[ManagedProcess, int, int]:
+def start_picker(
+    cluster: Cluster, name: str, *extra: str, pool: str = POOL
+) -> tuple[ManagedProcess, int, int]:
     grpc_port, health_port, metrics_port = free_port(), free_port(), free_port()
     process = start_epp_module(
         name,
         [
             "serve",
             "--pool-name",
-            POOL,
+            pool,
             "--pool-namespace",
             NS,
             "--kubeconfig",
