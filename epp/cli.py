@@ -181,6 +181,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from epp.config import (
         ConfigError,
+        build_model_selector,
         build_scheduler_from_config,
         check_endpoint_source,
         load_config,
@@ -192,6 +193,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         config = load_config(args)
         scheduler = build_scheduler_from_config(config)
+        selector = build_model_selector(config)
         check_endpoint_source(config)
     except (ConfigError, SchedulerConfigError) as exc:
         print(f"epp: configuration error: {exc}", file=sys.stderr)
@@ -202,7 +204,7 @@ def _serve(args: argparse.Namespace) -> int:
             "ignoring %s=%s (a reference-EPP flag): %s", flag, value, why
         )
     try:
-        uvloop.run(serve(config, scheduler=scheduler))
+        uvloop.run(serve(config, scheduler=scheduler, selector=selector))
     except KeyboardInterrupt:
         pass
     except OSError as exc:

@@ -36,6 +36,7 @@ from epp.requestcontrol import catalog, conformance
 from epp.requestcontrol.admission import SaturationDetector
 from epp.requestcontrol.fallback import ModelFallbacks
 from epp.requestcontrol.health import PassiveHealth
+from epp.requestcontrol.model_selection import ModelSelector, Selection
 from epp.requestcontrol.objectives import Objectives
 from epp.requestcontrol.rewrite import ModelRewrites
 from epp.routing import LocalAnswer, RoutingDecision
@@ -43,7 +44,7 @@ from epp.scheduling.errors import NoCandidates
 from epp.scheduling.scheduler import Scheduler
 from epp.scheduling.types import LLMRequest
 
-__all__ = ["FAIRNESS_HEADERS", "Director"]
+__all__ = ["FAIRNESS_HEADERS", "SELECTED_MODEL_HEADER", "Director"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,9 @@ log = logging.getLogger(__name__)
 # has no flow control: the id only labels the request's metrics.
 FAIRNESS_HEADERS = ("x-llm-d-inference-fairness-id", "x-gateway-inference-fairness-id")
 _MAX_FAIRNESS_ID_CHARS = 128  # longer ids are cut: they become no label anyway
+# The response header that names the model epp chose for a "model": "auto" request:
+# vLLM Semantic Router's name for it.
+SELECTED_MODEL_HEADER = "x-selected-model"
 
 
 class Director:
@@ -63,7 +67,8 @@ class Director:
     the destination value; 0 suits Envoy's ORIGINAL_DST cluster, which reads one address.
     ``max_inflight``: requests epp may have in flight on one endpoint (0: no cap); when
     every candidate is at it the request gets 429 ``no_capacity``. ``retry_after_s``:
-    the retry-after of every 429.
+    the retry-after of every 429. ``selector``: chooses the model of requests that name
+    its selector (``"model": "auto"``); the body goes upstream with the chosen model.
     """
 
     def __init__(
@@ -83,6 +88,7 @@ class Director:
         retry_after_s: int = 1,
         namespace: str = "",
         conformance_hooks: bool = False,
+        selector: ModelSelector | None = None,
     ) -> None:
         self._store = store
         self._scheduler = scheduler
@@ -98,6 +104,8 @@ class Director:
         self.namespace = namespace  # the pool's, for metric labels ("" for static endpoints)
         # Honour test-epp-endpoint-selection and echo the served endpoint (conformance.py).
         self._conformance_hooks = conformance_hooks
+        # Chooses the model of requests naming the selector ("auto"); None: no selection.
+        self._selector = selector
         # False in body-based-routing mode: epp names the model for route matching and a
         # per-pool picker further on chooses the endpoint.
         self._pick_endpoints = pick_endpoints
@@ -136,9 +144,17 @@ class Director:
     ) -> RoutingDecision:
         """Route a request with a JSON body; raises an ``EppError`` the client should see."""
         parsed = parse_request_body(body, max_prompt_chars=self._scheduler.prompt_chars)
-        target, rule = self.rewrites.decide(parsed.model, headers)
+        requested = parsed.model
+        selection = None
+        if self._selector is not None and self._selector.handles(requested):
+            # From here on the chosen model is the one the client asked for: routes match
+            # it, responses report it, rewrites and fallbacks apply to it.
+            selection = self._selector.select(parsed.document, headers)
+            metrics.model_selected(selection.rule, selection.model)
+            requested = selection.model
+        target, rule = self.rewrites.decide(requested, headers)
         if rule is not None:
-            metrics.rewrite_decided(rule.name, parsed.model, target)
+            metrics.rewrite_decided(rule.name, requested, target)
         request = LLMRequest(
             request_id=request_id,
             model=target,
@@ -149,17 +165,19 @@ class Director:
         priority = self.objectives.priority(headers, parsed.model)
         fairness_id = _fairness_id(headers)
         if not self._pick_endpoints:
-            return RoutingDecision(
+            decision = RoutingDecision(
                 request,
                 [],
                 "",
                 0,
-                requested_model=parsed.model,
+                requested_model=requested,
                 priority=priority,
                 fairness_id=fairness_id,
             )
+            _note_selection(decision, parsed.model, selection)
+            return decision
         model, candidates = self._model_and_candidates(
-            target, parsed.model, self._narrowing(subset, headers)
+            target, requested, self._narrowing(subset, headers)
         )
         if model != target:
             request = replace(request, model=model)
@@ -172,7 +190,8 @@ class Director:
                 retry_after_s=self._retry_after_s,
             )
         decision = self._schedule(request, candidates)
-        decision.requested_model = parsed.model
+        decision.requested_model = requested
+        _note_selection(decision, parsed.model, selection)
         decision.priority = priority
         decision.fairness_id = fairness_id
         if model != target:
@@ -306,11 +325,15 @@ class Director:
         self.health.record(decision.endpoints[0], decision.health_generation, status)
 
     def response_headers(self, decision: RoutingDecision) -> list[tuple[str, str]]:
-        """Headers for the client: with the conformance hooks, the served endpoint."""
-        if not self._conformance_hooks:
-            return []
-        served = conformance.served_header_value(decision.response.served_endpoint)
-        return [(conformance.SERVED_HEADER, served)]
+        """Headers for the client: the model epp chose for it, and with the conformance
+        hooks the served endpoint."""
+        headers = []
+        if decision.selected_from:
+            headers.append((SELECTED_MODEL_HEADER, decision.model))
+        if self._conformance_hooks:
+            served = conformance.served_header_value(decision.response.served_endpoint)
+            headers.append((conformance.SERVED_HEADER, served))
+        return headers
 
     def _narrowing(self, subset: Sequence[str] | None, headers: dict[str, str]) -> _Narrowing:
         """The proxy's subset hint, and with the conformance hooks the test selection."""
@@ -330,6 +353,12 @@ class Director:
         if decision.endpoints:
             decision.endpoints[0].request_finished()
         self.response_started(decision)  # a no-op unless the stream skipped telling it
+
+
+def _note_selection(decision: RoutingDecision, sent: str, selection: Selection | None) -> None:
+    if selection is not None:
+        decision.selected_from = sent
+        decision.selection_rule = selection.rule
 
 
 def _fairness_id(headers: dict[str, str]) -> str:

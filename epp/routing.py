@@ -49,7 +49,12 @@ class RoutingDecision:
     endpoints: list[Endpoint]  # primary first, then fallbacks; empty: no endpoint picked
     destination: str  # the x-gateway-destination-endpoint value; "" when none picked
     candidates: int  # how many endpoints were eligible
-    requested_model: str = ""  # the client's model; differs from request.model if rewritten
+    # The client's model, or the one chosen for it when it named the selector ("auto"):
+    # differs from request.model if rewritten.
+    requested_model: str = ""
+    # The selector name the client sent ("auto") when epp chose the model; "" otherwise.
+    selected_from: str = ""
+    selection_rule: str = ""  # the rule that chose it (a configured rule's name, ...)
     priority: int = 0
     # x-llm-d-inference-fairness-id, as sent (bounded); "" when the request named none.
     fairness_id: str = ""
@@ -73,6 +78,11 @@ class RoutingDecision:
     @property
     def rewritten(self) -> bool:
         return bool(self.requested_model) and self.requested_model != self.request.model
+
+    @property
+    def body_model_changed(self) -> bool:
+        """The body goes upstream with ``target_model`` in place of the client's model."""
+        return bool(self.selected_from) or self.rewritten
 
 
 @dataclass(frozen=True, slots=True)

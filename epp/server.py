@@ -25,7 +25,12 @@ from grpc_health.v1 import health
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from epp import __version__
-from epp.config import ROUTING_STRATEGIES, Config, build_scheduler_from_config
+from epp.config import (
+    ROUTING_STRATEGIES,
+    Config,
+    build_model_selector,
+    build_scheduler_from_config,
+)
 from epp.datalayer.kube_discovery import KubernetesDiscovery, PoolSpec
 from epp.datalayer.scrape_pace import default_max_backoff_s
 from epp.datalayer.scraper import MetricsScraper
@@ -43,6 +48,7 @@ from epp.observability.state_metrics import StateCollector
 from epp.requestcontrol.admission import SaturationDetector
 from epp.requestcontrol.fallback import ModelFallbacks
 from epp.requestcontrol.health import PassiveHealth
+from epp.requestcontrol.model_selection import ModelSelector
 from epp.requestcontrol.objectives import Objectives
 from epp.requestcontrol.pool_policies import PoolPolicies
 from epp.requestcontrol.rewrite import ModelRewrites
@@ -72,14 +78,18 @@ async def serve(
     shutdown_trigger: Callable[[], Awaitable[object]] | None = None,
     on_ready: Callable[[Running], None] | None = None,
     scheduler: Scheduler | None = None,
+    selector: ModelSelector | None = None,
 ) -> None:
     """Run epp until ``shutdown_trigger`` returns (default: SIGTERM or SIGINT).
 
-    ``scheduler`` defaults to the one ``config`` describes.
+    ``scheduler`` and ``selector`` (model selection) default to the ones ``config``
+    describes.
     """
     store = EndpointStore()
     if scheduler is None:
         scheduler = build_scheduler_from_config(config)
+    if selector is None:
+        selector = build_model_selector(config)
     data = config.data_layer
     control = config.request_control
     director = Director(
@@ -103,7 +113,18 @@ async def serve(
         retry_after_s=control.retry_after_s,
         namespace=config.kubernetes.namespace if config.kubernetes.enabled else "",
         conformance_hooks=config.server.conformance_hooks,
+        selector=selector,
     )
+    if selector is not None:
+        function = config.model_selection.function
+        log.info(
+            "model selection on: requests for %r get the model of the first of %d rules "
+            "that matches%s, else %r",
+            selector.selector_name,
+            len(selector.rules),
+            f" (after {function})" if function else "",
+            selector.default_model,
+        )
     store.subscribe(lambda _added, removed: director.scheduler.on_endpoints_removed(removed))
     store.subscribe(lambda _added, removed: director.health.forget(removed))
     health_servicer = health.aio.HealthServicer()

@@ -13,7 +13,7 @@ refuses a header value with CR, LF or NUL, and a name of kilobytes serves no one
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -41,6 +41,8 @@ class ParsedBody:
     model: str
     prompt: str
     stream: bool
+    # The whole JSON object, for what reads more of the request (model selection).
+    document: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 def parse_request_body(
@@ -79,6 +81,7 @@ def parse_request_body(
         model=model,
         prompt=prompt_text(document, max_prompt_chars),
         stream=document.get("stream") is True,
+        document=document,
     )
 
 

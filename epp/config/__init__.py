@@ -10,7 +10,8 @@ each option's environment variable (``EPP_`` + the flag in upper snake case, e.g
 - ``flags``: ``epp serve``'s arguments and the ``EPP_*`` environment;
 - ``file``: the YAML file; ``profiles``: its ``plugins`` and ``schedulingProfiles``, the
   routing strategies' profiles, and ``build_scheduler_from_config``;
-- ``load``: ``load_config``, which merges them and checks the whole.
+- ``load``: ``load_config``, which merges them and checks the whole;
+- ``selection``: ``build_model_selector``, which imports the model-selection function.
 
 The file is shaped like the reference EPP's ``EndpointPickerConfig`` (``plugins`` and
 ``schedulingProfiles``), with epp's own sections beside them::
@@ -26,6 +27,9 @@ The file is shaped like the reference EPP's ``EndpointPickerConfig`` (``plugins`
     passiveHealth: {backoff: 1s, maxBackoff: 30s}
     modelFallbacks: {qwen2-7b: [qwen2-1-5b]}
     objectives: {batch: -1, chat: 10}
+    modelSelection:
+      defaultModel: qwen2-1-5b
+      rules: [{name: coding, model: qwen-coder, keywords: [python, bug]}]
     plugins:
       - {type: queue-scorer}
       - {type: max-score-picker}
@@ -38,11 +42,13 @@ from epp.config.flags import add_serve_arguments
 from epp.config.load import check_endpoint_source, load_config
 from epp.config.options import OPTIONS
 from epp.config.profiles import ROUTING_STRATEGIES, build_scheduler_from_config
+from epp.config.selection import build_model_selector
 from epp.config.settings import (
     Config,
     ConfigError,
     DataLayerConfig,
     KubernetesConfig,
+    ModelSelectionConfig,
     RequestControlConfig,
     ServerConfig,
 )
@@ -55,9 +61,11 @@ __all__ = [
     "ConfigError",
     "DataLayerConfig",
     "KubernetesConfig",
+    "ModelSelectionConfig",
     "RequestControlConfig",
     "ServerConfig",
     "add_serve_arguments",
+    "build_model_selector",
     "build_scheduler_from_config",
     "check_endpoint_source",
     "load_config",

@@ -73,6 +73,7 @@ _HELP_SECTIONS = {
     "data_layer": "model-server metrics",
     "kubernetes": "Kubernetes: InferencePool or selector discovery, leader election",
     "request_control": "admission, passive health",
+    "model_selection": 'model selection: "model": "auto"',
 }
 
 _METAVARS: dict[Callable[[Any], Any], str] = {
@@ -85,6 +86,9 @@ _METAVARS: dict[Callable[[Any], Any], str] = {
     v.positive_float: "NUMBER",
     v.non_negative_int: "N",
     v.positive_int: "N",
+    v.model_name: "MODEL",
+    v.optional_model_name: "MODEL",
+    v.selection_rules: "YAML",
 }
 
 

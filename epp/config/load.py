@@ -19,8 +19,9 @@ from epp.config.file import ConfigDocument, read_document
 from epp.config.mappings import MAPPINGS, MappingOption
 from epp.config.options import OPTIONS
 from epp.config.profiles import apply_weight_overrides, scheduler_config
-from epp.config.settings import Config, ConfigError
+from epp.config.settings import Config, ConfigError, ModelSelectionConfig
 from epp.config.values import parsed
+from epp.requestcontrol.model_selection import check_rules
 
 __all__ = ["check_endpoint_source", "load_config"]
 
@@ -124,6 +125,27 @@ def _check_modes(config: Config) -> None:
     for model, chain in control.model_fallbacks.items():
         if model in chain:
             raise ConfigError(f"--model-fallback: model {model!r} lists itself as a fallback")
+    _check_model_selection(config.model_selection)
+
+
+def _check_model_selection(selection: ModelSelectionConfig) -> None:
+    if not selection.enabled:
+        if selection.rules or selection.function:
+            raise ConfigError(
+                "model selection needs a default model (--model-selection-default, "
+                "modelSelection.defaultModel): the model when no rule matches"
+            )
+        return
+    chosen = [selection.default_model, *(rule.model for rule in selection.rules)]
+    if selection.selector_name in chosen:
+        raise ConfigError(
+            f"model selection: {selection.selector_name!r} is the selector name; a rule or "
+            "the default must name a model that serves requests"
+        )
+    try:
+        check_rules(selection.rules, selection.max_text_chars)
+    except ValueError as exc:
+        raise ConfigError(f"model selection: {exc}") from None
 
 
 def _replace_path(obj: Any, path: Sequence[str], value: Any) -> Any:

@@ -381,6 +381,55 @@ OPTIONS: tuple[Option, ...] = (
         "the longest an endpoint is avoided after failed requests",
     ),
     Option(
+        "--model-selection-default",
+        ("model_selection", "default_model"),
+        ("modelSelection", "defaultModel"),
+        v.optional_model_name,
+        'turns model selection on: requests for the selector model ("auto") get the model '
+        "of the first rule that matches, else this one",
+    ),
+    Option(
+        "--model-selection-selector",
+        ("model_selection", "selector_name"),
+        ("modelSelection", "selector"),
+        v.model_name,
+        "the model name with which a request asks epp to choose its model",
+    ),
+    Option(
+        "--model-selection-rules",
+        ("model_selection", "rules"),
+        ("modelSelection", "rules"),
+        v.selection_rules,
+        "the rules, in order, as a YAML or JSON list (the file's modelSelection.rules): "
+        "[{name, model, keywords: [...], regex, minPromptTokens, maxPromptTokens, "
+        "hasTools, hasImages, header: {name, value}}]; every condition a rule gives must hold",
+    ),
+    Option(
+        "--model-selection-function",
+        ("model_selection", "function"),
+        ("modelSelection", "function"),
+        v.optional_text,
+        "module:function that chooses first: given the request, it returns a model name "
+        "or None (then the rules decide); imported at start, run on the event loop, so "
+        "it must be fast and never block",
+    ),
+    Option(
+        "--model-selection-function-budget",
+        ("model_selection", "function_budget_s"),
+        ("modelSelection", "functionBudget"),
+        v.positive_duration_s,
+        "a function call that takes longer is counted as slow, its answer dropped, and "
+        "the function left out for 10s",
+    ),
+    Option(
+        "--model-selection-max-text-chars",
+        ("model_selection", "max_text_chars"),
+        ("modelSelection", "maxTextChars"),
+        v.positive_int,
+        "characters of the last user message that keyword and regex rules read (bounds "
+        "their cost; a regex that could backtrack too long over them is refused)",
+    ),
+    Option(
         "--log-level",
         ("log_level",),
         ("logging", "level"),

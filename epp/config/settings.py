@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from epp.datalayer.endpoint import DEFAULT_STALENESS_S
 from epp.datalayer.store import EndpointSpec
+from epp.requestcontrol.model_selection import SelectionRule
 from epp.scheduling.spec import SchedulerConfig, default_scheduler_config
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "ConfigError",
     "DataLayerConfig",
     "KubernetesConfig",
+    "ModelSelectionConfig",
     "RequestControlConfig",
     "ServerConfig",
 ]
@@ -134,11 +136,32 @@ class RequestControlConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ModelSelectionConfig:
+    """``"model": "auto"``: epp chooses the model (epp/requestcontrol/model_selection.py).
+
+    Off until a default model is set; rules and a function are tried before it."""
+
+    selector_name: str = "auto"  # the model name that asks epp to choose
+    default_model: str | None = None  # None: selection is off
+    rules: tuple[SelectionRule, ...] = ()
+    function: str | None = None  # module:function, imported at start
+    # A function call over this is counted as slow, its answer dropped.
+    function_budget_s: float = 0.005
+    # How much of the last user message keyword and regex rules read: bounds their cost.
+    max_text_chars: int = 1024
+
+    @property
+    def enabled(self) -> bool:
+        return self.default_model is not None
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     data_layer: DataLayerConfig = field(default_factory=DataLayerConfig)
     kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
     request_control: RequestControlConfig = field(default_factory=RequestControlConfig)
+    model_selection: ModelSelectionConfig = field(default_factory=ModelSelectionConfig)
     endpoints: tuple[EndpointSpec, ...] = ()
     scheduler: SchedulerConfig = field(default_factory=default_scheduler_config)
     log_level: str = "info"

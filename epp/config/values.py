@@ -11,7 +11,11 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
+import yaml
+
+from epp.api.openai import model_name_problem
 from epp.config.settings import ConfigError
+from epp.requestcontrol.model_selection import SelectionRule, parse_rules
 
 __all__ = [
     "Given",
@@ -19,8 +23,10 @@ __all__ = [
     "fallback_chain",
     "integer",
     "label_selector",
+    "model_name",
     "non_negative_int",
     "one_of",
+    "optional_model_name",
     "optional_text",
     "parse_duration_s",
     "parsed",
@@ -29,6 +35,7 @@ __all__ = [
     "positive_duration_s",
     "positive_float",
     "positive_int",
+    "selection_rules",
     "whole_seconds",
 ]
 
@@ -211,3 +218,32 @@ def fallback_chain(value: Any) -> tuple[str, ...]:
     if not chain:
         raise ValueError("expected one or more fallback model names")
     return chain
+
+
+def model_name(value: Any) -> str:
+    """A name a request's ``model`` could carry (see ``epp.api.openai``)."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"expected a model name, got {value!r}")
+    name = value.strip()
+    problem = model_name_problem(name)
+    if problem is not None:
+        raise ValueError(f"the model name {problem}")
+    return name
+
+
+def optional_model_name(value: Any) -> str | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    return model_name(value)
+
+
+def selection_rules(value: Any) -> tuple[SelectionRule, ...]:
+    """Model-selection rules: a list (the file), or its YAML or JSON text (a flag)."""
+    if isinstance(value, str):
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"not a YAML list of rules: {exc}") from None
+        if value is None:
+            return ()
+    return parse_rules(value)

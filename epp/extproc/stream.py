@@ -396,13 +396,15 @@ class RequestStream:
             and self._response_body_mode == _FULL_DUPLEX
             and wants_usage_option(self.headers.get(":path", ""))
         )
-        changed = decision.rewritten or add_usage
+        new_model = decision.body_model_changed
+        changed = new_model or add_usage
         if changed:
             body, self._usage_added = rewrite_request_body(
                 body,
-                model=decision.target_model if decision.rewritten else None,
+                model=decision.target_model if new_model else None,
                 include_usage=add_usage,
             )
+        # A chosen model ("auto") stays in the response: the client sees what served it.
         if decision.rewritten:
             self._restorer = ModelNameRestorer(decision.target_model, decision.model)
         if self._body_mode != _FULL_DUPLEX:

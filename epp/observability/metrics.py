@@ -28,6 +28,8 @@ __all__ = [
     "MODEL_FALLBACKS",
     "MODEL_LABELS",
     "MODEL_REWRITES",
+    "MODEL_SELECTIONS",
+    "MODEL_SELECTION_FUNCTION_FAILURES",
     "OTHER_MODELS",
     "REGISTRY",
     "REQUESTS",
@@ -42,6 +44,7 @@ __all__ = [
     "errors_for",
     "model_label",
     "model_labels",
+    "model_selected",
     "request_labels",
     "requests_for",
     "rewrite_decided",
@@ -253,6 +256,12 @@ def rewrite_decided(rule: str, model: str, target: str) -> None:
     MODEL_REWRITES.labels(rule, model_label(model), target).inc()
 
 
+def model_selected(rule: str, model: str) -> None:
+    """The selector chose ``model`` by ``rule`` (a configured rule, function or default)."""
+    # Rule names are the operator's; a function's answer is bounded like any model name.
+    MODEL_SELECTIONS.labels(rule, model_label(model)).inc()
+
+
 class InfoCollector(Collector):
     """``llm_d_epp_info`` (and its legacy twin): 1, labelled with what is running.
 
@@ -314,6 +323,21 @@ INFERENCE_MODELS_IGNORED = Gauge(
     "epp_inference_models_ignored",
     "InferenceModels naming epp's pool that epp ignores: reason invalid (a field it cannot "
     "use) or duplicate (an older InferenceModel of the pool has the same modelName).",
+    ["reason"],
+    registry=REGISTRY,
+)
+MODEL_SELECTIONS = Counter(
+    "epp_model_selections_total",
+    'Requests for the selector model ("auto") by the rule that chose their model (a '
+    "configured rule's name, function or default) and the model chosen.",
+    ["rule", "model_name"],
+    registry=REGISTRY,
+)
+MODEL_SELECTION_FUNCTION_FAILURES = Counter(
+    "epp_model_selection_function_failures_total",
+    "Calls of the model-selection function whose answer was not used, by reason: error "
+    "(it raised), invalid (no model name), slow (over its budget), paused (left out "
+    "after a slow call).",
     ["reason"],
     registry=REGISTRY,
 )
