@@ -81,6 +81,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "(the pool) instead of answering 503; repeatable",
     )
     envoy.add_argument(
+        "--model-route",
+        action="append",
+        default=[],
+        metavar="MODEL=PORT",
+        help="a gateway of several pools: a route for requests whose x-gateway-model-name is "
+        "MODEL, whose endpoint the epp on --epp-host:PORT picks; the epp on --epp-port is "
+        "then the body-based router (epp serve --body-based-routing) that sets the header "
+        '(and chooses the model of "model": "auto"). Repeatable; needs '
+        "--response-body-mode NONE or FULL_DUPLEX_STREAMED",
+    )
+    envoy.add_argument(
         "--epp-tls",
         action="store_true",
         help="dial epp with TLS (epp serve --secure-serving); needs "
@@ -134,6 +145,12 @@ def _envoy_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         epp_port=args.epp_port,
     )
     fail_open = [part for given in args.fail_open for part in given.split(",") if part]
+    model_routes: dict[str, int] = {}
+    for given in args.model_route:
+        model, _, port = given.rpartition("=")
+        if not model or not port.isdigit():
+            parser.error(f"--model-route takes MODEL=PORT, not {given!r}")
+        model_routes[model] = int(port)
     body_mode = args.body_mode or ("BUFFERED" if fail_open else "FULL_DUPLEX_STREAMED")
     try:
         bootstrap = envoy_bootstrap(
@@ -144,6 +161,7 @@ def _envoy_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
             epp_ca_file=args.epp_ca_file,
             epp_server_name=args.epp_server_name,
             fail_open=fail_open,
+            model_routes=model_routes or None,
         )
     except ValueError as exc:
         parser.error(str(exc))

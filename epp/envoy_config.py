@@ -9,8 +9,8 @@ from __future__ import annotations
 import ipaddress
 import shutil
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +139,7 @@ def envoy_bootstrap(
     timeouts: EnvoyTimeouts = EnvoyTimeouts(),
     fail_open: Sequence[str] = (),
     report_served_endpoint: bool = True,
+    model_routes: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     """An Envoy bootstrap as a dict.
 
@@ -177,6 +178,15 @@ def envoy_bootstrap(
     endpoint-picker protocol asks of the data plane: the upstream's address goes into
     the request's ``envoy.lb`` / ``x-gateway-destination-endpoint-served`` metadata,
     which the routing filter forwards with the response headers.
+
+    ``model_routes`` (model name -> port of that pool's epp on ``ports.epp_host``) builds
+    a gateway of several pools, as Gateway API implementations do with one HTTPRoute
+    rule per model: the epp on ``ports.epp_port`` runs first on every request as the
+    body-based router (``epp serve --body-based-routing``: it sets X-Gateway-Model-Name,
+    and with model selection chooses the model of ``"model": "auto"``), a route per
+    model matches that header exactly, and the route's own epp picks the endpoint. A
+    model no route names gets Envoy's 404. Response bodies are then ``NONE`` or
+    ``FULL_DUPLEX_STREAMED``: the other modes report to one epp, not to each pool's.
     """
     if body_mode not in BODY_MODES:
         raise ValueError(f"body_mode must be one of {BODY_MODES}, not {body_mode!r}")
@@ -191,6 +201,8 @@ def envoy_bootstrap(
         )
     if fail_open and not ext_proc:
         raise ValueError("fail_open is what Envoy does when epp fails: it needs ext_proc")
+    if model_routes is not None:
+        _check_model_routes(model_routes, ext_proc, fail_open, response_body_mode)
     if fail_open and body_mode != "BUFFERED":
         # Verified with Envoy 1.40: with request bodies in FULL_DUPLEX_STREAMED, a failed
         # ext_proc stream ends the request with 503 even when failure_mode_allow is set.
@@ -202,6 +214,8 @@ def envoy_bootstrap(
     if fail_open:
         http_filters.append(_drop_client_destination_filter())
     report_served_endpoint = report_served_endpoint and ext_proc
+    if model_routes:
+        http_filters.append(_body_router_filter(body_mode, timeouts))
     if ext_proc:
         http_filters.append(
             _ext_proc_filter(
@@ -210,6 +224,7 @@ def envoy_bootstrap(
                 timeouts,
                 fail_open=bool(fail_open),
                 forward_lb_metadata=report_served_endpoint,
+                cluster=_pool_cluster(0) if model_routes else "epp",
             )
         )
         if response_body_mode == "OBSERVED":
@@ -232,15 +247,23 @@ def envoy_bootstrap(
     if fail_open:
         clusters.append(_fail_open_cluster(fail_open))
     if ext_proc:
+        tls = epp_tls or epp_ca_file is not None
         clusters.append(
-            _epp_cluster(
-                ports,
-                tls=epp_tls or epp_ca_file is not None,
+            _epp_cluster(ports, tls=tls, ca_file=epp_ca_file, server_name=epp_server_name)
+        )
+        for index, port in enumerate((model_routes or {}).values()):
+            pool = _epp_cluster(
+                replace(ports, epp_port=port),
+                tls=tls,
                 ca_file=epp_ca_file,
                 server_name=epp_server_name,
             )
-        )
-    route_config = _route_config(upstream_cluster, fail_open=bool(fail_open))
+            pool["name"] = pool["load_assignment"]["cluster_name"] = _pool_cluster(index)
+            clusters.append(pool)
+    if model_routes:
+        route_config = _model_route_config(upstream_cluster, model_routes)
+    else:
+        route_config = _route_config(upstream_cluster, fail_open=bool(fail_open))
     if report_served_endpoint:
         route_config["response_headers_to_add"] = [
             {
@@ -394,6 +417,87 @@ def _route_config(cluster: str, *, fail_open: bool = False) -> dict[str, Any]:
     }
 
 
+def _check_model_routes(
+    model_routes: Mapping[str, int], ext_proc: bool, fail_open: Sequence[str], body_mode: str
+) -> None:
+    if not model_routes:
+        raise ValueError("model_routes needs at least one model")
+    if not ext_proc or fail_open:
+        raise ValueError("model_routes needs ext_proc, and cannot fail open")
+    if body_mode not in ("NONE", "FULL_DUPLEX_STREAMED"):
+        raise ValueError(
+            "model_routes needs response_body_mode NONE or FULL_DUPLEX_STREAMED: "
+            f"{body_mode} reports every response to one epp, not to its pool's"
+        )
+
+
+def _pool_cluster(index: int) -> str:
+    return f"epp_pool_{index}"
+
+
+MODEL_HEADER = "x-gateway-model-name"
+_EXT_PROC_FILTER = "envoy.filters.http.ext_proc"
+_EXT_PROC_PER_ROUTE = (
+    "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute"
+)
+
+
+def _model_route_config(cluster: str, model_routes: Mapping[str, int]) -> dict[str, Any]:
+    """A route per model on the header the body-based router sets, each with its pool's
+    epp as the routing filter's processor (a per-route override)."""
+    routes = [
+        {
+            "match": {
+                "prefix": "/",
+                "headers": [{"name": MODEL_HEADER, "string_match": {"exact": model}}],
+            },
+            "route": {"cluster": cluster, "timeout": "600s"},
+            "typed_per_filter_config": {
+                _EXT_PROC_FILTER: {
+                    "@type": _EXT_PROC_PER_ROUTE,
+                    "overrides": {
+                        "grpc_service": {
+                            "envoy_grpc": {"cluster_name": _pool_cluster(index)},
+                            "timeout": "10s",
+                        }
+                    },
+                }
+            },
+        }
+        for index, model in enumerate(model_routes)
+    ]
+    return {
+        "name": "inference",
+        "virtual_hosts": [{"name": "inference", "domains": ["*"], "routes": routes}],
+    }
+
+
+def _body_router_filter(body_mode: str, timeouts: EnvoyTimeouts) -> dict[str, Any]:
+    """The gateway-level epp, before any route is chosen: it reads the body and sets the
+    model header routes match (``--body-based-routing``). Response headers go to it so
+    it can name a model it chose (x-selected-model); response bodies do not."""
+    return {
+        "name": "epp.body_based_router",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3"
+            ".ExternalProcessor",
+            "grpc_service": {"envoy_grpc": {"cluster_name": "epp"}, "timeout": "10s"},
+            "processing_mode": {
+                "request_header_mode": "SEND",
+                "request_body_mode": body_mode,
+                "request_trailer_mode": "SEND" if body_mode == "FULL_DUPLEX_STREAMED" else "SKIP",
+                "response_header_mode": "SEND",
+                "response_body_mode": "NONE",
+                "response_trailer_mode": "SKIP",
+            },
+            "message_timeout": _duration(timeouts.epp_message_s),
+            "failure_mode_allow": False,
+            "status_on_error": {"code": 503},
+            "mutation_rules": {"allow_all_routing": True},
+        },
+    }
+
+
 def _drop_client_destination_filter() -> dict[str, Any]:
     """Removes a destination header the client sent, before anything routes on it.
 
@@ -469,8 +573,9 @@ def _ext_proc_filter(
     *,
     fail_open: bool,
     forward_lb_metadata: bool = False,
+    cluster: str = "epp",
 ) -> dict[str, Any]:
-    grpc_service: dict[str, Any] = {"envoy_grpc": {"cluster_name": "epp"}, "timeout": "10s"}
+    grpc_service: dict[str, Any] = {"envoy_grpc": {"cluster_name": cluster}, "timeout": "10s"}
     if response_body_mode in ("OBSERVED", "LOGGED"):
         grpc_service["initial_metadata"] = [
             {"key": RESPONSE_READINGS_METADATA, "value": response_body_mode.lower()}

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import httpx
 
+from epp.stack import ManagedProcess, free_port, loopback_serve_args, start_epp_module
+
 QWEN = "qwen2-1-5b"
 GEMMA = "gemma-2-2b"
 GHOST = "ghost-model"  # served only by an endpoint that never answers: 503
@@ -51,3 +53,14 @@ def finished_lines(log_path: Path, request_id: str, timeout_s: float = 10.0) -> 
         if lines or time.monotonic() > deadline:
             return lines
         time.sleep(0.02)
+
+
+def start_local_epp(name: str, log_dir: Path, *args: str) -> tuple[ManagedProcess, int, int]:
+    """``epp serve ARGS`` on loopback with free ports, once ready: (process, ext_proc
+    port, metrics port)."""
+    grpc_port, metrics_port = free_port(), free_port()
+    process = start_epp_module(
+        name, [*loopback_serve_args(grpc_port, metrics_port), *args], log_dir=log_dir
+    )
+    process.wait_http(f"http://127.0.0.1:{metrics_port}/readyz")
+    return process, grpc_port, metrics_port

@@ -319,3 +319,51 @@ def test_fail_open_cannot_stream_bodies_in_full_duplex() -> None:
         )
     with pytest.raises(SystemExit):
         main(["envoy-config", "--fail-open", "no-port"])
+
+
+def test_model_routes_put_a_body_based_router_before_a_route_per_model() -> None:
+    bootstrap = envoy_bootstrap(
+        EnvoyPorts(epp_port=9002), response_body_mode="NONE", model_routes={"a": 9102, "b": 9103}
+    )
+    manager = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    config = manager["typed_config"]
+    names = [f["name"] for f in config["http_filters"]]
+    assert names.index("epp.body_based_router") < names.index("envoy.filters.http.ext_proc")
+    routes = config["route_config"]["virtual_hosts"][0]["routes"]
+    matched = [route["match"]["headers"][0]["string_match"]["exact"] for route in routes]
+    assert matched == ["a", "b"]  # and nothing else: an unknown model gets Envoy's 404
+    pickers = [
+        route["typed_per_filter_config"]["envoy.filters.http.ext_proc"]["overrides"]
+        for route in routes
+    ]
+    clusters = {c["name"]: c for c in bootstrap["static_resources"]["clusters"]}
+    ports = [
+        clusters[p["grpc_service"]["envoy_grpc"]["cluster_name"]]["load_assignment"]["endpoints"][
+            0
+        ]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]["port_value"]
+        for p in pickers
+    ]
+    assert ports == [9102, 9103]
+    router = clusters["epp"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
+    assert router["endpoint"]["address"]["socket_address"]["port_value"] == 9002
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"model_routes": {"a": 1}}, "NONE or FULL_DUPLEX_STREAMED"),
+        ({"model_routes": {}, "response_body_mode": "NONE"}, "at least one model"),
+        (
+            {
+                "model_routes": {"a": 1},
+                "response_body_mode": "NONE",
+                "fail_open": ["10.0.0.1:80"],
+                "body_mode": "BUFFERED",
+            },
+            "cannot fail open",
+        ),
+    ],
+)
+def test_model_routes_refuse_what_cannot_work(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        envoy_bootstrap(EnvoyPorts(), **options)
