@@ -15,10 +15,17 @@ from pathlib import Path
 from epp.envoy_config import EnvoyPorts, envoy_bootstrap
 from epp.stack import ManagedProcess, StackError, start_envoy, start_epp_module
 
-__all__ = ["DEMO_MODELS", "configure_parser", "run"]
+__all__ = ["DEMO_MODELS", "DEMO_MODEL_SELECTION", "configure_parser", "run"]
 
 # The models of the three pods: two share a model so routing has a choice to make.
 DEMO_MODELS = ("qwen2-1-5b", "qwen2-1-5b", "gemma-2-2b")
+# "model": "auto": questions about code go to gemma-2-2b, everything else to qwen2-1-5b.
+DEMO_MODEL_SELECTION = (
+    "--model-selection-default",
+    "qwen2-1-5b",
+    "--model-selection-rules",
+    "[{name: coding, model: gemma-2-2b, keywords: [code, python, function, bug, error]}]",
+)
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -88,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
             str(args.metrics_port),
         ]
         epp_args += [arg for address, model in pods for arg in ("--endpoint", f"{address}={model}")]
+        epp_args += DEMO_MODEL_SELECTION
         epp = start_epp_module("epp", epp_args, log_dir=log_dir)
         started.append(epp)
         epp.wait_http(f"http://127.0.0.1:{args.metrics_port}/readyz")
@@ -149,10 +157,13 @@ Try:
     -d '{{"model": "qwen2-1-5b", "messages": [{{"role": "user", "content": "Hello!"}}]}}'
   curl -sN {url}/v1/completions -H 'content-type: application/json' \\
     -d '{{"model": "gemma-2-2b", "prompt": "Once upon a time", "max_tokens": 8, "stream": true}}'
+  curl -si {url}/v1/chat/completions -H 'content-type: application/json' \\
+    -d '{{"model": "auto", "messages": [{{"role": "user", "content": "Fix this Python bug"}}]}}'
   curl -s {url}/v1/models
   curl -si {url}/v1/chat/completions -d '{{"model": "no-such-model", "messages": []}}'
   curl -s http://127.0.0.1:{metrics_port}/metrics | grep ^inference_
 
-The x-sim-pod response header names the pod that served each request.
+The x-sim-pod response header names the pod that served each request; for "model":
+"auto", x-selected-model names the model epp chose (code questions: gemma-2-2b).
 Press Ctrl-C to stop everything.
 """

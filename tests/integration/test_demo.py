@@ -102,6 +102,18 @@ def test_demo_serves_and_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
         )
         assert response.status_code == 200
         assert response.headers["x-sim-pod"] == f"127.0.0.1:{first_pod + 2}"
+        for content, pods, model in [
+            ("Fix this Python bug", {first_pod + 2}, "gemma-2-2b"),
+            ("Hello!", {first_pod, first_pod + 1}, "qwen2-1-5b"),
+        ]:
+            chosen = httpx.post(
+                f"http://127.0.0.1:{listen}/v1/chat/completions",
+                json=chat("auto", content),
+                timeout=30,
+            )
+            assert chosen.status_code == 200, chosen.text
+            assert chosen.headers["x-selected-model"] == model
+            assert chosen.headers["x-sim-pod"] in {f"127.0.0.1:{port}" for port in pods}
         unknown = httpx.post(
             f"http://127.0.0.1:{listen}/v1/chat/completions",
             json=chat("no-such-model", "hello"),
