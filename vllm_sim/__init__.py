@@ -3,7 +3,8 @@
 Each simulated pod is a real aiohttp server speaking vLLM's OpenAI-compatible API and
 exposing vLLM's Prometheus metrics, backed by a ``SimEngine`` modelled on vLLM V1's
 scheduler: continuous batching with chunked prefill, a paged KV cache with automatic
-prefix caching and preemption, and a step time that grows with the batch (defaults from
+prefix caching and preemption, LoRA adapters in ``--max-loras`` GPU slots that load on
+demand (``vllm_sim.lora``), and a step time that grows with the batch (defaults from
 Llama-3.1-8B on an H100, see ``vllm_sim.config``). ``time_scale`` speeds time up; with
 ``time_scale=0`` nothing sleeps, so tests run at loopback speed.
 
@@ -20,6 +21,7 @@ from vllm_sim.engine import EngineStats, SimEngine, SleepFn, StepPlan
 from vllm_sim.fleet import PodSpec, RunningPod, SimFleet, start_pod
 from vllm_sim.generation import Generation, RequestState
 from vllm_sim.kvcache import KvCache
+from vllm_sim.lora import LoraSlots, LoraStats
 from vllm_sim.metrics import MetricsRenderer
 from vllm_sim.server import create_app
 from vllm_sim.tokens import TokenizedPrompt, count_tokens, token_ids, tokenize
@@ -28,6 +30,8 @@ __all__ = [
     "EngineStats",
     "Generation",
     "KvCache",
+    "LoraSlots",
+    "LoraStats",
     "MetricsRenderer",
     "PodSpec",
     "RequestState",

@@ -7,12 +7,21 @@ Example::
 
     vllm-sim --pod 127.0.0.1:8001=qwen2-1-5b --pod 127.0.0.1:8002=qwen2-1-5b,lora-a
     vllm-sim --pods 16 --first-port 8100 --model llama-3-1-8b --time-scale 0.1
+    vllm-sim --pods 4 --first-port 8100 --model qwen --enable-lora --max-loras 2 \
+        --max-cpu-loras 4 --lora-modules travel-helper-v1=/adapters/v1 travel-helper-v2=/adapters/v2
+
+LoRA flags are spelled as vLLM spells them: ``--enable-lora``, ``--max-loras``,
+``--max-cpu-loras`` and ``--lora-modules NAME=PATH ...`` (or vLLM's JSON form
+``'{"name": ..., "path": ...}'``), which adds the adapters to every pod. Models after the
+first in ``--pod ADDR=MODEL,...`` are adapters too (with LoRA on for that pod). The
+simulator's own: ``--lora-load-ms`` and ``--lora-activate-ms`` (see ``vllm_sim.config``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import signal
 from collections.abc import Sequence
@@ -28,6 +37,7 @@ __all__ = [
     "config_from_args",
     "configure_parser",
     "main",
+    "parse_lora_module",
     "parse_pod",
     "run",
     "specs_from_args",
@@ -60,6 +70,12 @@ _ENGINE_FLAGS: dict[str, tuple[str, type, float, str]] = {
                         "context length reported by /tokenize and /v1/models"),
     "--time-scale": ("time_scale", float, 1,
                      "multiplies every simulated delay; 0 runs steps back to back"),
+    "--max-loras": ("max_loras", int, 1,
+                    "LoRA adapters on the GPU at once, and the most distinct ones per step"),
+    "--lora-load-ms": ("lora_load_s", float, 1e3,
+                       "reading an adapter that is not in host memory from disk"),
+    "--lora-activate-ms": ("lora_activate_s", float, 1e3,
+                           "copying an adapter from host memory into a GPU slot"),
 }  # fmt: skip
 
 
@@ -77,6 +93,29 @@ def parse_pod(value: str) -> PodSpec:
         return PodSpec(host=host, port=int(port), models=names)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def parse_lora_module(value: str) -> tuple[str, str]:
+    """Parse one ``--lora-modules`` item: ``NAME=PATH`` or ``{"name": ..., "path": ...}``."""
+    if value.lstrip().startswith("{"):
+        try:
+            item = json.loads(value)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"invalid JSON in --lora-modules: {exc}") from exc
+        if not isinstance(item, dict):
+            item = {}
+        name, path = item.get("name"), item.get("path")
+    else:
+        name, sep, path = value.partition("=")
+        if not sep:
+            path = None
+    if not isinstance(name, str) or not isinstance(path, str) or not name or not path:
+        raise argparse.ArgumentTypeError(
+            f'expected NAME=PATH or {{"name": ..., "path": ...}}; got {value!r}'
+        )
+    if "," in name:
+        raise argparse.ArgumentTypeError(f"an adapter name cannot hold a comma: {name!r}")
+    return name, path
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -118,9 +157,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     engine = parser.add_argument_group(
         "engine (defaults: Llama-3.1-8B bf16 on one H100 80GB under vLLM V1; see README)"
     )
+    lora = parser.add_argument_group("LoRA adapters (vLLM's flags, and the load times)")
     for name, (field, kind, unit, text) in _ENGINE_FLAGS.items():
         default = getattr(_DEFAULTS, field) * unit
-        engine.add_argument(
+        group = lora if field.startswith(("max_loras", "lora_")) else engine
+        group.add_argument(
             name, type=kind, default=None, metavar="N", help=f"{text} (default: {default:g})"
         )
     engine.add_argument(
@@ -128,11 +169,31 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="emit vllm:gpu_cache_usage_perc instead of vllm:kv_cache_usage_perc",
     )
+    lora.add_argument("--enable-lora", action="store_true", help="serve LoRA adapters")
+    lora.add_argument(
+        "--lora-modules",
+        nargs="+",
+        action="extend",
+        type=parse_lora_module,
+        default=[],
+        metavar="NAME=PATH",
+        help="adapters every pod serves (needs --enable-lora)",
+    )
+    lora.add_argument(
+        "--max-cpu-loras",
+        type=int,
+        default=None,
+        metavar="N",
+        help="adapters kept in host memory, >= --max-loras (default: --max-loras)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> SimConfig:
     """The ``SimConfig`` the parsed flags describe; raises ValueError on a bad value."""
-    values: dict[str, Any] = {"legacy_metric_names": args.legacy_metric_names}
+    values: dict[str, Any] = {
+        "legacy_metric_names": args.legacy_metric_names,
+        "max_cpu_loras": args.max_cpu_loras,
+    }
     for name, (field, _, unit, _) in _ENGINE_FLAGS.items():
         value = getattr(args, name.removeprefix("--").replace("-", "_"))
         if value is not None:
@@ -150,7 +211,25 @@ def specs_from_args(args: argparse.Namespace) -> list[PodSpec]:
             PodSpec(host=args.fleet_host, port=args.first_port + i, models=(args.fleet_model,))
             for i in range(args.pod_count)
         ]
+    modules: list[tuple[str, str]] = args.lora_modules
+    if modules and not args.enable_lora:
+        raise ValueError("--lora-modules needs --enable-lora")
+    if len({name for name, _ in modules}) != len(modules):
+        raise ValueError("an adapter is named twice in --lora-modules")
+    if modules:
+        specs = [_with_adapters(spec, modules) for spec in specs]
     return specs
+
+
+def _with_adapters(spec: PodSpec, modules: list[tuple[str, str]]) -> PodSpec:
+    clash = [name for name, _ in modules if name in spec.models]
+    if clash:
+        raise ValueError(f"pod {spec.host}:{spec.port} already serves {', '.join(clash)}")
+    return replace(
+        spec,
+        models=(*spec.models, *(name for name, _ in modules)),
+        lora_paths=(*spec.lora_paths, *modules),
+    )
 
 
 async def _serve(specs: list[PodSpec], config: SimConfig) -> None:

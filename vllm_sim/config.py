@@ -28,6 +28,16 @@ with its defaults for the OpenAI server**. Where each default comes from:
   processing); the roofline terms already make decode cost grow with batch size.
 - ``base_latency_s = 2 ms``: an assumption for the API server's own work per request
   (parsing, tokenising, detokenising); it delays a request but does not occupy the GPU.
+- LoRA (``vllm_sim.lora``): ``max_loras = 1`` and ``max_cpu_loras = None`` (meaning
+  ``max_loras``) are vLLM's defaults (``vllm/config/lora.py``). The load times assume a
+  rank-16 adapter on all seven projections of every layer (vLLM's default
+  ``--max-lora-rank`` is 16): per layer 16 x (q 4096+4096, k 4096+1024, v 4096+1024,
+  o 4096+4096, gate, up and down 4096+14336 each) = 1.31 M parameters, x 32 layers =
+  41.9 M, 84 MB in bf16. ``lora_load_s = 50 ms`` reads it from local NVMe (about
+  2 GB/s: 42 ms) and builds its tensors in host memory; ``lora_activate_s = 3 ms`` copies
+  it over PCIe to its GPU slot (about 30 GB/s from pinned memory: 2.8 ms; TensorRT-LLM
+  quotes 1-2 ms for its own CPU-to-GPU adapter copy). Both are estimates from bandwidth,
+  not measurements; a network file system can make the first ten times longer.
 
 One engine step with ``T`` scheduled tokens, ``D`` decoding sequences and ``C`` context
 tokens among them takes (a roofline: whichever of memory and compute is slower)::
@@ -75,20 +85,39 @@ class SimConfig:
     time_scale: float = 1.0
     # Emit vllm:gpu_cache_usage_perc (vLLM before v0.10) instead of vllm:kv_cache_usage_perc.
     legacy_metric_names: bool = False
+    # LoRA adapters on the GPU at once (vLLM --max-loras): also the most distinct
+    # adapters one step may run.
+    max_loras: int = 1
+    # Adapters kept in host memory (vLLM --max-cpu-loras); None means max_loras.
+    max_cpu_loras: int | None = None
+    # Reading an adapter that is not in host memory from disk (before its activation).
+    lora_load_s: float = 0.05
+    # Copying an adapter from host memory into a GPU slot.
+    lora_activate_s: float = 0.003
 
     def __post_init__(self) -> None:
         for name in (
             "max_num_seqs", "max_num_batched_tokens", "kv_num_blocks", "kv_block_size",
-            "default_max_tokens", "max_model_len",
+            "default_max_tokens", "max_model_len", "max_loras",
         ):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in (
             "prefill_s_per_token", "decode_s_per_token", "kv_read_s_per_token",
-            "decode_s_per_seq", "base_latency_s", "time_scale",
+            "decode_s_per_seq", "base_latency_s", "time_scale", "lora_load_s",
+            "lora_activate_s",
         ):  # fmt: skip
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_cpu_loras is not None and self.max_cpu_loras < self.max_loras:
+            raise ValueError(
+                f"max_cpu_loras ({self.max_cpu_loras}) must be >= max_loras ({self.max_loras})"
+            )
+
+    @property
+    def cpu_loras(self) -> int:
+        """Adapters kept in host memory: ``max_cpu_loras``, else ``max_loras``."""
+        return self.max_loras if self.max_cpu_loras is None else self.max_cpu_loras
 
     def step_time_s(self, tokens: int, decode_seqs: int, context_tokens: int) -> float:
         """Simulated duration of one step (see the module docstring)."""

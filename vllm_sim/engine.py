@@ -13,6 +13,12 @@ One asyncio task per pod runs the step loop while there is work. Each step:
    ``time_scale``), after which every request that completed its (re)computation emits a
    token; requests that reach ``max_tokens`` finish and free their slot.
 
+LoRA: a request whose model is one of the pod's adapters runs that adapter. A step runs
+at most ``max_loras`` distinct adapters: a waiting request whose adapter would exceed that
+is skipped (it keeps its place, and requests behind it may be admitted), as in vLLM V1's
+scheduler. The step's adapters are then made resident (``vllm_sim.lora``); loading one
+that is not makes the whole step that much longer, as vLLM loads synchronously.
+
 At most ``max_num_batched_tokens`` tokens are processed per step (chunked prefill). The
 per-step Python cost is O(scheduled requests + blocks they allocate); nothing is O(cache).
 
@@ -33,7 +39,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from vllm_sim.config import SimConfig
@@ -46,6 +52,7 @@ from vllm_sim.histogram import (
     Histogram,
 )
 from vllm_sim.kvcache import KvCache
+from vllm_sim.lora import LoraSlots, LoraStats
 from vllm_sim.tokens import TokenizedPrompt, model_seed, tokenize
 
 __all__ = [
@@ -89,6 +96,7 @@ class EngineStats:
     lag_dropped_s: float  # real seconds the step loop fell behind and gave up on
     running_by_model: Mapping[str, int]
     waiting_by_model: Mapping[str, int]
+    lora: LoraStats | None  # None when the pod serves no adapters
 
 
 @dataclass(slots=True)
@@ -116,6 +124,7 @@ class StepPlan:
     decode_seqs: int
     context_tokens: int  # KV tokens the decoding sequences read
     preempted: int
+    lora_load_s: float = 0.0  # part of duration_s spent loading adapters
 
     @property
     def end_s(self) -> float:
@@ -141,9 +150,22 @@ class SimEngine:
         *,
         sleep: SleepFn | None = None,
         clock: Callable[[], float] = time.monotonic,
+        lora_adapters: Collection[str] = (),
     ) -> None:
         self.config = config or SimConfig()
         self.kv = KvCache(self.config.kv_num_blocks, self.config.kv_block_size)
+        # Models that are LoRA adapters of the base model, and where they reside.
+        self.lora_adapters = frozenset(lora_adapters)
+        self.lora = (
+            LoraSlots(
+                self.config.max_loras,
+                self.config.cpu_loras,
+                load_s=self.config.lora_load_s,
+                activate_s=self.config.lora_activate_s,
+            )
+            if self.lora_adapters
+            else None
+        )
         self.histograms = EngineHistograms()
         self._sleep: SleepFn = sleep or asyncio.sleep
         self._clock = clock
@@ -202,6 +224,7 @@ class SimEngine:
             lag_dropped_s=self._lag_dropped_s,
             running_by_model={m: n for m, n in self._running_by_model.items() if n},
             waiting_by_model={m: n for m, n in self._waiting_by_model.items() if n},
+            lora=self.lora.stats() if self.lora is not None else None,
         )
 
     def sim_now(self) -> float:
@@ -357,6 +380,8 @@ class SimEngine:
         running = self._running
         scheduled: list[tuple[Generation, int]] = []
         tokens = decode_seqs = context = preempted = 0
+        adapters = self.lora_adapters
+        step_loras: set[str] = set()
 
         i = 0
         while i < len(running) and budget > 0:
@@ -382,12 +407,19 @@ class SimEngine:
             if remaining == 1 and req.completion_tokens:
                 decode_seqs += 1
                 context += req.num_tokens
+            if adapters and req.model in adapters:
+                step_loras.add(req.model)
             i += 1
 
         # Like vLLM, admit nothing in a step that had to preempt.
         waiting = self._waiting
+        skipped: list[Generation] = []
         while not preempted and waiting and budget > 0 and len(running) < cfg.max_num_seqs:
             req = waiting[0]
+            lora = req.model if adapters and req.model in adapters else None
+            if lora is not None and lora not in step_loras and len(step_loras) >= cfg.max_loras:
+                skipped.append(waiting.popleft())  # its adapter would exceed max_loras
+                continue
             hashes = req.prompt.block_hashes
             # At least the last token is always computed, so it can emit the next one.
             hits, free_hits = kv.match_prefix(hashes, (req.num_tokens - 1) // bs)
@@ -417,17 +449,23 @@ class SimEngine:
             scheduled.append((req, n))
             budget -= n
             tokens += n
+            if lora is not None:
+                step_loras.add(lora)
+        if skipped:
+            waiting.extendleft(reversed(skipped))  # back in their places, ahead of the rest
 
         if not scheduled:
             return None
+        lora_s = self.lora.prepare(step_loras) if self.lora is not None and step_loras else 0.0
         return StepPlan(
             start_s=start_s,
-            duration_s=cfg.step_time_s(tokens, decode_seqs, context),
+            duration_s=cfg.step_time_s(tokens, decode_seqs, context) + lora_s,
             scheduled=scheduled,
             tokens=tokens,
             decode_seqs=decode_seqs,
             context_tokens=context,
             preempted=preempted,
+            lora_load_s=lora_s,
         )
 
     def _complete(self, plan: StepPlan) -> None:

@@ -38,12 +38,25 @@ class PodSpec:
     name: str | None = None
     # Overrides the fleet's config for this pod (e.g. one slow pod in a benchmark).
     config: SimConfig | None = None
+    # Where each adapter (a model after the first) was loaded from, as vLLM's
+    # --lora-modules NAME=PATH gives it; /v1/models reports it as the adapter's root.
+    lora_paths: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port out of range: {self.port}")
         if not self.models or any(not m or "," in m for m in self.models):
             raise ValueError(f"models must be non-empty names without commas: {self.models!r}")
+        if len(set(self.models)) != len(self.models):
+            raise ValueError(f"a model is listed twice: {self.models!r}")
+        unknown = [name for name, _ in self.lora_paths if name not in self.models[1:]]
+        if unknown:
+            raise ValueError(f"paths given for models that are not adapters here: {unknown}")
+
+    @property
+    def adapters(self) -> tuple[str, ...]:
+        """The LoRA adapters: every model after the first (the base model)."""
+        return self.models[1:]
 
 
 class RunningPod:
@@ -100,12 +113,14 @@ async def start_pod(
     ``spec.config`` wins over ``config``; ``sleep`` replaces ``asyncio.sleep`` in the
     engine (tests use it to hold requests in flight).
     """
-    engine = SimEngine(spec.config or config or SimConfig(), sleep=sleep)
+    engine = SimEngine(
+        spec.config or config or SimConfig(), sleep=sleep, lora_adapters=spec.adapters
+    )
     sock = _bind(spec.host, spec.port)
     port: int = sock.getsockname()[1]
     host = f"[{spec.host}]" if ":" in spec.host else spec.host
     name = spec.name or f"{host}:{port}"
-    app = create_app(engine, models=spec.models, name=name)
+    app = create_app(engine, models=spec.models, name=name, lora_paths=dict(spec.lora_paths))
     # Cancel a handler when its client goes away, so an abandoned request frees its
     # slot like vLLM's abort on disconnect.
     runner = web.AppRunner(

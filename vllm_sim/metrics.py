@@ -8,22 +8,35 @@ per family, counters named ``*_total``, float values ("3.0"), labels ``model_nam
 ``time_scale``, so a fast-forwarded benchmark still reports GPU-like latencies).
 
 Only the first served model is labelled, as in vLLM, where LoRA adapters share the base
-model's series; with more than one model, the others are reported as adapters in
-``vllm:lora_requests_info``.
+model's series. A pod with adapters (the models after the first) reports them as vLLM
+does with ``--enable-lora``: ``vllm:lora_requests_info{max_lora, waiting_lora_adapters,
+running_lora_adapters}`` (labels in vLLM's order), a gauge whose labels name the adapters
+of waiting and running requests, comma-separated, and whose value is the Unix time the
+series was last current (vLLM calls ``set_to_current_time()`` on every update). vLLM never
+removes a series, so old adapter combinations stay on the page with older times and a
+reader must take the newest; the simulator keeps the last ``LORA_INFO_SERIES`` of them.
+The current one is stamped at render time (vLLM's stops at the last engine step).
+
+The simulator's own counter, for benchmarks (not a vLLM metric):
+``vllm_sim:lora_adapter_loads_total{source="disk"|"cpu"}``: adapters loaded into a GPU
+slot, read from disk or copied from the host-memory cache (``vllm_sim.lora``).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from vllm_sim.engine import SimEngine
 from vllm_sim.faults import Faults
 from vllm_sim.histogram import Histogram
 
-__all__ = ["CONTENT_TYPE", "MetricsRenderer"]
+__all__ = ["CONTENT_TYPE", "LORA_INFO_SERIES", "LORA_LOADS", "MetricsRenderer"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# Adapter combinations kept on the page (vLLM keeps every one it has seen).
+LORA_INFO_SERIES = 32
+LORA_LOADS = "vllm_sim:lora_adapter_loads_total"
 
 
 def _esc(value: str) -> str:
@@ -64,6 +77,8 @@ class MetricsRenderer:
         self._kv_name = (
             "vllm:gpu_cache_usage_perc" if cfg.legacy_metric_names else "vllm:kv_cache_usage_perc"
         )
+        # (waiting, running) adapter lists -> when they were last current, oldest first.
+        self._lora_series: dict[tuple[str, str], float] = {}
         self._itl_name = (
             "vllm:time_per_output_token_seconds"
             if cfg.legacy_metric_names
@@ -147,17 +162,15 @@ class MetricsRenderer:
         )
         if names is None or "vllm:cache_config_info" in names:
             out.append(self._cache_info)
-        if len(self._models) > 1:
-            adapters = self._models[1:]
-            running = ",".join(m for m in adapters if s.running_by_model.get(m))
-            waiting = ",".join(m for m in adapters if s.waiting_by_model.get(m))
+        if s.lora is not None:
+            if names is None or "vllm:lora_requests_info" in names:
+                out.append(self._lora_info(s.running_by_model, s.waiting_by_model))
             scalar(
-                "vllm:lora_requests_info",
-                "gauge",
-                "Running stats on lora requests.",
-                f'vllm:lora_requests_info{{max_lora="{len(adapters)}",'
-                f'running_lora_adapters="{_esc(running)}",'
-                f'waiting_lora_adapters="{_esc(waiting)}"}} {_num(time.time())}\n',
+                LORA_LOADS,
+                "counter",
+                "Simulator only: LoRA adapters loaded into a GPU slot, by where from.",
+                f'{LORA_LOADS}{{source="disk"}} {_num(s.lora.loads_from_disk)}\n',
+                f'{LORA_LOADS}{{source="cpu"}} {_num(s.lora.loads_from_cpu)}\n',
             )
         for name, help_text, hist in (
             (
@@ -190,6 +203,27 @@ class MetricsRenderer:
             if names is None or {f"{name}_bucket", f"{name}_count", f"{name}_sum"} & names:
                 self._histogram(out, name, help_text, hist)
         return "".join(out)
+
+    def _lora_info(self, running: Mapping[str, int], waiting: Mapping[str, int]) -> str:
+        adapters = [m for m in self._models if m in self._engine.lora_adapters]
+        key = (
+            ",".join(m for m in adapters if waiting.get(m)),
+            ",".join(m for m in adapters if running.get(m)),
+        )
+        series = self._lora_series
+        series.pop(key, None)
+        series[key] = time.time()  # newest last
+        while len(series) > LORA_INFO_SERIES:
+            del series[next(iter(series))]
+        max_lora = self._engine.config.max_loras
+        lines = [_family("vllm:lora_requests_info", "gauge", "Running stats on lora requests.")]
+        lines.extend(
+            f'vllm:lora_requests_info{{max_lora="{max_lora}",'
+            f'waiting_lora_adapters="{_esc(w)}",running_lora_adapters="{_esc(r)}"}} '
+            f"{_num(stamp)}\n"
+            for (w, r), stamp in series.items()
+        )
+        return "".join(lines)
 
     def _histogram(self, out: list[str], name: str, help_text: str, hist: Histogram) -> None:
         out.append(_family(name, "histogram", help_text))

@@ -28,7 +28,7 @@ import hashlib
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -79,10 +79,13 @@ class _Received:
 class _Pod:
     """Handlers and per-pod state; one instance per ``web.Application``."""
 
-    def __init__(self, engine: SimEngine, models: Sequence[str], name: str) -> None:
+    def __init__(
+        self, engine: SimEngine, models: Sequence[str], name: str, lora_paths: Mapping[str, str]
+    ) -> None:
         self.engine = engine
         self.models = tuple(models)
         self.name = name
+        self.lora_paths = dict(lora_paths)
         self.faults = Faults()
         self.metrics = MetricsRenderer(engine, self.models, faults=self.faults)
         self.log: deque[dict[str, Any]] = deque(maxlen=REQUEST_LOG_SIZE)
@@ -302,17 +305,20 @@ class _Pod:
         return web.Response(body=dumps(payload), content_type="application/json")
 
     async def list_models(self, request: web.Request) -> web.StreamResponse:
+        # vLLM's cards (serving_models.py): the base model's root is its path and it has a
+        # max_model_len; an adapter's root is its path, its parent the base model, and its
+        # max_model_len null.
         created = int(time.time())
+        base = self.models[0]
         data: list[dict[str, Any]] = [
             {
                 "id": m,
                 "object": "model",
                 "created": created,
                 "owned_by": "vllm",
-                "root": m,
-                # Models after the first are served like LoRA adapters of the first.
-                "parent": self.models[0] if n else None,
-                "max_model_len": self.engine.config.max_model_len,
+                "root": self.lora_paths.get(m, m) if n else m,
+                "parent": base if n else None,
+                "max_model_len": None if n else self.engine.config.max_model_len,
                 "permission": [],
             }
             for n, m in enumerate(self.models)
@@ -406,14 +412,22 @@ class _Pod:
         return web.Response(body=dumps(stats), content_type="application/json")
 
 
-def create_app(engine: SimEngine, *, models: Sequence[str], name: str) -> web.Application:
+def create_app(
+    engine: SimEngine,
+    *,
+    models: Sequence[str],
+    name: str,
+    lora_paths: Mapping[str, str] | None = None,
+) -> web.Application:
     """Build the aiohttp application of one pod serving ``models`` with ``engine``.
 
+    The models after the first are LoRA adapters of the first (give the engine the same
+    ones as ``lora_adapters``); ``lora_paths`` says where each was loaded from.
     ``name`` is reported in the ``x-sim-pod`` header of every response.
     """
     if not models:
         raise ValueError("a pod serves at least one model")
-    pod = _Pod(engine, models, name)
+    pod = _Pod(engine, models, name, lora_paths or {})
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[pod.middleware])
     app[ENGINE_KEY] = engine
     app.router.add_post("/v1/chat/completions", pod.chat)

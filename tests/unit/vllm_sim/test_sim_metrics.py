@@ -93,8 +93,12 @@ def test_legacy_metric_names() -> None:
 
 
 def test_extra_models_are_reported_as_lora_adapters() -> None:
-    text = MetricsRenderer(SimEngine(), ["base", "a", "b"]).render()
-    assert 'vllm:lora_requests_info{max_lora="2",running_lora_adapters=""' in text
+    engine = SimEngine(SimConfig(max_loras=2), lora_adapters=("a", "b"))
+    text = MetricsRenderer(engine, ["base", "a", "b"]).render()
+    assert (
+        'vllm:lora_requests_info{max_lora="2",waiting_lora_adapters="",running_lora_adapters=""}'
+        in text
+    )
     assert 'model_name="base"' in text
     assert 'model_name="a"' not in text
 
