@@ -17,8 +17,15 @@ from epp.stack import ManagedProcess, StackError, start_envoy, start_epp_module
 
 __all__ = ["DEMO_MODELS", "DEMO_MODEL_SELECTION", "configure_parser", "run"]
 
-# The models of the three pods: two share a model so routing has a choice to make.
-DEMO_MODELS = ("qwen2-1-5b", "qwen2-1-5b", "gemma-2-2b")
+# The models of the three pods: two share a model so routing has a choice to make. The
+# qwen2-1-5b pods also serve two LoRA adapters of it (models after the first), with room
+# for both on the GPU at once (--max-loras 2).
+DEMO_MODELS = (
+    ("qwen2-1-5b", "travel-helper-v1", "travel-helper-v2"),
+    ("qwen2-1-5b", "travel-helper-v1", "travel-helper-v2"),
+    ("gemma-2-2b",),
+)
+DEMO_MAX_LORAS = 2
 # "model": "auto": questions about code go to gemma-2-2b, everything else to qwen2-1-5b.
 DEMO_MODEL_SELECTION = (
     "--model-selection-default",
@@ -56,7 +63,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     log_dir: Path = args.log_dir or Path(tempfile.mkdtemp(prefix="epp-demo-"))
     log_dir.mkdir(parents=True, exist_ok=True)
-    pods = [(f"127.0.0.1:{args.first_pod_port + i}", model) for i, model in enumerate(DEMO_MODELS)]
+    pods = [
+        (f"127.0.0.1:{args.first_pod_port + i}", ",".join(models))
+        for i, models in enumerate(DEMO_MODELS)
+    ]
     ports = [args.listen_port, args.admin_port, args.grpc_port, args.metrics_port]
     ports += [args.first_pod_port + i for i in range(len(pods))]
     busy = [port for port in ports if not _port_is_free(port)]
@@ -73,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
 
     started: list[ManagedProcess] = []
     try:
-        sim_args = ["sim"] + [
+        sim_args = ["sim", "--max-loras", str(DEMO_MAX_LORAS)] + [
             arg for address, model in pods for arg in ("--pod", f"{address}={model}")
         ]
         sim = start_epp_module("sim", sim_args, log_dir=log_dir)
@@ -146,10 +156,12 @@ def _banner(
     listen_port: int, grpc_port: int, metrics_port: int, pods: list[tuple[str, str]], log_dir: Path
 ) -> str:
     url = f"http://127.0.0.1:{listen_port}"
-    fleet = ", ".join(f"{model} on {address}" for address, model in pods)
+    fleet = ", ".join(f"{model.split(',')[0]} on {address}" for address, model in pods)
+    adapters = sorted({a for _, model in pods for a in model.split(",")[1:]})
     return f"""
 epp demo is up: Envoy {url} -> epp (ext_proc :{grpc_port}) -> simulated vLLM pods
   {fleet}
+  LoRA adapters of qwen2-1-5b: {", ".join(adapters)}
 Logs: {log_dir}
 
 Try:
@@ -159,6 +171,8 @@ Try:
     -d '{{"model": "gemma-2-2b", "prompt": "Once upon a time", "max_tokens": 8, "stream": true}}'
   curl -si {url}/v1/chat/completions -H 'content-type: application/json' \\
     -d '{{"model": "auto", "messages": [{{"role": "user", "content": "Fix this Python bug"}}]}}'
+  curl -si {url}/v1/chat/completions -H 'content-type: application/json' \\
+    -d '{{"model": "travel-helper-v1", "messages": [{{"role": "user", "content": "Lisbon in 3 days?"}}]}}'
   curl -s {url}/v1/models
   curl -si {url}/v1/chat/completions -d '{{"model": "no-such-model", "messages": []}}'
   curl -s http://127.0.0.1:{metrics_port}/metrics | grep ^inference_

@@ -22,7 +22,13 @@ from typing import Any
 
 from epp.scheduling.filters import prefer_fresh
 from epp.scheduling.pickers import max_score
-from epp.scheduling.scorers import inflight_load, kv_cache_utilization, prefix_cache, queue
+from epp.scheduling.scorers import (
+    inflight_load,
+    kv_cache_utilization,
+    lora_affinity,
+    prefix_cache,
+    queue,
+)
 
 __all__ = [
     "DEFAULT_PROFILE_NAME",
@@ -132,12 +138,17 @@ def default_scheduler_config() -> SchedulerConfig:
     a pod one request busier than the others no longer loses a cache hit. The KV-cache
     scorer is left out: on a fleet of like pods it mostly moved requests off the pod
     that held their prefix.
+
+    LoRA affinity 1 (benchmarks/bench_lora.py): adapter requests go where the adapter is
+    loaded, ~6x fewer adapter loads than without it. Pods that report no LoRA info all
+    score 0 there, so it changes nothing for pools without adapters.
     """
     weights: list[tuple[str, float | None]] = [
         (prefer_fresh.TYPE, None),
         (queue.TYPE, 1.0),
         (prefix_cache.TYPE, 3.0),
         (inflight_load.TYPE, 4.0),
+        (lora_affinity.TYPE, 1.0),
         (max_score.TYPE, None),
     ]
     parameters: dict[str, dict[str, Any]] = {

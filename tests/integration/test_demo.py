@@ -120,6 +120,16 @@ def test_demo_serves_and_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
             timeout=30,
         )
         assert unknown.status_code == 404
+        # The qwen2-1-5b pods serve its adapters; gemma's pod does not.
+        adapter = httpx.post(
+            f"http://127.0.0.1:{listen}/v1/chat/completions",
+            json=chat("travel-helper-v2", "hello"),
+            timeout=30,
+        )
+        assert adapter.status_code == 200, adapter.text
+        assert adapter.json()["model"] == "travel-helper-v2"
+        assert adapter.headers["x-sim-pod"] in {f"127.0.0.1:{first_pod + i}" for i in (0, 1)}
+        assert "travel-helper-v1" in text
 
         for command in readme_try_it_commands(listen=listen, metrics=metrics):
             result = subprocess.run(

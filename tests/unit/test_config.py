@@ -27,6 +27,7 @@ def test_defaults() -> None:
         "queue-scorer": 1.0,
         "prefix-cache-scorer": 3.0,
         "inflight-load-scorer": 4.0,
+        "lora-affinity-scorer": 1.0,
         "max-score-picker": None,
     }
 

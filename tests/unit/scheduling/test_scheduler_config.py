@@ -17,6 +17,7 @@ from epp.scheduling.scheduler import (
     build_scheduler,
     default_scheduler_config,
 )
+from epp.scheduling.scorers.lora_affinity import LoraAffinityScorer
 from epp.scheduling.scorers.prefix_cache import PrefixCacheScorer
 from epp.scheduling.types import LLMRequest
 
@@ -44,8 +45,10 @@ def test_default_config_builds_the_documented_profile() -> None:
         ("scorer", "queue-scorer"),
         ("scorer", "prefix-cache-scorer"),
         ("scorer", "inflight-load-scorer"),
+        ("scorer", "lora-affinity-scorer"),
         ("picker", "max-score-picker"),
         ("post_pick", "prefix-cache-scorer"),
+        ("post_pick", "lora-affinity-scorer"),
     ]
     weights = {r.plugin_ref: r.weight for r in default_scheduler_config().profiles[0].plugins}
     assert weights == {
@@ -53,11 +56,15 @@ def test_default_config_builds_the_documented_profile() -> None:
         "queue-scorer": 1.0,
         "prefix-cache-scorer": 3.0,
         "inflight-load-scorer": 4.0,
+        "lora-affinity-scorer": 1.0,
         "max-score-picker": None,
     }
     parameters = {p.type: dict(p.parameters) for p in default_scheduler_config().plugins}
     assert parameters["inflight-load-scorer"] == {"gapScale": 128.0}
-    assert [type(h) for h in scheduler.profile.removal_hooks] == [PrefixCacheScorer]
+    assert [type(h) for h in scheduler.profile.removal_hooks] == [
+        PrefixCacheScorer,
+        LoraAffinityScorer,
+    ]
 
 
 def test_default_scheduler_keeps_prefix_affinity_and_forgets_removed_endpoints() -> None:
@@ -69,7 +76,7 @@ def test_default_scheduler_keeps_prefix_affinity_and_forgets_removed_endpoints()
     assert len(first.endpoints) == 3
     assert all(scheduler.schedule(req, eps).primary is first.primary for _ in range(5))
     scheduler.on_endpoints_removed([first.primary])
-    (prefix,) = scheduler.profile.removal_hooks
+    prefix, _ = scheduler.profile.removal_hooks
     assert isinstance(prefix, PrefixCacheScorer)
     assert prefix.index.size() == 0
 
