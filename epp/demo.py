@@ -172,7 +172,7 @@ Try:
   curl -si {url}/v1/chat/completions -H 'content-type: application/json' \\
     -d '{{"model": "auto", "messages": [{{"role": "user", "content": "Fix this Python bug"}}]}}'
   curl -si {url}/v1/chat/completions -H 'content-type: application/json' \\
-    -d '{{"model": "travel-helper-v1", "messages": [{{"role": "user", "content": "Lisbon in 3 days?"}}]}}'
+    -d '{{"model": "travel-helper-v1", "messages": [{{"role": "user", "content": "Lisbon?"}}]}}'
   curl -s {url}/v1/models
   curl -si {url}/v1/chat/completions -d '{{"model": "no-such-model", "messages": []}}'
   curl -s http://127.0.0.1:{metrics_port}/metrics | grep ^inference_
