@@ -207,8 +207,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"--max-loras {MAX_LORAS})",
         "",
         f"commit {meta['commit']}, {meta['when']}, time scale {meta['time_scale']}, "
-        f"{meta['duration_s']} simulated s of arrivals per run; knee (round-robin keeps up): "
-        f"{meta['knee_rps']} req/s",
+        f"{meta['duration_s']} simulated s of arrivals per run; knee (round-robin's TTFT "
+        f"p90 <= {KNEE_FACTOR:g}x its value at the lowest rate): {meta['knee_rps']} req/s",
         "",
         "| offered req/s | contender | TTFT p50 s | TTFT p90 s | output tok/s | req/s "
         "| adapter loads/s | router CPU ms/req | errors |",
