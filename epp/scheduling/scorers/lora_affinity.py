@@ -14,6 +14,10 @@ lora_running``, ``lora_waiting``, ``max_lora``), for the model the request is se
 =====  =====================================================================
 
 An endpoint that reports no LoRA info has no slots (``max_lora`` unknown counts as 0).
+When no candidate reports any (``max_lora`` is None on all: the data layer sets the three
+fields from one series), every score is 0, and :meth:`LoraAffinityScorer.add_scores`
+returns after one pass over the candidates: in the default profile, a fleet without
+adapters pays about 7 µs per 256 endpoints for this scorer instead of a loop per endpoint.
 
 vLLM's metric names the adapters of running and waiting *requests*, not those loaded:
 once an adapter's requests end, every endpoint looks alike (a free slot, 0.8), and
@@ -21,7 +25,8 @@ the next request for it lands anywhere and loads it again, evicting another. So,
 ``predictResidency`` is false (the reference's behaviour), the scorer also remembers the
 adapters epp itself sent to each endpoint, most recent last, and predicts what vLLM's
 LRU of ``max_lora`` GPU slots holds: the adapters running there now, then the most
-recently sent others that the endpoints have reported as adapters at some time (the base
+recently sent others known as adapters (reported as such by an endpoint at some time, or
+sent to a LoRA-enabled endpoint whose metrics name another model as their base: the base
 model never appears in the metric, and it holds no slot), ``max_lora`` in all. A
 predicted adapter scores 1.0 like a running one. Memory is bounded whatever clients send:
 ``SENT_PER_SLOT`` names per slot per endpoint, and ``KNOWN_ADAPTERS`` learned names.
@@ -40,6 +45,7 @@ from epp.scheduling.types import (
     EndpointRemovalHook,
     LLMRequest,
     PostPick,
+    ScoreAdder,
     Scorer,
     TypedName,
 )
@@ -72,13 +78,31 @@ class LoraAffinityScorer(NamedPlugin):
     def predict_residency(self) -> bool:
         return self._predict
 
+    def add_scores(
+        self,
+        cycle: CycleState,
+        request: LLMRequest,
+        endpoints: Sequence[Endpoint],
+        weight: float,
+        totals: list[float] | None,
+    ) -> list[float]:
+        max_loras = [ep.metrics.max_lora for ep in endpoints]
+        if max_loras.count(None) == len(max_loras):  # no LoRA info anywhere: all 0
+            return totals if totals is not None else [0.0] * len(endpoints)
+        scores = self.score(cycle, request, endpoints)
+        if totals is None:
+            return [weight * s for s in scores]
+        return [t + weight * s for t, s in zip(totals, scores, strict=True)]
+
     def score(
         self, cycle: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint]
     ) -> list[float]:
         adapter = request.model
         if self._predict:
             for endpoint in endpoints:
-                self._learn(endpoint.metrics.lora_running, endpoint.metrics.lora_waiting)
+                metrics = endpoint.metrics
+                if metrics.lora_running or metrics.lora_waiting:
+                    self._learn(metrics.lora_running, metrics.lora_waiting)
         scores: list[float] = []
         for endpoint in endpoints:
             metrics = endpoint.metrics
@@ -95,14 +119,23 @@ class LoraAffinityScorer(NamedPlugin):
         return scores
 
     def on_pick(self, cycle: CycleState, request: LLMRequest, chosen: Endpoint) -> None:
-        model = request.model
-        max_lora = chosen.metrics.max_lora
-        if not self._predict or not max_lora:
+        if not self._predict:
             return
+        model = request.model
+        # Recorded even before the endpoint's first scrape that reports LoRA info (vLLM
+        # reports none until an adapter is first used): otherwise the first adapters sent
+        # to a fresh pod would be forgotten, and their next requests sent anywhere.
+        metrics = chosen.metrics
+        slots = metrics.max_lora or 1
+        if metrics.max_lora and metrics.models and model not in metrics.models:
+            # Sent to a LoRA-enabled server as a model its metrics do not name as its
+            # base: an adapter, known now rather than when a scrape happens to catch it
+            # running (an idle pod is scraped slowly, and a short request can be missed).
+            self._learn(frozenset((model,)), frozenset())
         sent = self._sent.setdefault(chosen, OrderedDict())
         sent[model] = None
         sent.move_to_end(model)
-        while len(sent) > SENT_PER_SLOT * max_lora:
+        while len(sent) > SENT_PER_SLOT * slots:
             sent.popitem(last=False)
 
     def on_endpoints_removed(self, endpoints: Sequence[Endpoint]) -> None:
@@ -146,5 +179,6 @@ def factory(name: str, parameters: Mapping[str, Any]) -> LoraAffinityScorer:
 
 
 _: type[Scorer] = LoraAffinityScorer
+_adder: type[ScoreAdder] = LoraAffinityScorer
 _post: type[PostPick] = LoraAffinityScorer
 _removal: type[EndpointRemovalHook] = LoraAffinityScorer

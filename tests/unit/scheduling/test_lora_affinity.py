@@ -126,3 +126,40 @@ def test_parameters() -> None:
     assert not factory("l", {"predictResidency": False}).predict_residency
     with pytest.raises(SchedulerConfigError):
         factory("l", {"slots": 2})
+
+
+@pytest.mark.parametrize("totals", [None, [0.25, 1.5, 3.0]])
+def test_add_scores_adds_what_score_gives_and_nothing_without_lora_info(
+    totals: list[float] | None,
+) -> None:
+    scorer = LoraAffinityScorer()
+    # No candidate reports LoRA info: every score is 0 and the totals come back as given.
+    bare = [pod(f"10.0.0.{i}:8000", max_lora=None) for i in range(3)]
+    assert scorer.score(CycleState(), request("a"), bare) == [0.0, 0.0, 0.0]
+    added = scorer.add_scores(CycleState(), request("a"), bare, 2.0, totals)
+    assert added == (totals if totals is not None else [0.0, 0.0, 0.0])
+    # One does: the one-pass form adds weight * score, as the profile's own sum would.
+    mixed = [pod("10.0.1.1:8000", {"a"}), pod("10.0.1.2:8000"), bare[0]]
+    scores = scorer.score(CycleState(), request("a"), mixed)
+    assert scores == [1.0, 0.8, 0.0]
+    base = totals if totals is not None else [0.0] * 3
+    assert scorer.add_scores(CycleState(), request("a"), mixed, 2.0, totals) == [
+        t + 2.0 * s for t, s in zip(base, scores, strict=True)
+    ]
+
+
+def test_an_adapter_is_known_from_where_it_was_sent_before_any_scrape_shows_it() -> None:
+    # A short request can end between two scrapes: the metric never names the adapter.
+    # Sent to a LoRA-enabled pod whose series name another model as their base, it is an
+    # adapter all the same, and the next request for it goes back to that pod.
+    holder, other = pod("10.0.2.1:8000"), pod("10.0.2.2:8000")
+    for endpoint in (holder, other):
+        endpoint.metrics = Metrics(
+            max_lora=2, models=frozenset({"qwen"}), updated_at=time.monotonic()
+        )
+    scorer = LoraAffinityScorer()
+    route(scorer, "travel-helper-v1", [holder, other], to=0)
+    assert route(scorer, "travel-helper-v1", [holder, other], to=0) == [1.0, 0.8]
+    # The base model is not taken for an adapter: it holds no slot.
+    route(scorer, "qwen", [holder, other], to=1)
+    assert route(scorer, "qwen", [holder, other], to=1) == [0.8, 0.8]
