@@ -8,12 +8,13 @@ settings (the scorer's ``prefixMatchInfoProducerName``, else the producer named
 
 Tokens become bytes at the reference's own ratio, :data:`CHARS_PER_TOKEN` (4: its
 ``averageCharactersPerToken``, and the bytes its tokenizer-free estimate packs into one
-pseudo-token), so ``blockSizeTokens: 16`` hashes 64-byte blocks, as epp does by default.
+pseudo-token), so a block of 64 tokens hashes 256 bytes, as epp does by default.
 
 Parameters, as the reference documents them:
 
-- ``blockSizeTokens`` (16): block size in tokens; ``blockSize`` (deprecated there):
-  the block size in characters, taken as bytes. Not both.
+- ``blockSizeTokens`` (16, raised to 64 as the reference does, so 64): block size in
+  tokens; ``blockSize`` (deprecated there, not raised): the block size in characters,
+  taken as bytes. Not both.
 - ``maxPrefixTokensToMatch`` (131072): how much of a prompt is matched, in tokens;
   when > 0 it decides, ``maxPrefixBlocksToMatch`` (2048) is read only when it is 0.
   Both 0 (the reference: the whole prompt) is one context window of 131072 tokens
@@ -21,12 +22,11 @@ Parameters, as the reference documents them:
 - ``lruCapacityPerServer`` (31250): index entries per endpoint.
 - ``autoTune`` (true): the reference may take the block size and capacity from the
   pods' ``vllm:cache_config_info``; epp always uses the configured ones, so the
-  flag is accepted and changes nothing. (The reference also raises block sizes under
-  64 tokens to 64 to bound its memory; epp's index is bounded by capacity instead and
-  uses the size given.)
+  flag is accepted and changes nothing.
 
-At the defaults a long prompt is matched over up to 8192 blocks (512 KiB), the
-reference's choice; epp's own default (``prefix-cache-scorer`` alone) is 256 blocks.
+At the defaults a long prompt is matched over up to 2048 blocks of 256 bytes (512 KiB),
+the reference's choice; epp's own default (``prefix-cache-scorer`` alone) is 256 blocks
+(64 KiB).
 """
 
 from __future__ import annotations
@@ -50,6 +50,9 @@ __all__ = [
 TYPE = "approx-prefix-cache-producer"
 CHARS_PER_TOKEN = 4
 DEFAULT_BLOCK_SIZE_TOKENS = 16
+# The reference raises smaller token block sizes to this at request time (its docs: "values
+# below the minimum of 64 are clamped up"): a quarter of the blocks to hash and index.
+MIN_BLOCK_SIZE_TOKENS = 64
 DEFAULT_MAX_PREFIX_BLOCKS = 2048
 DEFAULT_MAX_PREFIX_TOKENS = 131072
 DEFAULT_LRU_CAPACITY_PER_SERVER = 31250
@@ -93,6 +96,7 @@ def factory(name: str, parameters: Mapping[str, Any]) -> ApproxPrefixCacheProduc
     if params.has("blockSize") and params.has("blockSizeTokens"):
         params.fail("blockSize", "and blockSizeTokens are two ways to say one thing; give one")
     tokens = params.get_int("blockSizeTokens", DEFAULT_BLOCK_SIZE_TOKENS, min_value=1)
+    tokens = max(tokens, MIN_BLOCK_SIZE_TOKENS)
     block_size = params.get_int("blockSize", tokens * CHARS_PER_TOKEN, min_value=1)
     blocks = params.get_int("maxPrefixBlocksToMatch", DEFAULT_MAX_PREFIX_BLOCKS, min_value=0)
     max_tokens = params.get_int("maxPrefixTokensToMatch", DEFAULT_MAX_PREFIX_TOKENS, min_value=0)

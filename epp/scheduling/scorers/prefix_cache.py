@@ -73,7 +73,11 @@ __all__ = [
 ]
 
 TYPE = "prefix-cache-scorer"
-DEFAULT_BLOCK_SIZE = 64  # bytes; about 16 tokens
+# Bytes: about 64 tokens, the smallest block the reference (llm-d-router v0.10) uses. A
+# quarter of the blocks of 16-token ones to hash, match and index per request (issue 10's
+# scheduling cost), with the same reach, and no loss of routing quality on the routing
+# benchmark (see the commit that set it).
+DEFAULT_BLOCK_SIZE = 256
 DEFAULT_MAX_PREFIX_BLOCKS = 256
 DEFAULT_LRU_CAPACITY_PER_SERVER = DEFAULT_CAPACITY_PER_ENDPOINT
 DEFAULT_MATCH_LENGTH_SCALE_TOKENS = 8192

@@ -38,13 +38,13 @@ def test_prefix_statistics_after_scheduling() -> None:
     get = registry.get_sample_value
     assert get(f"{RATIO}_count") == 0  # exported before the first pick
     eps = fresh_endpoints(2)
-    prompt = "x" * 64 * 4  # 4 blocks of the default 64 bytes
+    prompt = "x" * 256 * 4  # 4 blocks of the default 256 bytes
     for n in range(3):
         scheduler.schedule(LLMRequest(f"r{n}", "m", prompt), eps)
     assert get(f"{RATIO}_count") == 3
     assert get(f"{RATIO}_sum") == 2.0  # nothing held at the first pick, all of it after
     assert get(f"{RATIO}_bucket", {"le": "0.0"}) == 1
-    assert get(f"{BYTES}_sum") == 2 * 4 * 64
+    assert get(f"{BYTES}_sum") == 2 * 4 * 256
     assert get(SIZE) == 4  # one endpoint got all three: its 4 blocks
 
 
@@ -82,14 +82,14 @@ def test_counts_carry_over_when_the_scheduler_is_swapped() -> None:
     registry = registry_of(lambda: schedulers[-1])
     get = registry.get_sample_value
     eps = fresh_endpoints(2)
-    schedulers[-1].schedule(LLMRequest("r1", "m", "y" * 128), eps)
+    schedulers[-1].schedule(LLMRequest("r1", "m", "y" * 512), eps)
     assert get(f"{RATIO}_count") == 1
-    schedulers[-1].schedule(LLMRequest("r2", "m", "y" * 128), eps)  # after the last scrape
+    schedulers[-1].schedule(LLMRequest("r2", "m", "y" * 512), eps)  # after the last scrape
     schedulers.append(build_scheduler(load_only_scheduler_config()))  # no prefix plugin
     assert get(f"{RATIO}_count") == 2
     assert get(SIZE) == 0  # a gauge of the index in use
     schedulers.append(build_scheduler(default_scheduler_config()))
-    schedulers[-1].schedule(LLMRequest("r3", "m", "y" * 128), eps)
+    schedulers[-1].schedule(LLMRequest("r3", "m", "y" * 512), eps)
     assert get(f"{RATIO}_count") == 3
     assert get(f"{RATIO}_sum") == 1.0  # r2 found all of r1's prefix; r1 and r3 nothing
 
@@ -102,7 +102,7 @@ def test_every_plugin_call_is_in_the_duration_histogram() -> None:
     registry = registry_of(lambda: scheduler)
     eps = fresh_endpoints(3)
     for n in range(5):
-        scheduler.schedule(LLMRequest(f"r{n}", "m", "z" * 200), eps)
+        scheduler.schedule(LLMRequest(f"r{n}", "m", "z" * 600), eps)
     counts = {
         (s.labels["extension_point"], s.labels["plugin_type"], s.labels["plugin_name"]): s.value
         for family in registry.collect()
@@ -115,8 +115,10 @@ def test_every_plugin_call_is_in_the_duration_histogram() -> None:
         ("Scorer", "queue-scorer", "queue-scorer"): 5,
         ("Scorer", "prefix-cache-scorer", "prefix-cache-scorer"): 5,
         ("Scorer", "inflight-load-scorer", "inflight-load-scorer"): 5,
+        ("Scorer", "lora-affinity-scorer", "lora-affinity-scorer"): 5,
         ("Picker", "max-score-picker", "max-score-picker"): 5,
         ("PreRequest", "prefix-cache-scorer", "prefix-cache-scorer"): 5,
+        ("PreRequest", "lora-affinity-scorer", "lora-affinity-scorer"): 5,
     }
     labels = {
         "extension_point": "Scorer",

@@ -18,7 +18,7 @@ def test_collector_reports_index_entries_age_and_errors() -> None:
     fresh, failing = Endpoint("10.0.0.1:8000"), Endpoint("10.0.0.2:8000")
     fresh.metrics = Metrics(updated_at=97.5)
     fresh.scrape_errors_total = 2
-    scheduler.schedule(LLMRequest("r", "m", "x" * 64 * 3), [fresh])  # 3 blocks of 64 bytes
+    scheduler.schedule(LLMRequest("r", "m", "x" * 256 * 3), [fresh])  # 3 blocks of 256 bytes
 
     registry = CollectorRegistry()
     registry.register(

@@ -113,12 +113,12 @@ def build(plugins: list[PluginSpec], refs: list[ProfilePluginRef]) -> Any:
 @pytest.mark.parametrize(
     ("parameters", "block_size", "max_blocks"),
     [
-        ({}, 64, 256),
-        ({"blockSizeTokens": 16}, 64, 256),
+        ({}, 256, 256),  # epp's: 64 tokens, the reference's smallest block
+        ({"blockSizeTokens": 16}, 64, 256),  # the scorer's (GIE v1.x) parameter: as given
         ({"blockSizeTokens": 32, "maxPrefixTokensToMatch": 4096}, 128, 128),
         ({"blockSize": 100, "maxPrefixBlocksToMatch": 10}, 100, 10),
-        ({"maxPrefixBlocksToMatch": 10, "maxPrefixTokensToMatch": 320}, 64, 20),  # tokens win
-        ({"autoTune": False, "lruCapacityPerServer": 7}, 64, 256),
+        ({"maxPrefixBlocksToMatch": 10, "maxPrefixTokensToMatch": 1280}, 256, 20),  # tokens win
+        ({"autoTune": False, "lruCapacityPerServer": 7}, 256, 256),
     ],
     ids=["epp-default", "tokens", "token-cap", "bytes", "token-cap-wins", "auto-tune"],
 )
@@ -140,10 +140,11 @@ def test_prefix_scorer_takes_the_producers_settings() -> None:
         [producer, PluginSpec("prefix-cache-scorer")], [ProfilePluginRef("prefix-cache-scorer")]
     )
     (scorer,) = [p for p in scheduler.plugins if isinstance(p, PrefixCacheScorer)]
-    # 16 tokens (the default) of 4 bytes; 16384 tokens / 16 per block.
-    assert (scorer.settings.block_size, scorer.settings.max_blocks) == (64, 1024)
+    # 16 tokens (the default), raised to 64 as the reference does, of 4 bytes each;
+    # 16384 tokens / 64 per block.
+    assert (scorer.settings.block_size, scorer.settings.max_blocks) == (256, 256)
     assert scorer.settings.lru_capacity_per_server == 500
-    assert scheduler.prompt_chars == 64 * 1024
+    assert scheduler.prompt_chars == 256 * 256
 
 
 def test_a_prefix_scorer_naming_a_missing_producer_fails() -> None:
@@ -157,7 +158,10 @@ def test_a_prefix_scorer_naming_a_missing_producer_fails() -> None:
 
 
 def test_prefix_scorer_blends_in_the_match_length() -> None:
-    scorer = create("prefix-cache-scorer", {"matchLengthWeight": 0.5, "matchLengthScaleTokens": 64})
+    scorer = create(
+        "prefix-cache-scorer",
+        {"blockSize": 64, "matchLengthWeight": 0.5, "matchLengthScaleTokens": 64},
+    )
     assert isinstance(scorer, PrefixCacheScorer)
     holder, other = pods(2)
     prompt = "x" * (64 * 4)  # four 64-byte blocks: 64 tokens, the scale
