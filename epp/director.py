@@ -141,9 +141,17 @@ class Director:
         request_id: str,
         headers: dict[str, str],
         subset: Sequence[str] | None = None,
+        model: str | None = None,
+        explain: bool = False,
     ) -> RoutingDecision:
-        """Route a request with a JSON body; raises an ``EppError`` the client should see."""
-        parsed = parse_request_body(body, max_prompt_chars=self._scheduler.prompt_chars)
+        """Route a request with a JSON body; raises an ``EppError`` the client should see.
+
+        ``model``: named apart from the body, which then need not name it (or exist).
+        ``explain``: keep the candidates' scores in ``decision.scores``.
+        """
+        parsed = parse_request_body(
+            body, max_prompt_chars=self._scheduler.prompt_chars, model=model
+        )
         requested = parsed.model
         selection = None
         if self._selector is not None and self._selector.handles(requested):
@@ -161,6 +169,7 @@ class Director:
             prompt=parsed.prompt,
             stream=parsed.stream,
             headers=headers,
+            explain=explain,
         )
         priority = self.objectives.priority(headers, parsed.model)
         fairness_id = _fairness_id(headers)
@@ -308,6 +317,7 @@ class Director:
             candidates=len(candidates),
             health_generation=self.health.generation(chosen[0]),
             response_headers=result.response_headers,
+            scores=result.scores,
         )
 
     def response_started(self, decision: RoutingDecision) -> None:

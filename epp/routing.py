@@ -16,7 +16,7 @@ from typing import Protocol
 
 from epp.api.usage import Usage
 from epp.datalayer.endpoint import Endpoint
-from epp.scheduling.types import LLMRequest
+from epp.scheduling.types import EndpointScores, LLMRequest
 
 __all__ = ["LocalAnswer", "ResponseOutcome", "Router", "RoutingDecision"]
 
@@ -65,6 +65,8 @@ class RoutingDecision:
     health_recorded: bool = False
     # Set on the client's response (a session token); plugins' text, never a client's.
     response_headers: tuple[tuple[str, str], ...] = ()
+    # The candidates' scores, only when the request asked (the Pick API's include_scores).
+    scores: tuple[EndpointScores, ...] = ()
 
     @property
     def model(self) -> str:
@@ -108,8 +110,11 @@ class Router(Protocol):
         request_id: str,
         headers: dict[str, str],
         subset: Sequence[str] | None = None,
+        model: str | None = None,
+        explain: bool = False,
     ) -> RoutingDecision:
-        """Route a request with a JSON body."""
+        """Route a request with a JSON body. ``model``: named apart from the body, which
+        then need not name it; ``explain``: keep the candidates' scores."""
         ...
 
     def local_answer(

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import grpc
 from aiohttp import web
 from grpc_health.v1 import health
+from grpc_reflection.v1alpha import reflection
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from epp import __version__
@@ -45,6 +46,7 @@ from epp.observability import metrics, naming, request_metrics
 from epp.observability.exposition import MetricsPage
 from epp.observability.health import HealthReporter
 from epp.observability.state_metrics import StateCollector
+from epp.pickapi.service import PickService
 from epp.requestcontrol.admission import SaturationDetector
 from epp.requestcontrol.fallback import ModelFallbacks
 from epp.requestcontrol.health import PassiveHealth
@@ -54,6 +56,7 @@ from epp.requestcontrol.pool_policies import PoolPolicies
 from epp.requestcontrol.rewrite import ModelRewrites
 from epp.scheduling.scheduler import Scheduler
 from epp.tls import load_certificate, reloading_credentials, self_signed_certificate
+from epp.v1 import picker_pb2
 
 __all__ = ["Running", "serve"]
 
@@ -177,6 +180,15 @@ async def serve(
         max_receive_message_bytes=config.server.grpc_max_recv_msg_bytes,
         max_send_message_bytes=config.server.grpc_max_send_msg_bytes,
     )
+    picks = PickService(
+        director,
+        max_body_bytes=config.server.max_body_bytes,
+        timeout_s=config.server.pick_timeout_s,
+        max_outstanding=config.server.pick_max_outstanding,
+        body_budget=budget,
+    )
+    picks.add_to(server)
+    _enable_reflection(server)
     if config.server.conformance_hooks:
         log.warning(
             "conformance hooks are on (--enable-conformance-hooks): any client can choose "
@@ -253,6 +265,7 @@ async def serve(
             await asyncio.sleep(config.server.drain_timeout_s)
     finally:
         await server.stop(config.server.graceful_timeout_s)
+        picks.close()
         if health_server is not None:
             await health_server.stop(0)
         await scraper.stop()
@@ -369,6 +382,18 @@ class _KubernetesParts:
             known = None
         self._director.set_scheduler(build_scheduler_from_config(self._config, known))
         log.info("%s: routing strategy %s", self.discovery.what, strategy or "(configured)")
+
+
+def _enable_reflection(server: grpc.aio.Server) -> None:
+    """gRPC server reflection over every service on the port, so generic tools (grpcurl,
+    Postman) can call the Pick API without the .proto."""
+    names = (
+        picker_pb2.DESCRIPTOR.services_by_name["EndpointPicker"].full_name,
+        "envoy.service.ext_proc.v3.ExternalProcessor",
+        health.SERVICE_NAME,
+        reflection.SERVICE_NAME,
+    )
+    reflection.enable_server_reflection(names, server)
 
 
 def _tls_credentials(config: Config) -> grpc.ServerCredentials | None:

@@ -46,16 +46,27 @@ class ParsedBody:
 
 
 def parse_request_body(
-    body: bytes | bytearray | memoryview, *, max_prompt_chars: int | None = None
+    body: bytes | bytearray | memoryview,
+    *,
+    max_prompt_chars: int | None = None,
+    model: str | None = None,
 ) -> ParsedBody:
     """Read ``model``, the prompt text and ``stream`` from an OpenAI-style JSON body.
 
     ``max_prompt_chars``: how much of the prompt's start routing can use; the text is
-    built only that far (see :func:`prompt_text`).
+    built only that far (see :func:`prompt_text`). ``model``: the model when the caller
+    names it apart from the body (the Pick API); the body's own is then not read, and an
+    empty body stands for a request with no prompt.
 
     Raises :class:`BadRequest` when the body is empty, not a JSON object, or lacks a
     string model that :func:`model_name_problem` accepts.
     """
+    if model is not None:
+        problem = model_name_problem(model)
+        if problem is not None:
+            raise BadRequest(f"'model' {problem}", code="invalid_model")
+        if _is_blank(body):
+            return ParsedBody(model=model, prompt="", stream=False)
     if _is_blank(body):
         raise BadRequest(
             "request body is empty; expected a JSON object with 'model'", code="missing_body"
@@ -69,7 +80,8 @@ def parse_request_body(
             f"request body must be a JSON object, not {_json_type(document)}",
             code="invalid_body",
         )
-    model = document.get("model")
+    if model is None:
+        model = document.get("model")
     if model is None or model == "":
         raise BadRequest("request body has no 'model'", code="missing_model")
     if not isinstance(model, str):

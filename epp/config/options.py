@@ -113,6 +113,20 @@ OPTIONS: tuple[Option, ...] = (
         "in-flight ones --graceful-timeout",
     ),
     Option(
+        "--pick-timeout",
+        ("server", "pick_timeout_s"),
+        ("server", "pickTimeout"),
+        v.positive_duration_s,
+        "Pick API: a pick not finished this long after it was made is released (e.g. 10m)",
+    ),
+    Option(
+        "--pick-max-outstanding",
+        ("server", "pick_max_outstanding"),
+        ("server", "pickMaxOutstanding"),
+        v.positive_int,
+        "Pick API: unfinished picks epp keeps; past it the oldest is released",
+    ),
+    Option(
         "--destination-fallbacks",
         ("server", "destination_fallbacks"),
         ("server", "destinationFallbacks"),

@@ -71,6 +71,13 @@ class ServerConfig:
     # and echo x-conformance-test-served-endpoint (epp/requestcontrol/conformance.py).
     # Test setups only: any client could pick its pod.
     conformance_hooks: bool = False
+    # The Pick API (epp/pickapi): a pick not finished this long after it was made is
+    # released (its caller crashed or forgot), so its endpoint's in-flight count heals.
+    # Longer than any generation should take: a live request released early only
+    # under-counts its endpoint's load until it ends.
+    pick_timeout_s: float = 600.0
+    # Unfinished picks epp keeps (about 1 KB each); past it the oldest is released.
+    pick_max_outstanding: int = 10_000
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,6 +31,7 @@ __all__ = [
     "MODEL_SELECTIONS",
     "MODEL_SELECTION_FUNCTION_FAILURES",
     "OTHER_MODELS",
+    "PICKS_RELEASED",
     "REGISTRY",
     "REQUESTS",
     "REQUEST_ERRORS",
@@ -351,6 +352,14 @@ STREAM_ERRORS = Counter(
     "epp_extproc_stream_errors_total",
     "ext_proc streams epp failed: reason protocol (the peer broke the ext_proc protocol: "
     "messages out of order, bytes that are no ProcessingRequest), exception (an epp bug).",
+    ["reason"],
+    registry=REGISTRY,
+)
+
+PICKS_RELEASED = Counter(
+    "epp_pick_released_unfinished_total",
+    "Pick API picks epp released without a Finish: reason timeout (none came within "
+    "--pick-timeout), evicted (the oldest, when --pick-max-outstanding picks were unfinished).",
     ["reason"],
     registry=REGISTRY,
 )

@@ -20,6 +20,7 @@ from epp.scheduling.stats import PluginTiming
 from epp.scheduling.types import (
     CycleState,
     EndpointRemovalHook,
+    EndpointScores,
     Filter,
     LLMRequest,
     Picker,
@@ -169,10 +170,18 @@ class SchedulerProfile:
 
         n = len(endpoints)
         totals: list[float] | None = None  # None: all 0.0 so far
+        # Each scorer's weighted share, for a request that asks (never an Envoy one).
+        shares: list[tuple[str, list[float]]] | None = [] if request.explain else None
         for scorer, weight, durations, add_scores in self._scorers:
             start = clock()
             if add_scores is not None:
+                # add_scores may update totals in place: what was there before, to tell
+                # this scorer's share.
+                before = None if shares is None else list(totals or [0.0] * n)
                 totals = add_scores(cycle, request, endpoints, weight, totals)
+                if before is not None and shares is not None:
+                    share = [t - b for t, b in zip(totals, before, strict=False)]
+                    shares.append((str(scorer.typed_name), share))
                 elapsed = clock() - start
                 durations.counts[bisect_left(durations.bounds, elapsed)] += 1
                 durations.sum += elapsed
@@ -195,6 +204,16 @@ class SchedulerProfile:
                 total + weight * (s if 0.0 <= s <= 1.0 else (1.0 if s > 1.0 else 0.0))
                 for total, s in zip(totals or [0.0] * n, scores, strict=True)
             ]
+            if shares is not None:
+                shares.append(
+                    (
+                        str(scorer.typed_name),
+                        [
+                            weight * (s if 0.0 <= s <= 1.0 else (1.0 if s > 1.0 else 0.0))
+                            for s in scores
+                        ],
+                    )
+                )
         if totals is None:
             totals = [0.0] * n
 
@@ -217,14 +236,20 @@ class SchedulerProfile:
             elapsed = clock() - start
             durations.counts[bisect_left(durations.bounds, elapsed)] += 1
             durations.sum += elapsed
+        headers: tuple[tuple[str, str], ...] = ()
         if self._response_headers:
             headers = tuple(
                 header
                 for writer in self._response_headers
                 for header in writer.response_headers(cycle, request, primary)
             )
-            return SchedulingResult(picked, headers)
-        return SchedulingResult(picked)
+        if shares is not None:
+            explained = tuple(
+                EndpointScores(ep, totals[i], tuple((name, share[i]) for name, share in shares))
+                for i, ep in enumerate(endpoints)
+            )
+            return SchedulingResult(picked, headers, explained)
+        return SchedulingResult(picked, headers)
 
     def on_endpoints_removed(self, endpoints: Sequence[Endpoint]) -> None:
         for hook in self._removal_hooks:

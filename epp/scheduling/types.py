@@ -11,6 +11,7 @@ from epp.datalayer.endpoint import Endpoint
 __all__ = [
     "CycleState",
     "EndpointRemovalHook",
+    "EndpointScores",
     "Filter",
     "LLMRequest",
     "PeerAware",
@@ -41,6 +42,9 @@ class LLMRequest:
     prompt: str
     stream: bool = False
     headers: dict[str, str] = field(default_factory=dict)
+    # Keep every candidate's scores in the result (the Pick API's include_scores): a
+    # slower pass that no Envoy request takes.
+    explain: bool = False
 
 
 class CycleState(dict[str, Any]):
@@ -189,12 +193,24 @@ class EndpointRemovalHook(Plugin, Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class EndpointScores:
+    """One candidate's total and each scorer's weighted share of it, by ``str(TypedName)``."""
+
+    endpoint: Endpoint
+    total: float
+    by_scorer: tuple[tuple[str, float], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class SchedulingResult:
     """The endpoints to try, best first; never empty. ``response_headers``: what the
     profile's plugins ask to set on the client's response."""
 
     endpoints: list[Endpoint]
     response_headers: tuple[tuple[str, str], ...] = ()
+    # Only for a request that asked (``LLMRequest.explain``): the candidates that passed
+    # the filters, with their totals and each scorer's weighted share.
+    scores: tuple[EndpointScores, ...] = ()
 
     @property
     def primary(self) -> Endpoint:

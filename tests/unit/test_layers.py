@@ -51,6 +51,13 @@ LAYERS: dict[str, frozenset[str] | None] = {
     "extproc": frozenset(
         {"api", "envoy_response_meter", "errors", "observability", "requestcontrol", "routing"}
     ),
+    # The Pick API: routes through epp.routing.Router as extproc does, and shares its
+    # body memory budget (ONLY_MODULES). Knows no scores' formulas, only their values.
+    "pickapi": frozenset({"api", "errors", "extproc", "observability", "routing", "v1"}),
+    # protoc's output for proto/epp/v1 (the Pick API's messages and stubs).
+    "v1": frozenset(),
+    # The Pick API's Python client, for callers: the protocol and nothing of the server.
+    "client": frozenset({"v1"}),
     "tls": frozenset(),
     # The Lua script Envoy runs in LOGGED mode, and the names it writes under.
     "envoy_response_meter": frozenset(),
@@ -70,6 +77,7 @@ LAYERS: dict[str, frozenset[str] | None] = {
 # scheduler through its contracts and knows no plugin (no isinstance of a scorer class).
 ONLY_MODULES: dict[tuple[str, str], tuple[str, ...]] = {
     ("observability", "scheduling"): ("epp.scheduling.types", "epp.scheduling.stats"),
+    ("pickapi", "extproc"): ("epp.extproc.body_budget",),
 }
 
 # Libraries that tie code to the wire (gRPC, Envoy's protobufs) or to a metrics backend,
