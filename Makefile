@@ -50,8 +50,8 @@ test-integration: $(STAMP)
 	$(PY) -m pytest tests/integration
 
 lint: $(STAMP)
-	$(PY) -m ruff check epp vllm_sim tests benchmarks
-	$(PY) -m ruff format --check epp vllm_sim tests benchmarks
+	$(PY) -m ruff check epp vllm_sim tests benchmarks examples proto
+	$(PY) -m ruff format --check epp vllm_sim tests benchmarks examples proto
 	$(PY) -m mypy
 
 # Apart from `make test`: the doctests live outside its testpaths (tests/), and

@@ -11,8 +11,15 @@ Five ways to reach simulated pods (which answer at once):
                 epp (header mutation, route re-match, metadata, ORIGINAL_DST)
   envoy+epp     Envoy + epp (FULL_DUPLEX_STREAMED body, ORIGINAL_DST routing), choosing
                 among three pods with the default scorers
+  pick          epp's Pick API alone, no HTTP: an asyncio client (epp.client, in this
+                process) sends Pick then Finish for the same body; latency is Pick's
+                round trip, req/s counts Pick+Finish pairs
+  proxy+pick    examples/pick_proxy.py (aiohttp + httpx) routing with the Pick API, as
+                a caller without Envoy would
 
-epp minus fixed is epp's own cost; epp minus noop is the whole cost of picking.
+epp minus fixed is epp's own cost; epp minus noop is the whole cost of picking. The epp
+rows also show epp's CPU per request (user + system of its process, from /proc, over the
+latency and throughput runs together).
 One Envoy process serves every Envoy path, on one listener each. Latency is measured
 with one connection sending requests back to back (wrk -c1); throughput with 32
 connections. Rounds interleave the targets so drift on a noisy machine hits all alike;
@@ -29,8 +36,10 @@ request) unless --epp-log-level says otherwise. Needs `wrk` (apt-get install wrk
 from __future__ import annotations
 
 import argparse
+import asyncio
 import functools
 import json
+import os
 import re
 import shutil
 import statistics
@@ -41,12 +50,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from epp.client import PickClient, PickError
 from epp.envoy_config import EnvoyPorts, envoy_bootstrap
 from epp.stack import ManagedProcess, free_port, loopback_serve_args, start_envoy, start_epp_module
 
 RESULTS = Path(__file__).resolve().parent / "results" / "overhead.json"
 MODEL = "bench-model"
-TARGETS = ("direct", "envoy", "envoy+noop", "envoy+fixed", "envoy+epp")
+TARGETS = ("direct", "envoy", "envoy+noop", "envoy+fixed", "envoy+epp", "pick", "proxy+pick")
+# The rows whose requests epp handles: its CPU per request is measured for them.
+EPP_TARGETS = ("envoy+epp", "pick", "proxy+pick")
+PROXY = Path(__file__).resolve().parents[1] / "examples" / "pick_proxy.py"
 
 
 def main() -> int:
@@ -74,7 +87,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="epp-bench-"))
     processes: list[ManagedProcess] = []
     try:
-        urls = start_stack(
+        urls, epp_pid, epp_grpc = start_stack(
             work,
             processes,
             response_body_mode=args.response_body_mode,
@@ -102,26 +115,50 @@ def main() -> int:
         )
         for url in urls.values():  # warm every path (connections, caches, JIT-less imports)
             wrk(url, script, connections=4, seconds=1.0)
+        pick_target = f"127.0.0.1:{epp_grpc}"
+        asyncio.run(pick_load(pick_target, body.encode(), connections=4, seconds=1.0))
+
+        def run(target: str, connections: int) -> dict[str, float]:
+            if target == "pick":
+                return asyncio.run(
+                    pick_load(
+                        pick_target, body.encode(), connections=connections, seconds=args.seconds
+                    )
+                )
+            return wrk(urls[target], script, connections=connections, seconds=args.seconds)
+
         samples: dict[str, dict[str, list[float]]] = {
-            t: {"p50_ms": [], "p99_ms": [], "seq_rps": [], "max_rps": [], "errors": []}
+            t: {
+                "p50_ms": [],
+                "p99_ms": [],
+                "seq_rps": [],
+                "max_rps": [],
+                "errors": [],
+                "epp_cpu_ms_per_req": [],
+            }
             for t in TARGETS
         }
         for round_index in range(args.rounds):
             for target in TARGETS:
-                latency = wrk(urls[target], script, connections=1, seconds=args.seconds)
-                load = wrk(urls[target], script, connections=args.connections, seconds=args.seconds)
+                cpu_before = cpu_seconds(epp_pid)
+                latency = run(target, 1)
+                load = run(target, args.connections)
+                cpu = cpu_seconds(epp_pid) - cpu_before
                 row = samples[target]
                 row["p50_ms"].append(latency["p50_ms"])
                 row["p99_ms"].append(latency["p99_ms"])
                 row["seq_rps"].append(latency["rps"])
                 row["max_rps"].append(load["rps"])
                 row["errors"].append(latency["errors"] + load["errors"])
+                if target in EPP_TARGETS:
+                    requests = latency["requests"] + load["requests"]
+                    row["epp_cpu_ms_per_req"].append(1000 * cpu / max(1.0, requests))
             print(f"round {round_index + 1}/{args.rounds} done", file=sys.stderr)
     finally:
         for process in reversed(processes):
             process.stop()
 
-    summary = {t: {k: statistics.median(v) for k, v in samples[t].items()} for t in TARGETS}
+    summary = {t: {k: statistics.median(v) for k, v in samples[t].items() if v} for t in TARGETS}
     print_table(summary, body_bytes=len(body), connections=args.connections)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(
@@ -150,7 +187,8 @@ def start_stack(
     *,
     response_body_mode: str = "FULL_DUPLEX_STREAMED",
     epp_log_level: str = "info",
-) -> dict[str, str]:
+) -> tuple[dict[str, str], int, int]:
+    """The URL of every HTTP target, epp's pid and its gRPC port."""
     pods = [f"127.0.0.1:{free_port()}" for _ in range(3)]
     sim_args = ["sim", "--time-scale", "0", "--max-num-seqs", "256"]
     for pod in pods:
@@ -183,7 +221,7 @@ def start_stack(
         baseline.wait_until(functools.partial(port_open, port), timeout_s=20, what=name)
 
     admin = free_port()
-    listen = {target: free_port() for target in TARGETS if target != "direct"}
+    listen = {target: free_port() for target in TARGETS if target.startswith("envoy")}
     bootstrap = merged_bootstrap(
         admin,
         listen,
@@ -192,10 +230,63 @@ def start_stack(
         response_body_mode=response_body_mode,
     )
     processes.append(start_envoy(bootstrap, admin_port=admin, log_dir=work))
+    proxy_port = free_port()
+    proxy = ManagedProcess(
+        "pick-proxy",
+        [sys.executable, str(PROXY), "--epp", f"127.0.0.1:{epp_port}", "--port", str(proxy_port)],
+        log_dir=work,
+        env={"PYTHONPATH": str(PROXY.parents[1])},
+    )
+    processes.append(proxy)
+    proxy.wait_until(functools.partial(port_open, proxy_port), timeout_s=20, what="pick proxy")
     urls = {"direct": f"http://{pods[0]}/v1/chat/completions"}
     for target, port in listen.items():
         urls[target] = f"http://127.0.0.1:{port}/v1/chat/completions"
-    return urls
+    urls["proxy+pick"] = f"http://127.0.0.1:{proxy_port}/v1/chat/completions"
+    return urls, epp.process.pid, epp_port
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def pick_load(
+    target: str, body: bytes, *, connections: int, seconds: float
+) -> dict[str, float]:
+    """``connections`` callers each sending Pick then Finish back to back for ``seconds``:
+    Pick's round-trip percentiles and Pick+Finish pairs per second, as wrk() reports."""
+    latencies: list[float] = []
+    errors = 0
+
+    async def caller(client: PickClient, deadline: float) -> None:
+        nonlocal errors
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            try:
+                picked = await client.pick(body)
+            except PickError:
+                errors += 1
+                continue
+            latencies.append(time.perf_counter() - started)
+            await client.finish(picked.request_id, status=200)
+
+    async with PickClient(target) as client:
+        started = time.perf_counter()
+        deadline = started + max(1.0, seconds)
+        await asyncio.gather(*(caller(client, deadline) for _ in range(connections)))
+        elapsed = time.perf_counter() - started
+    latencies.sort()
+    if not latencies:
+        raise RuntimeError(f"no pick succeeded ({errors} errors)")
+    return {
+        "p50_ms": 1000 * latencies[len(latencies) // 2],
+        "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
+        "rps": len(latencies) / elapsed,
+        "errors": float(errors),
+        "requests": float(len(latencies)),
+    }
 
 
 def merged_bootstrap(
@@ -271,6 +362,7 @@ def wrk(url: str, script: Path, *, connections: int, seconds: float) -> dict[str
     ).stdout
     percentiles = dict(re.findall(r"^\s+(50|99)%\s+([\d.]+\w+)", out, re.MULTILINE))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    requests = re.search(r"(\d+) requests in", out)
     socket_errors = re.search(r"Socket errors: (.*)", out)
     if socket_errors:
         print(f"wrk {url}: socket errors: {socket_errors.group(1)}", file=sys.stderr)
@@ -279,6 +371,7 @@ def wrk(url: str, script: Path, *, connections: int, seconds: float) -> dict[str
         "p99_ms": to_ms(percentiles["99"]),
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
         "errors": float(errors.group(1)) if errors else 0.0,
+        "requests": float(requests.group(1)) if requests else 0.0,
     }
 
 
@@ -290,14 +383,17 @@ def to_ms(text: str) -> float:
 def print_table(summary: dict[str, dict[str, float]], *, body_bytes: int, connections: int) -> None:
     print(f"\nPOST /v1/chat/completions, {body_bytes}-byte body; medians over rounds\n")
     print(
-        f"| path | p50 ms | p99 ms | sequential req/s | max req/s ({connections} conns) | non-2xx |"
+        f"| path | p50 ms | p99 ms | sequential req/s | max req/s ({connections} conns) "
+        "| non-2xx | epp CPU ms/req |"
     )
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for target in TARGETS:
         row = summary[target]
+        cpu = row.get("epp_cpu_ms_per_req")
         print(
             f"| {target} | {row['p50_ms']:.3f} | {row['p99_ms']:.3f} | {row['seq_rps']:.0f} "
-            f"| {row['max_rps']:.0f} | {row['errors']:.0f} |"
+            f"| {row['max_rps']:.0f} | {row['errors']:.0f} "
+            f"| {'' if cpu is None else f'{cpu:.3f}'} |"
         )
     epp = summary["envoy+epp"]
     print()
@@ -309,6 +405,13 @@ def print_table(summary: dict[str, dict[str, float]], *, body_bytes: int, connec
             f"max req/s {100 * epp['max_rps'] / base['max_rps']:.0f} % of its"
         )
     print("targets (over envoy+noop): p50 added <= 0.300 ms, max req/s >= 80 %")
+    pick = summary["pick"]
+    print(
+        f"Pick API (Pick round trip, no HTTP): p50 {pick['p50_ms']:.3f} ms, "
+        f"p99 {pick['p99_ms']:.3f} ms, {pick['max_rps']:.0f} Pick+Finish/s; epp CPU "
+        f"{pick['epp_cpu_ms_per_req']:.3f} ms/req against {epp['epp_cpu_ms_per_req']:.3f} "
+        "on the ext_proc path (pick rows: the client shares the machine's cores with epp)"
+    )
 
 
 if __name__ == "__main__":

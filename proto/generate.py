@@ -22,7 +22,9 @@ SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
 
 
 def outputs(out: Path) -> list[Path]:
-    return [out / (proto.removesuffix(".proto") + suffix) for proto in PROTOS for suffix in SUFFIXES]
+    return [
+        out / (proto.removesuffix(".proto") + suffix) for proto in PROTOS for suffix in SUFFIXES
+    ]
 
 
 def generate(out: Path) -> list[Path]:

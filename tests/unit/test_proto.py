@@ -3,6 +3,7 @@ proto/epp/v1/picker.proto: edit the .proto, then run ``make proto``."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -36,3 +37,16 @@ def test_the_stubs_describe_the_proto_service() -> None:
     service = picker_pb2.DESCRIPTOR.services_by_name["EndpointPicker"]
     assert service.full_name == "epp.v1.EndpointPicker"
     assert [method.name for method in service.methods] == ["Pick", "Finish"]
+
+
+def test_the_declared_runtimes_are_those_the_stubs_need() -> None:
+    """The stubs raise at import under an older grpcio or protobuf than made them: the
+    package's lower bounds must be at least those versions."""
+    grpc_stub = (ROOT / "epp" / "v1" / "picker_pb2_grpc.py").read_text()
+    messages = (ROOT / "epp" / "v1" / "picker_pb2.py").read_text()
+    grpc_version = re.search(r"GRPC_GENERATED_VERSION = '([\d.]+)'", grpc_stub)
+    protobuf_version = re.search(r"# Protobuf Python Version: ([\d.]+)", messages)
+    assert grpc_version is not None and protobuf_version is not None
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert f'"grpcio>={grpc_version.group(1)}"' in pyproject
+    assert f'"protobuf>={protobuf_version.group(1)}"' in pyproject

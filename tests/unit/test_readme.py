@@ -51,3 +51,11 @@ def test_the_migration_example_is_the_reference_profile() -> None:
         "prefix-cache-scorer": 3,
     }
     build_scheduler_from_config(config)
+
+
+def test_the_pick_proxy_example_is_the_tested_file() -> None:
+    """The README shows examples/pick_proxy.py whole, and the integration test runs that
+    file (tests/integration/test_pick_proxy.py): the two cannot drift apart."""
+    example = README.parent / "examples" / "pick_proxy.py"
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
+    assert example.read_text() in blocks
