@@ -382,3 +382,22 @@ def test_hostile_client_limits_and_their_checks() -> None:
 def test_unknown_keys_in_the_file_are_errors(text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse(["--config-text", text])
+
+
+def test_pick_api_limits_from_flags_env_and_file() -> None:
+    default = parse([]).server
+    assert (default.pick_timeout_s, default.pick_max_outstanding) == (600.0, 10_000)
+    flags = parse(["--pick-timeout", "90s", "--pick-max-outstanding", "5"]).server
+    assert (flags.pick_timeout_s, flags.pick_max_outstanding) == (90.0, 5)
+    assert parse([], env={"EPP_PICK_TIMEOUT": "2m"}).server.pick_timeout_s == 120.0
+    text = "kind: EndpointPickerConfig\nserver: {pickTimeout: 30s, pickMaxOutstanding: 7}\n"
+    file = parse(["--config-text", text]).server
+    assert (file.pick_timeout_s, file.pick_max_outstanding) == (30.0, 7)
+
+
+@pytest.mark.parametrize(
+    "argv", [["--pick-timeout", "0s"], ["--pick-max-outstanding", "0"]], ids=["timeout", "cap"]
+)
+def test_pick_api_limits_must_be_positive(argv: list[str]) -> None:
+    with pytest.raises(ConfigError):
+        parse(argv)
