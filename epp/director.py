@@ -24,7 +24,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from epp.api.models import model_body, models_list_body, models_query
 from epp.api.openai import parse_request_body
@@ -44,7 +44,7 @@ from epp.scheduling.errors import NoCandidates
 from epp.scheduling.scheduler import Scheduler
 from epp.scheduling.types import LLMRequest
 
-__all__ = ["FAIRNESS_HEADERS", "SELECTED_MODEL_HEADER", "Director"]
+__all__ = ["FAIRNESS_HEADERS", "SELECTED_MODEL_HEADER", "Director", "LoadSharing"]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,17 @@ _MAX_FAIRNESS_ID_CHARS = 128  # longer ids are cut: they become no label anyway
 # The response header that names the model epp chose for a "model": "auto" request:
 # vLLM Semantic Router's name for it.
 SELECTED_MODEL_HEADER = "x-selected-model"
+
+
+class LoadSharing(Protocol):
+    """Who shares this replica's decisions with the others (epp/sync): told when a
+    request starts or stops counting on an endpoint, and when the scheduler changes."""
+
+    def load_changed(self, endpoint: Endpoint) -> None:
+        """``endpoint.local_inflight`` changed; cheap, never raises (the request path)."""
+        ...
+
+    def scheduler_changed(self, scheduler: Scheduler) -> None: ...
 
 
 class Director:
@@ -109,6 +120,7 @@ class Director:
         # False in body-based-routing mode: epp names the model for route matching and a
         # per-pool picker further on chooses the endpoint.
         self._pick_endpoints = pick_endpoints
+        self._sharing: LoadSharing | None = None
 
     @property
     def scheduler(self) -> Scheduler:
@@ -117,6 +129,14 @@ class Director:
     def set_scheduler(self, scheduler: Scheduler) -> None:
         """Swap the scheduling profile (a pool's routing-strategy changed)."""
         self._scheduler = scheduler
+        if self._sharing is not None:
+            self._sharing.scheduler_changed(scheduler)
+
+    def share_load(self, sharing: LoadSharing | None) -> None:
+        """Tell ``sharing`` of every change of in-flight load, and of the scheduler."""
+        self._sharing = sharing
+        if sharing is not None:
+            sharing.scheduler_changed(self._scheduler)
 
     def is_ready(self, endpoint: Endpoint) -> bool:
         return (
@@ -310,6 +330,8 @@ class Director:
         chosen = result.endpoints[: 1 + self._destination_fallbacks]
         metrics.scheduler_attempt(request.model, chosen[0], self.namespace)
         chosen[0].request_routed()
+        if self._sharing is not None:
+            self._sharing.load_changed(chosen[0])
         return RoutingDecision(
             request=request,
             endpoints=chosen,
@@ -362,6 +384,8 @@ class Director:
         decision.finished = True
         if decision.endpoints:
             decision.endpoints[0].request_finished()
+            if self._sharing is not None:
+                self._sharing.load_changed(decision.endpoints[0])
         self.response_started(decision)  # a no-op unless the stream skipped telling it
 
 

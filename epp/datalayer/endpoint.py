@@ -64,8 +64,11 @@ class Endpoint:
     # Requests epp routed here whose ext_proc stream has not yet ended. Scraped queue
     # depth lags by a scrape interval; this does not, so a burst cannot pile onto one pod.
     # A plain field because scorers read it for every candidate; request control changes
-    # it through request_routed() and request_finished() only.
+    # it through request_routed() and request_finished() only. With replicas sharing
+    # their load (epp/sync) it also holds what the other replicas report in flight here
+    # (``remote_inflight``), so every reader sees the pool's load for no extra work.
     inflight_requests: int = 0
+    remote_inflight: int = 0  # the part of inflight_requests other replicas reported
     # Consecutive failed scrapes, and the last error text (logged only when it changes).
     scrape_failures: int = 0
     last_scrape_error: str | None = None
@@ -78,6 +81,17 @@ class Endpoint:
     def request_finished(self) -> None:
         """A request counted by :meth:`request_routed` ended (completed, failed or reset)."""
         self.inflight_requests -= 1
+
+    def set_remote_inflight(self, count: int) -> None:
+        """Other replicas now report ``count`` requests in flight here (replacing what
+        they reported before); this replica's own count is unchanged."""
+        self.inflight_requests += count - self.remote_inflight
+        self.remote_inflight = count
+
+    @property
+    def local_inflight(self) -> int:
+        """Requests this replica routed here whose streams have not ended."""
+        return self.inflight_requests - self.remote_inflight
 
     @property
     def identity(self) -> str:

@@ -25,10 +25,12 @@ from epp.scheduling.types import (
     LLMRequest,
     PeerAware,
     Picker,
+    PickListener,
     Plugin,
     PostPick,
     SchedulingResult,
     Scorer,
+    SharedIndex,
 )
 
 # The config dataclasses are re-exported: callers build a scheduler from this module alone.
@@ -84,6 +86,18 @@ class Scheduler:
         if not candidates:
             raise NoCandidates(f"no endpoint is available for model {request.model!r}")
         return self._profile.run(request, candidates)
+
+    def shared_indexes(self) -> dict[str, SharedIndex]:
+        """The profile's prefix indexes that replicas share, by their key."""
+        return {
+            plugin.index_key: plugin for plugin in self.plugins if isinstance(plugin, SharedIndex)
+        }
+
+    def set_pick_listener(self, listener: PickListener | None) -> None:
+        """Tell ``listener`` of every prefix the profile records at a pick (epp/sync
+        publishes them to the other replicas)."""
+        for plugin in self.shared_indexes().values():
+            plugin.set_pick_listener(listener)
 
     def on_endpoints_removed(self, endpoints: Sequence[Endpoint]) -> None:
         """Forward to every plugin that keeps per-endpoint state."""

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from epp.datalayer.endpoint import Endpoint
+from epp.scheduling.prefix_index import PrefixIndex
 
 __all__ = [
     "CycleState",
@@ -15,6 +16,7 @@ __all__ = [
     "Filter",
     "LLMRequest",
     "PeerAware",
+    "PickListener",
     "Picker",
     "Plugin",
     "PostPick",
@@ -25,6 +27,7 @@ __all__ = [
     "ScoredEndpoint",
     "Scorer",
     "ScoresPicker",
+    "SharedIndex",
     "TypedName",
 ]
 
@@ -189,6 +192,32 @@ class PeerAware(Plugin, Protocol):
 class EndpointRemovalHook(Plugin, Protocol):
     def on_endpoints_removed(self, endpoints: Sequence[Endpoint]) -> None:
         """Forget per-endpoint state (the prefix index) for endpoints discovery dropped."""
+        ...
+
+
+# Told of every prefix a plugin records at a pick: (the index's key, the endpoint
+# chosen, the prompt's chained block hashes). Runs on the request path: must be cheap and
+# must not raise.
+PickListener = Callable[[str, Endpoint, Sequence[int]], None]
+
+
+@runtime_checkable
+class SharedIndex(Plugin, Protocol):
+    """A plugin whose prefix index other replicas can feed and read from (epp/sync).
+
+    ``index_key`` names the index the same way on every replica that runs the same
+    configuration, and differs when the hashes would (another block size), so a replica
+    never applies hashes it could not have computed itself.
+    """
+
+    @property
+    def index_key(self) -> str: ...
+
+    @property
+    def index(self) -> PrefixIndex: ...
+
+    def set_pick_listener(self, listener: PickListener | None) -> None:
+        """Call ``listener`` after each pick this plugin records (None: stop)."""
         ...
 
 

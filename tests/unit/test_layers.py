@@ -59,6 +59,9 @@ LAYERS: dict[str, frozenset[str] | None] = {
     # The Pick API's Python client, for callers: the protocol and nothing of the server.
     "client": frozenset({"v1"}),
     "tls": frozenset(),
+    # Replicas sharing decisions (Redis pub/sub): feeds the scheduler's prefix indexes and
+    # the endpoints' remote in-flight counts; knows no requests, no Envoy, no metrics.
+    "sync": frozenset({"datalayer", "scheduling"}),
     # The Lua script Envoy runs in LOGGED mode, and the names it writes under.
     "envoy_response_meter": frozenset(),
     "envoy_config": frozenset({"envoy_response_meter"}),
@@ -83,8 +86,11 @@ ONLY_MODULES: dict[tuple[str, str], tuple[str, ...]] = {
 # Libraries that tie code to the wire (gRPC, Envoy's protobufs) or to a metrics backend,
 # and the layers that must not import them.
 _WIRE_AND_METRICS = ("prometheus_client", "grpc", "grpc_health", "envoy", "google.protobuf")
+# Redis is the sync layer's alone: the request path never waits on it.
 FORBIDDEN_LIBRARIES: dict[str, tuple[str, ...]] = {
-    layer: _WIRE_AND_METRICS
+    "sync": _WIRE_AND_METRICS,
+} | {
+    layer: (*_WIRE_AND_METRICS, "redis")
     for layer in (
         "errors",
         "distribution",

@@ -55,10 +55,12 @@ from epp.scheduling.types import (
     EndpointRemovalHook,
     LLMRequest,
     PeerAware,
+    PickListener,
     Plugin,
     PostPick,
     ScoreAdder,
     Scorer,
+    SharedIndex,
     TypedName,
 )
 
@@ -123,6 +125,7 @@ class PrefixCacheScorer(NamedPlugin):
         "_index",
         "_length_scale_bytes",
         "_length_weight",
+        "_listener",
         "_match_key",
         "_max_blocks",
         "_producer",
@@ -159,10 +162,20 @@ class PrefixCacheScorer(NamedPlugin):
         self._match_key = f"{self._typed_name}/matched"
         self._hit_ratios = Distribution(PREFIX_HIT_RATIO_BOUNDS)
         self._hit_bytes = Distribution(PREFIX_HIT_BYTES_BOUNDS)
+        self._listener: PickListener | None = None
 
     @property
     def index(self) -> PrefixIndex:
         return self._index
+
+    @property
+    def index_key(self) -> str:
+        """The plugin's name and block size: replicas with the same configuration share
+        the index under this key (see :class:`~epp.scheduling.types.SharedIndex`)."""
+        return f"{self._typed_name.name}/{self._block_size}"
+
+    def set_pick_listener(self, listener: PickListener | None) -> None:
+        self._listener = listener
 
     @property
     def settings(self) -> PrefixSettings:
@@ -299,6 +312,8 @@ class PrefixCacheScorer(NamedPlugin):
             if hashes:
                 self._hit_ratios.observe(blocks / len(hashes))
         self._index.add(chosen, hashes)
+        if self._listener is not None and hashes:
+            self._listener(self.index_key, chosen, hashes)
 
     def on_endpoints_removed(self, endpoints: Sequence[Endpoint]) -> None:
         for endpoint in endpoints:
@@ -355,3 +370,4 @@ _post_pick: type[PostPick] = PrefixCacheScorer
 _removal: type[EndpointRemovalHook] = PrefixCacheScorer
 _peer: type[PeerAware] = PrefixCacheScorer
 _stats: type[PrefixStats] = PrefixCacheScorer
+_shared: type[SharedIndex] = PrefixCacheScorer
