@@ -54,6 +54,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     envoy.add_argument("--epp-host", default="127.0.0.1")
     envoy.add_argument("--epp-port", type=int, default=9002)
     envoy.add_argument(
+        "--more-epp-port",
+        type=int,
+        action="append",
+        default=[],
+        metavar="PORT",
+        help="another epp replica on --epp-host (active-active, epp serve "
+        "--sync-redis-url); Envoy spreads routing streams over them all; repeatable",
+    )
+    envoy.add_argument(
         "--body-mode",
         choices=("FULL_DUPLEX_STREAMED", "BUFFERED"),
         default=None,
@@ -118,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = parser.parse_args(arguments)
     if args.command == "serve":
-        return _serve(args)
+        return _serve(args, arguments)
     if args.command == "sim":
         from vllm_sim.cli import run
 
@@ -143,6 +152,7 @@ def _envoy_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         admin_port=args.admin_port,
         epp_host=args.epp_host,
         epp_port=args.epp_port,
+        more_epp_ports=tuple(args.more_epp_port),
     )
     fail_open = [part for given in args.fail_open for part in given.split(",") if part]
     model_routes: dict[str, int] = {}
@@ -192,7 +202,8 @@ def _epp_tls_problem(args: argparse.Namespace) -> str | None:
     return None
 
 
-def _serve(args: argparse.Namespace) -> int:
+def _serve(args: argparse.Namespace, arguments: Sequence[str]) -> int:
+    import dataclasses
     import logging
 
     import uvloop
@@ -207,6 +218,8 @@ def _serve(args: argparse.Namespace) -> int:
     from epp.observability.logging import configure_logging
     from epp.scheduling.errors import SchedulerConfigError
     from epp.server import serve
+    from epp.sync.redis_sync import default_replica_id
+    from epp.workers import supervise, worker_index
 
     try:
         config = load_config(args)
@@ -217,6 +230,22 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"epp: configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(config.log_level, config.log_format)
+    workers = config.server.workers
+    index = worker_index()
+    if workers > 1 and index is None:
+        return supervise(arguments, workers, graceful_timeout_s=config.server.graceful_timeout_s)
+    if workers > 1 and index is not None:
+        # Worker i: its own /metrics port (counters are per process) and replica name.
+        server = config.server
+        config = dataclasses.replace(
+            config,
+            server=dataclasses.replace(
+                server, metrics_port=server.metrics_port + index if server.metrics_port else 0
+            ),
+            sync=dataclasses.replace(
+                config.sync, replica_id=f"{config.sync.replica_id or default_replica_id()}-w{index}"
+            ),
+        )
     for flag, value, why in config.ignored_flags:
         logging.getLogger("epp").warning(
             "ignoring %s=%s (a reference-EPP flag): %s", flag, value, why

@@ -84,6 +84,10 @@ class EnvoyPorts:
     epp_host: str = "127.0.0.1"
     epp_port: int = 9002
     listen_host: str = "127.0.0.1"
+    # More epp replicas on epp_host (active-active, sharing state through epp/sync):
+    # the epp cluster gets one endpoint per port and Envoy spreads routing streams over
+    # them, as a Service with several endpoints would.
+    more_epp_ports: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,7 +257,7 @@ def envoy_bootstrap(
         )
         for index, port in enumerate((model_routes or {}).values()):
             pool = _epp_cluster(
-                replace(ports, epp_port=port),
+                replace(ports, epp_port=port, more_epp_ports=()),
                 tls=tls,
                 ca_file=epp_ca_file,
                 server_name=epp_server_name,
@@ -813,11 +817,12 @@ def _plain_epp_cluster(ports: EnvoyPorts) -> dict[str, Any]:
                                 "address": {
                                     "socket_address": {
                                         "address": ports.epp_host,
-                                        "port_value": ports.epp_port,
+                                        "port_value": port,
                                     }
                                 }
                             }
                         }
+                        for port in (ports.epp_port, *ports.more_epp_ports)
                     ]
                 }
             ],

@@ -47,6 +47,7 @@ from epp.observability.exposition import MetricsPage
 from epp.observability.health import HealthReporter
 from epp.observability.state_metrics import StateCollector
 from epp.pickapi.service import PickService
+from epp.observability.sync_metrics import SyncCollector
 from epp.requestcontrol.admission import SaturationDetector
 from epp.requestcontrol.fallback import ModelFallbacks
 from epp.requestcontrol.health import PassiveHealth
@@ -55,6 +56,7 @@ from epp.requestcontrol.objectives import Objectives
 from epp.requestcontrol.pool_policies import PoolPolicies
 from epp.requestcontrol.rewrite import ModelRewrites
 from epp.scheduling.scheduler import Scheduler
+from epp.sync.redis_sync import RedisSync
 from epp.tls import load_certificate, reloading_credentials, self_signed_certificate
 from epp.v1 import picker_pb2
 
@@ -130,6 +132,13 @@ async def serve(
         )
     store.subscribe(lambda _added, removed: director.scheduler.on_endpoints_removed(removed))
     store.subscribe(lambda _added, removed: director.health.forget(removed))
+    sync = _replica_sync(config, store)
+    sync_metrics: SyncCollector | None = None
+    if sync is not None:
+        store.subscribe(sync.endpoints_changed)
+        director.share_load(sync)
+        sync_metrics = SyncCollector(sync)
+        metrics.REGISTRY.register(sync_metrics)
     health_servicer = health.aio.HealthServicer()
     kube = config.kubernetes
     reporter = HealthReporter(health_servicer, needs_leadership=kube.leader_election)
@@ -179,6 +188,7 @@ async def serve(
         body_budget=budget,
         max_receive_message_bytes=config.server.grpc_max_recv_msg_bytes,
         max_send_message_bytes=config.server.grpc_max_send_msg_bytes,
+        reuse_port=config.server.workers > 1,
     )
     picks = PickService(
         director,
@@ -206,7 +216,9 @@ async def serve(
     health_port: int | None = None
     if config.server.grpc_health_port:
         health_server, health_port = create_health_server(
-            health_servicer, address=f"{grpc_host}:{config.server.grpc_health_port}"
+            health_servicer,
+            address=f"{grpc_host}:{config.server.grpc_health_port}",
+            reuse_port=config.server.workers > 1,
         )
     metrics_runner: web.AppRunner | None = None
     try:
@@ -214,6 +226,8 @@ async def serve(
         if parts is not None:
             await parts.start()
         await scraper.start()
+        if sync is not None:
+            await sync.start()
         metrics_runner, metrics_port = await _start_metrics_listener(
             config, store, director, reporter
         )
@@ -268,6 +282,8 @@ async def serve(
         picks.close()
         if health_server is not None:
             await health_server.stop(0)
+        if sync is not None:
+            await sync.stop()
         await scraper.stop()
         await discovery.stop()
         if parts is not None:
@@ -278,7 +294,24 @@ async def serve(
         metrics.REGISTRY.unregister(state)
         metrics.REGISTRY.unregister(body_memory)
         metrics.REGISTRY.unregister(info)
+        if sync_metrics is not None:
+            metrics.REGISTRY.unregister(sync_metrics)
         log.info("epp stopped")
+
+
+def _replica_sync(config: Config, store: EndpointStore) -> RedisSync | None:
+    sync = config.sync
+    if sync.redis_url is None:
+        return None
+    return RedisSync(
+        sync.redis_url,
+        store,
+        channel=sync.channel,
+        replica_id=sync.replica_id,
+        batch_s=sync.batch_s,
+        heartbeat_s=sync.heartbeat_s,
+        expire_s=sync.expire_s,
+    )
 
 
 class _KubernetesParts:

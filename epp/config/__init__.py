@@ -51,6 +51,7 @@ from epp.config.settings import (
     ModelSelectionConfig,
     RequestControlConfig,
     ServerConfig,
+    SyncConfig,
 )
 from epp.config.values import parse_duration_s
 
@@ -64,6 +65,7 @@ __all__ = [
     "ModelSelectionConfig",
     "RequestControlConfig",
     "ServerConfig",
+    "SyncConfig",
     "add_serve_arguments",
     "build_model_selector",
     "build_scheduler_from_config",

@@ -113,6 +113,15 @@ def _check_modes(config: Config) -> None:
         kube.retry_period_s < kube.renew_deadline_s < kube.lease_duration_s
     ):
         raise ConfigError("leader election needs retry period < renew deadline < lease duration")
+    sync = config.sync
+    if not 0 < sync.heartbeat_s < sync.expire_s:
+        raise ConfigError("--sync-expiry must be longer than --sync-heartbeat-interval")
+    if config.server.workers > 1 and not sync.enabled:
+        raise ConfigError(
+            f"--workers {config.server.workers} needs --sync-redis-url: each worker keeps its "
+            "own prefix index and in-flight counts, and without a shared Redis they would "
+            "each see a fraction of the traffic"
+        )
     server = config.server
     if 0 < server.max_buffered_body_bytes < server.max_body_bytes:
         raise ConfigError(

@@ -444,6 +444,58 @@ OPTIONS: tuple[Option, ...] = (
         "their cost; a regex that could backtrack too long over them is refused)",
     ),
     Option(
+        "--sync-redis-url",
+        ("sync", "redis_url"),
+        ("sync", "redisUrl"),
+        v.optional_text,
+        "share routing decisions (prefixes picked, requests in flight) with the other "
+        "replicas through this Redis, e.g. redis://redis:6379/0 (a password goes in the "
+        "URL); unset: this replica routes on its own view alone",
+    ),
+    Option(
+        "--sync-channel",
+        ("sync", "channel"),
+        ("sync", "channel"),
+        str,
+        "the Redis pub/sub channel the replicas of one pool share",
+    ),
+    Option(
+        "--replica-id",
+        ("sync", "replica_id"),
+        ("sync", "replicaId"),
+        v.optional_text,
+        "this replica's name to the others (default: hostname-pid)",
+    ),
+    Option(
+        "--sync-heartbeat-interval",
+        ("sync", "heartbeat_s"),
+        ("sync", "heartbeatInterval"),
+        v.positive_duration_s,
+        "how often a replica publishes all its in-flight counts, even when idle",
+    ),
+    Option(
+        "--sync-expiry",
+        ("sync", "expire_s"),
+        ("sync", "expiry"),
+        v.positive_duration_s,
+        "a replica not heard from for this long is forgotten, its in-flight counts dropped",
+    ),
+    Option(
+        "--sync-batch-window",
+        ("sync", "batch_s"),
+        ("sync", "batchWindow"),
+        v.positive_duration_s,
+        "decisions gathered into one Redis publish: how long the first waits for others",
+    ),
+    Option(
+        "--workers",
+        ("server", "workers"),
+        ("server", "workers"),
+        v.positive_int,
+        "ext_proc worker processes sharing the gRPC port (SO_REUSEPORT); over 1 needs "
+        "--sync-redis-url. Worker i serves /metrics on --metrics-port + i",
+    ),
+    Option(
         "--log-level",
         ("log_level",),
         ("logging", "level"),

@@ -24,6 +24,7 @@ __all__ = [
     "ModelSelectionConfig",
     "RequestControlConfig",
     "ServerConfig",
+    "SyncConfig",
 ]
 
 MiB = 1024 * 1024
@@ -78,6 +79,8 @@ class ServerConfig:
     pick_timeout_s: float = 600.0
     # Unfinished picks epp keeps (about 1 KB each); past it the oldest is released.
     pick_max_outstanding: int = 10_000
+    # Processes serving the ext_proc port together (SO_REUSEPORT); > 1 needs a sync.
+    workers: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,12 +166,29 @@ class ModelSelectionConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SyncConfig:
+    """Replicas sharing their routing decisions (epp/sync): off without a Redis URL."""
+
+    redis_url: str | None = None
+    channel: str = "epp:sync"
+    replica_id: str | None = None  # None: hostname-pid
+    heartbeat_s: float = 1.0
+    expire_s: float = 5.0  # five heartbeats missed
+    batch_s: float = 0.005
+
+    @property
+    def enabled(self) -> bool:
+        return self.redis_url is not None
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     data_layer: DataLayerConfig = field(default_factory=DataLayerConfig)
     kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
     request_control: RequestControlConfig = field(default_factory=RequestControlConfig)
     model_selection: ModelSelectionConfig = field(default_factory=ModelSelectionConfig)
+    sync: SyncConfig = field(default_factory=SyncConfig)
     endpoints: tuple[EndpointSpec, ...] = ()
     scheduler: SchedulerConfig = field(default_factory=default_scheduler_config)
     log_level: str = "info"

@@ -149,13 +149,16 @@ def create_grpc_server(
     body_budget: BodyBudget | None = None,
     max_receive_message_bytes: int | None = None,
     max_send_message_bytes: int | None = None,
+    reuse_port: bool = False,
 ) -> tuple[grpc.aio.Server, int]:
     """A grpc.aio server with ext_proc, Envoy's access log receiver (the channel of
     ``--response-body-mode LOGGED``) and gRPC health, bound to ``address``.
 
     With ``tls`` credentials it serves TLS. Returns the server and the port bound
     (``address`` may end in ``:0``). The message limits default to the largest body
-    plus 1 MiB, at least 4 MiB.
+    plus 1 MiB, at least 4 MiB. ``reuse_port``: several processes (``epp serve
+    --workers``) listen on the same port and the kernel spreads connections over them;
+    off otherwise, so a second epp on a taken port fails instead of sharing it.
     """
     # Envoy sends each body chunk (and a buffered body whole) as one gRPC message.
     max_message = max(4 * 1024 * 1024, max_body_bytes + 1024 * 1024)
@@ -163,7 +166,7 @@ def create_grpc_server(
         options=[
             ("grpc.max_receive_message_length", max_receive_message_bytes or max_message),
             ("grpc.max_send_message_length", max_send_message_bytes or max_message),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
             # Envoy keeps one HTTP/2 connection open; answer its keepalive pings.
             ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
             ("grpc.keepalive_permit_without_calls", 1),
@@ -191,10 +194,10 @@ def create_grpc_server(
 
 
 def create_health_server(
-    health_servicer: health.aio.HealthServicer, *, address: str
+    health_servicer: health.aio.HealthServicer, *, address: str, reuse_port: bool = False
 ) -> tuple[grpc.aio.Server, int]:
     """A plaintext gRPC server with only grpc.health.v1: kubelet's gRPC probes speak no TLS."""
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 1 if reuse_port else 0)])
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     port = server.add_insecure_port(address)
     if port == 0:

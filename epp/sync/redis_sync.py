@@ -136,6 +136,15 @@ class RedisSync:
         self._scheduler = scheduler
         scheduler.set_pick_listener(self._picked)
 
+    def counters(self) -> dict[str, int]:
+        """The :class:`SyncStats` counters by name, for ``/metrics``."""
+        stats = self.stats
+        return {name: getattr(stats, name) for name in stats.__slots__}
+
+    def peers(self) -> int:
+        """Other replicas heard from within the expiry."""
+        return len(self.remote.replicas())
+
     def endpoints_changed(self, added: list[Endpoint], _removed: list[Endpoint]) -> None:
         """Wire to ``EndpointStore.subscribe``: new endpoints get the known remote load."""
         self.remote.endpoints_added(added)

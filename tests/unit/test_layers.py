@@ -73,6 +73,8 @@ LAYERS: dict[str, frozenset[str] | None] = {
     "config": ANY,
     "server": ANY,
     "cli": ANY,
+    # The supervisor of ``epp serve --workers``: processes only.
+    "workers": frozenset(),
     "__main__": ANY,
 }
 
