@@ -7,8 +7,11 @@ in-flight count on each endpoint whose count changed. Each replica applies the o
 batches: their prefixes go into its own index (``PrefixIndex.add``), their counts onto
 the endpoints (``Endpoint.set_remote_inflight``), which the load scorers read.
 
-- Batching: a decision wakes the publisher, which waits ``batch_s`` (a few ms) and sends
-  everything gathered as one message: one publish per burst, not per request.
+- Batching: a pick, or a count that grew, wakes the publisher, which waits ``batch_s``
+  (a few ms) and sends everything gathered as one message: one publish per burst, not
+  per request. A count that only fell (a request finished) waits up to ``10 * batch_s``
+  for the next pick to ride with: a finish seen late makes the others avoid a pod a
+  little longer, a start seen late lets a burst pile onto it.
 - Heartbeat: every ``heartbeat_s`` a full batch (every count) goes out even when idle, so
   a count lost in transit is corrected, and the others know this replica is alive. A
   replica not heard from for ``expire_s`` is forgotten (its counts dropped); one that
@@ -44,6 +47,7 @@ from redis.exceptions import RedisError
 from epp.datalayer.endpoint import Endpoint
 from epp.datalayer.store import EndpointStore
 from epp.scheduling.scheduler import Scheduler
+from epp.scheduling.types import SharedIndex
 from epp.sync.codec import MAX_MESSAGE_BYTES, Batch, CodecError, Pick, decode, encode
 from epp.sync.remote import RemoteLoad
 
@@ -108,11 +112,16 @@ class RedisSync:
         self.stats = SyncStats()
         self.connected = False
         self._scheduler: Scheduler | None = None
+        # The scheduler's shared indexes, found once per scheduler: a runtime Protocol
+        # check per plugin per batch cost more than applying the batch.
+        self._indexes: dict[str, SharedIndex] = {}
         self._dirty: dict[str, Endpoint] = {}
         self._picks: list[Pick] = []
         self._full_due = True
         self._last_full = 0.0
-        self._wake = asyncio.Event()
+        self._wake = asyncio.Event()  # something to publish
+        self._urgent = asyncio.Event()  # a pick, or a count that grew: publish soon
+        self._sent: dict[str, int] = {}  # the counts last published, by address
         self._client: aioredis.Redis | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._last_error = ""
@@ -120,7 +129,10 @@ class RedisSync:
     # -- the request path: appends only ---------------------------------------------
 
     def load_changed(self, endpoint: Endpoint) -> None:
-        self._dirty[endpoint.address] = endpoint
+        address = endpoint.address
+        self._dirty[address] = endpoint
+        if endpoint.local_inflight > self._sent.get(address, 0):
+            self._urgent.set()
         self._wake.set()
 
     def _picked(self, key: str, endpoint: Endpoint, hashes: Sequence[int]) -> None:
@@ -128,12 +140,14 @@ class RedisSync:
             self.stats.dropped_picks += 1
             return
         self._picks.append(Pick(key, endpoint.address, hashes))
+        self._urgent.set()
         self._wake.set()
 
     def scheduler_changed(self, scheduler: Scheduler) -> None:
         if self._scheduler is not None and self._scheduler is not scheduler:
             self._scheduler.set_pick_listener(None)
         self._scheduler = scheduler
+        self._indexes = scheduler.shared_indexes()
         scheduler.set_pick_listener(self._picked)
 
     def counters(self) -> dict[str, int]:
@@ -201,10 +215,17 @@ class RedisSync:
             try:
                 async with asyncio.timeout(self._heartbeat_s):
                     await self._wake.wait()
-                await asyncio.sleep(self._batch_s)  # gather the rest of the burst
             except TimeoutError:
                 pass
+            else:
+                try:
+                    async with asyncio.timeout(10 * self._batch_s):
+                        await self._urgent.wait()
+                except TimeoutError:
+                    pass
+                await asyncio.sleep(self._batch_s)  # gather the rest of the burst
             self._wake.clear()
+            self._urgent.clear()
             now = time.monotonic()
             for replica in self.remote.expire(now):
                 log.warning(
@@ -238,8 +259,10 @@ class RedisSync:
             self._full_due = False
             counts = {ep.address: ep.local_inflight for ep in self._store.all()}
             counts = {address: n for address, n in counts.items() if n > 0}
+            self._sent = dict(counts)
         else:
             counts = {address: max(0, ep.local_inflight) for address, ep in self._dirty.items()}
+            self._sent.update(counts)
         self._dirty = {}
         picks, self._picks = self._picks, []
         if not (full or counts or picks):
@@ -325,10 +348,7 @@ class RedisSync:
             self._index(batch.picks)
 
     def _index(self, picks: Sequence[Pick]) -> None:
-        scheduler = self._scheduler
-        if scheduler is None:
-            return
-        indexes = scheduler.shared_indexes()
+        indexes = self._indexes
         get = self._store.get
         for pick in picks:
             plugin = indexes.get(pick.key)
