@@ -16,6 +16,11 @@ the given pods and returns its base URL once it answers, ``stop`` tears it down.
 | ``epp-load`` | epp, load scorers only: queue, KV, in-flight (``configs/load-only.yaml``) |
 | ``epp-prefix`` | epp, the prefix-cache scorer only (``configs/prefix-only.yaml``) |
 
+``run.py --epp-replicas N`` adds ``epp-Nx`` (N epp replicas behind the one Envoy, each on
+its own view) and ``epp-Nx-sync`` (the same, sharing decisions through a redis-server the
+contender starts: ``epp serve --sync-redis-url``), and ``epp-workersN-sync`` (one
+``epp serve --workers N`` sharing the port); their CPU includes Redis's.
+
 ``run.py --epp-checkout NAME=DIR`` adds epp as another source tree has it (a previous
 commit in a ``git worktree``), with the Envoy bootstrap that tree's own
 ``epp envoy-config`` prints: before and after a change, in one run.
@@ -30,7 +35,9 @@ and ``NONE``.
 
 from __future__ import annotations
 
+import functools
 import importlib
+import shutil
 import subprocess
 import sys
 import time
@@ -61,6 +68,7 @@ __all__ = [
     "builtin_contenders",
     "descendants",
     "load_peers",
+    "replica_contenders",
     "static_cluster_bootstrap",
     "wait_answers",
 ]
@@ -150,8 +158,11 @@ class EnvoyContender(_Processes):
 class EppContender(_Processes):
     """Envoy + ``epp serve`` (full-duplex ext_proc, ORIGINAL_DST), one ``--endpoint`` per pod.
 
-    ``config_file`` replaces the default profile; ``extra_args`` go to ``epp serve``
-    (e.g. ``--refresh-metrics-interval``); ``envoy_options`` to
+    ``replicas`` epp processes sit behind the one Envoy (its epp cluster holds them all);
+    ``sync`` starts a redis-server and has them share decisions through it; ``workers``
+    is ``epp serve --workers``. ``config_file`` replaces the default profile;
+    ``extra_args`` go to ``epp serve`` (e.g. ``--refresh-metrics-interval``);
+    ``envoy_options`` to
     :func:`epp.envoy_config.envoy_bootstrap` (e.g. ``response_body_mode``).
     """
 
@@ -162,41 +173,92 @@ class EppContender(_Processes):
         extra_args: Sequence[str] = (),
         envoy_options: dict[str, Any] | None = None,
         checkout: Path | None = None,
+        *,
+        replicas: int = 1,
+        sync: bool = False,
+        workers: int = 1,
     ) -> None:
         super().__init__()
         self.name = name
+        self.replicas = replicas
+        self.sync = sync
+        self.workers = workers
         self.config_file = config_file
         self.extra_args = list(extra_args)
         self.envoy_options = dict(envoy_options or {})
         self.checkout = checkout
 
     def start(self, pods: Sequence[str], model: str, workdir: Path) -> str:
-        grpc, metrics = free_port(), free_port()
-        args = [
-            *loopback_serve_args(grpc, metrics),
-            "--log-level",
-            "warning",
-            *self.extra_args,
-        ]
-        if self.config_file is not None:
-            args += ["--config-file", str(self.config_file)]
-        for pod in pods:
-            args += ["--endpoint", f"{pod}={model}"]
-        epp = start_epp_module("epp", args, log_dir=workdir, checkout=self.checkout)
-        self.started.append(epp)
-        epp.wait_until(
-            lambda: _ready_pods(metrics) >= len(pods),
-            timeout_s=30,
-            what=f"all {len(pods)} pods ready in epp",
-        )
+        extra = list(self.extra_args)
+        if self.sync:
+            redis = _start_redis(workdir)
+            self.started.append(redis)
+            extra += ["--sync-redis-url", f"redis://127.0.0.1:{redis.port}/0"]
+        if self.workers > 1:
+            extra += ["--workers", str(self.workers)]
+        grpc_ports = []
+        for replica in range(self.replicas):
+            grpc, metrics = free_port(), _free_ports(self.workers)
+            args = [*loopback_serve_args(grpc, metrics), "--log-level", "warning", *extra]
+            if self.config_file is not None:
+                args += ["--config-file", str(self.config_file)]
+            for pod in pods:
+                args += ["--endpoint", f"{pod}={model}"]
+            log_dir = workdir / f"replica-{replica}" if self.replicas > 1 else workdir
+            log_dir.mkdir(parents=True, exist_ok=True)
+            epp = start_epp_module("epp", args, log_dir=log_dir, checkout=self.checkout)
+            self.started.append(epp)
+            for port in range(metrics, metrics + self.workers):  # worker i: metrics + i
+                epp.wait_until(
+                    functools.partial(_pods_ready, port, len(pods)),
+                    timeout_s=30,
+                    what=f"all {len(pods)} pods ready in epp",
+                )
+            grpc_ports.append(grpc)
         listen, admin = free_port(), free_port()
-        ports = EnvoyPorts(listen_port=listen, admin_port=admin, epp_port=grpc)
+        while admin == listen:  # the kernel may hand out a just-released port again
+            admin = free_port()
+        ports = EnvoyPorts(
+            listen_port=listen,
+            admin_port=admin,
+            epp_port=grpc_ports[0],
+            more_epp_ports=tuple(grpc_ports[1:]),
+        )
         if self.checkout is not None:
             bootstrap = _checkout_bootstrap(self.checkout, ports)
         else:
             bootstrap = envoy_bootstrap(ports, **self.envoy_options)
         self.started.append(start_envoy(bootstrap, admin_port=admin, log_dir=workdir))
         return f"http://127.0.0.1:{listen}"
+
+
+class _Redis(ManagedProcess):
+    port: int
+
+
+def _start_redis(workdir: Path) -> _Redis:
+    """A redis-server without persistence on a free loopback port, once it answers."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise StackError("redis-server is not installed (apt-get install -y redis-server)")
+    port = free_port()
+    argv = [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", ""]
+    argv += ["--appendonly", "no", "--dir", str(workdir)]
+    redis = _Redis("redis", argv, log_dir=workdir)
+    redis.port = port
+    redis.wait_until(lambda: _redis_answers(port), timeout_s=10, what="redis PING")
+    return redis
+
+
+def _redis_answers(port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
 
 
 def _checkout_bootstrap(checkout: Path, ports: EnvoyPorts) -> dict[str, Any]:
@@ -243,6 +305,30 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def _free_ports(count: int) -> int:
+    """The first of ``count`` consecutive free ports (worker i serves /metrics on the
+    first + i)."""
+    while True:
+        first = free_port()
+        if all(_bindable(first + i) for i in range(1, count)):
+            return first
+
+
+def _bindable(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _pods_ready(metrics_port: int, pods: int) -> bool:
+    return _ready_pods(metrics_port) >= pods
+
+
 def _ready_pods(metrics_port: int) -> int:
     try:
         with urllib.request.urlopen(
@@ -255,6 +341,16 @@ def _ready_pods(metrics_port: int) -> int:
         if line.startswith("inference_pool_ready_pods"):
             return int(float(line.rsplit(" ", 1)[1]))
     return 0
+
+
+def replica_contenders(replicas: int, epp_args: Sequence[str] = ()) -> list[Contender]:
+    """epp as ``replicas`` replicas behind one Envoy, alone and sharing state, and as one
+    ``epp serve --workers`` of as many processes."""
+    return [
+        EppContender(f"epp-{replicas}x", None, epp_args, replicas=replicas),
+        EppContender(f"epp-{replicas}x-sync", None, epp_args, replicas=replicas, sync=True),
+        EppContender(f"epp-workers{replicas}-sync", None, epp_args, sync=True, workers=replicas),
+    ]
 
 
 def builtin_contenders(epp_args: Sequence[str] = ()) -> list[Contender]:

@@ -31,6 +31,7 @@ from benchmarks.routing.contenders import (
     EppContender,
     builtin_contenders,
     load_peers,
+    replica_contenders,
     wait_answers,
 )
 from benchmarks.routing.fleet import Fleet, FleetSpec, deltas, sim_flags
@@ -290,6 +291,8 @@ def _install_peers(contenders: list[Contender]) -> list[Contender]:
 def _contenders(args: argparse.Namespace) -> list[Contender]:
     epp_args = ["--refresh-metrics-interval", args.epp_refresh] if args.epp_refresh else []
     contenders = builtin_contenders(epp_args)
+    if args.epp_replicas > 1:
+        contenders += replica_contenders(args.epp_replicas, epp_args)
     for spec in args.epp_config or []:
         name, _, path = spec.partition("=")
         contenders.append(EppContender(name, Path(path), epp_args))
@@ -390,6 +393,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NAME=DIR",
         help="also run epp from another source tree (e.g. a worktree of an earlier commit), "
         "with the Envoy bootstrap its own `epp envoy-config` prints, as contender NAME",
+    )
+    parser.add_argument(
+        "--epp-replicas",
+        type=int,
+        default=1,
+        metavar="N",
+        help="also run N epp replicas behind the one Envoy, alone (epp-Nx) and sharing "
+        "state through Redis (epp-Nx-sync), and epp serve --workers N (epp-workersN-sync)",
     )
     parser.add_argument(
         "--max-concurrency", type=int, default=512, help="client cap on requests in flight"

@@ -474,7 +474,8 @@ class PoolCollector(Collector):
         per_endpoint = ["endpoint"]
         inflight = GaugeMetricFamily(
             "epp_endpoint_inflight_requests",
-            "Requests epp routed to the endpoint whose streams have not ended.",
+            "Requests epp routed to the endpoint whose streams have not ended (with "
+            "--sync-redis-url, those the other replicas report too).",
             labels=per_endpoint,
         )
         failures = GaugeMetricFamily(

@@ -185,6 +185,12 @@ def test_boolean_flags_take_go_style_values() -> None:
             "retry period < renew deadline",
         ),
         (["--pool-name", "p", "--pool-group", "example.com"], "is not one of"),
+        (["--workers", "2"], "needs --sync-redis-url"),
+        (["--workers", "0"], "workers"),
+        (
+            ["--sync-redis-url", "redis://r", "--sync-heartbeat-interval", "5s"],
+            "longer than --sync-heartbeat-interval",
+        ),
     ],
 )
 def test_inconsistent_modes_are_refused(argv: list[str], message: str) -> None:
@@ -401,3 +407,24 @@ def test_pick_api_limits_from_flags_env_and_file() -> None:
 def test_pick_api_limits_must_be_positive(argv: list[str]) -> None:
     with pytest.raises(ConfigError):
         parse(argv)
+
+
+def test_replica_sync_settings_from_file_and_flags(tmp_path: Path) -> None:
+    assert not parse([]).sync.enabled
+    path = tmp_path / "epp.yaml"
+    path.write_text(
+        "kind: EndpointPickerConfig\n"
+        "sync: {redisUrl: 'redis://r:6379/0', channel: pool-a, expiry: 3s}\n"
+        "server: {workers: 2}\n"
+    )
+    config = parse(["--config-file", str(path), "--replica-id", "epp-0"])
+    assert config.sync.redis_url == "redis://r:6379/0"
+    assert (config.sync.channel, config.sync.expire_s, config.sync.replica_id) == (
+        "pool-a",
+        3.0,
+        "epp-0",
+    )
+    assert config.server.workers == 2
+    path.write_text("kind: EndpointPickerConfig\nsync: {redisURL: x}\n")
+    with pytest.raises(ConfigError, match="redisURL"):
+        parse(["--config-file", str(path)])

@@ -367,3 +367,19 @@ def test_model_routes_put_a_body_based_router_before_a_route_per_model() -> None
 def test_model_routes_refuse_what_cannot_work(options: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         envoy_bootstrap(EnvoyPorts(), **options)
+
+
+def test_more_epp_replicas_become_endpoints_of_the_epp_cluster(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["envoy-config", "--epp-port", "9002", "--more-epp-port", "9012"]) == 0
+    bootstrap = yaml.safe_load(capsys.readouterr().out)
+    (epp,) = [c for c in bootstrap["static_resources"]["clusters"] if c["name"] == "epp"]
+    (locality,) = epp["load_assignment"]["endpoints"]
+    ports = [
+        e["endpoint"]["address"]["socket_address"]["port_value"] for e in locality["lb_endpoints"]
+    ]
+    assert ports == [9002, 9012]
+    one = envoy_bootstrap(EnvoyPorts(epp_port=9002))
+    (single,) = [c for c in one["static_resources"]["clusters"] if c["name"] == "epp"]
+    assert len(single["load_assignment"]["endpoints"][0]["lb_endpoints"]) == 1

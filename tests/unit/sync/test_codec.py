@@ -43,7 +43,10 @@ def test_edge_batches_round_trip(batch: Batch) -> None:
         encode(Batch("r", counts={"a": 1}))[:-1],
         encode(Batch("r")) + b"x",
         b"EPS1\x00\x02\xff\xfe" + struct.pack("<HH", 0, 0),
-        b"EPS1\x00\x01r" + struct.pack("<H", 0) + struct.pack("<H", 1) + b"\x01k\x01a"
+        b"EPS1\x00\x01r"
+        + struct.pack("<H", 0)
+        + struct.pack("<H", 1)
+        + b"\x01k\x01a"
         + struct.pack("<H", MAX_HASHES + 1),
         b"EPS1\x00\x01r" + struct.pack("<H", 60_000),
         b"EPS1" + bytes(MAX_MESSAGE_BYTES),

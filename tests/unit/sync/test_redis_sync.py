@@ -44,9 +44,7 @@ class Replica:
         return endpoint.inflight_requests
 
     def prefix_scorer(self) -> PrefixCacheScorer:
-        (scorer,) = [
-            p for p in self.director.scheduler.plugins if isinstance(p, PrefixCacheScorer)
-        ]
+        (scorer,) = [p for p in self.director.scheduler.plugins if isinstance(p, PrefixCacheScorer)]
         return scorer
 
 
@@ -73,8 +71,9 @@ async def test_a_prefix_routed_by_one_replica_is_found_by_the_other(
     a.director.finish(first)
     chosen = first.endpoints[0]
     target = b.store.get(chosen.address)
+    assert target is not None
     hashes = a.prefix_scorer().index.hashes_of(chosen)
-    await eventually(lambda: b.prefix_scorer().index.hashes_of(target) == hashes)  # type: ignore[arg-type]
+    await eventually(lambda: b.prefix_scorer().index.hashes_of(target) == hashes)
     # B sends the same conversation where A sent it, though it never saw it itself.
     for _ in range(5):
         again = b.route(PROMPT + "second question")
