@@ -46,8 +46,8 @@ from epp.observability import metrics, naming, request_metrics
 from epp.observability.exposition import MetricsPage
 from epp.observability.health import HealthReporter
 from epp.observability.state_metrics import StateCollector
-from epp.pickapi.service import PickService
 from epp.observability.sync_metrics import SyncCollector
+from epp.pickapi.service import PickService
 from epp.requestcontrol.admission import SaturationDetector
 from epp.requestcontrol.fallback import ModelFallbacks
 from epp.requestcontrol.health import PassiveHealth
