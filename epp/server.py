@@ -34,6 +34,7 @@ from epp.config import (
 )
 from epp.datalayer.kube_discovery import KubernetesDiscovery, PoolSpec
 from epp.datalayer.scrape_pace import default_max_backoff_s
+from epp.datalayer.scrape_process import ProcessScraper
 from epp.datalayer.scraper import MetricsScraper
 from epp.datalayer.static_discovery import StaticDiscovery
 from epp.datalayer.store import EndpointStore
@@ -146,17 +147,7 @@ async def serve(
     discovery: StaticDiscovery | KubernetesDiscovery = (
         parts.discovery if parts is not None else StaticDiscovery(store, config.endpoints)
     )
-    scraper = MetricsScraper(
-        store,
-        engine=data.engine,
-        path=data.metrics_path,
-        interval_s=data.refresh_metrics_interval_s,
-        timeout_s=data.scrape_timeout_s,
-        max_body_bytes=data.scrape_max_bytes,
-        max_samples=data.scrape_max_samples,
-        max_backoff_s=default_max_backoff_s(data.metrics_staleness_s),
-        max_idle_interval_s=data.scrape_idle_interval_s,
-    )
+    scraper = _make_scraper(config, store)
     pool = metrics.PoolCollector(
         store.all,
         director.is_ready,
@@ -165,6 +156,8 @@ async def serve(
         in_backoff=director.health.in_backoff,
     )
     metrics.REGISTRY.register(pool)
+    scraper_metrics = metrics.ScraperCollector(scraper)
+    metrics.REGISTRY.register(scraper_metrics)
     state = StateCollector(store.all, lambda: director.scheduler)
     request_metrics.set_request_log(config.request_log)
     metrics.REGISTRY.register(state)
@@ -291,6 +284,7 @@ async def serve(
         if metrics_runner is not None:
             await metrics_runner.cleanup()
         metrics.REGISTRY.unregister(pool)
+        metrics.REGISTRY.unregister(scraper_metrics)
         metrics.REGISTRY.unregister(state)
         metrics.REGISTRY.unregister(body_memory)
         metrics.REGISTRY.unregister(info)
@@ -427,6 +421,22 @@ def _enable_reflection(server: grpc.aio.Server) -> None:
         reflection.SERVICE_NAME,
     )
     reflection.enable_server_reflection(names, server)
+
+
+def _make_scraper(config: Config, store: EndpointStore) -> MetricsScraper | ProcessScraper:
+    data = config.data_layer
+    kind = ProcessScraper if data.scrape_mode == "process" else MetricsScraper
+    return kind(
+        store,
+        engine=data.engine,
+        path=data.metrics_path,
+        interval_s=data.refresh_metrics_interval_s,
+        timeout_s=data.scrape_timeout_s,
+        max_body_bytes=data.scrape_max_bytes,
+        max_samples=data.scrape_max_samples,
+        max_backoff_s=default_max_backoff_s(data.metrics_staleness_s),
+        max_idle_interval_s=data.scrape_idle_interval_s,
+    )
 
 
 def _tls_credentials(config: Config) -> grpc.ServerCredentials | None:

@@ -203,6 +203,15 @@ OPTIONS: tuple[Option, ...] = (
         "epp may notice work sent to an idle pod past it (another epp replica)",
     ),
     Option(
+        "--scrape-mode",
+        ("data_layer", "scrape_mode"),
+        ("dataLayer", "scrapeMode"),
+        v.one_of("process", "inline"),
+        "where the scraper runs: process (default; a child process, so scraping never "
+        "delays routing) or inline (on the event loop that routes: one process, for "
+        "a handful of pods)",
+    ),
+    Option(
         "--grpc-health-port",
         ("server", "grpc_health_port"),
         ("server", "grpcHealthPort"),

@@ -98,6 +98,9 @@ class DataLayerConfig:
     # The longest pause between scrapes of an endpoint that is idle and unchanged (None:
     # twice refresh_metrics_interval_s); epp/datalayer/scraper.py says why.
     scrape_idle_interval_s: float | None = None
+    # Where the scraper runs: "process" (a child process, off the routing loop) or
+    # "inline" (on it); epp/datalayer/scrape_process.py says why process is the default.
+    scrape_mode: str = "process"
 
 
 @dataclass(frozen=True, slots=True)

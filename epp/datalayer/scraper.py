@@ -162,6 +162,7 @@ class MetricsScraper:
         max_idle_interval_s: float | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
+        on_update: Callable[[Endpoint], None] | None = None,
     ) -> None:
         if interval_s <= 0:
             raise ValueError(f"interval_s must be > 0, got {interval_s}")
@@ -203,6 +204,7 @@ class MetricsScraper:
         self._last_good: dict[Endpoint, _LastPage] = {}
         self._sleep = sleep
         self._clock = clock
+        self._on_update = on_update
         self.max_idle_interval_s = (
             default_max_idle_interval_s(interval_s)
             if max_idle_interval_s is None
@@ -213,7 +215,8 @@ class MetricsScraper:
         # the loop through ``sleep``; then one task per endpoint sleeps between polls.
         self._timers = sleep is asyncio.sleep
         self._target_query = self._target + self._query
-        self.polls_total = 0  # polls started, for benchmarks and tests
+        self.polls_total = 0  # polls started, for benchmarks, tests and /metrics
+        self.restarts_total = 0  # never restarts: it lives on epp's loop (ProcessScraper does)
         self._polls: dict[Endpoint, _Poller] = {}  # one per endpoint in the store
         self._live: set[asyncio.Task[None]] = set()  # also those cancelled but not yet done
         self._watch_timer: asyncio.TimerHandle | None = None
@@ -274,6 +277,11 @@ class MetricsScraper:
             await self._client.aclose()
             self._client = None
         self._last_good.clear()
+
+    @property
+    def running(self) -> bool:
+        """True between :meth:`start` and :meth:`stop`."""
+        return self._started and not self._stopped
 
     def scraped_addresses(self) -> frozenset[str]:
         """Addresses being polled now (for tests and debug endpoints)."""
@@ -351,6 +359,8 @@ class MetricsScraper:
             logger.info("first scrape of %s: %s metrics", endpoint.address, mapping.engine)
         endpoint.scrape_failures = 0
         endpoint.last_scrape_error = None
+        if self._on_update is not None:
+            self._on_update(endpoint)
         return busy
 
     def _parse(self, text: str) -> tuple[Metrics, MetricMapping, dict[str, list[Sample]]]:
@@ -409,6 +419,8 @@ class MetricsScraper:
                 exc_info=exc_info,
             )
         endpoint.last_scrape_error = error
+        if self._on_update is not None:
+            self._on_update(endpoint)
 
     def _get_client(self) -> Http1Client:
         if self._client is None:
@@ -580,7 +592,14 @@ class MetricsScraper:
         loop = self._loop
         assert loop is not None
         self._watch_timer = loop.call_later(self.interval_s, self._watch)
-        for poller in self._polls.values():
+        self.poll_busy_now()
+
+    def poll_busy_now(self) -> None:
+        """Poll now every endpoint on the slowed idle pace that has requests in flight
+        (the watcher's check, run at once when the scraper process learns of new work)."""
+        if not self._timers or self._stopped:
+            return
+        for poller in list(self._polls.values()):
             if poller.idle_polls > 1 and poller.endpoint.inflight_requests > 0:
                 timer = poller.timer
                 if timer is not None:  # else a poll is under way

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Iterable, Mapping
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -42,6 +43,8 @@ __all__ = [
     "InfoCollector",
     "ModelLabels",
     "PoolCollector",
+    "ScraperCollector",
+    "ScraperView",
     "errors_for",
     "model_label",
     "model_labels",
@@ -500,6 +503,43 @@ class PoolCollector(Collector):
             if self._in_backoff is not None:
                 unhealthy.add_metric([ep.address], 1 if self._in_backoff(ep) else 0)
         return [*families, inflight, failures, stale, unhealthy]
+
+
+class ScraperView(Protocol):
+    """What the metrics scraper (in the loop or in a process) tells about itself."""
+
+    @property
+    def polls_total(self) -> int: ...
+
+    @property
+    def restarts_total(self) -> int: ...
+
+    @property
+    def running(self) -> bool: ...
+
+
+class ScraperCollector(Collector):
+    """The scraper's own health: polls made, restarts of its process, whether it is up."""
+
+    def __init__(self, scraper: ScraperView) -> None:
+        self._scraper = scraper
+
+    def collect(self) -> Iterable[Metric]:
+        polls = CounterMetricFamily(
+            "epp_scraper_polls", "Polls of endpoints' /metrics started by the scraper."
+        )
+        polls.add_metric([], self._scraper.polls_total)
+        restarts = CounterMetricFamily(
+            "epp_scraper_restarts",
+            "Times the scraper process failed (exited, hung, or broke its protocol) and was "
+            "restarted.",
+        )
+        restarts.add_metric([], self._scraper.restarts_total)
+        up = GaugeMetricFamily(
+            "epp_scraper_up", "1 while the scraper runs (its process is up and talking)."
+        )
+        up.add_metric([], 1 if self._scraper.running else 0)
+        return [polls, restarts, up]
 
 
 class BodyMemoryCollector(Collector):
