@@ -9,7 +9,10 @@ Two parts, each side by side in one run:
 
      aiohttp   the scraper with the aiohttp client it had before (``aiohttp_fetch``
                below: the same session settings), i.e. the cost of the old client round
-     http1     the scraper as it is (``epp/datalayer/http1_client.py``)
+     http1     the scraper on the loop (``--scrape-mode inline``), with the client of
+               ``epp/datalayer/http1_client.py``
+     process   the scraper process (``epp/datalayer/scrape_process.py``, the default):
+               CPU of both processes, the child's read from /proc
      HEAD      with ``--before-tree DIR``: the whole scraper of another checkout, e.g.
                ``git worktree add /tmp/epp-before HEAD`` before the change
 
@@ -142,7 +145,7 @@ def serve_fast_pods(first_port: int, count: int, busy: bool) -> None:
 class PodFleet:
     """The pod server child process of ``kind`` (fast, idle, sim) for ``count`` pods."""
 
-    def __init__(self, kind: str, count: int, first_port: int) -> None:
+    def __init__(self, kind: str, count: int, first_port: int, nice: int = 0) -> None:
         self.kind, self.count, self.first_port = kind, count, first_port
         if kind == "sim":
             argv = [
@@ -167,7 +170,12 @@ class PodFleet:
                 "busy" if kind == "fast" else "idle",
             ]
         self.process = subprocess.Popen(
-            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            cwd=ROOT,
+            preexec_fn=(lambda: os.nice(nice)) if nice else None,
         )
         if kind != "sim":
             assert self.process.stdout is not None
@@ -294,17 +302,28 @@ def scrape_child(client: str, addresses: list[str], warmup_s: float, window_s: f
         counted = hasattr(MetricsScraper(EndpointStore()), "polls_total")
         if not counted:
             extra["sleep"] = counting_sleep
-        scraper = MetricsScraper(store, interval_s=INTERVAL_S, timeout_s=1.0, **extra)
+        scraper: Any
+        if client == "process":
+            from epp.datalayer.scrape_process import ProcessScraper
+
+            scraper = ProcessScraper(store, interval_s=INTERVAL_S, timeout_s=1.0)
+        else:
+            scraper = MetricsScraper(store, interval_s=INTERVAL_S, timeout_s=1.0, **extra)
 
         def count() -> int:
             return int(scraper.polls_total) if counted else polls
 
+        def cpu() -> float:
+            # This process, and the scraper process where there is one.
+            child = getattr(scraper, "pid", None)
+            return time.process_time() + (_proc_cpu_s(child) if child else 0.0)
+
         await scraper.start()
         await asyncio.sleep(warmup_s)
         polls_0, errors_0 = count(), sum(e.scrape_errors_total for e in store.all())
-        cpu_0, wall_0 = time.process_time(), time.perf_counter()
+        cpu_0, wall_0 = cpu(), time.perf_counter()
         await asyncio.sleep(window_s)
-        cpu_1, wall_1 = time.process_time(), time.perf_counter()
+        cpu_1, wall_1 = cpu(), time.perf_counter()
         polls_1, errors_1 = count(), sum(e.scrape_errors_total for e in store.all())
         await scraper.stop()
         if session is not None:
@@ -610,7 +629,7 @@ def run_epp(
 def part_requests(args: argparse.Namespace, trees: dict[str, Path]) -> list[dict[str, Any]]:
     top = max(args.request_pods)
     kind = args.request_pod_server or args.pod_server
-    fleet = PodFleet(kind, top, _free_port_run(top))
+    fleet = PodFleet(kind, top, _free_port_run(top), nice=args.pods_nice)
     rows = []
     try:
         runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
@@ -639,6 +658,7 @@ def part_requests(args: argparse.Namespace, trees: dict[str, Path]) -> list[dict
                 "pods": count,
                 "pod_server": kind,
                 "rps": args.rps,
+                "pods_nice": args.pods_nice,
                 "requests": sum(r["requests"] for r in results),
                 "p50_ms": statistics.median(r["p50_ms"] for r in results),
                 "p99_ms": statistics.median(r["p99_ms"] for r in results),
@@ -719,11 +739,18 @@ def main() -> None:
     )
     parser.add_argument(
         "--contenders",
-        default="aiohttp,http1,HEAD",
+        default="aiohttp,http1,process,HEAD",
         help="which scrape contenders to run (part 1), comma-separated",
     )
     parser.add_argument(
         "--epp-args", default="", help="extra `epp serve` flags for this tree's epp in part 2"
+    )
+    parser.add_argument(
+        "--pods-nice",
+        type=int,
+        default=0,
+        help="part 2: run the pod server at this niceness, so that on a small machine "
+        "the pods' CPU (on other nodes in a cluster) takes less from epp's",
     )
     parser.add_argument("--skip-scrape", action="store_true")
     parser.add_argument("--skip-requests", action="store_true")
@@ -733,6 +760,7 @@ def main() -> None:
     contenders: dict[str, tuple[Path, str]] = {
         "aiohttp": (ROOT, "aiohttp"),
         "http1": (ROOT, "http1"),
+        "process": (ROOT, "process"),
     }
     trees = {"new": ROOT}
     if args.before_tree is not None:

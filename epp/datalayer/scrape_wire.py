@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from epp.datalayer.endpoint import Endpoint
 
@@ -54,6 +54,7 @@ __all__ = [
     "encode_stats",
     "frame",
     "state_of",
+    "unpack_states",
 ]
 
 # Kinds. Parent -> child:
@@ -148,41 +149,53 @@ def encode_states(states: Sequence[EndpointState]) -> bytes:
     return b"".join(parts)
 
 
-def decode_states(body: bytes, offset: int = 0) -> tuple[list[EndpointState], int]:
-    """The states of a STATES body from ``offset``, and where they end."""
+def unpack_states(
+    body: bytes, offset: int = 0
+) -> tuple[list[tuple[Any, ...]], list[str | None], int]:
+    """The raw records of a STATES body from ``offset`` (the fields of
+    :class:`EndpointState` in order, ``-1`` for a None block count, the text length
+    last), their error texts, and where they end. For the reader that applies them at
+    once: no object per state beyond the record tuple."""
     try:
         (count,) = _COUNT.unpack_from(body, offset)
-        start = offset + _COUNT.size
-        end = start + count * _STATE.size
-        if end > len(body):
-            raise WireError(f"{count} states do not fit in {len(body)} bytes")
-        states: list[EndpointState] = []
-        text_at = end
-        for raw in _STATE.iter_unpack(memoryview(body)[start:end]):
-            length = raw[9]
-            text = None
-            if length:
-                text = body[text_at : text_at + length].decode(errors="replace")
-                text_at += length
-            states.append(
-                EndpointState(
-                    raw[0],
-                    raw[1],
-                    raw[2],
-                    raw[3],
-                    raw[4],
-                    raw[5],
-                    None if raw[6] == _NONE else raw[6],
-                    None if raw[7] == _NONE else raw[7],
-                    raw[8],
-                    text,
-                )
-            )
     except struct.error as exc:
         raise WireError(f"bad states: {exc}") from exc
-    if text_at > len(body):
-        raise WireError("error texts run past the frame")
-    return states, text_at
+    start = offset + _COUNT.size
+    end = start + count * _STATE.size
+    if end > len(body):
+        raise WireError(f"{count} states do not fit in {len(body)} bytes")
+    raws = list(_STATE.iter_unpack(memoryview(body)[start:end]))
+    texts: list[str | None] = [None] * count
+    at = end
+    for k, raw in enumerate(raws):
+        length = raw[9]
+        if length:
+            if at + length > len(body):
+                raise WireError("error texts run past the frame")
+            texts[k] = body[at : at + length].decode(errors="replace")
+            at += length
+    return raws, texts, at
+
+
+def decode_states(body: bytes, offset: int = 0) -> tuple[list[EndpointState], int]:
+    """The states of a STATES body from ``offset``, and where they end."""
+    raws, texts, end = unpack_states(body, offset)
+    states = [
+        EndpointState(
+            raw[0],
+            raw[1],
+            raw[2],
+            raw[3],
+            raw[4],
+            raw[5],
+            None if raw[6] == _NONE else raw[6],
+            None if raw[7] == _NONE else raw[7],
+            raw[8],
+            text,
+        )
+        for raw, text in zip(raws, texts, strict=True)
+    ]
+    return states, end
 
 
 def encode_add(endpoints: Sequence[tuple[EndpointState, str]]) -> bytes:

@@ -27,6 +27,7 @@ reaches the whole process group; epp decides when the scraper stops).
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -301,6 +302,12 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sock = socket.socket(fileno=int(argv[0]))
     config = json.loads(argv[1])
+    # As epp does once it serves: what start-up built lives as long as the process, so
+    # the collector need not scan it again on every full collection.
+    gc.collect()
+    gc.freeze()
+    if config["nice"] > 0:
+        os.nice(config["nice"])
     uvloop.run(_run(sock, config))
     return 0
 

@@ -12,6 +12,7 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
+from epp.datalayer.scrape_process import ProcessScraper
 from epp.datalayer.scraper import MetricsScraper
 from epp.datalayer.store import EndpointStore
 from tests.unit.datalayer.scripted_pod import Script, ScriptedPod
@@ -162,6 +163,13 @@ async def scrapers() -> AsyncIterator[Callable[..., MetricsScraper]]:
     yield make
     for scraper in made:
         await scraper.stop()
+
+
+@pytest.fixture(params=["inline", "process"])
+def scraper_kind(request: pytest.FixtureRequest) -> type[MetricsScraper] | type[ProcessScraper]:
+    """The scraper on epp's loop, and the one in a child process: the tests of timer-driven
+    polls (which need no test seam) hold for both."""
+    return MetricsScraper if request.param == "inline" else ProcessScraper
 
 
 class ManualTicker:

@@ -19,7 +19,7 @@ import pytest
 import pytest_asyncio
 
 from epp.datalayer import scrape_wire as wire
-from epp.datalayer.scrape_process import ProcessScraper
+from epp.datalayer.scrape_process import DEFAULT_NICE, ProcessScraper
 from epp.datalayer.store import EndpointStore
 
 MakeScraper = Callable[..., ProcessScraper]
@@ -70,6 +70,9 @@ async def test_updates_cross_to_the_routing_side(
     assert a.scrape_failures == 0 and a.last_scrape_error is None
     assert scraper.scraped_addresses() == {vllm.address, sglang.address}
     assert scraper.running and scraper.pid is not None and scraper.pid != os.getpid()
+    # Scraping yields the CPU to routing (see DEFAULT_NICE).
+    ours = os.getpriority(os.PRIO_PROCESS, 0)
+    assert os.getpriority(os.PRIO_PROCESS, scraper.pid) == min(19, ours + DEFAULT_NICE)
 
     first = a.metrics
     vllm.body = payloads["vllm"].replace("} 5.0", "} 9.0")
@@ -262,6 +265,7 @@ async def test_the_child_exits_when_epp_goes() -> None:
         "stop_timeout_s": 1.0,
         "filter_names": True,
         "log_level": logging.INFO,
+        "nice": 0,
     }
     child = await asyncio.to_thread(
         subprocess.Popen,

@@ -66,7 +66,7 @@ def test_frames_come_out_whole_however_the_bytes_are_cut() -> None:
     )
     for step in (1, 3, 7, len(stream)):
         buffer = wire.FrameBuffer()
-        got = []
+        got: list[tuple[int, bytes]] = []
         for at in range(0, len(stream), step):
             buffer.feed(stream[at : at + step])
             got.extend(buffer.frames())

@@ -12,6 +12,7 @@ import pytest
 
 from epp.datalayer.endpoint import Endpoint
 from epp.datalayer.http1_client import ConnectionDropped, Http1Client, Response
+from epp.datalayer.scrape_process import ProcessScraper
 from epp.datalayer.scraper import MetricsScraper
 from epp.datalayer.store import EndpointStore
 from tests.unit.datalayer.scripted_pod import (
@@ -34,14 +35,19 @@ Replies = list[tuple[Response | None, BaseException | None]]
 
 
 async def poll_with_timers(
-    pod: ScriptedPod, wait_until: Any, polls: int = 5, **kwargs: Any
+    pod: ScriptedPod,
+    wait_until: Any,
+    polls: int = 5,
+    kind: type[MetricsScraper] | type[ProcessScraper] = MetricsScraper,
+    **kwargs: Any,
 ) -> Endpoint:
-    """Run a timer-driven scraper over ``pod`` until it answered ``polls`` requests."""
+    """Run a timer-driven scraper of ``kind`` over ``pod`` until it answered ``polls``
+    requests."""
     store = EndpointStore()
     store.replace([(pod.address, None)])
     endpoint = store.get(pod.address)
     assert endpoint is not None
-    scraper = MetricsScraper(store, interval_s=0.01, **kwargs)
+    scraper = kind(store, interval_s=0.01, **kwargs)
     await scraper.start()
     try:
         await wait_until(lambda: pod.requests >= polls, f"{polls} polls")
@@ -111,23 +117,27 @@ async def test_start_get_reports_a_connection_closed_while_idle(pods: Any, wait_
         "closed-while-idle",
     ],
 )
-async def test_timer_polls_land_metrics(pods: Any, wait_until: Any, script: Script) -> None:
+async def test_timer_polls_land_metrics(
+    pods: Any, wait_until: Any, script: Script, scraper_kind: Any
+) -> None:
     pod = await pods(script)
-    endpoint = await poll_with_timers(pod, wait_until)
+    endpoint = await poll_with_timers(pod, wait_until, kind=scraper_kind)
     assert endpoint.scrape_errors_total == 0, endpoint.last_scrape_error
     assert endpoint.metrics.waiting_requests == 5
 
 
 @pytest.mark.asyncio
-async def test_timer_polls_keep_one_connection(pods: Any, wait_until: Any) -> None:
+async def test_timer_polls_keep_one_connection(
+    pods: Any, wait_until: Any, scraper_kind: Any
+) -> None:
     pod = await pods(always([with_length()]))
-    await poll_with_timers(pod, wait_until, polls=10)
+    await poll_with_timers(pod, wait_until, polls=10, kind=scraper_kind)
     assert pod.connections == 1
 
 
 @pytest.mark.asyncio
 async def test_a_timer_poll_times_out_drops_its_connection_and_recovers(
-    pods: Any, wait_until: Any
+    pods: Any, wait_until: Any, scraper_kind: Any
 ) -> None:
     # Poll 0 is start()'s; poll 1 (the first from a timer) stalls after its head.
     def script(n: int) -> tuple[list[bytes], bool]:
@@ -136,16 +146,18 @@ async def test_a_timer_poll_times_out_drops_its_connection_and_recovers(
         return [with_length()], False
 
     pod = await pods(script)
-    endpoint = await poll_with_timers(pod, wait_until, polls=4, timeout_s=0.2)
+    endpoint = await poll_with_timers(pod, wait_until, polls=4, kind=scraper_kind, timeout_s=0.2)
     assert endpoint.scrape_errors_total == 1
     assert endpoint.scrape_failures == 0 and endpoint.last_scrape_error is None
     assert pod.connections == 2  # the late answer never reaches the next poll
 
 
 @pytest.mark.asyncio
-async def test_a_failing_pod_gets_an_error_per_poll(pods: Any, wait_until: Any) -> None:
+async def test_a_failing_pod_gets_an_error_per_poll(
+    pods: Any, wait_until: Any, scraper_kind: Any
+) -> None:
     pod = await pods(always([with_length(b"nope", head=b"HTTP/1.1 500 Oops\r\n")]))
-    endpoint = await poll_with_timers(pod, wait_until, polls=3)
+    endpoint = await poll_with_timers(pod, wait_until, polls=3, kind=scraper_kind)
     assert endpoint.scrape_failures >= 3
     assert "HTTP 500 Oops" in (endpoint.last_scrape_error or "")
 
@@ -170,12 +182,14 @@ async def test_an_endpoint_removed_mid_poll_is_not_polled_again(pods: Any, wait_
 
 
 @pytest.mark.asyncio
-async def test_an_idle_pod_is_polled_less_often_than_a_busy_one(pods: Any, wait_until: Any) -> None:
+async def test_an_idle_pod_is_polled_less_often_than_a_busy_one(
+    pods: Any, wait_until: Any, scraper_kind: Any
+) -> None:
     busy = await pods(always([with_length()]))  # 5 waiting, 3 running
     idle = await pods(always([with_length(IDLE_TEXT.encode())]))
     store = EndpointStore()
     store.replace([(busy.address, None), (idle.address, None)])
-    scraper = MetricsScraper(store, interval_s=0.01, max_idle_interval_s=0.32)
+    scraper = scraper_kind(store, interval_s=0.01, max_idle_interval_s=0.32)
     await scraper.start()
     await wait_until(lambda: busy.requests >= 60, "60 polls of the busy pod")
     await scraper.stop()
