@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 
@@ -159,3 +160,80 @@ def test_a_drain_timeout_keeps_accepting_streams_after_shutdown_begins() -> None
     mutation = head.request_headers.response.header_mutation.set_headers
     destination = {h.header.key: h.header.raw_value for h in mutation}
     assert destination["x-gateway-destination-endpoint"] == address.encode()
+
+
+def _scraper_children() -> set[int]:
+    """This process's children that run the scraper process."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                argv = cmdline.read()
+        except OSError:
+            continue
+        if int(fields[1]) == os.getpid() and b"epp.datalayer.scrape_worker" in argv:
+            found.add(int(entry))
+    return found
+
+
+def _sample(name: str) -> float | None:
+    from epp.observability import metrics
+
+    return metrics.REGISTRY.get_sample_value(name)
+
+
+@pytest.mark.parametrize("mode", ["process", "inline"])
+def test_serve_scrapes_in_the_chosen_mode_and_reports_the_scraper(mode: str) -> None:
+    from tests.unit.datalayer.scripted_pod import ScriptedPod, always, with_length
+
+    async def scenario() -> tuple[Metrics, float | None, float | None, set[int], set[int]]:
+        pod = ScriptedPod(always([with_length()]))  # waiting 5, running 3
+        await pod.start()
+        parser = argparse.ArgumentParser()
+        add_serve_arguments(parser)
+        config = load_config(
+            parser.parse_args(
+                [
+                    "--grpc-port=0",
+                    "--grpc-health-port=0",
+                    "--metrics-port=0",
+                    f"--endpoint={pod.address}=m",
+                    f"--scrape-mode={mode}",
+                    "--refresh-metrics-interval=10ms",
+                ]
+            ),
+            environ={},
+        )
+        stop = asyncio.Event()
+        ready: asyncio.Future[Running] = asyncio.get_running_loop().create_future()
+        server = asyncio.create_task(
+            serve(config, shutdown_trigger=stop.wait, on_ready=ready.set_result)
+        )
+        running = await asyncio.wait_for(ready, timeout=60)
+        # serve() reports ready after the first round of scrapes, in either mode.
+        endpoint = running.store.get(pod.address)
+        assert endpoint is not None
+        metrics_then = endpoint.metrics
+        for _ in range(1000):  # a hang guard of about 10 s
+            if (_sample("epp_scraper_polls_total") or 0) >= 3:
+                break
+            await asyncio.sleep(0.01)
+        up, polls = _sample("epp_scraper_up"), _sample("epp_scraper_polls_total")
+        during = _scraper_children()
+        stop.set()
+        await asyncio.wait_for(server, timeout=30)
+        gc.unfreeze()
+        await pod.close()
+        return metrics_then, up, polls, during, _scraper_children()
+
+    metrics_then, up, polls, during, after = asyncio.run(scenario())
+    assert (metrics_then.waiting_requests, metrics_then.running_requests) == (5, 3)
+    assert up == 1
+    assert polls is not None and polls >= 3
+    assert len(during) == (1 if mode == "process" else 0)
+    assert after == set()  # shutdown ended the scraper process
+    assert _sample("epp_scraper_up") is None  # the collector left with serve()
