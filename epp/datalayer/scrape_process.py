@@ -175,7 +175,6 @@ class ProcessScraper:
         self._child: _Child | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._restart_timer: asyncio.TimerHandle | None = None
         self._restart_delay_s = _RESTART_MIN_S
         self._restart_task: asyncio.Task[None] | None = None
         self._polls_before = 0  # polls of the children that came before this one
@@ -233,7 +232,7 @@ class ProcessScraper:
             )
         except _ChildGone:
             pass  # logged, and a new child is on its way
-        fresh = sum(1 for endpoint in self._ids if endpoint.scrape_failures == 0)
+        fresh = sum(1 for ep in self._ids if ep.metrics.updated_at > 0 and ep.scrape_failures == 0)
         logger.info(
             "metrics scraper process %d started: %d/%d endpoints scraped, every %.3fs "
             "(timeout %.3fs)",
@@ -249,10 +248,9 @@ class ProcessScraper:
         if self._stopped:
             return
         self._stopped = True
-        for timer in (self._timer, self._restart_timer):
-            if timer is not None:
-                timer.cancel()
-        self._timer = self._restart_timer = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._restart_task is not None:
             self._restart_task.cancel()
             await asyncio.wait([self._restart_task], timeout=self._stop_timeout_s)
@@ -325,8 +323,11 @@ class ProcessScraper:
         if busy != self._busy_sent:
             self._busy_sent = busy
             child.send(wire.frame(wire.INFLIGHT, wire.encode_ids(sorted(busy))))
-        if loop.time() - child.heard_at > self._hang_timeout_s:
-            child.fail(f"silent for {self._hang_timeout_s:g}s")
+        # A child still starting (imports, a first round of scrapes that time out) gets
+        # the start's allowance; then it sends a frame at least once a second.
+        limit_s = self._hang_timeout_s if child.started.done() else self._start_timeout_s
+        if loop.time() - child.heard_at > limit_s:
+            child.fail(f"silent for {limit_s:g}s")
 
     # -- the child -------------------------------------------------------------------
 

@@ -214,7 +214,8 @@ class _Worker:
 
     async def _run_start(self) -> None:
         await self.scraper.start()
-        self.flush()
+        # Whatever the socket's flow control says: STARTED promises these came first.
+        self.flush(force=True)
         self.channel.send(wire.frame(wire.STARTED))
 
     # -- frames to epp -----------------------------------------------------------------
@@ -227,9 +228,11 @@ class _Worker:
         if self._flush_timer is None and self._dirty:
             self._flush_timer = self._loop.call_later(self._flush_s, self.flush)
 
-    def flush(self) -> None:
-        self._flush_timer = None
-        if not self.channel.writable:
+    def flush(self, *, force: bool = False) -> None:
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        if not (self.channel.writable or force):
             return  # resume_writing schedules the next flush
         ids = self._ids
         states = [

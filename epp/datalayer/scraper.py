@@ -13,8 +13,10 @@ stay, so ``Endpoint.is_fresh(staleness_s)`` turns false once they are ``stalenes
 old. A failure is logged at WARNING only when its text differs from the previous one, and
 the recovery at INFO, so a dead pod logs twice, not twenty times a second.
 
-The scrapes run on the event loop that routes requests, so each must be cheap, and they
-must not all fall due at once. What a poll costs (``benchmarks/bench_scrape_fleet.py``):
+The scrapes run on an event loop of their own, in the scraper process
+(:mod:`~epp.datalayer.scrape_process`, epp's default), or on the one that routes requests
+(``--scrape-mode inline``); either way each must be cheap, and they must not all fall
+due at once. What a poll costs (``benchmarks/bench_scrape_fleet.py``):
 aiohttp's client took about 470 µs of CPU per poll, which made 256 pods at 50 ms more
 than two cores; the small client of :mod:`~epp.datalayer.http1_client` writes one
 request built once per pod and reads the answer in one callback. A page byte-for-byte
