@@ -48,6 +48,7 @@ __all__ = [
     "decode_states",
     "decode_stats",
     "encode_add",
+    "encode_endpoints",
     "encode_ids",
     "encode_log",
     "encode_states",
@@ -175,6 +176,37 @@ def unpack_states(
             texts[k] = body[at : at + length].decode(errors="replace")
             at += length
     return raws, texts, at
+
+
+def encode_endpoints(items: Sequence[tuple[int, Endpoint]]) -> bytes:
+    """The body of a STATES frame straight from endpoints: what the scraper process
+    sends after its scrapes (the same bytes as ``encode_states`` of their
+    :func:`state_of`, without the objects in between)."""
+    pack = _STATE.pack
+    parts = [_COUNT.pack(len(items))]
+    texts = []
+    for id_, endpoint in items:
+        m = endpoint.metrics
+        error = endpoint.last_scrape_error
+        text = error.encode()[:_MAX_TEXT_BYTES] if error else b""
+        if text:
+            texts.append(text)
+        parts.append(
+            pack(
+                id_,
+                endpoint.scrape_failures,
+                endpoint.scrape_errors_total,
+                m.waiting_requests,
+                m.running_requests,
+                m.kv_cache_usage,
+                _NONE if m.kv_block_size is None else m.kv_block_size,
+                _NONE if m.kv_num_blocks is None else m.kv_num_blocks,
+                m.updated_at,
+                len(text),
+            )
+        )
+    parts.extend(texts)
+    return b"".join(parts)
 
 
 def decode_states(body: bytes, offset: int = 0) -> tuple[list[EndpointState], int]:

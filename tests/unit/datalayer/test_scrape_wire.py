@@ -34,6 +34,16 @@ def test_state_of_an_endpoint() -> None:
     )
 
 
+def test_endpoints_encode_as_their_states() -> None:
+    a = Endpoint("10.0.0.1:8000", metrics=Metrics(1, 2, 0.5, 16, None, updated_at=9.0))
+    b = Endpoint("10.0.0.2:8000")
+    b.scrape_failures, b.scrape_errors_total, b.last_scrape_error = 3, 4, "timed out ✗"
+    items = [(7, a), (8, b)]
+    body = wire.encode_endpoints(items)
+    assert body == wire.encode_states([wire.state_of(i, ep) for i, ep in items])
+    assert wire.decode_states(body)[0][1].last_scrape_error == "timed out ✗"
+
+
 def test_add_round_trip() -> None:
     items = [(state, f"10.0.0.{state.id % 250}:8000") for state in STATES]
     assert wire.decode_add(wire.encode_add(items)) == items
