@@ -386,22 +386,26 @@ class ProcessScraper:
     def _apply(self, body: bytes) -> int:
         """Apply a STATES frame: per endpoint, new Metrics (when the scrape is newer) and
         the failure fields, with nothing else running in between. Returns the count."""
-        raws, texts, end = wire.unpack_states(body)
+        raws, texts, names, end = wire.unpack_states(body)
         if end != len(body):
             raise wire.WireError(f"{len(body) - end} bytes after the states")
         by_id = self._by_id
-        for raw, text in zip(raws, texts, strict=True):
+        for raw, text, (running, waiting, models) in zip(raws, texts, names, strict=True):
             endpoint = by_id.get(raw[0])
             if endpoint is None:
                 continue  # removed since; its id is never used again
             if raw[8] != endpoint.metrics.updated_at:
                 endpoint.metrics = Metrics(
-                    raw[3],
-                    raw[4],
-                    raw[5],
-                    None if raw[6] < 0 else raw[6],
-                    None if raw[7] < 0 else raw[7],
-                    raw[8],
+                    waiting_requests=raw[3],
+                    running_requests=raw[4],
+                    kv_cache_usage=raw[5],
+                    kv_block_size=None if raw[6] < 0 else raw[6],
+                    kv_num_blocks=None if raw[7] < 0 else raw[7],
+                    lora_running=running,
+                    lora_waiting=waiting,
+                    max_lora=None if raw[10] < 0 else raw[10],
+                    models=models,
+                    updated_at=raw[8],
                 )
             endpoint.scrape_failures = raw[1]
             endpoint.scrape_errors_total = raw[2]

@@ -15,7 +15,8 @@ when the error changes" of the one before it), the child after every scrape. Who
 states, never increments: a frame that the parent applies late, or twice, cannot make a
 count wrong, and the parent's copy is exactly the child's after each frame.
 
-``STATE`` packs 62 bytes; ``struct.iter_unpack`` reads a frame of them in C, so the
+``STATE`` packs 74 bytes (LoRA adapter and model names follow the records, only for
+endpoints that report some); ``struct.iter_unpack`` reads a frame of them in C, so the
 parent spends about a microsecond per scrape on it (the scrape itself costs ~90 µs).
 """
 
@@ -75,8 +76,13 @@ _COUNT = struct.Struct("<I")
 _STATS = struct.Struct("<Q")
 _LOG_HEAD = struct.Struct("<HHI")  # level, logger name bytes, message bytes
 # id, failures in a row, failures in total, waiting, running, KV use, block size (-1:
-# None), blocks (-1: None), updated_at, length of the error text in UTF-8 (0: None).
-_STATE = struct.Struct("<IIIqqdqqdH")
+# None), blocks (-1: None), updated_at, length of the error text in UTF-8 (0: None),
+# max_lora (-1: None), length of the names blob (0: no LoRA adapters and no model names).
+_STATE = struct.Struct("<IIIqqdqqdHqI")
+# The names blob: three lists (LoRA adapters running, waiting, the model names the
+# series carry), each a count, then per name its UTF-8 length and bytes.
+_NAMES_COUNT = struct.Struct("<H")
+_NAME_LENGTH = struct.Struct("<H")
 _ADDRESS = struct.Struct("<H")
 
 # A frame holds at most this many bytes: 16 MiB is ~250,000 endpoint states; senders
@@ -104,6 +110,50 @@ class EndpointState(NamedTuple):
     kv_num_blocks: int | None
     updated_at: float
     last_scrape_error: str | None
+    max_lora: int | None = None
+    lora_running: frozenset[str] = frozenset()
+    lora_waiting: frozenset[str] = frozenset()
+    models: frozenset[str] = frozenset()
+
+
+Names = tuple[frozenset[str], frozenset[str], frozenset[str]]
+_NO_NAMES: Names = (frozenset(), frozenset(), frozenset())
+
+
+def _encode_names(
+    running: frozenset[str], waiting: frozenset[str], models: frozenset[str]
+) -> bytes:
+    if not (running or waiting or models):
+        return b""
+    parts = []
+    for names in (running, waiting, models):
+        encoded = [n.encode()[:_MAX_TEXT_BYTES] for n in sorted(names)][:0xFFFF]
+        parts.append(_NAMES_COUNT.pack(len(encoded)))
+        parts.extend(_NAME_LENGTH.pack(len(e)) + e for e in encoded)
+    return b"".join(parts)
+
+
+def _decode_names(blob: bytes) -> Names:
+    at = 0
+    out: list[frozenset[str]] = []
+    try:
+        for _ in range(3):
+            (count,) = _NAMES_COUNT.unpack_from(blob, at)
+            at += _NAMES_COUNT.size
+            names = []
+            for _ in range(count):
+                (length,) = _NAME_LENGTH.unpack_from(blob, at)
+                at += _NAME_LENGTH.size
+                if at + length > len(blob):
+                    raise WireError("a name runs past its blob")
+                names.append(blob[at : at + length].decode(errors="replace"))
+                at += length
+            out.append(frozenset(names))
+    except struct.error as exc:
+        raise WireError(f"bad names: {exc}") from exc
+    if at != len(blob):
+        raise WireError(f"{len(blob) - at} bytes after the names")
+    return out[0], out[1], out[2]
 
 
 def state_of(id_: int, endpoint: Endpoint) -> EndpointState:
@@ -120,6 +170,10 @@ def state_of(id_: int, endpoint: Endpoint) -> EndpointState:
         m.kv_num_blocks,
         m.updated_at,
         endpoint.last_scrape_error,
+        m.max_lora,
+        m.lora_running,
+        m.lora_waiting,
+        m.models,
     )
 
 
@@ -130,8 +184,9 @@ def frame(kind: int, body: bytes = b"") -> bytes:
 def encode_states(states: Sequence[EndpointState]) -> bytes:
     """The body of a STATES frame (and the first part of an ADD frame's)."""
     texts = [(s.last_scrape_error or "").encode()[:_MAX_TEXT_BYTES] for s in states]
+    blobs = [_encode_names(s.lora_running, s.lora_waiting, s.models) for s in states]
     parts = [_COUNT.pack(len(states))]
-    for state, text in zip(states, texts, strict=True):
+    for state, text, blob in zip(states, texts, blobs, strict=True):
         parts.append(
             _STATE.pack(
                 state.id,
@@ -144,19 +199,23 @@ def encode_states(states: Sequence[EndpointState]) -> bytes:
                 _NONE if state.kv_num_blocks is None else state.kv_num_blocks,
                 state.updated_at,
                 len(text),
+                _NONE if state.max_lora is None else state.max_lora,
+                len(blob),
             )
         )
     parts.extend(texts)
+    parts.extend(blobs)
     return b"".join(parts)
 
 
 def unpack_states(
     body: bytes, offset: int = 0
-) -> tuple[list[tuple[Any, ...]], list[str | None], int]:
+) -> tuple[list[tuple[Any, ...]], list[str | None], list[Names], int]:
     """The raw records of a STATES body from ``offset`` (the fields of
-    :class:`EndpointState` in order, ``-1`` for a None block count, the text length
-    last), their error texts, and where they end. For the reader that applies them at
-    once: no object per state beyond the record tuple."""
+    :class:`EndpointState` up to the error text in order, ``-1`` for a None block count,
+    the text length, max_lora and the names blob's length), their error texts, their
+    names (LoRA running, waiting, models), and where they end. For the reader that
+    applies them at once: no object per state beyond the record tuple."""
     try:
         (count,) = _COUNT.unpack_from(body, offset)
     except struct.error as exc:
@@ -175,7 +234,15 @@ def unpack_states(
                 raise WireError("error texts run past the frame")
             texts[k] = body[at : at + length].decode(errors="replace")
             at += length
-    return raws, texts, at
+    names: list[Names] = [_NO_NAMES] * count
+    for k, raw in enumerate(raws):
+        length = raw[11]
+        if length:
+            if at + length > len(body):
+                raise WireError("names run past the frame")
+            names[k] = _decode_names(body[at : at + length])
+            at += length
+    return raws, texts, names, at
 
 
 def encode_endpoints(items: Sequence[tuple[int, Endpoint]]) -> bytes:
@@ -185,12 +252,16 @@ def encode_endpoints(items: Sequence[tuple[int, Endpoint]]) -> bytes:
     pack = _STATE.pack
     parts = [_COUNT.pack(len(items))]
     texts = []
+    blobs = []
     for id_, endpoint in items:
         m = endpoint.metrics
         error = endpoint.last_scrape_error
         text = error.encode()[:_MAX_TEXT_BYTES] if error else b""
         if text:
             texts.append(text)
+        blob = _encode_names(m.lora_running, m.lora_waiting, m.models)
+        if blob:
+            blobs.append(blob)
         parts.append(
             pack(
                 id_,
@@ -203,15 +274,18 @@ def encode_endpoints(items: Sequence[tuple[int, Endpoint]]) -> bytes:
                 _NONE if m.kv_num_blocks is None else m.kv_num_blocks,
                 m.updated_at,
                 len(text),
+                _NONE if m.max_lora is None else m.max_lora,
+                len(blob),
             )
         )
     parts.extend(texts)
+    parts.extend(blobs)
     return b"".join(parts)
 
 
 def decode_states(body: bytes, offset: int = 0) -> tuple[list[EndpointState], int]:
     """The states of a STATES body from ``offset``, and where they end."""
-    raws, texts, end = unpack_states(body, offset)
+    raws, texts, names, end = unpack_states(body, offset)
     states = [
         EndpointState(
             raw[0],
@@ -224,8 +298,10 @@ def decode_states(body: bytes, offset: int = 0) -> tuple[list[EndpointState], in
             None if raw[7] == _NONE else raw[7],
             raw[8],
             text,
+            None if raw[10] == _NONE else raw[10],
+            *named,
         )
-        for raw, text in zip(raws, texts, strict=True)
+        for raw, text, named in zip(raws, texts, names, strict=True)
     ]
     return states, end
 

@@ -185,12 +185,16 @@ class _Worker:
             endpoint.inflight_requests = 1 if state.id in self._busy else 0
             if state.updated_at:
                 endpoint.metrics = Metrics(
-                    state.waiting_requests,
-                    state.running_requests,
-                    state.kv_cache_usage,
-                    state.kv_block_size,
-                    state.kv_num_blocks,
-                    state.updated_at,
+                    waiting_requests=state.waiting_requests,
+                    running_requests=state.running_requests,
+                    kv_cache_usage=state.kv_cache_usage,
+                    kv_block_size=state.kv_block_size,
+                    kv_num_blocks=state.kv_num_blocks,
+                    lora_running=state.lora_running,
+                    lora_waiting=state.lora_waiting,
+                    max_lora=state.max_lora,
+                    models=state.models,
+                    updated_at=state.updated_at,
                 )
 
     def _remove(self, ids: list[int]) -> None:

@@ -14,6 +14,24 @@ STATES = [
     wire.EndpointState(1, 0, 0, 5, 3, 0.25, 16, 27000, 1234.5, None),
     wire.EndpointState(2, 4, 9, 0, 0, 0.0, None, None, 0.0, "GET http://x/metrics: HTTP 500 ü"),
     wire.EndpointState(2**32 - 1, 1, 1, 2**40, 0, 1.0, 1, None, 7.0, "e" * 400),
+    # LoRA adapters and the model names the series carry cross too.
+    wire.EndpointState(
+        5,
+        0,
+        0,
+        1,
+        1,
+        0.5,
+        16,
+        100,
+        8.0,
+        None,
+        2,
+        frozenset({"travel-helper-v1"}),
+        frozenset({"travel-helper-v2", "ü"}),
+        frozenset({"qwen"}),
+    ),
+    wire.EndpointState(6, 0, 0, 0, 0, 0.0, None, None, 9.0, "x", 0, models=frozenset({"m"})),
 ]
 
 
@@ -35,13 +53,24 @@ def test_state_of_an_endpoint() -> None:
 
 
 def test_endpoints_encode_as_their_states() -> None:
-    a = Endpoint("10.0.0.1:8000", metrics=Metrics(1, 2, 0.5, 16, None, updated_at=9.0))
+    a = Endpoint(
+        "10.0.0.1:8000",
+        metrics=Metrics(
+            1, 2, 0.5, 16, None, frozenset({"a1"}), frozenset(), 4, frozenset({"m"}), 9.0
+        ),
+    )
     b = Endpoint("10.0.0.2:8000")
     b.scrape_failures, b.scrape_errors_total, b.last_scrape_error = 3, 4, "timed out ✗"
     items = [(7, a), (8, b)]
     body = wire.encode_endpoints(items)
     assert body == wire.encode_states([wire.state_of(i, ep) for i, ep in items])
-    assert wire.decode_states(body)[0][1].last_scrape_error == "timed out ✗"
+    decoded = wire.decode_states(body)[0]
+    assert decoded[1].last_scrape_error == "timed out ✗"
+    assert (decoded[0].lora_running, decoded[0].max_lora, decoded[0].models) == (
+        frozenset({"a1"}),
+        4,
+        frozenset({"m"}),
+    )
 
 
 def test_add_round_trip() -> None:
