@@ -579,7 +579,32 @@ def _ext_proc_filter(
     forward_lb_metadata: bool = False,
     cluster: str = "epp",
 ) -> dict[str, Any]:
-    grpc_service: dict[str, Any] = {"envoy_grpc": {"cluster_name": cluster}, "timeout": "10s"}
+    grpc_service: dict[str, Any] = {
+        "envoy_grpc": {"cluster_name": cluster},
+        "timeout": "10s",
+        # A routing stream that cannot reach its epp replica (killed, restarting, not
+        # yet ejected) is opened again on another one before any request message went
+        # out, so with several replicas only the streams in flight on a dead one fail.
+        # Envoy 1.40 applies this policy to ext_proc streams (verified: without it,
+        # kill -9 of one of two replicas failed about half of the later requests).
+        "retry_policy": {
+            "retry_on": "connect-failure,refused-stream,reset",
+            "num_retries": 2,
+            "retry_back_off": {"base_interval": "0.01s", "max_interval": "0.1s"},
+            # The typed_config is required: without it Envoy 1.40 accepts the bootstrap
+            # and then aborts (std::terminate) on the first stream.
+            "retry_host_predicate": [
+                {
+                    "name": "envoy.retry_host_predicates.previous_hosts",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.retry.host"
+                        ".previous_hosts.v3.PreviousHostsPredicate"
+                    },
+                }
+            ],
+            "host_selection_retry_max_attempts": 3,
+        },
+    }
     if response_body_mode in ("OBSERVED", "LOGGED"):
         grpc_service["initial_metadata"] = [
             {"key": RESPONSE_READINGS_METADATA, "value": response_body_mode.lower()}
@@ -806,6 +831,17 @@ def _plain_epp_cluster(ports: EnvoyPorts) -> dict[str, Any]:
             "thresholds": [
                 {"max_connections": 10000, "max_pending_requests": 100000, "max_requests": 100000}
             ]
+        },
+        # A replica Envoy cannot connect to is taken out of the rotation at the first
+        # failure (connect failures count as gateway errors), so new streams stop trying
+        # it; it comes back after the ejection time, longer each time it fails again.
+        "outlier_detection": {
+            "consecutive_gateway_failure": 1,
+            "enforcing_consecutive_gateway_failure": 100,
+            "consecutive_5xx": 1000,
+            "enforcing_success_rate": 0,
+            "base_ejection_time": "5s",
+            "max_ejection_percent": 100,
         },
         "load_assignment": {
             "cluster_name": "epp",

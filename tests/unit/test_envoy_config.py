@@ -383,3 +383,24 @@ def test_more_epp_replicas_become_endpoints_of_the_epp_cluster(
     one = envoy_bootstrap(EnvoyPorts(epp_port=9002))
     (single,) = [c for c in one["static_resources"]["clusters"] if c["name"] == "epp"]
     assert len(single["load_assignment"]["endpoints"][0]["lb_endpoints"]) == 1
+
+
+def test_routing_streams_avoid_a_dead_epp_replica() -> None:
+    # A stream that cannot reach its replica is retried on another (never the same one
+    # again), and a replica Envoy cannot connect to leaves the rotation at the first
+    # failure: kill -9 of one replica fails only the streams in flight on it
+    # (tests/integration/test_replicas.py).
+    bootstrap = envoy_bootstrap(EnvoyPorts(epp_port=9002, more_epp_ports=(9012,)))
+    retry = _ext_proc(bootstrap)["grpc_service"]["retry_policy"]
+    assert set(retry["retry_on"].split(",")) == {"connect-failure", "refused-stream", "reset"}
+    assert retry["num_retries"] >= 1
+    (predicate,) = retry["retry_host_predicate"]
+    assert predicate["name"] == "envoy.retry_host_predicates.previous_hosts"
+    # Envoy aborts on the first stream when the predicate has no typed_config.
+    assert predicate["typed_config"]["@type"].endswith(".PreviousHostsPredicate")
+    (epp,) = [c for c in bootstrap["static_resources"]["clusters"] if c["name"] == "epp"]
+    outlier = epp["outlier_detection"]
+    assert outlier["consecutive_gateway_failure"] == 1
+    assert outlier["enforcing_consecutive_gateway_failure"] == 100
+    # The default 10 % would never eject one replica of two.
+    assert outlier["max_ejection_percent"] == 100
