@@ -10,6 +10,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 help:
 	@echo "make run    - start Envoy :8080 -> epp :9002 -> 3 simulated vLLM pods (Ctrl-C stops all)"
+	@echo "             REPLICAS=2: two epps (:9002, :9003) sharing state through redis-server"
 	@echo "make test   - install and run the whole test suite"
 	@echo "make lint   - ruff (lint and format check) and mypy"
 	@echo "make proto  - regenerate epp/v1/ from proto/ (grpcio-tools; commit the result)"
@@ -37,8 +38,10 @@ install: $(STAMP)
 proto: $(STAMP)
 	$(PY) proto/generate.py
 
+# make run REPLICAS=2: two epp replicas behind Envoy, sharing state through redis-server.
+REPLICAS ?= 1
 run: $(STAMP)
-	$(PY) -m epp demo
+	$(PY) -m epp demo --replicas $(REPLICAS)
 
 test: $(STAMP)
 	$(PY) -m pytest

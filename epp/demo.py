@@ -1,6 +1,8 @@
 """``epp demo``: Envoy → epp → three simulated vLLM pods on this machine, for curl.
 
-What ``make run`` starts. Every process it starts is stopped on Ctrl-C (or SIGTERM).
+What ``make run`` starts (``make run REPLICAS=2``: ``epp demo --replicas 2``, several epp
+replicas behind the one Envoy, sharing their decisions through a redis-server the demo
+starts). Every process it starts is stopped on Ctrl-C (or SIGTERM).
 """
 
 from __future__ import annotations
@@ -13,7 +15,14 @@ import threading
 from pathlib import Path
 
 from epp.envoy_config import EnvoyPorts, envoy_bootstrap
-from epp.stack import ManagedProcess, StackError, start_envoy, start_epp_module
+from epp.stack import (
+    ManagedProcess,
+    StackError,
+    free_port,
+    start_envoy,
+    start_epp_module,
+    start_redis,
+)
 
 __all__ = ["DEMO_MODELS", "DEMO_MODEL_SELECTION", "configure_parser", "run"]
 
@@ -26,6 +35,8 @@ DEMO_MODELS = (
     ("gemma-2-2b",),
 )
 DEMO_MAX_LORAS = 2
+# More replicas than this on one machine only compete for its cores.
+MAX_DEMO_REPLICAS = 8
 # "model": "auto": questions about code go to gemma-2-2b, everything else to qwen2-1-5b.
 DEMO_MODEL_SELECTION = (
     "--model-selection-default",
@@ -38,8 +49,24 @@ DEMO_MODEL_SELECTION = (
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--listen-port", type=int, default=8080, help="Envoy's HTTP port")
     parser.add_argument("--admin-port", type=int, default=9901, help="Envoy's admin port")
-    parser.add_argument("--grpc-port", type=int, default=9002, help="epp's ext_proc port")
-    parser.add_argument("--metrics-port", type=int, default=9090, help="epp's /metrics port")
+    parser.add_argument(
+        "--grpc-port",
+        type=int,
+        default=9002,
+        help="epp's ext_proc port (replica i: this port + i)",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=9090,
+        help="epp's /metrics port (replica i: this port + i)",
+    )
+    parser.add_argument(
+        "--replicas",
+        type=_replica_count,
+        default=1,
+        help="epp replicas behind Envoy, sharing state through a redis-server (1-8)",
+    )
     parser.add_argument(
         "--first-pod-port",
         type=int,
@@ -67,7 +94,9 @@ def run(args: argparse.Namespace) -> int:
         (f"127.0.0.1:{args.first_pod_port + i}", ",".join(models))
         for i, models in enumerate(DEMO_MODELS)
     ]
-    ports = [args.listen_port, args.admin_port, args.grpc_port, args.metrics_port]
+    replicas = range(args.replicas)
+    ports = [args.listen_port, args.admin_port]
+    ports += [args.grpc_port + i for i in replicas] + [args.metrics_port + i for i in replicas]
     ports += [args.first_pod_port + i for i in range(len(pods))]
     busy = [port for port in ports if not _port_is_free(port)]
     if busy:
@@ -91,27 +120,41 @@ def run(args: argparse.Namespace) -> int:
         for address, _ in pods:
             sim.wait_http(f"http://{address}/health")
 
-        epp_args = [
-            "serve",
-            "--grpc-host",
-            "127.0.0.1",
-            "--grpc-port",
-            str(args.grpc_port),
-            "--grpc-health-port",
-            "0",
-            "--metrics-host",
-            "127.0.0.1",
-            "--metrics-port",
-            str(args.metrics_port),
-        ]
-        epp_args += [arg for address, model in pods for arg in ("--endpoint", f"{address}={model}")]
-        epp_args += DEMO_MODEL_SELECTION
-        epp = start_epp_module("epp", epp_args, log_dir=log_dir)
-        started.append(epp)
-        epp.wait_http(f"http://127.0.0.1:{args.metrics_port}/readyz")
+        sync_args: list[str] = []
+        redis_url = ""
+        if args.replicas > 1:
+            redis_port = free_port()
+            started.append(start_redis(redis_port, log_dir=log_dir))
+            redis_url = f"redis://127.0.0.1:{redis_port}/0"
+            sync_args = ["--sync-redis-url", redis_url]
+        for i in replicas:
+            name = "epp" if args.replicas == 1 else f"epp-{i}"
+            epp_args = [
+                "serve",
+                "--grpc-host",
+                "127.0.0.1",
+                "--grpc-port",
+                str(args.grpc_port + i),
+                "--grpc-health-port",
+                "0",
+                "--metrics-host",
+                "127.0.0.1",
+                "--metrics-port",
+                str(args.metrics_port + i),
+            ]
+            epp_args += [a for address, model in pods for a in ("--endpoint", f"{address}={model}")]
+            epp_args += DEMO_MODEL_SELECTION
+            if sync_args:
+                epp_args += [*sync_args, "--replica-id", name]
+            epp = start_epp_module(name, epp_args, log_dir=log_dir)
+            started.append(epp)
+            epp.wait_http(f"http://127.0.0.1:{args.metrics_port + i}/readyz")
 
         envoy_ports = EnvoyPorts(
-            listen_port=args.listen_port, admin_port=args.admin_port, epp_port=args.grpc_port
+            listen_port=args.listen_port,
+            admin_port=args.admin_port,
+            epp_port=args.grpc_port,
+            more_epp_ports=tuple(args.grpc_port + i for i in replicas[1:]),
         )
         started.append(
             start_envoy(
@@ -125,7 +168,15 @@ def run(args: argparse.Namespace) -> int:
         _stop_all(started)
         return 1
 
-    print(_banner(args.listen_port, args.grpc_port, args.metrics_port, pods, log_dir), flush=True)
+    replicas_text = ""
+    if args.replicas > 1:
+        replicas_text = _replicas_banner(
+            args.replicas, args.grpc_port, args.metrics_port, redis_url
+        )
+    banner = _banner(
+        args.listen_port, args.grpc_port, args.metrics_port, pods, log_dir, replicas_text
+    )
+    print(banner, flush=True)
     while not stop.wait(0.5):
         for process in started:
             if process.process.poll() is not None:
@@ -135,6 +186,22 @@ def run(args: argparse.Namespace) -> int:
     _stop_all(started)
     print("epp demo: stopped.")
     return 0
+
+
+def _replica_count(text: str) -> int:
+    count = int(text)
+    if not 1 <= count <= MAX_DEMO_REPLICAS:
+        raise argparse.ArgumentTypeError(f"between 1 and {MAX_DEMO_REPLICAS}, not {count}")
+    return count
+
+
+def _replicas_banner(replicas: int, grpc_port: int, metrics_port: int, redis_url: str) -> str:
+    last = replicas - 1
+    return (
+        f"{replicas} epp replicas (ext_proc :{grpc_port}-:{grpc_port + last}, /metrics "
+        f":{metrics_port}-:{metrics_port + last}) share their picks through {redis_url}\n"
+        f"  curl -s http://127.0.0.1:{metrics_port}/metrics | grep ^epp_sync_\n"
+    )
 
 
 def _stop_all(processes: list[ManagedProcess]) -> None:
@@ -153,7 +220,12 @@ def _port_is_free(port: int) -> bool:
 
 
 def _banner(
-    listen_port: int, grpc_port: int, metrics_port: int, pods: list[tuple[str, str]], log_dir: Path
+    listen_port: int,
+    grpc_port: int,
+    metrics_port: int,
+    pods: list[tuple[str, str]],
+    log_dir: Path,
+    replicas_text: str = "",
 ) -> str:
     url = f"http://127.0.0.1:{listen_port}"
     fleet = ", ".join(f"{model.split(',')[0]} on {address}" for address, model in pods)
@@ -163,7 +235,7 @@ epp demo is up: Envoy {url} -> epp (ext_proc :{grpc_port}) -> simulated vLLM pod
   {fleet}
   LoRA adapters of qwen2-1-5b: {", ".join(adapters)}
 Logs: {log_dir}
-
+{replicas_text}
 Try:
   curl -si {url}/v1/chat/completions -H 'content-type: application/json' \\
     -d '{{"model": "qwen2-1-5b", "messages": [{{"role": "user", "content": "Hello!"}}]}}'

@@ -1,4 +1,5 @@
-"""Starting and stopping the processes of a local stack: simulated pods, epp, Envoy.
+"""Starting and stopping the processes of a local stack: simulated pods, epp, Envoy,
+and the redis-server epp replicas share their decisions through.
 
 Used by ``epp demo`` (what ``make run`` starts), the integration tests and the
 benchmarks, so all three run the same processes the same way.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -28,6 +30,7 @@ __all__ = [
     "loopback_serve_args",
     "start_envoy",
     "start_epp_module",
+    "start_redis",
 ]
 
 
@@ -185,3 +188,25 @@ def start_envoy(
     )
     process.wait_http(f"http://127.0.0.1:{admin_port}/ready", timeout_s=timeout_s)
     return process
+
+
+def start_redis(port: int, *, log_dir: Path, name: str = "redis") -> ManagedProcess:
+    """redis-server on 127.0.0.1:``port`` without persistence, once it answers PING:
+    what epp replicas share their routing decisions through (``--sync-redis-url``)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise StackError("redis-server is not installed (apt-get install -y redis-server)")
+    argv = [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", ""]
+    argv += ["--appendonly", "no", "--dir", str(log_dir)]
+    process = ManagedProcess(name, argv, log_dir=log_dir)
+    process.wait_until(lambda: _redis_answers(port), timeout_s=10, what="redis PING")
+    return process
+
+
+def _redis_answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False

@@ -4,12 +4,11 @@
 from __future__ import annotations
 
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
 
-from epp.stack import ManagedProcess, StackError, free_port
+from epp.stack import ManagedProcess, StackError, free_port, start_redis
 
 __all__ = ["RedisServer", "redis_binary", "started"]
 
@@ -34,21 +33,8 @@ class RedisServer:
 
     def start(self) -> None:
         self._starts += 1
-        argv = [
-            redis_binary(),
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(self._log_dir),
-        ]
-        self.process = ManagedProcess(f"redis-{self._starts}", argv, log_dir=self._log_dir)
-        self.process.wait_until(self._answers, timeout_s=10, what="redis PING")
+        redis_binary()  # skips the test when it is missing
+        self.process = start_redis(self.port, log_dir=self._log_dir, name=f"redis-{self._starts}")
 
     def kill(self) -> None:
         """SIGKILL: connections drop without a goodbye, as when Redis crashes."""
@@ -61,14 +47,6 @@ class RedisServer:
         if self.process is not None:
             self.process.stop()
             self.process = None
-
-    def _answers(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
 
 
 def started(log_dir: Path) -> RedisServer:

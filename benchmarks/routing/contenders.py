@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import shutil
 import subprocess
 import sys
 import time
@@ -57,6 +56,7 @@ from epp.stack import (
     loopback_serve_args,
     start_envoy,
     start_epp_module,
+    start_redis,
 )
 
 __all__ = [
@@ -191,9 +191,9 @@ class EppContender(_Processes):
     def start(self, pods: Sequence[str], model: str, workdir: Path) -> str:
         extra = list(self.extra_args)
         if self.sync:
-            redis = _start_redis(workdir)
-            self.started.append(redis)
-            extra += ["--sync-redis-url", f"redis://127.0.0.1:{redis.port}/0"]
+            redis_port = free_port()
+            self.started.append(start_redis(redis_port, log_dir=workdir))
+            extra += ["--sync-redis-url", f"redis://127.0.0.1:{redis_port}/0"]
         if self.workers > 1:
             extra += ["--workers", str(self.workers)]
         grpc_ports = []
@@ -230,35 +230,6 @@ class EppContender(_Processes):
             bootstrap = envoy_bootstrap(ports, **self.envoy_options)
         self.started.append(start_envoy(bootstrap, admin_port=admin, log_dir=workdir))
         return f"http://127.0.0.1:{listen}"
-
-
-class _Redis(ManagedProcess):
-    port: int
-
-
-def _start_redis(workdir: Path) -> _Redis:
-    """A redis-server without persistence on a free loopback port, once it answers."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise StackError("redis-server is not installed (apt-get install -y redis-server)")
-    port = free_port()
-    argv = [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", ""]
-    argv += ["--appendonly", "no", "--dir", str(workdir)]
-    redis = _Redis("redis", argv, log_dir=workdir)
-    redis.port = port
-    redis.wait_until(lambda: _redis_answers(port), timeout_s=10, what="redis PING")
-    return redis
-
-
-def _redis_answers(port: int) -> bool:
-    import socket
-
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
 
 
 def _checkout_bootstrap(checkout: Path, ports: EnvoyPorts) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import httpx
 
 from epp.stack import free_port
 from tests.integration.helpers import chat
+from tests.integration.metrics_helpers import metric
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -149,6 +150,67 @@ def test_demo_serves_and_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
     # Every process the demo started is gone: nothing listens on its ports any more.
     deadline = time.monotonic() + 5
     ports = [listen, admin, grpc, metrics, first_pod, first_pod + 1, first_pod + 2]
+    while any(_listening(port) for port in ports):
+        assert time.monotonic() < deadline, "a demo process outlived Ctrl-C"
+        time.sleep(0.1)
+
+
+def test_demo_with_two_replicas_shares_a_prefix_and_stops_redis_too(tmp_path: Path) -> None:
+    """``make run REPLICAS=2``: two epps behind the one Envoy, hearing each other through
+    the redis-server the demo starts; Ctrl-C stops that too."""
+    listen, admin = free_port(), free_port()
+    grpc, metrics, first_pod = (_free_run_of_ports(n) for n in (2, 2, 3))
+    argv = [sys.executable, "-m", "epp", "demo", "--replicas", "2"]
+    argv += ["--listen-port", str(listen), "--admin-port", str(admin)]
+    argv += ["--grpc-port", str(grpc), "--metrics-port", str(metrics)]
+    argv += ["--first-pod-port", str(first_pod), "--log-dir", str(tmp_path)]
+    demo = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert demo.stdout is not None
+        banner = []
+        for line in demo.stdout:
+            banner.append(line)
+            if "Press Ctrl-C" in line:
+                break
+        text = "".join(banner)
+        assert "2 epp replicas" in text, text
+        redis_port = int(text.split("redis://127.0.0.1:", 1)[1].split("/", 1)[0])
+        metrics_urls = [f"http://127.0.0.1:{metrics + i}/metrics" for i in range(2)]
+        deadline = time.monotonic() + 15
+        while any(metric(url, "epp_sync_peers") < 1 for url in metrics_urls):
+            assert time.monotonic() < deadline, "the replicas never heard each other"
+            time.sleep(0.05)
+        served = set()
+        prefix = "You are a helpful assistant for a travel agency. Answer briefly. " * 20
+        for i in range(6):
+            picks_before = sum(metric(url, "epp_sync_received_picks_total") for url in metrics_urls)
+            response = httpx.post(
+                f"http://127.0.0.1:{listen}/v1/chat/completions",
+                json=chat("qwen2-1-5b", prefix + f"question {i}"),
+                timeout=30,
+            )
+            assert response.status_code == 200, response.text
+            served.add(response.headers["x-sim-pod"])
+            # The other replica has the pick before the next request is sent.
+            deadline = time.monotonic() + 10
+            while sum(metric(url, "epp_sync_received_picks_total") for url in metrics_urls) <= (
+                picks_before
+            ):
+                assert time.monotonic() < deadline, "the pick never reached the other replica"
+                time.sleep(0.02)
+        # Envoy spread the streams over both replicas; each was told of the other's picks.
+        assert all(metric(url, "epp_sync_received_picks_total") > 0 for url in metrics_urls)
+        assert len(served) == 1, served
+        demo.send_signal(signal.SIGINT)
+        assert demo.wait(timeout=30) == 0
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+        assert demo.stdout is not None
+        demo.stdout.close()
+    deadline = time.monotonic() + 5
+    ports = [listen, admin, grpc, grpc + 1, metrics, metrics + 1, redis_port, first_pod]
     while any(_listening(port) for port in ports):
         assert time.monotonic() < deadline, "a demo process outlived Ctrl-C"
         time.sleep(0.1)
