@@ -298,8 +298,8 @@ def check_epp_deployments(objects: list[Obj], tmp: Path) -> list[str]:
                 f"{strategy} rollout cannot finish; use Recreate"
             )
         replicas = epp.deployment["spec"].get("replicas", 1)
-        if replicas > 1 and config.kubernetes.enabled and not leader:
-            problems.append(f"{where}: {replicas} replicas without leader election")
+        if replicas > 1 and config.kubernetes.enabled and not leader and not config.sync.enabled:
+            problems.append(f"{where}: {replicas} replicas without leader election or shared state")
         grace = epp.pod_spec.get("terminationGracePeriodSeconds", 30)
         if grace <= config.server.graceful_timeout_s:
             problems.append(

@@ -154,9 +154,11 @@ def test_all_options_values_set_every_option() -> None:
     every = _values("all-options")
     # flags and config are free-form: their keys are epp's, not the chart's.
     given = keys(every)
+    # Exclusive with sync.redis.enabled, which the file sets; rendered by its own test.
+    exclusive = {".sync.redisUrl"}
     missing = {
         k
-        for k in keys(defaults)
+        for k in keys(defaults) - exclusive
         if not k.startswith((".flags.", ".config."))
         and not any(e == k or e.startswith(f"{k}.") for e in given)
     }
@@ -281,10 +283,14 @@ def test_installed_chart_passes_the_manifest_checks(
     assert check_pool_references(objects, model_servers=False, tmp=tmp_path) == []
     monitors = [obj for obj in objects if obj["kind"] == "ServiceMonitor"]
     for monitor in monitors:
-        (service,) = [obj for obj in objects if obj["kind"] == "Service"]
-        assert monitor["spec"]["selector"]["matchLabels"].items() <= (
-            service["metadata"]["labels"].items()
-        )
+        # It selects epp's Service alone (not the Redis of ci/all-options).
+        selector = monitor["spec"]["selector"]["matchLabels"].items()
+        (service,) = [
+            obj
+            for obj in objects
+            if obj["kind"] == "Service" and selector <= obj["metadata"]["labels"].items()
+        ]
+        assert service["metadata"]["name"] == monitor["metadata"]["name"]
         assert {e["port"] for e in monitor["spec"]["endpoints"]} <= {
             p["name"] for p in service["spec"]["ports"]
         }
@@ -326,6 +332,7 @@ CHART_MANAGED_FLAGS = {
     "secure-serving",
     "cert-path",
     "ha-enable-leader-election",
+    "sync-redis-url",
 }
 
 
@@ -340,8 +347,8 @@ def test_every_option_has_a_value_in_the_chart() -> None:
 
 @pytest.mark.parametrize(
     ("replicas", "enabled", "leader"),
-    [(1, None, False), (2, None, True), (2, False, False), (1, True, True)],
-    ids=["one", "two", "two-off", "one-on"],
+    [(1, None, False), (2, None, True), (1, True, True)],
+    ids=["one", "two", "one-on"],
 )
 def test_leader_election_follows_the_replicas(
     replicas: int, enabled: bool | None, leader: bool, fake_api: Any, tmp_path: Path
@@ -350,16 +357,59 @@ def test_leader_election_follows_the_replicas(
     objects, _ = install(fake_api, tmp_path, values)
     (epp,) = list(epp_containers(objects))
     assert epp.flag("ha-enable-leader-election") == str(leader).lower()
+    assert epp.flag("sync-redis-url") is None
     (role,) = [obj for obj in objects if obj["kind"] == "Role"]
     leases = [rule for rule in role["rules"] if "leases" in rule["resources"]]
     assert bool(leases) == leader
-    problems = check_epp_deployments(objects, tmp_path) + check_rbac(objects, tmp_path)
-    if replicas > 1 and not leader:
-        assert problems == [
-            f"Deployment/{epp.deployment['metadata']['name']}: 2 replicas without leader election"
+    assert check_epp_deployments(objects, tmp_path) + check_rbac(objects, tmp_path) == []
+
+
+def test_replicas_on_their_own_views_fail_the_render(tmp_path: Path) -> None:
+    """replicas > 1 with leader election off and no shared state: each replica would see
+    a fraction of the traffic (the manifest check reports the same of a plain manifest)."""
+    _, log = lint(tmp_path / "alone", {"replicas": 2, "leaderElection": {"enabled": False}})
+    assert "replicas: 2 without leader election needs shared state" in log
+    both = {"sync": {"redisUrl": "redis://r:6379/0", "redis": {"enabled": True}}}
+    _, log = lint(tmp_path / "both", both)
+    assert "sync.redisUrl and sync.redis.enabled: choose one" in log
+    _, log = lint(tmp_path / "flag", {"flags": {"sync-redis-url": "redis://r:6379/0"}})
+    assert "flags.sync-redis-url: the chart sets --sync-redis-url" in log
+
+
+@pytest.mark.parametrize("own_redis", [True, False], ids=["chart-redis", "existing-redis"])
+def test_sync_values_make_the_replicas_active_active(
+    own_redis: bool, fake_api: Any, tmp_path: Path
+) -> None:
+    sync: Obj = (
+        {"redis": {"enabled": True}} if own_redis else {"redisUrl": "redis://kv.infra:6379/2"}
+    )
+    objects, release = install(fake_api, tmp_path, {"replicas": 3, "sync": sync})
+    (epp,) = list(epp_containers(objects))
+    # Every replica routes: no leader election, ready on the serving health service,
+    # rolled one at a time.
+    assert epp.flag("ha-enable-leader-election") == "false"
+    assert epp.deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    config = serve_config(epp, objects, tmp_path)
+    assert not config.kubernetes.leader_election
+    redis = [o for o in objects if o["metadata"]["name"] == "epp-epp-redis"]
+    if own_redis:
+        assert config.sync.redis_url == "redis://epp-epp-redis:6379/0"
+        assert {o["kind"] for o in redis} == {"Deployment", "Service"}
+        (service,) = [o for o in redis if o["kind"] == "Service"]
+        assert service["spec"]["ports"][0]["port"] == 6379
+        (pod,) = [o["spec"]["template"] for o in redis if o["kind"] == "Deployment"]
+        # The Service reaches the Redis pod, and epp's Service does not select it.
+        assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+        (epp_service,) = [
+            o for o in objects if o["kind"] == "Service" and o["metadata"]["name"] == "epp-epp"
         ]
+        assert not epp_service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
     else:
-        assert problems == []
+        assert config.sync.redis_url == "redis://kv.infra:6379/2"
+        assert redis == []
+    assert "Active-active: all 3 replicas route" in release["info"]["notes"]
+    problems = check_epp_deployments(objects, tmp_path) + check_service_selectors(objects)
+    assert problems + [p for o in objects for p in schema_problems(o)] == []
 
 
 def test_chart_defaults_match_the_plain_manifest(fake_api: Any, tmp_path: Path) -> None:

@@ -38,13 +38,39 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end -}}
 
-{{/* "true" when leader election is on: as set, else when there is more than one replica. */}}
-{{- define "epp.leaderElection" -}}
-{{- if kindIs "invalid" .Values.leaderElection.enabled -}}
-{{- gt (int .Values.replicas) 1 -}}
-{{- else -}}
-{{- .Values.leaderElection.enabled -}}
+{{/* The Redis URL replicas share state through: sync.redisUrl, or the chart's own Redis;
+empty when sync is off. Both at once fail the render. */}}
+{{- define "epp.syncRedisUrl" -}}
+{{- $sync := .Values.sync | default dict -}}
+{{- $redis := $sync.redis | default dict -}}
+{{- if and $sync.redisUrl $redis.enabled -}}
+{{- fail "sync.redisUrl and sync.redis.enabled: choose one Redis for the replicas to share" -}}
 {{- end -}}
+{{- if $sync.redisUrl -}}
+{{- $sync.redisUrl -}}
+{{- else if $redis.enabled -}}
+{{- printf "redis://%s:%d/0" (include "epp.redisName" .) (int ($redis.port | default 6379)) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "epp.redisName" -}}
+{{- printf "%s-redis" (include "epp.fullname" . | trunc 57 | trimSuffix "-") -}}
+{{- end -}}
+
+{{/* "true" when leader election is on: as set, else when there is more than one replica
+and they share no state. More than one replica with neither fails the render. */}}
+{{- define "epp.leaderElection" -}}
+{{- $sync := ne (include "epp.syncRedisUrl" .) "" -}}
+{{- $leader := false -}}
+{{- if kindIs "invalid" .Values.leaderElection.enabled -}}
+{{- $leader = and (gt (int .Values.replicas) 1) (not $sync) -}}
+{{- else -}}
+{{- $leader = .Values.leaderElection.enabled -}}
+{{- end -}}
+{{- if and (gt (int .Values.replicas) 1) (not $leader) (not $sync) -}}
+{{- fail (printf "replicas: %d without leader election needs shared state (sync.redis.enabled or sync.redisUrl): replicas on their own views split the prefix cache" (int .Values.replicas)) -}}
+{{- end -}}
+{{- $leader -}}
 {{- end -}}
 
 {{/* Where the config file and the certificate are mounted. */}}
@@ -93,7 +119,10 @@ fails the render.
 {{- if .Values.tls.certSecret -}}
 {{- $_ := set $flags "cert-path" (include "epp.certDir" .) -}}
 {{- end -}}
-{{- $managed := list "pool-name" "pool-namespace" "pool-group" "grpc-port" "grpc-health-port" "metrics-port" "secure-serving" "cert-path" "config-file" "ha-enable-leader-election" -}}
+{{- with include "epp.syncRedisUrl" . -}}
+{{- $_ := set $flags "sync-redis-url" . -}}
+{{- end -}}
+{{- $managed := list "pool-name" "pool-namespace" "pool-group" "grpc-port" "grpc-health-port" "metrics-port" "secure-serving" "cert-path" "config-file" "ha-enable-leader-election" "sync-redis-url" -}}
 {{- range $name, $value := .Values.flags -}}
 {{- if has $name $managed -}}
 {{- fail (printf "flags.%s: the chart sets --%s from its own values (see values.yaml)" $name $name) -}}
@@ -103,4 +132,19 @@ fails the render.
 {{- end -}}
 {{- end -}}
 {{- toYaml $flags -}}
+{{- end -}}
+
+{{/* The chart's Redis pods: labels apart from epp's, so epp's Service never selects them. */}}
+{{- define "epp.redisSelectorLabels" -}}
+app.kubernetes.io/name: {{ printf "%s-redis" (.Values.nameOverride | default "epp") }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/* Apart from epp's too, so epp's ServiceMonitor does not select the Redis Service. */}}
+{{- define "epp.redisLabels" -}}
+{{ include "epp.redisSelectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: sync-store
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end -}}
