@@ -23,7 +23,7 @@ parent spends about a microsecond per scrape on it (the scrape itself costs ~90 
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 from epp.datalayer.endpoint import Endpoint
@@ -183,29 +183,56 @@ def frame(kind: int, body: bytes = b"") -> bytes:
 
 def encode_states(states: Sequence[EndpointState]) -> bytes:
     """The body of a STATES frame (and the first part of an ADD frame's)."""
-    texts = [(s.last_scrape_error or "").encode()[:_MAX_TEXT_BYTES] for s in states]
-    blobs = [_encode_names(s.lora_running, s.lora_waiting, s.models) for s in states]
-    parts = [_COUNT.pack(len(states))]
-    for state, text, blob in zip(states, texts, blobs, strict=True):
-        parts.append(
-            _STATE.pack(
-                state.id,
-                state.scrape_failures,
-                state.scrape_errors_total,
-                state.waiting_requests,
-                state.running_requests,
-                state.kv_cache_usage,
-                _NONE if state.kv_block_size is None else state.kv_block_size,
-                _NONE if state.kv_num_blocks is None else state.kv_num_blocks,
-                state.updated_at,
+    return _encode(
+        (
+            s.id,
+            s.scrape_failures,
+            s.scrape_errors_total,
+            s.waiting_requests,
+            s.running_requests,
+            s.kv_cache_usage,
+            s.kv_block_size,
+            s.kv_num_blocks,
+            s.updated_at,
+            s.last_scrape_error,
+            s.max_lora,
+            _encode_names(s.lora_running, s.lora_waiting, s.models),
+        )
+        for s in states
+    )
+
+
+def _encode(rows: Iterable[tuple[Any, ...]]) -> bytes:
+    """Records from rows of :class:`EndpointState`'s fields (the names as their blob),
+    then the error texts, then the name blobs, in the records' order."""
+    pack = _STATE.pack
+    records: list[bytes] = []
+    texts: list[bytes] = []
+    blobs: list[bytes] = []
+    for row in rows:
+        (id_, failures, errors, waiting, running, kv, block, blocks, at, error, lora, blob) = row
+        text = error.encode()[:_MAX_TEXT_BYTES] if error else b""
+        if text:
+            texts.append(text)
+        if blob:
+            blobs.append(blob)
+        records.append(
+            pack(
+                id_,
+                failures,
+                errors,
+                waiting,
+                running,
+                kv,
+                _NONE if block is None else block,
+                _NONE if blocks is None else blocks,
+                at,
                 len(text),
-                _NONE if state.max_lora is None else state.max_lora,
+                _NONE if lora is None else lora,
                 len(blob),
             )
         )
-    parts.extend(texts)
-    parts.extend(blobs)
-    return b"".join(parts)
+    return b"".join((_COUNT.pack(len(records)), *records, *texts, *blobs))
 
 
 def unpack_states(
@@ -249,38 +276,23 @@ def encode_endpoints(items: Sequence[tuple[int, Endpoint]]) -> bytes:
     """The body of a STATES frame straight from endpoints: what the scraper process
     sends after its scrapes (the same bytes as ``encode_states`` of their
     :func:`state_of`, without the objects in between)."""
-    pack = _STATE.pack
-    parts = [_COUNT.pack(len(items))]
-    texts = []
-    blobs = []
-    for id_, endpoint in items:
-        m = endpoint.metrics
-        error = endpoint.last_scrape_error
-        text = error.encode()[:_MAX_TEXT_BYTES] if error else b""
-        if text:
-            texts.append(text)
-        blob = _encode_names(m.lora_running, m.lora_waiting, m.models)
-        if blob:
-            blobs.append(blob)
-        parts.append(
-            pack(
-                id_,
-                endpoint.scrape_failures,
-                endpoint.scrape_errors_total,
-                m.waiting_requests,
-                m.running_requests,
-                m.kv_cache_usage,
-                _NONE if m.kv_block_size is None else m.kv_block_size,
-                _NONE if m.kv_num_blocks is None else m.kv_num_blocks,
-                m.updated_at,
-                len(text),
-                _NONE if m.max_lora is None else m.max_lora,
-                len(blob),
-            )
+    return _encode(
+        (
+            id_,
+            ep.scrape_failures,
+            ep.scrape_errors_total,
+            (m := ep.metrics).waiting_requests,
+            m.running_requests,
+            m.kv_cache_usage,
+            m.kv_block_size,
+            m.kv_num_blocks,
+            m.updated_at,
+            ep.last_scrape_error,
+            m.max_lora,
+            _encode_names(m.lora_running, m.lora_waiting, m.models),
         )
-    parts.extend(texts)
-    parts.extend(blobs)
-    return b"".join(parts)
+        for id_, ep in items
+    )
 
 
 def decode_states(body: bytes, offset: int = 0) -> tuple[list[EndpointState], int]:
