@@ -315,7 +315,7 @@ class RedisSync:
         finally:
             try:
                 async with asyncio.timeout(self._timeout_s):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
             except (RedisError, OSError, TimeoutError):
                 pass
 
