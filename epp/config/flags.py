@@ -53,7 +53,12 @@ REFERENCE_ONLY_FLAGS: dict[str, str] = {
     "--metrics-client-ca-file": "/metrics serves plaintext; restrict it with a NetworkPolicy",
     "--metrics-cert-dir": "/metrics serves plaintext; restrict it with a NetworkPolicy",
     "--disable-endpoint-subset-filter": "epp always keeps to Envoy's endpoint subset hint",
+    "--tls-min-version": "epp's gRPC server (grpcio's BoringSSL) never accepts below TLS 1.2",
 }
+
+# --tls-min-version's values that epp already enforces; grpcio's Python API sets no other
+# minimum, so asking for TLS 1.3 (or an older one) is an error rather than a silent no.
+_TLS_MIN_VERSIONS = {"1.2", "VersionTLS12"}
 
 # The reference's zap logging flags, which epp maps onto its own (see zap_logging).
 _ZAP_ENCODERS = {"json": "json", "console": "text"}
@@ -276,7 +281,15 @@ def zap_logging(args: argparse.Namespace) -> tuple[str | None, str | None]:
 
 
 def ignored_flags(args: argparse.Namespace) -> tuple[tuple[str, str, str], ...]:
-    """(flag, value, why) of each reference-EPP flag given that epp does not act on."""
+    """(flag, value, why) of each reference-EPP flag given that epp does not act on.
+
+    Raises :class:`ConfigError` for a ``--tls-min-version`` epp cannot honour."""
+    tls_min = getattr(args, _reference_dest("--tls-min-version"), None)
+    if tls_min is not None and tls_min not in _TLS_MIN_VERSIONS:
+        raise ConfigError(
+            f"--tls-min-version {tls_min!r}: epp serves TLS 1.2 and 1.3 and cannot raise the "
+            "minimum (grpcio's Python API has no such setting); give 1.2 or leave it out"
+        )
     return tuple(
         (flag, str(value), why)
         for flag, why in REFERENCE_ONLY_FLAGS.items()

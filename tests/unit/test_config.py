@@ -286,13 +286,23 @@ def test_newer_reference_flags_are_accepted_and_reported() -> None:
             "--allow-experimental-plugins",
             "--enable-grpc-stream-metrics=true",
             "--disable-endpoint-subset-filter",
+            "--tls-min-version=1.2",
         ]
     )
     assert [flag for flag, _, _ in config.ignored_flags] == [
         "--allow-experimental-plugins",
         "--enable-grpc-stream-metrics",
         "--disable-endpoint-subset-filter",
+        "--tls-min-version",
     ]
+
+
+@pytest.mark.parametrize("version", ["1.3", "VersionTLS13", "1.0", "1.1"])
+def test_a_tls_minimum_epp_cannot_enforce_is_refused(version: str) -> None:
+    # grpcio's Python server always takes TLS 1.2 and 1.3: any other minimum would be a lie.
+    with pytest.raises(ConfigError, match="--tls-min-version"):
+        parse([f"--tls-min-version={version}"])
+    assert parse(["--tls-min-version", "VersionTLS12"]).ignored_flags[0][0] == "--tls-min-version"
 
 
 def test_stream_usage_injection_is_off_unless_asked(tmp_path: Path) -> None:
