@@ -220,3 +220,41 @@ def test_a_request_naming_a_real_model_is_untouched(stack: Stack) -> None:
     assert response.headers["x-sim-pod"] in stack.pods[LARGE]
     assert "x-selected-model" not in response.headers
     assert response.json()["model"] == LARGE
+
+
+def test_the_operators_function_chooses_first_and_its_failures_fall_to_the_rules(
+    fleet: Fleet,
+) -> None:
+    # Pool mode, with a function imported at start from this repository (epp runs from its
+    # root): it picks for the gold tenant, gives way to the rules otherwise, and a request
+    # that makes it raise is still served by the rules.
+    function = "tests.integration.selection_function:by_tenant"
+    epp, grpc_port, metrics_port = start_local_epp(
+        "epp-function",
+        fleet.log_dir,
+        *_endpoint_args(fleet.pods),
+        *SELECTION_ARGS,
+        "--model-selection-function",
+        function,
+    )
+    ports = EnvoyPorts(listen_port=free_port(), admin_port=free_port(), epp_port=grpc_port)
+    envoy = start_envoy(
+        envoy_bootstrap(ports), admin_port=ports.admin_port, log_dir=fleet.log_dir, name="fn"
+    )
+    url = f"http://127.0.0.1:{ports.listen_port}/v1/chat/completions"
+    try:
+        gold = httpx.post(
+            url, json=chat("auto", CODING_QUESTION, max_tokens=2), headers={"x-tenant": "gold"}
+        )
+        other = httpx.post(url, json=chat("auto", CODING_QUESTION, max_tokens=2))
+        failing = httpx.post(url, json=chat("auto", "boom: fix this python bug", max_tokens=2))
+        assert [r.status_code for r in (gold, other, failing)] == [200, 200, 200]
+        assert gold.headers["x-selected-model"] == LARGE  # the function, over the rules
+        assert other.headers["x-selected-model"] == CODER  # None: the coding rule
+        assert failing.headers["x-selected-model"] == CODER  # it raised: the rules decide
+        page = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+        assert f'epp_model_selections_total{{model_name="{LARGE}",rule="function"}} 1.0' in page
+        assert 'epp_model_selection_function_failures_total{reason="error"} 1.0' in page
+    finally:
+        envoy.stop()
+        epp.stop()
