@@ -18,6 +18,7 @@ from epp.envoy_config import EnvoyPorts, envoy_bootstrap
 from epp.stack import ManagedProcess, free_port, start_envoy
 from tests.integration.helpers import chat
 from tests.integration.resilience import Traffic, set_faults, wait_until
+from tests.integration.test_lora import send_adapter_rounds
 from tests.integration.test_pool_mode import (  # the pool-mode stack and its fixture
     NS,
     Cluster,
@@ -148,3 +149,28 @@ def test_inference_models_split_adapters_restore_names_and_shed_sheddable(
         raw_envoy.stop()
         code = epp.stop()
         assert code == 0, epp.log_tail()
+
+
+def test_adapter_requests_stick_to_the_pod_holding_the_adapter_in_pool_mode(
+    cluster: Cluster,  # noqa: F811
+) -> None:
+    # The pool's pods list no models (vLLM loads adapters on demand), so every pod is a
+    # candidate for every adapter; lora-affinity keeps each adapter where it was loaded.
+    api = cluster.api
+    api.apply(inference_pool_v1alpha2(POOL, NS, LABELS, target_port=cluster.port))
+    pods = []
+    for ip in ("127.0.0.22", "127.0.0.23", "127.0.0.24", "127.0.0.25"):
+        pods.append(cluster.start_pod(ip, SERVED, "--max-loras", "2"))
+        api.apply(pod(ip.replace(".", "-"), NS, ip, LABELS))
+    epp, grpc_port, health_port = start_picker(
+        cluster, "epp-sticky", "--pool-group", "inference.networking.x-k8s.io", pool=POOL
+    )
+    url, envoy = envoy_for(cluster, grpc_port, "NONE")
+    try:
+        wait_until(lambda: health(health_port) == "SERVING", "epp to report SERVING")
+        served = send_adapter_rounds(url)
+        assert all(len(on) == 1 for on in served.values()), served
+        assert set(served) == {"travel-helper-v1", "travel-helper-v2"}
+    finally:
+        envoy.stop()
+        epp.stop()

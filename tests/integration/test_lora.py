@@ -19,7 +19,7 @@ LOADS = "vllm_sim:lora_adapter_loads_total"
 ROUNDS = 6
 
 
-def _send_rounds(url: str) -> dict[str, set[str]]:
+def send_adapter_rounds(url: str) -> dict[str, set[str]]:
     """``ROUNDS`` requests per adapter, alternating, one at a time; adapter -> pods."""
     served: dict[str, set[str]] = defaultdict(set)
     with httpx.Client(base_url=url, timeout=30.0) as client:
@@ -43,7 +43,7 @@ def test_adapter_requests_stick_to_the_pod_holding_the_adapter(rig: Rig) -> None
     # Two slots per pod and two adapters: once placed, nothing needs evicting.
     pods = rig.sims("pods", [MODELS] * 4, "--max-loras", "2")
     url = rig.start_envoy(rig.start_epp(dict.fromkeys(pods, MODELS)))
-    served = _send_rounds(url)
+    served = send_adapter_rounds(url)
     assert all(len(on) == 1 for on in served.values()), served
     assert _loads(pods) == len(ADAPTERS)  # each loaded once, where it stayed
 
@@ -55,7 +55,7 @@ def test_adapter_requests_stick_to_the_pod_holding_the_adapter(rig: Rig) -> None
         fresh, lb_policy="ROUND_ROBIN", listen_port=listen, admin_port=admin
     )
     rig.processes.append(start_envoy(bootstrap, admin_port=admin, log_dir=rig.log_dir, name="rr"))
-    spread = _send_rounds(f"http://127.0.0.1:{listen}")
+    spread = send_adapter_rounds(f"http://127.0.0.1:{listen}")
     assert all(len(on) >= 2 for on in spread.values()), spread
     assert _loads(fresh) >= 2 * len(ADAPTERS)
 

@@ -37,9 +37,10 @@ class Cluster:
     port: int  # every pod's serving port, as an InferencePool's targetPort
     pods: dict[str, ManagedProcess] = field(default_factory=dict)  # ip -> process
 
-    def start_pod(self, ip: str, models: str = SERVED) -> str:
+    def start_pod(self, ip: str, models: str = SERVED, *sim_args: str) -> str:
         """A simulated pod on ``ip``; ``models`` as ``epp sim --pod`` takes them (a
-        comma-separated list: the base model, then LoRA adapters)."""
+        comma-separated list: the base model, then LoRA adapters); ``sim_args`` more
+        ``epp sim`` flags."""
         address = f"{ip}:{self.port}"
         process = start_epp_module(
             f"pod-{ip}",
@@ -53,6 +54,7 @@ class Cluster:
                 "0.001",
                 "--base-latency-ms",
                 "1",
+                *sim_args,
             ],
             log_dir=self.log_dir,
         )
