@@ -124,6 +124,7 @@ class RedisSync:
         self._sent: dict[str, int] = {}  # the counts last published, by address
         self._client: aioredis.Redis | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
         self._last_error = ""
 
     # -- the request path: appends only ---------------------------------------------
@@ -167,6 +168,7 @@ class RedisSync:
 
     async def start(self) -> None:
         """Start the publisher and subscriber; returns at once, connected or not."""
+        self._stopping = False
         self._client = aioredis.Redis.from_url(
             self._url,
             socket_timeout=self._timeout_s,
@@ -180,13 +182,22 @@ class RedisSync:
 
     async def stop(self, *, goodbye: bool = True) -> None:
         """Stop; with ``goodbye`` first tell the others this replica's load is gone."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        # Bounded: a library call that swallows a cancellation (redis-py's reads have done
+        # so) must not hang shutdown. The loops also see the flag at their next turn.
+        self._stopping = True
+        pending = set(self._tasks)
+        for _ in range(3):
+            if not pending:
+                break
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=self._timeout_s + _POLL_S)
+        if pending:
+            log.error(
+                "shared routing state: %d task(s) did not stop: %s",
+                len(pending),
+                ", ".join(sorted(t.get_name() for t in pending)),
+            )
         self._tasks = []
         if self._scheduler is not None:
             self._scheduler.set_pick_listener(None)
@@ -211,7 +222,7 @@ class RedisSync:
     # -- publishing -----------------------------------------------------------------------
 
     async def _publish_loop(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 async with asyncio.timeout(self._heartbeat_s):
                     await self._wake.wait()
@@ -286,7 +297,7 @@ class RedisSync:
 
     async def _subscribe_loop(self) -> None:
         backoff = _MIN_BACKOFF_S
-        while True:
+        while not self._stopping:
             try:
                 await self._listen()
             except (RedisError, OSError, TimeoutError, _Silent) as exc:
@@ -304,7 +315,7 @@ class RedisSync:
                 await pubsub.subscribe(self._channel)
             self._up()
             heard_at = time.monotonic()
-            while True:
+            while not self._stopping:
                 message = await pubsub.get_message(timeout=_POLL_S)
                 now = time.monotonic()
                 if message is not None and message.get("type") == "message":
