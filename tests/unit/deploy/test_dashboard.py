@@ -838,8 +838,15 @@ def _epp_services(objects: list[Obj]) -> list[tuple[Obj, Obj]]:
 
 
 def _vllm_templates(objects: list[Obj]) -> list[Obj]:
+    """The model servers' pod templates: those a pool selects (not epp, not its Redis)."""
     epp = {id(c.deployment) for c in epp_containers(objects)}
-    return [template for deployment, template in _pods(objects) if id(deployment) not in epp]
+    selectors = [_pool_selector(pool) for pool in _pools(objects)]
+    return [
+        template
+        for deployment, template in _pods(objects)
+        if id(deployment) not in epp
+        and any(s.items() <= template["metadata"]["labels"].items() for s in selectors)
+    ]
 
 
 def _pools(objects: list[Obj]) -> list[Obj]:

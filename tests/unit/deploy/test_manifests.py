@@ -4,8 +4,10 @@ with arguments it accepts."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -357,3 +359,26 @@ def test_the_ack_example_reads_as_its_user_means_it(tmp_path: Path) -> None:
     (container,) = server["spec"]["template"]["spec"]["containers"]
     assert {"--enable-lora", "--max-loras=2", "--max-cpu-loras=4"} <= set(container["args"])
     assert lora_adapters(server["spec"]["template"]) == {"travel-helper-v1", "travel-helper-v2"}
+
+
+def test_the_plain_manifests_run_active_active_as_epp_redis_yaml_says(tmp_path: Path) -> None:
+    # Do what epp-redis.yaml's header tells a user: more replicas, the flag it gives.
+    redis_file = DEPLOY / "kubernetes" / "epp-redis.yaml"
+    match = re.search(r"- (--sync-redis-url=\S+)", redis_file.read_text())
+    assert match is not None
+    objects = setup_objects("kubernetes")
+    (epp,) = epp_containers(objects)
+    assert check_epp_deployments(objects, tmp_path) == []
+    epp.deployment["spec"]["replicas"] = 3
+    assert any(
+        "without leader election or shared state" in p
+        for p in check_epp_deployments(objects, tmp_path)
+    )
+    epp.container["args"].append(match.group(1))
+    assert check_epp_deployments(objects, tmp_path) == []
+    # The URL names the Service of the Redis pods, on its port.
+    url = urlsplit(serve_config(epp, objects, tmp_path).sync.redis_url or "")
+    (service,) = [o for o in load_documents(redis_file) if o["kind"] == "Service"]
+    assert url.hostname == service["metadata"]["name"]
+    assert url.port == service["spec"]["ports"][0]["port"]
+    assert check_service_selectors(objects) == []
