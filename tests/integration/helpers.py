@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -64,3 +67,24 @@ def start_local_epp(name: str, log_dir: Path, *args: str) -> tuple[ManagedProces
     )
     process.wait_http(f"http://127.0.0.1:{metrics_port}/readyz")
     return process, grpc_port, metrics_port
+
+
+@contextmanager
+def queue_on(pod: str, model: str) -> Iterator[None]:
+    """Six long requests sent straight to ``pod`` (past Envoy or any proxy, so only its
+    scraped queue tells epp), held until the block ends: inside it, the pod's queue has
+    been visible to epp for several scrape intervals."""
+    slow = chat(model, "keep busy", max_tokens=400)  # ~0.8 s of decode each, one at a time
+    with concurrent.futures.ThreadPoolExecutor(max_workers=6) as pool:
+        futures = [
+            pool.submit(httpx.post, f"http://{pod}/v1/chat/completions", json=slow, timeout=60.0)
+            for _ in range(6)
+        ]
+        deadline = time.monotonic() + 10
+        while pod_metric(pod, "vllm:num_requests_waiting") < 3:
+            assert time.monotonic() < deadline, "the busy pod never built a queue"
+            time.sleep(0.02)
+        time.sleep(0.2)  # several scrape intervals: epp has seen the queue
+        yield
+        for future in futures:
+            future.result()

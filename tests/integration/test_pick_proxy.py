@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 
 from epp.stack import ManagedProcess, free_port
 from tests.integration.conftest import Fleet
-from tests.integration.helpers import GEMMA, GHOST, QWEN, chat, pod_metric
+from tests.integration.helpers import GEMMA, GHOST, QWEN, chat, queue_on
 from tests.integration.metrics_helpers import metric, wait_for_metric
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -94,24 +93,11 @@ def test_same_long_prefix_goes_to_the_same_pod(client: httpx.Client) -> None:
 
 def test_pod_with_a_long_queue_is_avoided(client: httpx.Client, fleet: Fleet) -> None:
     busy, idle = fleet.qwen_pods
-    slow = chat(QWEN, "keep busy", max_tokens=400)  # ~0.8 s of decode each, one at a time
-    with concurrent.futures.ThreadPoolExecutor(max_workers=6) as pool:
-        # Straight to the pod, past the proxy: only the scraped queue tells epp.
-        futures = [
-            pool.submit(httpx.post, f"http://{busy}/v1/chat/completions", json=slow, timeout=60.0)
-            for _ in range(6)
-        ]
-        deadline = time.monotonic() + 10
-        while pod_metric(busy, "vllm:num_requests_waiting") < 3:
-            assert time.monotonic() < deadline, "the busy pod never built a queue"
-            time.sleep(0.02)
-        time.sleep(0.2)  # several scrape intervals: epp has seen the queue
+    with queue_on(busy, QWEN):
         served = [
             served_by(client.post("/v1/chat/completions", json=chat(QWEN, f"q{i}")))
             for i in range(5)
         ]
-        for future in futures:
-            future.result()
     assert served == [idle] * 5
 
 

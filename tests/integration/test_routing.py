@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import concurrent.futures
-import time
 import uuid
 
 import httpx
 
 from tests.integration.conftest import Stack
-from tests.integration.helpers import GEMMA, GHOST, QWEN, chat, pod_metric, pod_requests
+from tests.integration.helpers import GEMMA, GHOST, QWEN, chat, pod_metric, pod_requests, queue_on
 
 
 def _served_by(response: httpx.Response) -> str:
@@ -78,24 +76,11 @@ def test_same_long_prefix_goes_to_the_same_pod(stack: Stack, client: httpx.Clien
 
 def test_pod_with_a_long_queue_is_avoided(stack: Stack, client: httpx.Client) -> None:
     busy, idle = stack.fleet.qwen_pods
-    slow = chat(QWEN, "keep busy", max_tokens=400)  # ~0.8 s of decode each, one at a time
-    with concurrent.futures.ThreadPoolExecutor(max_workers=6) as pool:
-        # Straight to the pod, past Envoy: only the scraped queue tells epp about them.
-        futures = [
-            pool.submit(httpx.post, f"http://{busy}/v1/chat/completions", json=slow, timeout=60.0)
-            for _ in range(6)
-        ]
-        deadline = time.monotonic() + 10
-        while pod_metric(busy, "vllm:num_requests_waiting") < 3:
-            assert time.monotonic() < deadline, "the busy pod never built a queue"
-            time.sleep(0.02)
-        time.sleep(0.2)  # several scrape intervals: epp has seen the queue
+    with queue_on(busy, QWEN):
         served = [
             _served_by(client.post("/v1/chat/completions", json=chat(QWEN, f"q{i}")))
             for i in range(5)
         ]
-        for future in futures:
-            future.result()
     assert served == [idle] * 5
 
 
