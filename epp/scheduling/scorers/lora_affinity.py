@@ -35,7 +35,7 @@ predicted adapter scores 1.0 like a running one. Memory is bounded whatever clie
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from epp.datalayer.endpoint import Endpoint
@@ -102,7 +102,7 @@ class LoraAffinityScorer(NamedPlugin):
             for endpoint in endpoints:
                 metrics = endpoint.metrics
                 if metrics.lora_running or metrics.lora_waiting:
-                    self._learn(metrics.lora_running, metrics.lora_waiting)
+                    self._learn((*metrics.lora_running, *metrics.lora_waiting))
         scores: list[float] = []
         for endpoint in endpoints:
             metrics = endpoint.metrics
@@ -122,16 +122,18 @@ class LoraAffinityScorer(NamedPlugin):
         if not self._predict:
             return
         model = request.model
+        metrics = chosen.metrics
+        if model in metrics.models:
+            return  # the server's base model: it holds no adapter slot
         # Recorded even before the endpoint's first scrape that reports LoRA info (vLLM
         # reports none until an adapter is first used): otherwise the first adapters sent
         # to a fresh pod would be forgotten, and their next requests sent anywhere.
-        metrics = chosen.metrics
         slots = metrics.max_lora or 1
-        if metrics.max_lora and metrics.models and model not in metrics.models:
+        if metrics.max_lora and metrics.models:
             # Sent to a LoRA-enabled server as a model its metrics do not name as its
             # base: an adapter, known now rather than when a scrape happens to catch it
             # running (an idle pod is scraped slowly, and a short request can be missed).
-            self._learn(frozenset((model,)), frozenset())
+            self._learn((model,))
         sent = self._sent.setdefault(chosen, OrderedDict())
         sent[model] = None
         sent.move_to_end(model)
@@ -142,9 +144,9 @@ class LoraAffinityScorer(NamedPlugin):
         for endpoint in endpoints:
             self._sent.pop(endpoint, None)
 
-    def _learn(self, running: frozenset[str], waiting: frozenset[str]) -> None:
+    def _learn(self, names: Iterable[str]) -> None:
         known = self._known
-        for name in (*running, *waiting):
+        for name in names:
             if name in known:
                 continue
             known[name] = None
