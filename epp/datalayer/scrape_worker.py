@@ -135,6 +135,10 @@ class _Worker:
             stop_timeout_s=config["stop_timeout_s"],
             filter_names=config["filter_names"],
             on_update=self._updated,
+            # Polls in step: the answers of a tick come together and go to epp in one
+            # frame, and this loop wakes once per tick rather than once per poll. Spread
+            # polls only spare the routing loop bursts, and this is not that loop.
+            spread=False,
         )
         self.channel = _Channel(self)
         self.stopping = asyncio.Event()

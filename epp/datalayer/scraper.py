@@ -24,7 +24,11 @@ the same as the endpoint's last good one (an idle pod's) is not parsed again: it
 metrics are the last ones, stamped with the new time. And the polls are spread over the
 interval: the endpoints present at :meth:`MetricsScraper.start`, or added together, get
 their first poll at evenly spaced offsets, so 256 pods make a poll every 0.2 ms rather
-than a burst of 256 every 50 ms that a request arriving behind it would wait out.
+than a burst of 256 every 50 ms that a request arriving behind it would wait out. That
+is for the routing loop (``--scrape-mode inline``). The scraper process polls in step
+instead (``spread=False``): every endpoint on one grid of ticks, so its loop wakes once a
+tick and the answers of a tick reach epp together, in one frame, which costs both
+processes less per poll (``bench_scrape_fleet.py``).
 
 What one pod can make epp spend is bounded, per scrape and over time:
 
@@ -142,6 +146,8 @@ class MetricsScraper:
     ``Endpoint.is_fresh`` compares against). ``fetch`` replaces
     the HTTP client: ``await fetch(address, target)`` returns the body of a 200 answer
     or raises :class:`ScrapeError` (the benchmarks put aiohttp there to compare).
+    ``spread`` (default) spaces the polls over the interval; ``False`` keeps them in step
+    on one grid of ticks (see "the polls are spread" above).
 
     The store's listeners must be called on the scraper's event loop, or from another
     thread (changes are then handed to the loop with ``call_soon_threadsafe``).
@@ -165,6 +171,7 @@ class MetricsScraper:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
         on_update: Callable[[Endpoint], None] | None = None,
+        spread: bool = True,
     ) -> None:
         if interval_s <= 0:
             raise ValueError(f"interval_s must be > 0, got {interval_s}")
@@ -225,6 +232,8 @@ class MetricsScraper:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = False
         self._stopped = False
+        self._spread = spread
+        self._grid_origin: float | None = None  # loop.time() of the first aligned tick
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -465,8 +474,8 @@ class MetricsScraper:
                 )
         new = [endpoint for endpoint in added if endpoint not in self._polls]
         for k, endpoint in enumerate(new):
-            # The first at once, the others spread over one interval.
-            self._start_polling(endpoint, k / len(new) * self.interval_s)
+            # Spread: the first at once, the others over one interval. Aligned: all at once.
+            self._start_polling(endpoint, k / len(new) * self.interval_s if self._spread else 0.0)
             logger.info("started scraping %s", endpoint.address)
 
     # -- pacing ----------------------------------------------------------------------
@@ -586,7 +595,19 @@ class MetricsScraper:
         assert loop is not None
         delay = self._next_delay_s(poller, busy)
         # From the start of this poll: a slow poll is followed by the next at once.
-        poller.timer = loop.call_at(poller.started + delay, self._poll, poller)
+        due = poller.started + delay
+        if not self._spread:
+            due = self._on_grid(due)
+        poller.timer = loop.call_at(due, self._poll, poller)
+
+    def _on_grid(self, due: float) -> float:
+        """The tick nearest ``due`` on a grid ``interval_s`` apart, shared by every
+        endpoint, so that polls that drifted apart (a slow answer, a poll brought forward
+        for new work) fall back in step."""
+        origin = self._grid_origin
+        if origin is None:
+            self._grid_origin = origin = due
+        return origin + round((due - origin) / self.interval_s) * self.interval_s
 
     def _watch(self) -> None:
         """Every interval: an idle endpoint that epp has just sent work to is polled now,

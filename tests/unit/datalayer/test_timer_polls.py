@@ -249,3 +249,29 @@ async def test_the_adaptive_pace_steps_like_the_back_off(
     # The first sleep is the start's spread; then one per idle poll.
     assert delays[0.3] == [0.05, 0.05, 0.1, 0.2, 0.3, 0.3, 0.3]
     assert delays[0.05] == [0.05] * 7  # the slower pace turned off
+
+
+@pytest.mark.asyncio
+async def test_aligned_polls_share_one_tick(pods: Any, wait_until: Any) -> None:
+    """``spread=False`` (the scraper process) polls every endpoint on one grid of ticks,
+    round after round; read from the timers' due times, not from a clock. (The routing
+    loop's spread polls: test_metrics_scraper.py.)"""
+    served = [await pods(always([with_length()])) for _ in range(4)]
+    store = EndpointStore()
+    store.replace([(pod.address, None) for pod in served])
+    scraper = MetricsScraper(store, interval_s=0.05, spread=False)
+    await scraper.start()
+    try:
+        for rounds in (3, 6):
+            await wait_until(
+                lambda rounds=rounds: all(pod.requests >= rounds for pod in served),
+                f"{rounds} polls of each pod",
+            )
+            await wait_until(
+                lambda: all(p.timer is not None for p in scraper._polls.values()),
+                "every endpoint waiting for its next poll",
+            )
+            dues = {round(p.timer.when(), 6) for p in scraper._polls.values() if p.timer}
+            assert len(dues) == 1
+    finally:
+        await scraper.stop()
