@@ -18,6 +18,8 @@ clock has millisecond resolution, so time to first token is measured to the mill
 from __future__ import annotations
 
 __all__ = [
+    "FIRST_BODY_US_TAG",
+    "FIRST_BODY_US_VALUE",
     "FIRST_TOKEN_MS_KEY",
     "LUA_SOURCE",
     "METADATA_NAMESPACE",
@@ -36,6 +38,15 @@ METADATA_NAMESPACE = "epp.response"
 FIRST_TOKEN_MS_KEY = "first_token_ms"  # Unix time in ms of the first token
 USAGE_KEY = "usage"  # the body from its last "usage" key on, cut at USAGE_MAX_BYTES
 USAGE_MAX_BYTES = 4096  # a usage object is a few hundred bytes
+
+# ``--response-body-mode TIMED`` runs no script: Envoy's access log itself carries, as a
+# custom tag, the microseconds from the request's first byte to the response body's
+# first byte (the US_RX_BODY_BEG time point, Envoy >= 1.37). A model server sends its
+# headers before it has a token and the body with the first one, so that is the time
+# to first token, except in a Responses API stream, whose body opens with
+# response.created before any token.
+FIRST_BODY_US_TAG = "epp.first_body_us"
+FIRST_BODY_US_VALUE = "%COMMON_DURATION(DS_RX_BEG:US_RX_BODY_BEG:us)%"
 
 LUA_SOURCE = f"""\
 local NAMESPACE = "{METADATA_NAMESPACE}"

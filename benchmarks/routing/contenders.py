@@ -10,6 +10,7 @@ the given pods and returns its base URL once it answers, ``stop`` tears it down.
 | ``epp`` | Envoy + epp, its default profile (``epp serve --endpoint`` per pod) |
 | ``epp-full-duplex`` | the same, response bodies through the routing stream (the old path) |
 | ``epp-observed`` | the same, response bodies copied to epp by an observing filter |
+| ``epp-timed`` | the same, no Lua response meter: TTFT from Envoy's access log, no tokens |
 | ``epp-lean`` | the same, no response bodies (no TTFT or token metrics) |
 | ``epp-buffered`` | the same as ``epp``, request bodies ``BUFFERED``: epp reads them, no echo |
 | ``epp-reference`` | epp, the reference EPP's weights (``configs/reference.yaml``) |
@@ -28,9 +29,9 @@ commit in a ``git worktree``), with the Envoy bootstrap that tree's own
 ``benchmarks/routing/peers.py``, when present, adds more through ``PEERS`` (see
 :func:`load_peers`). Envoy runs with one worker thread (``--concurrency 1``): there are
 two cores for everything, and one worker also gives ``LEAST_REQUEST`` a single, complete
-view of the active requests. The first four epp rows differ only in Envoy's
-``response_body_mode``: ``LOGGED`` (the default), ``FULL_DUPLEX_STREAMED``, ``OBSERVED``
-and ``NONE``.
+view of the active requests. The first five epp rows differ only in Envoy's
+``response_body_mode``: ``LOGGED`` (the default), ``FULL_DUPLEX_STREAMED``, ``OBSERVED``,
+``TIMED`` and ``NONE``.
 """
 
 from __future__ import annotations
@@ -336,6 +337,7 @@ def builtin_contenders(epp_args: Sequence[str] = ()) -> list[Contender]:
         EppContender("epp-observed", None, epp_args, {"response_body_mode": "OBSERVED"}),
         EppContender("epp-lean", None, epp_args, {"response_body_mode": "NONE"}),
         EppContender("epp-buffered", None, epp_args, {"body_mode": "BUFFERED"}),
+        EppContender("epp-timed", None, epp_args, {"response_body_mode": "TIMED"}),
         EppContender("epp-reference", CONFIGS / "reference.yaml", epp_args),
         EppContender("epp-load", CONFIGS / "load-only.yaml", epp_args),
         EppContender("epp-prefix", CONFIGS / "prefix-only.yaml", epp_args),

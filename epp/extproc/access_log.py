@@ -1,8 +1,10 @@
-"""Envoy's gRPC access log (``envoy.service.accesslog.v3``), as LOGGED mode's channel.
+"""Envoy's gRPC access log (``envoy.service.accesslog.v3``), as LOGGED and TIMED modes'
+channel.
 
 In ``--response-body-mode LOGGED`` Envoy's Lua response meter
 (:mod:`epp.envoy_response_meter`) leaves each response's first-token time and usage in
-dynamic metadata, and Envoy's gRPC access logger sends one entry per finished request,
+dynamic metadata; in TIMED a custom tag of the entry holds Envoy's own time of the
+response body's first byte. Envoy's gRPC access logger sends one entry per finished request,
 batching many into one message. :class:`AccessLogReceiver` turns each entry into a
 :class:`~epp.extproc.response_observer.LoggedResponse` and hands it, by request id, to
 the routing stream waiting for it. One long-lived stream per Envoy worker, a message
@@ -25,6 +27,7 @@ from google.protobuf.message import DecodeError
 
 from epp.api.usage import find_usage
 from epp.envoy_response_meter import (
+    FIRST_BODY_US_TAG,
     FIRST_TOKEN_MS_KEY,
     METADATA_NAMESPACE,
     USAGE_KEY,
@@ -42,6 +45,8 @@ _MAX_SECONDS = 86_400.0  # a reading past a day is not a response time
 _NAMESPACE = METADATA_NAMESPACE.encode()
 _FIRST_TOKEN_MS = FIRST_TOKEN_MS_KEY.encode()
 _USAGE = USAGE_KEY.encode()
+_FIRST_BODY_US = FIRST_BODY_US_TAG.encode()
+_MAX_TAG_DIGITS = 15  # microseconds: past _MAX_SECONDS long before this
 
 
 def logged_response(entry: Any) -> LoggedResponse:
@@ -61,6 +66,8 @@ def logged_response(entry: Any) -> LoggedResponse:
     if first_token_ms is not None and common.HasField("start_time"):
         started_ms = common.start_time.ToMicroseconds() / 1000
         first_token_s = _seconds((first_token_ms - started_ms) / 1000)
+    elif common.custom_tags:
+        first_token_s = _first_body_s(common.custom_tags)
     ended_s = (
         _seconds(common.time_to_last_downstream_tx_byte.ToNanoseconds() / 1e9)
         if common.HasField("time_to_last_downstream_tx_byte")
@@ -84,6 +91,18 @@ def logged_response(entry: Any) -> LoggedResponse:
         usage=usage,
         completed=ended_s is not None and not reset,
     )
+
+
+def _first_body_s(tags: Any) -> float | None:
+    """TIMED mode's reading: the tag's microseconds to the response body's first byte
+    ("-" or empty when the response had no body, or none came)."""
+    for tag in tags:
+        if tag.key == _FIRST_BODY_US:
+            value = tag.value
+            if value.isdigit() and len(value) <= _MAX_TAG_DIGITS:
+                return _seconds(int(value) / 1e6)
+            return None
+    return None
 
 
 def _seconds(value: float) -> float | None:

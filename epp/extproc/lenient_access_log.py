@@ -103,7 +103,16 @@ def _schema() -> descriptor_pb2.FileDescriptorProto:
                     ".envoy.data.accesslog.v3.ResponseFlags",
                 ),
                 _field("metadata", _number(common, "metadata"), msg, own + "Metadata"),
+                # A map<string, string>: repeated key (1) / value (2) entries.
+                _field(
+                    "custom_tags",
+                    _number(common, "custom_tags"),
+                    msg,
+                    own + "Tag",
+                    repeated=True,
+                ),
             ),
+            _message("Tag", _field("key", 1, byt), _field("value", 2, byt)),
             # Metadata.filter_metadata and Struct.fields are maps: on the wire, repeated
             # key (1) / value (2) entries, which a map of bytes keys cannot declare.
             _message(

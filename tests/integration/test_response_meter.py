@@ -120,9 +120,7 @@ class MeteredStack:
     epp: ManagedProcess
 
 
-@pytest.fixture(scope="module")
-def metered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeteredStack]:
-    log_dir = tmp_path_factory.mktemp("meter")
+def _metered_stack(log_dir: Any, response_body_mode: str) -> Iterator[MeteredStack]:
     pod = ThreadingHTTPServer(("127.0.0.1", 0), DribblingPod)
     threading.Thread(target=pod.serve_forever, daemon=True).start()
     grpc_port, metrics_port = free_port(), free_port()
@@ -144,7 +142,7 @@ def metered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeteredStack]:
         epp.wait_http(f"http://127.0.0.1:{metrics_port}/readyz")
         ports = EnvoyPorts(listen_port=free_port(), admin_port=free_port(), epp_port=grpc_port)
         envoy = start_envoy(
-            envoy_bootstrap(ports, response_body_mode="LOGGED"),
+            envoy_bootstrap(ports, response_body_mode=response_body_mode),
             admin_port=ports.admin_port,
             log_dir=log_dir,
             name="envoy-meter",
@@ -158,6 +156,16 @@ def metered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeteredStack]:
         pod.shutdown()
         pod.server_close()
         assert epp.stop() == 0, epp.log_tail()
+
+
+@pytest.fixture(scope="module")
+def metered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeteredStack]:
+    yield from _metered_stack(tmp_path_factory.mktemp("meter"), "LOGGED")
+
+
+@pytest.fixture(scope="module")
+def timed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeteredStack]:
+    yield from _metered_stack(tmp_path_factory.mktemp("timed"), "TIMED")
 
 
 def finished_line(epp: ManagedProcess, request_id: str) -> dict[str, object]:
@@ -210,3 +218,26 @@ def test_a_stream_without_usage_is_timed_and_counts_no_tokens(metered: MeteredSt
     assert "prompt_tokens" not in fields and "completion_tokens" not in fields
     ttft_ms = fields["ttft_ms"]
     assert isinstance(ttft_ms, (int, float)) and ttft_ms >= FIRST_TOKEN_AFTER_S * 1000 - 1
+
+
+@pytest.mark.parametrize("piece", (3, 64))
+def test_timed_mode_times_the_first_body_byte_and_reads_no_usage(
+    timed: MeteredStack, piece: int
+) -> None:
+    """TIMED: no Lua filter; Envoy's access log brings its own time of the body's first
+    byte (the pod sent its headers at once and the body after a pause), the end and
+    the outcome. Usage is not read, even when the body carries it."""
+    request_id = uuid.uuid4().hex
+    with httpx.Client(timeout=30) as http:
+        response = http.post(
+            timed.url + "/v1/chat/completions",
+            json=chat(QWEN, "hi", stream=True, stream_options={"include_usage": True}),
+            headers={"x-request-id": request_id, "x-piece-bytes": str(piece)},
+        )
+    assert response.status_code == 200 and b'"usage"' in response.content
+    fields = finished_line(timed.epp, request_id)
+    assert fields["outcome"] == "completed"
+    assert "prompt_tokens" not in fields and "completion_tokens" not in fields
+    ttft_ms = fields["ttft_ms"]
+    assert isinstance(ttft_ms, (int, float)) and ttft_ms >= FIRST_TOKEN_AFTER_S * 1000 - 1
+    assert metric(timed.metrics_url, "inference_objective_output_tokens_count") == 0

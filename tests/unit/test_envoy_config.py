@@ -126,6 +126,30 @@ def test_logged_responses_are_measured_by_envoy_and_sent_with_its_access_log() -
     assert common["buffer_flush_interval"] == "0.1s"
 
 
+def test_timed_responses_have_no_script_and_an_access_log_that_times_the_body() -> None:
+    bootstrap = envoy_bootstrap(response_body_mode="TIMED")
+    assert [f["name"] for f in _filters(bootstrap)] == [
+        "envoy.filters.http.ext_proc",
+        "epp.served_endpoint",
+        "envoy.filters.http.router",
+    ]
+    routing = _ext_proc(bootstrap)
+    assert routing["processing_mode"]["response_body_mode"] == "NONE"
+    assert routing["grpc_service"]["initial_metadata"] == [
+        {"key": "x-epp-response-readings", "value": "timed"}
+    ]
+    (access_log,) = _manager(bootstrap)["access_log"]
+    common = access_log["typed_config"]["common_config"]
+    assert common["custom_tags"] == [
+        {
+            "tag": "epp.first_body_us",
+            "value": "%COMMON_DURATION(DS_RX_BEG:US_RX_BODY_BEG:us)%",
+        }
+    ]
+    logged = envoy_bootstrap(response_body_mode="LOGGED")
+    assert "custom_tags" not in _manager(logged)["access_log"][0]["typed_config"]["common_config"]
+
+
 @pytest.mark.parametrize("mode", ["FULL_DUPLEX_STREAMED", "NONE"])
 def test_other_response_modes_have_no_observer(mode: str) -> None:
     bootstrap = envoy_bootstrap(response_body_mode=mode)

@@ -18,7 +18,12 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from epp.api.usage import Usage
 from epp.director import Director
-from epp.envoy_response_meter import FIRST_TOKEN_MS_KEY, METADATA_NAMESPACE, USAGE_KEY
+from epp.envoy_response_meter import (
+    FIRST_BODY_US_TAG,
+    FIRST_TOKEN_MS_KEY,
+    METADATA_NAMESPACE,
+    USAGE_KEY,
+)
 from epp.extproc.access_log import logged_response as read_entry
 from epp.extproc.lenient_access_log import LenientAccessLogs
 from epp.extproc.response_observer import LoggedResponse, ResponseObservers
@@ -115,6 +120,30 @@ def test_readings_out_of_range_or_absent_are_dropped() -> None:
         {FIRST_TOKEN_MS_KEY: "soon", USAGE_KEY: 7}
     )
     assert logged_response(wrong_type).usage is None
+
+
+def timed_entry(value: str) -> HTTPAccessLogEntry:
+    """TIMED mode's entry: no script readings, Envoy's first-body-byte tag."""
+    log = entry(first_token_ms=None, usage=None)
+    log.common_properties.custom_tags["other"] = "12"
+    log.common_properties.custom_tags[FIRST_BODY_US_TAG] = value
+    return log
+
+
+def test_timed_mode_takes_the_first_body_byte_from_its_tag() -> None:
+    logged = logged_response(timed_entry("250000"))
+    assert logged.first_token_s == pytest.approx(0.25) and logged.usage is None
+    assert logged.completed is True and logged.body_bytes == 900
+    # The script's reading wins where both came (LOGGED with the tag set by hand).
+    both = entry(first_token_ms=STARTED_MS + 100)
+    both.common_properties.custom_tags[FIRST_BODY_US_TAG] = "250000"
+    assert logged_response(both).first_token_s == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("value", ["-", "", "12.5", "-4", "1e9", "9" * 40, "\u0661\u0662"])
+def test_a_first_body_tag_that_is_no_count_of_microseconds_is_dropped(value: str) -> None:
+    # No body at all ("-" from Envoy), or bytes from anyone else on the port.
+    assert logged_response(timed_entry(value)).first_token_s is None
 
 
 def _response_headers(stream_handle: object) -> None:
