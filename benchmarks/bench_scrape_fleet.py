@@ -32,7 +32,10 @@ Two parts, each side by side in one run:
    per poll what the 256 pods' polls added over the 8 pods' run (polls counted by
    ``epp_scraper_polls_total``, or the nominal 20/s per pod for an epp without it).
    ``--pods-nice 10`` runs the pod server at lower priority: in a cluster the pods'
-   CPU is on other nodes, on 2 shared cores it competes with epp.
+   CPU is on other nodes, on 2 shared cores it competes with epp. ``--cpu-split`` goes
+   further: the driver and epp's routing process on CPU 0, the pod server and epp's
+   scraper process on CPU 1, so the p99s compare what scraping does to the routing
+   loop rather than how short of CPU two cores are with 256 busy pods on them.
    ``--request-pod-server idle`` serves idle pods here, so that only the pods epp routes
    to have work (its own in-flight requests) and the scraper's idle pace applies;
    ``--epp-args "--scrape-idle-interval 1s"`` passes flags to this tree's epp only.
@@ -456,6 +459,17 @@ def _proc_cpu_s(pid: int) -> float:
 
 def _tree_cpu_s(pid: int) -> float:
     """CPU seconds of ``pid`` and every live process below it (epp's scraper process)."""
+    total = 0.0
+    for member in {pid} | _descendants(pid):
+        try:
+            total += _proc_cpu_s(member)
+        except OSError:
+            pass
+    return total
+
+
+def _descendants(pid: int) -> set[int]:
+    """``pid``'s live child processes, and theirs."""
     parents: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -464,20 +478,24 @@ def _tree_cpu_s(pid: int) -> float:
             except OSError:
                 continue  # gone meanwhile
             parents[int(entry.name)] = int(fields[1])
-    tree, frontier = {pid}, [pid]
+    found: set[int] = set()
+    frontier = [pid]
     while frontier:
         parent = frontier.pop()
         for child, its_parent in parents.items():
-            if its_parent == parent and child not in tree:
-                tree.add(child)
+            if its_parent == parent and child not in found:
+                found.add(child)
                 frontier.append(child)
-    total = 0.0
-    for member in tree:
+    return found
+
+
+def _pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of ``pid`` on ``cpus`` (sched_setaffinity binds one thread only)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
         try:
-            total += _proc_cpu_s(member)
+            os.sched_setaffinity(int(task.name), cpus)
         except OSError:
-            pass
-    return total
+            pass  # a thread that ended meanwhile
 
 
 def _scraper_polls(metrics_port: int) -> int | None:
@@ -595,6 +613,7 @@ def run_epp(
     seconds: float,
     settle_s: float,
     extra_args: list[str],
+    cpu_split: bool = False,
 ) -> dict[str, Any]:
     from epp.stack import free_port, loopback_serve_args
 
@@ -617,6 +636,11 @@ def run_epp(
     try:
         _wait_http(f"http://127.0.0.1:{metrics_port}/metrics", 30.0)
         time.sleep(settle_s)  # every pod scraped, polls spread out
+        if cpu_split:
+            # The routing process with the driver; its scraper process with the pods.
+            _pin(process.pid, {0})
+            for child in _descendants(process.pid):
+                _pin(child, {1})
         polls_0 = _scraper_polls(metrics_port)
         cpu_0, wall_0 = _tree_cpu_s(process.pid), time.perf_counter()
         latencies = asyncio.run(drive_requests(grpc_port, rps, seconds))
@@ -645,6 +669,9 @@ def part_requests(args: argparse.Namespace, trees: dict[str, Path]) -> list[dict
     top = max(args.request_pods)
     kind = args.request_pod_server or args.pod_server
     fleet = PodFleet(kind, top, _free_port_run(top), nice=args.pods_nice)
+    if args.cpu_split:
+        _pin(os.getpid(), {0})
+        _pin(fleet.process.pid, {1})
     rows = []
     try:
         runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
@@ -655,7 +682,14 @@ def part_requests(args: argparse.Namespace, trees: dict[str, Path]) -> list[dict
             for name, count in order:
                 extra = args.epp_args.split() if name == "new" else []
                 run = run_epp(
-                    trees[name], fleet, count, args.rps, args.request_s, args.warmup_s, extra
+                    trees[name],
+                    fleet,
+                    count,
+                    args.rps,
+                    args.request_s,
+                    args.warmup_s,
+                    extra,
+                    cpu_split=args.cpu_split,
                 )
                 runs.setdefault((name, count), []).append(run)
                 print(
@@ -674,6 +708,7 @@ def part_requests(args: argparse.Namespace, trees: dict[str, Path]) -> list[dict
                 "pod_server": kind,
                 "rps": args.rps,
                 "pods_nice": args.pods_nice,
+                "cpu_split": args.cpu_split,
                 "requests": sum(r["requests"] for r in results),
                 "p50_ms": statistics.median(r["p50_ms"] for r in results),
                 "p99_ms": statistics.median(r["p99_ms"] for r in results),
@@ -766,6 +801,14 @@ def main() -> None:
         default=0,
         help="part 2: run the pod server at this niceness, so that on a small machine "
         "the pods' CPU (on other nodes in a cluster) takes less from epp's",
+    )
+    parser.add_argument(
+        "--cpu-split",
+        action="store_true",
+        help="part 2: pin this driver and epp's routing process to CPU 0, the pod server "
+        "and epp's scraper process to CPU 1, as in a cluster where the pods run elsewhere "
+        "and epp has a core to route on: what scraping does to routing, not to a "
+        "machine short of CPU",
     )
     parser.add_argument("--skip-scrape", action="store_true")
     parser.add_argument("--skip-requests", action="store_true")
