@@ -20,6 +20,7 @@ it serves, one of them answers, as any bodiless request is routed.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Sequence
@@ -121,6 +122,10 @@ class Director:
         # per-pool picker further on chooses the endpoint.
         self._pick_endpoints = pick_endpoints
         self._sharing: LoadSharing | None = None
+        # The prefix index's inserts wait for the loop's next turn, after the routing
+        # answer went out (decisions are unchanged: see prefix_cache's module docstring).
+        self._defers = scheduler.defer_post_pick_work()
+        self._flush_due = False
 
     @property
     def scheduler(self) -> Scheduler:
@@ -128,7 +133,9 @@ class Director:
 
     def set_scheduler(self, scheduler: Scheduler) -> None:
         """Swap the scheduling profile (a pool's routing-strategy changed)."""
+        self._scheduler.flush_deferred()
         self._scheduler = scheduler
+        self._defers = scheduler.defer_post_pick_work()
         if self._sharing is not None:
             self._sharing.scheduler_changed(scheduler)
 
@@ -327,6 +334,8 @@ class Director:
             metrics.scheduler_attempt(request.model, None)
             raise
         metrics.SCHEDULER_DURATION.labels().observe(time.perf_counter() - started)
+        if self._defers and not self._flush_due:
+            self._flush_soon()
         chosen = result.endpoints[: 1 + self._destination_fallbacks]
         metrics.scheduler_attempt(request.model, chosen[0], self.namespace)
         chosen[0].request_routed()
@@ -341,6 +350,19 @@ class Director:
             response_headers=result.response_headers,
             scores=result.scores,
         )
+
+    def _flush_soon(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a tool, a synchronous test): now is the next turn
+            self._scheduler.flush_deferred()
+            return
+        self._flush_due = True
+        loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_due = False
+        self._scheduler.flush_deferred()
 
     def response_started(self, decision: RoutingDecision) -> None:
         """The response's headers came (``decision.response.status`` is set): count the

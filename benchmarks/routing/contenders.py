@@ -335,9 +335,9 @@ def builtin_contenders(epp_args: Sequence[str] = ()) -> list[Contender]:
             "epp-full-duplex", None, epp_args, {"response_body_mode": "FULL_DUPLEX_STREAMED"}
         ),
         EppContender("epp-observed", None, epp_args, {"response_body_mode": "OBSERVED"}),
+        EppContender("epp-timed", None, epp_args, {"response_body_mode": "TIMED"}),
         EppContender("epp-lean", None, epp_args, {"response_body_mode": "NONE"}),
         EppContender("epp-buffered", None, epp_args, {"body_mode": "BUFFERED"}),
-        EppContender("epp-timed", None, epp_args, {"response_body_mode": "TIMED"}),
         EppContender("epp-reference", CONFIGS / "reference.yaml", epp_args),
         EppContender("epp-load", CONFIGS / "load-only.yaml", epp_args),
         EppContender("epp-prefix", CONFIGS / "prefix-only.yaml", epp_args),

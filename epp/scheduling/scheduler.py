@@ -21,6 +21,7 @@ from epp.scheduling.spec import (
 )
 from epp.scheduling.stats import PluginTiming
 from epp.scheduling.types import (
+    DeferredWork,
     Filter,
     LLMRequest,
     PeerAware,
@@ -54,10 +55,11 @@ class Scheduler:
     :meth:`on_endpoints_removed` to discovery so per-endpoint state is dropped.
     """
 
-    __slots__ = ("_profile",)
+    __slots__ = ("_deferring", "_profile")
 
     def __init__(self, profile: SchedulerProfile) -> None:
         self._profile = profile
+        self._deferring: tuple[DeferredWork, ...] = ()
 
     @property
     def profile(self) -> SchedulerProfile:
@@ -86,6 +88,21 @@ class Scheduler:
         if not candidates:
             raise NoCandidates(f"no endpoint is available for model {request.model!r}")
         return self._profile.run(request, candidates)
+
+    def defer_post_pick_work(self) -> bool:
+        """Have the plugins that can (:class:`DeferredWork`, the prefix index) leave their
+        ``on_pick`` bookkeeping for :meth:`flush_deferred`; True if any will. Decisions
+        stay the same; the caller must call :meth:`flush_deferred` soon after each."""
+        deferring = [p for p in self.plugins if isinstance(p, DeferredWork)]
+        for plugin in deferring:
+            plugin.set_deferred(True)
+        self._deferring = tuple(deferring)
+        return bool(deferring)
+
+    def flush_deferred(self) -> None:
+        """Do the post-pick work left so far (see :meth:`defer_post_pick_work`)."""
+        for plugin in self._deferring:
+            plugin.flush_deferred()
 
     def shared_indexes(self) -> dict[str, SharedIndex]:
         """The profile's prefix indexes that replicas share, by their key."""

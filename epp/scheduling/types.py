@@ -11,6 +11,7 @@ from epp.scheduling.prefix_index import PrefixIndex
 
 __all__ = [
     "CycleState",
+    "DeferredWork",
     "EndpointRemovalHook",
     "EndpointScores",
     "Filter",
@@ -155,6 +156,21 @@ class ScoresPicker(Picker, Protocol):
 class PostPick(Plugin, Protocol):
     def on_pick(self, cycle: CycleState, request: LLMRequest, chosen: Endpoint) -> None:
         """Told which endpoint was chosen (the prefix index records it here)."""
+        ...
+
+
+@runtime_checkable
+class DeferredWork(Plugin, Protocol):
+    """A plugin that can leave the bookkeeping of ``on_pick`` for later, off the path of
+    the request that was just routed (the prefix index's inserts), without changing any
+    later decision: what it has not done yet still counts when it scores."""
+
+    def set_deferred(self, deferred: bool) -> None:
+        """From now on leave that work for :meth:`flush_deferred` (False: do it at once)."""
+        ...
+
+    def flush_deferred(self) -> None:
+        """Do the work left so far."""
         ...
 
 

@@ -29,6 +29,16 @@ As in the reference EPP the pick is recorded at routing time (``on_pick``), not 
 server reports a hit: a burst of one prefix sees the first pick at once, and it is the
 load scorers that must spread such a burst (see ``tests/unit/scheduling/
 test_prefix_burst.py`` for how the weights trade the two off).
+
+Deferred (``set_deferred(True)``, what epp's director asks): ``on_pick`` only notes the
+pick, and the inserts into the index (about 150 µs for a new 32 KB prompt at 256
+endpoints, most of a decision's cost) wait for :meth:`~PrefixCacheScorer.flush_deferred`,
+which epp runs on the next turn of its loop, after the routing answer went out. The
+reference EPP updates its index from a goroutine for the same reason; here nothing is
+lost meanwhile: matching also reads the picks not yet inserted (a handful: their
+hashes are compared with the request's by bisection, as the index does), so a decision
+is the one the synchronous index would give, but at the LRU's edge: entries that the
+noted picks will push out of a full endpoint still count until they are inserted.
 """
 
 from __future__ import annotations
@@ -85,6 +95,26 @@ DEFAULT_LRU_CAPACITY_PER_SERVER = DEFAULT_CAPACITY_PER_ENDPOINT
 DEFAULT_MATCH_LENGTH_SCALE_TOKENS = 8192
 
 _xxh64 = xxhash.xxh64_intdigest
+# Deferred picks kept before they are inserted whatever happens: each costs a bisection
+# per decision until then, and epp flushes every loop turn.
+_MAX_PENDING = 64
+
+
+def _leading_run(hashes: Sequence[int], held: Sequence[int]) -> int:
+    """How many leading hashes of ``hashes`` ``held`` has at the same places: chained
+    hashes agree up to a point and never after it, so the point is found by bisection.
+
+    >>> _leading_run([1, 2, 3, 4], [1, 2, 9])
+    2
+    """
+    lo, hi = 0, min(len(hashes), len(held))
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if hashes[mid - 1] == held[mid - 1]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 def prompt_block_hashes(model: str, prompt: str, block_size: int, max_blocks: int) -> list[int]:
@@ -120,6 +150,7 @@ class PrefixCacheScorer(NamedPlugin):
 
     __slots__ = (
         "_block_size",
+        "_deferred",
         "_hit_bytes",
         "_hit_ratios",
         "_index",
@@ -128,6 +159,7 @@ class PrefixCacheScorer(NamedPlugin):
         "_listener",
         "_match_key",
         "_max_blocks",
+        "_pending",
         "_producer",
         "_state_key",
     )
@@ -163,6 +195,9 @@ class PrefixCacheScorer(NamedPlugin):
         self._hit_ratios = Distribution(PREFIX_HIT_RATIO_BOUNDS)
         self._hit_bytes = Distribution(PREFIX_HIT_BYTES_BOUNDS)
         self._listener: PickListener | None = None
+        # Picks noted but not yet in the index (deferred mode), oldest first.
+        self._pending: list[tuple[Endpoint, list[int]]] = []
+        self._deferred = False
 
     @property
     def index(self) -> PrefixIndex:
@@ -215,8 +250,35 @@ class PrefixCacheScorer(NamedPlugin):
             return found
         hashes = self.block_hashes(cycle, request)
         matched = self._index.match(hashes) if hashes else None
+        if self._pending and hashes:
+            matched = self._match_pending(hashes, matched)
         cycle[self._match_key] = matched
         return matched
+
+    def _match_pending(
+        self, hashes: list[int], matched: dict[Endpoint, int] | None
+    ) -> dict[Endpoint, int] | None:
+        """``matched`` with the picks not yet in the index counted in, as the index would
+        count them: an endpoint holds the longer of its two runs."""
+        found = dict(matched) if matched else {}
+        for endpoint, held in self._pending:
+            depth = _leading_run(hashes, held)
+            if depth > found.get(endpoint, 0):
+                found[endpoint] = depth
+        return found or None
+
+    def set_deferred(self, deferred: bool) -> None:
+        if not deferred:
+            self.flush_deferred()
+        self._deferred = deferred
+
+    def flush_deferred(self) -> None:
+        pending, self._pending = self._pending, []
+        add, listener = self._index.add, self._listener
+        for endpoint, hashes in pending:
+            add(endpoint, hashes)
+            if listener is not None:
+                listener(self.index_key, endpoint, hashes)
 
     def _blend(self, blocks: int, total: int) -> float:
         ratio = blocks / total
@@ -311,11 +373,21 @@ class PrefixCacheScorer(NamedPlugin):
             self._hit_bytes.observe(blocks * self._block_size)
             if hashes:
                 self._hit_ratios.observe(blocks / len(hashes))
+        if not hashes:
+            return
+        if self._deferred:
+            self._pending.append((chosen, hashes))
+            if len(self._pending) >= _MAX_PENDING:  # nobody flushed: bound the list
+                self.flush_deferred()
+            return
         self._index.add(chosen, hashes)
-        if self._listener is not None and hashes:
+        if self._listener is not None:
             self._listener(self.index_key, chosen, hashes)
 
     def on_endpoints_removed(self, endpoints: Sequence[Endpoint]) -> None:
+        if self._pending:
+            gone = set(endpoints)
+            self._pending = [(ep, h) for ep, h in self._pending if ep not in gone]
         for endpoint in endpoints:
             self._index.remove_endpoint(endpoint)
 

@@ -29,6 +29,7 @@ def test_builtin_contenders_implement_the_protocol_with_unique_names() -> None:
         "epp",
         "epp-full-duplex",
         "epp-observed",
+        "epp-timed",
         "epp-lean",
         "epp-buffered",
         "epp-reference",

@@ -72,6 +72,8 @@ async def test_a_prefix_routed_by_one_replica_is_found_by_the_other(
     chosen = first.endpoints[0]
     target = b.store.get(chosen.address)
     assert target is not None
+    # A inserts (and publishes) the pick on its loop's next turn.
+    await eventually(lambda: bool(a.prefix_scorer().index.hashes_of(chosen)))
     hashes = a.prefix_scorer().index.hashes_of(chosen)
     await eventually(lambda: b.prefix_scorer().index.hashes_of(target) == hashes)
     # B sends the same conversation where A sent it, though it never saw it itself.
