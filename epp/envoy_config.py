@@ -628,6 +628,13 @@ def _ext_proc_filter(
             "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3"
             ".ExternalProcessor",
             "grpc_service": grpc_service,
+            # No allow_mode_override: verified with Envoy 1.40, epp cannot switch one
+            # request from FULL_DUPLEX_STREAMED to BUFFERED with a mode_override on its
+            # headers answer. Envoy ignores the override when the configured body mode is
+            # FULL_DUPLEX_STREAMED, and it has already streamed the body by then; the
+            # BUFFERED-style body answer that follows gets a 503. A route's
+            # ExtProcPerRoute processing_mode does take effect (matched before the body
+            # is sent, and sent to epp as protocol_config).
             "processing_mode": {
                 "request_header_mode": "SEND",
                 "request_body_mode": body_mode,
