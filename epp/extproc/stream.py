@@ -64,6 +64,13 @@ _RESPONSES_TOKEN_MARKER = b'.delta"'
 # 9110 lets obs-text through) and reach the model server untouched.
 _STEERING_HEADERS = frozenset({*MODEL_REWRITE_HEADERS, *OBJECTIVE_HEADERS})
 _UNLIMITED = BodyBudget(0)
+# One series per mode the protocol defines; a number it does not is "unknown", so a
+# peer cannot add series.
+_BODY_MODE_COUNTS = {
+    number: metrics.REQUEST_BODY_MODES.labels(name)
+    for name, number in ProcessingMode.BodySendMode.items()
+}
+_UNKNOWN_BODY_MODE = metrics.REQUEST_BODY_MODES.labels("unknown")
 
 
 class ProtocolViolation(Exception):
@@ -328,6 +335,7 @@ class RequestStream:
             self._decision_s = time.perf_counter() - started
             return (self._routing_response(on_body=False),)
         self.phase = _GATHERING_BODY
+        _BODY_MODE_COUNTS.get(self._body_mode, _UNKNOWN_BODY_MODE).inc()
         if self._body_mode == _FULL_DUPLEX:
             # Full duplex: the header answer must wait for the body, where the model is.
             return ()

@@ -35,6 +35,7 @@ __all__ = [
     "PICKS_RELEASED",
     "REGISTRY",
     "REQUESTS",
+    "REQUEST_BODY_MODES",
     "REQUEST_ERRORS",
     "SCHEDULER_ATTEMPTS",
     "SCHEDULER_DURATION",
@@ -356,6 +357,17 @@ STREAM_ERRORS = Counter(
     "ext_proc streams epp failed: reason protocol (the peer broke the ext_proc protocol: "
     "messages out of order, bytes that are no ProcessingRequest), exception (an epp bug).",
     ["reason"],
+    registry=REGISTRY,
+)
+
+# Once per request with a body, from the mode Envoy declared on its stream: shows which
+# bodies epp envoy-config's large-body routes sent whole, and what it saves them.
+REQUEST_BODY_MODES = FastCounterVec(
+    "epp_extproc_request_body_mode_total",
+    "Requests whose body reached epp, by the ext_proc request body mode Envoy sent it in: "
+    "FULL_DUPLEX_STREAMED (in chunks, each handed back), BUFFERED (whole, in one message), "
+    "another mode of the protocol, or unknown.",
+    ["mode"],
     registry=REGISTRY,
 )
 

@@ -16,11 +16,12 @@ from epp.datalayer.store import EndpointStore
 from epp.director import Director
 from epp.extproc.messages import MAX_STREAMED_CHUNK_BYTES
 from epp.extproc.stream import Phase, RequestStream
-from epp.observability import request_metrics
+from epp.observability import metrics, request_metrics
 from epp.observability.request_metrics import FinishedRequest
 from tests.unit.directors import POD_A, POD_B, POD_C, fresh_store
 from tests.unit.extproc.envoy_messages import (
     BUFFERED,
+    FULL_DUPLEX,
     body_message,
     headers_message,
     lb_destination,
@@ -208,3 +209,34 @@ def test_response_messages_are_acknowledged(director: Director) -> None:
     assert ack.WhichOneof("response") == "response_headers"
     (ack,) = stream.handle(ProcessingRequest(response_trailers=HttpTrailers()))
     assert ack.WhichOneof("response") == "response_trailers"
+
+
+def _body_mode_count(mode: str) -> float:
+    value = metrics.REGISTRY.get_sample_value("epp_extproc_request_body_mode_total", {"mode": mode})
+    return value or 0.0
+
+
+@pytest.mark.parametrize(
+    ("body_mode", "label"),
+    [(FULL_DUPLEX, "FULL_DUPLEX_STREAMED"), (BUFFERED, "BUFFERED"), (99, "unknown")],
+    ids=["full-duplex", "buffered", "unknown-number"],
+)
+def test_each_request_with_a_body_counts_the_mode_envoy_sent_it_in(
+    director: Director, body_mode: int, label: str
+) -> None:
+    before = {
+        mode: _body_mode_count(mode) for mode in ("FULL_DUPLEX_STREAMED", "BUFFERED", "unknown")
+    }
+    stream = RequestStream(director, max_body_bytes=1 << 20)
+    stream.handle(headers_message(body_mode=body_mode))
+    stream.handle(body_message(b'{"model": "m", "prompt": "p"}', end_of_stream=True))
+    stream.close()
+    bodiless = RequestStream(director, max_body_bytes=1 << 20)
+    bodiless.handle(headers_message(method="GET", path="/health", end_of_stream=True))
+    bodiless.close()
+    after = {mode: _body_mode_count(mode) for mode in before}
+    # Once, under its own mode only (a number the protocol does not define adds no
+    # series of its own); a request without a body is not counted.
+    assert {mode: after[mode] - before[mode] for mode in before} == {
+        mode: 1.0 if mode == label else 0.0 for mode in before
+    }
