@@ -347,7 +347,10 @@ def test_fail_open_cannot_stream_bodies_in_full_duplex() -> None:
 
 def test_model_routes_put_a_body_based_router_before_a_route_per_model() -> None:
     bootstrap = envoy_bootstrap(
-        EnvoyPorts(epp_port=9002), response_body_mode="NONE", model_routes={"a": 9102, "b": 9103}
+        EnvoyPorts(epp_port=9002),
+        response_body_mode="NONE",
+        model_routes={"a": 9102, "b": 9103},
+        buffer_bodies_over=0,  # the large-body twins: test_model_routes_buffer_large_bodies
     )
     manager = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
     config = manager["typed_config"]
@@ -428,3 +431,129 @@ def test_routing_streams_avoid_a_dead_epp_replica() -> None:
     assert outlier["enforcing_consecutive_gateway_failure"] == 100
     # The default 10 % would never eject one replica of two.
     assert outlier["max_ejection_percent"] == 100
+
+
+LARGE = {"name": "content-length", "range_match": {"start": 65537, "end": 64 * 1024 * 1024 + 1}}
+
+
+def _routes(bootstrap: dict[str, Any]) -> list[dict[str, Any]]:
+    (host,) = _manager(bootstrap)["route_config"]["virtual_hosts"]
+    routes: list[dict[str, Any]] = host["routes"]
+    return routes
+
+
+def _buffered_like(mode: dict[str, str]) -> dict[str, str]:
+    return {**mode, "request_body_mode": "BUFFERED", "request_trailer_mode": "SKIP"}
+
+
+@pytest.mark.parametrize("response_body_mode", ["LOGGED", "FULL_DUPLEX_STREAMED"])
+def test_bodies_over_64_kib_take_a_twin_route_that_buffers_them(response_body_mode: str) -> None:
+    bootstrap = yaml.safe_load(
+        render_bootstrap(envoy_bootstrap(response_body_mode=response_body_mode))
+    )
+    twin, route = _routes(bootstrap)
+    # First, so Envoy tries it first; a content-length at or below 64 KiB, none, or one
+    # over the listener's buffer limit falls through to the route it shadows.
+    assert twin["match"] == {"prefix": "/", "headers": [LARGE]}
+    assert route["match"] == {"prefix": "/"}
+    assert "typed_per_filter_config" not in route
+    assert twin["route"] == route["route"] == {"cluster": "original_destination", "timeout": "600s"}
+    assert list(twin["typed_per_filter_config"]) == ["envoy.filters.http.ext_proc"]
+    override = twin["typed_per_filter_config"]["envoy.filters.http.ext_proc"]
+    assert override["@type"].endswith("ext_proc.v3.ExtProcPerRoute")
+    filter_mode = _ext_proc(bootstrap)["processing_mode"]
+    assert filter_mode["request_body_mode"] == "FULL_DUPLEX_STREAMED"
+    assert filter_mode["request_trailer_mode"] == "SEND"
+    assert filter_mode["response_body_mode"] == response_body_mode.replace("LOGGED", "NONE")
+    # The filter's own mode, response side included, but for the request body.
+    assert override["overrides"] == {"processing_mode": _buffered_like(filter_mode)}
+
+
+def test_the_threshold_and_the_buffer_limit_bound_the_range(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    bootstrap = envoy_bootstrap(buffer_bodies_over=1000, max_request_bytes=5000)
+    listener = bootstrap["static_resources"]["listeners"][0]
+    assert listener["per_connection_buffer_limit_bytes"] == 5000
+    (header,) = _routes(bootstrap)[0]["match"]["headers"]
+    assert header["range_match"] == {"start": 1001, "end": 5001}  # [start, end)
+    (header,) = _routes(_cli(capsys, "--buffer-bodies-over", "200000"))[0]["match"]["headers"]
+    assert header["range_match"]["start"] == 200001
+    for empty in (5000, 6000, -1):
+        with pytest.raises(ValueError, match="buffer_bodies_over"):
+            envoy_bootstrap(buffer_bodies_over=empty, max_request_bytes=5000)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"buffer_bodies_over": 0},
+        {"buffer_bodies_over": None},
+        {"body_mode": "BUFFERED"},
+        {"body_mode": "BUFFERED", "fail_open": ["10.0.0.1:8000"]},
+        {"ext_proc": False, "static_upstream": "10.0.0.1:8000"},
+    ],
+    ids=["zero", "none", "buffered", "fail-open", "no-ext-proc"],
+)
+def test_no_twin_where_bodies_are_not_streamed_or_it_is_off(options: dict[str, Any]) -> None:
+    routes = _routes(envoy_bootstrap(**options))
+    assert all("content-length" not in str(route["match"]) for route in routes)
+    assert all("typed_per_filter_config" not in route for route in routes)
+
+
+def test_the_cli_flag_turns_it_off(capsys: pytest.CaptureFixture[str]) -> None:
+    assert _routes(_cli(capsys, "--buffer-bodies-over", "0")) == [
+        {"match": {"prefix": "/"}, "route": {"cluster": "original_destination", "timeout": "600s"}}
+    ]
+    assert len(_routes(_cli(capsys))) == 2
+
+
+def test_model_routes_buffer_large_bodies_in_both_filters_and_keep_the_pools_epp() -> None:
+    rendered = render_bootstrap(
+        envoy_bootstrap(response_body_mode="NONE", model_routes={"a": 9102, "b": 9103})
+    )
+    assert "&id" not in rendered  # no dict shared between routes, rendered as an alias
+    bootstrap = yaml.safe_load(rendered)
+    routes = _routes(bootstrap)
+    body_router = _filters(bootstrap)[0]
+    assert body_router["name"] == "epp.body_based_router"
+    modes = {
+        "epp.body_based_router": body_router["typed_config"]["processing_mode"],
+        "envoy.filters.http.ext_proc": _ext_proc(bootstrap)["processing_mode"],
+    }
+    assert len(routes) == 5
+    for index, model in enumerate(("a", "b")):
+        twin, route = routes[2 * index : 2 * index + 2]
+        named = {"name": "x-gateway-model-name", "string_match": {"exact": model}}
+        assert route["match"]["headers"] == [named]
+        assert twin["match"]["headers"] == [named, LARGE]
+        assert twin["route"] == route["route"]
+        overrides = {
+            name: config["overrides"] for name, config in twin["typed_per_filter_config"].items()
+        }
+        # The pool's own epp is kept; both filters take the body whole (the body-based
+        # router too: a body it streamed would reach this route without its length).
+        assert overrides == {
+            "envoy.filters.http.ext_proc": {
+                **route["typed_per_filter_config"]["envoy.filters.http.ext_proc"]["overrides"],
+                "processing_mode": _buffered_like(modes["envoy.filters.http.ext_proc"]),
+            },
+            "epp.body_based_router": {
+                "processing_mode": _buffered_like(modes["epp.body_based_router"])
+            },
+        }
+        pool = overrides["envoy.filters.http.ext_proc"]["grpc_service"]["envoy_grpc"]
+        assert pool == {"cluster_name": f"epp_pool_{index}"}
+    # Last, for the first match, before the body-based router has named the model: only
+    # while the header is absent, so an unknown model still finds no route (Envoy's 404).
+    unnamed = routes[-1]
+    assert unnamed["match"]["headers"] == [
+        {"name": "x-gateway-model-name", "present_match": False},
+        LARGE,
+    ]
+    assert unnamed["direct_response"] == {"status": 404}
+    assert {
+        name: config["overrides"] for name, config in unnamed["typed_per_filter_config"].items()
+    } == {
+        "epp.body_based_router": {"processing_mode": _buffered_like(modes["epp.body_based_router"])}
+    }
