@@ -308,8 +308,9 @@ def envoy_bootstrap(
     else:
         route_config = _route_config(upstream_cluster, fail_open=bool(fail_open))
     if routing_filter is not None and body_mode == "FULL_DUPLEX_STREAMED" and buffer_bodies_over:
-        # Up to the listener's buffer limit: a larger body streams, and epp refuses it
-        # with its own 413 before Envoy holds it all.
+        # Up to the listener's buffer limit: a larger body streams as it did before (and
+        # epp's own --max-body-bytes refuses it), rather than Envoy holding it until it
+        # overflows and answering 413 itself.
         sizes = {"larger_than": buffer_bodies_over, "at_most": max_request_bytes}
         filter_modes = {
             f["name"]: f["typed_config"]["processing_mode"]
