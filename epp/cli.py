@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     envoy = commands.add_parser(
         "envoy-config", help="print the Envoy bootstrap that puts epp in front of model servers"
     )
-    from epp.envoy_config import DEFAULT_BUFFER_BODIES_OVER, RESPONSE_BODY_MODES
+    from epp.envoy_config import RESPONSE_BODY_MODES
 
     envoy.add_argument("--listen-port", type=int, default=8080)
     envoy.add_argument("--admin-port", type=int, default=9901)
@@ -68,17 +68,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="how request bodies reach epp (default FULL_DUPLEX_STREAMED; BUFFERED with "
         "--fail-open, which Envoy cannot do in full duplex)",
-    )
-    envoy.add_argument(
-        "--buffer-bodies-over",
-        type=int,
-        default=DEFAULT_BUFFER_BODIES_OVER,
-        metavar="BYTES",
-        help="in FULL_DUPLEX_STREAMED, send a request body whose content-length is over "
-        "BYTES to epp BUFFERED: whole, in one message, not in chunks epp echoes back one "
-        "by one (about 1 ms less of epp's CPU for a 400 KB body); Envoy then holds the "
-        "body before epp sees it, up to the listener's buffer limit. Chunked bodies "
-        f"still stream. 0: never (default {DEFAULT_BUFFER_BODIES_OVER})",
     )
     envoy.add_argument(
         "--response-body-mode",
@@ -185,7 +174,6 @@ def _envoy_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
             epp_server_name=args.epp_server_name,
             fail_open=fail_open,
             model_routes=model_routes or None,
-            buffer_bodies_over=args.buffer_bodies_over,
         )
     except ValueError as exc:
         parser.error(str(exc))

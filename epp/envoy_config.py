@@ -16,7 +16,6 @@ from typing import Any
 
 import yaml
 
-from epp.envoy_large_bodies import EXT_PROC_PER_ROUTE, large_body_routes, unnamed_model_route
 from epp.envoy_response_meter import (
     FIRST_BODY_US_TAG,
     FIRST_BODY_US_VALUE,
@@ -25,7 +24,6 @@ from epp.envoy_response_meter import (
 )
 
 __all__ = [
-    "DEFAULT_BUFFER_BODIES_OVER",
     "EPP_TIMEOUT_ERROR",
     "EPP_UNAVAILABLE_ERROR",
     "EnvoyPorts",
@@ -36,10 +34,6 @@ __all__ = [
 ]
 
 BODY_MODES = ("FULL_DUPLEX_STREAMED", "BUFFERED")
-# Request bodies larger than this go to epp BUFFERED rather than in full duplex (a
-# route of their own, matched on content-length): one message each way instead of
-# every chunk echoed back, for the price of Envoy holding the body first.
-DEFAULT_BUFFER_BODIES_OVER = 64 * 1024
 # How response bodies reach epp: OBSERVED (a second ext_proc filter in observability
 # mode sends them and never waits for epp), LOGGED (Envoy measures them itself, with a
 # Lua script, and its gRPC access log brings the readings to epp in batches), TIMED
@@ -158,7 +152,6 @@ def envoy_bootstrap(
     fail_open: Sequence[str] = (),
     report_served_endpoint: bool = True,
     model_routes: Mapping[str, int] | None = None,
-    buffer_bodies_over: int | None = DEFAULT_BUFFER_BODIES_OVER,
 ) -> dict[str, Any]:
     """An Envoy bootstrap as a dict.
 
@@ -210,18 +203,6 @@ def envoy_bootstrap(
     model matches that header exactly, and the route's own epp picks the endpoint. A
     model no route names gets Envoy's 404. Response bodies are then ``NONE`` or
     ``FULL_DUPLEX_STREAMED``: the other modes report to one epp, not to each pool's.
-
-    ``buffer_bodies_over`` (bytes; None or 0: never) sends a request body larger than
-    that to epp BUFFERED when ``body_mode`` is FULL_DUPLEX_STREAMED: whole, in one
-    message, answered with one message, instead of in chunks that epp echoes back one by
-    one (about 1 ms less of epp's CPU for a 400 KB body). Envoy then holds the body before
-    epp sees any of it. Each route gets a twin in front of it for a ``content-length``
-    above the threshold and up to ``max_request_bytes`` (a larger body streams as before,
-    for epp to refuse with 413) with a per-route processing mode
-    (:mod:`epp.envoy_large_bodies`); a body without a content-length (chunked) streams.
-    With ``model_routes`` the body-based router takes such a body BUFFERED as well: one it
-    streamed reaches the model's route without its content-length (verified with Envoy
-    1.40), so the pool's epp would get it in full duplex.
     """
     if body_mode not in BODY_MODES:
         raise ValueError(f"body_mode must be one of {BODY_MODES}, not {body_mode!r}")
@@ -238,11 +219,6 @@ def envoy_bootstrap(
         raise ValueError("fail_open is what Envoy does when epp fails: it needs ext_proc")
     if model_routes is not None:
         _check_model_routes(model_routes, ext_proc, fail_open, response_body_mode)
-    if buffer_bodies_over is not None and not 0 <= buffer_bodies_over < max_request_bytes:
-        raise ValueError(
-            f"buffer_bodies_over must be 0 (never) or below max_request_bytes "
-            f"({max_request_bytes}), not {buffer_bodies_over}"
-        )
     if fail_open and body_mode != "BUFFERED":
         # Verified with Envoy 1.40: with request bodies in FULL_DUPLEX_STREAMED, a failed
         # ext_proc stream ends the request with 503 even when failure_mode_allow is set.
@@ -254,21 +230,19 @@ def envoy_bootstrap(
     if fail_open:
         http_filters.append(_drop_client_destination_filter())
     report_served_endpoint = report_served_endpoint and ext_proc
-    body_router: dict[str, Any] | None = None
     if model_routes:
-        body_router = _body_router_filter(body_mode, timeouts)
-        http_filters.append(body_router)
-    routing_filter: dict[str, Any] | None = None
+        http_filters.append(_body_router_filter(body_mode, timeouts))
     if ext_proc:
-        routing_filter = _ext_proc_filter(
-            body_mode,
-            response_body_mode,
-            timeouts,
-            fail_open=bool(fail_open),
-            forward_lb_metadata=report_served_endpoint,
-            cluster=_pool_cluster(0) if model_routes else "epp",
+        http_filters.append(
+            _ext_proc_filter(
+                body_mode,
+                response_body_mode,
+                timeouts,
+                fail_open=bool(fail_open),
+                forward_lb_metadata=report_served_endpoint,
+                cluster=_pool_cluster(0) if model_routes else "epp",
+            )
         )
-        http_filters.append(routing_filter)
         if response_body_mode == "OBSERVED":
             http_filters.append(_response_observer_filter())
         elif response_body_mode in _ACCESS_LOGGED:
@@ -307,22 +281,6 @@ def envoy_bootstrap(
         route_config = _model_route_config(upstream_cluster, model_routes)
     else:
         route_config = _route_config(upstream_cluster, fail_open=bool(fail_open))
-    if routing_filter is not None and body_mode == "FULL_DUPLEX_STREAMED" and buffer_bodies_over:
-        # Up to the listener's buffer limit: a larger body streams as it did before (and
-        # epp's own --max-body-bytes refuses it), rather than Envoy holding it until it
-        # overflows and answering 413 itself.
-        sizes = {"larger_than": buffer_bodies_over, "at_most": max_request_bytes}
-        filter_modes = {
-            f["name"]: f["typed_config"]["processing_mode"]
-            for f in (body_router, routing_filter)
-            if f is not None
-        }
-        (host,) = route_config["virtual_hosts"]
-        host["routes"] = large_body_routes(host["routes"], filter_modes, **sizes)
-        if body_router is not None:
-            # The body-based router runs before any model route can match.
-            body_router_mode = {body_router["name"]: filter_modes[body_router["name"]]}
-            host["routes"].append(unnamed_model_route(MODEL_HEADER, body_router_mode, **sizes))
     if report_served_endpoint:
         route_config["response_headers_to_add"] = [
             {
@@ -496,6 +454,9 @@ def _pool_cluster(index: int) -> str:
 
 MODEL_HEADER = "x-gateway-model-name"
 _EXT_PROC_FILTER = "envoy.filters.http.ext_proc"
+_EXT_PROC_PER_ROUTE = (
+    "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute"
+)
 
 
 def _model_route_config(cluster: str, model_routes: Mapping[str, int]) -> dict[str, Any]:
@@ -510,7 +471,7 @@ def _model_route_config(cluster: str, model_routes: Mapping[str, int]) -> dict[s
             "route": {"cluster": cluster, "timeout": "600s"},
             "typed_per_filter_config": {
                 _EXT_PROC_FILTER: {
-                    "@type": EXT_PROC_PER_ROUTE,
+                    "@type": _EXT_PROC_PER_ROUTE,
                     "overrides": {
                         "grpc_service": {
                             "envoy_grpc": {"cluster_name": _pool_cluster(index)},

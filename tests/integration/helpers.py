@@ -43,19 +43,6 @@ def dumps(document: object) -> bytes:
     return json.dumps(document).encode()
 
 
-def chat_of_size(model: str, size: int) -> bytes:
-    """A chat request of exactly ``size`` bytes (its JSON padded with spaces)."""
-    body = dumps(chat(model, "x" * (size - 200), max_tokens=1))
-    assert len(body) <= size
-    return body + b" " * (size - len(body))
-
-
-def in_chunks(body: bytes, size: int = 16 * 1024) -> Iterator[bytes]:
-    """``body`` as a generator, which httpx sends chunked: no content-length."""
-    for start in range(0, len(body), size):
-        yield body[start : start + size]
-
-
 def finished_lines(log_path: Path, request_id: str, timeout_s: float = 10.0) -> list[str]:
     """epp's "request finished" lines for ``request_id``, waiting until one is written
     (a line is logged once the response's readings are in, after the stream ends)."""

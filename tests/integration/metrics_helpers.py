@@ -27,24 +27,6 @@ def metric(url: str, name: str, **labels: str) -> float:
     )
 
 
-def body_modes(url: str) -> dict[str, float]:
-    """epp's count of requests by the body mode Envoy sent their body in."""
-    return {
-        labels["mode"]: value
-        for name, labels, value in scrape(url)
-        if name == "epp_extproc_request_body_mode_total"
-    }
-
-
-def counted_since(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    """The series of ``after`` that grew since ``before``, by how much."""
-    return {
-        key: value - before.get(key, 0.0)
-        for key, value in after.items()
-        if value != before.get(key, 0.0)
-    }
-
-
 def wait_for_metric(
     url: str, name: str, expected: float, timeout_s: float = 10.0, /, **labels: str
 ) -> float:

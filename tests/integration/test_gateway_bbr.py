@@ -6,7 +6,6 @@ Gateway API implementation configures an InferencePool's picker) picks the pod
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -15,8 +14,7 @@ import pytest
 
 from epp.envoy_config import EnvoyPorts, envoy_bootstrap
 from epp.stack import ManagedProcess, free_port, start_envoy, start_epp_module
-from tests.integration.helpers import chat, chat_of_size, in_chunks, start_local_epp
-from tests.integration.metrics_helpers import body_modes, counted_since
+from tests.integration.helpers import chat, start_local_epp
 
 MODEL_A, MODEL_B = "llama-3-8b", "qwen-2-7b"
 
@@ -26,8 +24,6 @@ class Gateway:
     url: str
     pods_a: tuple[str, ...]
     pod_b: str
-    router_metrics: str  # the body-based router's /metrics
-    picker_a_metrics: str
 
 
 @pytest.fixture(scope="module")
@@ -52,11 +48,11 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         started.append(sim)
         for pod in (*pods_a, pod_b):
             sim.wait_http(f"http://{pod}/health")
-        picker_a, port_a, metrics_a = start_local_epp(
+        picker_a, port_a, _ = start_local_epp(
             "picker-a", log_dir, *(arg for pod in pods_a for arg in ("--endpoint", pod))
         )
         picker_b, port_b, _ = start_local_epp("picker-b", log_dir, "--endpoint", pod_b)
-        bbr, port_bbr, metrics_bbr = start_local_epp("bbr", log_dir, "--body-based-routing")
+        bbr, port_bbr, _ = start_local_epp("bbr", log_dir, "--body-based-routing")
         started += [picker_a, picker_b, bbr]
         ports = EnvoyPorts(listen_port=free_port(), admin_port=free_port(), epp_port=port_bbr)
         started.append(
@@ -71,13 +67,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
                 name="envoy-gateway",
             )
         )
-        yield Gateway(
-            f"http://127.0.0.1:{ports.listen_port}",
-            pods_a,
-            pod_b,
-            f"http://127.0.0.1:{metrics_bbr}/metrics",
-            f"http://127.0.0.1:{metrics_a}/metrics",
-        )
+        yield Gateway(f"http://127.0.0.1:{ports.listen_port}", pods_a, pod_b)
     finally:
         for process in reversed(started):
             process.stop()
@@ -106,42 +96,3 @@ def test_a_model_no_route_matches_is_not_found(gateway: Gateway) -> None:
         f"{gateway.url}/v1/chat/completions", json=chat("no-such-model", "x"), timeout=30
     )
     assert response.status_code == 404  # Envoy: no route for that X-Gateway-Model-Name
-
-
-@pytest.mark.parametrize(
-    ("size", "chunked", "sent_as"),
-    [
-        (400_000, False, "BUFFERED"),
-        (4_000, False, "FULL_DUPLEX_STREAMED"),
-        (400_000, True, "FULL_DUPLEX_STREAMED"),
-    ],
-    ids=["400kb", "4kb", "400kb-chunked"],
-)
-def test_a_large_body_reaches_both_epps_whole(
-    gateway: Gateway, size: int, chunked: bool, sent_as: str
-) -> None:
-    """The body-based router takes a body over 64 KiB with a content-length BUFFERED, and
-    so does the pool's epp on the model's route (``buffer_bodies_over``)."""
-    body = chat_of_size(MODEL_A, size)
-    router, picker = body_modes(gateway.router_metrics), body_modes(gateway.picker_a_metrics)
-    response = httpx.post(
-        f"{gateway.url}/v1/chat/completions",
-        content=in_chunks(body) if chunked else body,
-        headers={"content-type": "application/json"},
-        timeout=30,
-    )
-    assert response.status_code == 200, response.text
-    assert response.headers["x-sim-pod"] in gateway.pods_a
-    assert int(response.headers["x-sim-body-bytes"]) == size
-    assert response.headers["x-sim-body-sha256"] == hashlib.sha256(body).hexdigest()
-    assert counted_since(router, body_modes(gateway.router_metrics)) == {sent_as: 1.0}
-    assert counted_since(picker, body_modes(gateway.picker_a_metrics)) == {sent_as: 1.0}
-
-
-def test_a_large_body_for_a_model_no_route_matches_is_not_found(gateway: Gateway) -> None:
-    # The route that lets the first match buffer it gives way once the model is named.
-    response = httpx.post(
-        f"{gateway.url}/v1/chat/completions", content=chat_of_size("no-such-model", 400_000)
-    )
-    assert response.status_code == 404
-    assert response.headers.get("x-sim-pod") is None  # Envoy's answer, no pod's

@@ -64,9 +64,7 @@ LAYERS: dict[str, frozenset[str] | None] = {
     "sync": frozenset({"datalayer", "scheduling"}),
     # The Lua script Envoy runs in LOGGED mode, and the names it writes under.
     "envoy_response_meter": frozenset(),
-    # The routes that send large request bodies to epp buffered.
-    "envoy_large_bodies": frozenset(),
-    "envoy_config": frozenset({"envoy_large_bodies", "envoy_response_meter"}),
+    "envoy_config": frozenset({"envoy_response_meter"}),
     "stack": frozenset({"envoy_config"}),
     "demo": frozenset({"envoy_config", "stack"}),
     "__init__": frozenset(),
