@@ -360,8 +360,8 @@ STREAM_ERRORS = Counter(
     registry=REGISTRY,
 )
 
-# Once per request with a body, from the mode Envoy declared on its stream: shows which
-# bodies epp envoy-config's large-body routes sent whole, and what it saves them.
+# Once per request with a body, from the mode Envoy declared on its stream: which bodies
+# came whole and which in chunks (a gateway's per-route modes show here).
 REQUEST_BODY_MODES = FastCounterVec(
     "epp_extproc_request_body_mode_total",
     "Requests whose body reached epp, by the ext_proc request body mode Envoy sent it in: "
