@@ -191,6 +191,7 @@ def test_concurrent_huge_uploads_stay_within_the_body_budget(rig: Rig) -> None:
     (pod,) = rig.sims("sim", ["m"], "--prefill-ms-per-token", "0.000001")
     url = rig.start_envoy(rig.start_epp({pod: "m"}))
     assert rig.epp is not None
+    idle_kib = _vm_hwm_kib(rig.epp.process.pid)
     body = b'{"model": "m", "max_tokens": 1, "prompt": "' + b"p" * (60 * 1024 * 1024) + b'"}'
 
     async def uploads() -> list[tuple[int, bytes]]:
@@ -203,7 +204,9 @@ def test_concurrent_huge_uploads_stay_within_the_body_budget(rig: Rig) -> None:
     for status, rest in outcomes:
         if status == 503:
             assert b'"code":"overloaded"' in rest
-    # The peak of epp's resident memory over the whole test, from the kernel.
-    assert _vm_hwm_kib(rig.epp.process.pid) < 300 * 1024
+    # The peak of epp's resident memory over the whole test, from the kernel, above what
+    # it held before: the 128 MiB budget and the buffers of bodies still arriving (about
+    # 220 MiB measured), well under the 360 MB six bodies held at once would take.
+    assert _vm_hwm_kib(rig.epp.process.pid) - idle_kib < 256 * 1024
     assert rig.metric("epp_request_body_bytes_held") == 0
     assert rig.metric("epp_request_body_budget_refusals_total") == statuses.count(503)
