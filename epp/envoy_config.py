@@ -164,7 +164,7 @@ def envoy_bootstrap(
     requests per message: the cheapest mode that still sees tokens and TTFT. TIMED drops
     the script: the access log brings Envoy's own time of the response body's first
     byte (time to first token, to the microsecond, but a Responses API stream's
-    response.created event counts as its first token) and no usage, for about 0.7 ms
+    response.created event counts as its first token) and no usage, for about 1 ms
     less of Envoy's CPU per request (``benchmarks/routing``). OBSERVED
     copies response bodies to epp through a second ext_proc filter
     in observability mode: epp reads their usage and time to first token, and Envoy never

@@ -99,7 +99,7 @@ def _first_body_s(tags: Any) -> float | None:
     for tag in tags:
         if tag.key == _FIRST_BODY_US:
             value = tag.value
-            if value.isdigit() and len(value) <= _MAX_TAG_DIGITS:
+            if len(value) <= _MAX_TAG_DIGITS and value.isdigit():
                 return _seconds(int(value) / 1e6)
             return None
     return None

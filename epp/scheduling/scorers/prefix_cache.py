@@ -274,11 +274,13 @@ class PrefixCacheScorer(NamedPlugin):
 
     def flush_deferred(self) -> None:
         pending, self._pending = self._pending, []
-        add, listener = self._index.add, self._listener
         for endpoint, hashes in pending:
-            add(endpoint, hashes)
-            if listener is not None:
-                listener(self.index_key, endpoint, hashes)
+            self._record(endpoint, hashes)
+
+    def _record(self, endpoint: Endpoint, hashes: list[int]) -> None:
+        self._index.add(endpoint, hashes)
+        if self._listener is not None:
+            self._listener(self.index_key, endpoint, hashes)
 
     def _blend(self, blocks: int, total: int) -> float:
         ratio = blocks / total
@@ -380,9 +382,7 @@ class PrefixCacheScorer(NamedPlugin):
             if len(self._pending) >= _MAX_PENDING:  # nobody flushed: bound the list
                 self.flush_deferred()
             return
-        self._index.add(chosen, hashes)
-        if self._listener is not None:
-            self._listener(self.index_key, chosen, hashes)
+        self._record(chosen, hashes)
 
     def on_endpoints_removed(self, endpoints: Sequence[Endpoint]) -> None:
         if self._pending:
