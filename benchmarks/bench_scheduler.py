@@ -27,6 +27,11 @@ How the hot spots were found (py-spy from PyPI; or cProfile over the same loop):
     .venv/bin/python -m cProfile -s tottime -m benchmarks.bench_scheduler \
         --only 256:32000:miss --runs 3000 | head -30
 
+Pools over 256 endpoints are scored on a sample of 256 (the default profile's
+``candidate-sample-filter``); ``--sample-size 0`` scores them whole, to show what the
+sample saves. The last lines give each large fleet's median over the 256-endpoint one
+(issue 10: 1,024 endpoints at most 2x).
+
 ``--gc off`` (``gc.disable()``) or ``--gc freeze`` (``gc.collect(); gc.freeze()`` after the
 warm-up) tells the cyclic GC's share of the p99 apart from the machine's noise; the
 "gc colls" column counts the collections (generations 0/1/2) inside the timed loop.
@@ -55,6 +60,7 @@ if _TREE:
 
 from epp.datalayer.endpoint import Endpoint, Metrics  # noqa: E402
 from epp.scheduling.scheduler import build_scheduler, default_scheduler_config  # noqa: E402
+from epp.scheduling.spec import PluginSpec, SchedulerConfig  # noqa: E402
 from epp.scheduling.types import LLMRequest  # noqa: E402
 
 ENDPOINT_COUNTS = (3, 16, 256, 1024)
@@ -93,11 +99,31 @@ def prompt_text(chars: int, rng: random.Random) -> str:
 GC_MODES = ("on", "off", "freeze")
 
 
+def profile_config(sample_size: int | None) -> SchedulerConfig:
+    """The default profile, its candidate sample resized when asked (a tree from before
+    the sample has none to resize)."""
+    config = default_scheduler_config()
+    if sample_size is None:
+        return config
+    plugins = [
+        PluginSpec(p.type, p.name, {**p.parameters, "sampleSize": sample_size})
+        if p.type == "candidate-sample-filter"
+        else p
+        for p in config.plugins
+    ]
+    return SchedulerConfig(plugins, config.profiles)
+
+
 def time_case(
-    endpoints: int, chars: int, mode: str, runs: int, gc_mode: str = "on"
+    endpoints: int,
+    chars: int,
+    mode: str,
+    runs: int,
+    gc_mode: str = "on",
+    sample_size: int | None = None,
 ) -> dict[str, float | int | str]:
     rng = random.Random(1)
-    scheduler = build_scheduler(default_scheduler_config())
+    scheduler = build_scheduler(profile_config(sample_size))
     # As epp's director runs it: the prefix index's inserts left for the loop's next
     # turn, timed apart ("after"). A tree from before that has no such split.
     defer = getattr(scheduler, "defer_post_pick_work", None)
@@ -150,6 +176,7 @@ def time_case(
         "prefix": mode,
         "runs": runs,
         "gc": gc_mode,
+        "sample_size": "default" if sample_size is None else sample_size,
         "gc_collections": "/".join(map(str, collections)),  # generations 0/1/2
         "median_us": round(statistics.median(samples) / 1_000, 2),
         "p99_us": round(samples[int(runs * 0.99) - 1] / 1_000, 2),
@@ -168,7 +195,7 @@ def cases() -> list[tuple[int, int, str]]:
 
 
 def run_child(
-    tree: Path, case: tuple[int, int, str], runs: int, gc_mode: str
+    tree: Path, case: tuple[int, int, str], runs: int, gc_mode: str, sample_size: int | None
 ) -> dict[str, float | int | str]:
     """One case timed in a fresh process that imports epp from ``tree``."""
     env = {**os.environ, "EPP_BENCH_TREE": str(tree)}
@@ -185,6 +212,7 @@ def run_child(
             str(runs),
             "--gc",
             gc_mode,
+            *(["--sample-size", str(sample_size)] if sample_size is not None else []),
         ],
         cwd=ROOT,
         env=env,
@@ -197,14 +225,19 @@ def run_child(
 
 
 def compare(
-    baseline: Path, selected: list[tuple[int, int, str]], runs: int, rounds: int, gc_mode: str
+    baseline: Path,
+    selected: list[tuple[int, int, str]],
+    runs: int,
+    rounds: int,
+    gc_mode: str,
+    sample_size: int | None,
 ) -> list[dict[str, float | int | str]]:
     rows = []
     for case in selected:
         new_medians, new_p99s, old_medians, old_p99s = [], [], [], []
         for _ in range(rounds):  # alternate, so drift on the machine hits both alike
-            old = run_child(baseline, case, runs, gc_mode)
-            new = run_child(ROOT, case, runs, gc_mode)
+            old = run_child(baseline, case, runs, gc_mode, sample_size)
+            new = run_child(ROOT, case, runs, gc_mode, sample_size)
             old_medians.append(float(old["median_us"]))
             old_p99s.append(float(old["p99_us"]))
             new_medians.append(float(new["median_us"]))
@@ -257,6 +290,18 @@ def print_rows(rows: list[dict[str, float | int | str]], *, header: bool = True)
         print(line, flush=True)
 
 
+def print_fleet_ratios(rows: list[dict[str, float | int | str]]) -> None:
+    """Each fleet larger than 256 against 256, same prompt and mode: the median's ratio."""
+    by_case = {(r["endpoints"], r["prompt_chars"], r["prefix"]): r for r in rows}
+    for (n, chars, mode), row in by_case.items():
+        base = by_case.get((LARGE_FLEET_MIN, chars, mode))
+        if base is None or int(n) <= LARGE_FLEET_MIN:
+            continue
+        ratio = float(row["median_us"]) / float(base["median_us"])
+        row[f"median_over_{LARGE_FLEET_MIN}"] = round(ratio, 2)
+        print(f"{n} / {LARGE_FLEET_MIN} endpoints, {chars} chars, {mode}: median x{ratio:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5_000)
@@ -277,6 +322,11 @@ def main() -> None:
         help="the cyclic GC in the timed loop: on (default), off "
         "(gc.disable()), freeze (gc.collect(); gc.freeze() first)",
     )
+    parser.add_argument(
+        "--sample-size",
+        type=int,
+        help="the candidate sample of large pools (default: the profile's, 256; 0: none)",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     # Annotated: mypy cannot star-unpack the union it would infer (args.only is Any).
@@ -284,13 +334,19 @@ def main() -> None:
         (int(n), int(c), m) for n, c, m in (o.split(":") for o in args.only)
     ] or cases()
     if args.child:
-        print(json.dumps(time_case(*selected[0], args.runs, args.gc)))
+        print(json.dumps(time_case(*selected[0], args.runs, args.gc, args.sample_size)))
         return
     if args.baseline is not None:
-        rows = compare(args.baseline.resolve(), selected, args.runs, args.rounds, args.gc)
+        rows = compare(
+            args.baseline.resolve(), selected, args.runs, args.rounds, args.gc, args.sample_size
+        )
     else:
-        rows = [time_case(n, chars, mode, args.runs, args.gc) for n, chars, mode in selected]
+        rows = [
+            time_case(n, chars, mode, args.runs, args.gc, args.sample_size)
+            for n, chars, mode in selected
+        ]
         print_rows(rows)
+    print_fleet_ratios(rows)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(
         json.dumps(

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from epp.scheduling.errors import SchedulerConfigError
-from epp.scheduling.filters import by_label, decode, label_selector, prefer_fresh
+from epp.scheduling.filters import by_label, candidate_sample, decode, label_selector, prefer_fresh
 from epp.scheduling.pickers import max_score, random_picker, weighted_random
 from epp.scheduling.producers import approx_prefix_cache, single_profile_handler
 from epp.scheduling.scorers import (
@@ -140,6 +140,7 @@ class PluginRegistry:
 def register_builtin_plugins(registry: PluginRegistry) -> PluginRegistry:
     """Register every built-in plugin type in ``registry``; returns it."""
     for module in (
+        candidate_sample,
         prefer_fresh,
         label_selector,
         by_label,

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from epp.scheduling.filters import prefer_fresh
+from epp.scheduling.filters import candidate_sample, prefer_fresh
 from epp.scheduling.pickers import max_score
 from epp.scheduling.scorers import (
     inflight_load,
@@ -114,12 +114,14 @@ def _config_of(
 
 
 def load_only_scheduler_config() -> SchedulerConfig:
-    """Metrics only, no prefix affinity: queue 2, KV cache 2, in-flight load 2.
+    """Metrics only, no prefix affinity: queue 2, KV cache 2, in-flight load 2 (over a
+    sample of 256 in larger pools, as the default profile).
 
     The profile an InferencePool gets with the routing-strategy annotation ``DEFAULT``;
     suits traffic whose prompts share little.
     """
     weights: list[tuple[str, float | None]] = [
+        (candidate_sample.TYPE, None),
         (prefer_fresh.TYPE, None),
         (queue.TYPE, 2.0),
         (kv_cache_utilization.TYPE, 2.0),
@@ -132,18 +134,20 @@ def load_only_scheduler_config() -> SchedulerConfig:
 def default_scheduler_config() -> SchedulerConfig:
     """epp's default profile, tuned with benchmarks/routing (see the README):
 
-    prefer-fresh filter; prefix-cache 3, in-flight load 4 (absolute, gap scale 128),
-    queue 1 (min-max); max-score picker. Against the reference EPP's weights (queue 2,
-    KV 2, prefix 3, all load scores min-max) it keeps prefix affinity far more often:
-    a pod one request busier than the others no longer loses a cache hit. The KV-cache
-    scorer is left out: on a fleet of like pods it mostly moved requests off the pod
-    that held their prefix.
+    candidate-sample filter (a pool of over 256 endpoints is scored on a sample of 256
+    that keeps the pods holding the prompt's prefix); prefer-fresh filter; prefix-cache 3,
+    in-flight load 4 (absolute, gap scale 128), queue 1 (min-max); max-score picker.
+    Against the reference EPP's weights (queue 2, KV 2, prefix 3, all load scores
+    min-max) it keeps prefix affinity far more often: a pod one request busier than
+    the others no longer loses a cache hit. The KV-cache scorer is left out: on a fleet
+    of like pods it mostly moved requests off the pod that held their prefix.
 
     LoRA affinity 1 (benchmarks/bench_lora.py): adapter requests go where the adapter is
     loaded, ~6x fewer adapter loads than without it. Pods that report no LoRA info all
     score 0 there, so it changes nothing for pools without adapters.
     """
     weights: list[tuple[str, float | None]] = [
+        (candidate_sample.TYPE, None),
         (prefer_fresh.TYPE, None),
         (queue.TYPE, 1.0),
         (prefix_cache.TYPE, 3.0),

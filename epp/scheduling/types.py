@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -10,6 +10,7 @@ from epp.datalayer.endpoint import Endpoint
 from epp.scheduling.prefix_index import PrefixIndex
 
 __all__ = [
+    "AffinityHint",
     "CycleState",
     "DeferredWork",
     "EndpointRemovalHook",
@@ -156,6 +157,23 @@ class ScoresPicker(Picker, Protocol):
 class PostPick(Plugin, Protocol):
     def on_pick(self, cycle: CycleState, request: LLMRequest, chosen: Endpoint) -> None:
         """Told which endpoint was chosen (the prefix index records it here)."""
+        ...
+
+
+@runtime_checkable
+class AffinityHint(Plugin, Protocol):
+    """A scorer that can name, cheaply, the few candidates it favours for a request (the
+    pods holding the prompt's longest cached prefix, the pod a session token names), so
+    that a filter that cuts a large pool down to a sample (``candidate-sample-filter``)
+    keeps them."""
+
+    def preferred(
+        self, cycle: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint]
+    ) -> Collection[Endpoint]:
+        """The endpoints this plugin would score highest, empty for none; it may name
+        endpoints that are not among ``endpoints`` (the caller keeps candidates only).
+        Asked only of pools larger than the sample, whose every pass costs: look
+        through ``endpoints`` only when the request asks for it (a session token)."""
         ...
 
 

@@ -23,6 +23,7 @@ def test_defaults() -> None:
     weights = {ref.plugin_ref: ref.weight for ref in config.scheduler.profiles[0].plugins}
     # Tuned with benchmarks/routing; the reference EPP uses queue 2, KV 2, prefix 3.
     assert weights == {
+        "candidate-sample-filter": None,
         "prefer-fresh-filter": None,
         "queue-scorer": 1.0,
         "prefix-cache-scorer": 3.0,

@@ -43,7 +43,7 @@ noted picks will push out of a full endpoint still count until they are inserted
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import xxhash
@@ -61,6 +61,7 @@ from epp.scheduling.producers.approx_prefix_cache import (
 from epp.scheduling.producers.approx_prefix_cache import TYPE as PRODUCER_TYPE
 from epp.scheduling.stats import PREFIX_HIT_BYTES_BOUNDS, PREFIX_HIT_RATIO_BOUNDS, PrefixStats
 from epp.scheduling.types import (
+    AffinityHint,
     CycleState,
     EndpointRemovalHook,
     LLMRequest,
@@ -98,6 +99,9 @@ _xxh64 = xxhash.xxh64_intdigest
 # Deferred picks kept before they are inserted whatever happens: each costs a bisection
 # per decision until then, and epp flushes every loop turn.
 _MAX_PENDING = 64
+# Endpoints holding any of a prompt that are all hinted to a sampling filter; past this,
+# only those holding the most.
+_HINT_ALL_UP_TO = 16
 
 
 def _leading_run(hashes: Sequence[int], held: Sequence[int]) -> int:
@@ -254,6 +258,20 @@ class PrefixCacheScorer(NamedPlugin):
             matched = self._match_pending(hashes, matched)
         cycle[self._match_key] = matched
         return matched
+
+    def preferred(
+        self, cycle: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint]
+    ) -> Collection[Endpoint]:
+        """The endpoints holding the longest run of this prompt's blocks; when only a few
+        hold any (at most ``_HINT_ALL_UP_TO``), all of them: the next best when the best
+        is busy. Many holders (a system prompt every pod has) cost one pass over them."""
+        matched = self.matched(cycle, request)
+        if not matched:
+            return ()
+        if len(matched) <= _HINT_ALL_UP_TO:
+            return matched.keys()
+        deepest = max(matched.values())
+        return [ep for ep, blocks in matched.items() if blocks == deepest]
 
     def _match_pending(
         self, hashes: list[int], matched: dict[Endpoint, int] | None
@@ -443,3 +461,4 @@ _removal: type[EndpointRemovalHook] = PrefixCacheScorer
 _peer: type[PeerAware] = PrefixCacheScorer
 _stats: type[PrefixStats] = PrefixCacheScorer
 _shared: type[SharedIndex] = PrefixCacheScorer
+_hint: type[AffinityHint] = PrefixCacheScorer

@@ -20,12 +20,19 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from epp.datalayer.endpoint import Endpoint
 from epp.scheduling.plugin import NamedPlugin, Params
-from epp.scheduling.types import CycleState, LLMRequest, ResponseHeaderWriter, Scorer, TypedName
+from epp.scheduling.types import (
+    AffinityHint,
+    CycleState,
+    LLMRequest,
+    ResponseHeaderWriter,
+    Scorer,
+    TypedName,
+)
 
 __all__ = ["DEFAULT_HEADER", "MAX_TOKEN_CHARS", "TYPE", "SessionAffinityScorer", "factory"]
 
@@ -76,6 +83,15 @@ class SessionAffinityScorer(NamedPlugin):
             return [0.0] * len(endpoints)
         return [1.0 if ep.identity == wanted else 0.0 for ep in endpoints]
 
+    def preferred(
+        self, cycle: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint]
+    ) -> Collection[Endpoint]:
+        """The endpoint the session token names, if it is a candidate."""
+        wanted = decode_token(request.headers.get(self._header))
+        if wanted is None:
+            return ()
+        return [ep for ep in endpoints if ep.identity == wanted]
+
     def response_headers(
         self, cycle: CycleState, request: LLMRequest, chosen: Endpoint
     ) -> Sequence[tuple[str, str]]:
@@ -121,3 +137,4 @@ def _is_header_name(name: str) -> bool:
 
 _: type[Scorer] = SessionAffinityScorer
 _writer: type[ResponseHeaderWriter] = SessionAffinityScorer
+_hint: type[AffinityHint] = SessionAffinityScorer

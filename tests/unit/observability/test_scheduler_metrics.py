@@ -111,6 +111,7 @@ def test_every_plugin_call_is_in_the_duration_histogram() -> None:
         if s.name == f"{DURATION}_count"
     }
     assert counts == {
+        ("Filter", "candidate-sample-filter", "candidate-sample-filter"): 5,
         ("Filter", "prefer-fresh-filter", "prefer-fresh-filter"): 5,
         ("Scorer", "queue-scorer", "queue-scorer"): 5,
         ("Scorer", "prefix-cache-scorer", "prefix-cache-scorer"): 5,

@@ -14,6 +14,7 @@ from epp.scheduling.scorers import queue
 from epp.scheduling.types import Filter, Picker, Plugin, PostPick, Scorer
 
 BUILTIN_TYPES = {
+    "candidate-sample-filter",
     "prefer-fresh-filter",
     "label-selector-filter",
     "by-label-selector",

@@ -41,6 +41,7 @@ def test_default_config_builds_the_documented_profile() -> None:
     scheduler = build_scheduler(default_scheduler_config())
     points = [(t.extension_point, t.typed_name.type) for t in scheduler.timings]
     assert points == [
+        ("filter", "candidate-sample-filter"),
         ("filter", "prefer-fresh-filter"),
         ("scorer", "queue-scorer"),
         ("scorer", "prefix-cache-scorer"),
@@ -52,6 +53,7 @@ def test_default_config_builds_the_documented_profile() -> None:
     ]
     weights = {r.plugin_ref: r.weight for r in default_scheduler_config().profiles[0].plugins}
     assert weights == {
+        "candidate-sample-filter": None,
         "prefer-fresh-filter": None,
         "queue-scorer": 1.0,
         "prefix-cache-scorer": 3.0,
