@@ -209,6 +209,7 @@ class Director:
                 requested_model=requested,
                 priority=priority,
                 fairness_id=fairness_id,
+                usage_asked=parsed.usage_asked,
             )
             _note_selection(decision, parsed.model, selection)
             return decision
@@ -230,6 +231,7 @@ class Director:
         _note_selection(decision, parsed.model, selection)
         decision.priority = priority
         decision.fairness_id = fairness_id
+        decision.usage_asked = parsed.usage_asked
         if model != target:
             decision.fallback_from = target
         return decision

@@ -20,6 +20,7 @@ from epp.envoy_response_meter import (
     FIRST_BODY_US_TAG,
     FIRST_BODY_US_VALUE,
     LUA_SOURCE,
+    METADATA_NAMESPACE,
     RESPONSE_READINGS_METADATA,
 )
 
@@ -248,7 +249,7 @@ def envoy_bootstrap(
         elif response_body_mode in _ACCESS_LOGGED:
             if response_body_mode == "LOGGED":
                 http_filters.append(_response_meter_filter())
-            access_logs.append(_response_meter_access_log(timed=response_body_mode == "TIMED"))
+            access_logs.append(_response_meter_access_log())
     if report_served_endpoint:
         http_filters.append(_served_endpoint_filter())
     http_filters.append(
@@ -663,14 +664,24 @@ def _ext_proc_filter(
             "status_on_error": {"code": 503},
             # Let epp set x-gateway-destination-endpoint and other routing headers.
             "mutation_rules": {"allow_all_routing": True},
-            # The served endpoint reaches epp in envoy.lb metadata with the response.
-            **(
-                {"metadata_options": {"forwarding_namespaces": {"untyped": ["envoy.lb"]}}}
-                if forward_lb_metadata
-                else {}
+            **_metadata_options(
+                forward_lb_metadata=forward_lb_metadata,
+                meter_told=response_body_mode == "LOGGED",
             ),
         },
     }
+
+
+def _metadata_options(*, forward_lb_metadata: bool, meter_told: bool) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    if forward_lb_metadata:
+        # The served endpoint reaches epp in envoy.lb metadata with the response.
+        options["forwarding_namespaces"] = {"untyped": ["envoy.lb"]}
+    if meter_told:
+        # Envoy 1.40 drops a processor's dynamic metadata in namespaces not listed here:
+        # epp's word to the Lua response meter (BODY_UNMETERED_KEY) must get through.
+        options["receiving_namespaces"] = {"untyped": [METADATA_NAMESPACE]}
+    return {"metadata_options": options} if options else {}
 
 
 def _response_observer_filter() -> dict[str, Any]:
@@ -718,13 +729,14 @@ def _response_meter_filter() -> dict[str, Any]:
     }
 
 
-def _response_meter_access_log(*, timed: bool = False) -> dict[str, Any]:
+def _response_meter_access_log() -> dict[str, Any]:
     """Envoy's gRPC access log to epp: one entry per request, many per message.
 
     Each entry carries the request id, the status, the body size and when the last byte
-    went to the client, and the response meter's readings (dynamic metadata); ``timed``
-    adds Envoy's own time of the response body's first byte, as a custom tag. A lost
-    batch costs metrics, never a request.
+    went to the client, the response meter's readings (dynamic metadata, LOGGED), and
+    Envoy's own time of the response body's first byte, as a custom tag (TIMED, and
+    LOGGED's bodies the meter was told to leave alone). A lost batch costs metrics,
+    never a request.
     """
     common: dict[str, Any] = {
         "log_name": ACCESS_LOG_NAME,
@@ -733,8 +745,7 @@ def _response_meter_access_log(*, timed: bool = False) -> dict[str, Any]:
         "buffer_flush_interval": _duration(ACCESS_LOG_FLUSH_S),
         "buffer_size_bytes": 65536,
     }
-    if timed:
-        common["custom_tags"] = [{"tag": FIRST_BODY_US_TAG, "value": FIRST_BODY_US_VALUE}]
+    common["custom_tags"] = [{"tag": FIRST_BODY_US_TAG, "value": FIRST_BODY_US_VALUE}]
     return {
         "name": "envoy.access_loggers.http_grpc",
         "typed_config": {

@@ -9,6 +9,11 @@ metadata, and Envoy's gRPC access log, which batches many requests into one mess
 brings them to epp with the status, the body size and the request id
 (:mod:`epp.extproc.access_log`). It hooks responses only: no work on the request path.
 
+epp tells the script, through the request's dynamic metadata
+(:data:`BODY_UNMETERED_KEY`), to leave alone the body of a stream that cannot carry
+usage; Envoy's own time of the body's first byte (the access log's custom tag, as in
+TIMED) then times its first token.
+
 The script copies no more of a chunk than it keeps: it searches each chunk for the key
 ``"usage"`` (a JSON string cannot hold those bytes unescaped, so generated text never
 matches) and keeps at most :data:`USAGE_MAX_BYTES` from the last match on. Envoy's Lua
@@ -18,6 +23,7 @@ clock has millisecond resolution, so time to first token is measured to the mill
 from __future__ import annotations
 
 __all__ = [
+    "BODY_UNMETERED_KEY",
     "FIRST_BODY_US_TAG",
     "FIRST_BODY_US_VALUE",
     "FIRST_TOKEN_MS_KEY",
@@ -38,6 +44,12 @@ METADATA_NAMESPACE = "epp.response"
 FIRST_TOKEN_MS_KEY = "first_token_ms"  # Unix time in ms of the first token
 USAGE_KEY = "usage"  # the body from its last "usage" key on, cut at USAGE_MAX_BYTES
 USAGE_MAX_BYTES = 4096  # a usage object is a few hundred bytes
+# Set (true) by epp, in the same namespace, on a request whose body cannot hold what
+# the script looks for: a chat/completions stream that did not ask for its usage, whose
+# first body byte is its first token. The script then leaves the body alone (its
+# per-chunk work is most of what LOGGED costs Envoy beyond TIMED), and the access log's
+# FIRST_BODY_US_TAG times the first token.
+BODY_UNMETERED_KEY = "body_unmetered"
 
 # ``--response-body-mode TIMED`` runs no script: Envoy's access log itself carries, as a
 # custom tag, the microseconds from the request's first byte to the response body's
@@ -58,6 +70,8 @@ local CAP = {USAGE_MAX_BYTES}
 local CARRY = 6
 
 function envoy_on_response(handle)
+  local told = handle:streamInfo():dynamicMetadata():get(NAMESPACE)
+  if told ~= nil and told["{BODY_UNMETERED_KEY}"] then return end
   local content_type = handle:headers():get("content-type") or ""
   local streamed = content_type:find("event-stream", 1, true) ~= nil
   local marker, decided = nil, false

@@ -67,6 +67,8 @@ class RoutingDecision:
     response_headers: tuple[tuple[str, str], ...] = ()
     # The candidates' scores, only when the request asked (the Pick API's include_scores).
     scores: tuple[EndpointScores, ...] = ()
+    # A stream that asked for its usage (stream_options.include_usage).
+    usage_asked: bool = False
 
     @property
     def model(self) -> str:

@@ -178,6 +178,7 @@ async def serve(
         health_servicer=health_servicer,
         tls=_tls_credentials(config),
         inject_stream_usage=config.server.inject_stream_usage,
+        servers_add_stream_usage=config.server.servers_add_stream_usage,
         body_budget=budget,
         max_receive_message_bytes=config.server.grpc_max_recv_msg_bytes,
         max_send_message_bytes=config.server.grpc_max_send_msg_bytes,

@@ -41,6 +41,9 @@ class ParsedBody:
     model: str
     prompt: str
     stream: bool
+    # A stream that asked for its usage (stream_options.include_usage): only such a
+    # chat/completions stream carries a usage event.
+    usage_asked: bool = False
     # The whole JSON object, for what reads more of the request (model selection).
     document: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -89,10 +92,13 @@ def parse_request_body(
     problem = model_name_problem(model)
     if problem is not None:
         raise BadRequest(f"'model' {problem}", code="invalid_model")
+    stream = document.get("stream") is True
+    options = document.get("stream_options") if stream else None
     return ParsedBody(
         model=model,
         prompt=prompt_text(document, max_prompt_chars),
-        stream=document.get("stream") is True,
+        stream=stream,
+        usage_asked=isinstance(options, dict) and options.get("include_usage") is True,
         document=document,
     )
 

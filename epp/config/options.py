@@ -257,6 +257,15 @@ OPTIONS: tuple[Option, ...] = (
         "so token metrics cover them; the extra usage event is kept from the client",
     ),
     Option(
+        "--servers-add-stream-usage",
+        ("server", "servers_add_stream_usage"),
+        ("server", "serversAddStreamUsage"),
+        v.boolean,
+        "the model servers add usage to streams that did not ask for it (vLLM "
+        "--enable-force-include-usage): Envoy's response meter (LOGGED) reads every stream, "
+        "not only those that asked",
+    ),
+    Option(
         "--enable-conformance-hooks",
         ("server", "conformance_hooks"),
         ("server", "enableConformanceHooks"),

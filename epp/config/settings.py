@@ -68,6 +68,9 @@ class ServerConfig:
     # Add stream_options.include_usage to streamed chat/completions requests without it
     # (so their usage is measured) and remove the extra usage event from the response.
     inject_stream_usage: bool = False
+    # The model servers add usage to streams that did not ask for it (vLLM
+    # --enable-force-include-usage): LOGGED mode's meter then reads every stream.
+    servers_add_stream_usage: bool = False
     # Gateway API Inference Extension conformance hooks: honour test-epp-endpoint-selection
     # and echo x-conformance-test-served-endpoint (epp/requestcontrol/conformance.py).
     # Test setups only: any client could pick its pod.

@@ -17,6 +17,7 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
 from envoy.type.v3.http_status_pb2 import HttpStatus
 from google.protobuf.struct_pb2 import Struct
 
+from epp.envoy_response_meter import BODY_UNMETERED_KEY, METADATA_NAMESPACE
 from epp.errors import EppError
 
 __all__ = [
@@ -87,11 +88,13 @@ def routing_response(
     *,
     on_body: bool,
     remove: Iterable[str] = (),
+    body_unmetered: bool = False,
 ) -> ProcessingResponse:
     """The answer that routes a request: header mutation, route cache cleared, metadata.
 
     It rides on the request-headers answer (full duplex, or a request without a body)
     or, ``on_body``, on the answer to a buffered body. ``remove``: headers to take off.
+    ``body_unmetered``: tell LOGGED mode's response meter to leave the body alone.
     """
     response = ProcessingResponse()
     phase = response.request_body if on_body else response.request_headers
@@ -101,6 +104,10 @@ def routing_response(
     common.clear_route_cache = True
     if destination:
         response.dynamic_metadata.CopyFrom(destination_metadata(destination))
+    if body_unmetered:
+        response.dynamic_metadata.get_or_create_struct(METADATA_NAMESPACE)[BODY_UNMETERED_KEY] = (
+            True
+        )
     return response
 
 
@@ -118,10 +125,12 @@ class RoutingResponses:
 
     def __init__(self, max_entries: int = 4096) -> None:
         self._max_entries = max_entries
-        self._cache: dict[tuple[str, str, bool], ProcessingResponse] = {}
+        self._cache: dict[tuple[str, str, bool, bool], ProcessingResponse] = {}
 
-    def get(self, destination: str, model: str, *, on_body: bool) -> ProcessingResponse:
-        key = (destination, model, on_body)
+    def get(
+        self, destination: str, model: str, *, on_body: bool, body_unmetered: bool = False
+    ) -> ProcessingResponse:
+        key = (destination, model, on_body, body_unmetered)
         response = self._cache.get(key)
         if response is None:
             headers = [(DESTINATION_HEADER, destination)] if destination else []
@@ -132,7 +141,9 @@ class RoutingResponses:
                 for name, value in ((DESTINATION_HEADER, destination), (MODEL_HEADER, model))
                 if not value
             ]
-            response = routing_response(headers, destination, on_body=on_body, remove=remove)
+            response = routing_response(
+                headers, destination, on_body=on_body, remove=remove, body_unmetered=body_unmetered
+            )
             if len(self._cache) >= self._max_entries:
                 self._cache.clear()
             self._cache[key] = response

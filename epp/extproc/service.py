@@ -45,11 +45,16 @@ class ExternalProcessor(external_processor_pb2_grpc.ExternalProcessorServicer): 
         *,
         max_body_bytes: int,
         inject_stream_usage: bool = False,
+        servers_add_stream_usage: bool = False,
         body_budget: BodyBudget | None = None,
     ) -> None:
         self._director = director
         self._max_body_bytes = max_body_bytes
         self._inject_stream_usage = inject_stream_usage
+        self._servers_add_stream_usage = servers_add_stream_usage
+        # Whether Envoy's Lua response meter reads bodies (LOGGED mode), from the routing
+        # streams' gRPC metadata; None until a stream carried it.
+        self._envoy_meter: bool | None = None
         self._routing_responses = RoutingResponses()
         self.body_budget = body_budget or BodyBudget(0)
         self.observers = ResponseObservers()
@@ -73,13 +78,14 @@ class ExternalProcessor(external_processor_pb2_grpc.ExternalProcessorServicer): 
                     raise ProtocolViolation("an observing stream must open with response headers")
                 await self.observers.observe(first, messages)
                 return
-            if not self.observers.present:
-                self._note_response_readings(context)
+            if self._envoy_meter is None:
+                self._envoy_meter = self._response_readings(context)
             stream = RequestStream(
                 self._director,
                 max_body_bytes=self._max_body_bytes,
                 routing_responses=self._routing_responses,
                 inject_stream_usage=self._inject_stream_usage,
+                envoy_meters_usage=self._envoy_meter is True and not self._servers_add_stream_usage,
                 body_budget=self.body_budget,
                 observers=self.observers,
             )
@@ -109,15 +115,18 @@ class ExternalProcessor(external_processor_pb2_grpc.ExternalProcessorServicer): 
             if stream is not None:
                 stream.close()
 
-    def _note_response_readings(
+    def _response_readings(
         self, context: grpc.aio.ServicerContext[ProcessingRequest, ProcessingResponse]
-    ) -> None:
-        # Once set, never read again: this costs the first streams only (all of them
-        # when Envoy sends response bodies nowhere else).
-        for key, _ in context.invocation_metadata() or ():
+    ) -> bool | None:
+        """Whether Envoy's Lua meter reads response bodies (LOGGED), from the stream's
+        ``x-epp-response-readings``; None without it. Once known, never read again:
+        this costs the first streams only (all of them when Envoy sends response bodies
+        nowhere else)."""
+        for key, value in context.invocation_metadata() or ():
             if key == RESPONSE_READINGS_METADATA:
                 self.observers.present = True
-                return
+                return value == "logged"
+        return None
 
     def protocol_violation(self, exc: Exception) -> None:
         """A peer on another of epp's gRPC services (Envoy's access log) broke its protocol."""
@@ -146,6 +155,7 @@ def create_grpc_server(
     health_servicer: health.aio.HealthServicer | None = None,
     tls: grpc.ServerCredentials | None = None,
     inject_stream_usage: bool = False,
+    servers_add_stream_usage: bool = False,
     body_budget: BodyBudget | None = None,
     max_receive_message_bytes: int | None = None,
     max_send_message_bytes: int | None = None,
@@ -176,6 +186,7 @@ def create_grpc_server(
         director,
         max_body_bytes=max_body_bytes,
         inject_stream_usage=inject_stream_usage,
+        servers_add_stream_usage=servers_add_stream_usage,
         body_budget=body_budget,
     )
     external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(processor, server)

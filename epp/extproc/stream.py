@@ -107,6 +107,7 @@ class RequestStream:
         routing_responses: messages.RoutingResponses | None = None,
         default_body_mode: int = _FULL_DUPLEX,
         inject_stream_usage: bool = False,
+        envoy_meters_usage: bool = False,
         body_budget: BodyBudget = _UNLIMITED,
         observers: ResponseObservers | None = None,
     ) -> None:
@@ -120,6 +121,8 @@ class RequestStream:
         self._closed_at = 0.0
         self._budget = body_budget
         self._inject_stream_usage = inject_stream_usage
+        # LOGGED mode: Envoy's Lua meter reads bodies for usage unless told not to.
+        self._envoy_meters_usage = envoy_meters_usage
         self._routing_responses = routing_responses or messages.RoutingResponses()
         self._max_body_bytes = max_body_bytes
         self._body_mode = default_body_mode
@@ -468,7 +471,17 @@ class RequestStream:
                 decision.destination,
                 decision.candidates,
             )
-        return self._routing_responses.get(decision.destination, decision.model, on_body=on_body)
+        # A chat/completions stream that did not ask for usage has none: Envoy's meter
+        # need not read it (its time to first token comes from Envoy's access log).
+        unmetered = (
+            self._envoy_meters_usage
+            and decision.request.stream
+            and not decision.usage_asked
+            and wants_usage_option(self.headers.get(":path", ""))
+        )
+        return self._routing_responses.get(
+            decision.destination, decision.model, on_body=on_body, body_unmetered=unmetered
+        )
 
     # -- response side ------------------------------------------------------------------
 

@@ -93,6 +93,8 @@ class DribblingPod(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         request = json.loads(self._request_body())
         include_usage = bool((request.get("stream_options") or {}).get("include_usage"))
+        # As vLLM --enable-force-include-usage: usage whether the request asked or not.
+        include_usage = include_usage or "x-force-usage" in self.headers
         responses_api = self.path.startswith("/v1/responses")
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
@@ -120,7 +122,9 @@ class MeteredStack:
     epp: ManagedProcess
 
 
-def _metered_stack(log_dir: Any, response_body_mode: str) -> Iterator[MeteredStack]:
+def _metered_stack(
+    log_dir: Any, response_body_mode: str, *epp_flags: str
+) -> Iterator[MeteredStack]:
     pod = ThreadingHTTPServer(("127.0.0.1", 0), DribblingPod)
     threading.Thread(target=pod.serve_forever, daemon=True).start()
     grpc_port, metrics_port = free_port(), free_port()
@@ -134,6 +138,7 @@ def _metered_stack(log_dir: Any, response_body_mode: str) -> Iterator[MeteredSta
             "all",
             "--endpoint",
             f"127.0.0.1:{pod.server_address[1]}={QWEN}",
+            *epp_flags,
         ],
         log_dir=log_dir,
     )
@@ -161,6 +166,14 @@ def _metered_stack(log_dir: Any, response_body_mode: str) -> Iterator[MeteredSta
 @pytest.fixture(scope="module")
 def metered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeteredStack]:
     yield from _metered_stack(tmp_path_factory.mktemp("meter"), "LOGGED")
+
+
+@pytest.fixture(scope="module")
+def metered_unasked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeteredStack]:
+    """LOGGED, with pods that add usage to every stream (--servers-add-stream-usage)."""
+    yield from _metered_stack(
+        tmp_path_factory.mktemp("meter-unasked"), "LOGGED", "--servers-add-stream-usage"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -218,6 +231,40 @@ def test_a_stream_without_usage_is_timed_and_counts_no_tokens(metered: MeteredSt
     assert "prompt_tokens" not in fields and "completion_tokens" not in fields
     ttft_ms = fields["ttft_ms"]
     assert isinstance(ttft_ms, (int, float)) and ttft_ms >= FIRST_TOKEN_AFTER_S * 1000 - 1
+
+
+def forced_usage_stream(stack: MeteredStack) -> dict[str, object]:
+    """A stream that did not ask for usage from a pod that sends it anyway."""
+    request_id = uuid.uuid4().hex
+    with httpx.Client(timeout=30) as http:
+        response = http.post(
+            stack.url + "/v1/chat/completions",
+            json=chat(QWEN, "unasked", stream=True),
+            headers={"x-request-id": request_id, "x-force-usage": "1", "x-piece-bytes": "11"},
+        )
+    assert response.status_code == 200 and b'"usage"' in response.content
+    fields = finished_line(stack.epp, request_id)
+    assert fields["outcome"] == "completed"
+    ttft_ms = fields["ttft_ms"]
+    assert isinstance(ttft_ms, (int, float)) and ttft_ms >= FIRST_TOKEN_AFTER_S * 1000 - 1
+    return fields
+
+
+def test_the_meter_leaves_alone_a_stream_that_did_not_ask_for_usage(
+    metered: MeteredStack,
+) -> None:
+    """epp told the Lua meter (dynamic metadata) that this stream carries no usage, so
+    the script returned without reading a chunk: the usage the pod added unasked is not
+    counted, and the first token's time is Envoy's own (the access log's tag)."""
+    fields = forced_usage_stream(metered)
+    assert "prompt_tokens" not in fields and "completion_tokens" not in fields
+
+
+def test_servers_that_add_usage_unasked_have_every_stream_read(
+    metered_unasked: MeteredStack,
+) -> None:
+    fields = forced_usage_stream(metered_unasked)
+    assert (fields["prompt_tokens"], fields["completion_tokens"]) == (17, 4)
 
 
 @pytest.mark.parametrize("piece", (3, 64))

@@ -315,6 +315,16 @@ def test_stream_usage_injection_is_off_unless_asked(tmp_path: Path) -> None:
     assert parse(["--config-file", str(path)]).server.inject_stream_usage
 
 
+def test_servers_adding_stream_usage_is_off_unless_said(tmp_path: Path) -> None:
+    assert not parse([]).server.servers_add_stream_usage
+    assert parse(["--servers-add-stream-usage"]).server.servers_add_stream_usage
+    env = {"EPP_SERVERS_ADD_STREAM_USAGE": "true"}
+    assert parse([], env=env).server.servers_add_stream_usage
+    path = tmp_path / "epp.yaml"
+    path.write_text("server: {serversAddStreamUsage: true}\n")
+    assert parse(["--config-file", str(path)]).server.servers_add_stream_usage
+
+
 def test_request_log_mode() -> None:
     assert parse([]).request_log == "errors"
     assert parse(["--request-log", "all"]).request_log == "all"

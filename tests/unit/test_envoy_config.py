@@ -70,7 +70,12 @@ def test_the_served_endpoint_reaches_epp_in_envoy_lb_metadata() -> None:
     assert forwarded == {"untyped": ["envoy.lb"]}
     quiet = envoy_bootstrap(report_served_endpoint=False)
     assert "response_headers_to_add" not in _manager(quiet)["route_config"]
-    assert "metadata_options" not in _ext_proc(quiet)
+    # What LOGGED mode lets epp tell its Lua meter, and nothing else.
+    assert _ext_proc(quiet)["metadata_options"] == {
+        "receiving_namespaces": {"untyped": ["epp.response"]}
+    }
+    timed = envoy_bootstrap(report_served_endpoint=False, response_body_mode="TIMED")
+    assert "metadata_options" not in _ext_proc(timed)
     assert "epp.served_endpoint" not in [f["name"] for f in _filters(quiet)]
 
 
@@ -146,8 +151,11 @@ def test_timed_responses_have_no_script_and_an_access_log_that_times_the_body() 
             "value": "%COMMON_DURATION(DS_RX_BEG:US_RX_BODY_BEG:us)%",
         }
     ]
+    # LOGGED's access log carries it too: the time of the first token of a stream the
+    # Lua meter was told to leave alone.
     logged = envoy_bootstrap(response_body_mode="LOGGED")
-    assert "custom_tags" not in _manager(logged)["access_log"][0]["typed_config"]["common_config"]
+    logged_common = _manager(logged)["access_log"][0]["typed_config"]["common_config"]
+    assert logged_common["custom_tags"] == common["custom_tags"]
 
 
 @pytest.mark.parametrize("mode", ["FULL_DUPLEX_STREAMED", "NONE"])

@@ -152,3 +152,49 @@ async def test_a_message_over_the_configured_limit_is_refused() -> None:
             assert answers  # under the limit: answered (an error for this body, but answered)
     finally:
         await server.stop(None)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("readings", "servers_add_usage", "told"),
+    [
+        ("logged", False, True),
+        ("logged", True, False),  # the servers add usage unasked: the meter must read it
+        ("timed", False, False),  # no Lua meter to tell
+        (None, False, False),  # a gateway's Envoy: no meter either
+    ],
+)
+async def test_the_lua_meter_is_told_to_skip_streams_without_usage_only_in_logged_mode(
+    readings: str | None, servers_add_usage: bool, told: bool
+) -> None:
+    """``x-epp-response-readings: logged`` (LOGGED mode's routing filter) says Envoy's Lua
+    meter reads bodies: a stream that did not ask for usage carries none, and its routing
+    answer tells the meter so, unless ``--servers-add-stream-usage``."""
+    director = director_over(fresh_store({POD_A: {"m"}}))
+    server, port = create_grpc_server(
+        director,
+        address="127.0.0.1:0",
+        max_body_bytes=1 << 20,
+        servers_add_stream_usage=servers_add_usage,
+    )
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = channel.stream_stream(
+                METHOD,
+                request_serializer=ProcessingRequest.SerializeToString,
+                response_deserializer=ProcessingResponse.FromString,
+            )
+            body = b'{"model": "m", "prompt": "hi", "stream": true}'
+
+            async def requests() -> AsyncIterator[ProcessingRequest]:
+                yield headers_message()
+                yield body_message(body, end_of_stream=True)
+
+            metadata = () if readings is None else (("x-epp-response-readings", readings),)
+            answers = [a async for a in call(requests(), timeout=30, metadata=metadata)]
+    finally:
+        await server.stop(None)
+    (routing,) = [a for a in answers if a.WhichOneof("response") == "request_headers"]
+    assert routing.dynamic_metadata["envoy.lb"]["x-gateway-destination-endpoint"] == POD_A
+    assert ("epp.response" in routing.dynamic_metadata) is told

@@ -388,3 +388,44 @@ def test_the_session_token_reaches_the_client_and_steers_its_next_request(
     assert again.decision is not None and again.decision.endpoints[0] is first
     without, _ = routed(director, {"model": "m", "messages": []})
     assert without.decision is not None and without.decision.endpoints[0] is not first
+
+
+@pytest.mark.parametrize(
+    ("meter", "path", "body", "unmetered"),
+    [
+        (True, "/v1/chat/completions", {"stream": True}, True),
+        (True, "/v1/completions", {"stream": True}, True),
+        (True, "/v1/chat/completions?x=1", {"stream": True}, True),
+        (True, "/v1/chat/completions", {"stream": True, "stream_options": {}}, True),
+        (
+            True,
+            "/v1/chat/completions",
+            {"stream": True, "stream_options": {"include_usage": False}},
+            True,
+        ),
+        (
+            True,
+            "/v1/chat/completions",
+            {"stream": True, "stream_options": {"include_usage": True}},
+            False,
+        ),
+        (True, "/v1/chat/completions", {"stream_options": {"include_usage": True}}, False),
+        (True, "/v1/chat/completions", {}, False),  # a JSON body: usage is in it
+        (True, "/v1/responses", {"stream": True}, False),  # response.completed has usage
+        (False, "/v1/chat/completions", {"stream": True}, False),  # no Lua meter
+    ],
+)
+def test_the_envoy_meter_is_told_to_leave_alone_only_streams_without_usage(
+    director: Director, meter: bool, path: str, body: dict[str, object], unmetered: bool
+) -> None:
+    """LOGGED mode: a chat/completions stream that did not ask for usage carries none,
+    so the routing answer tells Envoy's Lua meter (dynamic metadata) not to read it."""
+    stream = RequestStream(director, max_body_bytes=1 << 20, envoy_meters_usage=meter)
+    assert stream.handle(request_headers(path)) == ()
+    document = {"model": "m", "messages": [{"role": "user", "content": "hi"}], **body}
+    responses = stream.handle(body_message(orjson.dumps(document), end_of_stream=True))
+    (routing,) = [r for r in responses if r.WhichOneof("response") == "request_headers"]
+    metadata = routing.dynamic_metadata
+    assert metadata["envoy.lb"]["x-gateway-destination-endpoint"] in (POD_A, POD_B)
+    told = "epp.response" in metadata and metadata["epp.response"]["body_unmetered"] is True
+    assert told is unmetered
