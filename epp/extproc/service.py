@@ -125,7 +125,7 @@ class ExternalProcessor(external_processor_pb2_grpc.ExternalProcessorServicer): 
         for key, value in context.invocation_metadata() or ():
             if key == RESPONSE_READINGS_METADATA:
                 self.observers.present = True
-                return value == "logged"
+                return bool(value == "logged")
         return None
 
     def protocol_violation(self, exc: Exception) -> None:
