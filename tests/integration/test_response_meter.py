@@ -96,6 +96,9 @@ class DribblingPod(BaseHTTPRequestHandler):
         # As vLLM --enable-force-include-usage: usage whether the request asked or not.
         include_usage = include_usage or "x-force-usage" in self.headers
         responses_api = self.path.startswith("/v1/responses")
+        if not request.get("stream"):
+            self._json_answer(int(self.headers.get("x-tail-bytes", "0")))
+            return
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.end_headers()
@@ -113,6 +116,24 @@ class DribblingPod(BaseHTTPRequestHandler):
             self.wfile.write(body[at : at + piece])
             self.wfile.flush()
             time.sleep(0.002)
+
+
+    def _json_answer(self, tail_bytes: int) -> None:
+        """A chat completion whose usage is followed by ``tail_bytes`` of token ids, as
+        vLLM's is when a request asks for them (return_token_ids)."""
+        answer = {
+            "choices": [{"message": {"content": "x" * 3000}}],
+            "usage": USAGE,
+            "prompt_token_ids": [7] * (tail_bytes // 3),
+        }
+        body = json.dumps(answer, separators=(",", ":")).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        time.sleep(FIRST_TOKEN_AFTER_S)
+        for at in range(0, len(body), 700):
+            self.wfile.write(body[at : at + 700])
+            self.wfile.flush()
 
 
 @dataclass(frozen=True)
@@ -258,6 +279,29 @@ def test_the_meter_leaves_alone_a_stream_that_did_not_ask_for_usage(
     counted, and the first token's time is Envoy's own (the access log's tag)."""
     fields = forced_usage_stream(metered)
     assert "prompt_tokens" not in fields and "completion_tokens" not in fields
+
+
+@pytest.mark.parametrize(("tail_bytes", "read"), [(0, True), (6000, True), (30000, False)])
+def test_json_usage_is_read_from_the_bodys_last_8_kib(
+    metered: MeteredStack, tail_bytes: int, read: bool
+) -> None:
+    """The script looks for usage only in the body's end (USAGE_WINDOW_BYTES, at least):
+    what follows usage in a vLLM body is a few null fields, unless the request asked
+    for token ids or prompt logprobs, whose usage is then not read."""
+    request_id = uuid.uuid4().hex
+    with httpx.Client(timeout=30) as http:
+        response = http.post(
+            metered.url + "/v1/chat/completions",
+            json=chat(QWEN, "json"),
+            headers={"x-request-id": request_id, "x-tail-bytes": str(tail_bytes)},
+        )
+    assert response.status_code == 200 and response.json()["usage"] == USAGE
+    fields = finished_line(metered.epp, request_id)
+    assert fields["outcome"] == "completed"
+    if read:
+        assert (fields["prompt_tokens"], fields["completion_tokens"]) == (17, 4)
+    else:
+        assert "prompt_tokens" not in fields
 
 
 def test_servers_that_add_usage_unasked_have_every_stream_read(
