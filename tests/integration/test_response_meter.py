@@ -117,7 +117,6 @@ class DribblingPod(BaseHTTPRequestHandler):
             self.wfile.flush()
             time.sleep(0.002)
 
-
     def _json_answer(self, tail_bytes: int) -> None:
         """A chat completion whose usage is followed by ``tail_bytes`` of token ids, as
         vLLM's is when a request asks for them (return_token_ids)."""
