@@ -75,8 +75,6 @@ local DELTA = '.delta"'
 local RESPONSES_STREAM = "event: response."
 local CAP = {USAGE_MAX_BYTES}
 local WINDOW = {USAGE_WINDOW_BYTES}
--- A chunk shorter than this is appended to the window's newer piece, not swapped in.
-local SHORT = 256
 -- Bytes kept from the end of one chunk so a marker split across two is still found.
 local CARRY = 6
 
@@ -87,9 +85,12 @@ function envoy_on_response(handle)
   local streamed = content_type:find("event-stream", 1, true) ~= nil
   local marker, decided = nil, false
   local first, carry = nil, ""
-  -- The body's end, in two pieces: at least its last WINDOW bytes (or all of it). Usage
-  -- is looked for there once, after the last chunk, never in every chunk.
-  local older, newer = "", ""
+  -- The body's end: the last pieces of chunks, at least WINDOW bytes (or all of it),
+  -- in a table, joined once after the last chunk, when usage is looked for. Never a
+  -- string grown chunk by chunk: LuaJIT interns every string it makes, and a growing
+  -- one costs a copy and a hash of the whole each time (tried: Envoy's CPU per request
+  -- went from 5.8 to 9.9 ms on the routing benchmark).
+  local pieces, oldest, count, kept = {{}}, 1, 0, 0
   for chunk in handle:bodyChunks() do
     local length = chunk:length()
     if length > 0 then
@@ -109,15 +110,22 @@ function envoy_on_response(handle)
         end
       end
       local take = length < WINDOW and length or WINDOW
-      local piece = chunk:getBytes(length - take, take)
-      if take >= SHORT or #newer + take > WINDOW then
-        older, newer = newer, piece
-      else
-        newer = newer .. piece
+      count = count + 1
+      pieces[count] = chunk:getBytes(length - take, take)
+      kept = kept + take
+      while kept - #pieces[oldest] >= WINDOW do
+        kept = kept - #pieces[oldest]
+        pieces[oldest] = nil
+        oldest = oldest + 1
+      end
+      if oldest > 256 then  -- now and then a fresh table: a long stream's stays small
+        local live = {{}}
+        for i = oldest, count do live[i - oldest + 1] = pieces[i] end
+        pieces, count, oldest = live, count - oldest + 1, 1
       end
     end
   end
-  local tail = older .. newer
+  local tail = table.concat(pieces, "", oldest, count)
   local last, at = nil, 0
   repeat
     at = tail:find(KEY, at + 1, true)

@@ -43,9 +43,9 @@ PIECES = (3, 11, 64)
 FIRST_TOKEN_AFTER_S = 0.15
 
 
-def chat_stream(include_usage: bool) -> bytes:
+def chat_stream(include_usage: bool, tokens: int = 4) -> bytes:
     events: list[dict[str, object]] = [
-        {"choices": [{"delta": {"content": f"t{i}"}}]} for i in range(4)
+        {"choices": [{"delta": {"content": f"t{i}"}}]} for i in range(tokens)
     ]
     if include_usage:
         events.append({"choices": [], "usage": USAGE})
@@ -103,7 +103,8 @@ class DribblingPod(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "text/event-stream")
         self.end_headers()
         self.wfile.flush()
-        body = responses_stream() if responses_api else chat_stream(include_usage)
+        tokens = int(self.headers.get("x-tokens", "4"))
+        body = responses_stream() if responses_api else chat_stream(include_usage, tokens)
         if responses_api:
             # response.created goes out at once; the first token comes later.
             created_end = body.index(b"\n\n") + 2
@@ -235,6 +236,21 @@ def test_usage_and_first_token_survive_any_chunking(
     ttft_ms = fields["ttft_ms"]
     assert isinstance(ttft_ms, (int, float)) and ttft_ms >= FIRST_TOKEN_AFTER_S * 1000 - 1
     assert metric(metered.metrics_url, "inference_objective_output_tokens_sum") >= expected[1]
+
+
+def test_a_long_stream_in_many_chunks_keeps_its_usage(metered: MeteredStack) -> None:
+    """A body written in a thousand pieces: the script's window of the body's end drops old pieces
+    and starts a fresh table now and then, and still ends on the usage event."""
+    request_id = uuid.uuid4().hex
+    with httpx.Client(timeout=60) as http:
+        response = http.post(
+            metered.url + "/v1/chat/completions",
+            json=chat(QWEN, "long", stream=True, stream_options={"include_usage": True}),
+            headers={"x-request-id": request_id, "x-piece-bytes": "40", "x-tokens": "800"},
+        )
+    assert response.status_code == 200 and response.content.count(b"data: ") == 802
+    fields = finished_line(metered.epp, request_id)
+    assert (fields["prompt_tokens"], fields["completion_tokens"]) == (17, 4)
 
 
 def test_a_stream_without_usage_is_timed_and_counts_no_tokens(metered: MeteredStack) -> None:
