@@ -17,6 +17,8 @@ from typing import Any
 import yaml
 
 from epp.envoy_response_meter import (
+    BODY_CHUNK_BYTES,
+    BODY_CHUNK_METADATA,
     FIRST_BODY_US_TAG,
     FIRST_BODY_US_VALUE,
     LUA_SOURCE,
@@ -619,10 +621,14 @@ def _ext_proc_filter(
             "host_selection_retry_max_attempts": 3,
         },
     }
+    # This Envoy takes a request body back from epp in chunks of up to BODY_CHUNK_BYTES.
+    grpc_service["initial_metadata"] = [
+        {"key": BODY_CHUNK_METADATA, "value": str(BODY_CHUNK_BYTES)}
+    ]
     if response_body_mode in ("OBSERVED", *_ACCESS_LOGGED):
-        grpc_service["initial_metadata"] = [
+        grpc_service["initial_metadata"].append(
             {"key": RESPONSE_READINGS_METADATA, "value": response_body_mode.lower()}
-        ]
+        )
     return {
         "name": "envoy.filters.http.ext_proc",
         "typed_config": {

@@ -156,22 +156,26 @@ def headers_response() -> ProcessingResponse:
 
 
 def streamed_body_responses(
-    chunks: Iterable[bytes | bytearray], *, end_of_stream: bool
+    chunks: Iterable[bytes | bytearray],
+    *,
+    end_of_stream: bool,
+    max_chunk_bytes: int = MAX_STREAMED_CHUNK_BYTES,
 ) -> Iterator[ProcessingResponse]:
-    """The request body handed back in full-duplex mode, unchanged, in bounded chunks.
+    """The request body handed back in full-duplex mode, unchanged, in chunks of at most
+    ``max_chunk_bytes``.
 
     Envoy's own chunk boundaries are kept where they fit, so nothing is joined or copied
     twice; an empty body still sends one (empty) message to carry ``end_of_stream``.
     """
     pending: list[bytes | bytearray | memoryview] = []
     for chunk in chunks:
-        if len(chunk) <= MAX_STREAMED_CHUNK_BYTES:
+        if len(chunk) <= max_chunk_bytes:
             if chunk:
                 pending.append(chunk)
             continue
         view = memoryview(chunk)
-        for start in range(0, len(view), MAX_STREAMED_CHUNK_BYTES):
-            pending.append(view[start : start + MAX_STREAMED_CHUNK_BYTES])
+        for start in range(0, len(view), max_chunk_bytes):
+            pending.append(view[start : start + max_chunk_bytes])
     if not pending:
         pending.append(b"")
     last = len(pending) - 1

@@ -19,10 +19,10 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingRequest, 
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2_grpc
 
-from epp.envoy_response_meter import RESPONSE_READINGS_METADATA
+from epp.envoy_response_meter import BODY_CHUNK_METADATA, RESPONSE_READINGS_METADATA
 from epp.extproc.access_log import AccessLogReceiver, access_log_handler
 from epp.extproc.body_budget import BodyBudget
-from epp.extproc.messages import RoutingResponses
+from epp.extproc.messages import MAX_STREAMED_CHUNK_BYTES, RoutingResponses
 from epp.extproc.response_observer import ResponseObservers
 from epp.extproc.stream import ProtocolViolation, RequestStream
 from epp.observability import metrics
@@ -47,14 +47,20 @@ class ExternalProcessor(external_processor_pb2_grpc.ExternalProcessorServicer): 
         inject_stream_usage: bool = False,
         servers_add_stream_usage: bool = False,
         body_budget: BodyBudget | None = None,
+        body_chunk_ceiling: int = 4 * 1024 * 1024,
     ) -> None:
         self._director = director
         self._max_body_bytes = max_body_bytes
         self._inject_stream_usage = inject_stream_usage
         self._servers_add_stream_usage = servers_add_stream_usage
-        # Whether Envoy's Lua response meter reads bodies (LOGGED mode), from the routing
-        # streams' gRPC metadata; None until a stream carried it.
-        self._envoy_meter: bool | None = None
+        # What the routing streams' gRPC metadata says of their Envoy, once one carried
+        # epp's keys (the bootstrap `epp envoy-config` prints): whether its Lua response
+        # meter reads bodies (LOGGED), and the largest body chunk it takes back.
+        self._settled = False
+        self._envoy_meter = False
+        self._body_chunk_bytes = MAX_STREAMED_CHUNK_BYTES
+        # Above this a chunk could not be sent (gRPC's send limit, less room for framing).
+        self._body_chunk_ceiling = max(MAX_STREAMED_CHUNK_BYTES, body_chunk_ceiling)
         self._routing_responses = RoutingResponses()
         self.body_budget = body_budget or BodyBudget(0)
         self.observers = ResponseObservers()
@@ -78,14 +84,15 @@ class ExternalProcessor(external_processor_pb2_grpc.ExternalProcessorServicer): 
                     raise ProtocolViolation("an observing stream must open with response headers")
                 await self.observers.observe(first, messages)
                 return
-            if self._envoy_meter is None:
-                self._envoy_meter = self._response_readings(context)
+            if not self._settled:
+                self._read_stream_metadata(context)
             stream = RequestStream(
                 self._director,
                 max_body_bytes=self._max_body_bytes,
                 routing_responses=self._routing_responses,
                 inject_stream_usage=self._inject_stream_usage,
-                envoy_meters_usage=self._envoy_meter is True and not self._servers_add_stream_usage,
+                envoy_meters_usage=self._envoy_meter and not self._servers_add_stream_usage,
+                body_chunk_bytes=self._body_chunk_bytes,
                 body_budget=self.body_budget,
                 observers=self.observers,
             )
@@ -115,18 +122,27 @@ class ExternalProcessor(external_processor_pb2_grpc.ExternalProcessorServicer): 
             if stream is not None:
                 stream.close()
 
-    def _response_readings(
+    def _read_stream_metadata(
         self, context: grpc.aio.ServicerContext[ProcessingRequest, ProcessingResponse]
-    ) -> bool | None:
-        """Whether Envoy's Lua meter reads response bodies (LOGGED), from the stream's
-        ``x-epp-response-readings``; None without it. Once known, never read again:
-        this costs the first streams only (all of them when Envoy sends response bodies
-        nowhere else)."""
+    ) -> None:
+        """Take what the stream's gRPC metadata says of its Envoy: response readings
+        (``x-epp-response-readings``: the access log or observer brings them; ``logged``:
+        the Lua meter reads bodies) and the body chunk it takes back. Once a stream
+        carried either, never read again: this costs the first streams only (all of them
+        behind an Envoy that sends neither, a gateway's)."""
         for key, value in context.invocation_metadata() or ():
             if key == RESPONSE_READINGS_METADATA:
                 self.observers.present = True
-                return bool(value == "logged")
-        return None
+                self._envoy_meter = value == "logged"
+                self._settled = True
+            elif key == BODY_CHUNK_METADATA:
+                self._settled = True
+                # Envoy's configuration, but bounded all the same: digits, within limits.
+                text = str(value)
+                if len(text) <= 10 and text.isdigit():
+                    self._body_chunk_bytes = min(
+                        max(int(text), MAX_STREAMED_CHUNK_BYTES), self._body_chunk_ceiling
+                    )
 
     def protocol_violation(self, exc: Exception) -> None:
         """A peer on another of epp's gRPC services (Envoy's access log) broke its protocol."""
@@ -188,6 +204,7 @@ def create_grpc_server(
         inject_stream_usage=inject_stream_usage,
         servers_add_stream_usage=servers_add_stream_usage,
         body_budget=body_budget,
+        body_chunk_ceiling=(max_send_message_bytes or max_message) - 64 * 1024,
     )
     external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(processor, server)
     server.add_generic_rpc_handlers(

@@ -108,6 +108,7 @@ class RequestStream:
         default_body_mode: int = _FULL_DUPLEX,
         inject_stream_usage: bool = False,
         envoy_meters_usage: bool = False,
+        body_chunk_bytes: int = messages.MAX_STREAMED_CHUNK_BYTES,
         body_budget: BodyBudget = _UNLIMITED,
         observers: ResponseObservers | None = None,
     ) -> None:
@@ -123,6 +124,8 @@ class RequestStream:
         self._inject_stream_usage = inject_stream_usage
         # LOGGED mode: Envoy's Lua meter reads bodies for usage unless told not to.
         self._envoy_meters_usage = envoy_meters_usage
+        # The largest body chunk this stream's Envoy takes back (see BODY_CHUNK_METADATA).
+        self._body_chunk_bytes = body_chunk_bytes
         self._routing_responses = routing_responses or messages.RoutingResponses()
         self._max_body_bytes = max_body_bytes
         self._body_mode = default_body_mode
@@ -426,10 +429,12 @@ class RequestStream:
             return (response,)
         # No content-length: Envoy 1.40 drops it in full duplex and sends the body chunked.
         head = self._routing_response(on_body=False)
-        if len(body) <= messages.MAX_STREAMED_CHUNK_BYTES:  # most bodies: one message back
+        if len(body) <= self._body_chunk_bytes:  # most bodies: one message back
             responses = (
                 head,
-                *messages.streamed_body_responses((body,), end_of_stream=ends_request),
+                *messages.streamed_body_responses(
+                    (body,), end_of_stream=ends_request, max_chunk_bytes=self._body_chunk_bytes
+                ),
             )
             self._drop_body()
             return responses
@@ -442,7 +447,9 @@ class RequestStream:
         as gRPC sends them; the body's budget is given back once the last one is out."""
         try:
             yield head
-            yield from messages.streamed_body_responses((body,), end_of_stream=ends_request)
+            yield from messages.streamed_body_responses(
+                (body,), end_of_stream=ends_request, max_chunk_bytes=self._body_chunk_bytes
+            )
         finally:
             self._drop_body()
 

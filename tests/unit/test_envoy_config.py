@@ -16,6 +16,8 @@ from epp.envoy_config import (
     render_bootstrap,
 )
 
+# Every routing stream of this bootstrap tells epp how large a body chunk Envoy takes back.
+CHUNK_METADATA = {"key": "x-epp-body-chunk-bytes", "value": "1048576"}
 DEPLOYED = Path(__file__).resolve().parents[2] / "deploy" / "envoy" / "envoy.yaml"
 
 
@@ -101,7 +103,8 @@ def test_observed_response_bodies_go_to_an_observing_filter() -> None:
     assert observer["grpc_service"]["envoy_grpc"] == {"cluster_name": "epp"}
     # The routing streams tell epp that readings come from the observer.
     assert _ext_proc(bootstrap)["grpc_service"]["initial_metadata"] == [
-        {"key": "x-epp-response-readings", "value": "observed"}
+        CHUNK_METADATA,
+        {"key": "x-epp-response-readings", "value": "observed"},
     ]
     assert "access_log" not in _manager(bootstrap)
 
@@ -122,7 +125,8 @@ def test_logged_responses_are_measured_by_envoy_and_sent_with_its_access_log() -
     routing = _ext_proc(bootstrap)
     assert routing["processing_mode"]["response_body_mode"] == "NONE"
     assert routing["grpc_service"]["initial_metadata"] == [
-        {"key": "x-epp-response-readings", "value": "logged"}
+        CHUNK_METADATA,
+        {"key": "x-epp-response-readings", "value": "logged"},
     ]
     (access_log,) = _manager(bootstrap)["access_log"]
     common = access_log["typed_config"]["common_config"]
@@ -141,7 +145,8 @@ def test_timed_responses_have_no_script_and_an_access_log_that_times_the_body() 
     routing = _ext_proc(bootstrap)
     assert routing["processing_mode"]["response_body_mode"] == "NONE"
     assert routing["grpc_service"]["initial_metadata"] == [
-        {"key": "x-epp-response-readings", "value": "timed"}
+        CHUNK_METADATA,
+        {"key": "x-epp-response-readings", "value": "timed"},
     ]
     (access_log,) = _manager(bootstrap)["access_log"]
     common = access_log["typed_config"]["common_config"]
@@ -169,7 +174,7 @@ def test_other_response_modes_have_no_observer(mode: str) -> None:
     routing = _ext_proc(bootstrap)["processing_mode"]
     assert routing["response_body_mode"] == mode
     assert routing["response_trailer_mode"] == "SEND"  # Envoy requires it in full duplex
-    assert "initial_metadata" not in _ext_proc(bootstrap)["grpc_service"]
+    assert _ext_proc(bootstrap)["grpc_service"]["initial_metadata"] == [CHUNK_METADATA]
     assert "access_log" not in _manager(bootstrap)
 
 

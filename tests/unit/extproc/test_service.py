@@ -198,3 +198,55 @@ async def test_the_lua_meter_is_told_to_skip_streams_without_usage_only_in_logge
     (routing,) = [a for a in answers if a.WhichOneof("response") == "request_headers"]
     assert routing.dynamic_metadata["envoy.lb"]["x-gateway-destination-endpoint"] == POD_A
     assert ("epp.response" in routing.dynamic_metadata) is told
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("advertised", "pieces"),
+    [
+        (None, 7),  # a gateway's Envoy: the reference's 62,000-byte chunks
+        ("1048576", 1),  # epp envoy-config's bootstrap: one message back
+        ("250000", 2),
+        ("10", 7),  # never below the reference's bound
+        ("9" * 10, 1),  # never above what gRPC may send (a 5 MiB ceiling here): one
+        ("99999999999", 7),  # too long to be a size: ignored
+        ("1e6", 7),
+        ("-5", 7),
+    ],
+)
+async def test_a_large_body_goes_back_in_chunks_as_large_as_envoy_says(
+    advertised: str | None, pieces: int
+) -> None:
+    director = director_over(fresh_store({POD_A: {"m"}}))
+    server, port = create_grpc_server(
+        director,
+        address="127.0.0.1:0",
+        max_body_bytes=1 << 20,
+        max_send_message_bytes=5 << 20,
+    )
+    await server.start()
+    body = b'{"model": "m", "prompt": "' + b"x" * 400_000 + b'"}'
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = channel.stream_stream(
+                METHOD,
+                request_serializer=ProcessingRequest.SerializeToString,
+                response_deserializer=ProcessingResponse.FromString,
+            )
+
+            async def requests() -> AsyncIterator[ProcessingRequest]:
+                yield headers_message()
+                yield body_message(body, end_of_stream=True)
+
+            metadata = () if advertised is None else (("x-epp-body-chunk-bytes", advertised),)
+            answers = [a async for a in call(requests(), timeout=30, metadata=metadata)]
+    finally:
+        await server.stop(None)
+    chunks = [
+        a.request_body.response.body_mutation.streamed_response
+        for a in answers
+        if a.WhichOneof("response") == "request_body"
+    ]
+    assert len(chunks) == pieces
+    assert b"".join(c.body for c in chunks) == body
+    assert [c.end_of_stream for c in chunks] == [False] * (pieces - 1) + [True]
