@@ -161,6 +161,21 @@ class Director:
             and not self.health.in_backoff(endpoint)
         )
 
+    def _healthy(self, endpoints: Sequence[Endpoint], now: float) -> list[Endpoint]:
+        """The endpoints :meth:`is_healthy` keeps. Usually that is all of them, which two
+        C-level passes tell (the oldest reading fresh, the most failures below the bar)
+        when no back-off is running: a method call per endpoint cost ~130 µs a request
+        at 256 endpoints, as much as scheduling them."""
+        if endpoints and not self.health.any_in_backoff():
+            oldest = min([ep.metrics.updated_at for ep in endpoints])
+            if (
+                oldest > 0.0
+                and now - oldest <= self._saturation.staleness_s
+                and max([ep.scrape_failures for ep in endpoints]) < self._unready_after_failures
+            ):
+                return list(endpoints)
+        return [ep for ep in endpoints if self.is_healthy(ep, now)]
+
     def route_body(
         self,
         body: bytes | bytearray,
@@ -246,15 +261,11 @@ class Director:
         """
         now = time.monotonic()
         serving = _allowed(self._store.serving(target), narrowing)
-        healthy = [ep for ep in serving if self.is_healthy(ep, now)]
+        healthy = self._healthy(serving, now)
         if healthy:
             return target, healthy
         for fallback in self.fallbacks.of(target, requested):
-            candidates = [
-                ep
-                for ep in _allowed(self._store.serving(fallback), narrowing)
-                if self.is_healthy(ep, now)
-            ]
+            candidates = self._healthy(_allowed(self._store.serving(fallback), narrowing), now)
             if candidates:
                 return fallback, candidates
         ready = [ep for ep in serving if self.is_ready(ep)]

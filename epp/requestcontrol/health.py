@@ -72,10 +72,17 @@ class PassiveHealth:
         self._clock = clock
         # Only endpoints that have failed at least once have an entry.
         self._states: dict[Endpoint, _State] = {}
+        # The latest end of any back-off ever begun: before it, some endpoint may be in
+        # one; after it, none is (a back-off cut short by a success only ends sooner).
+        self._backoffs_end = 0.0
 
     def in_backoff(self, endpoint: Endpoint) -> bool:
         state = self._states.get(endpoint)
         return state is not None and self._clock() < state.until
+
+    def any_in_backoff(self) -> bool:
+        """False when no endpoint is in a back-off now; True when one may be."""
+        return self._clock() < self._backoffs_end
 
     def generation(self, endpoint: Endpoint) -> int:
         """The ticket a request routed to ``endpoint`` now hands back to :meth:`record`."""
@@ -103,6 +110,7 @@ class PassiveHealth:
             return  # routed before the latest ejection, or ejected already: nothing new
         backoff_s = min(self._initial_s * 2 ** min(state.strikes, _MAX_DOUBLINGS), self._max_s)
         state.until = now + backoff_s
+        self._backoffs_end = max(self._backoffs_end, state.until)
         state.strikes += 1
         state.generation += 1
         metrics.ENDPOINT_EJECTIONS.inc()

@@ -125,3 +125,16 @@ def test_bad_backoffs_are_refused() -> None:
         PassiveHealth(initial_backoff_s=2.0, max_backoff_s=1.0)
     with pytest.raises(ValueError):
         PassiveHealth(initial_backoff_s=-1.0)
+
+
+def test_any_in_backoff_is_false_only_when_none_is(health: PassiveHealth, clock: Clock) -> None:
+    assert not health.any_in_backoff()
+    other = Endpoint("10.0.0.2:8000")
+    fail(health)  # EP: 1 s
+    clock.now += 0.5
+    health.record(other, health.generation(other), 503)  # other: 1 s, to 101.5
+    assert health.any_in_backoff()
+    health.record(EP, health.generation(EP), 200)  # EP heals at once
+    assert not health.in_backoff(EP) and health.in_backoff(other) and health.any_in_backoff()
+    clock.now += 1.0
+    assert not health.in_backoff(other) and not health.any_in_backoff()
