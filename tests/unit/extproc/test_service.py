@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import grpc
 import pytest
@@ -154,6 +155,33 @@ async def test_a_message_over_the_configured_limit_is_refused() -> None:
         await server.stop(None)
 
 
+async def routed(
+    body: bytes, metadata: tuple[tuple[str, str], ...], **server_options: Any
+) -> list[ProcessingResponse]:
+    """One chat request (headers, then ``body``) through a fresh epp over POD_A, its
+    routing stream opened with gRPC ``metadata``: epp's answers."""
+    director = director_over(fresh_store({POD_A: {"m"}}))
+    server, port = create_grpc_server(
+        director, address="127.0.0.1:0", max_body_bytes=1 << 20, **server_options
+    )
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = channel.stream_stream(
+                METHOD,
+                request_serializer=ProcessingRequest.SerializeToString,
+                response_deserializer=ProcessingResponse.FromString,
+            )
+
+            async def requests() -> AsyncIterator[ProcessingRequest]:
+                yield headers_message()
+                yield body_message(body, end_of_stream=True)
+
+            return [a async for a in call(requests(), timeout=30, metadata=metadata)]
+    finally:
+        await server.stop(None)
+
+
 @pytest.mark.asyncio
 @pytest.mark.parametrize(
     ("readings", "servers_add_usage", "told"),
@@ -170,31 +198,9 @@ async def test_the_lua_meter_is_told_to_skip_streams_without_usage_only_in_logge
     """``x-epp-response-readings: logged`` (LOGGED mode's routing filter) says Envoy's Lua
     meter reads bodies: a stream that did not ask for usage carries none, and its routing
     answer tells the meter so, unless ``--servers-add-stream-usage``."""
-    director = director_over(fresh_store({POD_A: {"m"}}))
-    server, port = create_grpc_server(
-        director,
-        address="127.0.0.1:0",
-        max_body_bytes=1 << 20,
-        servers_add_stream_usage=servers_add_usage,
-    )
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            call = channel.stream_stream(
-                METHOD,
-                request_serializer=ProcessingRequest.SerializeToString,
-                response_deserializer=ProcessingResponse.FromString,
-            )
-            body = b'{"model": "m", "prompt": "hi", "stream": true}'
-
-            async def requests() -> AsyncIterator[ProcessingRequest]:
-                yield headers_message()
-                yield body_message(body, end_of_stream=True)
-
-            metadata = () if readings is None else (("x-epp-response-readings", readings),)
-            answers = [a async for a in call(requests(), timeout=30, metadata=metadata)]
-    finally:
-        await server.stop(None)
+    metadata = () if readings is None else (("x-epp-response-readings", readings),)
+    body = b'{"model": "m", "prompt": "hi", "stream": true}'
+    answers = await routed(body, metadata, servers_add_stream_usage=servers_add_usage)
     (routing,) = [a for a in answers if a.WhichOneof("response") == "request_headers"]
     assert routing.dynamic_metadata["envoy.lb"]["x-gateway-destination-endpoint"] == POD_A
     assert ("epp.response" in routing.dynamic_metadata) is told
@@ -217,31 +223,9 @@ async def test_the_lua_meter_is_told_to_skip_streams_without_usage_only_in_logge
 async def test_a_large_body_goes_back_in_chunks_as_large_as_envoy_says(
     advertised: str | None, pieces: int
 ) -> None:
-    director = director_over(fresh_store({POD_A: {"m"}}))
-    server, port = create_grpc_server(
-        director,
-        address="127.0.0.1:0",
-        max_body_bytes=1 << 20,
-        max_send_message_bytes=5 << 20,
-    )
-    await server.start()
     body = b'{"model": "m", "prompt": "' + b"x" * 400_000 + b'"}'
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            call = channel.stream_stream(
-                METHOD,
-                request_serializer=ProcessingRequest.SerializeToString,
-                response_deserializer=ProcessingResponse.FromString,
-            )
-
-            async def requests() -> AsyncIterator[ProcessingRequest]:
-                yield headers_message()
-                yield body_message(body, end_of_stream=True)
-
-            metadata = () if advertised is None else (("x-epp-body-chunk-bytes", advertised),)
-            answers = [a async for a in call(requests(), timeout=30, metadata=metadata)]
-    finally:
-        await server.stop(None)
+    metadata = () if advertised is None else (("x-epp-body-chunk-bytes", advertised),)
+    answers = await routed(body, metadata, max_send_message_bytes=5 << 20)
     chunks = [
         a.request_body.response.body_mutation.streamed_response
         for a in answers
