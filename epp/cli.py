@@ -84,6 +84,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "event; ~2x LOGGED's CPU); NONE: bodies never reach epp (no usage or TTFT)",
     )
     envoy.add_argument(
+        "--send-response-headers",
+        action="store_true",
+        help="LOGGED and TIMED: send response headers to epp, as the other modes do, "
+        "instead of skipping them (a Lua script then sets epp's response headers, and "
+        "the access log brings the status); needed by epp serve "
+        "--enable-conformance-hooks, and to count a pod's 5xx before its client sees it",
+    )
+    envoy.add_argument(
         "--fail-open",
         action="append",
         default=[],
@@ -174,6 +182,7 @@ def _envoy_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
             epp_server_name=args.epp_server_name,
             fail_open=fail_open,
             model_routes=model_routes or None,
+            send_response_headers=args.send_response_headers,
         )
     except ValueError as exc:
         parser.error(str(exc))

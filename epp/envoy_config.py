@@ -21,8 +21,11 @@ from epp.envoy_response_meter import (
     BODY_CHUNK_METADATA,
     FIRST_BODY_US_TAG,
     FIRST_BODY_US_VALUE,
+    HEADERS_LUA_SOURCE,
     LUA_SOURCE,
     METADATA_NAMESPACE,
+    RESPONSE_HEADERS_METADATA,
+    RESPONSE_HEADERS_SKIPPED,
     RESPONSE_READINGS_METADATA,
 )
 
@@ -155,6 +158,7 @@ def envoy_bootstrap(
     fail_open: Sequence[str] = (),
     report_served_endpoint: bool = True,
     model_routes: Mapping[str, int] | None = None,
+    send_response_headers: bool = False,
 ) -> dict[str, Any]:
     """An Envoy bootstrap as a dict.
 
@@ -176,6 +180,15 @@ def envoy_bootstrap(
     usage event epp asked for (``--inject-stream-usage``), at about twice the CPU; NONE
     keeps them away from epp (status and latency are still seen, tokens and TTFT are not).
 
+    In LOGGED and TIMED the routing filter skips response headers (one gRPC message each
+    way less per request, which Envoy waits for before the client sees the response):
+    the access log brings epp the status and the endpoint that served, and the headers
+    epp adds to a response (session token, model fallback or selection) travel in
+    dynamic metadata to a Lua script that sets them (the meter's, or in TIMED a script
+    that does only that). ``send_response_headers`` sends them to epp instead, as in
+    the other modes: what the conformance hooks' served-endpoint header needs, and what
+    counts a pod's 5xx before the client sees it rather than up to 0.1 s after.
+
     ``epp_tls`` dials epp with TLS. With ``epp_ca_file`` (a PEM bundle; implies TLS)
     Envoy verifies epp's certificate against it, and with ``epp_server_name`` also sends
     that name as SNI and requires it among the certificate's subject alternative names.
@@ -196,7 +209,8 @@ def envoy_bootstrap(
     ``report_served_endpoint`` tells epp which endpoint served each response, as the
     endpoint-picker protocol asks of the data plane: the upstream's address goes into
     the request's ``envoy.lb`` / ``x-gateway-destination-endpoint-served`` metadata,
-    which the routing filter forwards with the response headers.
+    which the routing filter forwards with the response headers (where those are
+    skipped, the access log's upstream address is the report).
 
     ``model_routes`` (model name -> port of that pool's epp on ``ports.epp_host``) builds
     a gateway of several pools, as Gateway API implementations do with one HTTPRoute
@@ -232,7 +246,11 @@ def envoy_bootstrap(
     access_logs: list[dict[str, Any]] = []
     if fail_open:
         http_filters.append(_drop_client_destination_filter())
-    report_served_endpoint = report_served_endpoint and ext_proc
+    skip_response_headers = (
+        ext_proc and response_body_mode in _ACCESS_LOGGED and not send_response_headers
+    )
+    # Without response headers the access log's upstream address is the report.
+    report_served_endpoint = report_served_endpoint and ext_proc and not skip_response_headers
     if model_routes:
         http_filters.append(_body_router_filter(body_mode, timeouts))
     if ext_proc:
@@ -243,6 +261,7 @@ def envoy_bootstrap(
                 timeouts,
                 fail_open=bool(fail_open),
                 forward_lb_metadata=report_served_endpoint,
+                skip_response_headers=skip_response_headers,
                 cluster=_pool_cluster(0) if model_routes else "epp",
             )
         )
@@ -250,7 +269,9 @@ def envoy_bootstrap(
             http_filters.append(_response_observer_filter())
         elif response_body_mode in _ACCESS_LOGGED:
             if response_body_mode == "LOGGED":
-                http_filters.append(_response_meter_filter())
+                http_filters.append(_lua_filter("epp.response_meter", LUA_SOURCE))
+            elif skip_response_headers:
+                http_filters.append(_lua_filter("epp.response_headers", HEADERS_LUA_SOURCE))
             access_logs.append(_response_meter_access_log())
     if report_served_endpoint:
         http_filters.append(_served_endpoint_filter())
@@ -593,6 +614,7 @@ def _ext_proc_filter(
     *,
     fail_open: bool,
     forward_lb_metadata: bool = False,
+    skip_response_headers: bool = False,
     cluster: str = "epp",
 ) -> dict[str, Any]:
     grpc_service: dict[str, Any] = {
@@ -629,6 +651,10 @@ def _ext_proc_filter(
         grpc_service["initial_metadata"].append(
             {"key": RESPONSE_READINGS_METADATA, "value": response_body_mode.lower()}
         )
+    if skip_response_headers:
+        grpc_service["initial_metadata"].append(
+            {"key": RESPONSE_HEADERS_METADATA, "value": RESPONSE_HEADERS_SKIPPED}
+        )
     return {
         "name": "envoy.filters.http.ext_proc",
         "typed_config": {
@@ -647,7 +673,7 @@ def _ext_proc_filter(
                 "request_body_mode": body_mode,
                 # Full duplex needs trailers sent so a body ending in trailers still ends.
                 "request_trailer_mode": "SEND" if body_mode == "FULL_DUPLEX_STREAMED" else "SKIP",
-                "response_header_mode": "SEND",
+                "response_header_mode": "SKIP" if skip_response_headers else "SEND",
                 "response_body_mode": (
                     "NONE"
                     if response_body_mode in ("OBSERVED", *_ACCESS_LOGGED)
@@ -672,20 +698,21 @@ def _ext_proc_filter(
             "mutation_rules": {"allow_all_routing": True},
             **_metadata_options(
                 forward_lb_metadata=forward_lb_metadata,
-                meter_told=response_body_mode == "LOGGED",
+                script_told=response_body_mode == "LOGGED" or skip_response_headers,
             ),
         },
     }
 
 
-def _metadata_options(*, forward_lb_metadata: bool, meter_told: bool) -> dict[str, Any]:
+def _metadata_options(*, forward_lb_metadata: bool, script_told: bool) -> dict[str, Any]:
     options: dict[str, Any] = {}
     if forward_lb_metadata:
         # The served endpoint reaches epp in envoy.lb metadata with the response.
         options["forwarding_namespaces"] = {"untyped": ["envoy.lb"]}
-    if meter_told:
+    if script_told:
         # Envoy 1.40 drops a processor's dynamic metadata in namespaces not listed here:
-        # epp's word to the Lua response meter (BODY_UNMETERED_KEY) must get through.
+        # epp's word to the Lua scripts (BODY_UNMETERED_KEY, RESPONSE_HEADERS_KEY) must
+        # get through.
         options["receiving_namespaces"] = {"untyped": [METADATA_NAMESPACE]}
     return {"metadata_options": options} if options else {}
 
@@ -720,17 +747,19 @@ def _response_observer_filter() -> dict[str, Any]:
     }
 
 
-def _response_meter_filter() -> dict[str, Any]:
-    """The Lua filter that measures each response's first token and usage in Envoy.
+def _lua_filter(name: str, source: str) -> dict[str, Any]:
+    """A Lua filter of :mod:`epp.envoy_response_meter`: the meter, which measures each
+    response's first token and usage and sets epp's response headers, or in TIMED the
+    script that only sets the headers.
 
     After the routing filter, like the observer, so it sees a response first. It never
     buffers or changes a chunk; its readings go into the request's dynamic metadata.
     """
     return {
-        "name": "epp.response_meter",
+        "name": name,
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
-            "default_source_code": {"inline_string": LUA_SOURCE},
+            "default_source_code": {"inline_string": source},
         },
     }
 

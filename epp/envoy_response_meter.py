@@ -33,8 +33,12 @@ __all__ = [
     "FIRST_BODY_US_TAG",
     "FIRST_BODY_US_VALUE",
     "FIRST_TOKEN_MS_KEY",
+    "HEADERS_LUA_SOURCE",
     "LUA_SOURCE",
     "METADATA_NAMESPACE",
+    "RESPONSE_HEADERS_KEY",
+    "RESPONSE_HEADERS_METADATA",
+    "RESPONSE_HEADERS_SKIPPED",
     "RESPONSE_READINGS_METADATA",
     "USAGE_KEY",
     "USAGE_MAX_BYTES",
@@ -45,6 +49,14 @@ __all__ = [
 # the response's readings come later from elsewhere (the observer or the access log),
 # so a routing stream that ends first waits for them, from the very first request.
 RESPONSE_READINGS_METADATA = "x-epp-response-readings"
+# gRPC metadata on the routing filter's streams (LOGGED and TIMED in the bootstrap
+# `epp envoy-config` prints), value RESPONSE_HEADERS_SKIPPED: Envoy sends this stream no
+# response headers (one gRPC message each way less per request). epp then puts the
+# headers it adds to the response into the request's dynamic metadata
+# (RESPONSE_HEADERS_KEY), which a Lua script of the bootstrap copies onto the response,
+# and learns the status and the serving endpoint from the access log entry.
+RESPONSE_HEADERS_METADATA = "x-epp-response-headers"
+RESPONSE_HEADERS_SKIPPED = "skipped"
 # gRPC metadata on the routing filter's streams of the bootstrap `epp envoy-config`
 # prints: the largest body chunk this Envoy takes back in one streamed_response. Without
 # it epp keeps to the reference's 62,000 bytes ("certain Envoy implementations" cap a
@@ -69,6 +81,11 @@ USAGE_WINDOW_BYTES = 8192
 # FIRST_BODY_US_TAG times the first token.
 BODY_UNMETERED_KEY = "body_unmetered"
 
+# Set by epp, in the same namespace, when Envoy skips response headers on the routing
+# stream (RESPONSE_HEADERS_METADATA): a map of header name to value for the script to set
+# on the response (a session token, the model fallback or selected model header).
+RESPONSE_HEADERS_KEY = "response_headers"
+
 # ``--response-body-mode TIMED`` runs no script: Envoy's access log itself carries, as a
 # custom tag, the microseconds from the request's first byte to the response body's
 # first byte (the US_RX_BODY_BEG time point, Envoy >= 1.37). A model server sends its
@@ -77,6 +94,27 @@ BODY_UNMETERED_KEY = "body_unmetered"
 # response.created before any token.
 FIRST_BODY_US_TAG = "epp.first_body_us"
 FIRST_BODY_US_VALUE = "%COMMON_DURATION(DS_RX_BEG:US_RX_BODY_BEG:us)%"
+
+# Sets the headers epp asked for (RESPONSE_HEADERS_KEY) before the headers go on: the
+# script must do it before it reads the first body chunk.
+_SET_HEADERS_LUA = f"""\
+local function set_headers(handle, told)
+  local wanted = told["{RESPONSE_HEADERS_KEY}"]
+  if wanted == nil then return end
+  local headers = handle:headers()
+  for name, value in pairs(wanted) do headers:replace(name, value) end
+end"""
+
+# TIMED mode with response headers skipped: only the headers, no body work (a script
+# with no envoy_on_request costs the request path nothing).
+HEADERS_LUA_SOURCE = f"""\
+local NAMESPACE = "{METADATA_NAMESPACE}"
+{_SET_HEADERS_LUA}
+function envoy_on_response(handle)
+  local told = handle:streamInfo():dynamicMetadata():get(NAMESPACE)
+  if told ~= nil then set_headers(handle, told) end
+end
+"""
 
 LUA_SOURCE = f"""\
 local NAMESPACE = "{METADATA_NAMESPACE}"
@@ -88,9 +126,13 @@ local WINDOW = {USAGE_WINDOW_BYTES}
 -- Bytes kept from the end of one chunk so a marker split across two is still found.
 local CARRY = 6
 
+{_SET_HEADERS_LUA}
 function envoy_on_response(handle)
   local told = handle:streamInfo():dynamicMetadata():get(NAMESPACE)
-  if told ~= nil and told["{BODY_UNMETERED_KEY}"] then return end
+  if told ~= nil then
+    set_headers(handle, told)
+    if told["{BODY_UNMETERED_KEY}"] then return end
+  end
   local content_type = handle:headers():get("content-type") or ""
   local streamed = content_type:find("event-stream", 1, true) ~= nil
   local marker, decided = nil, false

@@ -32,12 +32,15 @@ class ResponseOutcome:
     # (None: not seen; the body is seen only with response_body_mode FULL_DUPLEX_STREAMED).
     first_token_at: float | None = None
     ended_at: float | None = None
-    streamed: bool = False  # an SSE response (content-type text/event-stream)
+    # An SSE response (content-type text/event-stream; where Envoy skips response
+    # headers, a request that asked to stream).
+    streamed: bool = False
     body_bytes: int = 0  # response body bytes seen
     usage: Usage | None = None  # token counts, when the response reported them
     # The endpoint the gateway says served the response (ext_proc metadata envoy.lb /
-    # x-gateway-destination-endpoint-served), at most 256 characters: None when the
-    # response headers carried no envoy.lb metadata, "" when it named no endpoint.
+    # x-gateway-destination-endpoint-served, or where Envoy skips response headers the
+    # access log's upstream address), at most 256 characters: None when the response
+    # headers carried no envoy.lb metadata, "" when it named no endpoint.
     served_endpoint: str | None = None
 
 

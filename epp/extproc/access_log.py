@@ -47,6 +47,7 @@ _FIRST_TOKEN_MS = FIRST_TOKEN_MS_KEY.encode()
 _USAGE = USAGE_KEY.encode()
 _FIRST_BODY_US = FIRST_BODY_US_TAG.encode()
 _MAX_TAG_DIGITS = 15  # microseconds: past _MAX_SECONDS long before this
+_MAX_ADDRESS_BYTES = 64  # an IPv6 address is at most 45 characters
 
 
 def logged_response(entry: Any) -> LoggedResponse:
@@ -84,13 +85,29 @@ def logged_response(entry: Any) -> LoggedResponse:
         or flags.upstream_request_timeout
         or flags.duration_timeout
     )
+    response = entry.response
+    code = response.response_code.value if response.HasField("response_code") else 0
     return LoggedResponse(
         first_token_s=first_token_s,
         ended_s=ended_s,
-        body_bytes=entry.response.response_body_bytes,
+        body_bytes=response.response_body_bytes,
         usage=usage,
         completed=ended_s is not None and not reset,
+        # 0: Envoy had no response to log (the client left first).
+        status=code if 100 <= code <= 599 else None,
+        upstream=_upstream(common),
     )
+
+
+def _upstream(common: Any) -> str | None:
+    """The endpoint that served, as Envoy writes an upstream address ("[v6]:port")."""
+    if not common.HasField("upstream_remote_address"):
+        return None
+    socket = common.upstream_remote_address.socket_address
+    host = socket.address[:_MAX_ADDRESS_BYTES].decode(errors="replace")
+    if not host or not socket.port_value:
+        return None
+    return f"[{host}]:{socket.port_value}" if ":" in host else f"{host}:{socket.port_value}"
 
 
 def _first_body_s(tags: Any) -> float | None:

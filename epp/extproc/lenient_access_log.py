@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from envoy.config.core.v3 import address_pb2
 from envoy.data.accesslog.v3 import accesslog_pb2
 from envoy.service.accesslog.v3 import als_pb2
 from google.protobuf import descriptor_pb2, descriptor_pool, duration_pb2, timestamp_pb2
@@ -50,7 +51,9 @@ def _message(name: str, *fields: Any) -> descriptor_pb2.DescriptorProto:
 def _schema() -> descriptor_pb2.FileDescriptorProto:
     entry, common = accesslog_pb2.HTTPAccessLogEntry, accesslog_pb2.AccessLogCommon
     own = f".{_PACKAGE}."
-    msg, byt, dbl, u64 = _F.TYPE_MESSAGE, _F.TYPE_BYTES, _F.TYPE_DOUBLE, _F.TYPE_UINT64
+    address, socket_address = address_pb2.Address, address_pb2.SocketAddress
+    msg, byt, dbl = _F.TYPE_MESSAGE, _F.TYPE_BYTES, _F.TYPE_DOUBLE
+    u32, u64 = _F.TYPE_UINT32, _F.TYPE_UINT64
     return descriptor_pb2.FileDescriptorProto(
         name="epp/lenient_access_log.proto",
         package=_PACKAGE,
@@ -103,6 +106,12 @@ def _schema() -> descriptor_pb2.FileDescriptorProto:
                     ".envoy.data.accesslog.v3.ResponseFlags",
                 ),
                 _field("metadata", _number(common, "metadata"), msg, own + "Metadata"),
+                _field(
+                    "upstream_remote_address",
+                    _number(common, "upstream_remote_address"),
+                    msg,
+                    own + "Address",
+                ),
                 # A map<string, string>: repeated key (1) / value (2) entries.
                 _field(
                     "custom_tags",
@@ -113,6 +122,21 @@ def _schema() -> descriptor_pb2.FileDescriptorProto:
                 ),
             ),
             _message("Tag", _field("key", 1, byt), _field("value", 2, byt)),
+            _message(
+                "Address",
+                _field(
+                    "socket_address",
+                    _number(address, "socket_address"),
+                    msg,
+                    own + "SocketAddress",
+                ),
+            ),
+            _message(
+                "SocketAddress",
+                _field("address", _number(socket_address, "address"), byt),
+                _field("port_value", _number(socket_address, "port_value"), u32),
+            ),
+            _message("UInt32", _field("value", 1, u32)),
             # Metadata.filter_metadata and Struct.fields are maps: on the wire, repeated
             # key (1) / value (2) entries, which a map of bytes keys cannot declare.
             _message(
@@ -130,6 +154,12 @@ def _schema() -> descriptor_pb2.FileDescriptorProto:
             ),
             _message(
                 "Response",
+                _field(
+                    "response_code",
+                    _number(accesslog_pb2.HTTPResponseProperties, "response_code"),
+                    msg,
+                    own + "UInt32",
+                ),
                 _field(
                     "response_body_bytes",
                     _number(accesslog_pb2.HTTPResponseProperties, "response_body_bytes"),

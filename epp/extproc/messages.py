@@ -17,7 +17,11 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
 from envoy.type.v3.http_status_pb2 import HttpStatus
 from google.protobuf.struct_pb2 import Struct
 
-from epp.envoy_response_meter import BODY_UNMETERED_KEY, METADATA_NAMESPACE
+from epp.envoy_response_meter import (
+    BODY_UNMETERED_KEY,
+    METADATA_NAMESPACE,
+    RESPONSE_HEADERS_KEY,
+)
 from epp.errors import EppError
 
 __all__ = [
@@ -89,12 +93,15 @@ def routing_response(
     on_body: bool,
     remove: Iterable[str] = (),
     body_unmetered: bool = False,
+    client_headers: Iterable[tuple[str, str]] = (),
 ) -> ProcessingResponse:
     """The answer that routes a request: header mutation, route cache cleared, metadata.
 
     It rides on the request-headers answer (full duplex, or a request without a body)
     or, ``on_body``, on the answer to a buffered body. ``remove``: headers to take off.
     ``body_unmetered``: tell LOGGED mode's response meter to leave the body alone.
+    ``client_headers``: headers for the response, for the Lua script that sets them
+    where Envoy sends epp no response headers.
     """
     response = ProcessingResponse()
     phase = response.request_body if on_body else response.request_headers
@@ -108,11 +115,17 @@ def routing_response(
         response.dynamic_metadata.get_or_create_struct(METADATA_NAMESPACE)[BODY_UNMETERED_KEY] = (
             True
         )
+    if client_headers:
+        told = response.dynamic_metadata.get_or_create_struct(METADATA_NAMESPACE)
+        wanted = told.get_or_create_struct(RESPONSE_HEADERS_KEY)
+        for name, value in client_headers:
+            wanted[name] = value
     return response
 
 
 class RoutingResponses:
-    """Routing answers, built once per (destination, model, phase) and then reused.
+    """Routing answers, built once per (destination, model, phase, what the response
+    scripts are told) and then reused.
 
     An empty destination (body-based routing) sets only the model header. A routing
     header epp does not set is removed, so a client's copy never reaches a route or a
@@ -125,12 +138,20 @@ class RoutingResponses:
 
     def __init__(self, max_entries: int = 4096) -> None:
         self._max_entries = max_entries
-        self._cache: dict[tuple[str, str, bool, bool], ProcessingResponse] = {}
+        self._cache: dict[
+            tuple[str, str, bool, bool, tuple[tuple[str, str], ...]], ProcessingResponse
+        ] = {}
 
     def get(
-        self, destination: str, model: str, *, on_body: bool, body_unmetered: bool = False
+        self,
+        destination: str,
+        model: str,
+        *,
+        on_body: bool,
+        body_unmetered: bool = False,
+        client_headers: tuple[tuple[str, str], ...] = (),
     ) -> ProcessingResponse:
-        key = (destination, model, on_body, body_unmetered)
+        key = (destination, model, on_body, body_unmetered, client_headers)
         response = self._cache.get(key)
         if response is None:
             headers = [(DESTINATION_HEADER, destination)] if destination else []
@@ -142,7 +163,12 @@ class RoutingResponses:
                 if not value
             ]
             response = routing_response(
-                headers, destination, on_body=on_body, remove=remove, body_unmetered=body_unmetered
+                headers,
+                destination,
+                on_body=on_body,
+                remove=remove,
+                body_unmetered=body_unmetered,
+                client_headers=client_headers,
             )
             if len(self._cache) >= self._max_entries:
                 self._cache.clear()

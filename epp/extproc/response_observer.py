@@ -61,6 +61,8 @@ class LoggedResponse:
     body_bytes: int
     usage: Usage | None
     completed: bool  # neither side reset the stream or went away before its end
+    status: int | None = None  # the response's HTTP status (None: no response)
+    upstream: str | None = None  # "host:port" of the endpoint that served it, if any
 
 
 class ObservedStream(Protocol):

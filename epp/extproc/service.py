@@ -19,7 +19,12 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingRequest, 
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2_grpc
 
-from epp.envoy_response_meter import BODY_CHUNK_METADATA, RESPONSE_READINGS_METADATA
+from epp.envoy_response_meter import (
+    BODY_CHUNK_METADATA,
+    RESPONSE_HEADERS_METADATA,
+    RESPONSE_HEADERS_SKIPPED,
+    RESPONSE_READINGS_METADATA,
+)
 from epp.extproc.access_log import AccessLogReceiver, access_log_handler
 from epp.extproc.body_budget import BodyBudget
 from epp.extproc.messages import MAX_STREAMED_CHUNK_BYTES, RoutingResponses
@@ -58,6 +63,7 @@ class ExternalProcessor(external_processor_pb2_grpc.ExternalProcessorServicer): 
         # meter reads bodies (LOGGED), and the largest body chunk it takes back.
         self._settled = False
         self._envoy_meter = False
+        self._headers_skipped = False
         self._body_chunk_bytes = MAX_STREAMED_CHUNK_BYTES
         # Above this a chunk could not be sent (gRPC's send limit, less room for framing).
         self._body_chunk_ceiling = max(MAX_STREAMED_CHUNK_BYTES, body_chunk_ceiling)
@@ -92,6 +98,7 @@ class ExternalProcessor(external_processor_pb2_grpc.ExternalProcessorServicer): 
                 routing_responses=self._routing_responses,
                 inject_stream_usage=self._inject_stream_usage,
                 envoy_meters_usage=self._envoy_meter and not self._servers_add_stream_usage,
+                response_headers_skipped=self._headers_skipped,
                 body_chunk_bytes=self._body_chunk_bytes,
                 body_budget=self.body_budget,
                 observers=self.observers,
@@ -127,13 +134,17 @@ class ExternalProcessor(external_processor_pb2_grpc.ExternalProcessorServicer): 
     ) -> None:
         """Take what the stream's gRPC metadata says of its Envoy: response readings
         (``x-epp-response-readings``: the access log or observer brings them; ``logged``:
-        the Lua meter reads bodies) and the body chunk it takes back. Once a stream
-        carried either, never read again: this costs the first streams only (all of them
-        behind an Envoy that sends neither, a gateway's)."""
+        the Lua meter reads bodies), response headers skipped (``x-epp-response-headers``)
+        and the body chunk it takes back. Once a stream carried any, never read again:
+        this costs the first streams only (all of them behind an Envoy that sends none,
+        a gateway's)."""
         for key, value in context.invocation_metadata() or ():
             if key == RESPONSE_READINGS_METADATA:
                 self.observers.present = True
                 self._envoy_meter = value == "logged"
+                self._settled = True
+            elif key == RESPONSE_HEADERS_METADATA:
+                self._headers_skipped = value == RESPONSE_HEADERS_SKIPPED
                 self._settled = True
             elif key == BODY_CHUNK_METADATA:
                 self._settled = True

@@ -108,6 +108,7 @@ class RequestStream:
         default_body_mode: int = _FULL_DUPLEX,
         inject_stream_usage: bool = False,
         envoy_meters_usage: bool = False,
+        response_headers_skipped: bool = False,
         body_chunk_bytes: int = messages.MAX_STREAMED_CHUNK_BYTES,
         body_budget: BodyBudget = _UNLIMITED,
         observers: ResponseObservers | None = None,
@@ -124,6 +125,9 @@ class RequestStream:
         self._inject_stream_usage = inject_stream_usage
         # LOGGED mode: Envoy's Lua meter reads bodies for usage unless told not to.
         self._envoy_meters_usage = envoy_meters_usage
+        # Envoy sends no response headers (RESPONSE_HEADERS_METADATA): epp's headers for
+        # the client go in the routing answer's metadata, the status comes in the log.
+        self._headers_skipped = response_headers_skipped
         # The largest body chunk this stream's Envoy takes back (see BODY_CHUNK_METADATA).
         self._body_chunk_bytes = body_chunk_bytes
         self._routing_responses = routing_responses or messages.RoutingResponses()
@@ -236,7 +240,8 @@ class RequestStream:
         return (
             not self._logged
             and decision is not None
-            and decision.response.status is not None
+            # Without response headers only the access log can say a response came.
+            and (decision.response.status is not None or self._headers_skipped)
             and not decision.response.completed
             and self._observers is not None
             and self._observers.present
@@ -487,8 +492,20 @@ class RequestStream:
             and wants_usage_option(self.headers.get(":path", ""))
         )
         return self._routing_responses.get(
-            decision.destination, decision.model, on_body=on_body, body_unmetered=unmetered
+            decision.destination,
+            decision.model,
+            on_body=on_body,
+            body_unmetered=unmetered,
+            client_headers=self._client_headers(decision) if self._headers_skipped else (),
         )
+
+    def _client_headers(self, decision: RoutingDecision) -> tuple[tuple[str, str], ...]:
+        """The headers epp adds to the response the client gets."""
+        headers = (*decision.response_headers, *self._director.response_headers(decision))
+        if decision.fallback_from:
+            fallback = f"{decision.fallback_from} -> {decision.target_model}"
+            return (*headers, (messages.MODEL_FALLBACK_HEADER, fallback))
+        return headers
 
     # -- response side ------------------------------------------------------------------
 
@@ -509,14 +526,7 @@ class RequestStream:
                 if self._usage_added and head.streamed:
                     self._stripper = UsageEventStripper()
             self._director.response_started(decision)
-            headers = [*decision.response_headers, *self._director.response_headers(decision)]
-            if decision.fallback_from:
-                headers.append(
-                    (
-                        messages.MODEL_FALLBACK_HEADER,
-                        f"{decision.fallback_from} -> {decision.target_model}",
-                    )
-                )
+            headers = self._client_headers(decision)
             if headers:
                 return (messages.response_headers_response(headers),)
         return (messages.empty_response_headers_response(),)
@@ -574,7 +584,15 @@ class RequestStream:
         if self.decision is None or self._watcher is not None or self._logged:
             return
         self._logged = True
-        response = self.decision.response
+        decision = self.decision
+        response = decision.response
+        if response.status is None and logged.status is not None:
+            # Envoy skipped the response headers: the log is where the response shows.
+            response.status = logged.status
+            # An OpenAI server streams what was asked to stream (SSE), whatever the path.
+            response.streamed = decision.request.stream
+            response.served_endpoint = logged.upstream
+            self._director.response_started(decision)
         # Envoy counts from when it received the request, a moment before epp did.
         if logged.first_token_s is not None and response.first_token_at is None:
             response.first_token_at = self._received_at + logged.first_token_s

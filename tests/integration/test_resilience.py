@@ -90,6 +90,41 @@ def test_a_failing_endpoint_is_avoided_with_growing_backoff_then_healed(rig: Rig
         wait_until(lambda: rig.epp_log_count(first) == 2, "a fresh first ejection")
 
 
+@pytest.mark.parametrize("mode", ["LOGGED", "TIMED"])
+def test_without_response_headers_the_access_log_counts_a_5xx_and_a_script_adds_headers(
+    rig: Rig, mode: str
+) -> None:
+    # LOGGED and TIMED as `epp envoy-config` prints them: Envoy sends epp no response
+    # headers. The status comes with the access log entry, and epp's headers for the
+    # client go through a Lua script (the meter's, or TIMED's headers-only one).
+    (big,) = rig.sims("sim-big", ["big"])
+    (small,) = rig.sims("sim-small", ["small"])
+    grpc_port = rig.start_epp(
+        {big: "big", small: "small"},
+        "--model-fallback",
+        "big=small",
+        "--failure-backoff",
+        "1h",
+        "--failure-max-backoff",
+        "1h",
+    )
+    url = rig.start_envoy(grpc_port, response_body_mode=mode)
+    set_faults(big, status=503)
+    with httpx.Client(base_url=url, timeout=30) as client:
+        failed = client.post("/v1/chat/completions", json=chat("big", "hi", max_tokens=2))
+        assert failed.status_code == 503 and failed.headers["x-sim-pod"] == big
+        # Counted once Envoy's entry arrives (batches go every 0.1 s), not before.
+        wait_until(lambda: rig.metric("epp_endpoint_unhealthy", big) == 1, "the 503 counted")
+        fell_back = client.post("/v1/chat/completions", json=chat("big", "hi", max_tokens=2))
+        assert fell_back.status_code == 200 and fell_back.headers["x-sim-pod"] == small
+        assert fell_back.headers["x-gateway-model-fallback"] == "big -> small"
+        plain = client.post("/v1/chat/completions", json=chat("small", "hi", max_tokens=2))
+        assert plain.status_code == 200 and "x-gateway-model-fallback" not in plain.headers
+    wait_until(
+        lambda: rig.metric("epp_endpoint_inflight_requests", small) == 0, "the load released"
+    )
+
+
 def test_a_client_that_leaves_before_the_response_does_not_count(rig: Rig) -> None:
     (pod,) = rig.sims("sim", ["m"], "--max-num-seqs", "1")
     url = rig.start_envoy(rig.start_epp({pod: "m"}))

@@ -55,7 +55,8 @@ def test_response_bodies_are_measured_by_envoy_by_default() -> None:
 
 
 def test_the_served_endpoint_reaches_epp_in_envoy_lb_metadata() -> None:
-    bootstrap = envoy_bootstrap()
+    # Where the routing filter gets response headers: with them, in envoy.lb metadata.
+    bootstrap = envoy_bootstrap(send_response_headers=True)
     route_config = _manager(bootstrap)["route_config"]
     (added,) = route_config["response_headers_to_add"]
     assert added["header"] == {
@@ -70,15 +71,54 @@ def test_the_served_endpoint_reaches_epp_in_envoy_lb_metadata() -> None:
     assert rule["remove"] is True  # the client never sees the header
     forwarded = _ext_proc(bootstrap)["metadata_options"]["forwarding_namespaces"]
     assert forwarded == {"untyped": ["envoy.lb"]}
-    quiet = envoy_bootstrap(report_served_endpoint=False)
+    quiet = envoy_bootstrap(report_served_endpoint=False, send_response_headers=True)
     assert "response_headers_to_add" not in _manager(quiet)["route_config"]
     # What LOGGED mode lets epp tell its Lua meter, and nothing else.
     assert _ext_proc(quiet)["metadata_options"] == {
         "receiving_namespaces": {"untyped": ["epp.response"]}
     }
-    timed = envoy_bootstrap(report_served_endpoint=False, response_body_mode="TIMED")
+    timed = envoy_bootstrap(
+        report_served_endpoint=False, response_body_mode="TIMED", send_response_headers=True
+    )
     assert "metadata_options" not in _ext_proc(timed)
     assert "epp.served_endpoint" not in [f["name"] for f in _filters(quiet)]
+    # Without response headers (LOGGED and TIMED by default) the access log's upstream
+    # address is the report: none of the above.
+    for mode in ("LOGGED", "TIMED"):
+        skipped = envoy_bootstrap(response_body_mode=mode)
+        assert "response_headers_to_add" not in _manager(skipped)["route_config"]
+        assert "epp.served_endpoint" not in [f["name"] for f in _filters(skipped)]
+        assert "forwarding_namespaces" not in _ext_proc(skipped)["metadata_options"]
+
+
+@pytest.mark.parametrize(
+    ("mode", "script"), [("LOGGED", "epp.response_meter"), ("TIMED", "epp.response_headers")]
+)
+def test_logged_and_timed_skip_response_headers_and_a_script_sets_epps(
+    mode: str, script: str
+) -> None:
+    bootstrap = envoy_bootstrap(response_body_mode=mode)
+    routing = _ext_proc(bootstrap)
+    assert routing["processing_mode"]["response_header_mode"] == "SKIP"
+    # The stream still lasts as long as the response: its end releases the load.
+    assert routing["processing_mode"]["response_trailer_mode"] == "SEND"
+    assert {"key": "x-epp-response-headers", "value": "skipped"} in routing["grpc_service"][
+        "initial_metadata"
+    ]
+    # epp's headers for the client reach the script through this namespace.
+    assert routing["metadata_options"] == {"receiving_namespaces": {"untyped": ["epp.response"]}}
+    filters = _filters(bootstrap)
+    assert [f["name"] for f in filters] == [
+        "envoy.filters.http.ext_proc",
+        script,
+        "envoy.filters.http.router",
+    ]
+    source = filters[1]["typed_config"]["default_source_code"]["inline_string"]
+    assert 'told["response_headers"]' in source and "headers:replace(name, value)" in source
+    assert "envoy_on_request" not in source  # nothing on the request path
+    sent = _ext_proc(envoy_bootstrap(response_body_mode=mode, send_response_headers=True))
+    assert sent["processing_mode"]["response_header_mode"] == "SEND"
+    assert "x-epp-response-headers" not in str(sent["grpc_service"]["initial_metadata"])
 
 
 def test_observed_response_bodies_go_to_an_observing_filter() -> None:
@@ -110,7 +150,7 @@ def test_observed_response_bodies_go_to_an_observing_filter() -> None:
 
 
 def test_logged_responses_are_measured_by_envoy_and_sent_with_its_access_log() -> None:
-    bootstrap = envoy_bootstrap(response_body_mode="LOGGED")
+    bootstrap = envoy_bootstrap(response_body_mode="LOGGED", send_response_headers=True)
     filters = _filters(bootstrap)
     assert [f["name"] for f in filters] == [
         "envoy.filters.http.ext_proc",
@@ -136,7 +176,7 @@ def test_logged_responses_are_measured_by_envoy_and_sent_with_its_access_log() -
 
 
 def test_timed_responses_have_no_script_and_an_access_log_that_times_the_body() -> None:
-    bootstrap = envoy_bootstrap(response_body_mode="TIMED")
+    bootstrap = envoy_bootstrap(response_body_mode="TIMED", send_response_headers=True)
     assert [f["name"] for f in _filters(bootstrap)] == [
         "envoy.filters.http.ext_proc",
         "epp.served_endpoint",

@@ -19,9 +19,15 @@ def routed(
     *,
     request_id: str = "req-1",
     response_body_mode: int = ProcessingMode.NONE,
+    response_headers_skipped: bool = False,
 ) -> RequestStream:
     """A stream that routed a streamed chat request and waits for its response."""
-    stream = RequestStream(director, max_body_bytes=1 << 20, observers=observers)
+    stream = RequestStream(
+        director,
+        max_body_bytes=1 << 20,
+        observers=observers,
+        response_headers_skipped=response_headers_skipped,
+    )
     stream.handle(
         headers_message(extra={"x-request-id": request_id}, response_body_mode=response_body_mode)
     )

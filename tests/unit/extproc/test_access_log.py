@@ -225,3 +225,74 @@ def test_an_entry_for_no_waiting_stream_or_two_is_counted_unmatched(
 
     asyncio.run(scenario())
     assert observers.unmatched == 2
+
+
+def test_an_entry_gives_the_status_and_the_endpoint_that_served() -> None:
+    log = entry()
+    log.response.response_code.value = 503
+    upstream = log.common_properties.upstream_remote_address.socket_address
+    upstream.address, upstream.port_value = "10.0.0.7", 8000
+    logged = logged_response(log)
+    assert (logged.status, logged.upstream) == (503, "10.0.0.7:8000")
+    upstream.address = "fd00::1"  # written as Envoy writes an IPv6 upstream address
+    assert logged_response(log).upstream == "[fd00::1]:8000"
+    # No response (the client left first: Envoy logs 0), nothing upstream, or junk.
+    assert logged_response(entry()).status is None
+    assert logged_response(entry()).upstream is None
+    for code in (0, 99, 600, 4_000_000_000):
+        log.response.response_code.value = code
+        assert logged_response(log).status is None
+    upstream.address = "9" * 100_000  # bounded before it becomes a string
+    assert len(logged_response(log).upstream or "") <= 64 + len(":8000") + 2
+    upstream.port_value = 0
+    assert logged_response(log).upstream is None
+
+
+def test_without_response_headers_the_entry_is_where_the_response_shows(
+    director: Director, recorded: list[FinishedRequest]
+) -> None:
+    # LOGGED and TIMED as `epp envoy-config` prints them: Envoy sends the routing stream
+    # no response headers, so until the entry comes epp knows nothing of the response.
+    observers = ResponseObservers(linger_s=60.0)
+    observers.present = True
+    log = entry()
+    log.response.response_code.value = 503
+    upstream = log.common_properties.upstream_remote_address.socket_address
+    upstream.address, upstream.port_value = "10.0.0.7", 8000
+
+    async def scenario() -> None:
+        stream = routed(director, observers, response_headers_skipped=True)
+        decision = stream.decision
+        assert decision is not None
+        stream.close()  # the response ended: the load is released, the entry awaited
+        assert decision.finished and recorded == []
+        assert not director.health.in_backoff(decision.endpoints[0])
+        observers.logged("req-1", logged_response(log))
+        # The 503 counts against the endpoint as it would have at the response headers.
+        assert director.health.in_backoff(decision.endpoints[0])
+
+    asyncio.run(scenario())
+    (finished,) = recorded
+    response = finished.decision.response  # type: ignore[union-attr]
+    assert response.status == 503 and response.streamed  # the request asked to stream
+    assert response.served_endpoint == "10.0.0.7:8000"
+    assert len(observers) == 0
+
+
+def test_without_response_headers_a_lost_entry_still_records_the_request(
+    director: Director, recorded: list[FinishedRequest]
+) -> None:
+    observers = ResponseObservers(linger_s=0.01)
+    observers.present = True
+
+    async def scenario() -> None:
+        stream = routed(director, observers, response_headers_skipped=True)
+        stream.close()
+        assert recorded == []
+        # A timer due after the linger's: the loop runs the linger's first.
+        await asyncio.sleep(0.05)
+
+    asyncio.run(scenario())
+    (finished,) = recorded
+    assert finished.decision.response.status is None  # type: ignore[union-attr]
+    assert len(observers) == 0

@@ -15,9 +15,11 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
     ProcessingResponse,
 )
 
+from epp.director import Director
 from epp.extproc.service import create_grpc_server
 from epp.observability import metrics
-from tests.unit.directors import POD_A, director_over, fresh_store
+from epp.requestcontrol.fallback import ModelFallbacks
+from tests.unit.directors import POD_A, POD_B, director_over, fresh_store
 from tests.unit.extproc.envoy_messages import body_message, headers_message
 
 METHOD = "/envoy.service.ext_proc.v3.ExternalProcessor/Process"
@@ -156,11 +158,14 @@ async def test_a_message_over_the_configured_limit_is_refused() -> None:
 
 
 async def routed(
-    body: bytes, metadata: tuple[tuple[str, str], ...], **server_options: Any
+    body: bytes,
+    metadata: tuple[tuple[str, str], ...],
+    director: Director | None = None,
+    **server_options: Any,
 ) -> list[ProcessingResponse]:
-    """One chat request (headers, then ``body``) through a fresh epp over POD_A, its
-    routing stream opened with gRPC ``metadata``: epp's answers."""
-    director = director_over(fresh_store({POD_A: {"m"}}))
+    """One chat request (headers, then ``body``) through a fresh epp (by default over
+    POD_A), its routing stream opened with gRPC ``metadata``: epp's answers."""
+    director = director or director_over(fresh_store({POD_A: {"m"}}))
     server, port = create_grpc_server(
         director, address="127.0.0.1:0", max_body_bytes=1 << 20, **server_options
     )
@@ -204,6 +209,30 @@ async def test_the_lua_meter_is_told_to_skip_streams_without_usage_only_in_logge
     (routing,) = [a for a in answers if a.WhichOneof("response") == "request_headers"]
     assert routing.dynamic_metadata["envoy.lb"]["x-gateway-destination-endpoint"] == POD_A
     assert ("epp.response" in routing.dynamic_metadata) is told
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(("skipped", "told"), [("skipped", True), (None, False), ("sent", False)])
+async def test_headers_for_the_client_ride_on_the_routing_answer_where_envoy_skips_them(
+    skipped: str | None, told: bool
+) -> None:
+    """``x-epp-response-headers: skipped`` (LOGGED and TIMED as `epp envoy-config` prints
+    them) says no response headers will come on this stream: epp's headers for the
+    client go to Envoy's Lua script in the routing answer's metadata."""
+    store = fresh_store({POD_A: {"big"}, POD_B: {"small"}})
+    big = store.get(POD_A)
+    assert big is not None
+    big.scrape_failures = 99  # not ready: "big" falls back to "small"
+    director = director_over(store, fallbacks=ModelFallbacks({"big": ["small"]}))
+    metadata = () if skipped is None else (("x-epp-response-headers", skipped),)
+    answers = await routed(b'{"model": "big", "prompt": "hi"}', metadata, director)
+    (routing,) = [a for a in answers if a.WhichOneof("response") == "request_headers"]
+    assert routing.dynamic_metadata["envoy.lb"]["x-gateway-destination-endpoint"] == POD_B
+    if told:
+        wanted = routing.dynamic_metadata["epp.response"]["response_headers"]
+        assert dict(wanted) == {"x-gateway-model-fallback": "big -> small"}
+    else:
+        assert "epp.response" not in routing.dynamic_metadata
 
 
 @pytest.mark.asyncio

@@ -5,10 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from envoy.config.core.v3.base_pb2 import HeaderMap, HeaderValue
-from envoy.service.ext_proc.v3.external_processor_pb2 import HttpHeaders, ProcessingRequest
+from envoy.service.ext_proc.v3.external_processor_pb2 import (
+    HttpHeaders,
+    ProcessingRequest,
+    ProcessingResponse,
+)
+from google.protobuf.json_format import MessageToDict
 
 from epp.datalayer.store import EndpointStore
 from epp.director import Director
+from epp.envoy_response_meter import METADATA_NAMESPACE
 from epp.extproc.stream import RequestStream
 from epp.requestcontrol.fallback import ModelFallbacks
 from tests.unit.directors import POD_A, POD_B, director_over, fresh_store
@@ -39,6 +45,14 @@ def routed_stream(director: Director) -> RequestStream:
     return stream
 
 
+def told_scripts(answer: ProcessingResponse) -> dict[str, Any]:
+    """What a routing answer tells Envoy's Lua scripts (the epp.response namespace)."""
+    fields = answer.dynamic_metadata.fields
+    if METADATA_NAMESPACE not in fields:
+        return {}
+    return MessageToDict(fields[METADATA_NAMESPACE].struct_value)
+
+
 def test_a_fallback_is_named_on_the_response_headers() -> None:
     director, store = make()
     big = store.get(BIG)
@@ -49,6 +63,29 @@ def test_a_fallback_is_named_on_the_response_headers() -> None:
     (answer,) = stream.handle(response_headers(200))
     assert set_headers(answer, "response_headers") == {"x-gateway-model-fallback": "big -> small"}
     stream.close()
+
+
+def test_where_envoy_skips_response_headers_the_fallback_rides_on_the_routing_answer() -> None:
+    director, store = make()
+    big = store.get(BIG)
+    assert big is not None
+    big.scrape_failures = 99
+    stream = RequestStream(director, max_body_bytes=1 << 20, response_headers_skipped=True)
+    stream.handle(headers_message())
+    head, _body = stream.handle(body_message(BODY, end_of_stream=True))
+    assert told_scripts(head) == {"response_headers": {"x-gateway-model-fallback": "big -> small"}}
+    stream.close()
+    # Nothing to tell without a fallback; and nothing where Envoy sends response headers.
+    plain = RequestStream(make()[0], max_body_bytes=1 << 20, response_headers_skipped=True)
+    plain.handle(headers_message())
+    head, _body = plain.handle(body_message(BODY, end_of_stream=True))
+    assert told_scripts(head) == {}
+    plain.close()
+    sent = RequestStream(director, max_body_bytes=1 << 20)
+    sent.handle(headers_message())
+    head, _body = sent.handle(body_message(BODY, end_of_stream=True))
+    assert told_scripts(head) == {}
+    sent.close()
 
 
 def test_no_fallback_no_header() -> None:
