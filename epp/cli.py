@@ -75,10 +75,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="LOGGED",
         help="LOGGED: Envoy measures time to first token and reads usage itself "
         "(a Lua filter) and its gRPC access log tells epp, many requests per "
-        "message; TIMED: no Lua filter, the access log brings Envoy's own time of "
-        "the first body byte as time to first token, and no usage (about 1 ms less "
-        "of Envoy's CPU per request); OBSERVED: a second, observing ext_proc filter "
-        "copies response bodies to epp (Envoy never waits for it; ~1.5x LOGGED's CPU); "
+        "message; TIMED: no Lua meter, the access log brings Envoy's own time of "
+        "the first body byte as time to first token, and no usage; OBSERVED: a "
+        "second, observing ext_proc filter copies response bodies to epp (Envoy never "
+        "waits for it; ~1.5x LOGGED's CPU); "
         "FULL_DUPLEX_STREAMED: responses stream through epp's routing stream "
         "(also restores rewritten model names, strips --inject-stream-usage's "
         "event; ~2x LOGGED's CPU); NONE: bodies never reach epp (no usage or TTFT)",

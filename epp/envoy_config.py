@@ -43,7 +43,7 @@ BODY_MODES = ("FULL_DUPLEX_STREAMED", "BUFFERED")
 # How response bodies reach epp: OBSERVED (a second ext_proc filter in observability
 # mode sends them and never waits for epp), LOGGED (Envoy measures them itself, with a
 # Lua script, and its gRPC access log brings the readings to epp in batches), TIMED
-# (no script: the access log brings Envoy's own time of the first body byte, and no
+# (no meter: the access log brings Envoy's own time of the first body byte, and no
 # usage), FULL_DUPLEX_STREAMED (through the routing stream, each chunk echoed back:
 # what model-name restoring and usage stripping need), or NONE (not at all).
 RESPONSE_BODY_MODES = ("OBSERVED", "LOGGED", "TIMED", "FULL_DUPLEX_STREAMED", "NONE")
@@ -169,10 +169,9 @@ def envoy_bootstrap(
     LOGGED (the default) has Envoy measure time to first token and read usage itself
     (:mod:`epp.envoy_response_meter`) and send them with its gRPC access log, many
     requests per message: the cheapest mode that still sees tokens and TTFT. TIMED drops
-    the script: the access log brings Envoy's own time of the response body's first
+    the meter: the access log brings Envoy's own time of the response body's first
     byte (time to first token, to the microsecond, but a Responses API stream's
-    response.created event counts as its first token) and no usage, for about 1 ms
-    less of Envoy's CPU per request (``benchmarks/routing``). OBSERVED
+    response.created event counts as its first token) and no usage. OBSERVED
     copies response bodies to epp through a second ext_proc filter
     in observability mode: epp reads their usage and time to first token, and Envoy never
     waits for it; FULL_DUPLEX_STREAMED streams them through the routing stream, each chunk

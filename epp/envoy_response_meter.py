@@ -86,7 +86,7 @@ BODY_UNMETERED_KEY = "body_unmetered"
 # on the response (a session token, the model fallback or selected model header).
 RESPONSE_HEADERS_KEY = "response_headers"
 
-# ``--response-body-mode TIMED`` runs no script: Envoy's access log itself carries, as a
+# ``--response-body-mode TIMED`` runs no meter: Envoy's access log itself carries, as a
 # custom tag, the microseconds from the request's first byte to the response body's
 # first byte (the US_RX_BODY_BEG time point, Envoy >= 1.37). A model server sends its
 # headers before it has a token and the body with the first one, so that is the time
