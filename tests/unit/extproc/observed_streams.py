@@ -13,6 +13,15 @@ from tests.unit.extproc.envoy_messages import body_message, headers_message
 CHAT = orjson.dumps({"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
 
 
+def announced(linger_s: float) -> ResponseObservers:
+    """Observers whose readings a routing stream waits for (its Envoy said they come:
+    the routing filter's stream metadata, or an observing stream seen before), for
+    ``linger_s`` after it closes."""
+    observers = ResponseObservers(linger_s=linger_s)
+    observers.present = True
+    return observers
+
+
 def routed(
     director: Director,
     observers: ResponseObservers,

@@ -29,7 +29,7 @@ from epp.extproc.lenient_access_log import LenientAccessLogs
 from epp.extproc.response_observer import LoggedResponse, ResponseObservers
 from epp.observability.metrics import REGISTRY
 from epp.observability.request_metrics import FinishedRequest
-from tests.unit.extproc.observed_streams import routed
+from tests.unit.extproc.observed_streams import announced, routed
 
 STARTED_MS = 1_800_000_000_123
 
@@ -160,8 +160,7 @@ def _response_headers(stream_handle: object) -> None:
 def test_a_routing_stream_records_with_the_readings_its_entry_brings(
     director: Director, recorded: list[FinishedRequest]
 ) -> None:
-    observers = ResponseObservers(linger_s=60.0)
-    observers.present = True  # the routing filter's stream metadata said so
+    observers = announced(linger_s=60.0)
 
     async def scenario() -> None:
         stream = routed(director, observers)
@@ -183,8 +182,7 @@ def test_a_routing_stream_records_with_the_readings_its_entry_brings(
 def test_an_entry_read_before_the_routing_stream_closed_is_kept(
     director: Director, recorded: list[FinishedRequest]
 ) -> None:
-    observers = ResponseObservers(linger_s=60.0)
-    observers.present = True
+    observers = announced(linger_s=60.0)
 
     async def scenario() -> None:
         stream = routed(director, observers)
@@ -253,8 +251,7 @@ def test_without_response_headers_the_entry_is_where_the_response_shows(
 ) -> None:
     # LOGGED and TIMED as `epp envoy-config` prints them: Envoy sends the routing stream
     # no response headers, so until the entry comes epp knows nothing of the response.
-    observers = ResponseObservers(linger_s=60.0)
-    observers.present = True
+    observers = announced(linger_s=60.0)
     log = entry()
     log.response.response_code.value = 503
     upstream = log.common_properties.upstream_remote_address.socket_address
@@ -282,8 +279,7 @@ def test_without_response_headers_the_entry_is_where_the_response_shows(
 def test_without_response_headers_a_lost_entry_still_records_the_request(
     director: Director, recorded: list[FinishedRequest]
 ) -> None:
-    observers = ResponseObservers(linger_s=0.01)
-    observers.present = True
+    observers = announced(linger_s=0.01)
 
     async def scenario() -> None:
         stream = routed(director, observers, response_headers_skipped=True)

@@ -21,7 +21,7 @@ from epp.director import Director
 from epp.extproc.response_observer import ResponseObservers, request_id_of
 from epp.observability.request_metrics import FinishedRequest
 from tests.unit.extproc.envoy_messages import FULL_DUPLEX
-from tests.unit.extproc.observed_streams import routed
+from tests.unit.extproc.observed_streams import announced, routed
 
 TOKEN = b'data: {"choices":[{"delta":{"content":"t"}}]}\n\n'
 USAGE = (
@@ -215,8 +215,7 @@ def test_an_observer_read_after_the_routing_stream_closed_still_counts(
 ) -> None:
     # A short response: Envoy ends the routing stream right after sending the observing
     # stream's messages, and epp may read the close first.
-    observers = ResponseObservers(linger_s=60.0)
-    observers.present = True  # an observing stream has been seen before
+    observers = announced(linger_s=60.0)
 
     async def scenario() -> None:
         stream = routed(director, observers)
@@ -244,8 +243,7 @@ def test_an_observer_read_after_the_routing_stream_closed_still_counts(
 def test_a_routing_stream_gives_up_on_an_observer_that_never_comes(
     director: Director, recorded: list[FinishedRequest]
 ) -> None:
-    observers = ResponseObservers(linger_s=0.0)
-    observers.present = True
+    observers = announced(linger_s=0.0)
 
     async def scenario() -> None:
         stream = routed(director, observers)
