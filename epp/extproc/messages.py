@@ -243,11 +243,19 @@ def streamed_response_body_echo(body: bytes, *, end_of_stream: bool) -> Processi
     return response
 
 
-def with_body(routing: ProcessingResponse, body: bytes) -> ProcessingResponse:
-    """A copy of a buffered-mode routing answer that also replaces the request body."""
+def with_body(routing: ProcessingResponse, body: bytes, *, had_length: bool) -> ProcessingResponse:
+    """A copy of a buffered-mode routing answer that also replaces the request body.
+
+    ``had_length``: the request came with a content-length, which must then say the new
+    body's length (Envoy 1.40 answers 503 to a buffered body mutation that does not
+    match it); a chunked request gets none.
+    """
     response = ProcessingResponse()
     response.CopyFrom(routing)
-    response.request_body.response.body_mutation.body = body
+    common = response.request_body.response
+    common.body_mutation.body = body
+    if had_length:
+        _set_headers(common.header_mutation, (("content-length", str(len(body))),))
     return response
 
 

@@ -429,7 +429,9 @@ class RequestStream:
         if self._body_mode != _FULL_DUPLEX:
             response = self._routing_response(on_body=True)
             if changed:
-                response = messages.with_body(response, bytes(body))
+                response = messages.with_body(
+                    response, bytes(body), had_length="content-length" in self.headers
+                )
             self._drop_body()
             return (response,)
         # No content-length: Envoy 1.40 drops it in full duplex and sends the body chunked.
