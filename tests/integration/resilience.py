@@ -79,10 +79,18 @@ class Rig:
         )
         return grpc_port
 
-    def start_envoy(self, grpc_port: int, *, response_body_mode: str = "NONE") -> str:
+    def start_envoy(
+        self,
+        grpc_port: int,
+        *,
+        response_body_mode: str = "NONE",
+        body_mode: str = "FULL_DUPLEX_STREAMED",
+    ) -> str:
         """Envoy in front of epp; returns its URL."""
         ports = EnvoyPorts(listen_port=free_port(), admin_port=free_port(), epp_port=grpc_port)
-        bootstrap = envoy_bootstrap(ports, response_body_mode=response_body_mode)
+        bootstrap = envoy_bootstrap(
+            ports, response_body_mode=response_body_mode, body_mode=body_mode
+        )
         envoy = start_envoy(
             bootstrap,
             admin_port=ports.admin_port,

@@ -90,13 +90,23 @@ def test_a_failing_endpoint_is_avoided_with_growing_backoff_then_healed(rig: Rig
         wait_until(lambda: rig.epp_log_count(first) == 2, "a fresh first ejection")
 
 
-@pytest.mark.parametrize("mode", ["LOGGED", "TIMED"])
+@pytest.mark.parametrize(
+    ("mode", "body_mode"),
+    [
+        ("LOGGED", "FULL_DUPLEX_STREAMED"),
+        ("TIMED", "BUFFERED"),
+        ("LOGGED", "BUFFERED"),
+        ("TIMED", "FULL_DUPLEX_STREAMED"),
+    ],
+)
 def test_without_response_headers_the_access_log_counts_a_5xx_and_a_script_adds_headers(
-    rig: Rig, mode: str
+    rig: Rig, mode: str, body_mode: str
 ) -> None:
     # LOGGED and TIMED as `epp envoy-config` prints them: Envoy sends epp no response
     # headers. The status comes with the access log entry, and epp's headers for the
-    # client go through a Lua script (the meter's, or TIMED's headers-only one).
+    # client go through a Lua script (the meter's, or TIMED's headers-only one), told in
+    # the metadata of the routing answer (on the request headers in full duplex, on the
+    # body when buffered, whose body is rewritten for the fallback model).
     (big,) = rig.sims("sim-big", ["big"])
     (small,) = rig.sims("sim-small", ["small"])
     grpc_port = rig.start_epp(
@@ -108,7 +118,7 @@ def test_without_response_headers_the_access_log_counts_a_5xx_and_a_script_adds_
         "--failure-max-backoff",
         "1h",
     )
-    url = rig.start_envoy(grpc_port, response_body_mode=mode)
+    url = rig.start_envoy(grpc_port, response_body_mode=mode, body_mode=body_mode)
     set_faults(big, status=503)
     with httpx.Client(base_url=url, timeout=30) as client:
         failed = client.post("/v1/chat/completions", json=chat("big", "hi", max_tokens=2))
