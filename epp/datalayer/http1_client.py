@@ -19,7 +19,10 @@ connection when a *reused* one turns out closed before any byte of the answer ar
 (the server's idle close racing our write; a GET is safe to repeat), and a deadline on
 the whole call, connect included. A connection whose answer timed out, was malformed or
 was cancelled is closed, never reused: its next bytes could be the late answer to the
-old poll.
+old poll. Deadlines of requests under way are checked by one timer every
+:data:`DEADLINE_SWEEP_S` for all of them, so a timeout fires up to that much late: a
+timer armed and cancelled per request cost about a fifth of a poll's CPU at 256 pods
+(``benchmarks/bench_scrape_fleet.py``).
 
 Example::
 
@@ -44,6 +47,8 @@ __all__ = ["ConnectionDropped", "Http1Client", "Response", "ResponseCallback", "
 DEFAULT_KEEPALIVE_S = 4.0
 # The polling task, plus an occasional scrape_once of the same pod.
 DEFAULT_MAX_IDLE_PER_ADDRESS = 2
+# How often the deadlines of requests under way are checked (how late a timeout can be).
+DEADLINE_SWEEP_S = 0.05
 
 
 class Response(NamedTuple):
@@ -58,6 +63,7 @@ class ConnectionDropped(ScrapeError):
 
 
 _Dropped = ConnectionDropped
+_NEVER = float("inf")
 # Called once per request: with the reader holding the whole response, or with the error.
 _Done = Callable[[ResponseReader | None, BaseException | None], None]
 # What start_get calls back with: the response, or the error (TimeoutError, ScrapeError).
@@ -67,15 +73,15 @@ ResponseCallback = Callable[[Response | None, BaseException | None], None]
 class _Connection(asyncio.Protocol):
     """One TCP connection to one pod; carries one request at a time."""
 
-    __slots__ = ("_done", "_reader", "_timer", "closed", "idle_since", "transport")
+    __slots__ = ("_done", "_reader", "closed", "deadline", "idle_since", "transport")
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.idle_since = 0.0
+        self.deadline = _NEVER  # loop.time() by which the request under way must end
         self._reader: ResponseReader | None = None
         self._done: _Done | None = None
-        self._timer: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol ------------------------------------------------------------
 
@@ -121,26 +127,17 @@ class _Connection(asyncio.Protocol):
 
     # -- one request -----------------------------------------------------------------
 
-    def request(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        data: bytes,
-        reader: ResponseReader,
-        deadline: float,
-        done: _Done,
-    ) -> None:
+    def request(self, data: bytes, reader: ResponseReader, deadline: float, done: _Done) -> None:
         """Send ``data``; ``done(reader, None)`` once ``reader`` holds the whole response,
-        or ``done(None, error)``. Called exactly once, unless :meth:`abandon` comes first."""
+        or ``done(None, error)``. Called exactly once, unless :meth:`abandon` comes first.
+        The client's deadline sweep calls :meth:`time_out` once ``deadline`` is past."""
         assert self.transport is not None and self._reader is None
         self._reader = reader
         self._done = done
-        # A timer handle rather than asyncio.timeout(): no context manager, no task
-        # bookkeeping, on a path taken 5,000 times a second at 256 pods.
-        self._timer = loop.call_at(deadline, self._time_out)
+        self.deadline = deadline
         self.transport.write(data)
 
-    def _time_out(self) -> None:
-        self._timer = None
+    def time_out(self) -> None:
         self._fail(TimeoutError())
 
     def _succeed(self, reader: ResponseReader) -> None:
@@ -158,9 +155,7 @@ class _Connection(asyncio.Protocol):
 
     def _finish(self) -> _Done | None:
         done, self._done, self._reader = self._done, None, None
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self.deadline = _NEVER
         return done
 
     def close(self) -> None:
@@ -203,6 +198,7 @@ class Http1Client:
         self._extra_headers = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
         self._idle: dict[str, list[_Connection]] = {}
         self._busy: set[_Connection] = set()
+        self._sweep: asyncio.TimerHandle | None = None  # the deadline check, while busy
         self._requests: dict[tuple[str, str], bytes] = {}
         self._closed = False
 
@@ -264,6 +260,8 @@ class Http1Client:
         reader = ResponseReader(self._max_body)
         busy = self._busy
         busy.add(connection)
+        if self._sweep is None:
+            self._sweep = loop.call_later(DEADLINE_SWEEP_S, self._sweep_deadlines, loop)
 
         def done(finished: ResponseReader | None, error: BaseException | None) -> None:
             busy.discard(connection)
@@ -274,8 +272,17 @@ class Http1Client:
                 self._release(address, connection, loop.time())
             callback(Response(finished.status, finished.reason, finished.body), None)
 
-        connection.request(loop, data, reader, now + timeout_s, done)
+        connection.request(data, reader, now + timeout_s, done)
         return True
+
+    def _sweep_deadlines(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Fail the requests whose deadline passed; again in a while if any is left."""
+        self._sweep = None
+        now = loop.time()
+        for connection in [c for c in self._busy if c.deadline <= now]:
+            connection.time_out()
+        if self._busy and not self._closed:
+            self._sweep = loop.call_later(DEADLINE_SWEEP_S, self._sweep_deadlines, loop)
 
     async def _exchange(
         self,
@@ -296,8 +303,10 @@ class Http1Client:
                     waiter.set_exception(error)
 
         self._busy.add(connection)
+        if self._sweep is None:
+            self._sweep = loop.call_later(DEADLINE_SWEEP_S, self._sweep_deadlines, loop)
         try:
-            connection.request(loop, data, reader, deadline, done)
+            connection.request(data, reader, deadline, done)
             await waiter
         except BaseException:
             connection.abandon()  # no-op unless cancelled mid-exchange
@@ -357,6 +366,9 @@ class Http1Client:
     async def aclose(self) -> None:
         """Close every connection; later calls to :meth:`get` fail."""
         self._closed = True
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         for idle in self._idle.values():
             for connection in idle:
                 connection.close()

@@ -198,20 +198,34 @@ async def test_an_idle_pod_is_polled_less_often_than_a_busy_one(
     assert store.get(idle.address).metrics.updated_at > 0  # type: ignore[union-attr]
 
 
+def _next_poll_due(poller: Any) -> float | None:
+    """When the poller's next poll is due: its own timer's time (spread polls) or the
+    grid's tick it is down for (polls in step); None while a poll is under way."""
+    if poller.timer is not None:
+        return float(poller.timer.when())
+    tick: float | None = poller.tick
+    return tick
+
+
 @pytest.mark.asyncio
-async def test_an_idle_pod_epp_sends_work_to_is_polled_at_once(pods: Any, wait_until: Any) -> None:
+@pytest.mark.parametrize("spread", [True, False])
+async def test_an_idle_pod_epp_sends_work_to_is_polled_at_once(
+    pods: Any, wait_until: Any, spread: bool
+) -> None:
     pod = await pods(always([with_length(IDLE_TEXT.encode())]))
     store = EndpointStore()
     store.replace([(pod.address, None)])
     endpoint = store.get(pod.address)
     assert endpoint is not None
-    scraper = MetricsScraper(store, interval_s=0.005, max_idle_interval_s=60.0)
+    scraper = MetricsScraper(store, interval_s=0.005, max_idle_interval_s=60.0, spread=spread)
     await scraper.start()
     poller = scraper._polls[endpoint]
     # Idle polls 5, 5, 10, 20, 40, 80, 160 ms apart; the next waits 320 ms, then 640 ms.
-    await wait_until(lambda: poller.idle_polls >= 7 and poller.timer is not None, "back-off")
-    assert poller.timer is not None
-    due = poller.timer.when()
+    await wait_until(
+        lambda: poller.idle_polls >= 7 and _next_poll_due(poller) is not None, "back-off"
+    )
+    due = _next_poll_due(poller)
+    assert due is not None
     seen = pod.requests
     endpoint.request_routed()  # what the director does when it routes a request here
     loop = asyncio.get_running_loop()
@@ -268,10 +282,16 @@ async def test_aligned_polls_share_one_tick(pods: Any, wait_until: Any) -> None:
                 f"{rounds} polls of each pod",
             )
             await wait_until(
-                lambda: all(p.timer is not None for p in scraper._polls.values()),
+                lambda: all(p.tick is not None for p in scraper._polls.values()),
                 "every endpoint waiting for its next poll",
             )
-            dues = {round(p.timer.when(), 6) for p in scraper._polls.values() if p.timer}
+            # One tick, and one timer for it: every poller is due on it.
+            dues = {p.tick for p in scraper._polls.values()}
             assert len(dues) == 1
+            (due,) = dues
+            assert due is not None
+            assert list(scraper._tick_timers) == [due]
+            assert round(scraper._tick_timers[due].when(), 6) == round(due, 6)
+            assert {id(p) for p in scraper._ticks[due]} == {id(p) for p in scraper._polls.values()}
     finally:
         await scraper.stop()
