@@ -143,7 +143,8 @@ def test_a_rewritten_buffered_body_says_its_new_length_if_the_request_said_one()
     # Envoy 1.40 answers 503 to a buffered body mutation that does not match the
     # content-length the request still carries; a chunked request has none to fix.
     body = chat_body("auto", "python?")
-    for extra, length in (({"content-length": str(len(body))}, True), ({}, False)):
+    declared: dict[str, str | bytes] = {"content-length": str(len(body))}
+    for extra, length in ((declared, True), ({}, False)):
         stream = RequestStream(make_director(pick_endpoints=False), max_body_bytes=1 << 20)
         stream.handle(headers_message(body_mode=BUFFERED, extra=extra))
         (answer,) = stream.handle(body_message(body, end_of_stream=True))
