@@ -330,7 +330,7 @@ def test_servers_that_add_usage_unasked_have_every_stream_read(
 def test_timed_mode_times_the_first_body_byte_and_reads_no_usage(
     timed: MeteredStack, piece: int
 ) -> None:
-    """TIMED: no Lua filter; Envoy's access log brings its own time of the body's first
+    """TIMED: no Lua meter; Envoy's access log brings its own time of the body's first
     byte (the pod sent its headers at once and the body after a pause), the end and
     the outcome. Usage is not read, even when the body carries it."""
     request_id = uuid.uuid4().hex
