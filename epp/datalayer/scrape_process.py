@@ -87,9 +87,10 @@ DEFAULT_NICE = 10
 _RESTART_MIN_S = 0.1
 _RESTART_MAX_S = 5.0
 _STABLE_AFTER_S = 60.0  # a child that lived this long resets the restart back-off
-# States applied per loop turn before the rest waits for the next turn: a backlog after
-# a stall is worked off in slices, never in one long callback.
-_STATES_PER_TURN = 128
+# States applied per loop turn before the rest waits for the next turn (the child's
+# frames hold at most as many): a tick's 256 states, or a backlog after a stall, are
+# worked off in slices of about 50 µs, never in one long callback.
+_STATES_PER_TURN = 32
 _ADD_PER_FRAME = 4096
 # The directory that holds the epp package this module came from: the child imports
 # the same code, whatever its working directory.

@@ -18,6 +18,8 @@ count wrong, and the parent's copy is exactly the child's after each frame.
 ``STATE`` packs 74 bytes (LoRA adapter and model names follow the records, only for
 endpoints that report some); ``struct.iter_unpack`` reads a frame of them in C, so the
 parent spends about a microsecond per scrape on it (the scrape itself costs ~90 µs).
+The name sets repeat from scrape to scrape (every pod of a pool names the same model),
+so the reader decodes each distinct blob once (:func:`_names_of`).
 """
 
 from __future__ import annotations
@@ -131,6 +133,25 @@ def _encode_names(
         parts.append(_NAMES_COUNT.pack(len(encoded)))
         parts.extend(_NAME_LENGTH.pack(len(e)) + e for e in encoded)
     return b"".join(parts)
+
+
+# Decoded name blobs by their bytes, so that a frame of pods naming the same model (and
+# adapters) builds no sets. Blobs over _CACHED_BLOB_BYTES are decoded every time and the
+# cache is emptied when full: at most about 4 MiB, whatever the child sends.
+_CACHED_BLOB_BYTES = 4096
+_CACHED_BLOBS = 1024
+_names_cache: dict[bytes, Names] = {}
+
+
+def _names_of(blob: bytes) -> Names:
+    names = _names_cache.get(blob)
+    if names is None:
+        names = _decode_names(blob)
+        if len(blob) <= _CACHED_BLOB_BYTES:
+            if len(_names_cache) >= _CACHED_BLOBS:
+                _names_cache.clear()
+            _names_cache[blob] = names
+    return names
 
 
 def _decode_names(blob: bytes) -> Names:
@@ -267,7 +288,7 @@ def unpack_states(
         if length:
             if at + length > len(body):
                 raise WireError("names run past the frame")
-            names[k] = _decode_names(body[at : at + length])
+            names[k] = _names_of(body[at : at + length])
             at += length
     return raws, texts, names, at
 

@@ -10,7 +10,7 @@ frames of :mod:`~epp.datalayer.scrape_wire`:
   have requests from epp in flight (what the scraper's idle pace looks at, and the
   watcher's wake-up of an idle endpoint happens as it arrives); START begins scraping.
 - After a scrape the endpoint's whole state is sent back, gathered for ``flush_s``
-  (10 ms at the default interval, or until 64 are ready) so that epp reads one frame
+  (10 ms at the default interval, or until 64 are ready) so that epp wakes once
   per few dozen scrapes.
   An endpoint scraped twice before a flush is sent once, with its latest state, and
   while epp does not read (its socket buffer is full) nothing more is queued: the
@@ -46,9 +46,12 @@ from epp.datalayer.store import EndpointStore
 __all__ = ["HEARTBEAT_S", "main"]
 
 HEARTBEAT_S = 1.0
-# At most this many states per frame: epp applies a frame in one go, and 64 states take
-# it well under 100 µs.
-_STATES_PER_FRAME = 64
+# A flush is due once this many states wait (else after flush_s).
+_FLUSH_AT = 64
+# At most this many states per frame: epp applies a frame in one go, one frame per
+# loop turn, and 32 states take it about 50 µs, so a request that arrives meanwhile
+# waits no longer than that.
+_STATES_PER_FRAME = 32
 # While epp's socket buffer holds this much, log records are dropped (and counted).
 _MAX_LOG_BACKLOG_BYTES = 1024 * 1024
 
@@ -233,7 +236,7 @@ class _Worker:
 
     def _updated(self, endpoint: Endpoint) -> None:
         self._dirty.add(endpoint)
-        if len(self._dirty) >= _STATES_PER_FRAME:
+        if len(self._dirty) >= _FLUSH_AT:
             self.flush()
         else:
             self.schedule_flush()

@@ -5,6 +5,7 @@ guards, and "no longer polled" is judged against polls of another pod."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import os
@@ -19,7 +20,9 @@ import pytest
 import pytest_asyncio
 
 from epp.datalayer import scrape_wire as wire
-from epp.datalayer.scrape_process import DEFAULT_NICE, ProcessScraper
+from epp.datalayer import scrape_worker
+from epp.datalayer.endpoint import Metrics
+from epp.datalayer.scrape_process import _STATES_PER_TURN, DEFAULT_NICE, ProcessScraper, _Child
 from epp.datalayer.store import EndpointStore
 
 MakeScraper = Callable[..., ProcessScraper]
@@ -295,3 +298,66 @@ async def test_the_child_exits_when_epp_goes() -> None:
     ours.close()  # what the kernel does when epp dies
     code = await asyncio.to_thread(child.wait, 10)
     assert code == 0
+
+
+@pytest.mark.asyncio
+async def test_a_backlog_of_states_is_applied_a_slice_per_loop_turn() -> None:
+    """However many states arrive at once, each loop turn applies at most a slice, so a
+    routing decision waits for one slice at most."""
+    store = EndpointStore()
+    store.replace([(f"10.0.0.{i}:8000", None) for i in range(1, 101)])
+    endpoints = store.all()
+    scraper = ProcessScraper(store)
+    ids = [scraper._assign(endpoint) for endpoint in endpoints]  # as start() does
+    child = _Child(scraper, process=None, loop=asyncio.get_running_loop())  # type: ignore[arg-type]
+    states = [wire.EndpointState(id_, 0, 0, 7, 1, 0.5, 16, 100, 5.0, None) for id_ in ids]
+    child.data_received(
+        b"".join(
+            wire.frame(wire.STATES, wire.encode_states(states[at : at + _STATES_PER_TURN]))
+            for at in range(0, len(states), _STATES_PER_TURN)
+        )
+        + wire.frame(wire.STATS, wire.encode_stats(3))
+    )
+
+    def applied() -> int:
+        return sum(endpoint.metrics.updated_at == 5.0 for endpoint in endpoints)
+
+    seen = [applied()]
+    while child.polls != 3 and len(seen) < 50:
+        await asyncio.sleep(0)
+        seen.append(applied())
+    assert seen[0] == _STATES_PER_TURN < len(states)
+    assert all(0 <= b - a <= _STATES_PER_TURN for a, b in itertools.pairwise(seen))
+    assert seen[-1] == len(states) and child.polls == 3
+    assert all(endpoint.metrics.waiting_requests == 7 for endpoint in endpoints)
+
+
+@pytest.mark.asyncio
+async def test_the_child_sends_states_in_frames_of_a_slice() -> None:
+    """The scraper process cuts a flush into frames epp applies one per loop turn."""
+    worker = scrape_worker._Worker(ProcessScraper(EndpointStore())._config)
+    worker.handle(
+        wire.ADD,
+        wire.encode_add(
+            [
+                (
+                    wire.EndpointState(id_, 0, 0, 0, 0, 0.0, None, None, 0.0, None),
+                    f"10.0.1.{id_}:80",
+                )
+                for id_ in range(1, 101)
+            ]
+        ),
+    )
+    sent: list[bytes] = []
+    worker.channel.send = sent.append  # type: ignore[method-assign]
+    for endpoint in worker._store.all():
+        endpoint.metrics = Metrics(waiting_requests=2, updated_at=4.0)
+        worker._dirty.add(endpoint)
+    worker.flush()
+    frames = wire.FrameBuffer()
+    frames.feed(b"".join(sent))
+    states = [wire.decode_states(body)[0] for kind, body in frames.frames() if kind == wire.STATES]
+    assert max(map(len, states)) == _STATES_PER_TURN
+    got = [state for frame in states for state in frame]
+    assert sorted(state.id for state in got) == list(range(1, 101))
+    assert {(state.waiting_requests, state.updated_at) for state in got} == {(2, 4.0)}

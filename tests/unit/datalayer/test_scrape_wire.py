@@ -151,3 +151,34 @@ def test_a_frame_over_the_limit_is_refused_before_it_is_read() -> None:
     empty.feed(b"\x00\x00\x00\x00\x06")
     with pytest.raises(wire.WireError):
         empty.next()
+
+
+def _with_names(id_: int, models: frozenset[str], running: frozenset[str]) -> wire.EndpointState:
+    return wire.EndpointState(
+        id_, 0, 0, 0, 0, 0.0, None, None, 1.0, None, 4, running, frozenset(), models
+    )
+
+
+def test_names_repeated_across_states_and_frames_are_decoded_once() -> None:
+    shared = [_with_names(i, frozenset({"qwen"}), frozenset({"a1", "a2"})) for i in range(3)]
+    other = _with_names(9, frozenset({"llama"}), frozenset())
+    first = wire.decode_states(wire.encode_states([*shared, other]))[0]
+    second = wire.decode_states(wire.encode_states(shared))[0]
+    assert first[:3] == second == shared and first[3] == other
+    # The same set objects: nothing is built for a blob seen before.
+    assert len({id(state.models) for state in first[:3] + second}) == 1
+    assert len({id(state.lora_running) for state in first[:3] + second}) == 1
+    assert first[3].models is not first[0].models
+
+
+def test_the_names_cache_is_bounded_and_skips_big_blobs() -> None:
+    big = frozenset({"x" * 3000, "y" * 3000})  # a blob over the cached size
+    one = wire.decode_states(wire.encode_states([_with_names(1, big, frozenset())]))[0][0]
+    two = wire.decode_states(wire.encode_states([_with_names(1, big, frozenset())]))[0][0]
+    assert one.models == two.models == big and one.models is not two.models
+    many = [
+        _with_names(i, frozenset({f"model-{i}"}), frozenset())
+        for i in range(wire._CACHED_BLOBS * 3)
+    ]
+    assert wire.decode_states(wire.encode_states(many))[0] == many
+    assert 0 < len(wire._names_cache) <= wire._CACHED_BLOBS
