@@ -27,8 +27,9 @@ Two parts, each side by side in one run:
    scrapes 8 or 256 pods while this process drives ext_proc streams at a steady rate
    (``--rps``, default 50/s), each the way Envoy sends a buffered-body chat request:
    request headers, body, response headers. Latency is from the first message sent to
-   the routing decision received; epp's CPU is read from ``/proc/PID/stat``, its
-   scraper process's included. CPU per request is all of it over the requests; CPU
+   the routing decision received, its p50 and p99 over all rounds' requests together;
+   epp's CPU is read from ``/proc/PID/stat``, its scraper process's included ("routing
+   %": the routing process alone). CPU per request is all of it over the requests; CPU
    per poll what the 256 pods' polls added over the 8 pods' run (polls counted by
    ``epp_scraper_polls_total``, or the nominal 20/s per pod for an epp without it).
    ``--pods-nice 10`` runs the pod server at lower priority: in a cluster the pods'
@@ -36,6 +37,9 @@ Two parts, each side by side in one run:
    further: the driver and epp's routing process on CPU 0, the pod server and epp's
    scraper process on CPU 1, so the p99s compare what scraping does to the routing
    loop rather than how short of CPU two cores are with 256 busy pods on them.
+   ``--unscraped-pods 256`` adds runs whose 256 pods are scraped once, at start (their
+   metrics kept fresh): the same scheduling over 256 endpoints with no polls under way,
+   so "vs unscraped" is what scraping itself does to the request path.
    ``--request-pod-server idle`` serves idle pods here, so that only the pods epp routes
    to have work (its own in-flight requests) and the scraper's idle pace applies;
    ``--epp-args "--scrape-idle-interval 1s"`` passes flags to this tree's epp only.
@@ -642,9 +646,11 @@ def run_epp(
             for child in _descendants(process.pid):
                 _pin(child, {1})
         polls_0 = _scraper_polls(metrics_port)
+        routing_0 = _proc_cpu_s(process.pid)
         cpu_0, wall_0 = _tree_cpu_s(process.pid), time.perf_counter()
         latencies = asyncio.run(drive_requests(grpc_port, rps, seconds))
         cpu_1, wall_1 = _tree_cpu_s(process.pid), time.perf_counter()
+        routing_1 = _proc_cpu_s(process.pid)
         polls_1 = _scraper_polls(metrics_port)
     finally:
         process.terminate()
@@ -654,10 +660,13 @@ def run_epp(
             process.kill()
     latencies.sort()
     return {
+        "latencies": latencies,
         "requests": len(latencies),
         "p50_ms": statistics.median(latencies) * 1e3,
-        "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1e3,
+        "p99_ms": _percentile(latencies, 0.99) * 1e3,
         "epp_core_share": (cpu_1 - cpu_0) / (wall_1 - wall_0),
+        # The routing process alone (its scraper process left out).
+        "routing_core_share": (routing_1 - routing_0) / (wall_1 - wall_0),
         # Measured by epp's counter where it has one, else the nominal rate (busy pods).
         "polls_per_s": (polls_1 - polls_0) / (wall_1 - wall_0)
         if polls_0 is not None and polls_1 is not None
@@ -665,21 +674,34 @@ def run_epp(
     }
 
 
+# `epp serve` flags for a run whose pods are scraped once, at start: their metrics stay
+# fresh, so scheduling takes the same path over them, and no poll runs while requests do.
+UNSCRAPED_ARGS = [
+    "--refresh-metrics-interval",
+    "60s",
+    "--scrape-idle-interval",
+    "60s",
+    "--metrics-staleness-threshold",
+    "1h",
+]
+
+
 def part_requests(args: argparse.Namespace, trees: dict[str, Path]) -> list[dict[str, Any]]:
-    top = max(args.request_pods)
+    top = max(args.request_pods + args.unscraped_pods)
     kind = args.request_pod_server or args.pod_server
     fleet = PodFleet(kind, top, _free_port_run(top), nice=args.pods_nice)
     if args.cpu_split:
         _pin(os.getpid(), {0})
         _pin(fleet.process.pid, {1})
     rows = []
+    configs = [(n, True) for n in args.request_pods] + [(n, False) for n in args.unscraped_pods]
     try:
-        runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        runs: dict[tuple[str, int, bool], list[dict[str, Any]]] = {}
         for round_ in range(args.rounds):
-            order = [(name, n) for name in trees for n in args.request_pods]
+            order = [(name, n, scraped) for name in trees for n, scraped in configs]
             if round_ % 2:
                 order.reverse()
-            for name, count in order:
+            for name, count, scraped in order:
                 extra = args.epp_args.split() if name == "new" else []
                 run = run_epp(
                     trees[name],
@@ -688,31 +710,37 @@ def part_requests(args: argparse.Namespace, trees: dict[str, Path]) -> list[dict
                     args.rps,
                     args.request_s,
                     args.warmup_s,
-                    extra,
+                    extra + ([] if scraped else UNSCRAPED_ARGS),
                     cpu_split=args.cpu_split,
                 )
-                runs.setdefault((name, count), []).append(run)
+                runs.setdefault((name, count, scraped), []).append(run)
                 print(
-                    f"  epp {name:<6} {count:>4} pods round {round_ + 1}: p50 "
-                    f"{run['p50_ms']:.2f} ms  p99 {run['p99_ms']:.2f} ms  "
-                    f"epp CPU {run['epp_core_share'] * 100:.0f} %",
+                    f"  epp {name:<6} {count:>4} pods{'' if scraped else ' (unscraped)'} "
+                    f"round {round_ + 1}: p50 {run['p50_ms']:.2f} ms  p99 "
+                    f"{run['p99_ms']:.2f} ms  epp CPU {run['epp_core_share'] * 100:.0f} %",
                     flush=True,
                 )
     finally:
         fleet.close()
-    for (name, count), results in runs.items():
+    for (name, count, scraped), results in runs.items():
+        pooled = sorted(x for r in results for x in r.pop("latencies"))
         rows.append(
             {
                 "epp": name,
                 "pods": count,
+                "scraped": scraped,
                 "pod_server": kind,
                 "rps": args.rps,
                 "pods_nice": args.pods_nice,
                 "cpu_split": args.cpu_split,
                 "requests": sum(r["requests"] for r in results),
-                "p50_ms": statistics.median(r["p50_ms"] for r in results),
-                "p99_ms": statistics.median(r["p99_ms"] for r in results),
+                # Percentiles of all rounds' requests together: one round's p99 is its
+                # 5th-slowest request of 500, which moves by a third from round to round.
+                "p50_ms": _percentile(pooled, 0.50) * 1e3,
+                "p99_ms": _percentile(pooled, 0.99) * 1e3,
+                "p99_ms_rounds": [round(r["p99_ms"], 3) for r in results],
                 "epp_core_share": statistics.median(r["epp_core_share"] for r in results),
+                "routing_core_share": statistics.median(r["routing_core_share"] for r in results),
                 "polls_per_s": statistics.median(r["polls_per_s"] for r in results),
                 "rounds": len(results),
             }
@@ -723,35 +751,47 @@ def part_requests(args: argparse.Namespace, trees: dict[str, Path]) -> list[dict
 def print_request_table(rows: list[dict[str, Any]]) -> None:
     print()
     header = (
-        f"{'epp':<8}{'pods':>5}{'requests':>10}{'p50 ms':>9}{'p99 ms':>9}"
-        f"{'epp CPU %':>11}{'CPU/req':>10}{'CPU/poll':>10}{'p99 vs fewest pods':>20}"
+        f"{'epp':<8}{'pods':>5}{'scraped':>9}{'requests':>10}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'epp CPU %':>11}{'routing %':>11}{'CPU/req':>10}{'CPU/poll':>10}"
+        f"{'p99 vs fewest pods':>20}{'vs unscraped':>14}"
     )
     print(header)
     print("-" * len(header))
     fewest: dict[str, dict[str, Any]] = {}
+    unscraped: dict[tuple[str, int], dict[str, Any]] = {}
     for r in rows:
-        if r["epp"] not in fewest or r["pods"] < fewest[r["epp"]]["pods"]:
+        if not r.get("scraped", True):
+            unscraped[r["epp"], r["pods"]] = r
+        elif r["epp"] not in fewest or r["pods"] < fewest[r["epp"]]["pods"]:
             fewest[r["epp"]] = r
     for r in rows:
-        base = fewest[r["epp"]]
-        ratio = r["p99_ms"] / base["p99_ms"]
+        scraped = r.get("scraped", True)
+        base = fewest.get(r["epp"], r)
+        ratio = f"{r['p99_ms'] / base['p99_ms']:>19.2f}x" if scraped else f"{'-':>20}"
+        quiet = unscraped.get((r["epp"], r["pods"])) if scraped else None
+        against_quiet = f"{r['p99_ms'] / quiet['p99_ms']:>13.2f}x" if quiet else f"{'-':>14}"
         # CPU per request: all of epp's CPU (scraping included) over the requests; per
         # poll: what the extra pods' polls added over the fewest pods' run.
         per_request_ms = r["epp_core_share"] / r["rps"] * 1e3
         extra_polls = r["polls_per_s"] - base["polls_per_s"]
         per_poll = (
             f"{(r['epp_core_share'] - base['epp_core_share']) / extra_polls * 1e6:>8.0f}µs"
-            if extra_polls > 0
+            if scraped and extra_polls > 0
             else f"{'-':>10}"
         )
         print(
-            f"{r['epp']:<8}{r['pods']:>5}{r['requests']:>10}{r['p50_ms']:>9.2f}"
-            f"{r['p99_ms']:>9.2f}{r['epp_core_share'] * 100:>10.1f}%{per_request_ms:>8.2f}ms"
-            f"{per_poll}{ratio:>19.2f}x"
+            f"{r['epp']:<8}{r['pods']:>5}{'50ms' if scraped else 'once':>9}{r['requests']:>10}"
+            f"{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['epp_core_share'] * 100:>10.1f}%"
+            f"{r.get('routing_core_share', 0.0) * 100:>10.1f}%"
+            f"{per_request_ms:>8.2f}ms{per_poll}{ratio}{against_quiet}"
         )
 
 
 # -- main ---------------------------------------------------------------------------------
+
+
+def _percentile(ordered: list[float], q: float) -> float:
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
 
 
 def _ints(text: str) -> list[int]:
@@ -768,6 +808,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pods", type=_ints, default=[8, 64, 256])
     parser.add_argument("--request-pods", type=_ints, default=[8, 256])
+    parser.add_argument(
+        "--unscraped-pods",
+        type=_ints,
+        default=[],
+        help="also run with these many pods scraped once, at start (part 2): the cost of "
+        "scheduling over them without the scraping",
+    )
     parser.add_argument("--pod-server", choices=("fast", "idle", "sim"), default="fast")
     parser.add_argument(
         "--request-pod-server",
