@@ -349,7 +349,7 @@ async def test_the_child_sends_states_in_frames_of_a_slice() -> None:
         ),
     )
     sent: list[bytes] = []
-    worker.channel.send = sent.append  # type: ignore[method-assign]
+    worker.channel.send = sent.append  # type: ignore[method-assign,assignment]
     for endpoint in worker._store.all():
         endpoint.metrics = Metrics(waiting_requests=2, updated_at=4.0)
         worker._dirty.add(endpoint)
