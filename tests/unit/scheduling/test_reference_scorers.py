@@ -220,6 +220,40 @@ def test_no_hit_lru_is_neutral_for_a_warm_request_and_does_not_move_the_lru() ->
     assert scores(lru, [first, other], LLMRequest("r3", "m", "z" * 256)) == [0.0, 1.0]
 
 
+def test_no_hit_lru_adds_in_one_pass_what_its_scores_give() -> None:
+    lru, scheduler = cold_lru()
+    endpoints = pods(5)
+    for i in range(3):  # three cold picks: an LRU of three, two pods never used
+        scheduler.schedule(LLMRequest(f"r{i}", "m", f"{i:0128d}" * 2), endpoints)
+    cold, warm = LLMRequest("c", "m", "c" * 256), LLMRequest("w", "m", f"{0:0128d}" * 2)
+    for request in (cold, warm):
+        given = scores(lru, endpoints, request)
+        totals = [0.25 * i for i in range(5)]
+        assert lru.add_scores(CycleState(), request, endpoints, 3.0, list(totals)) == [
+            t + 3.0 * s for t, s in zip(totals, given, strict=True)
+        ]
+        assert lru.add_scores(CycleState(), request, endpoints, 3.0, None) == [
+            3.0 * s for s in given
+        ]
+    assert scores(lru, endpoints, warm) == [0.5] * 5
+    assert sorted(scores(lru, endpoints, cold)) == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0])
+
+
+def test_no_hit_lru_counts_only_holders_among_the_candidates() -> None:
+    """A request is warm when a candidate holds its prefix, however many pods hold it."""
+    for holders in (1, 3, 20):
+        lru, scheduler = cold_lru()
+        endpoints = pods(holders + 2)
+        prompt = "h" * 256
+        for endpoint in endpoints[:holders]:
+            scheduler.schedule(LLMRequest("r", "m", prompt), [endpoint])
+        request = LLMRequest("q", "m", prompt)
+        others = endpoints[holders:]
+        assert scores(lru, endpoints, request) == [0.5] * len(endpoints)
+        # Only pods that hold nothing of it as candidates: cold, ranked.
+        assert scores(lru, others, request) == [1.0, 0.0]
+
+
 def test_no_hit_lru_forgets_removed_endpoints_and_keeps_lru_size() -> None:
     lru, scheduler = cold_lru({"lruSize": 2})
     endpoints = pods(3)
