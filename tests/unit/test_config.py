@@ -29,6 +29,7 @@ def test_defaults() -> None:
         "prefix-cache-scorer": 3.0,
         "inflight-load-scorer": 4.0,
         "lora-affinity-scorer": 1.0,
+        "no-hit-lru-scorer": 0.5,
         "max-score-picker": None,
     }
 

@@ -117,9 +117,11 @@ def test_every_plugin_call_is_in_the_duration_histogram() -> None:
         ("Scorer", "prefix-cache-scorer", "prefix-cache-scorer"): 5,
         ("Scorer", "inflight-load-scorer", "inflight-load-scorer"): 5,
         ("Scorer", "lora-affinity-scorer", "lora-affinity-scorer"): 5,
+        ("Scorer", "no-hit-lru-scorer", "no-hit-lru-scorer"): 5,
         ("Picker", "max-score-picker", "max-score-picker"): 5,
         ("PreRequest", "prefix-cache-scorer", "prefix-cache-scorer"): 5,
         ("PreRequest", "lora-affinity-scorer", "lora-affinity-scorer"): 5,
+        ("PreRequest", "no-hit-lru-scorer", "no-hit-lru-scorer"): 5,
     }
     labels = {
         "extension_point": "Scorer",

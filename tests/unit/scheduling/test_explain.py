@@ -15,9 +15,14 @@ def test_explained_scores_add_up_and_change_nothing() -> None:
         endpoint.metrics = type(endpoint.metrics)(
             waiting_requests=waiting, updated_at=endpoint.metrics.updated_at
         )
-    scheduler = build_scheduler(default_scheduler_config())
-    plain = scheduler.schedule(LLMRequest("r1", "m", "hello"), store.all())
-    explained = scheduler.schedule(LLMRequest("r2", "m", "hello", explain=True), store.all())
+    # Two schedulers in the same state: one decision changes what the next sees (the
+    # prefix index, the no-hit LRU).
+    plain = build_scheduler(default_scheduler_config()).schedule(
+        LLMRequest("r1", "m", "hello"), store.all()
+    )
+    explained = build_scheduler(default_scheduler_config()).schedule(
+        LLMRequest("r2", "m", "hello", explain=True), store.all()
+    )
     assert plain.scores == ()
     assert explained.primary is plain.primary
     assert {s.endpoint.address for s in explained.scores} == {POD_A, POD_B, POD_C}

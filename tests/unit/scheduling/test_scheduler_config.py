@@ -18,6 +18,7 @@ from epp.scheduling.scheduler import (
     default_scheduler_config,
 )
 from epp.scheduling.scorers.lora_affinity import LoraAffinityScorer
+from epp.scheduling.scorers.no_hit_lru import NoHitLruScorer
 from epp.scheduling.scorers.prefix_cache import PrefixCacheScorer
 from epp.scheduling.types import LLMRequest
 
@@ -47,9 +48,11 @@ def test_default_config_builds_the_documented_profile() -> None:
         ("scorer", "prefix-cache-scorer"),
         ("scorer", "inflight-load-scorer"),
         ("scorer", "lora-affinity-scorer"),
+        ("scorer", "no-hit-lru-scorer"),
         ("picker", "max-score-picker"),
         ("post_pick", "prefix-cache-scorer"),
         ("post_pick", "lora-affinity-scorer"),
+        ("post_pick", "no-hit-lru-scorer"),
     ]
     weights = {r.plugin_ref: r.weight for r in default_scheduler_config().profiles[0].plugins}
     assert weights == {
@@ -59,6 +62,7 @@ def test_default_config_builds_the_documented_profile() -> None:
         "prefix-cache-scorer": 3.0,
         "inflight-load-scorer": 4.0,
         "lora-affinity-scorer": 1.0,
+        "no-hit-lru-scorer": 0.5,
         "max-score-picker": None,
     }
     parameters = {p.type: dict(p.parameters) for p in default_scheduler_config().plugins}
@@ -66,6 +70,7 @@ def test_default_config_builds_the_documented_profile() -> None:
     assert [type(h) for h in scheduler.profile.removal_hooks] == [
         PrefixCacheScorer,
         LoraAffinityScorer,
+        NoHitLruScorer,
     ]
 
 
@@ -78,7 +83,7 @@ def test_default_scheduler_keeps_prefix_affinity_and_forgets_removed_endpoints()
     assert len(first.endpoints) == 3
     assert all(scheduler.schedule(req, eps).primary is first.primary for _ in range(5))
     scheduler.on_endpoints_removed([first.primary])
-    prefix, _ = scheduler.profile.removal_hooks
+    prefix = scheduler.profile.removal_hooks[0]
     assert isinstance(prefix, PrefixCacheScorer)
     assert prefix.index.size() == 0
 

@@ -88,18 +88,20 @@ async def test_inflight_load_crosses_over_and_expires_with_its_replica(
     pair: tuple[Replica, Replica],
 ) -> None:
     a, b = pair
-    held = [a.route(f"question {i} " * 30) for i in range(3)]
+    # Three conversations of 20 requests each, each kept on its pod by its prefix.
+    held = [a.route(f"question {i} " * 30) for i in range(3) for _ in range(20)]
     by_pod: dict[str, int] = {}
     for decision in held:
         by_pod[decision.destination] = by_pod.get(decision.destination, 0) + 1
+    assert sorted(by_pod.values()) == [20, 20, 20]
     await eventually(lambda: all(b.inflight(pod) == n for pod, n in by_pod.items()))
-    # A burst from B now avoids the pods A loaded: it sees the pool's load, not half.
+    # A request from B now avoids the pods A loaded: it sees the pool's load, not half.
     spread = b.route("unrelated " * 30)
     assert spread.destination not in by_pod
     b.director.finish(spread)
     # A's finishes reach B as well.
     a.director.finish(held[0])
-    await eventually(lambda: sum(b.inflight(pod) for pod in by_pod) == 2)
+    await eventually(lambda: sum(b.inflight(pod) for pod in by_pod) == 59)
     # A vanishes without a goodbye (kill -9): B drops its counts once it goes quiet.
     await a.sync.stop(goodbye=False)
     await eventually(lambda: b.sync.remote.replicas() == [])
