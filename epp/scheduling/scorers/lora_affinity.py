@@ -53,6 +53,9 @@ from epp.scheduling.types import (
 __all__ = ["KNOWN_ADAPTERS", "SENT_PER_SLOT", "TYPE", "LoraAffinityScorer", "factory"]
 
 TYPE = "lora-affinity-scorer"
+# In the cycle: whether a candidate has the request's adapter loaded (scores 1.0); see
+# adapter_loaded(), which the no-hit-lru-scorer asks.
+_ADAPTER_LOADED = f"{TYPE}/adapter-loaded"
 # Adapter names learned from the endpoints' metrics; past this, the oldest is forgotten.
 KNOWN_ADAPTERS = 4096
 # Models remembered per endpoint and adapter slot: room for base-model requests (and
@@ -88,6 +91,7 @@ class LoraAffinityScorer(NamedPlugin):
     ) -> list[float]:
         max_loras = [ep.metrics.max_lora for ep in endpoints]
         if max_loras.count(None) == len(max_loras):  # no LoRA info anywhere: all 0
+            cycle[_ADAPTER_LOADED] = False
             return totals if totals is not None else [0.0] * len(endpoints)
         scores = self.score(cycle, request, endpoints)
         if totals is None:
@@ -116,7 +120,21 @@ class LoraAffinityScorer(NamedPlugin):
                 scores.append(0.6)
             else:
                 scores.append(0.0)
+        cycle[_ADAPTER_LOADED] = 1.0 in scores
         return scores
+
+    def adapter_loaded(
+        self, cycle: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint]
+    ) -> bool:
+        """Whether a candidate has the request's model loaded as an adapter (scores
+        1.0), worked out once per cycle, whichever plugin asks first."""
+        loaded: bool | None = cycle.get(_ADAPTER_LOADED)
+        if loaded is None:
+            if all(ep.metrics.max_lora is None for ep in endpoints):
+                loaded = cycle[_ADAPTER_LOADED] = False
+            else:
+                loaded = 1.0 in self.score(cycle, request, endpoints)
+        return loaded
 
     def on_pick(self, cycle: CycleState, request: LLMRequest, chosen: Endpoint) -> None:
         if not self._predict:

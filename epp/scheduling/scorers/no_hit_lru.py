@@ -10,6 +10,11 @@ candidates plus its place in the LRU (oldest 0). A warm request (some candidate 
 some of its prefix) scores 0.5 everywhere, leaving the choice to the prefix scorer.
 Only cold picks move an endpoint to the front of the LRU (``lruSize`` entries, 1024).
 
+epp's one addition: with a ``lora-affinity-scorer`` in the config, a request for a LoRA
+adapter that a candidate has loaded (that scorer gives it 1.0) is warm too, so that a
+short adapter request, whose prompt fills no block, stays with its adapter rather than
+being spread like a cold prefill.
+
 Whether a request is cold comes from a ``prefix-cache-scorer`` of the same config:
 ``prefixPluginName`` names it; else the one whose producer is
 ``prefixMatchInfoProducerName``; else the one named ``prefix-cache-scorer``, or the only
@@ -27,6 +32,7 @@ from typing import Any
 from epp.datalayer.endpoint import Endpoint
 from epp.scheduling.errors import SchedulerConfigError
 from epp.scheduling.plugin import NamedPlugin, Params
+from epp.scheduling.scorers.lora_affinity import LoraAffinityScorer
 from epp.scheduling.scorers.prefix_cache import TYPE as PREFIX_TYPE
 from epp.scheduling.scorers.prefix_cache import PrefixCacheScorer
 from epp.scheduling.types import (
@@ -55,6 +61,7 @@ class NoHitLruScorer(NamedPlugin):
 
     __slots__ = (
         "_cold_key",
+        "_lora",
         "_lru",
         "_lru_size",
         "_positions",
@@ -84,6 +91,7 @@ class NoHitLruScorer(NamedPlugin):
         # the LRU changed.
         self._positions: dict[Endpoint, int] | None = None
         self._tables: dict[tuple[int, float], list[float]] = {}
+        self._lora: LoraAffinityScorer | None = None
         self._prefix = prefix
         self._prefix_name = prefix_name
         self._producer_name = producer_name
@@ -94,6 +102,7 @@ class NoHitLruScorer(NamedPlugin):
         return self._prefix
 
     def bind(self, peers: Mapping[str, Plugin]) -> None:
+        self._lora = next((p for p in peers.values() if isinstance(p, LoraAffinityScorer)), None)
         where = f"plugin {self._typed_name.name!r} (type {TYPE!r})"
         if self._prefix_name:
             found = peers.get(self._prefix_name)
@@ -120,6 +129,8 @@ class NoHitLruScorer(NamedPlugin):
     def _is_cold(
         self, cycle: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint]
     ) -> bool:
+        if self._lora is not None and self._lora.adapter_loaded(cycle, request, endpoints):
+            return False  # a pod has its adapter loaded: where it goes is LoRA affinity's
         if self._prefix is None:
             return True
         matched = self._prefix.matched(cycle, request)
@@ -170,6 +181,7 @@ class NoHitLruScorer(NamedPlugin):
         n = len(endpoints)
         if n == 1:
             return [weight * 1.0] if totals is None else [totals[0] + weight * 1.0]
+        table = self._weighted_scores(n - 1, weight)
         positions = self._positions
         if positions is None:
             lru = self._lru
@@ -178,7 +190,6 @@ class NoHitLruScorer(NamedPlugin):
         # place after every never-used one, which rank first, in candidate order.
         at = list(map(positions.get, endpoints, _MINUS_ONES))
         never_used = at.count(-1)
-        table = self._weighted_scores(n - 1, weight)
         if never_used:
             by_place = table[never_used:]  # by_place[-1] is 0.0, replaced below
             unused = itertools.compress(endpoints, map(operator.eq, at, _MINUS_ONES))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -237,6 +238,74 @@ def test_no_hit_lru_adds_in_one_pass_what_its_scores_give() -> None:
         ]
     assert scores(lru, endpoints, warm) == [0.5] * 5
     assert sorted(scores(lru, endpoints, cold)) == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0])
+
+
+def reference_cold_scores(lru: list[Endpoint], candidates: list[Endpoint]) -> list[float]:
+    """The reference's ranks, spelled out: never-used candidates first in candidate order,
+    then the used ones by LRU place (oldest first) counted over the whole LRU."""
+    places = {ep: i for i, ep in enumerate(lru)}
+    never = [ep for ep in candidates if ep not in places]
+    span = len(candidates) - 1
+    ranks = {ep: k for k, ep in enumerate(never)}
+    return [
+        1.0 - ranks[ep] / span if ep in ranks else max(0.0, 1.0 - (len(never) + places[ep]) / span)
+        for ep in candidates
+    ]
+
+
+def test_no_hit_lru_cold_scores_match_the_reference_ranks() -> None:
+    """The table lookups give the reference's scores, for LRUs longer and shorter than
+    the candidate list, with entries that are not candidates, in any candidate order."""
+    rng = random.Random(5)
+    everyone = pods(80)
+    for _ in range(300):
+        scorer = NoHitLruScorer(lru_size=rng.choice([4, 40, 1024]))
+        for endpoint in rng.sample(everyone, rng.randrange(0, 80)):
+            cycle = CycleState()
+            scorer.score(cycle, REQUEST, [endpoint])  # cold: no prefix scorer
+            scorer.on_pick(cycle, REQUEST, endpoint)
+        candidates = rng.sample(everyone, rng.randrange(2, 80))
+        want = reference_cold_scores(list(scorer._lru), candidates)
+        got = scorer.score(CycleState(), LLMRequest("c", "m", ""), candidates)
+        assert got == pytest.approx(want, abs=1e-12)
+        totals = [rng.random() for _ in candidates]
+        added = scorer.add_scores(CycleState(), LLMRequest("c", "m", ""), candidates, 0.5, totals)
+        assert added == [t + 0.5 * g for t, g in zip(totals, got, strict=True)]
+
+
+@pytest.mark.parametrize("lora_first", [True, False])
+def test_no_hit_lru_leaves_a_loaded_adapter_to_lora_affinity(lora_first: bool) -> None:
+    """A short adapter request fills no prefix block, so it is cold; with the adapter
+    loaded on a pod it stays there rather than being spread, whichever scorer runs first.
+    For an adapter no pod has, the LRU spreads as ever."""
+    refs = [ProfilePluginRef("lora-affinity-scorer", 1), ProfilePluginRef("no-hit-lru-scorer", 2)]
+    scheduler = build(
+        [PluginSpec("lora-affinity-scorer"), PluginSpec("no-hit-lru-scorer")],
+        refs if lora_first else refs[::-1],
+    )
+    now = time.monotonic()
+    with_adapter, *others = [
+        Endpoint(
+            f"10.0.0.{i}:8000",
+            metrics=Metrics(
+                lora_running=frozenset({"a1"} if i == 1 else set()),
+                max_lora=1,
+                models=frozenset({"base"}),
+                updated_at=now,
+            ),
+        )
+        for i in range(1, 4)
+    ]
+    candidates = [*others, with_adapter]
+    picks = [
+        scheduler.schedule(LLMRequest(f"r{i}", "a1", "hi"), candidates).primary for i in range(6)
+    ]
+    assert picks == [with_adapter] * 6
+    # The base model (no pod runs it as an adapter): cold, spread over the LRU.
+    spread = {
+        scheduler.schedule(LLMRequest(f"b{i}", "base", "hi"), candidates).primary for i in range(3)
+    }
+    assert spread == set(candidates)
 
 
 def test_no_hit_lru_counts_only_holders_among_the_candidates() -> None:
