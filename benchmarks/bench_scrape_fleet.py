@@ -760,12 +760,12 @@ def print_request_table(rows: list[dict[str, Any]]) -> None:
     fewest: dict[str, dict[str, Any]] = {}
     unscraped: dict[tuple[str, int], dict[str, Any]] = {}
     for r in rows:
-        if not r.get("scraped", True):
+        if not r["scraped"]:
             unscraped[r["epp"], r["pods"]] = r
         elif r["epp"] not in fewest or r["pods"] < fewest[r["epp"]]["pods"]:
             fewest[r["epp"]] = r
     for r in rows:
-        scraped = r.get("scraped", True)
+        scraped = r["scraped"]
         base = fewest.get(r["epp"], r)
         ratio = f"{r['p99_ms'] / base['p99_ms']:>19.2f}x" if scraped else f"{'-':>20}"
         quiet = unscraped.get((r["epp"], r["pods"])) if scraped else None
@@ -782,7 +782,7 @@ def print_request_table(rows: list[dict[str, Any]]) -> None:
         print(
             f"{r['epp']:<8}{r['pods']:>5}{'50ms' if scraped else 'once':>9}{r['requests']:>10}"
             f"{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['epp_core_share'] * 100:>10.1f}%"
-            f"{r.get('routing_core_share', 0.0) * 100:>10.1f}%"
+            f"{r['routing_core_share'] * 100:>10.1f}%"
             f"{per_request_ms:>8.2f}ms{per_poll}{ratio}{against_quiet}"
         )
 

@@ -89,8 +89,7 @@ class LoraAffinityScorer(NamedPlugin):
         weight: float,
         totals: list[float] | None,
     ) -> list[float]:
-        max_loras = [ep.metrics.max_lora for ep in endpoints]
-        if max_loras.count(None) == len(max_loras):  # no LoRA info anywhere: all 0
+        if _no_lora_info(endpoints):  # all 0
             cycle[_ADAPTER_LOADED] = False
             return totals if totals is not None else [0.0] * len(endpoints)
         scores = self.score(cycle, request, endpoints)
@@ -130,7 +129,7 @@ class LoraAffinityScorer(NamedPlugin):
         1.0), worked out once per cycle, whichever plugin asks first."""
         loaded: bool | None = cycle.get(_ADAPTER_LOADED)
         if loaded is None:
-            if all(ep.metrics.max_lora is None for ep in endpoints):
+            if _no_lora_info(endpoints):
                 loaded = cycle[_ADAPTER_LOADED] = False
             else:
                 loaded = 1.0 in self.score(cycle, request, endpoints)
@@ -189,6 +188,12 @@ class LoraAffinityScorer(NamedPlugin):
                 return True
             room -= 1
         return False
+
+
+def _no_lora_info(endpoints: Sequence[Endpoint]) -> bool:
+    """No candidate reports LoRA info (one C-level count rather than a call each)."""
+    max_loras = [ep.metrics.max_lora for ep in endpoints]
+    return max_loras.count(None) == len(max_loras)
 
 
 def factory(name: str, parameters: Mapping[str, Any]) -> LoraAffinityScorer:
