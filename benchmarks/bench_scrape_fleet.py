@@ -235,29 +235,6 @@ def _wait_http(url: str, timeout_s: float) -> None:
             time.sleep(0.2)
 
 
-def _free_port_run(count: int) -> int:
-    """The first of ``count`` consecutive ports that are free now."""
-    import socket
-
-    for first in range(20_000, 60_000, count + 7):
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", first))
-            except OSError:
-                continue
-        ok = True
-        for port in range(first + 1, first + count):
-            with socket.socket() as probe:
-                try:
-                    probe.bind(("127.0.0.1", port))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return first
-    raise RuntimeError("no free run of ports")
-
-
 # -- part 1: the scraper in a child process -----------------------------------------------
 
 
@@ -389,9 +366,11 @@ def run_scrape(
 def part_scrape(
     args: argparse.Namespace, contenders: dict[str, tuple[Path, str]]
 ) -> list[dict[str, Any]]:
+    from epp.stack import free_port_run
+
     rows = []
     for count in args.pods:
-        fleet = PodFleet(args.pod_server, count, _free_port_run(count))
+        fleet = PodFleet(args.pod_server, count, free_port_run(count))
         try:
             runs: dict[str, list[dict[str, Any]]] = {name: [] for name in contenders}
             for round_ in range(args.rounds):
@@ -687,9 +666,11 @@ UNSCRAPED_ARGS = [
 
 
 def part_requests(args: argparse.Namespace, trees: dict[str, Path]) -> list[dict[str, Any]]:
+    from epp.stack import free_port_run
+
     top = max(args.request_pods + args.unscraped_pods)
     kind = args.request_pod_server or args.pod_server
-    fleet = PodFleet(kind, top, _free_port_run(top), nice=args.pods_nice)
+    fleet = PodFleet(kind, top, free_port_run(top), nice=args.pods_nice)
     if args.cpu_split:
         _pin(os.getpid(), {0})
         _pin(fleet.process.pid, {1})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -27,6 +28,7 @@ __all__ = [
     "ManagedProcess",
     "StackError",
     "free_port",
+    "free_port_run",
     "loopback_serve_args",
     "start_envoy",
     "start_epp_module",
@@ -39,11 +41,60 @@ class StackError(RuntimeError):
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on now (the kernel picks it)."""
+    """A TCP port nobody has bound now, for a child process to listen on."""
+    return free_port_run(1, host)
+
+
+def free_port_run(count: int, host: str = "127.0.0.1") -> int:
+    """The first of ``count`` consecutive ports nobody has bound now.
+
+    The ports come from below the kernel's ephemeral range. A port from ``bind(("", 0))``
+    is an ephemeral one, and between picking it and the child binding it, any outgoing
+    connection on the machine can take it as its source port (CI saw a simulated pod fail
+    with "Address already in use" that way). Ports this process handed out before are
+    skipped (the last 2,048), so two servers of one stack never get the same one.
+    """
+    low, high = _UNEPHEMERAL_PORTS
+    span = high - low - count
+    if span <= 0:
+        raise StackError(f"no run of {count} ports below the ephemeral range")
+    for _ in range(200):
+        first = low + _port_choice.randrange(span)
+        run = range(first, first + count)
+        if any(port in _handed_out for port in run):
+            continue
+        if all(_bindable(host, port) for port in run):
+            _handed_out.update(dict.fromkeys(run))
+            while len(_handed_out) > 2048:
+                del _handed_out[next(iter(_handed_out))]
+            return first
+    raise StackError(f"no run of {count} free ports in {low}-{high}")
+
+
+def _bindable(host: str, port: int) -> bool:
+    # Bind without SO_REUSEADDR: a port in TIME_WAIT or held by a client socket fails too.
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _unephemeral_ports() -> tuple[int, int]:
+    """[low, high): from 20000 to where the ephemeral range starts (32768 by default)."""
+    try:
+        ephemeral = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        first_ephemeral = int(ephemeral[0])
+    except (OSError, ValueError, IndexError):
+        first_ephemeral = 32768
+    # A machine whose ephemeral range starts lower has no such ports; take some anyway.
+    return 20000, max(first_ephemeral, 30000)
+
+
+_UNEPHEMERAL_PORTS = _unephemeral_ports()
+_handed_out: dict[int, None] = {}  # insertion-ordered: the oldest go first
+_port_choice = random.Random()
 
 
 class ManagedProcess:

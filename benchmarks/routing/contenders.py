@@ -54,6 +54,7 @@ from epp.stack import (
     ManagedProcess,
     StackError,
     free_port,
+    free_port_run,
     loopback_serve_args,
     start_envoy,
     start_epp_module,
@@ -199,7 +200,7 @@ class EppContender(_Processes):
             extra += ["--workers", str(self.workers)]
         grpc_ports = []
         for replica in range(self.replicas):
-            grpc, metrics = free_port(), _free_ports(self.workers)
+            grpc, metrics = free_port(), free_port_run(self.workers)
             args = [*loopback_serve_args(grpc, metrics), "--log-level", "warning", *extra]
             if self.config_file is not None:
                 args += ["--config-file", str(self.config_file)]
@@ -275,26 +276,6 @@ def descendants(pid: int) -> list[int]:
             found.append(child)
             todo.append(child)
     return found
-
-
-def _free_ports(count: int) -> int:
-    """The first of ``count`` consecutive free ports (worker i serves /metrics on the
-    first + i)."""
-    while True:
-        first = free_port()
-        if all(_bindable(first + i) for i in range(1, count)):
-            return first
-
-
-def _bindable(port: int) -> bool:
-    import socket
-
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def _pods_ready(metrics_port: int, pods: int) -> bool:

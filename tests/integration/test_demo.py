@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from epp.stack import free_port
+from epp.stack import free_port, free_port_run
 from tests.integration.helpers import chat
 from tests.integration.metrics_helpers import metric
 
@@ -31,27 +31,6 @@ def readme_try_it_commands(*, listen: int, metrics: int) -> list[str]:
     ]
 
 
-def _free_run_of_ports(count: int) -> int:
-    for _ in range(50):
-        first = free_port()
-        if all(_bindable(first + i) for i in range(count)) and first + count < 65536:
-            return first
-    raise RuntimeError("no run of free ports")
-
-
-def _bindable(port: int) -> bool:
-    # Bind, not connect: a port can be unlistened yet taken as the local end of one of the
-    # suite's many client connections, and then the demo's pod could not bind it.
-    import socket
-
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def _listening(port: int) -> bool:
     import socket
 
@@ -61,7 +40,7 @@ def _listening(port: int) -> bool:
 
 def test_demo_serves_and_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
     listen, admin, grpc, metrics = (free_port() for _ in range(4))
-    first_pod = _free_run_of_ports(3)
+    first_pod = free_port_run(3)
     demo = subprocess.Popen(
         [
             sys.executable,
@@ -159,7 +138,7 @@ def test_demo_with_two_replicas_shares_a_prefix_and_stops_redis_too(tmp_path: Pa
     """``make run REPLICAS=2``: two epps behind the one Envoy, hearing each other through
     the redis-server the demo starts; Ctrl-C stops that too."""
     listen, admin = free_port(), free_port()
-    grpc, metrics, first_pod = (_free_run_of_ports(n) for n in (2, 2, 3))
+    grpc, metrics, first_pod = (free_port_run(n) for n in (2, 2, 3))
     argv = [sys.executable, "-m", "epp", "demo", "--replicas", "2"]
     argv += ["--listen-port", str(listen), "--admin-port", str(admin)]
     argv += ["--grpc-port", str(grpc), "--metrics-port", str(metrics)]
