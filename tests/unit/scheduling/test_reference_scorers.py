@@ -273,6 +273,28 @@ def test_no_hit_lru_cold_scores_match_the_reference_ranks() -> None:
         assert added == [t + 0.5 * g for t, g in zip(totals, got, strict=True)]
 
 
+def test_no_hit_lru_scores_the_same_when_its_work_is_deferred() -> None:
+    """Deferred, the LRU's places are rebuilt after the pick (flush) rather than by the
+    next cold request; flushed or not yet, every score is the same as undeferred."""
+    rng = random.Random(7)
+    everyone = pods(40)
+    plain, deferred = NoHitLruScorer(lru_size=16), NoHitLruScorer(lru_size=16)
+    deferred.set_deferred(True)
+    for step in range(400):
+        candidates = rng.sample(everyone, rng.randrange(2, 40))
+        request = LLMRequest(f"c{step}", "m", "")
+        want = plain.score(CycleState(), request, candidates)
+        assert deferred.score(CycleState(), request, candidates) == want
+        chosen = rng.choice(candidates)
+        for scorer in (plain, deferred):
+            cycle = CycleState()
+            scorer.score(cycle, request, [chosen])  # cold: no prefix scorer
+            scorer.on_pick(cycle, request, chosen)
+        if rng.random() < 0.5:
+            deferred.flush_deferred()
+        assert list(deferred._lru) == list(plain._lru)
+
+
 @pytest.mark.parametrize("lora_first", [True, False])
 def test_no_hit_lru_leaves_a_loaded_adapter_to_lora_affinity(lora_first: bool) -> None:
     """A short adapter request fills no prefix block, so it is cold; with the adapter
