@@ -33,7 +33,9 @@ test_prefix_burst.py`` for how the weights trade the two off).
 Deferred (``set_deferred(True)``, what epp's director asks): ``on_pick`` only notes the
 pick, and the inserts into the index (about 150 µs for a new 32 KB prompt at 256
 endpoints, most of a decision's cost) wait for :meth:`~PrefixCacheScorer.flush_deferred`,
-which epp runs on the next turn of its loop, after the routing answer went out. The
+which epp runs on the next turn of its loop, after the routing answer went out; so
+does hashing a new prompt past its first block (no endpoint holding that block tells a
+miss on its own, about 25 µs of hashing saved for 32 KB). The
 reference EPP updates its index from a goroutine for the same reason; here nothing is
 lost meanwhile: matching also reads the picks not yet inserted (a handful: their
 hashes are compared with the request's by bisection, as the index does), so a decision
@@ -82,6 +84,7 @@ __all__ = [
     "TYPE",
     "PrefixCacheScorer",
     "factory",
+    "first_block_hash",
     "prompt_block_hashes",
 ]
 
@@ -121,6 +124,21 @@ def _leading_run(hashes: Sequence[int], held: Sequence[int]) -> int:
     return lo
 
 
+def first_block_hash(model: str, prompt: str, block_size: int) -> int | None:
+    """``prompt_block_hashes(...)[0]`` without hashing the other blocks; None when the
+    prompt has no full block.
+
+    >>> first_block_hash("m", "x" * 130, 64) == prompt_block_hashes("m", "x" * 130, 64, 9)[0]
+    True
+    """
+    # The UTF-8 of a prefix is a prefix of the UTF-8; block_size characters are at least
+    # block_size bytes, so fewer bytes mean the whole prompt is shorter than a block.
+    data = prompt[:block_size].encode("utf-8", "surrogatepass")
+    if len(data) < block_size:
+        return None
+    return _xxh64(data[:block_size], _xxh64(model.encode("utf-8", "surrogatepass")))
+
+
 def prompt_block_hashes(model: str, prompt: str, block_size: int, max_blocks: int) -> list[int]:
     """The chained xxh64 hashes of the prompt's full ``block_size``-byte blocks.
 
@@ -141,6 +159,17 @@ def prompt_block_hashes(model: str, prompt: str, block_size: int, max_blocks: in
         hashes[i] = h
         start = end
     return hashes
+
+
+class _NotedPick:
+    """A pick waiting for the index (deferred mode); ``hashes`` None until computed."""
+
+    __slots__ = ("endpoint", "hashes", "request")
+
+    def __init__(self, endpoint: Endpoint, request: LLMRequest, hashes: list[int] | None) -> None:
+        self.endpoint = endpoint
+        self.request = request
+        self.hashes = hashes
 
 
 class PrefixCacheScorer(NamedPlugin):
@@ -200,7 +229,7 @@ class PrefixCacheScorer(NamedPlugin):
         self._hit_bytes = Distribution(PREFIX_HIT_BYTES_BOUNDS)
         self._listener: PickListener | None = None
         # Picks noted but not yet in the index (deferred mode), oldest first.
-        self._pending: list[tuple[Endpoint, list[int]]] = []
+        self._pending: list[_NotedPick] = []
         self._deferred = False
 
     @property
@@ -252,6 +281,18 @@ class PrefixCacheScorer(NamedPlugin):
         if self._match_key in cycle:
             found: dict[Endpoint, int] | None = cycle[self._match_key]
             return found
+        if self._state_key not in cycle and not self._pending:
+            # A new prompt, the common miss: no endpoint holds its first block, so none
+            # holds any. Told from that block alone; the others are hashed when the pick
+            # is recorded (deferred: after the routing answer went out).
+            first = first_block_hash(request.model, request.prompt, self._block_size)
+            if first is None:
+                cycle[self._state_key] = []
+                cycle[self._match_key] = None
+                return None
+            if not self._index.match((first,)):
+                cycle[self._match_key] = None
+                return None
         hashes = self.block_hashes(cycle, request)
         matched = self._index.match(hashes) if hashes else None
         if self._pending and hashes:
@@ -279,10 +320,10 @@ class PrefixCacheScorer(NamedPlugin):
         """``matched`` with the picks not yet in the index counted in, as the index would
         count them: an endpoint holds the longer of its two runs."""
         found = dict(matched) if matched else {}
-        for endpoint, held in self._pending:
-            depth = _leading_run(hashes, held)
-            if depth > found.get(endpoint, 0):
-                found[endpoint] = depth
+        for pick in self._pending:
+            depth = _leading_run(hashes, self._hashes_of(pick))
+            if depth > found.get(pick.endpoint, 0):
+                found[pick.endpoint] = depth
         return found or None
 
     def set_deferred(self, deferred: bool) -> None:
@@ -292,8 +333,19 @@ class PrefixCacheScorer(NamedPlugin):
 
     def flush_deferred(self) -> None:
         pending, self._pending = self._pending, []
-        for endpoint, hashes in pending:
-            self._record(endpoint, hashes)
+        for pick in pending:
+            hashes = self._hashes_of(pick)
+            if hashes:
+                self._record(pick.endpoint, hashes)
+
+    def _hashes_of(self, pick: _NotedPick) -> list[int]:
+        """A noted pick's block hashes, computed on first use."""
+        if pick.hashes is None:
+            request = pick.request
+            pick.hashes = prompt_block_hashes(
+                request.model, request.prompt, self._block_size, self._max_blocks
+            )
+        return pick.hashes
 
     def _record(self, endpoint: Endpoint, hashes: list[int]) -> None:
         self._index.add(endpoint, hashes)
@@ -386,26 +438,32 @@ class PrefixCacheScorer(NamedPlugin):
         return totals
 
     def on_pick(self, cycle: CycleState, request: LLMRequest, chosen: Endpoint) -> None:
-        hashes = self.block_hashes(cycle, request)
+        # None: not hashed in this cycle (a miss told by the first block, or not scored).
+        hashes: list[int] | None = cycle.get(self._state_key)
         if self._match_key in cycle:  # scored in this cycle: record how much was found
             matched = cycle[self._match_key]
             blocks = matched.get(chosen, 0) if matched else 0
             self._hit_bytes.observe(blocks * self._block_size)
-            if hashes:
+            if hashes is None:  # a full first block that nobody held
+                self._hit_ratios.observe(0.0)
+            elif hashes:
                 self._hit_ratios.observe(blocks / len(hashes))
-        if not hashes:
-            return
         if self._deferred:
-            self._pending.append((chosen, hashes))
+            if hashes == []:
+                return
+            self._pending.append(_NotedPick(chosen, request, hashes))
             if len(self._pending) >= _MAX_PENDING:  # nobody flushed: bound the list
                 self.flush_deferred()
             return
-        self._record(chosen, hashes)
+        if hashes is None:
+            hashes = self.block_hashes(cycle, request)
+        if hashes:
+            self._record(chosen, hashes)
 
     def on_endpoints_removed(self, endpoints: Sequence[Endpoint]) -> None:
         if self._pending:
             gone = set(endpoints)
-            self._pending = [(ep, h) for ep, h in self._pending if ep not in gone]
+            self._pending = [pick for pick in self._pending if pick.endpoint not in gone]
         for endpoint in endpoints:
             self._index.remove_endpoint(endpoint)
 

@@ -97,6 +97,7 @@ def test_single_endpoint_and_unrecorded_endpoints() -> None:
 def test_hashes_are_computed_once_per_cycle_and_reused_by_on_pick() -> None:
     s = scorer()
     a, b = endpoints(2)
+    record(s, request(BLOCK * 2), b)  # b holds the first block: the prompt is hashed whole
     cycle = CycleState()
     s.score(cycle, request(BLOCK * 3), [a, b])
     (stored,) = (value for key, value in cycle.items() if key.endswith("/block-hashes"))
@@ -104,6 +105,19 @@ def test_hashes_are_computed_once_per_cycle_and_reused_by_on_pick() -> None:
     # on_pick takes the hashes from the cycle, not from the request it is handed.
     s.on_pick(cycle, request("ignored"), a)
     assert s.index.hashes_of(a) == list(reversed(stored))
+
+
+def test_a_prompt_whose_first_block_nobody_holds_is_hashed_only_when_recorded() -> None:
+    s = scorer()
+    a, b = endpoints(2)
+    record(s, request("x" * 16 * 3), b)  # another prompt: its blocks are no help
+    cycle = CycleState()
+    assert s.score(cycle, request(BLOCK * 3), [a, b]) == [0.0, 0.0]
+    assert not [key for key in cycle if key.endswith("/block-hashes")]  # told by one block
+    s.on_pick(cycle, request(BLOCK * 3), a)
+    assert s.index.hashes_of(a) == list(reversed(prompt_block_hashes("m", BLOCK * 3, 16, 256)))
+    assert (s.hit_ratios.count, s.hit_ratios.sum, s.hit_bytes.sum) == (1, 0.0, 0)
+    assert s.score(CycleState(), request(BLOCK * 3), [a, b]) == [1.0, 0.0]
 
 
 def test_on_pick_without_a_scoring_pass_hashes_itself() -> None:
