@@ -217,6 +217,11 @@ def _serve(args: argparse.Namespace, arguments: Sequence[str]) -> int:
     import dataclasses
     import logging
 
+    from epp.grpc_env import GRPC_EXPERIMENTS, apply_grpc_defaults
+
+    # Before anything imports grpc, which reads its environment once, at import.
+    grpc_defaults_applied = apply_grpc_defaults()
+
     import uvloop
 
     from epp.config import (
@@ -241,6 +246,11 @@ def _serve(args: argparse.Namespace, arguments: Sequence[str]) -> int:
         print(f"epp: configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(config.log_level, config.log_format)
+    if grpc_defaults_applied:
+        logging.getLogger("epp").info(
+            "gRPC: GRPC_EXPERIMENTS=%s (epp's default; set GRPC_EXPERIMENTS to choose)",
+            GRPC_EXPERIMENTS,
+        )
     workers = config.server.workers
     index = worker_index()
     if workers > 1 and index is None:
