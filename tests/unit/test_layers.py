@@ -75,6 +75,8 @@ LAYERS: dict[str, frozenset[str] | None] = {
     "cli": ANY,
     # The supervisor of ``epp serve --workers``: processes only.
     "workers": frozenset(),
+    # gRPC core's environment, set before grpc is imported: nothing of epp.
+    "grpc_env": frozenset(),
     "__main__": ANY,
 }
 
