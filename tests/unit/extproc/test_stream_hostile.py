@@ -240,11 +240,16 @@ def test_buffered_mode_releases_the_body_once_answered(director: Director) -> No
     stream.close()
 
 
-def test_a_body_in_many_chunks_reaches_envoy_whole(director: Director) -> None:
+@pytest.mark.parametrize("count", [1, 2, 3, 16, 17, 43, 500])
+def test_a_body_in_many_chunks_reaches_envoy_whole(director: Director, count: int) -> None:
+    """However many chunks: kept apart and joined once, or (past 16) gathered in one
+    bytearray as they come."""
     stream = RequestStream(director, max_body_bytes=1 << 22)
     stream.handle(headers_message())
     body = orjson.dumps({"model": "m", "prompt": "z" * 300_000})
-    pieces = [body[i : i + 7_000] for i in range(0, len(body), 7_000)]
+    size = -(-len(body) // count)
+    pieces = [body[i : i + size] for i in range(0, len(body), size)]
+    assert len(pieces) == count
     for piece in pieces[:-1]:
         assert stream.handle(body_message(piece, end_of_stream=False)) == ()
     _, *chunks = stream.handle(body_message(pieces[-1], end_of_stream=True))
