@@ -89,8 +89,8 @@ class NoHitLruScorer(NamedPlugin):
             raise ValueError(f"lru_size must be >= 1, got {lru_size}")
         self._lru_size = lru_size
         self._lru: OrderedDict[Endpoint, None] = OrderedDict()  # oldest first
-        # Each LRU entry's place (oldest 0), built when a cold request needs it after
-        # the LRU changed.
+        # Each LRU entry's place (oldest 0); None once the LRU changed, until
+        # flush_deferred (the scheduler deferring) or the next cold request rebuilds it.
         self._positions: dict[Endpoint, int] | None = None
         self._tables: dict[tuple[int, float], list[float]] = {}
         self._lora: LoraAffinityScorer | None = None
