@@ -51,23 +51,28 @@ def free_port_run(count: int, host: str = "127.0.0.1") -> int:
     The ports come from below the kernel's ephemeral range. A port from ``bind(("", 0))``
     is an ephemeral one, and between picking it and the child binding it, any outgoing
     connection on the machine can take it as its source port (CI saw a simulated pod fail
-    with "Address already in use" that way). Ports this process handed out before are
-    skipped (the last 2,048), so two servers of one stack never get the same one.
+    with "Address already in use" that way). A cursor walks the range from a random start,
+    so this process hands a port out again only after going round all of them (12,768
+    ports by default), and runs of any length stay free behind it.
     """
+    global _next_port
     low, high = _UNEPHEMERAL_PORTS
-    span = high - low - count
-    if span <= 0:
+    span = high - low
+    if count > span:
         raise StackError(f"no run of {count} ports below the ephemeral range")
-    for _ in range(200):
-        first = low + _port_choice.randrange(span)
-        run = range(first, first + count)
-        if any(port in _handed_out for port in run):
+    port = _next_port
+    walked = 0
+    while walked <= span:
+        if port + count > high:  # wrap: a run never straddles the end
+            walked += high - port
+            port = low
             continue
-        if all(_bindable(host, port) for port in run):
-            _handed_out.update(dict.fromkeys(run))
-            while len(_handed_out) > 2048:
-                del _handed_out[next(iter(_handed_out))]
-            return first
+        taken = next((p for p in range(port, port + count) if not _bindable(host, p)), None)
+        if taken is None:
+            _next_port = port + count
+            return port
+        walked += taken + 1 - port
+        port = taken + 1
     raise StackError(f"no run of {count} free ports in {low}-{high}")
 
 
@@ -93,8 +98,7 @@ def _unephemeral_ports() -> tuple[int, int]:
 
 
 _UNEPHEMERAL_PORTS = _unephemeral_ports()
-_handed_out: dict[int, None] = {}  # insertion-ordered: the oldest go first
-_port_choice = random.Random()
+_next_port = random.randrange(*_UNEPHEMERAL_PORTS)
 
 
 class ManagedProcess:

@@ -46,3 +46,14 @@ def test_a_port_bound_elsewhere_is_never_handed_out() -> None:
     finally:
         for sock in held:
             sock.close()
+
+
+def test_long_runs_are_found_after_many_single_ports() -> None:
+    # A whole test suite's worth of single ports handed out first: a run of 256 (the
+    # scrape benchmark's fleet) must still be found, all of it free and new.
+    singles = {free_port() for _ in range(3000)}
+    first = free_port_run(256)
+    assert not singles & set(range(first, first + 256))
+    for port in range(first, first + 256):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))
