@@ -260,6 +260,27 @@ def test_a_body_in_many_chunks_reaches_envoy_whole(director: Director, count: in
     stream.close()
 
 
+def test_a_large_body_in_few_chunks_is_gathered_as_it_comes(director: Director) -> None:
+    """Past 1 MiB the chunks go into one bytearray as they arrive: joining many large
+    chunks at the end would hold the body twice at once."""
+    stream = RequestStream(director, max_body_bytes=1 << 23)
+    stream.handle(headers_message())
+    body = orjson.dumps({"model": "m", "prompt": "z" * 3_000_000})
+    pieces = [body[i : i + 1_000_000] for i in range(0, len(body), 1_000_000)]
+    assert stream.handle(body_message(pieces[0], end_of_stream=False)) == ()
+    assert stream._gathered is None  # one chunk under the bound: kept as it came
+    assert stream.handle(body_message(pieces[1], end_of_stream=False)) == ()
+    assert stream._gathered is not None and stream._pieces == []
+    for piece in pieces[2:-1]:
+        assert stream.handle(body_message(piece, end_of_stream=False)) == ()
+    _, *chunks = stream.handle(body_message(pieces[-1], end_of_stream=True))
+    assert (
+        b"".join(c.request_body.response.body_mutation.streamed_response.body for c in chunks)
+        == body
+    )
+    stream.close()
+
+
 # -- the protocol ------------------------------------------------------------------------
 
 
