@@ -93,3 +93,23 @@ def test_random_picker_ignores_scores() -> None:
 def test_negative_fallbacks_rejected() -> None:
     with pytest.raises(ValueError, match="fallbacks"):
         MaxScorePicker(fallbacks=-1)
+
+
+@pytest.mark.parametrize("fallbacks", [0, 1, 2, 5])
+def test_pick_scores_returns_what_pick_returns_over_many_candidates(fallbacks: int) -> None:
+    # pick_scores finds the ranking's head without sorting every candidate (from 32 on);
+    # with the same seed it must draw the same random numbers and return the same list
+    # as pick(), whatever the ties. 500 random score lists per fallback count, from all
+    # distinct to a handful of values, would show a single difference.
+    rng = random.Random(fallbacks)
+    pool = [Endpoint(f"10.0.{i // 250}.{i % 250}:8000") for i in range(300)]
+    for case in range(500):
+        n = rng.randrange(32, 300)
+        distinct = rng.choice([1, 2, 3, 5, 20, 10**9])
+        scores = [float(rng.randrange(distinct)) / 7 for _ in range(n)]
+        fast = MaxScorePicker("p", fallbacks=fallbacks, rng=random.Random(case))
+        plain = MaxScorePicker("p", fallbacks=fallbacks, rng=random.Random(case))
+        got = fast.pick_scores(CycleState(), pool[:n], scores)
+        want = plain.pick(CycleState(), list(zip(pool[:n], scores, strict=True)))
+        assert got == want, f"case {case}"
+        assert len(got) == min(n, 1 + fallbacks)
