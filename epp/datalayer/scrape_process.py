@@ -19,7 +19,7 @@ frame of states in one callback: per endpoint a new ``Metrics`` replaced whole (
 with the child's ``time.monotonic()`` stamp of the scrape, the clock every process on
 the machine shares) and the failure fields, with no await in between, so a reader on
 the loop never sees half an update. That costs 2-4 µs per scrape on the loop, in frames
-of at most 64 endpoints and at most 128 endpoints per loop turn.
+of at most 32 endpoints, at most 32 states per loop turn.
 
 Contract kept with the in-loop scraper: ``start()`` returns once every endpoint known
 then was scraped once (or ``start_timeout_s`` passed, which is logged); discovery
