@@ -766,6 +766,25 @@ def print_request_table(rows: list[dict[str, Any]]) -> None:
             f"{r['routing_core_share'] * 100:>10.1f}%"
             f"{per_request_ms:>8.2f}ms{per_poll}{ratio}{against_quiet}"
         )
+    # One bad round moves the pooled p99 (a round's p99 moves by a third on its own):
+    # the same ratio round by round, each run against the other run of its round.
+    for r in rows:
+        base = fewest.get(r["epp"], r)
+        pairs = [(r, base, "the fewest pods")] if r["scraped"] and base is not r else []
+        quiet = unscraped.get((r["epp"], r["pods"])) if r["scraped"] else None
+        if quiet is not None:
+            pairs.append((r, quiet, "unscraped"))
+        for run, against, what in pairs:
+            ratios = [
+                a / b
+                for a, b in zip(run["p99_ms_rounds"], against["p99_ms_rounds"], strict=True)
+                if b > 0
+            ]
+            if ratios:
+                print(
+                    f"{r['epp']} {r['pods']} pods: p99 against {what}, round by round: median "
+                    f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}x)"
+                )
 
 
 # -- main ---------------------------------------------------------------------------------
