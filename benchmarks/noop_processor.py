@@ -5,7 +5,12 @@ nothing: in full duplex it hands the request body, and each response body chunk,
 it came (the "no-op"). With ``--destination ADDR`` it also routes every request to ADDR
 with exactly the answer epp sends (destination and model headers, route cache cleared,
 ``envoy.lb`` metadata), so Envoy does the same work as behind epp and the difference is
-epp's own: parsing, scheduling, bookkeeping. Same grpc.aio-on-uvloop server as epp.
+epp's own: parsing, scheduling, bookkeeping. Same grpc.aio-on-uvloop server as epp, with
+the same grpc setting (``epp/grpc_env.py``).
+
+``--whole-body`` hands the request body back in one message, as epp does behind an Envoy
+that takes it; ``--drain-access-log`` serves Envoy's gRPC access log and drops what comes
+(``benchmarks/bench_long_prompt.py`` puts it behind ``epp envoy-config``'s bootstrap).
 
     python benchmarks/noop_processor.py PORT [--destination ADDR --model NAME]
 """
@@ -15,17 +20,27 @@ from __future__ import annotations
 import argparse
 from collections.abc import AsyncIterator
 
-import grpc
-import uvloop
-from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
-from envoy.service.ext_proc.v3.external_processor_pb2 import (
+from epp.grpc_env import apply_grpc_defaults
+
+# The grpc setting `epp serve` starts with (read once, when grpc loads): like for like.
+apply_grpc_defaults()
+
+import grpc  # noqa: E402
+import uvloop  # noqa: E402
+from envoy.service.accesslog.v3.als_pb2 import (  # noqa: E402
+    StreamAccessLogsMessage,
+    StreamAccessLogsResponse,
+)
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc  # noqa: E402
+from envoy.service.ext_proc.v3.external_processor_pb2 import (  # noqa: E402
     HeadersResponse,
     ProcessingRequest,
     ProcessingResponse,
     TrailersResponse,
 )
 
-from epp.extproc.messages import RoutingResponses
+from epp.extproc.access_log import SERVICE  # noqa: E402
+from epp.extproc.messages import RoutingResponses  # noqa: E402
 
 _HEADERS = ProcessingResponse(request_headers=HeadersResponse())
 _RESPONSE_HEADERS = ProcessingResponse(response_headers=HeadersResponse())
@@ -33,8 +48,11 @@ _RESPONSE_TRAILERS = ProcessingResponse(response_trailers=TrailersResponse())
 
 
 class NoopProcessor(external_processor_pb2_grpc.ExternalProcessorServicer):  # type: ignore[misc]
-    def __init__(self, headers_answer: ProcessingResponse = _HEADERS) -> None:
+    def __init__(
+        self, headers_answer: ProcessingResponse = _HEADERS, *, whole_body: bool = False
+    ) -> None:
         self._headers_answer = headers_answer
+        self._whole_body = whole_body
 
     async def Process(
         self, request_iterator: AsyncIterator[ProcessingRequest], context: object
@@ -49,6 +67,8 @@ class NoopProcessor(external_processor_pb2_grpc.ExternalProcessorServicer):  # t
                 chunks.append(message.request_body.body)
                 if message.request_body.end_of_stream:
                     yield self._headers_answer
+                    if self._whole_body:  # one message, as epp sends to an Envoy that takes it
+                        chunks = [b"".join(chunks)]
                     for chunk in chunks:
                         response = ProcessingResponse()
                         streamed = response.request_body.response.body_mutation.streamed_response
@@ -68,11 +88,32 @@ class NoopProcessor(external_processor_pb2_grpc.ExternalProcessorServicer):  # t
                 yield _RESPONSE_TRAILERS
 
 
-async def main(port: int, headers_answer: ProcessingResponse) -> None:
+async def drain_access_logs(request_iterator: AsyncIterator[object], context: object) -> object:
+    async for _ in request_iterator:
+        pass
+    return StreamAccessLogsResponse()
+
+
+async def main(
+    port: int,
+    headers_answer: ProcessingResponse,
+    *,
+    whole_body: bool = False,
+    drain_access_log: bool = False,
+) -> None:
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20)])
     external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(
-        NoopProcessor(headers_answer), server
+        NoopProcessor(headers_answer, whole_body=whole_body), server
     )
+    if drain_access_log:  # what Envoy sends in epp envoy-config's LOGGED and TIMED modes
+        handler = grpc.stream_unary_rpc_method_handler(
+            drain_access_logs,
+            request_deserializer=StreamAccessLogsMessage.FromString,
+            response_serializer=StreamAccessLogsResponse.SerializeToString,
+        )
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(SERVICE, {"StreamAccessLogs": handler}),)
+        )
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     await server.wait_for_termination()
@@ -83,8 +124,16 @@ if __name__ == "__main__":
     parser.add_argument("port", type=int)
     parser.add_argument("--destination", help="route every request here (ip:port)")
     parser.add_argument("--model", default="", help="x-gateway-model-name to set")
+    parser.add_argument(
+        "--whole-body", action="store_true", help="hand the request body back in one message"
+    )
+    parser.add_argument(
+        "--drain-access-log", action="store_true", help="serve Envoy's access log, reading nothing"
+    )
     args = parser.parse_args()
     answer = _HEADERS
     if args.destination:
         answer = RoutingResponses().get(args.destination, args.model, on_body=False)
-    uvloop.run(main(args.port, answer))
+    uvloop.run(
+        main(args.port, answer, whole_body=args.whole_body, drain_access_log=args.drain_access_log)
+    )

@@ -1,0 +1,267 @@
+"""What one long prompt costs epp, behind the Envoy that ``epp envoy-config`` configures.
+
+Issue 10 bounds a 400 KB body (an agentic context) at 2 ms of epp CPU end to end. Each
+contender gets an Envoy of its own, from ``envoy_bootstrap`` (what ``epp envoy-config``
+prints: responses ``LOGGED``, response headers skipped), in front of one simulated pod
+that answers at once. One connection (``wrk -c1``) sends the same chat request back to
+back; rounds alternate the contenders and the table shows medians of the rounds. Per
+request: the processor's CPU (user + system of all its threads, from /proc), its
+Envoy's, and the processor's context switches.
+
+  epp           ``epp serve``, request body ``FULL_DUPLEX_STREAMED`` (what Gateway API
+                implementations configure): epp gathers the body, decides, and hands
+                it back in one message (this Envoy takes up to 1 MiB)
+  epp-buffered  the same with the request body ``BUFFERED``: Envoy sends the body in one
+                message and waits for epp's answer, which carries no body
+  grpc-floor    ``benchmarks/noop_processor.py --destination --whole-body``: a grpc.aio
+                processor that answers every request as epp does, with a fixed pod, and
+                echoes the body in one message (its access log stream drained): what
+                the gRPC transport costs before any of epp's own work
+
+``--contenders`` picks among them; ``--prompt-chars 13000`` is the routing benchmark's
+size. Needs ``wrk`` (apt-get install wrk). Prints a table and writes
+benchmarks/results/long_prompt.json. Two cores shared by everything: read ratios
+within one run.
+
+    python benchmarks/bench_long_prompt.py [--prompt-chars 400000] [--seconds 6] [--rounds 6]
+
+Where epp's CPU goes (while a run is under way; ``--native`` shows grpc's C frames)::
+
+    py-spy record -p $(pgrep -f "epp serve") -d 10 -r 250 --nonblocking -f raw -o /tmp/long.raw
+    perf record -F 999 --call-graph dwarf -p $(pgrep -f "epp serve") -- sleep 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from epp.envoy_config import EnvoyPorts, envoy_bootstrap  # noqa: E402
+from epp.stack import (  # noqa: E402
+    ManagedProcess,
+    free_port,
+    loopback_serve_args,
+    start_envoy,
+    start_epp_module,
+)
+
+RESULTS = ROOT / "benchmarks" / "results" / "long_prompt.json"
+MODEL = "bench-model"
+CONTENDERS = ("epp", "epp-buffered", "grpc-floor")
+NOOP = ROOT / "benchmarks" / "noop_processor.py"
+
+
+@dataclass
+class Running:
+    """One contender's processor and Envoy, and where to send requests."""
+
+    url: str
+    processor_pid: int
+    envoy_pid: int
+
+
+def start(name: str, pod: str, work: Path, processes: list[ManagedProcess]) -> Running:
+    port = free_port()
+    if name == "grpc-floor":
+        argv = [sys.executable, str(NOOP), str(port), "--destination", pod, "--model", MODEL]
+        processor = ManagedProcess(
+            name,
+            [*argv, "--whole-body", "--drain-access-log"],
+            log_dir=work,
+            env={"PYTHONPATH": str(ROOT)},
+        )
+        processes.append(processor)
+        processor.wait_until(functools.partial(_port_open, port), timeout_s=20, what=name)
+    else:
+        metrics_port = free_port()
+        args = [*loopback_serve_args(port, metrics_port), "--log-level", "warning"]
+        processor = start_epp_module(name, [*args, "--endpoint", f"{pod}={MODEL}"], log_dir=work)
+        processes.append(processor)
+        processor.wait_http(f"http://127.0.0.1:{metrics_port}/readyz")
+    listen, admin = free_port(), free_port()
+    bootstrap = envoy_bootstrap(
+        EnvoyPorts(listen_port=listen, admin_port=admin, epp_port=port),
+        body_mode="BUFFERED" if name == "epp-buffered" else "FULL_DUPLEX_STREAMED",
+    )
+    envoy = start_envoy(bootstrap, admin_port=admin, log_dir=work, name=f"envoy-{name}")
+    processes.append(envoy)
+    return Running(
+        f"http://127.0.0.1:{listen}/v1/chat/completions",
+        processor.process.pid,
+        envoy.process.pid,
+    )
+
+
+def _port_open(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _stat(pid: int) -> tuple[float, int]:
+    """CPU seconds (user + system) and context switches (all threads) of ``pid``."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    switches = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            for line in (task / "status").read_text().splitlines():
+                if "ctxt_switches:" in line:  # voluntary and not
+                    switches += int(line.split()[1])
+        except OSError:
+            pass  # a thread that ended meanwhile
+    return cpu, switches
+
+
+def wrk_requests(url: str, script: Path, seconds: float) -> tuple[int, int]:
+    """Requests completed and non-2xx answers of one ``wrk -c1`` run."""
+    out = subprocess.run(
+        ["wrk", "-t1", "-c1", f"-d{max(1, round(seconds))}s", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    done = re.search(r"(\d+) requests in", out)
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if done is None:
+        raise RuntimeError(f"wrk printed no request count:\n{out}")
+    return int(done.group(1)), int(bad.group(1)) if bad else 0
+
+
+def measure(running: Running, script: Path, seconds: float) -> dict[str, float]:
+    cpu_0, switches_0 = _stat(running.processor_pid)
+    envoy_0, _ = _stat(running.envoy_pid)
+    requests, failed = wrk_requests(running.url, script, seconds)
+    cpu_1, switches_1 = _stat(running.processor_pid)
+    envoy_1, _ = _stat(running.envoy_pid)
+    if failed:
+        raise RuntimeError(f"{failed} of {requests} requests to {running.url} failed")
+    per = 1000.0 / max(1, requests)
+    return {
+        "requests": requests,
+        "rps": requests / seconds,
+        "processor_cpu_ms": (cpu_1 - cpu_0) * per,
+        "envoy_cpu_ms": (envoy_1 - envoy_0) * per,
+        "switches": (switches_1 - switches_0) / max(1, requests),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--prompt-chars", type=int, default=400_000)
+    parser.add_argument("--seconds", type=float, default=6.0, help="length of each wrk run")
+    parser.add_argument("--rounds", type=int, default=6, help="alternations of the contenders")
+    parser.add_argument(
+        "--contenders",
+        default=",".join(CONTENDERS),
+        help=f"comma-separated, of {', '.join(CONTENDERS)}",
+    )
+    args = parser.parse_args()
+    names = [n for n in args.contenders.split(",") if n]
+    unknown = sorted(set(names) - set(CONTENDERS))
+    if unknown:
+        parser.error(f"unknown contenders: {', '.join(unknown)}")
+    body = json.dumps(
+        {
+            "model": MODEL,
+            "max_tokens": 1,
+            "messages": [{"role": "user", "content": "Summarize this. " + "x" * args.prompt_chars}],
+        }
+    )
+    processes: list[ManagedProcess] = []
+    samples: dict[str, list[dict[str, float]]] = {n: [] for n in names}
+    with tempfile.TemporaryDirectory(prefix="epp-long-") as tmp:
+        work = Path(tmp)
+        script = work / "post.lua"
+        script.write_text(
+            'wrk.method = "POST"\n'
+            'wrk.headers["Content-Type"] = "application/json"\n'
+            f"wrk.body = {json.dumps(body)}\n"
+        )
+        try:
+            pod = f"127.0.0.1:{free_port()}"
+            sim = start_epp_module(
+                "sim", ["sim", "--time-scale", "0", "--pod", f"{pod}={MODEL}"], log_dir=work
+            )
+            processes.append(sim)
+            sim.wait_http(f"http://{pod}/health")
+            running = {n: start(n, pod, work, processes) for n in names}
+            for n in names:  # warm up: connections, code paths
+                measure(running[n], script, 1.0)
+            for round_ in range(args.rounds):
+                order = names if round_ % 2 == 0 else names[::-1]
+                for n in order:
+                    row = measure(running[n], script, args.seconds)
+                    samples[n].append(row)
+                    print(
+                        f"round {round_ + 1} {n:<13} {row['processor_cpu_ms']:.3f} ms CPU/req, "
+                        f"Envoy {row['envoy_cpu_ms']:.3f}, "
+                        f"{row['switches']:.1f} context switches/req",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+        finally:
+            for process in reversed(processes):
+                process.stop()
+    summary = {
+        n: {key: statistics.median(r[key] for r in rows) for key in rows[0]}
+        for n, rows in samples.items()
+    }
+    print_table(summary, body_bytes=len(body), rounds=args.rounds)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(
+        json.dumps(
+            {
+                "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "python": platform.python_version(),
+                "cpus": os.cpu_count(),
+                "body_bytes": len(body),
+                "seconds": args.seconds,
+                "rounds": args.rounds,
+                "median": summary,
+                "samples": samples,
+            },
+            indent=2,
+        )
+    )
+    print(f"\nwrote {RESULTS}")
+    return 0
+
+
+def print_table(summary: dict[str, dict[str, Any]], *, body_bytes: int, rounds: int) -> None:
+    print(f"\n{body_bytes:,}-byte chat body, one connection, medians of {rounds} rounds")
+    header = ("contender", "req/s", "processor ms/req", "Envoy ms/req", "ctx switches/req")
+    print(f"{header[0]:<14}{header[1]:>8}{header[2]:>18}{header[3]:>14}{header[4]:>18}")
+    floor = summary.get("grpc-floor", {}).get("processor_cpu_ms")
+    for name, row in summary.items():
+        print(
+            f"{name:<14}{row['rps']:>8.0f}{row['processor_cpu_ms']:>18.3f}"
+            f"{row['envoy_cpu_ms']:>14.3f}{row['switches']:>18.1f}"
+        )
+    if floor:
+        for name, row in summary.items():
+            if name != "grpc-floor":
+                print(f"{name} / grpc-floor: {row['processor_cpu_ms'] / floor:.2f}x processor CPU")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
