@@ -9,7 +9,7 @@ epp's own: parsing, scheduling, bookkeeping. Same grpc.aio-on-uvloop server as e
 the same grpc setting (``epp/grpc_env.py``).
 
 ``--whole-body`` hands the request body back in one message, as epp does behind an Envoy
-that takes it; ``--drain-access-log`` serves Envoy's gRPC access log and drops what comes
+that takes it; ``--drain-access-log`` serves Envoy's gRPC access log and drops it unparsed
 (``benchmarks/bench_long_prompt.py`` puts it behind ``epp envoy-config``'s bootstrap).
 
     python benchmarks/noop_processor.py PORT [--destination ADDR --model NAME]
@@ -27,10 +27,7 @@ apply_grpc_defaults()
 
 import grpc  # noqa: E402
 import uvloop  # noqa: E402
-from envoy.service.accesslog.v3.als_pb2 import (  # noqa: E402
-    StreamAccessLogsMessage,
-    StreamAccessLogsResponse,
-)
+from envoy.service.accesslog.v3.als_pb2 import StreamAccessLogsResponse  # noqa: E402
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc  # noqa: E402
 from envoy.service.ext_proc.v3.external_processor_pb2 import (  # noqa: E402
     HeadersResponse,
@@ -88,7 +85,7 @@ class NoopProcessor(external_processor_pb2_grpc.ExternalProcessorServicer):  # t
                 yield _RESPONSE_TRAILERS
 
 
-async def drain_access_logs(request_iterator: AsyncIterator[object], context: object) -> object:
+async def drain_access_logs(request_iterator: AsyncIterator[bytes], context: object) -> object:
     async for _ in request_iterator:
         pass
     return StreamAccessLogsResponse()
@@ -107,8 +104,7 @@ async def main(
     )
     if drain_access_log:  # what Envoy sends in epp envoy-config's LOGGED and TIMED modes
         handler = grpc.stream_unary_rpc_method_handler(
-            drain_access_logs,
-            request_deserializer=StreamAccessLogsMessage.FromString,
+            drain_access_logs,  # the messages stay bytes: nothing is parsed
             response_serializer=StreamAccessLogsResponse.SerializeToString,
         )
         server.add_generic_rpc_handlers(
@@ -128,7 +124,7 @@ if __name__ == "__main__":
         "--whole-body", action="store_true", help="hand the request body back in one message"
     )
     parser.add_argument(
-        "--drain-access-log", action="store_true", help="serve Envoy's access log, reading nothing"
+        "--drain-access-log", action="store_true", help="serve Envoy's access log, unparsed"
     )
     args = parser.parse_args()
     answer = _HEADERS
