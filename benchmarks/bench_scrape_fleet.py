@@ -40,6 +40,10 @@ Two parts, each side by side in one run:
    ``--unscraped-pods 256`` adds runs whose 256 pods are scraped once, at start (their
    metrics kept fresh): the same scheduling over 256 endpoints with no polls under way,
    so "vs unscraped" is what scraping itself does to the request path.
+   ``--scraping-neighbour`` gives those runs ("once+nb") a second epp that scrapes the
+   same pods as usual, no requests, all of it on CPU 1: the pods' core as busy as in a
+   scraped run, so what is left of "vs unscraped" is the measured epp's own scraping
+   (the states it applies), not the load its scraping puts on the other core.
    ``--request-pod-server idle`` serves idle pods here, so that only the pods epp routes
    to have work (its own in-flight requests) and the scraper's idle pace applies;
    ``--epp-args "--scrape-idle-interval 1s"`` passes flags to this tree's epp only.
@@ -597,28 +601,45 @@ def run_epp(
     settle_s: float,
     extra_args: list[str],
     cpu_split: bool = False,
+    neighbour: bool = False,
 ) -> dict[str, Any]:
     from epp.stack import free_port, loopback_serve_args
 
-    grpc_port, metrics_port = free_port(), free_port()
-    argv = [
-        sys.executable,
-        "-m",
-        "epp",
-        *loopback_serve_args(grpc_port, metrics_port),
-        "--log-level",
-        "warning",
-        *extra_args,
-    ]
-    for address in fleet.addresses[:count]:
-        argv += ["--endpoint", f"{address}={MODEL}"]
-    env = {**os.environ, "PYTHONPATH": str(tree)}
-    process = subprocess.Popen(
-        argv, env=env, cwd=tree, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    try:
+    def start(args: list[str]) -> tuple[subprocess.Popen[bytes], int, int]:
+        grpc_port, metrics_port = free_port(), free_port()
+        argv = [
+            sys.executable,
+            "-m",
+            "epp",
+            *loopback_serve_args(grpc_port, metrics_port),
+            "--log-level",
+            "warning",
+            *args,
+        ]
+        for address in fleet.addresses[:count]:
+            argv += ["--endpoint", f"{address}={MODEL}"]
+        env = {**os.environ, "PYTHONPATH": str(tree)}
+        started = subprocess.Popen(
+            argv, env=env, cwd=tree, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         _wait_http(f"http://127.0.0.1:{metrics_port}/metrics", 30.0)
+        return started, grpc_port, metrics_port
+
+    # The neighbour: another epp scraping the same pods as usual, no requests, all of it
+    # on the pods' core: what that core carries in a scraped run, without the measured
+    # epp doing any of the scraping.
+    other = start([])[0] if neighbour else None
+    try:
+        process, grpc_port, metrics_port = start(extra_args)
+    except BaseException:
+        if other is not None:
+            other.kill()
+        raise
+    try:
         time.sleep(settle_s)  # every pod scraped, polls spread out
+        if other is not None:
+            for member in {other.pid} | _descendants(other.pid):
+                _pin(member, {1})
         if cpu_split:
             # The routing process with the driver; its scraper process with the pods.
             _pin(process.pid, {0})
@@ -632,11 +653,12 @@ def run_epp(
         routing_1 = _proc_cpu_s(process.pid)
         polls_1 = _scraper_polls(metrics_port)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        for started in (process, *([other] if other is not None else [])):
+            started.terminate()
+            try:
+                started.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                started.kill()
     latencies.sort()
     return {
         "latencies": latencies,
@@ -693,6 +715,7 @@ def part_requests(args: argparse.Namespace, trees: dict[str, Path]) -> list[dict
                     args.warmup_s,
                     extra + ([] if scraped else UNSCRAPED_ARGS),
                     cpu_split=args.cpu_split,
+                    neighbour=args.scraping_neighbour and not scraped,
                 )
                 runs.setdefault((name, count, scraped), []).append(run)
                 print(
@@ -710,6 +733,7 @@ def part_requests(args: argparse.Namespace, trees: dict[str, Path]) -> list[dict
                 "epp": name,
                 "pods": count,
                 "scraped": scraped,
+                "neighbour": args.scraping_neighbour and not scraped,
                 "pod_server": kind,
                 "rps": args.rps,
                 "pods_nice": args.pods_nice,
@@ -761,7 +785,7 @@ def print_request_table(rows: list[dict[str, Any]]) -> None:
             else f"{'-':>10}"
         )
         print(
-            f"{r['epp']:<8}{r['pods']:>5}{'50ms' if scraped else 'once':>9}{r['requests']:>10}"
+            f"{r['epp']:<8}{r['pods']:>5}{_scraped_label(r):>9}{r['requests']:>10}"
             f"{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['epp_core_share'] * 100:>10.1f}%"
             f"{r['routing_core_share'] * 100:>10.1f}%"
             f"{per_request_ms:>8.2f}ms{per_poll}{ratio}{against_quiet}"
@@ -785,6 +809,12 @@ def print_request_table(rows: list[dict[str, Any]]) -> None:
                     f"{r['epp']} {r['pods']} pods: p99 against {what}, round by round: median "
                     f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}x)"
                 )
+
+
+def _scraped_label(row: dict[str, Any]) -> str:
+    if row["scraped"]:
+        return "50ms"
+    return "once+nb" if row.get("neighbour") else "once"
 
 
 # -- main ---------------------------------------------------------------------------------
@@ -814,6 +844,12 @@ def main() -> None:
         default=[],
         help="also run with these many pods scraped once, at start (part 2): the cost of "
         "scheduling over them without the scraping",
+    )
+    parser.add_argument(
+        "--scraping-neighbour",
+        action="store_true",
+        help="the unscraped runs get a second epp that scrapes the same pods, all of it on "
+        "CPU 1 (with --cpu-split): the pods' core as loaded as in a scraped run",
     )
     parser.add_argument("--pod-server", choices=("fast", "idle", "sim"), default="fast")
     parser.add_argument(
