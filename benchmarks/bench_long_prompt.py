@@ -52,6 +52,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.overhead import cpu_seconds, port_open  # noqa: E402
 from epp.envoy_config import EnvoyPorts, envoy_bootstrap  # noqa: E402
 from epp.stack import (  # noqa: E402
     ManagedProcess,
@@ -87,7 +88,7 @@ def start(name: str, pod: str, work: Path, processes: list[ManagedProcess]) -> R
             env={"PYTHONPATH": str(ROOT)},
         )
         processes.append(processor)
-        processor.wait_until(functools.partial(_port_open, port), timeout_s=20, what=name)
+        processor.wait_until(functools.partial(port_open, port), timeout_s=20, what=name)
     else:
         metrics_port = free_port()
         args = [*loopback_serve_args(port, metrics_port), "--log-level", "warning"]
@@ -108,32 +109,23 @@ def start(name: str, pod: str, work: Path, processes: list[ManagedProcess]) -> R
     )
 
 
-def _port_open(port: int) -> bool:
-    import socket
-
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-def _stat(pid: int) -> tuple[float, int]:
-    """CPU seconds (user + system) and context switches (all threads) of ``pid``."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def _context_switches(pid: int) -> int:
+    """Context switches of all of ``pid``'s threads so far, voluntary or not."""
     switches = 0
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             for line in (task / "status").read_text().splitlines():
-                if "ctxt_switches:" in line:  # voluntary and not
+                if "ctxt_switches:" in line:
                     switches += int(line.split()[1])
         except OSError:
             pass  # a thread that ended meanwhile
-    return cpu, switches
+    return switches
 
 
-def wrk_requests(url: str, script: Path, seconds: float) -> tuple[int, int]:
+def wrk_requests(url: str, script: Path, seconds: int) -> tuple[int, int]:
     """Requests completed and non-2xx answers of one ``wrk -c1`` run."""
     out = subprocess.run(
-        ["wrk", "-t1", "-c1", f"-d{max(1, round(seconds))}s", "-s", str(script), url],
+        ["wrk", "-t1", "-c1", f"-d{seconds}s", "-s", str(script), url],
         capture_output=True,
         text=True,
         check=True,
@@ -146,17 +138,18 @@ def wrk_requests(url: str, script: Path, seconds: float) -> tuple[int, int]:
 
 
 def measure(running: Running, script: Path, seconds: float) -> dict[str, float]:
-    cpu_0, switches_0 = _stat(running.processor_pid)
-    envoy_0, _ = _stat(running.envoy_pid)
-    requests, failed = wrk_requests(running.url, script, seconds)
-    cpu_1, switches_1 = _stat(running.processor_pid)
-    envoy_1, _ = _stat(running.envoy_pid)
+    duration = max(1, round(seconds))  # wrk takes whole seconds
+    cpu_0, switches_0 = cpu_seconds(running.processor_pid), _context_switches(running.processor_pid)
+    envoy_0 = cpu_seconds(running.envoy_pid)
+    requests, failed = wrk_requests(running.url, script, duration)
+    cpu_1, switches_1 = cpu_seconds(running.processor_pid), _context_switches(running.processor_pid)
+    envoy_1 = cpu_seconds(running.envoy_pid)
     if failed:
         raise RuntimeError(f"{failed} of {requests} requests to {running.url} failed")
     per = 1000.0 / max(1, requests)
     return {
         "requests": requests,
-        "rps": requests / seconds,
+        "rps": requests / duration,
         "processor_cpu_ms": (cpu_1 - cpu_0) * per,
         "envoy_cpu_ms": (envoy_1 - envoy_0) * per,
         "switches": (switches_1 - switches_0) / max(1, requests),

@@ -794,14 +794,14 @@ def print_request_table(rows: list[dict[str, Any]]) -> None:
     # the same ratio round by round, each run against the other run of its round.
     for r in rows:
         base = fewest.get(r["epp"], r)
-        pairs = [(r, base, "the fewest pods")] if r["scraped"] and base is not r else []
+        pairs = [(base, "the fewest pods")] if r["scraped"] and base is not r else []
         quiet = unscraped.get((r["epp"], r["pods"])) if r["scraped"] else None
         if quiet is not None:
-            pairs.append((r, quiet, "unscraped"))
-        for run, against, what in pairs:
+            pairs.append((quiet, "unscraped"))
+        for against, what in pairs:
             ratios = [
                 a / b
-                for a, b in zip(run["p99_ms_rounds"], against["p99_ms_rounds"], strict=True)
+                for a, b in zip(r["p99_ms_rounds"], against["p99_ms_rounds"], strict=True)
                 if b > 0
             ]
             if ratios:

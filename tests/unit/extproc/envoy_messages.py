@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from envoy.config.core.v3.base_pb2 import HeaderMap, HeaderValue, Metadata
 from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
 from envoy.service.ext_proc.v3.external_processor_pb2 import (
@@ -47,6 +49,11 @@ def headers_message(
 
 def body_message(body: bytes, *, end_of_stream: bool) -> ProcessingRequest:
     return ProcessingRequest(request_body=HttpBody(body=body, end_of_stream=end_of_stream))
+
+
+def streamed_body(responses: Iterable[ProcessingResponse]) -> bytes:
+    """The request body the responses hand back to Envoy in full duplex, joined."""
+    return b"".join(r.request_body.response.body_mutation.streamed_response.body for r in responses)
 
 
 def set_headers(response: ProcessingResponse, which: str) -> dict[str, str]:

@@ -33,6 +33,7 @@ from tests.unit.extproc.envoy_messages import (
     body_message,
     headers_message,
     set_headers,
+    streamed_body,
 )
 
 BODY = b'{"model": "m", "prompt": "hello"}'
@@ -113,9 +114,7 @@ def test_the_rewrite_header_is_ignored_unless_trusted(director: Director) -> Non
         stream.handle(headers_message(extra={MODEL_REWRITE_HEADER: "other"}))
         _, *chunks = stream.handle(body_message(BODY, end_of_stream=True))
         stream.close()
-        return b"".join(
-            c.request_body.response.body_mutation.streamed_response.body for c in chunks
-        )
+        return streamed_body(chunks)
 
     assert orjson.loads(routed_model(trusted=False))["model"] == "m"
     assert orjson.loads(routed_model(trusted=True))["model"] == "other"
@@ -182,14 +181,7 @@ def test_a_body_that_does_not_fit_the_budget_gets_503_and_others_go_on(
     # A body too large for one message is held until its last chunk has gone to Envoy.
     assert budget.held_bytes == len(opening) + 2
     assert set_headers(head, "request_headers")[DESTINATION_HEADER] in (POD_A, POD_B)
-    assert (
-        len(
-            b"".join(
-                c.request_body.response.body_mutation.streamed_response.body for c in responses
-            )
-        )
-        == len(opening) + 2
-    )
+    assert len(streamed_body(responses)) == len(opening) + 2
     assert budget.held_bytes == 0
     first.close()
     second.close()
@@ -253,10 +245,7 @@ def test_a_body_in_many_chunks_reaches_envoy_whole(director: Director, count: in
     for piece in pieces[:-1]:
         assert stream.handle(body_message(piece, end_of_stream=False)) == ()
     _, *chunks = stream.handle(body_message(pieces[-1], end_of_stream=True))
-    assert (
-        b"".join(c.request_body.response.body_mutation.streamed_response.body for c in chunks)
-        == body
-    )
+    assert streamed_body(chunks) == body
     stream.close()
 
 
@@ -274,10 +263,7 @@ def test_a_large_body_in_few_chunks_is_gathered_as_it_comes(director: Director) 
     for piece in pieces[2:-1]:
         assert stream.handle(body_message(piece, end_of_stream=False)) == ()
     _, *chunks = stream.handle(body_message(pieces[-1], end_of_stream=True))
-    assert (
-        b"".join(c.request_body.response.body_mutation.streamed_response.body for c in chunks)
-        == body
-    )
+    assert streamed_body(chunks) == body
     stream.close()
 
 
