@@ -475,6 +475,15 @@ def test_routing_streams_avoid_a_dead_epp_replica() -> None:
     assert predicate["name"] == "envoy.retry_host_predicates.previous_hosts"
     # Envoy aborts on the first stream when the predicate has no typed_config.
     assert predicate["typed_config"]["@type"].endswith(".PreviousHostsPredicate")
+    # One replica has no other to retry on: no policy (Envoy would keep every stream's
+    # messages for a replay that finds the same epp).
+    assert "retry_policy" not in _ext_proc(envoy_bootstrap(EnvoyPorts()))["grpc_service"]
+    pools = envoy_bootstrap(
+        EnvoyPorts(epp_port=9002, more_epp_ports=(9012,)),
+        model_routes={"m": 9102},
+        response_body_mode="NONE",
+    )
+    assert "retry_policy" not in _ext_proc(pools)["grpc_service"]
     (epp,) = [c for c in bootstrap["static_resources"]["clusters"] if c["name"] == "epp"]
     outlier = epp["outlier_detection"]
     assert outlier["consecutive_gateway_failure"] == 1
