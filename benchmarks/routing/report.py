@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["markdown", "plot", "write_json"]
+__all__ = ["cpu_by_round", "markdown", "plot", "write_json"]
 
 NOTES = """\
 Times are simulated seconds: the client measures wall time and divides it by the
@@ -72,13 +73,13 @@ def markdown(result: Mapping[str, Any]) -> str:
         for run in runs:
             if "error" in run:
                 lines.append(
-                    f"| {_fmt(run['offered_rps'])} | {run['contender']} | "
+                    f"| {_fmt(run['offered_rps'])} | {_label(run)} | "
                     f"failed: {run['error']} |" + " |" * 12
                 )
                 continue
             errors = ", ".join(f"{k} {v}" for k, v in sorted(run["errors"].items())) or "0"
             lines.append(
-                f"| {_fmt(run['offered_rps'])} | {run['contender']} "
+                f"| {_fmt(run['offered_rps'])} | {_label(run)} "
                 f"| {_fmt(run['ttft_p50_s'])} | {_fmt(run['ttft_p90_s'])} "
                 f"| {_fmt(run['ttft_p99_s'])} | {_fmt(run['e2e_p50_s'])} "
                 f"| {_fmt(run['e2e_p90_s'])} | {_fmt(run['output_tps'], 4)} "
@@ -87,7 +88,72 @@ def markdown(result: Mapping[str, Any]) -> str:
                 f"| {_fmt(run['pod_max'])}/{_fmt(run['pod_min'])} "
                 f"| {_cpu(run)} | {errors} |"
             )
+    if result.get("cpu_by_round"):
+        lines += _cpu_by_round_table(result["cpu_by_round"])
     return "\n".join(lines) + "\n"
+
+
+def _label(run: Mapping[str, Any]) -> str:
+    return f"{run['contender']} (round {run['round']})" if "round" in run else run["contender"]
+
+
+def cpu_by_round(runs: Sequence[Mapping[str, Any]], reference: str | None) -> list[dict[str, Any]]:
+    """Router CPU per request of every contender at every rate, round by round, with its
+    median and, where ``reference`` ran in the same round, the ratio to it: a machine
+    that drifts moves both sides of a ratio, and the median of ratios is what to quote."""
+    cpu: dict[tuple[str, float, str], dict[int, float]] = {}
+    for run in runs:
+        value = run.get("router_cpu_ms_per_req")
+        if value is not None:
+            key = (run["workload"], run["offered_rps"], run["contender"])
+            cpu.setdefault(key, {})[run.get("round", 1)] = value
+    rows = []
+    for (workload, rate, contender), by_round in cpu.items():
+        row: dict[str, Any] = {
+            "workload": workload,
+            "offered_rps": rate,
+            "contender": contender,
+            "cpu_ms_per_req": [by_round[r] for r in sorted(by_round)],
+            "median": round(statistics.median(by_round.values()), 3),
+        }
+        base = cpu.get((workload, rate, reference)) if reference else None
+        if base is not None and contender != reference:
+            ratios = [by_round[r] / base[r] for r in sorted(by_round) if base.get(r)]
+            if ratios:
+                row["reference"] = reference
+                row["vs_reference"] = [round(x, 3) for x in ratios]
+                row["vs_reference_median"] = round(statistics.median(ratios), 3)
+        rows.append(row)
+    return rows
+
+
+def _cpu_by_round_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    reference = next((r["reference"] for r in rows if "reference" in r), None)
+    lines = [
+        "",
+        "## Router CPU per request, by round",
+        "",
+        "ms of CPU per request (epp and its Envoy, Envoy alone, or a peer's whole proxy)"
+        + (f"; ratios to {reference} in the same round." if reference else "."),
+        "",
+        "| workload | rate/s | contender | by round | median |"
+        + (f" / {reference}, by round | median |" if reference else ""),
+        "| --- | ---: | --- | --- | ---: |" + (" --- | ---: |" if reference else ""),
+    ]
+    for row in rows:
+        line = (
+            f"| {row['workload']} | {_fmt(row['offered_rps'])} | {row['contender']} "
+            f"| {', '.join(_fmt(x) for x in row['cpu_ms_per_req'])} | {_fmt(row['median'])} |"
+        )
+        if reference:
+            ratios = row.get("vs_reference")
+            line += (
+                f" {', '.join(_fmt(x) for x in ratios)} | {_fmt(row['vs_reference_median'])} |"
+                if ratios
+                else " - | - |"
+            )
+        lines.append(line)
+    return lines
 
 
 def _cpu(run: Mapping[str, Any]) -> str:
@@ -137,11 +203,12 @@ def plot(result: Mapping[str, Any], out_dir: Path) -> list[Path]:
         fig, axes = plt.subplots(rows, cols, figsize=(6.4 * cols, 4.2 * rows + 0.6), squeeze=False)
         for ax, (workload, runs) in zip(axes.flat, by_workload.items(), strict=False):
             for index, contender in enumerate(contenders):
-                points = sorted(
-                    (r["offered_rps"], r.get(key))
-                    for r in runs
-                    if r["contender"] == contender and r.get(key) is not None
-                )
+                # One point per rate: the median of its rounds.
+                values: dict[float, list[float]] = {}
+                for r in runs:
+                    if r["contender"] == contender and r.get(key) is not None:
+                        values.setdefault(r["offered_rps"], []).append(r[key])
+                points = sorted((x, statistics.median(ys)) for x, ys in values.items())
                 if points:
                     xs, ys = zip(*points, strict=True)
                     ax.plot(

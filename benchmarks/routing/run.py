@@ -43,6 +43,8 @@ from benchmarks.workloads.request import Request
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 MODEL = "bench-model"
+# The whole-proxy CPU issue 10 compares epp's with (a peer from peers.py).
+SGLANG_CACHE_AWARE = "sglang-router cache_aware"
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +79,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"unknown workload(s): {', '.join(unknown)}; known: {', '.join(WORKLOADS)}",
             file=sys.stderr,
         )
+        return 2
+    if args.rounds < 1:
+        print("--rounds must be at least 1", file=sys.stderr)
         return 2
     duration = args.duration or mode.duration_s
     contenders = _contenders(args)
@@ -140,28 +145,36 @@ def main(argv: Sequence[str] | None = None) -> int:
             requests = WORKLOADS[workload](rate, duration, args.seed, MODEL)
             oracle = oracle_hit_rate(requests).hit_rate
             offered_tps = round(sum(r.output_tokens for r in requests) / duration, 1)
-            for contender in contenders:
-                name = "".join(c if c.isalnum() or c in "-_." else "_" for c in contender.name)
-                row = _one_run(
-                    contender,
-                    fleet,
-                    requests,
-                    rate,
-                    duration,
-                    work / f"{workload}-{rate:g}-{name}",
-                    args,
-                )
-                row = {
-                    "workload": workload,
-                    "contender": contender.name,
-                    "offered_rps": rate,
-                    "offered_tps": offered_tps,
-                    "oracle_hit_rate": round(oracle, 4),
-                    **row,
-                }
-                result["runs"].append(row)
-                _log(_progress(row))
-                report.write_json(result, out_dir / "routing.json")
+            for round_ in range(1, args.rounds + 1):
+                # Every other round in reverse, so no contender always runs first or last
+                # on a machine whose speed drifts.
+                order = contenders if round_ % 2 else contenders[::-1]
+                for contender in order:
+                    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in contender.name)
+                    suffix = f"-r{round_}" if args.rounds > 1 else ""
+                    row = _one_run(
+                        contender,
+                        fleet,
+                        requests,
+                        rate,
+                        duration,
+                        work / f"{workload}-{rate:g}-{name}{suffix}",
+                        args,
+                    )
+                    row = {
+                        "workload": workload,
+                        "contender": contender.name,
+                        "offered_rps": rate,
+                        **({"round": round_} if args.rounds > 1 else {}),
+                        "offered_tps": offered_tps,
+                        "oracle_hit_rate": round(oracle, 4),
+                        **row,
+                    }
+                    result["runs"].append(row)
+                    _log(_progress(row))
+                    report.write_json(result, out_dir / "routing.json")
+    if args.rounds > 1:
+        result["cpu_by_round"] = report.cpu_by_round(result["runs"], _cpu_reference(args))
     result["meta"]["wall_s"] = round(time.monotonic() - started, 1)
     cpu = [
         r["client_cpu_ms_per_req"]
@@ -310,6 +323,14 @@ def _contenders(args: argparse.Namespace) -> list[Contender]:
     return _install_peers(contenders)
 
 
+def _cpu_reference(args: argparse.Namespace) -> str | None:
+    """The contender the CPU summary divides by: ``--cpu-reference``, else sglang-router's
+    cache-aware policy when it ran."""
+    if args.cpu_reference:
+        return str(args.cpu_reference)
+    return SGLANG_CACHE_AWARE
+
+
 def _notes(args: argparse.Namespace) -> list[str]:
     notes = []
     if not args.no_peers:
@@ -410,6 +431,19 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="sample every epp process with py-spy during each run and "
         "report where its CPU went (benchmarks/routing/profile.py)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run every contender this many times per rate, every other round in reverse "
+        "order, and summarize router CPU per request by round (median and ratios)",
+    )
+    parser.add_argument(
+        "--cpu-reference",
+        metavar="NAME",
+        help="the contender the by-round CPU ratios divide by "
+        f"(default: {SGLANG_CACHE_AWARE}, when it runs)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-peers", action="store_true", help="skip peers.py's routers")
