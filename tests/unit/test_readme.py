@@ -59,3 +59,22 @@ def test_the_pick_proxy_example_is_the_tested_file() -> None:
     example = README.parent / "examples" / "pick_proxy.py"
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
     assert example.read_text() in blocks
+
+
+def _routing_commands() -> list[str]:
+    """The indented `python -m benchmarks.routing.run` commands, continuation lines joined."""
+    text = README.read_text().replace("\\\n", " ")
+    return re.findall(r"^ {4}python -m benchmarks\.routing\.run (.*)$", text, flags=re.MULTILINE)
+
+
+def test_the_routing_benchmark_commands_parse() -> None:
+    import shlex
+
+    from benchmarks.routing import run
+
+    commands = _routing_commands()
+    assert commands  # the CPU-per-request section shows one
+    for command in commands:
+        # argparse exits (and the test fails) on a flag the benchmark no longer has.
+        args = run._parser().parse_args(shlex.split(command))
+        assert args.rounds > 1  # the point of the section: ratios by round
