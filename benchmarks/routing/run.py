@@ -88,6 +88,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not contenders:
         print("no contender selected", file=sys.stderr)
         return 2
+    if args.cpu_reference and args.cpu_reference not in [c.name for c in contenders]:
+        print(f"--cpu-reference {args.cpu_reference!r} is not a contender", file=sys.stderr)
+        return 2
     flags = sim_flags()
     sim_args = [x for k, v in SIM_ARGS.items() if k in flags for x in (k, v)]
     sim_args += args.sim_arg or []
@@ -323,12 +326,10 @@ def _contenders(args: argparse.Namespace) -> list[Contender]:
     return _install_peers(contenders)
 
 
-def _cpu_reference(args: argparse.Namespace) -> str | None:
+def _cpu_reference(args: argparse.Namespace) -> str:
     """The contender the CPU summary divides by: ``--cpu-reference``, else sglang-router's
-    cache-aware policy when it ran."""
-    if args.cpu_reference:
-        return str(args.cpu_reference)
-    return SGLANG_CACHE_AWARE
+    cache-aware policy (no ratios when it did not run)."""
+    return str(args.cpu_reference or SGLANG_CACHE_AWARE)
 
 
 def _notes(args: argparse.Namespace) -> list[str]:
