@@ -32,6 +32,11 @@ Pools over 256 endpoints are scored on a sample of 256 (the default profile's
 sample saves. The last lines give each large fleet's median over the 256-endpoint one
 (issue 10: 1,024 endpoints at most 2x).
 
+``--evict-mib 4`` writes 4 MiB through memory before each timed decision (twice these
+machines' 2 MiB L2), so the endpoints and the profile's state start out of the CPU's
+caches, as between two requests of a loaded server, where Envoy, grpc and the other
+processes run in between; back to back (the default) they stay cached.
+
 ``--gc off`` (``gc.disable()``) or ``--gc freeze`` (``gc.collect(); gc.freeze()`` after the
 warm-up) tells the cyclic GC's share of the p99 apart from the machine's noise; the
 "gc colls" column counts the collections (generations 0/1/2) inside the timed loop.
@@ -121,8 +126,12 @@ def time_case(
     runs: int,
     gc_mode: str = "on",
     sample_size: int | None = None,
+    evict_mib: int = 0,
 ) -> dict[str, float | int | str]:
     rng = random.Random(1)
+    # Written whole before each timed call: memcpy of evict_mib MiB evicts the caches.
+    scratch = bytearray(evict_mib << 20)
+    zeros = bytes(len(scratch))
     scheduler = build_scheduler(profile_config(sample_size))
     # As epp's director runs it: the prefix index's inserts left for the loop's next
     # turn, timed apart ("after"). A tree from before that has no such split.
@@ -157,6 +166,8 @@ def time_case(
     collections_before = [g["collections"] for g in gc.get_stats()]
     for i in range(runs):
         req = request(i + 1_000)
+        if scratch:
+            scratch[:] = zeros
         start = clock()
         schedule(req, candidates)
         samples[i] = clock() - start
@@ -177,6 +188,7 @@ def time_case(
         "runs": runs,
         "gc": gc_mode,
         "sample_size": "default" if sample_size is None else sample_size,
+        "evict_mib": evict_mib,
         "gc_collections": "/".join(map(str, collections)),  # generations 0/1/2
         "median_us": round(statistics.median(samples) / 1_000, 2),
         "p99_us": round(samples[int(runs * 0.99) - 1] / 1_000, 2),
@@ -195,7 +207,12 @@ def cases() -> list[tuple[int, int, str]]:
 
 
 def run_child(
-    tree: Path, case: tuple[int, int, str], runs: int, gc_mode: str, sample_size: int | None
+    tree: Path,
+    case: tuple[int, int, str],
+    runs: int,
+    gc_mode: str,
+    sample_size: int | None,
+    evict_mib: int = 0,
 ) -> dict[str, float | int | str]:
     """One case timed in a fresh process that imports epp from ``tree``."""
     env = {**os.environ, "EPP_BENCH_TREE": str(tree)}
@@ -213,6 +230,8 @@ def run_child(
             "--gc",
             gc_mode,
             *(["--sample-size", str(sample_size)] if sample_size is not None else []),
+            # Only when asked: a tree from before the flag runs the default.
+            *(["--evict-mib", str(evict_mib)] if evict_mib else []),
         ],
         cwd=ROOT,
         env=env,
@@ -231,13 +250,14 @@ def compare(
     rounds: int,
     gc_mode: str,
     sample_size: int | None,
+    evict_mib: int = 0,
 ) -> list[dict[str, float | int | str]]:
     rows = []
     for case in selected:
         new_medians, new_p99s, old_medians, old_p99s = [], [], [], []
         for _ in range(rounds):  # alternate, so drift on the machine hits both alike
-            old = run_child(baseline, case, runs, gc_mode, sample_size)
-            new = run_child(ROOT, case, runs, gc_mode, sample_size)
+            old = run_child(baseline, case, runs, gc_mode, sample_size, evict_mib)
+            new = run_child(ROOT, case, runs, gc_mode, sample_size, evict_mib)
             old_medians.append(float(old["median_us"]))
             old_p99s.append(float(old["p99_us"]))
             new_medians.append(float(new["median_us"]))
@@ -250,6 +270,7 @@ def compare(
             "runs": runs,
             "rounds": rounds,
             "gc": gc_mode,
+            "evict_mib": evict_mib,
             "gc_collections": new["gc_collections"],
             "baseline_gc_collections": old["gc_collections"],
             "median_us": round(statistics.median(new_medians), 2),
@@ -327,6 +348,14 @@ def main() -> None:
         type=int,
         help="the candidate sample of large pools (default: the profile's, 256; 0: none)",
     )
+    parser.add_argument(
+        "--evict-mib",
+        type=int,
+        default=0,
+        metavar="MIB",
+        help="write this much memory before each timed decision, so it starts with cold "
+        "caches (4: twice the L2 here); 0 (default): decisions back to back",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     # Annotated: mypy cannot star-unpack the union it would infer (args.only is Any).
@@ -334,15 +363,25 @@ def main() -> None:
         (int(n), int(c), m) for n, c, m in (o.split(":") for o in args.only)
     ] or cases()
     if args.child:
-        print(json.dumps(time_case(*selected[0], args.runs, args.gc, args.sample_size)))
+        print(
+            json.dumps(
+                time_case(*selected[0], args.runs, args.gc, args.sample_size, args.evict_mib)
+            )
+        )
         return
     if args.baseline is not None:
         rows = compare(
-            args.baseline.resolve(), selected, args.runs, args.rounds, args.gc, args.sample_size
+            args.baseline.resolve(),
+            selected,
+            args.runs,
+            args.rounds,
+            args.gc,
+            args.sample_size,
+            args.evict_mib,
         )
     else:
         rows = [
-            time_case(n, chars, mode, args.runs, args.gc, args.sample_size)
+            time_case(n, chars, mode, args.runs, args.gc, args.sample_size, args.evict_mib)
             for n, chars, mode in selected
         ]
         print_rows(rows)
