@@ -3,13 +3,13 @@
 Feeds ``RequestStream`` the messages Envoy sends for a streamed chat request (request
 headers, a ~13 KB body in one chunk, response headers, 13 SSE body chunks, trailers),
 parsed from bytes as gRPC would hand them over, and serializes every answer; 64 distinct
-prompts sharing 16 prefixes over 8 endpoints with the default profile. A second case
-sends a ~400 KB body (an agentic context) in 64 KB chunks, as Envoy streams it. Prints
-CPU microseconds per request (median and min over rounds) for each and writes
-benchmarks/results/stream.json. ``--profile`` prints cProfile's top functions instead,
-which is how the hot path's costs were found.
+prompts sharing 16 prefixes over 8 endpoints (``--endpoints N``: over N) with the default
+profile. A second case sends a ~400 KB body (an agentic context) in 64 KB chunks, as
+Envoy streams it. Prints CPU microseconds per request (median and min over rounds) for
+each and writes benchmarks/results/stream.json. ``--profile`` prints cProfile's top
+functions instead, which is how the hot path's costs were found.
 
-    python benchmarks/bench_stream.py [--rounds 9] [--profile]
+    python benchmarks/bench_stream.py [--rounds 9] [--profile] [--endpoints 8]
 
 To compare two versions, run it from each checkout in turn, alternating, pinned to one
 core (``taskset -c 1``): single runs on these machines move by 10-30 %.
@@ -111,9 +111,14 @@ def request_messages(n: int, repeat: int = 1000) -> list[bytes]:
     return [message.SerializeToString() for message in messages]
 
 
-def make_director() -> Director:
+def make_director(endpoints: int = 8) -> Director:
     store = EndpointStore()
-    store.replace([(f"10.0.0.{i}:8000", frozenset({"m"})) for i in range(8)])
+    store.replace(
+        [
+            (f"10.{i // 65536}.{i // 256 % 256}.{i % 256}:8000", frozenset({"m"}))
+            for i in range(endpoints)
+        ]
+    )
     for endpoint in store.all():
         endpoint.metrics = Metrics(updated_at=time.monotonic() + 1e6)  # fresh throughout
     registry = register_builtin_plugins(PluginRegistry())
@@ -133,11 +138,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--endpoints", type=int, default=8, help="the pool the requests are routed over"
+    )
     args = parser.parse_args()
     request_metrics.set_request_log("off")
     report: dict[str, object] = {}
     for label, repeat, per_round in (("13KB", 1000, 5), ("400KB", 44_000, 1)):
-        director = make_director()
+        director = make_director(args.endpoints)
         requests = [request_messages(n, repeat) for n in range(64)]
         run_requests(director, requests)  # warm the prefix index and the caches
         if args.profile:
@@ -157,6 +165,7 @@ def main() -> None:
             len(ProcessingRequest.FromString(raw).request_body.body) for raw in requests[0]
         )
         case = {
+            "endpoints": args.endpoints,
             "body_bytes": body_bytes,
             "cpu_us_per_request_median": statistics.median(per_request_us),
             "cpu_us_per_request_min": min(per_request_us),
