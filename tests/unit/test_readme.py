@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -68,8 +69,6 @@ def _routing_commands() -> list[str]:
 
 
 def test_the_routing_benchmark_commands_parse() -> None:
-    import shlex
-
     from benchmarks.routing import run
 
     commands = _routing_commands()
