@@ -6,7 +6,9 @@ prints: responses ``LOGGED``, response headers skipped), in front of one simulat
 that answers at once. One connection (``wrk -c1``) sends the same chat request back to
 back; rounds alternate the contenders and the table shows medians of the rounds. Per
 request: the processor's CPU (user + system of all its threads, from /proc), its
-Envoy's, and the processor's context switches.
+Envoy's, and the processor's context switches; then each contender's processor CPU over
+grpc-floor's within each round, and their median (JSON ``floor_ratio_by_round``): the
+machine's speed drifts between rounds and days more than the contenders differ.
 
   epp           ``epp serve``, request body ``FULL_DUPLEX_STREAMED`` (what Gateway API
                 implementations configure): epp gathers the body, decides, and hands
@@ -219,7 +221,8 @@ def main() -> int:
         n: {key: statistics.median(r[key] for r in rows) for key in rows[0]}
         for n, rows in samples.items()
     }
-    print_table(summary, body_bytes=len(body), rounds=args.rounds)
+    ratios = floor_ratios(samples)
+    print_table(summary, ratios, body_bytes=len(body), rounds=args.rounds)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(
         json.dumps(
@@ -231,6 +234,7 @@ def main() -> int:
                 "seconds": args.seconds,
                 "rounds": args.rounds,
                 "median": summary,
+                "floor_ratio_by_round": ratios,
                 "samples": samples,
             },
             indent=2,
@@ -240,20 +244,45 @@ def main() -> int:
     return 0
 
 
-def print_table(summary: dict[str, dict[str, Any]], *, body_bytes: int, rounds: int) -> None:
+def floor_ratios(samples: dict[str, list[dict[str, float]]]) -> dict[str, list[float]]:
+    """Each contender's processor CPU over grpc-floor's in the same round. The machine's
+    speed drifts between rounds by more than the contenders differ, so the ratios are
+    taken within a round and only then summarised (none without a grpc-floor)."""
+    floor = samples.get("grpc-floor")
+    if not floor:
+        return {}
+    return {
+        name: [
+            row["processor_cpu_ms"] / base["processor_cpu_ms"]
+            for row, base in zip(rows, floor, strict=False)
+            if base["processor_cpu_ms"] > 0
+        ]
+        for name, rows in samples.items()
+        if name != "grpc-floor"
+    }
+
+
+def print_table(
+    summary: dict[str, dict[str, Any]],
+    ratios: dict[str, list[float]],
+    *,
+    body_bytes: int,
+    rounds: int,
+) -> None:
     print(f"\n{body_bytes:,}-byte chat body, one connection, medians of {rounds} rounds")
     header = ("contender", "req/s", "processor ms/req", "Envoy ms/req", "ctx switches/req")
     print(f"{header[0]:<14}{header[1]:>8}{header[2]:>18}{header[3]:>14}{header[4]:>18}")
-    floor = summary.get("grpc-floor", {}).get("processor_cpu_ms")
     for name, row in summary.items():
         print(
             f"{name:<14}{row['rps']:>8.0f}{row['processor_cpu_ms']:>18.3f}"
             f"{row['envoy_cpu_ms']:>14.3f}{row['switches']:>18.1f}"
         )
-    if floor:
-        for name, row in summary.items():
-            if name != "grpc-floor":
-                print(f"{name} / grpc-floor: {row['processor_cpu_ms'] / floor:.2f}x processor CPU")
+    for name, by_round in ratios.items():
+        if by_round:
+            print(
+                f"{name} / grpc-floor, processor CPU within each round: median "
+                f"{statistics.median(by_round):.2f}x ({', '.join(f'{r:.2f}' for r in by_round)})"
+            )
 
 
 if __name__ == "__main__":
