@@ -19,6 +19,10 @@ machine's speed drifts between rounds and days more than the contenders differ.
                 processor that answers every request as epp does, with a fixed pod, and
                 echoes the body in one message (its access log stream drained): what
                 the gRPC transport costs before any of epp's own work
+  authz-floor   the same processor as an ext_authz server (``--ext-authz``) behind the
+                same bootstrap with ext_proc swapped for ext_authz: one unary call per
+                request, no echo. epp offers no such mode (ext_authz cannot change a
+                body); this row is what the protocol alone would save
 
 ``--contenders`` picks among them; ``--prompt-chars 13000`` is the routing benchmark's
 size. Needs ``wrk`` (apt-get install wrk). Prints a table and writes
@@ -66,7 +70,7 @@ from epp.stack import (  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "long_prompt.json"
 MODEL = "bench-model"
-CONTENDERS = ("epp", "epp-buffered", "grpc-floor")
+CONTENDERS = ("epp", "epp-buffered", "grpc-floor", "authz-floor")
 NOOP = ROOT / "benchmarks" / "noop_processor.py"
 
 
@@ -81,11 +85,12 @@ class Running:
 
 def start(name: str, pod: str, work: Path, processes: list[ManagedProcess]) -> Running:
     port = free_port()
-    if name == "grpc-floor":
+    if name in ("grpc-floor", "authz-floor"):
         argv = [sys.executable, str(NOOP), str(port), "--destination", pod, "--model", MODEL]
+        flavour = ["--ext-authz"] if name == "authz-floor" else ["--whole-body"]
         processor = ManagedProcess(
             name,
-            [*argv, "--whole-body", "--drain-access-log"],
+            [*argv, *flavour, "--drain-access-log"],
             log_dir=work,
             env={"PYTHONPATH": str(ROOT)},
         )
@@ -102,6 +107,8 @@ def start(name: str, pod: str, work: Path, processes: list[ManagedProcess]) -> R
         EnvoyPorts(listen_port=listen, admin_port=admin, epp_port=port),
         body_mode="BUFFERED" if name == "epp-buffered" else "FULL_DUPLEX_STREAMED",
     )
+    if name == "authz-floor":
+        bootstrap = ext_authz_bootstrap(bootstrap)
     envoy = start_envoy(bootstrap, admin_port=admin, log_dir=work, name=f"envoy-{name}")
     processes.append(envoy)
     return Running(
@@ -109,6 +116,38 @@ def start(name: str, pod: str, work: Path, processes: list[ManagedProcess]) -> R
         processor.process.pid,
         envoy.process.pid,
     )
+
+
+_EXT_AUTHZ = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"
+
+
+def ext_authz_bootstrap(bootstrap: dict[str, Any]) -> dict[str, Any]:
+    """``bootstrap`` (from ``envoy_bootstrap``) with its ext_proc filter replaced by ext_authz
+    on the same cluster: the whole body in the check (as bytes), the route cache cleared
+    after it, everything else (the access log, the Lua filter) as it was."""
+    for listener in bootstrap["static_resources"]["listeners"]:
+        manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
+        filters = manager["http_filters"]
+        largest_body = listener.get("per_connection_buffer_limit_bytes", 1 << 20)
+        for index, http_filter in enumerate(filters):
+            if http_filter["name"] != "envoy.filters.http.ext_proc":
+                continue
+            service = http_filter["typed_config"]["grpc_service"]
+            filters[index] = {
+                "name": "envoy.filters.http.ext_authz",
+                "typed_config": {
+                    "@type": _EXT_AUTHZ,
+                    "grpc_service": {"envoy_grpc": service["envoy_grpc"], "timeout": "10s"},
+                    "transport_api_version": "V3",
+                    "clear_route_cache": True,
+                    "with_request_body": {
+                        "max_request_bytes": largest_body,
+                        "allow_partial_message": False,
+                        "pack_as_bytes": True,
+                    },
+                },
+            }
+    return bootstrap
 
 
 def _context_switches(pid: int) -> int:

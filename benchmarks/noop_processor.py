@@ -11,6 +11,11 @@ the same grpc setting (``epp/grpc_env.py``).
 ``--whole-body`` hands the request body back in one message, as epp does behind an Envoy
 that takes it; ``--drain-access-log`` serves Envoy's gRPC access log and drops it unparsed
 (``benchmarks/bench_long_prompt.py`` puts it behind ``epp envoy-config``'s bootstrap).
+``--ext-authz`` serves Envoy's ext_authz ``Check`` instead, one unary call per request
+whose answer sets the same routing headers (``bench_long_prompt.ext_authz_bootstrap``
+swaps the filter): the floor of routing through ext_authz rather than ext_proc, which epp
+does not offer (ext_authz cannot change a body, and the call ends before the response
+starts).
 
     python benchmarks/noop_processor.py PORT [--destination ADDR --model NAME]
 """
@@ -27,7 +32,10 @@ apply_grpc_defaults()
 
 import grpc  # noqa: E402
 import uvloop  # noqa: E402
+from envoy.config.core.v3.base_pb2 import HeaderValue, HeaderValueOption  # noqa: E402
 from envoy.service.accesslog.v3.als_pb2 import StreamAccessLogsResponse  # noqa: E402
+from envoy.service.auth.v3 import external_auth_pb2_grpc  # noqa: E402
+from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse  # noqa: E402
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc  # noqa: E402
 from envoy.service.ext_proc.v3.external_processor_pb2 import (  # noqa: E402
     HeadersResponse,
@@ -85,6 +93,28 @@ class NoopProcessor(external_processor_pb2_grpc.ExternalProcessorServicer):  # t
                 yield _RESPONSE_TRAILERS
 
 
+class RoutingAuthorizer(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
+    """Allows every request, setting the headers a routing answer sets."""
+
+    def __init__(self, routing_answer: ProcessingResponse) -> None:
+        self._answer = CheckResponse()
+        mutation = routing_answer.request_headers.response.header_mutation
+        for option in mutation.set_headers:
+            self._answer.ok_response.headers.append(
+                HeaderValueOption(
+                    header=HeaderValue(key=option.header.key, value=_value(option.header)),
+                    append_action=HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+                )
+            )
+
+    async def Check(self, request: CheckRequest, context: object) -> CheckResponse:
+        return self._answer
+
+
+def _value(header: HeaderValue) -> str:
+    return header.raw_value.decode() if header.raw_value else header.value
+
+
 async def drain_access_logs(request_iterator: AsyncIterator[bytes], context: object) -> object:
     async for _ in request_iterator:
         pass
@@ -97,11 +127,17 @@ async def main(
     *,
     whole_body: bool = False,
     drain_access_log: bool = False,
+    ext_authz: bool = False,
 ) -> None:
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20)])
-    external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(
-        NoopProcessor(headers_answer, whole_body=whole_body), server
-    )
+    if ext_authz:
+        external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
+            RoutingAuthorizer(headers_answer), server
+        )
+    else:
+        external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(
+            NoopProcessor(headers_answer, whole_body=whole_body), server
+        )
     if drain_access_log:  # what Envoy sends in epp envoy-config's LOGGED and TIMED modes
         handler = grpc.stream_unary_rpc_method_handler(
             drain_access_logs,  # the messages stay bytes: nothing is parsed
@@ -126,10 +162,19 @@ if __name__ == "__main__":
     parser.add_argument(
         "--drain-access-log", action="store_true", help="serve Envoy's access log, unparsed"
     )
+    parser.add_argument(
+        "--ext-authz", action="store_true", help="serve ext_authz Check, not ext_proc"
+    )
     args = parser.parse_args()
     answer = _HEADERS
     if args.destination:
         answer = RoutingResponses().get(args.destination, args.model, on_body=False)
     uvloop.run(
-        main(args.port, answer, whole_body=args.whole_body, drain_access_log=args.drain_access_log)
+        main(
+            args.port,
+            answer,
+            whole_body=args.whole_body,
+            drain_access_log=args.drain_access_log,
+            ext_authz=args.ext_authz,
+        )
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.bench_long_prompt import floor_ratios, print_table
+from benchmarks.bench_long_prompt import ext_authz_bootstrap, floor_ratios, print_table
 
 
 def _row(cpu_ms: float) -> dict[str, float]:
@@ -40,3 +40,23 @@ def test_the_table_names_each_ratio_median(capsys: pytest.CaptureFixture[str]) -
     out = capsys.readouterr().out
     expected = "epp / grpc-floor, processor CPU within each round: median 1.20x (1.20, 1.00, 1.40)"
     assert expected in out
+
+
+def test_the_ext_authz_bootstrap_swaps_only_the_routing_filter() -> None:
+    from epp.envoy_config import EnvoyPorts, envoy_bootstrap
+
+    before = envoy_bootstrap(EnvoyPorts(listen_port=1, admin_port=2, epp_port=3))
+    manager = before["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    names = [f["name"] for f in manager["typed_config"]["http_filters"]]
+    after = ext_authz_bootstrap(before)
+    swapped = after["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    filters = swapped["typed_config"]["http_filters"]
+    assert [f["name"] for f in filters] == [
+        "envoy.filters.http.ext_authz" if n == "envoy.filters.http.ext_proc" else n for n in names
+    ]
+    authz = filters[0]["typed_config"]
+    assert authz["grpc_service"]["envoy_grpc"] == {"cluster_name": "epp"}
+    assert authz["with_request_body"]["pack_as_bytes"] is True
+    assert authz["with_request_body"]["allow_partial_message"] is False
+    assert authz["clear_route_cache"] is True
+    assert swapped["typed_config"]["access_log"]  # completions still reach the processor
