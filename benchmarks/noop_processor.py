@@ -166,6 +166,8 @@ if __name__ == "__main__":
         "--ext-authz", action="store_true", help="serve ext_authz Check, not ext_proc"
     )
     args = parser.parse_args()
+    if args.ext_authz and not args.destination:
+        parser.error("--ext-authz routes: it needs --destination")
     answer = _HEADERS
     if args.destination:
         answer = RoutingResponses().get(args.destination, args.model, on_body=False)
