@@ -22,7 +22,8 @@ machine's speed drifts between rounds and days more than the contenders differ.
   authz-floor   the same processor as an ext_authz server (``--ext-authz``) behind the
                 same bootstrap with ext_proc swapped for ext_authz: one unary call per
                 request, no echo. epp offers no such mode (ext_authz cannot change a
-                body); this row is what the protocol alone would save
+                body); this row is what the protocol alone costs (at the routing
+                benchmark's knee a prototype epp on it saved far less: README)
 
 ``--contenders`` picks among them; ``--prompt-chars 13000`` is the routing benchmark's
 size. Needs ``wrk`` (apt-get install wrk). Prints a table and writes

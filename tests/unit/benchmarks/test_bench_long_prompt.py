@@ -1,10 +1,12 @@
-"""benchmarks/bench_long_prompt.py's summary: ratios to the transport floor per round."""
+"""benchmarks/bench_long_prompt.py's pure parts: ratios to the transport floor per round,
+and the bootstrap of its ext_authz row."""
 
 from __future__ import annotations
 
 import pytest
 
 from benchmarks.bench_long_prompt import ext_authz_bootstrap, floor_ratios, print_table
+from epp.envoy_config import EnvoyPorts, envoy_bootstrap
 
 
 def _row(cpu_ms: float) -> dict[str, float]:
@@ -43,8 +45,6 @@ def test_the_table_names_each_ratio_median(capsys: pytest.CaptureFixture[str]) -
 
 
 def test_the_ext_authz_bootstrap_swaps_only_the_routing_filter() -> None:
-    from epp.envoy_config import EnvoyPorts, envoy_bootstrap
-
     before = envoy_bootstrap(EnvoyPorts(listen_port=1, admin_port=2, epp_port=3))
     manager = before["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
     names = [f["name"] for f in manager["typed_config"]["http_filters"]]
